@@ -1,0 +1,166 @@
+"""Project configuration: targets, matrices and user-declared models from targets.yaml.
+
+The file is read with yaml.safe_load semantics but validated on the composed node tree, so
+every error names the file, the line and the field, and says what would be valid.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(Exception):
+    """Bad configuration or command-line value; the message is meant for the user as is."""
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    backend: str
+    arch: str | None
+    driver: str | None
+    flags: tuple[str, ...]
+    atol: float
+    rtol: float
+
+
+@dataclass(frozen=True)
+class ModelDecl:
+    """A model declared in configuration (not a file in models/)."""
+    name: str
+    framework: str | None
+    file: str | None
+    factory: str | None
+    shapes: dict
+    atol: float | None
+    rtol: float | None
+
+
+@dataclass(frozen=True)
+class Matrix:
+    name: str
+    models: tuple[str, ...]
+    targets: tuple[str, ...]
+
+
+@dataclass
+class Config:
+    path: Path
+    targets: dict[str, Target]
+    matrices: dict[str, Matrix]
+    models: dict[str, ModelDecl] = field(default_factory=dict)
+
+    @property
+    def root(self) -> Path:
+        return self.path.parent
+
+
+# field name -> (accepted python types, required, default, what is valid)
+_NUMBER = (int, float)
+TARGET_FIELDS = {
+    "backend": ((str,), True, None, "an IREE HAL backend such as llvm-cpu, vmvx, vulkan-spirv, cuda, rocm"),
+    "arch": ((str,), False, None, "the backend's target: a CPU name or 'host', a vulkan/cuda/rocm target"),
+    "driver": ((str,), False, None, "an IREE runtime driver such as local-task, vulkan, cuda, hip"),
+    "flags": ((list,), False, [], "a list of extra iree-compile flags"),
+    "atol": (_NUMBER, False, 1e-4, "a number"),
+    "rtol": (_NUMBER, False, 1e-4, "a number"),
+}
+MATRIX_FIELDS = {
+    "models": ((list,), True, None, "a list of model names"),
+    "targets": ((list,), True, None, "a list of target names"),
+}
+MODEL_FIELDS = {
+    "framework": ((str,), False, None, "a framework name (torch, jax, tf, tflite, onnx, mlir)"),
+    "file": ((str,), False, None, "a path to a model file, relative to the config file"),
+    "factory": ((str,), False, None, "a Python factory 'module:function' or 'path/to/file.py:function'"),
+    "shapes": ((dict,), False, {}, "a mapping of input name to a list of dimensions"),
+    "atol": (_NUMBER, False, None, "a number"),
+    "rtol": (_NUMBER, False, None, "a number"),
+}
+TOP_FIELDS = {"targets", "matrices", "models"}
+
+
+def _where(path: Path, node: yaml.Node) -> str:
+    return f"{path}:{node.start_mark.line + 1}"
+
+
+def _mapping(path: Path, node: yaml.Node, what: str) -> list[tuple[yaml.Node, yaml.Node]]:
+    if not isinstance(node, yaml.MappingNode):
+        raise ConfigError(f"{_where(path, node)}: {what}: expected a mapping")
+    return node.value
+
+
+def _check_fields(path, node, what, schema) -> dict:
+    """Validate one entry against its schema; return its values with defaults filled in."""
+    values = {}
+    for key_node, value_node in _mapping(path, node, what):
+        key = key_node.value
+        if key not in schema:
+            raise ConfigError(f"{_where(path, key_node)}: {what}.{key}: unknown field "
+                              f"(valid: {', '.join(schema)})")
+        types, _, _, valid = schema[key]
+        value = yaml.safe_load(yaml.serialize(value_node))
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise ConfigError(f"{_where(path, value_node)}: {what}.{key}: expected {valid}, "
+                              f"got {value!r}")
+        if isinstance(value, list) and not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{_where(path, value_node)}: {what}.{key}: expected {valid} "
+                              f"(strings), got {value!r}")
+        values[key] = value
+    for key, (_, required, default, valid) in schema.items():
+        if key not in values:
+            if required:
+                raise ConfigError(f"{_where(path, node)}: {what}: missing field '{key}' ({valid})")
+            values[key] = default
+    return values
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such configuration file")
+    try:
+        root = yaml.compose(path.read_text(), Loader=yaml.SafeLoader)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if root is None:
+        raise ConfigError(f"{path}: empty; it needs 'targets' and 'matrices'")
+    sections = {}
+    for key_node, value_node in _mapping(path, root, "top level"):
+        if key_node.value not in TOP_FIELDS:
+            raise ConfigError(f"{_where(path, key_node)}: unknown section '{key_node.value}' "
+                              f"(valid: {', '.join(sorted(TOP_FIELDS))})")
+        sections[key_node.value] = value_node
+    for required in ("targets", "matrices"):
+        if required not in sections:
+            raise ConfigError(f"{path}: missing section '{required}'")
+
+    targets = {}
+    for name_node, node in _mapping(path, sections["targets"], "targets"):
+        v = _check_fields(path, node, f"targets.{name_node.value}", TARGET_FIELDS)
+        targets[name_node.value] = Target(name_node.value, v["backend"], v["arch"], v["driver"],
+                                          tuple(v["flags"]), float(v["atol"]), float(v["rtol"]))
+    models = {}
+    if "models" in sections:
+        for name_node, node in _mapping(path, sections["models"], "models"):
+            what = f"models.{name_node.value}"
+            v = _check_fields(path, node, what, MODEL_FIELDS)
+            if (v["file"] is None) == (v["factory"] is None):
+                raise ConfigError(f"{_where(path, node)}: {what}: give exactly one of 'file' or 'factory'")
+            if v["factory"] and not v["framework"]:
+                raise ConfigError(f"{_where(path, node)}: {what}: a factory model needs 'framework'")
+            models[name_node.value] = ModelDecl(name_node.value, **v)
+    matrices = {}
+    for name_node, node in _mapping(path, sections["matrices"], "matrices"):
+        what = f"matrices.{name_node.value}"
+        v = _check_fields(path, node, what, MATRIX_FIELDS)
+        unknown = [t for t in v["targets"] if t not in targets]
+        if unknown:
+            raise ConfigError(f"{_where(path, node)}: {what}.targets: unknown target "
+                              f"{', '.join(unknown)} (valid: {', '.join(targets)})")
+        matrices[name_node.value] = Matrix(name_node.value, tuple(v["models"]), tuple(v["targets"]))
+    if "default" not in matrices:
+        raise ConfigError(f"{path}: matrices: missing the 'default' matrix")
+    return Config(path.resolve(), targets, matrices, models)

@@ -1,0 +1,75 @@
+"""The run record: build/run.json, written at the end of every doit run.
+
+The runner leaves one entry per executed stage under build/.kiln/tasks/; this reporter adds
+what only doit knows (which tasks it skipped as up-to-date, which never ran because an
+upstream task failed), writes the record atomically and prints the summary table.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from doit.exceptions import DependencyError
+from doit.reporter import ConsoleReporter
+
+from . import report
+from .store import atomic_write
+
+
+def _entry(task) -> dict | None:
+    info = (task.meta or {}).get("kiln")
+    if info is None:
+        return None
+    entry = {"task": task.name, "stage": info["stage"], "model": info["model"],
+             "target": info["target"], "key": None}
+    try:
+        entry.update(json.loads(Path(info["entry"]).read_text()))
+    except (OSError, ValueError):
+        pass
+    return entry
+
+
+def make_reporter(run_file: Path):
+    class KilnReporter(ConsoleReporter):
+        """doit's console output, plus the run record and the summary table."""
+
+        def initialize(self, tasks, selected_tasks):
+            super().initialize(tasks, selected_tasks)
+            self.entries = []
+
+        def _add(self, task, **override):
+            entry = _entry(task)
+            if entry is not None:
+                entry.update(override)
+                self.entries.append(entry)
+
+        def add_success(self, task):
+            super().add_success(task)
+            self._add(task)
+
+        def add_failure(self, task, fail):
+            super().add_failure(task, fail)
+            if isinstance(fail, DependencyError):
+                self._add(task, status="skipped", seconds=0.0, reason="an upstream stage failed",
+                          error=None, result=None)
+            else:
+                self._add(task)
+
+        def skip_uptodate(self, task):
+            super().skip_uptodate(task)
+            self._add(task, status="up-to-date", seconds=0.0)
+
+        def skip_ignore(self, task):
+            super().skip_ignore(task)
+            self._add(task, status="skipped", seconds=0.0, reason="ignored")
+
+        def complete_run(self):
+            tasks = [{k: v for k, v in e.items() if v is not None or k in ("target", "key")}
+                     for e in self.entries]
+            atomic_write(run_file, json.dumps({"tasks": tasks}, indent=1).encode())
+            if tasks:
+                self.outstream.write("\n" + report.table(tasks) + "\n")
+                self.outstream.write(f"run record: {run_file}\n")
+            super().complete_run()
+
+    return KilnReporter

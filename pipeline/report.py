@@ -1,0 +1,46 @@
+"""The summary table: one row per model x target, saying how it ended and where it stopped."""
+from __future__ import annotations
+
+from tabulate import tabulate
+
+
+def _fmt(value, spec=".1e"):
+    return "" if value is None else format(value, spec)
+
+
+def rows(entries: list[dict]) -> list[dict]:
+    """Fold the run's stage entries into one row per model x target."""
+    per_model = [e for e in entries if e["target"] is None]
+    table = {}
+    for e in entries:
+        if e["target"] is not None:
+            table.setdefault((e["model"], e["target"]), []).append(e)
+    out = []
+    for (model, target), stage_entries in sorted(table.items()):
+        chain = [e for e in per_model if e["model"] == model] + stage_entries
+        failed = next((e for e in chain if e["status"] == "failed"), None)
+        validate = next((e for e in stage_entries if e["stage"] == "validate"), None)
+        result = (validate or {}).get("result") or (failed or {}).get("result") or {}
+        if failed:
+            outcome = f"FAILED at {failed['stage']}: {failed.get('error', '')}"
+        elif validate is None:
+            outcome = "compiled"
+        elif validate["status"] == "skipped":
+            outcome = validate.get("reason") or "skipped"
+        else:
+            outcome = "passed" if result.get("passed") else "FAILED"
+        counts = {}
+        for e in chain:
+            counts[e["status"]] = counts.get(e["status"], 0) + 1
+        out.append({"model": model, "target": target, "outcome": outcome,
+                    "max_abs": result.get("max_abs_error"), "max_rel": result.get("max_rel_error"),
+                    "ms": result.get("latency_ms"),
+                    "stages": " ".join(f"{n} {s}" for s, n in sorted(counts.items()))})
+    return out
+
+
+def table(entries: list[dict]) -> str:
+    body = [[r["model"], r["target"], r["outcome"][:90], _fmt(r["max_abs"]), _fmt(r["max_rel"]),
+             _fmt(r["ms"], ".2f"), r["stages"]] for r in rows(entries)]
+    return tabulate(body, headers=["model", "target", "outcome", "max abs err", "max rel err",
+                                   "ms/run", "stages"])

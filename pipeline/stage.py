@@ -1,0 +1,104 @@
+"""The data model: what a stage declares and what it is handed when it runs.
+
+A stage is a pure function of its declared inputs: it reads only the upstream output
+directories and the model source it is given, and writes only into ctx.out.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+import sys
+from pathlib import Path
+from typing import NamedTuple
+
+from .config import Target
+
+
+class StageError(Exception):
+    """A stage failed for a reason the user must see: the record and the log carry the
+    message, the command that failed (if any) and a result (e.g. the numbers that were off)."""
+
+    def __init__(self, message: str, command: str | None = None, result: dict | None = None,
+                 log: str = ""):
+        super().__init__(message)
+        self.command = command
+        self.result = result
+        self.log = log
+
+
+class StageSkipped(Exception):
+    """The stage cannot run here (e.g. no device for its driver); not a failure, never cached."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model, however it was declared (a models/ file, a config entry, a file path).
+
+    `sources` maps a role name to a file whose *content* enters the key (never its path)."""
+    name: str
+    framework: str
+    sources: dict[str, Path]
+    factory: str | None = None
+    shapes: dict = field(default_factory=dict, hash=False)
+    atol: float | None = None
+    rtol: float | None = None
+    seed: int = 0
+
+    def params(self) -> dict:
+        return {"framework": self.framework, "factory": self.factory and self.factory.split(":")[-1],
+                "shapes": self.shapes, "seed": self.seed}
+
+    def __hash__(self):
+        return hash(self.name)
+
+
+class Node(NamedTuple):
+    stage: str
+    model: str
+    target: str | None
+
+    @property
+    def task_name(self) -> str:
+        return f"{self.stage}:{self.model}" + (f"@{self.target}" if self.target else "")
+
+
+@dataclass
+class StageContext:
+    model: ModelSpec
+    target: Target | None
+    inputs: dict[str, Path]      # upstream stage name -> its output directory
+    out: Path                    # a fresh, empty directory
+    log_lines: list[str] = field(default_factory=list)
+
+    def log(self, line: str) -> None:
+        self.log_lines.append(line)
+
+
+class Stage:
+    """Base class: a stage module defines one subclass and registers an instance.
+
+    Subclasses keep heavy imports (torch, iree) inside run(): dodo.py imports every stage."""
+    name: str = ""
+    per_target: bool = False
+    inputs: tuple[str, ...] = ()
+    code: tuple[Path, ...] = ()          # source files that fingerprint this stage
+
+    def outputs(self, model: ModelSpec) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    def code_files(self, model: ModelSpec) -> tuple[Path, ...]:
+        """The stage's own module plus the helper files it declares."""
+        return (Path(sys.modules[type(self).__module__].__file__), *self.code)
+
+    def tools(self, model: ModelSpec) -> tuple[str, ...]:
+        return ()
+
+    def params(self, model: ModelSpec, target: Target | None) -> dict:
+        return {}
+
+    def applies_to(self, model: ModelSpec) -> bool:
+        """False for stages a model skips (e.g. a model file that enters at legalize)."""
+        return True
+
+    def run(self, ctx: StageContext) -> dict | None:
+        raise NotImplementedError
+

@@ -1,0 +1,155 @@
+"""doit glue: turn the command line into a plan, the plan's graph into doit tasks.
+
+doit owns scheduling, the CLI and the local up-to-date check (file_dep by content, params
+and tool versions by config_changed); the store owns reuse across runs and machines. The
+task action only calls runner.execute, the one place that decides restore or run.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import networkx as nx
+from doit.exceptions import TaskFailed
+from doit.tools import config_changed
+
+from . import keys, models as model_registry
+from .config import Config, ConfigError, load_config
+from .graph import build_graph
+from .record import make_reporter
+from .runner import Layout, execute
+from .stage import ModelSpec, Node, Stage
+
+
+@dataclass
+class Plan:
+    config: Config
+    layout: Layout
+    stages: list[Stage]
+    models: list[ModelSpec]
+    targets: list
+    graph: nx.DiGraph
+
+
+def _pick(value: str | None, valid: dict, default: tuple, what: str, config: Config,
+          resolve_path: Callable[[str], object] | None = None) -> list:
+    if value is None:
+        return [valid[n] for n in default]
+    if value == "all":
+        return list(valid.values())
+    picked = []
+    for name in (v.strip() for v in value.split(",") if v.strip()):
+        if name in valid:
+            picked.append(valid[name])
+        elif resolve_path and (os.sep in name or Path(name).suffix) and Path(name).exists():
+            picked.append(resolve_path(name))
+        else:
+            raise ConfigError(f"{what}={name}: unknown {what} (valid: {', '.join(sorted(valid))}"
+                              + (", or a path to a model file" if resolve_path else "")
+                              + f"; see {config.path})")
+    return picked
+
+
+def parse_shapes(text: str | None) -> dict:
+    """'x:1x3x224x224;y:4' -> {'x': [1, 3, 224, 224], 'y': [4]}"""
+    shapes = {}
+    for item in filter(None, (text or "").split(";")):
+        name, _, dims = item.partition(":")
+        try:
+            shapes[name.strip()] = [int(d) for d in dims.lower().split("x")]
+        except ValueError:
+            raise ConfigError(f"shapes={text}: expected 'input:1x3x224x224;other:4'") from None
+    return shapes
+
+
+def make_plan(get_var: Callable[[str], str | None], stages: list[Stage],
+              detect: model_registry.Detect, resolve_target: Callable, model_dirs: list[Path],
+              root: Path | None = None) -> Plan:
+    root = Path(root or os.getcwd()).resolve()
+    config = load_config(get_var("config") or os.environ.get("KILN_CONFIG") or root / "targets.yaml")
+    layout = Layout(root, root / "build", Path(os.environ.get("KILN_CACHE") or root / "cache").resolve())
+    matrix_name = get_var("matrix") or "default"
+    if matrix_name not in config.matrices:
+        raise ConfigError(f"matrix={matrix_name}: unknown matrix (valid: "
+                          f"{', '.join(config.matrices)}; see {config.path})")
+    matrix = config.matrices[matrix_name]
+    known = model_registry.available(config, model_dirs + [config.root / "models"], detect)
+    shapes = parse_shapes(get_var("shapes"))
+    unknown = [m for m in matrix.models if m not in known]
+    if unknown:
+        raise ConfigError(f"{config.path}: matrices.{matrix.name}: unknown model "
+                          f"{', '.join(unknown)} (valid: {', '.join(sorted(known))})")
+    models = _pick(get_var("model"), known, matrix.models, "model", config,
+                   lambda p: model_registry.from_path(Path(p), detect, shapes))
+    targets = [resolve_target(t) for t in
+               _pick(get_var("target"), config.targets, matrix.targets, "target", config)]
+    return Plan(config, layout, stages, models, targets, build_graph(stages, models, targets))
+
+
+def _node_files(plan: Plan, node: Node) -> list[Path]:
+    stage, model = plan.graph.nodes[node]["stage"], plan.graph.nodes[node]["model"]
+    return [plan.layout.node_dir(node) / rel for rel in stage.outputs(model)]
+
+
+def _source_files(model: ModelSpec) -> list[Path]:
+    files = []
+    for path in model.sources.values():
+        path = Path(path)
+        files += sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return files
+
+
+def _action(plan: Plan, node: Node):
+    data = plan.graph.nodes[node]
+    upstream = {up.stage: (plan.graph.nodes[up]["stage"], plan.layout.node_dir(up))
+                for up in plan.graph.predecessors(node)}
+    first = plan.graph.in_degree(node) == 0
+    entry = execute(node, data["stage"], data["model"], data["target"], upstream, plan.layout, first)
+    if entry["status"] == "failed":
+        detail = f"\n  command: {entry['command']}" if entry.get("command") else ""
+        return TaskFailed(f"{node.task_name} failed at {node.stage}: {entry['error']}{detail}\n"
+                          f"  log: {entry['log']}")
+    return None
+
+
+def stage_tasks(plan: Plan):
+    for node in nx.topological_sort(plan.graph):
+        data = plan.graph.nodes[node]
+        stage, model, target = data["stage"], data["model"], data["target"]
+        deps = [f for up in plan.graph.predecessors(node) for f in _node_files(plan, up)]
+        deps += [Path(f) for f in stage.code_files(model)]
+        if plan.graph.in_degree(node) == 0:
+            deps += _source_files(model)
+        # params and tool versions: a changed flag or compiler re-runs only what it reaches
+        watched = keys.canonical({"params": stage.params(model, target),
+                                  "tools": {t: keys.tool_version(t) for t in stage.tools(model)}})
+        yield {
+            "basename": node.stage,
+            "name": node.task_name.split(":", 1)[1],
+            "actions": [(_action, [plan, node])],
+            "file_dep": [str(p) for p in deps],
+            "targets": [str(p) for p in _node_files(plan, node)],
+            "uptodate": [config_changed(watched)],
+            "meta": {"kiln": {"stage": node.stage, "model": node.model, "target": node.target,
+                              "entry": str(plan.layout.entry_file(node))}},
+            "doc": f"{node.stage} {model.name}" + (f" for {target.name}" if target else ""),
+        }
+
+
+def group_tasks(plan: Plan):
+    codegen = [n.task_name for n in plan.graph if n.stage == "codegen"]
+    yield {"basename": "compile", "actions": None, "task_dep": codegen,
+           "doc": "compile the selected models for the selected targets (model=, target=)"}
+
+
+def doit_config(plan_root: Path | None = None) -> dict:
+    root = Path(plan_root or os.getcwd())
+    return {
+        "backend": "sqlite3",
+        "dep_file": str(root / ".doit.db"),
+        "continue": True,
+        "default_tasks": ["validate"],
+        "reporter": make_reporter(root / "build" / "run.json"),
+    }

@@ -1,0 +1,24 @@
+"""Stage 7, codegen: per target, from the lowered (flow) phase to the deployable .vmfb."""
+from __future__ import annotations
+
+from stages.iree_tools import iree_compile
+from stages.lower import PHASE, Lower
+from stages.targets import compile_flags
+
+
+class Codegen(Lower):
+    name = "codegen"
+    inputs = ("lower",)
+
+    def outputs(self, model):
+        return ("module.vmfb",)
+
+    def params(self, model, target):
+        return {"flags": compile_flags(target), "from": PHASE}
+
+    def run(self, ctx):
+        flags = [f"--compile-from={PHASE}", *compile_flags(ctx.target)]
+        iree_compile(ctx.inputs["lower"] / "lowered.mlirbc", ctx.out / "module.vmfb", flags, ctx)
+
+
+STAGE = Codegen()

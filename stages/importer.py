@@ -1,0 +1,28 @@
+"""Stage 3, import: interchange format -> MLIR in the framework's input dialect, with every
+debug location stripped so no path of this machine reaches an artifact."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from stages.capture import FrameworkStage
+
+MLIR = Path(__file__).parent / "mlir.py"
+
+
+class Import(FrameworkStage):
+    name = "import"
+    inputs = ("serialize",)
+    code = FrameworkStage.code + (MLIR,)
+
+    def outputs(self, model):
+        return ("imported.mlirbc",)
+
+    def run(self, ctx):
+        adapter = self.adapter(ctx.model)
+        adapter.require()
+        source = ctx.inputs["serialize"] / adapter.serialized if "serialize" in ctx.inputs \
+            else Path(ctx.model.sources["model"])
+        adapter.import_mlir(source, ctx.out / "imported.mlirbc")
+
+
+STAGE = Import()

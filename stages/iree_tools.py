@@ -1,0 +1,48 @@
+"""Calling IREE's command-line tools the way every stage must: input on stdin (a file path
+given to iree-compile ends up inside the artifact), errors raised with the exact command."""
+from __future__ import annotations
+
+import functools
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from pipeline.stage import StageError
+
+
+def tool(name: str) -> str:
+    # the venv's bin first: doit may run with a PATH that lacks it
+    local = Path(sys.executable).parent / name
+    return str(local) if local.exists() else (shutil.which(name) or name)
+
+
+def iree_compile(src: Path, out: Path, flags: list[str], ctx, timeout: int = 1800) -> None:
+    argv = [tool("iree-compile"), "-", *flags, "-o", str(out)]
+    command = f"{shlex.join(argv)} < {shlex.quote(str(src))}"
+    ctx.log(f"$ {command}")
+    with open(src, "rb") as stdin:
+        proc = subprocess.run(argv, stdin=stdin, capture_output=True, timeout=timeout)
+    stderr = proc.stderr.decode(errors="replace")
+    if stderr:
+        ctx.log(stderr)
+    if proc.returncode != 0:
+        out.unlink(missing_ok=True)
+        raise StageError(f"iree-compile exited with {proc.returncode}: {_first_error(stderr)}",
+                         command=command)
+
+
+def _first_error(stderr: str) -> str:
+    for line in stderr.splitlines():
+        if "error:" in line:
+            return line.split("error:", 1)[1].strip()[:500]
+    return (stderr.strip().splitlines() or ["no message"])[-1][:500]
+
+
+@functools.lru_cache(maxsize=None)
+def devices() -> tuple[str, ...]:
+    """The runtime's devices on this machine, e.g. ('local-task://', 'vulkan://GPU-...')."""
+    proc = subprocess.run([tool("iree-run-module"), "--list_devices"], capture_output=True,
+                          text=True, check=False)
+    return tuple(line.strip() for line in proc.stdout.splitlines() if "://" in line)

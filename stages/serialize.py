@@ -1,0 +1,20 @@
+"""Stage 2, serialize: write the framework's interchange format under a fixed file name."""
+from __future__ import annotations
+
+from stages.capture import FrameworkStage
+
+
+class Serialize(FrameworkStage):
+    name = "serialize"
+    inputs = ("capture",)
+
+    def outputs(self, model):
+        return (self.adapter(model).serialized,)
+
+    def run(self, ctx):
+        adapter = self.adapter(ctx.model)
+        adapter.require()
+        adapter.serialize(ctx.inputs["capture"], ctx.out)
+
+
+STAGE = Serialize()

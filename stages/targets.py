@@ -1,0 +1,62 @@
+"""IREE backends: the flags each one needs, its runtime driver, and the names it accepts.
+
+A targets.yaml entry names a backend and an arch; this turns it into iree-compile flags.
+'host' for llvm-cpu is resolved here (llvmlite) to a concrete CPU name, so the flags, and so
+the key, say which CPU the code was built for.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+from pipeline.config import ConfigError, Target
+
+# backend -> (base flags, flag that takes the arch, default arch, default driver)
+BACKENDS = {
+    "llvm-cpu": (["--iree-hal-target-device=local", "--iree-hal-local-target-device-backends=llvm-cpu"],
+                 "--iree-llvmcpu-target-cpu", "host", "local-task"),
+    "vmvx": (["--iree-hal-target-device=local", "--iree-hal-local-target-device-backends=vmvx"],
+             None, None, "local-task"),
+    "vulkan-spirv": (["--iree-hal-target-device=vulkan"], "--iree-vulkan-target", "llvmpipe", "vulkan"),
+    "cuda": (["--iree-hal-target-device=cuda"], "--iree-cuda-target", "sm_80", "cuda"),
+    "rocm": (["--iree-hal-target-device=hip"], "--iree-rocm-target", "gfx942", "hip"),
+}
+# an unknown --iree-vulkan-target crashes iree-compile with a stack dump: check first.
+# sm_90 and newer fail in IREE 3.13 ("missing GPU target in #hal.executable.target").
+KNOWN_ARCHS = {
+    "vulkan-spirv": {"llvmpipe", "valhall", "valhall4", "adreno", "rdna1", "rdna2", "rdna3",
+                     "rdna4", "cdna1", "cdna2", "cdna3", "ampere", "turing", "ada", "hopper",
+                     "pascal", "volta"},
+    "cuda": {"sm_60", "sm_70", "sm_75", "sm_80", "sm_86", "sm_87", "sm_89"},
+}
+
+
+@functools.lru_cache(maxsize=None)
+def host_cpu() -> str:
+    import llvmlite.binding as llvm
+    return llvm.get_host_cpu_name()
+
+
+def resolve(target: Target) -> Target:
+    """Fill in the arch and driver defaults and resolve 'host'; reject what cannot work."""
+    if target.backend not in BACKENDS:
+        raise ConfigError(f"targets.yaml: targets.{target.name}.backend: unknown backend "
+                          f"'{target.backend}' (valid: {', '.join(BACKENDS)})")
+    _, arch_flag, default_arch, default_driver = BACKENDS[target.backend]
+    arch = target.arch or default_arch
+    if arch_flag is None and target.arch:
+        raise ConfigError(f"targets.yaml: targets.{target.name}.arch: backend {target.backend} "
+                          "takes no arch")
+    if arch == "host" and target.backend == "llvm-cpu":
+        arch = host_cpu()
+    known = KNOWN_ARCHS.get(target.backend)
+    if known and arch not in known:
+        raise ConfigError(f"targets.yaml: targets.{target.name}.arch: unknown {target.backend} "
+                          f"target '{arch}' (valid: {', '.join(sorted(known))})")
+    return dataclasses.replace(target, arch=arch, driver=target.driver or default_driver)
+
+
+def compile_flags(target: Target) -> list[str]:
+    base, arch_flag, _, _ = BACKENDS[target.backend]
+    arch = [f"{arch_flag}={target.arch}"] if arch_flag and target.arch else []
+    return [*base, *arch, *target.flags]
