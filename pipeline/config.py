@@ -158,7 +158,8 @@ def load_config(path: str | Path) -> Config:
         v = _check_fields(path, node, what, MATRIX_FIELDS)
         unknown = [t for t in v["targets"] if t not in targets]
         if unknown:
-            raise ConfigError(f"{_where(path, node)}: {what}.targets: unknown target "
+            targets_node = next(val for key, val in node.value if key.value == "targets")
+            raise ConfigError(f"{_where(path, targets_node)}: {what}.targets: unknown target "
                               f"{', '.join(unknown)} (valid: {', '.join(targets)})")
         matrices[name_node.value] = Matrix(name_node.value, tuple(v["models"]), tuple(v["targets"]))
     if "default" not in matrices:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from doit.exceptions import DependencyError
+from doit.exceptions import DependencyError, UnmetDependency
 from doit.reporter import ConsoleReporter
 
 from . import report
@@ -49,7 +49,7 @@ def make_reporter(run_file: Path):
 
         def add_failure(self, task, fail):
             super().add_failure(task, fail)
-            if isinstance(fail, DependencyError):
+            if isinstance(fail, (DependencyError, UnmetDependency)):
                 self._add(task, status="skipped", seconds=0.0, reason="an upstream stage failed",
                           error=None, result=None)
             else:

@@ -18,7 +18,7 @@ class Codegen(Lower):
 
     def run(self, ctx):
         flags = [f"--compile-from={PHASE}", *compile_flags(ctx.target)]
-        iree_compile(ctx.inputs["lower"] / "lowered.mlirbc", ctx.out / "module.vmfb", flags, ctx)
+        iree_compile(ctx.inputs["lower"] / "lowered.mlir", ctx.out / "module.vmfb", flags, ctx)
 
 
 STAGE = Codegen()

@@ -7,6 +7,7 @@ import json
 import shlex
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from stages import frameworks
 from stages.iree_tools import devices, tool
 
 HERE = Path(__file__).parent
+SLOW_CALL_MS = 2000
 
 
 def _device(driver: str) -> str | None:
@@ -69,11 +71,10 @@ class Validate(Stage):
         reference = frameworks.load_arrays(ctx.inputs["capture"] / "reference.npz")
         module = ctx.inputs["codegen"] / "module.vmfb"
         with tempfile.TemporaryDirectory() as tmp:
-            outputs, latency = _run_module(Path(tmp), module, driver, entry, inputs,
-                                           len(reference), ctx)
+            outputs, timing = _run_module(Path(tmp), module, driver, entry, inputs,
+                                          len(reference), ctx)
         atol, rtol = self.tolerances(ctx.model, ctx.target)
-        result = {**compare(outputs, reference, atol, rtol), "latency_ms": latency,
-                  "device": _device(driver)}
+        result = {**compare(outputs, reference, atol, rtol), **timing, "device": _device(driver)}
         np.savez(ctx.out / "outputs.npz", **{f"out{i}": o for i, o in enumerate(outputs)})
         (ctx.out / "result.json").write_text(json.dumps(result, indent=1, sort_keys=True))
         if not result["passed"]:
@@ -85,20 +86,25 @@ class Validate(Stage):
 
 def _run_module(tmp: Path, module: Path, driver: str, entry: str, inputs, n_outputs: int, ctx):
     """iree-run-module for the outputs (it reads Vulkan results back through a staging
-    buffer), then iree-benchmark-module for the time of one call."""
+    buffer), then iree-benchmark-module for the time of one call: skipped when one call is
+    already slow (ResNet-18 on lavapipe takes minutes), where the single call's wall time,
+    module load included, is the figure reported."""
     args = [f"--device={driver}", f"--module={module}", f"--function={entry}"]
     for i, array in enumerate(inputs):
         np.save(tmp / f"in{i}.npy", array)
         args.append(f"--input=@{tmp / f'in{i}.npy'}")
     outs = [tmp / f"out{i}.npy" for i in range(n_outputs)]
-    argv = [tool("iree-run-module"), *args, *(f"--output=@{o}" for o in outs)]
-    _check(argv, ctx)
+    started = time.perf_counter()
+    _check([tool("iree-run-module"), *args, *(f"--output=@{o}" for o in outs)], ctx)
+    wall_ms = (time.perf_counter() - started) * 1000
     outputs = [np.load(o) for o in outs]
+    if wall_ms > SLOW_CALL_MS:
+        return outputs, {"latency_ms": wall_ms, "timing": "one call, wall clock incl. load"}
     bench = [tool("iree-benchmark-module"), *args, "--benchmark_format=json",
              "--benchmark_min_time=0.2s"]
     report = json.loads(_check(bench, ctx))
     times = [b["real_time"] for b in report["benchmarks"] if b.get("time_unit") == "ms"]
-    return outputs, (min(times) if times else None)
+    return outputs, {"latency_ms": min(times) if times else None, "timing": "iree-benchmark-module"}
 
 
 def _check(argv: list[str], ctx) -> str:

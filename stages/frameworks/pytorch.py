@@ -6,6 +6,7 @@ the .pt2 is loaded afresh for each import.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from pipeline.stage import ModelSpec, StageError
@@ -23,6 +24,10 @@ def _flatten(value):
         return [a for k in sorted(value) for a in _flatten(value[k])]
     raise StageError(f"model output of type {type(value).__name__} is not a tensor or a "
                      "tuple/list/dict of tensors")
+
+
+# torch 2.13's own pytree code trips this deprecation when a .pt2 is loaded; it is noise
+warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
 
 
 class PyTorch(Framework):

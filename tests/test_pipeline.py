@@ -1,0 +1,140 @@
+"""End to end on a real model (the torch MLP): real torch, real iree-compile, real runtime on
+llvm-cpu and on Vulkan (lavapipe where there is no GPU). Each test works in its own copy of
+the project, so edits to stage files never touch the repository."""
+import json
+import shutil
+
+import pytest
+
+from conftest import copy_project, needs_torch, Project
+
+pytestmark = needs_torch
+MLP_STAGES = {"capture", "serialize", "import", "legalize", "emit", "lower", "codegen", "validate"}
+
+
+def test_validate_mlp_on_cpu_and_vulkan_then_nothing_reruns(project):
+    project.doit("validate", "model=mlp", "target=cpu,vulkan")
+    record = project.record()
+    assert {t["stage"] for t in record} == MLP_STAGES
+    assert all(t["status"] == "ran" for t in record), record
+    validates = [t for t in record if t["stage"] == "validate"]
+    assert {t["target"] for t in validates} == {"cpu", "vulkan"}
+    for t in validates:
+        result = t["result"]
+        assert result["passed"] and result["max_abs_error"] < result["atol"]
+        assert result["latency_ms"] > 0
+    assert all(t["target"] is None for t in record if t["stage"] in {"capture", "emit"})
+    vmfb = project.root / "build" / "mlp" / "vulkan" / "codegen" / "module.vmfb"
+    assert vmfb.stat().st_size > 1000
+
+    project.doit("validate", "model=mlp", "target=cpu,vulkan")
+    assert set(project.statuses().values()) == {"up-to-date"}
+    # an up-to-date validate still reports its numbers
+    assert all(t["result"]["passed"] for t in project.record() if t["stage"] == "validate")
+
+
+def test_legalize_edit_reruns_only_legalize(project):
+    project.doit("compile", "model=mlp", "target=cpu,vulkan")
+    with open(project.root / "stages" / "legalize.py", "a") as f:
+        f.write("\n# a comment changes the code fingerprint, not the output\n")
+    project.doit("compile", "model=mlp", "target=cpu,vulkan")
+    ran = {task for task, status in project.statuses().items() if status == "ran"}
+    assert ran == {"legalize:mlp"}
+    assert all(s == "up-to-date" for t, s in project.statuses().items() if t != "legalize:mlp")
+
+
+def test_changing_one_targets_flags_reruns_only_that_target(project):
+    project.doit("validate", "model=mlp", "target=cpu,vulkan")
+    config = project.root / "targets.yaml"
+    config.write_text(config.read_text().replace(
+        "    arch: llvmpipe", "    arch: llvmpipe\n    flags: [--iree-opt-level=O2]", 1))
+    project.doit("validate", "model=mlp", "target=cpu,vulkan")
+    ran = {task for task, status in project.statuses().items() if status == "ran"}
+    assert ran == {"lower:mlp@vulkan", "codegen:mlp@vulkan", "validate:mlp@vulkan"}
+
+
+def test_fresh_clone_with_restored_cache_runs_nothing(project, tmp_path):
+    project.doit("validate", "model=mlp", "target=cpu,vulkan")
+    clone = Project(copy_project(tmp_path / "clone"))
+    shutil.copytree(project.root / "cache", clone.root / "cache")
+    clone.doit("validate", "model=mlp", "target=cpu,vulkan")
+    assert set(clone.statuses().values()) == {"cached"}
+    first = {t["task"]: t["key"] for t in project.record()}
+    assert {t["task"]: t["key"] for t in clone.record()} == first
+    for rel in ["mlp/emit/model.mlirbc", "mlp/cpu/codegen/module.vmfb", "mlp/vulkan/codegen/module.vmfb"]:
+        assert (clone.root / "build" / rel).read_bytes() == (project.root / "build" / rel).read_bytes()
+
+
+def test_rebuild_from_clean_cache_elsewhere_is_byte_identical(project, tmp_path):
+    project.doit("compile", "model=mlp", "target=cpu,vulkan")
+    other = Project(copy_project(tmp_path / "elsewhere" / "deeper"))
+    other.doit("compile", "model=mlp", "target=cpu,vulkan")
+    assert set(other.statuses().values()) == {"ran"}
+    built = sorted(p.relative_to(project.root / "build")
+                   for p in (project.root / "build" / "mlp").rglob("*") if p.is_file())
+    assert len(built) >= 12
+    for rel in built:
+        assert (other.root / "build" / rel).read_bytes() == (project.root / "build" / rel).read_bytes(), rel
+
+
+@pytest.mark.parametrize("var, value, valid", [("model", "nosuch", "mlp, resnet"),
+                                               ("target", "nosuch", "cpu, cuda, vmvx, vulkan")])
+def test_unknown_model_or_target_names_the_value_and_lists_valid_ones(project, var, value, valid):
+    proc = project.doit("compile", f"{var}={value}", check=False)
+    assert proc.returncode != 0
+    assert f"{var}={value}: unknown {var}" in proc.stderr
+    assert valid in proc.stderr
+
+
+FAILING_MODELS = {
+    "boom.py": 'FRAMEWORK = "torch"\n\ndef build():\n    raise RuntimeError("weights went missing")\n',
+    "bessel.py": ('FRAMEWORK = "torch"\n\ndef build():\n    import torch\n\n'
+                  '    class Bessel(torch.nn.Module):\n        def forward(self, x):\n'
+                  '            return torch.special.bessel_j0(x)\n\n'
+                  '    return Bessel(), (torch.randn(4, 4),)\n'),
+}
+FAILING_CONFIG = """\
+targets:
+  cpu: {backend: llvm-cpu, arch: generic}
+  vulkan: {backend: vulkan-spirv, arch: llvmpipe}
+  badflag: {backend: llvm-cpu, arch: generic, flags: [--iree-no-such-flag]}
+  tight: {backend: llvm-cpu, arch: generic, atol: 1.0e-12, rtol: 0}
+matrices:
+  default:
+    models: [mlp, boom, bessel]
+    targets: [cpu, vulkan, badflag, tight]
+"""
+
+
+def test_each_failure_stays_in_its_own_model_and_target(project):
+    for name, text in FAILING_MODELS.items():
+        (project.root / "models" / name).write_text(text)
+    project.write_config(FAILING_CONFIG)
+    proc = project.doit(check=False)
+    assert proc.returncode != 0
+    record = project.record()
+    by_task = {t["task"]: t for t in record}
+
+    for target in ("cpu", "vulkan"):
+        assert by_task[f"validate:mlp@{target}"]["result"]["passed"]
+
+    capture = by_task["capture:boom"]
+    assert capture["status"] == "failed" and "weights went missing" in capture["error"]
+    assert all(t["status"] == "skipped" for t in record if t["model"] == "boom" and t["stage"] != "capture")
+
+    legalize = by_task["legalize:bessel"]
+    assert legalize["status"] == "failed"
+    assert "torch.aten.special_bessel_j0" in legalize["error"]
+
+    lower = by_task["lower:mlp@badflag"]
+    assert lower["status"] == "failed" and "iree-compile" in lower["command"]
+    assert "--iree-no-such-flag" in lower["command"]
+    log = (project.root / lower["log"]).read_text()
+    assert lower["command"] in log
+
+    tight = by_task["validate:mlp@tight"]
+    assert tight["status"] == "failed" and "differ from the reference" in tight["error"]
+    assert tight["result"]["passed"] is False and tight["result"]["max_abs_error"] > 1e-12
+
+    table = proc.stdout
+    assert "FAILED at capture" in table and "FAILED at legalize" in table and "FAILED at lower" in table

@@ -1,0 +1,112 @@
+"""The runner with small pure-Python stages: restore-or-run, early cutoff, failures."""
+from pathlib import Path
+
+import pytest
+
+from pipeline.runner import Layout, compute_key, execute
+from pipeline.stage import ModelSpec, Node, Stage, StageError
+
+
+class Source(Stage):
+    name = "source"
+
+    def __init__(self):
+        self.calls = 0
+        self.text = "hello"
+
+    def outputs(self, model):
+        return ("out.txt",)
+
+    def params(self, model, target):
+        return {"text": self.text}
+
+    def run(self, ctx):
+        self.calls += 1
+        (ctx.out / "out.txt").write_text(self.text.upper()[:3])
+
+
+class Upper(Stage):
+    name = "upper"
+    inputs = ("source",)
+
+    def __init__(self):
+        self.calls = 0
+
+    def outputs(self, model):
+        return ("up.txt",)
+
+    def run(self, ctx):
+        self.calls += 1
+        (ctx.out / "up.txt").write_text((ctx.inputs["source"] / "out.txt").read_text() + "!")
+
+
+class Broken(Stage):
+    name = "broken"
+
+    def outputs(self, model):
+        return ("never.txt",)
+
+    def run(self, ctx):
+        (ctx.out / "never.txt").write_text("half")
+        raise StageError("compiler said no", command="tool --flag < in")
+
+
+MODEL = ModelSpec("toy", "none", {})
+
+
+@pytest.fixture
+def layout(tmp_path):
+    return Layout(tmp_path, tmp_path / "build", tmp_path / "cache")
+
+
+def run(stage, layout, upstream=None):
+    node = Node(stage.name, "toy", None)
+    return execute(node, stage, MODEL, None, upstream or {}, layout, first=False), layout.node_dir(node)
+
+
+def test_miss_runs_then_hit_restores_without_running(layout, tmp_path):
+    source = Source()
+    entry, out = run(source, layout)
+    assert entry["status"] == "ran" and source.calls == 1
+    (out / "out.txt").unlink()
+    entry2, _ = run(source, layout)
+    assert entry2["status"] == "cached" and source.calls == 1
+    assert entry2["key"] == entry["key"]
+    assert (out / "out.txt").read_text() == "HEL"
+
+
+def test_same_upstream_bytes_give_the_same_downstream_key(layout):
+    source, upper = Source(), Upper()
+    _, src_dir = run(source, layout)
+    key_before, _ = compute_key(upper, MODEL, None, {"source": (source, src_dir)}, False)
+    source.text = "help"  # a different parameter, but the same output bytes ("HEL")
+    entry, _ = run(source, layout)
+    assert entry["status"] == "ran"
+    key_after, _ = compute_key(upper, MODEL, None, {"source": (source, src_dir)}, False)
+    assert key_after == key_before
+    source.text = "world"  # different bytes: a different downstream key
+    run(source, layout)
+    key_changed, _ = compute_key(upper, MODEL, None, {"source": (source, src_dir)}, False)
+    assert key_changed != key_before
+
+
+def test_failure_is_recorded_and_leaves_no_output(layout):
+    entry, out = run(Broken(), layout)
+    assert entry["status"] == "failed"
+    assert entry["error"] == "compiler said no" and entry["command"] == "tool --flag < in"
+    assert not (out / "never.txt").exists()
+    log = (layout.root / entry["log"]).read_text()
+    assert "command: tool --flag < in" in log
+    assert list((layout.cache).rglob("*.json")) == []
+
+
+def test_corrupted_cache_blob_is_rebuilt(layout, caplog):
+    source = Source()
+    entry, out = run(source, layout)
+    for blob in (layout.cache / "cas").rglob("*"):
+        if blob.is_file():
+            blob.write_text("XYZ")
+    entry2, _ = run(source, layout)
+    assert entry2["status"] == "ran" and source.calls == 2
+    assert (out / "out.txt").read_text() == "HEL"
+    assert "corrupted" in caplog.text
