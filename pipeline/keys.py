@@ -13,6 +13,7 @@ import importlib.metadata
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 CHUNK = 1 << 20
@@ -32,11 +33,17 @@ def canonical(value) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 
+def find_executable(name: str) -> str | None:
+    """This interpreter's own bin/ first (doit may run without the venv on PATH), then PATH."""
+    local = Path(sys.executable).parent / name
+    return str(local) if local.exists() else shutil.which(name)
+
+
 @functools.lru_cache(maxsize=None)
 def tool_version(tool: str) -> str:
-    """A tool's version. 'iree-compile' style names (on PATH) give their full --version text;
+    """A tool's version. An executable (iree-compile) gives its full --version text;
     anything else is a Python distribution name read from its metadata."""
-    exe = shutil.which(tool)
+    exe = find_executable(tool)
     if exe:
         out = subprocess.run([exe, "--version"], capture_output=True, text=True, check=False)
         return " ".join((out.stdout + out.stderr).split())
@@ -56,3 +63,24 @@ def stage_key(stage: str, code: dict[str, str], params: dict, inputs: dict[str, 
               tools: dict[str, str]) -> str:
     return digest_bytes(canonical({"stage": stage, "code": code, "params": params,
                                    "inputs": inputs, "tools": tools}).encode())
+
+
+# files a model directory may hold that change on every save without changing the model
+# (a SavedModel's fingerprint.pb holds a fresh uuid): they never reach a key or a file_dep
+VOLATILE_FILES = {"fingerprint.pb"}
+
+
+def source_files(path: Path) -> list[Path]:
+    """A model source's files: the file itself, or a directory's files minus volatile ones."""
+    path = Path(path)
+    if not path.is_dir():
+        return [path]
+    return sorted(p for p in path.rglob("*") if p.is_file() and p.name not in VOLATILE_FILES)
+
+
+def digest_source(path: Path) -> str:
+    path = Path(path)
+    if not path.is_dir():
+        return digest_file(path)
+    parts = {str(p.relative_to(path)): digest_file(p) for p in source_files(path)}
+    return digest_bytes(canonical(parts).encode())

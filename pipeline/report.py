@@ -27,6 +27,8 @@ def rows(entries: list[dict]) -> list[dict]:
             outcome = "compiled"
         elif validate["status"] == "skipped":
             outcome = validate.get("reason") or "skipped"
+        elif result.get("checked"):
+            outcome = f"ran: {result['checked']}"
         else:
             outcome = "passed" if result.get("passed") else "FAILED"
         counts = {}

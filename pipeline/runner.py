@@ -64,16 +64,8 @@ def input_digests(stage: Stage, model: ModelSpec, upstream: dict[str, tuple[Stag
             digests[f"{name}/{rel}"] = keys.digest_file(up_dir / rel)
     if first:  # the stage a model enters at reads the model's own files
         for role, path in sorted(model.sources.items()):
-            digests[f"source:{role}"] = _digest_source(Path(path))
+            digests[f"source:{role}"] = keys.digest_source(path)
     return digests
-
-
-def _digest_source(path: Path) -> str:
-    if path.is_dir():  # e.g. a SavedModel: its files by relative path, minus volatile ones
-        parts = {str(p.relative_to(path)): keys.digest_file(p) for p in sorted(path.rglob("*"))
-                 if p.is_file() and p.name != "fingerprint.pb"}
-        return keys.digest_bytes(keys.canonical(parts).encode())
-    return keys.digest_file(path)
 
 
 def compute_key(stage, model, target, upstream, first) -> tuple[str, dict]:

@@ -93,14 +93,6 @@ def _node_files(plan: Plan, node: Node) -> list[Path]:
     return [plan.layout.node_dir(node) / rel for rel in stage.outputs(model)]
 
 
-def _source_files(model: ModelSpec) -> list[Path]:
-    files = []
-    for path in model.sources.values():
-        path = Path(path)
-        files += sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    return files
-
-
 def _action(plan: Plan, node: Node):
     data = plan.graph.nodes[node]
     upstream = {up.stage: (plan.graph.nodes[up]["stage"], plan.layout.node_dir(up))
@@ -121,7 +113,7 @@ def stage_tasks(plan: Plan):
         deps = [f for up in plan.graph.predecessors(node) for f in _node_files(plan, up)]
         deps += [Path(f) for f in stage.code_files(model)]
         if plan.graph.in_degree(node) == 0:
-            deps += _source_files(model)
+            deps += [f for path in model.sources.values() for f in keys.source_files(path)]
         # params and tool versions: a changed flag or compiler re-runs only what it reaches
         watched = keys.canonical({"params": stage.params(model, target),
                                   "tools": {t: keys.tool_version(t) for t in stage.tools(model)}})

@@ -21,7 +21,7 @@ class Emit(Stage):
         shutil.copyfile(legalized / "legalized.mlirbc", ctx.out / "model.mlirbc")
         info = json.loads((legalized / "legalize.json").read_text())
         (ctx.out / "model.json").write_text(json.dumps(
-            {"entry": info["entry"], "sha256": digest_file(ctx.out / "model.mlirbc"),
+            {"entry": info["entry"], "inputs": info["inputs"], "sha256": digest_file(ctx.out / "model.mlirbc"),
              "phase": "input"}, indent=1, sort_keys=True))
 
 

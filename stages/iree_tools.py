@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import functools
 import shlex
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
+from pipeline.keys import find_executable
 from pipeline.stage import StageError
 
 
 def tool(name: str) -> str:
-    # the venv's bin first: doit may run with a PATH that lacks it
-    local = Path(sys.executable).parent / name
-    return str(local) if local.exists() else (shutil.which(name) or name)
+    return find_executable(name) or name
 
 
 def iree_compile(src: Path, out: Path, flags: list[str], ctx, timeout: int = 1800) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from pipeline.stage import Stage, StageError
 from stages import frameworks
 from stages.iree_tools import iree_compile
-from stages.mlir import op_names, parse, public_functions
+from stages.mlir import entry_inputs, op_names, parse, public_functions
 
 HERE = Path(__file__).parent
 
@@ -59,7 +59,8 @@ class Legalize(Stage):
         if not entries:
             raise StageError("the imported module has no public function to run")
         (ctx.out / "legalize.json").write_text(json.dumps(
-            {"entry": entries[0], "functions": entries, "ops": dict(sorted(ops.items()))},
+            {"entry": entries[0], "functions": entries, "inputs": entry_inputs(module, entries[0]),
+             "ops": dict(sorted(ops.items()))},
             indent=1, sort_keys=True))
 
 

@@ -43,3 +43,38 @@ def public_functions(module) -> list[str]:
             if visibility == "public":
                 names.append(str(attrs["sym_name"]).strip('"'))
     return names
+
+
+_DTYPES = {"f16": "float16", "bf16": "bfloat16", "f32": "float32", "f64": "float64",
+           "i1": "bool", "i8": "int8", "si8": "int8", "ui8": "uint8", "i16": "int16",
+           "si16": "int16", "i32": "int32", "si32": "int32", "ui32": "uint32", "i64": "int64",
+           "si64": "int64"}
+
+
+def entry_inputs(module, entry: str) -> list[tuple[str, list, str]]:
+    """(name, dims, dtype) of each input of a legalized entry function, read from its
+    hal.tensor.import ops (the ABI wrapper turns every tensor argument into one)."""
+    import re
+
+    from iree.compiler import ir
+    inputs = []
+    for op in module.body.operations:
+        attrs = op.operation.attributes
+        # the coarse-fences variant, where there is one, holds the imports
+        if "sym_name" not in attrs or str(attrs["sym_name"]).strip('"') not in (entry, f"{entry}$async"):
+            continue
+        if inputs:
+            break
+
+        def visit(inner):
+            if inner.name == "hal.tensor.import":
+                text = str(inner.results[0].type)
+                match = re.fullmatch(r"tensor<(?:([\d?x]*)x)?(\w+)>", text)
+                if not match:
+                    raise ValueError(f"unsupported input type {text}")
+                dims = [None if d == "?" else int(d) for d in (match.group(1) or "").split("x") if d]
+                inputs.append((f"input{len(inputs)}", dims, _DTYPES.get(match.group(2), match.group(2))))
+            return ir.WalkResult.ADVANCE
+
+        op.operation.walk(visit)
+    return inputs

@@ -1,0 +1,23 @@
+"""Already-imported MLIR (.mlir text or .mlirbc bytecode) given as a file: it enters the
+pipeline at legalize, with IREE detecting its input dialect. There is no framework to ask
+for a reference, so validation checks only that the module runs on each target."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import Framework
+
+
+class ImportedMlir(Framework):
+    name = "mlir"
+    extra = ""        # needs nothing beyond kiln itself
+    suffixes = (".mlir", ".mlirbc")
+    input_type = "auto"
+    first_stage = "legalize"
+    has_reference = False
+
+    def matches(self, path: Path) -> bool:
+        return path.is_file() and path.suffix in self.suffixes
+
+
+ADAPTER = ImportedMlir()
