@@ -41,13 +41,17 @@ def find_executable(name: str) -> str | None:
 
 @functools.lru_cache(maxsize=None)
 def tool_version(tool: str) -> str:
-    """A tool's version. An executable (iree-compile) gives its full --version text;
-    anything else is a Python distribution name read from its metadata."""
+    """A tool's version: a Python distribution's from its metadata; otherwise an executable's
+    full --version text (iree-compile's names its exact build). Distributions are looked up
+    first, so a package that also installs a command of its name never depends on PATH."""
+    version = package_version(tool)
+    if version != "not installed":
+        return version
     exe = find_executable(tool)
     if exe:
         out = subprocess.run([exe, "--version"], capture_output=True, text=True, check=False)
         return " ".join((out.stdout + out.stderr).split())
-    return package_version(tool)
+    return version
 
 
 @functools.lru_cache(maxsize=None)

@@ -16,7 +16,7 @@ class FrameworkStage(Stage):
         return frameworks.get(model.framework)
 
     def code_files(self, model):
-        return (*super().code_files(model), self.adapter(model).source)
+        return (*super().code_files(model), *self.adapter(model).code_files())
 
     def tools(self, model):
         return self.adapter(model).dists

@@ -30,9 +30,9 @@ class Framework:
     first_stage = "capture"          # where its models enter the pipeline
     has_reference = True
 
-    @property
-    def source(self) -> Path:
-        return Path(importlib.import_module(type(self).__module__).__file__)
+    def code_files(self) -> tuple[Path, ...]:
+        """The adapter's source (and any adapter it builds on): part of the stage keys."""
+        return (Path(importlib.import_module(type(self).__module__).__file__),)
 
     def require(self) -> None:
         missing = [m for m in self.modules if importlib.util.find_spec(m) is None]

@@ -1,0 +1,88 @@
+"""JAX adapter: jax.export capture, serialized-export interchange (.jaxexport), StableHLO import.
+
+A models/ file's build() returns (function, inputs): a function of arrays (jittable; closed-over
+weights become constants) and a tuple of numpy example inputs. JAX seeds nothing itself, so
+build() makes its weights and inputs from a fixed seed (numpy default_rng). A user's model file
+is a serialized jax.export.Exported (`exported.serialize()` saved as *.jaxexport); its inputs
+come from the export's in_avals and the model's seed.
+
+Determinism: a JAX export embeds the Python source paths of the traced code in its locations
+unless JAX_TRACEBACK_IN_LOCATIONS_LIMIT=0 is set before tracing, so it is set (env and config)
+before anything is traced. Import takes the export's StableHLO text and writes it as bytecode
+with all locations stripped. The reference is the exported artifact itself run by JAX on CPU.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from pipeline.stage import ModelSpec, StageError
+
+from . import Framework, load_factory, save_arrays, seeded_inputs
+
+
+def _jax():
+    os.environ["JAX_TRACEBACK_IN_LOCATIONS_LIMIT"] = "0"   # no source paths in locations
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    import jax
+    jax.config.update("jax_traceback_in_locations_limit", 0)
+    return jax
+
+
+def _leaves(value) -> list:
+    import numpy as np
+    jax = _jax()
+    leaves = jax.tree_util.tree_leaves(value)
+    if not leaves:
+        raise StageError("the JAX function returned no arrays")
+    return [np.asarray(a) for a in leaves]
+
+
+class Jax(Framework):
+    name = "jax"
+    extra = "jax"
+    modules = ("jax", "jaxlib", "flatbuffers")
+    dists = ("jax", "jaxlib", "flatbuffers")
+    suffixes = (".jaxexport",)
+    input_type = "stablehlo"
+    captured = ("exported.jaxexport",)
+    serialized = "model.jaxexport"
+
+    def capture(self, model: ModelSpec, out: Path) -> None:
+        import numpy as np
+        jax = _jax()
+        if model.factory:
+            built = load_factory(model.factory)()
+            if not (isinstance(built, (tuple, list)) and len(built) == 2 and callable(built[0])):
+                raise StageError(f"model {model.name}: a jax model's build() must return "
+                                 "(function, tuple of numpy inputs)")
+            function, inputs = built
+            inputs = [np.asarray(a) for a in inputs]
+            specs = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in inputs]
+            exported = jax.export.export(jax.jit(function))(*specs)
+        else:  # a user's serialized export
+            exported = jax.export.deserialize(bytearray(Path(model.sources["model"]).read_bytes()))
+            inputs = seeded_inputs(_signature(exported), model.shapes, model.seed, model.name)
+        reference = exported.call(*inputs)
+        (out / "exported.jaxexport").write_bytes(bytes(exported.serialize()))
+        save_arrays(out / "inputs.npz", "arg", inputs)
+        save_arrays(out / "reference.npz", "out", _leaves(reference))
+
+    def serialize(self, captured: Path, out: Path) -> None:
+        # the blob is already the interchange format; a copy under the fixed name
+        shutil.copyfile(captured / "exported.jaxexport", out / self.serialized)
+
+    def import_mlir(self, serialized: Path, out: Path) -> None:
+        from stages.mlir import parse, write_stripped
+        jax = _jax()
+        exported = jax.export.deserialize(bytearray(Path(serialized).read_bytes()))
+        write_stripped(parse(exported.mlir_module().encode()), out)
+
+
+def _signature(exported) -> list[tuple[str, list, str]]:
+    return [(f"arg{i}", [d if isinstance(d, int) else None for d in aval.shape], aval.dtype.name)
+            for i, aval in enumerate(exported.in_avals)]
+
+
+ADAPTER = Jax()

@@ -1,0 +1,244 @@
+"""TensorFlow adapter: SavedModel capture, a deterministic single-file SavedModel archive as
+interchange, iree-tools-tf's importer (in-process) to StableHLO.
+
+A models/ file's build() returns (module, inputs): a tf.Module with one tf.function that has
+an input_signature (the one named __call__ if there are several), and a tuple of numpy inputs
+in that function's argument order. It is saved with that function as its only signature,
+named after the method ('__call__' is saved as 'serving_default'). build() seeds its own
+weights and inputs (numpy default_rng). A user's model is a SavedModel directory (one holding
+saved_model.pb); the signature used is its only one, else 'serving_default', else the first
+by name; inputs are seeded from that signature.
+
+Stage outputs must be single files, so capture packs the SavedModel into an uncompressed tar
+with sorted members, zero mtimes, uid/gid 0 and no owner names, and WITHOUT fingerprint.pb
+(it changes on every save); import unpacks it into a temporary directory.
+
+Import is iree-tools-tf's in-process import_saved_model as `savedmodel_v1`, i.e. by signature
+key: the v2 importer exports object-graph functions (method paths), which a user's
+'serving_default' signature need not be. TF orders the signature's inputs and outputs by a hash
+of their keys, so capture reads that order from the same TF conversion (its
+tf_saved_model.index_path names) and writes inputs.npz / reference.npz in it; the reference is
+the reloaded SavedModel's signature run by TF. A build() model's inputs are matched to the
+signature's keys in definition order (its input_signature order).
+
+The importer leaves a public session_initializer function and one public ml_program.global per
+variable (which IREE would export as global$... accessors): all are made private, so the
+signature is the module's only entry point.
+"""
+from __future__ import annotations
+
+import io
+import os
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+from pipeline.stage import ModelSpec, StageError
+
+from . import Framework, load_factory, save_arrays, seeded_inputs
+
+ARCHIVE = "saved_model.tar"
+VOLATILE = {"fingerprint.pb"}
+
+
+def _tf():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+    return tf
+
+
+def _absl_stream_fix() -> None:
+    """TF's absl log handler keeps the sys.stderr of the moment it was created: under doit that
+    is the task's capture object, which absl tries (and fails) to close at exit. Point it at the
+    process's real stderr instead."""
+    absl_logging = sys.modules.get("absl.logging")
+    if absl_logging is not None:
+        handler = absl_logging.get_absl_handler().python_handler
+        if handler.stream not in (sys.__stderr__, sys.__stdout__):
+            handler.stream = sys.__stderr__
+
+
+class TensorFlow(Framework):
+    name = "tf"
+    extra = "tf"
+    modules = ("tensorflow", "iree.tools.tf")
+    dists = ("tensorflow-cpu", "iree-tools-tf")
+    suffixes = ()
+    input_type = "stablehlo"
+    captured = (ARCHIVE,)
+    serialized = ARCHIVE
+
+    def matches(self, path: Path) -> bool:
+        return path.is_dir() and (path / "saved_model.pb").is_file()
+
+    def capture(self, model: ModelSpec, out: Path) -> None:
+        try:
+            self._capture(model, out)
+        finally:
+            _absl_stream_fix()
+
+    def _capture(self, model: ModelSpec, out: Path) -> None:
+        import numpy as np
+        tf = _tf()
+        with tempfile.TemporaryDirectory() as tmp:
+            if model.factory:
+                built = load_factory(model.factory)()
+                if not (isinstance(built, (tuple, list)) and len(built) == 2
+                        and isinstance(built[0], tf.Module)):
+                    raise StageError(f"model {model.name}: a tf model's build() must return "
+                                     "(tf.Module, tuple of numpy inputs)")
+                module, inputs = built
+                attr, function = _entry_function(module, model.name)
+                saved = Path(tmp) / "saved_model"
+                signature_name = "serving_default" if attr == "__call__" else attr
+                tf.saved_model.save(module, str(saved),
+                                    signatures={signature_name: function.get_concrete_function()})
+                inputs = [np.asarray(a) for a in inputs]
+            else:  # a user's SavedModel directory
+                saved, inputs = Path(model.sources["model"]), None
+            signature_name = _signature_name(saved)
+            signature = tf.saved_model.load(str(saved)).signatures[signature_name]
+            specs = signature.structured_input_signature[1]   # kwargs, definition order
+            if inputs is None:
+                inputs = seeded_inputs([(k, s.shape.as_list(), s.dtype.name)
+                                        for k, s in specs.items()],
+                                       model.shapes, model.seed, model.name)
+            if len(inputs) != len(specs):
+                raise StageError(f"model {model.name}: signature '{signature_name}' takes "
+                                 f"{len(specs)} inputs ({', '.join(specs)}), build() gave "
+                                 f"{len(inputs)}")
+            feeds = dict(zip(specs, inputs))                   # positional -> signature keys
+            for key, spec in specs.items():
+                if not spec.is_compatible_with(tf.constant(feeds[key])):
+                    raise StageError(f"model {model.name}: input '{key}' of shape "
+                                     f"{feeds[key].shape} {feeds[key].dtype} does not fit "
+                                     f"the signature's {spec}")
+            results = signature(**{k: tf.constant(a) for k, a in feeds.items()})
+            in_keys, out_keys = _signature_order(saved, signature_name)
+            if sorted(in_keys) != sorted(specs) or sorted(out_keys) != sorted(results):
+                raise StageError(f"model {model.name}: cannot match signature "
+                                 f"'{signature_name}' to its converted function "
+                                 f"({in_keys} -> {out_keys})")
+            (out / ARCHIVE).write_bytes(_pack(saved))
+        save_arrays(out / "inputs.npz", "arg", [feeds[k] for k in in_keys])
+        save_arrays(out / "reference.npz", "out", [results[k].numpy() for k in out_keys])
+
+    def serialize(self, captured: Path, out: Path) -> None:
+        # capture already wrote the canonical archive; re-pack to be sure of its form
+        with tempfile.TemporaryDirectory() as tmp:
+            _unpack(captured / ARCHIVE, Path(tmp))
+            (out / self.serialized).write_bytes(_pack(Path(tmp)))
+
+    def import_mlir(self, serialized: Path, out: Path) -> None:
+        try:
+            self._import_mlir(serialized, out)
+        finally:
+            _absl_stream_fix()
+
+    def _import_mlir(self, serialized: Path, out: Path) -> None:
+        _tf()  # quiet TF's start-up logging before the importer loads it
+        from iree.compiler import ir
+        from iree.tools.tf.scripts.iree_import_tf.__main__ import import_saved_model
+
+        from stages.mlir import parse, write_stripped
+        with tempfile.TemporaryDirectory() as tmp:
+            saved = Path(tmp) / "saved_model"
+            _unpack(serialized, saved)
+            imported = Path(tmp) / "imported.mlirbc"
+            import_saved_model(output_path=str(imported), saved_model_dir=str(saved),
+                               exported_names=_signature_name(saved),
+                               import_type="savedmodel_v1", tags="serve")
+            module = parse(imported.read_bytes())
+        with module.context:
+            private = ir.StringAttr.get("private")
+            for op in module.body.operations:
+                op = op.operation
+                name = str(op.attributes["sym_name"]).strip('"') if "sym_name" in op.attributes else ""
+                if op.name == "ml_program.global" or (op.name.endswith(".func") and (
+                        name == "session_initializer" or name.startswith("global$"))):
+                    op.attributes["sym_visibility"] = private
+        write_stripped(module, out)
+
+
+def _entry_function(module, name: str):
+    """(attribute name, tf.function) of the function to export: __call__ if there are several."""
+    candidates = {}
+    for attr in dir(type(module)):
+        value = getattr(module, attr, None)
+        if getattr(value, "input_signature", None) is not None:
+            candidates[attr] = value
+    if "__call__" in candidates:
+        return "__call__", candidates["__call__"]
+    if len(candidates) != 1:
+        raise StageError(f"model {name}: the tf.Module needs exactly one tf.function with an "
+                         f"input_signature (or one named __call__); found "
+                         f"{', '.join(sorted(candidates)) or 'none'}")
+    return next(iter(candidates.items()))
+
+
+def _signature_name(saved: Path) -> str:
+    """The signature to import, read from saved_model.pb without loading the model."""
+    from tensorflow.core.protobuf import saved_model_pb2
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString((saved / "saved_model.pb").read_bytes())
+    names = sorted({n for graph in proto.meta_graphs for n in graph.signature_def
+                    if not n.startswith("__")})
+    if not names:
+        raise StageError(f"the SavedModel has no signature to import (save it with "
+                         f"signatures={{'serving_default': fn}})")
+    return names[0] if len(names) == 1 else ("serving_default" if "serving_default" in names
+                                             else names[0])
+
+
+def _signature_order(saved: Path, name: str) -> tuple[list[str], list[str]]:
+    """The signature's input and output keys in the order the importer gives the function's
+    arguments and results (TF sorts them by a hash of the key), read from the same TF
+    conversion iree-tools-tf runs, before it drops the tf_saved_model.index_path names."""
+    import inspect
+    import re
+
+    from tensorflow.mlir.experimental import convert_saved_model_v1
+    options = {"include_variables_in_initializers": False, "upgrade_legacy": False,
+               "lift_variables": True}
+    accepted = inspect.signature(convert_saved_model_v1).parameters
+    text = convert_saved_model_v1(str(saved), exported_names=name, tags="serve",
+                                  show_debug_info=False,
+                                  **{k: v for k, v in options.items() if k in accepted})
+    header = next((line for line in text.splitlines()
+                   if re.search(rf"func(\.func)? @{re.escape(name)}\(", line)), None)
+    if header is None:
+        raise StageError(f"signature '{name}' not found in the converted SavedModel")
+    arguments, _, results = header.partition(") -> ")
+    index = re.compile(r'tf_saved_model\.index_path = \["([^"]*)"\]')
+    return index.findall(arguments), index.findall(results)
+
+
+def _pack(directory: Path) -> bytes:
+    """A reproducible tar of a SavedModel directory: same files, same bytes."""
+    buffer = io.BytesIO()
+    files = sorted((p for p in directory.rglob("*") if p.is_file() and p.name not in VOLATILE),
+                   key=lambda p: p.relative_to(directory).as_posix())
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for path in files:
+            info = tarfile.TarInfo(path.relative_to(directory).as_posix())
+            info.size = path.stat().st_size
+            info.mtime = 0
+            info.mode = 0o644
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            with open(path, "rb") as f:
+                tar.addfile(info, f)
+    return buffer.getvalue()
+
+
+def _unpack(archive: Path, directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive, mode="r") as tar:
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(directory, filter="data")
+        else:
+            tar.extractall(directory)
+
+
+ADAPTER = TensorFlow()
