@@ -22,6 +22,8 @@ def build_graph(stages: list[Stage], models: list[ModelSpec], targets: list[Targ
             for target in (targets if stage.per_target else [None]):
                 node = Node(stage.name, model.name, target.name if target else None)
                 graph.add_node(node, stage=stage, model=model, target=target)
+                for peer in stage.peers(model, target, targets):
+                    graph.add_edge(Node(stage.name, model.name, peer), node)
                 for upstream in stage.inputs:
                     if upstream not in present:
                         continue

@@ -27,10 +27,10 @@ def rows(entries: list[dict]) -> list[dict]:
             outcome = "compiled"
         elif validate["status"] == "skipped":
             outcome = validate.get("reason") or "skipped"
-        elif result.get("checked"):
-            outcome = f"ran: {result['checked']}"
         else:
             outcome = "passed" if result.get("passed") else "FAILED"
+            if result.get("checked"):
+                outcome += f" ({result['checked']})"
         counts = {}
         for e in chain:
             counts[e["status"]] = counts.get(e["status"], 0) + 1

@@ -95,6 +95,11 @@ class Stage:
     def params(self, model: ModelSpec, target: Target | None) -> dict:
         return {}
 
+    def peers(self, model: ModelSpec, target: Target | None, targets: list[Target]) -> tuple[str, ...]:
+        """Other targets whose node of this same stage this one reads (e.g. a reference run
+        on CPU for a model that has no framework answer). Handed in as '<stage>@<target>'."""
+        return ()
+
     def applies_to(self, model: ModelSpec) -> bool:
         """False for stages a model skips (e.g. a model file that enters at legalize)."""
         return True

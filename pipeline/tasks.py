@@ -43,7 +43,9 @@ def _pick(value: str | None, valid: dict, default: tuple, what: str, config: Con
     for name in (v.strip() for v in value.split(",") if v.strip()):
         if name in valid:
             picked.append(valid[name])
-        elif resolve_path and (os.sep in name or Path(name).suffix) and Path(name).exists():
+        elif resolve_path and (os.sep in name or Path(name).suffix):
+            if not Path(name).exists():
+                raise ConfigError(f"{what}={name}: no such file or directory")
             picked.append(resolve_path(name))
         else:
             raise ConfigError(f"{what}={name}: unknown {what} (valid: {', '.join(sorted(valid))}"
@@ -95,7 +97,8 @@ def _node_files(plan: Plan, node: Node) -> list[Path]:
 
 def _action(plan: Plan, node: Node):
     data = plan.graph.nodes[node]
-    upstream = {up.stage: (plan.graph.nodes[up]["stage"], plan.layout.node_dir(up))
+    upstream = {(up.stage if up.target in (None, node.target) else f"{up.stage}@{up.target}"):
+                (plan.graph.nodes[up]["stage"], plan.layout.node_dir(up))
                 for up in plan.graph.predecessors(node)}
     first = plan.graph.in_degree(node) == 0
     entry = execute(node, data["stage"], data["model"], data["target"], upstream, plan.layout, first)

@@ -57,6 +57,13 @@ class Validate(Stage):
         return (target.atol if model.atol is None else model.atol,
                 target.rtol if model.rtol is None else model.rtol)
 
+    def peers(self, model, target, targets):
+        # no framework answer (imported MLIR): compare with the first llvm-cpu target's run
+        if frameworks.get(model.framework).has_reference or target.backend == "llvm-cpu":
+            return ()
+        cpu = next((t.name for t in targets if t.backend == "llvm-cpu"), None)
+        return (cpu,) if cpu else ()
+
     def params(self, model, target):
         atol, rtol = self.tolerances(model, target)
         # the device it ran on is part of the answer: lavapipe's pass is not a GPU's
@@ -67,21 +74,27 @@ class Validate(Stage):
         if _device(driver) is None:
             raise StageSkipped(f"skipped: no {driver} device")
         info = json.loads((ctx.inputs["emit"] / "model.json").read_text())
+        peer = None
         if "capture" in ctx.inputs:
             inputs = frameworks.load_arrays(ctx.inputs["capture"] / "inputs.npz")
             reference = frameworks.load_arrays(ctx.inputs["capture"] / "reference.npz")
-        else:  # imported MLIR given as a file: no framework to ask, so it must at least run
+        else:  # imported MLIR given as a file: no framework to ask; a CPU run, if any, is the answer
             inputs = frameworks.seeded_inputs(info["inputs"], ctx.model.shapes, ctx.model.seed,
                                               ctx.model.name)
-            reference = None
+            peer = next((name for name in ctx.inputs if name.startswith("validate@")), None)
+            reference = frameworks.load_arrays(ctx.inputs[peer] / "outputs.npz") if peer else None
         module = ctx.inputs["codegen"] / "module.vmfb"
         with tempfile.TemporaryDirectory() as tmp:
             outputs, timing = _run_module(Path(tmp), module, driver, info["entry"], inputs,
                                           None if reference is None else len(reference), ctx)
         atol, rtol = self.tolerances(ctx.model, ctx.target)
-        checked = compare(outputs, reference, atol, rtol) if reference is not None else {
-            "passed": True, "max_abs_error": None, "max_rel_error": None, "atol": atol,
-            "rtol": rtol, "checked": "runs only: no framework reference for an MLIR file"}
+        if reference is None:
+            checked = {"passed": True, "max_abs_error": None, "max_rel_error": None, "atol": atol,
+                       "rtol": rtol, "checked": "runs only: no framework reference for an MLIR file"}
+        else:
+            checked = compare(outputs, reference, atol, rtol)
+            if peer:
+                checked["checked"] = f"against {peer.split('@')[1]}'s outputs (no framework reference)"
         result = {**checked, **timing, "device": _device(driver)}
         np.savez(ctx.out / "outputs.npz", **{f"out{i}": o for i, o in enumerate(outputs)})
         (ctx.out / "result.json").write_text(json.dumps(result, indent=1, sort_keys=True))

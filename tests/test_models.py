@@ -81,10 +81,13 @@ def test_imported_mlir_enters_at_legalize_and_runs(project, tmp_path):
     project.doit("validate", f"model={mlir}", "target=cpu,vulkan")
     record = project.record()
     assert {t["stage"] for t in record} == {"legalize", "emit", "lower", "codegen", "validate"}
-    for t in record:
-        if t["stage"] == "validate":
-            assert t["status"] == "ran" and t["result"]["passed"]
-            assert "runs only" in t["result"]["checked"]
+    validates = {t["target"]: t for t in record if t["stage"] == "validate"}
+    assert all(t["status"] == "ran" and t["result"]["passed"] for t in validates.values())
+    assert "runs only" in validates["cpu"]["result"]["checked"]
+    assert validates["cpu"]["result"]["max_abs_error"] is None
+    # vulkan is checked against the cpu run's outputs
+    assert "against cpu's outputs" in validates["vulkan"]["result"]["checked"]
+    assert validates["vulkan"]["result"]["max_abs_error"] < validates["vulkan"]["result"]["atol"]
 
 
 def test_framework_not_installed_fails_only_its_model(project):
