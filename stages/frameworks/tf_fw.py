@@ -27,6 +27,7 @@ signature is the module's only entry point.
 """
 from __future__ import annotations
 
+import functools
 import io
 import os
 import sys
@@ -59,6 +60,17 @@ def _absl_stream_fix() -> None:
             handler.stream = sys.__stderr__
 
 
+def absl_safe(method):
+    """Run a TF-loading adapter method, then put absl's log handler back on the real stderr."""
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        finally:
+            _absl_stream_fix()
+    return wrapper
+
+
 class TensorFlow(Framework):
     name = "tf"
     extra = "tf"
@@ -72,13 +84,8 @@ class TensorFlow(Framework):
     def matches(self, path: Path) -> bool:
         return path.is_dir() and (path / "saved_model.pb").is_file()
 
+    @absl_safe
     def capture(self, model: ModelSpec, out: Path) -> None:
-        try:
-            self._capture(model, out)
-        finally:
-            _absl_stream_fix()
-
-    def _capture(self, model: ModelSpec, out: Path) -> None:
         import numpy as np
         tf = _tf()
         with tempfile.TemporaryDirectory() as tmp:
@@ -130,13 +137,8 @@ class TensorFlow(Framework):
             _unpack(captured / ARCHIVE, Path(tmp))
             (out / self.serialized).write_bytes(_pack(Path(tmp)))
 
+    @absl_safe
     def import_mlir(self, serialized: Path, out: Path) -> None:
-        try:
-            self._import_mlir(serialized, out)
-        finally:
-            _absl_stream_fix()
-
-    def _import_mlir(self, serialized: Path, out: Path) -> None:
         _tf()  # quiet TF's start-up logging before the importer loads it
         from iree.compiler import ir
         from iree.tools.tf.scripts.iree_import_tf.__main__ import import_saved_model

@@ -25,7 +25,7 @@ from pathlib import Path
 from pipeline.stage import ModelSpec, StageError
 
 from . import Framework, load_factory, save_arrays, seeded_inputs
-from .tf_fw import _absl_stream_fix, _entry_function
+from .tf_fw import _entry_function, absl_safe
 
 
 class TFLite(Framework):
@@ -41,13 +41,8 @@ class TFLite(Framework):
     def code_files(self) -> tuple[Path, ...]:
         return (*super().code_files(), Path(__file__).parent / "tf_fw.py")
 
+    @absl_safe
     def capture(self, model: ModelSpec, out: Path) -> None:
-        try:
-            self._capture(model, out)
-        finally:
-            _absl_stream_fix()
-
-    def _capture(self, model: ModelSpec, out: Path) -> None:
         import numpy as np
         if model.factory:
             built = load_factory(model.factory)()
@@ -84,13 +79,8 @@ class TFLite(Framework):
     def serialize(self, captured: Path, out: Path) -> None:
         shutil.copyfile(captured / "model.tflite", out / self.serialized)
 
+    @absl_safe
     def import_mlir(self, serialized: Path, out: Path) -> None:
-        try:
-            self._import_mlir(serialized, out)
-        finally:
-            _absl_stream_fix()
-
-    def _import_mlir(self, serialized: Path, out: Path) -> None:
         from tosa_converter_for_tflite import (TosaConverterDebugInfo, TosaConverterOutputFormat,
                                                tflite_flatbuffer_to_tosa_mlir)
 
