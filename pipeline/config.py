@@ -24,6 +24,7 @@ class Target:
     flags: tuple[str, ...]
     atol: float
     rtol: float
+    where: str = field(default="", compare=False)   # "targets.yaml:12", for error messages
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,8 @@ def load_config(path: str | Path) -> Config:
     for name_node, node in _mapping(path, sections["targets"], "targets"):
         v = _check_fields(path, node, f"targets.{name_node.value}", TARGET_FIELDS)
         targets[name_node.value] = Target(name_node.value, v["backend"], v["arch"], v["driver"],
-                                          tuple(v["flags"]), float(v["atol"]), float(v["rtol"]))
+                                          tuple(v["flags"]), float(v["atol"]), float(v["rtol"]),
+                                          _where(path, node))
     models = {}
     if "models" in sections:
         for name_node, node in _mapping(path, sections["models"], "models"):

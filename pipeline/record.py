@@ -69,6 +69,9 @@ def make_reporter(run_file: Path):
             atomic_write(run_file, json.dumps({"tasks": tasks}, indent=1).encode())
             if tasks:
                 self.outstream.write("\n" + report.table(tasks) + "\n")
+                for task in tasks:
+                    for warning in task.get("warnings", []):
+                        self.outstream.write(f"warning: {task['task']}: {warning}\n")
                 self.outstream.write(f"run record: {run_file}\n")
             super().complete_run()
 

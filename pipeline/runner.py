@@ -87,15 +87,15 @@ def execute(node: Node, stage: Stage, model: ModelSpec, target: Target | None,
     entry = {"task": node.task_name, "stage": node.stage, "model": node.model,
              "target": node.target, "key": None}
     log_lines: list[str] = []
+    store = Store(layout.cache)
     try:
         key, _ = compute_key(stage, model, target, upstream, first)
         entry["key"] = key
-        store = Store(layout.cache)
         cached = store.lookup(key)
         if cached and _restore(store, key, cached, layout.node_dir(node), layout):
             entry.update(status="cached", **_meta_fields(cached["meta"]))
         else:
-            meta = _run(stage, model, target, upstream, layout, node, key, log_lines)
+            meta = _run(stage, model, target, upstream, layout, node, key, log_lines, store)
             entry.update(status="ran", **_meta_fields(meta))
     except StageSkipped as skip:
         entry.update(status="skipped", reason=str(skip))
@@ -107,6 +107,9 @@ def execute(node: Node, stage: Stage, model: ModelSpec, target: Target | None,
     except Exception as err:  # a bug or a framework error: keep the traceback in the log
         entry.update(status="failed", error=f"{type(err).__name__}: {err}", command=None)
         log_lines.append(traceback.format_exc())
+    if store.warnings:
+        entry["warnings"] = store.warnings
+        log_lines += [f"warning: {w}" for w in store.warnings]
     entry["seconds"] = round(time.perf_counter() - started, 3)
     _write_log(layout.log_file(node), entry, log_lines)
     entry["log"] = str(layout.log_file(node).relative_to(layout.root))
@@ -126,7 +129,7 @@ def _restore(store: Store, key: str, cached: dict, out_dir: Path, layout: Layout
     return True
 
 
-def _run(stage, model, target, upstream, layout, node, key, log_lines) -> dict:
+def _run(stage, model, target, upstream, layout, node, key, log_lines, store) -> dict:
     with tempfile.TemporaryDirectory(dir=layout.scratch()) as tmp:
         ctx = StageContext(model, target, {n: d for n, (_, d) in upstream.items()}, Path(tmp),
                            log_lines)
@@ -137,7 +140,7 @@ def _run(stage, model, target, upstream, layout, node, key, log_lines) -> dict:
             raise StageError(f"stage {stage.name} did not write {', '.join(missing)}")
         outputs = {rel: keys.digest_file(ctx.out / rel) for rel in declared}
         meta = {"result": result}
-        Store(layout.cache).save(key, ctx.out, outputs, meta)
+        store.save(key, ctx.out, outputs, meta)
         _install(ctx.out, list(declared), layout.node_dir(node))
     return meta
 

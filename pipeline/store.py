@@ -48,6 +48,11 @@ def atomic_copy(src: Path, dst: Path) -> None:
 class Store:
     def __init__(self, root: str | Path):
         self.root = Path(root)
+        self.warnings: list[str] = []   # what was discarded, for the run record
+
+    def _warn(self, message: str) -> None:
+        self.warnings.append(message)
+        log.warning("kiln: %s", message)
 
     def _entry(self, key: str) -> Path:
         return self.root / "ac" / key[:2] / f"{key}.json"
@@ -65,7 +70,7 @@ class Store:
             return None
         except (OSError, ValueError):
             pass
-        log.warning("kiln: cache entry %s is damaged; discarding it and rebuilding", key[:12])
+        self._warn(f"cache entry {key[:12]} is damaged; discarded it and rebuilt")
         self._entry(key).unlink(missing_ok=True)
         return None
 
@@ -74,8 +79,8 @@ class Store:
         for rel, digest in entry["outputs"].items():
             blob = self._blob(digest)
             if not blob.is_file() or digest_file(blob) != digest:
-                log.warning("kiln: cache blob %s for %s is missing or corrupted; discarding "
-                            "the entry and rebuilding", digest[:12], rel)
+                self._warn(f"cache blob {digest[:12]} for {rel} is missing or corrupted; "
+                           "discarded the entry and rebuilt")
                 blob.unlink(missing_ok=True)
                 self._entry(key).unlink(missing_ok=True)
                 return False

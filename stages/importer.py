@@ -17,9 +17,7 @@ class Import(FrameworkStage):
     def outputs(self, model):
         return ("imported.mlirbc",)
 
-    def run(self, ctx):
-        adapter = self.adapter(ctx.model)
-        adapter.require()
+    def work(self, adapter, ctx):
         source = ctx.inputs["serialize"] / adapter.serialized if "serialize" in ctx.inputs \
             else Path(ctx.model.sources["model"])
         adapter.import_mlir(source, ctx.out / "imported.mlirbc")

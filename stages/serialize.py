@@ -11,9 +11,7 @@ class Serialize(FrameworkStage):
     def outputs(self, model):
         return (self.adapter(model).serialized,)
 
-    def run(self, ctx):
-        adapter = self.adapter(ctx.model)
-        adapter.require()
+    def work(self, adapter, ctx):
         adapter.serialize(ctx.inputs["capture"], ctx.out)
 
 

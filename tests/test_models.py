@@ -4,6 +4,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import needs_torch
@@ -52,6 +53,23 @@ def test_dynamic_dimension_needs_a_size(project, tmp_path):
 
     project.doit("validate", f"model={model}", "target=cpu", "shapes=input:2x8")
     assert next(t for t in project.record() if t["stage"] == "validate")["result"]["passed"]
+
+
+def test_config_declared_model_file_with_shapes(project, tmp_path):
+    save_pt2(tmp_path / "dyn.pt2", dynamic=True)
+    config = project.root / "targets.yaml"
+    config.write_text(config.read_text() + f"""
+models:
+  dynnet:
+    file: {tmp_path / 'dyn.pt2'}
+    shapes: {{input: [3, 8]}}
+""")
+    project.doit("validate", "model=dynnet", "target=cpu")
+    by_stage = {t["stage"]: t for t in project.record()}
+    assert by_stage["capture"]["model"] == "dynnet"
+    assert by_stage["validate"]["result"]["passed"]
+    with np.load(project.root / "build" / "dynnet" / "capture" / "inputs.npz") as inputs:
+        assert inputs["arg0"].shape == (3, 8)
 
 
 def test_config_declared_model_from_outside_the_repo(project, tmp_path):

@@ -139,3 +139,19 @@ def test_each_failure_stays_in_its_own_model_and_target(project):
 
     table = proc.stdout
     assert "FAILED at capture" in table and "FAILED at legalize" in table and "FAILED at lower" in table
+
+
+def test_target_without_a_device_compiles_and_reports_skipped(project):
+    if any(d.startswith("cuda://") for d in _devices()):
+        pytest.skip("this machine has a CUDA device")
+    proc = project.doit("validate", "model=mlp", "target=cuda")
+    by_task = {t["task"]: t for t in project.record()}
+    assert by_task["codegen:mlp@cuda"]["status"] == "ran"
+    skipped = by_task["validate:mlp@cuda"]
+    assert skipped["status"] == "skipped" and skipped["reason"] == "skipped: no cuda device"
+    assert "skipped: no cuda device" in proc.stdout
+
+
+def _devices():
+    from stages.iree_tools import devices
+    return devices()

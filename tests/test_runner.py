@@ -110,3 +110,5 @@ def test_corrupted_cache_blob_is_rebuilt(layout, caplog):
     assert entry2["status"] == "ran" and source.calls == 2
     assert (out / "out.txt").read_text() == "HEL"
     assert "corrupted" in caplog.text
+    assert "corrupted" in entry2["warnings"][0]
+    assert "warning: cache blob" in (layout.root / entry2["log"]).read_text()

@@ -1,0 +1,38 @@
+"""Target resolution: flags per backend, 'host' made concrete, bad names caught before
+iree-compile sees them (an unknown vulkan target crashes it)."""
+import pytest
+
+from pipeline.config import ConfigError, Target
+from stages.targets import compile_flags, host_cpu, resolve
+
+
+def target(backend, arch=None, flags=()):
+    return Target("t", backend, arch, None, tuple(flags), 1e-4, 1e-4, "targets.yaml:7")
+
+
+def test_host_cpu_is_resolved_to_a_concrete_name():
+    cpu = resolve(target("llvm-cpu", "host"))
+    assert cpu.arch == host_cpu() and cpu.arch != "host"
+    assert f"--iree-llvmcpu-target-cpu={cpu.arch}" in compile_flags(cpu)
+    assert cpu.driver == "local-task"
+
+
+def test_defaults_and_extra_flags():
+    vulkan = resolve(target("vulkan-spirv", flags=["--iree-opt-level=O2"]))
+    assert (vulkan.arch, vulkan.driver) == ("llvmpipe", "vulkan")
+    assert compile_flags(vulkan) == ["--iree-hal-target-device=vulkan",
+                                     "--iree-vulkan-target=llvmpipe", "--iree-opt-level=O2"]
+    assert resolve(target("rocm")).driver == "hip"
+
+
+@pytest.mark.parametrize("bad, words", [
+    (target("metal"), ["targets.yaml:7", "targets.t.backend", "unknown backend 'metal'", "vulkan-spirv"]),
+    (target("vulkan-spirv", "rdna9"), ["targets.t.arch", "'rdna9'", "llvmpipe", "rdna3"]),
+    (target("cuda", "sm_90"), ["targets.t.arch", "'sm_90'", "sm_89"]),
+    (target("vmvx", "x"), ["backend vmvx takes no arch"]),
+])
+def test_bad_targets_are_named(bad, words):
+    with pytest.raises(ConfigError) as err:
+        resolve(bad)
+    for word in words:
+        assert word in str(err.value)
