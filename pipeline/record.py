@@ -51,13 +51,15 @@ def make_reporter(run_file: Path):
             super().add_failure(task, fail)
             if isinstance(fail, (DependencyError, UnmetDependency)):
                 self._add(task, status="skipped", seconds=0.0, reason="an upstream stage failed",
-                          error=None, result=None)
-            else:
-                self._add(task)
+                          key=None, error=None, command=None, result=None, warnings=None)
+            else:  # the runner's entry says why; if it never got to write one, doit's message
+                entry = _entry(task) or {}
+                extra = {} if entry.get("status") == "failed" else {"error": fail.get_msg().strip()}
+                self._add(task, status="failed", **extra)
 
         def skip_uptodate(self, task):
             super().skip_uptodate(task)
-            self._add(task, status="up-to-date", seconds=0.0)
+            self._add(task, status="up-to-date", seconds=0.0, warnings=None)
 
         def skip_ignore(self, task):
             super().skip_ignore(task)

@@ -55,10 +55,11 @@ def _pick(value: str | None, valid: dict, default: tuple, what: str, config: Con
 
 
 def parse_shapes(text: str | None) -> dict:
-    """'x:1x3x224x224;y:4' -> {'x': [1, 3, 224, 224], 'y': [4]}"""
+    """'x:1x3x224x224;y:4' -> {'x': [1, 3, 224, 224], 'y': [4]}. Input names may hold ':'
+    (TFLite's 'serving_default_x:0'), dims never do: split at the last one."""
     shapes = {}
     for item in filter(None, (text or "").split(";")):
-        name, _, dims = item.partition(":")
+        name, _, dims = item.rpartition(":")
         try:
             shapes[name.strip()] = [int(d) for d in dims.lower().split("x")]
         except ValueError:

@@ -17,7 +17,6 @@ interpreter's input/output detail order used for inputs.npz and reference.npz.
 from __future__ import annotations
 
 import io
-import os
 import sys
 import shutil
 from pathlib import Path
@@ -25,7 +24,7 @@ from pathlib import Path
 from pipeline.stage import ModelSpec, StageError
 
 from . import Framework, load_factory, save_arrays, seeded_inputs
-from .tf_fw import _entry_function, absl_safe
+from .tf_fw import _entry_function, _tf, absl_safe
 
 
 class TFLite(Framework):
@@ -96,8 +95,7 @@ def _convert(module, name: str) -> bytes:
     if importlib.util.find_spec("tensorflow") is None:
         raise StageError(f"model {name}: converting a tf.Module to .tflite needs TensorFlow: "
                          "install kiln[tf] (or return the .tflite bytes from build())")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
+    tf = _tf()
     _, function = _entry_function(module, name)
     converter = tf.lite.TFLiteConverter.from_concrete_functions(
         [function.get_concrete_function()], module)
