@@ -26,6 +26,7 @@ def _entry(task) -> dict | None:
         entry.update(json.loads(Path(info["entry"]).read_text()))
     except (OSError, ValueError):
         pass
+    entry.pop("fingerprint", None)   # the key's parts, kept for the next 'why'; not for the record
     return entry
 
 
@@ -51,7 +52,8 @@ def make_reporter(run_file: Path):
             super().add_failure(task, fail)
             if isinstance(fail, (DependencyError, UnmetDependency)):
                 self._add(task, status="skipped", seconds=0.0, reason="an upstream stage failed",
-                          key=None, error=None, command=None, result=None, warnings=None)
+                          key=None, error=None, command=None, result=None, warnings=None,
+                          why=None)
             else:  # the runner's entry says why; if it never got to write one, doit's message
                 entry = _entry(task) or {}
                 extra = {} if entry.get("status") == "failed" else {"error": fail.get_msg().strip()}
@@ -59,7 +61,7 @@ def make_reporter(run_file: Path):
 
         def skip_uptodate(self, task):
             super().skip_uptodate(task)
-            self._add(task, status="up-to-date", seconds=0.0, warnings=None)
+            self._add(task, status="up-to-date", seconds=0.0, warnings=None, why=None)
 
         def skip_ignore(self, task):
             super().skip_ignore(task)

@@ -89,12 +89,14 @@ def execute(node: Node, stage: Stage, model: ModelSpec, target: Target | None,
     log_lines: list[str] = []
     store = Store(layout.cache)
     try:
-        key, _ = compute_key(stage, model, target, upstream, first)
-        entry["key"] = key
+        key, parts = compute_key(stage, model, target, upstream, first)
+        entry.update(key=key, fingerprint=parts)
         cached = store.lookup(key)
         if cached and _restore(store, key, cached, layout.node_dir(node), layout):
             entry.update(status="cached", **_meta_fields(cached["meta"]))
         else:
+            entry["why"] = explain(_previous_fingerprint(layout.entry_file(node)), parts)
+            log_lines.append(f"why: {entry['why']}")
             meta = _run(stage, model, target, upstream, layout, node, key, log_lines, store)
             entry.update(status="ran", **_meta_fields(meta))
     except StageSkipped as skip:
@@ -115,6 +117,27 @@ def execute(node: Node, stage: Stage, model: ModelSpec, target: Target | None,
     entry["log"] = str(layout.log_file(node).relative_to(layout.root))
     atomic_write(layout.entry_file(node), json.dumps(entry, indent=1).encode())
     return entry
+
+
+def _previous_fingerprint(entry_file: Path) -> dict | None:
+    try:
+        return json.loads(entry_file.read_text()).get("fingerprint")
+    except (OSError, ValueError):
+        return None
+
+
+def explain(before: dict | None, now: dict) -> str:
+    """Why a stage had to run: which part of its key differs from its last build here."""
+    if not before:
+        return "no earlier build of this stage here and none in the cache"
+    changes = []
+    for part in ("code", "params", "inputs", "tools"):
+        old, new = before.get(part) or {}, now[part]
+        names = sorted(n for n in set(old) | set(new) if old.get(n) != new.get(n))
+        if names:
+            changes.append(f"{part}: {', '.join(names)}")
+    return ("changed " + "; ".join(changes)) if changes else \
+        "key unchanged but not in the cache (cleared, or another store)"
 
 
 def _meta_fields(meta: dict) -> dict:

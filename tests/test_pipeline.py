@@ -40,6 +40,8 @@ def test_legalize_edit_reruns_only_legalize(project):
     project.doit("compile", "model=mlp", "target=cpu,vulkan")
     ran = {task for task, status in project.statuses().items() if status == "ran"}
     assert ran == {"legalize:mlp"}
+    legalize = next(t for t in project.record() if t["task"] == "legalize:mlp")
+    assert legalize["why"] == "changed code: stages/legalize.py"
     assert all(s == "up-to-date" for t, s in project.statuses().items() if t != "legalize:mlp")
 
 

@@ -112,3 +112,12 @@ def test_corrupted_cache_blob_is_rebuilt(layout, caplog):
     assert "corrupted" in caplog.text
     assert "corrupted" in entry2["warnings"][0]
     assert "warning: cache blob" in (layout.root / entry2["log"]).read_text()
+
+
+def test_a_rerun_says_which_part_of_the_key_changed(layout):
+    source = Source()
+    entry, _ = run(source, layout)
+    assert entry["why"].startswith("no earlier build")
+    source.text = "world"
+    entry, _ = run(source, layout)
+    assert entry["status"] == "ran" and entry["why"] == "changed params: text"
