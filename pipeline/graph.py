@@ -33,12 +33,3 @@ def build_graph(stages: list[Stage], models: list[ModelSpec], targets: list[Targ
         cycle = nx.find_cycle(graph)
         raise ValueError(f"stage graph has a cycle: {cycle}")
     return graph
-
-
-def upstream(graph: nx.DiGraph, node: Node) -> list[Node]:
-    return sorted(graph.predecessors(node))
-
-
-def affected_by(graph: nx.DiGraph, node: Node) -> set[Node]:
-    """Everything that may rebuild when node's output changes (for 'what would rebuild')."""
-    return nx.descendants(graph, node)

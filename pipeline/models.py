@@ -7,7 +7,9 @@ A models/ file names its framework in a module-level `FRAMEWORK = "..."` and def
 from __future__ import annotations
 
 import ast
+import importlib.util
 import re
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -49,8 +51,21 @@ def _factory_spec(factory: str, root: Path) -> tuple[str, Path | None]:
         raise ConfigError(f"factory '{factory}': expected 'module:function' or 'file.py:function'")
     if module.endswith(".py"):
         path = (root / module).resolve()
+        if not path.is_file():
+            raise ConfigError(f"factory '{factory}': {path} does not exist")
         return f"{path}:{function}", path
-    return factory, None
+    # a module's source is found (not imported: that may pull in a framework) so that its
+    # content, like a file factory's, enters the capture key
+    if str(root) not in sys.path:
+        sys.path.append(str(root))
+    try:
+        spec = importlib.util.find_spec(module)
+    except ImportError:
+        spec = None
+    if spec is None or not spec.origin or not Path(spec.origin).is_file():
+        raise ConfigError(f"factory '{factory}': cannot find module '{module}' "
+                          f"(on sys.path or under {root})")
+    return factory, Path(spec.origin)
 
 
 def from_config(config: Config, detect: Detect) -> dict[str, ModelSpec]:
@@ -67,7 +82,10 @@ def from_config(config: Config, detect: Detect) -> dict[str, ModelSpec]:
                 raise ConfigError(f"{config.path}: models.{decl.name}: cannot tell the framework "
                                   f"of {path}; set 'framework'")
         else:
-            factory, path = _factory_spec(decl.factory, config.root)
+            try:
+                factory, path = _factory_spec(decl.factory, config.root)
+            except ConfigError as err:
+                raise ConfigError(f"{config.path}: models.{decl.name}.factory: {err}") from None
             if path is not None:
                 sources["model"] = path
             framework = decl.framework

@@ -1,5 +1,7 @@
 from pipeline.config import Target
-from pipeline.graph import affected_by, build_graph
+import networkx as nx
+
+from pipeline.graph import build_graph
 from pipeline.stage import ModelSpec, Node
 from stages import pipeline
 
@@ -20,6 +22,6 @@ def test_per_model_stages_are_shared_by_targets():
 
 def test_what_a_legalize_change_can_reach():
     graph = build_graph(pipeline(), [ModelSpec("a", "torch", {})], [CPU, GPU])
-    reach = affected_by(graph, Node("legalize", "a", None))
+    reach = nx.descendants(graph, Node("legalize", "a", None))
     assert {n.stage for n in reach} == {"emit", "lower", "codegen", "validate"}
     assert Node("capture", "a", None) not in reach

@@ -121,3 +121,26 @@ def test_framework_not_installed_fails_only_its_model(project):
     assert by_task["capture:ghost"]["status"] == "failed"
     assert "install kiln[absent]" in by_task["capture:ghost"]["error"]
     assert by_task["validate:mlp@cpu"]["result"]["passed"]
+
+
+def test_module_factory_is_fingerprinted_by_its_source(project):
+    package = project.root / "mynets"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "small.py").write_text(
+        "def make():\n    import torch\n    return torch.nn.Linear(4, 2), (torch.randn(1, 4),)\n")
+    config = project.root / "targets.yaml"
+    config.write_text(config.read_text() + "\nmodels:\n  small:\n    framework: torch\n"
+                      "    factory: mynets.small:make\n  broken:\n    framework: torch\n"
+                      "    factory: nonet.small:make\n")
+    proc = project.doit("validate", "model=small", "target=cpu", check=False)
+    assert proc.returncode != 0
+    assert "models.broken.factory" in proc.stderr and "cannot find module 'nonet.small'" in proc.stderr
+
+    config.write_text(config.read_text().split("  broken:")[0])
+    project.doit("validate", "model=small", "target=cpu")
+    with open(package / "small.py", "a") as f:
+        f.write("# an edit to the factory's module\n")
+    project.doit("validate", "model=small", "target=cpu")
+    capture = next(t for t in project.record() if t["stage"] == "capture")
+    assert capture["status"] == "ran" and capture["why"] == "changed inputs: source:model"
