@@ -1,4 +1,4 @@
-"""The run record: build/run.json, written at the end of every doit run.
+"""The run record: build/run.json (and build/report.md), written at the end of every doit run.
 
 The runner leaves one entry per executed stage under build/.kiln/tasks/; this reporter adds
 what only doit knows (which tasks it skipped as up-to-date, which never ran because an
@@ -71,6 +71,7 @@ def make_reporter(run_file: Path):
             tasks = [{k: v for k, v in e.items() if v is not None or k in ("target", "key")}
                      for e in self.entries]
             atomic_write(run_file, json.dumps({"tasks": tasks}, indent=1).encode())
+            atomic_write(run_file.with_name("report.md"), report.markdown(tasks).encode())
             if tasks:
                 self.outstream.write("\n" + report.table(tasks) + "\n")
                 for task in tasks:

@@ -41,8 +41,22 @@ def rows(entries: list[dict]) -> list[dict]:
     return out
 
 
-def table(entries: list[dict]) -> str:
-    body = [[r["model"], r["target"], r["outcome"][:90], _fmt(r["max_abs"]), _fmt(r["max_rel"]),
+def table(entries: list[dict], tablefmt: str = "simple", width: int | None = 90) -> str:
+    body = [[r["model"], r["target"], r["outcome"][:width], _fmt(r["max_abs"]), _fmt(r["max_rel"]),
              _fmt(r["ms"], ".2f"), r["stages"]] for r in rows(entries)]
-    return tabulate(body, headers=["model", "target", "outcome", "max abs err", "max rel err",
-                                   "ms/run", "stages"])
+    return tabulate(body, tablefmt=tablefmt,
+                    headers=["model", "target", "outcome", "max abs err", "max rel err",
+                             "ms/run", "stages"])
+
+
+def markdown(entries: list[dict]) -> str:
+    """The same table for a CI summary or a pull request, with the failures spelled out."""
+    lines = ["# kiln run", "", table(entries, "github", width=None), ""]
+    failed = [e for e in entries if e["status"] == "failed"]
+    if failed:
+        lines += ["## Failures", ""]
+        for e in failed:
+            lines.append(f"- `{e['task']}` at **{e['stage']}**: {e.get('error', '')}"
+                         + (f"  \n  command: `{e['command']}`" if e.get("command") else "")
+                         + f"  \n  log: `{e.get('log', '')}`")
+    return "\n".join(lines) + "\n"

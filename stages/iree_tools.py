@@ -31,10 +31,13 @@ def iree_compile(src: Path, out: Path, flags: list[str], ctx, timeout: int = 180
 
 
 def _first_error(stderr: str) -> str:
-    for line in stderr.splitlines():
+    """The diagnostic a user needs first: the first 'error:' line, else the first line
+    (e.g. "Unknown command line argument '--x'", before a "Did you mean" hint)."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    for line in lines:
         if "error:" in line:
             return line.split("error:", 1)[1].strip()[:500]
-    return (stderr.strip().splitlines() or ["no message"])[-1][:500]
+    return " ".join(lines[:2])[:500] if lines else "no message"
 
 
 @functools.lru_cache(maxsize=None)

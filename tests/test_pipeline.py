@@ -132,6 +132,7 @@ def test_each_failure_stays_in_its_own_model_and_target(project):
     lower = by_task["lower:mlp@badflag"]
     assert lower["status"] == "failed" and "iree-compile" in lower["command"]
     assert "--iree-no-such-flag" in lower["command"]
+    assert "Unknown command line argument '--iree-no-such-flag'" in lower["error"]
     log = (project.root / lower["log"]).read_text()
     assert lower["command"] in log
 
@@ -141,6 +142,9 @@ def test_each_failure_stays_in_its_own_model_and_target(project):
 
     table = proc.stdout
     assert "FAILED at capture" in table and "FAILED at legalize" in table and "FAILED at lower" in table
+    markdown = (project.root / "build" / "report.md").read_text()
+    assert "| mlp     | cpu" in markdown
+    assert f"command: `{lower['command']}`" in markdown
 
 
 def test_target_without_a_device_compiles_and_reports_skipped(project):
