@@ -12,7 +12,7 @@ from doit import get_var
 
 import stages
 from pipeline.config import ConfigError
-from pipeline.tasks import doit_config, group_tasks, make_plan, stage_tasks
+from pipeline.tasks import doit_config, group_tasks, make_plan, prune_task, stage_tasks
 
 
 def _interrupt(signum, frame):
@@ -34,3 +34,4 @@ DOIT_CONFIG = doit_config()
 def task_stages():
     yield from stage_tasks(PLAN)
     yield from group_tasks(PLAN)
+    yield from prune_task(PLAN, get_var("days"))

@@ -70,9 +70,9 @@ def make_reporter(run_file: Path):
         def complete_run(self):
             tasks = [{k: v for k, v in e.items() if v is not None or k in ("target", "key")}
                      for e in self.entries]
-            atomic_write(run_file, json.dumps({"tasks": tasks}, indent=1).encode())
-            atomic_write(run_file.with_name("report.md"), report.markdown(tasks).encode())
-            if tasks:
+            if tasks:  # a run of no stage (doit prune) keeps the last build's record
+                atomic_write(run_file, json.dumps({"tasks": tasks}, indent=1).encode())
+                atomic_write(run_file.with_name("report.md"), report.markdown(tasks).encode())
                 self.outstream.write("\n" + report.table(tasks) + "\n")
                 for task in tasks:
                     for warning in task.get("warnings", []):

@@ -14,6 +14,8 @@ import logging
 import os
 import shutil
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from .keys import digest_file
@@ -65,6 +67,7 @@ class Store:
         try:
             entry = json.loads(self._entry(key).read_text())
             if isinstance(entry.get("outputs"), dict):
+                os.utime(self._entry(key))   # last use, for prune()
                 return entry
         except FileNotFoundError:
             return None
@@ -98,3 +101,48 @@ class Store:
                 atomic_copy(src / rel, blob)
         entry = {"outputs": outputs, "meta": meta}
         atomic_write(self._entry(key), json.dumps(entry, indent=1, sort_keys=True).encode())
+
+    def prune(self, max_age_days: float) -> "PruneResult":
+        """Drop entries not used (looked up or saved) for max_age_days, then every blob no
+        remaining entry names, and temp files a killed run left (older than an hour)."""
+        now = time.time()
+        result = PruneResult()
+        entries = list((self.root / "ac").glob("*/*.json"))
+        for entry_file in entries:
+            if now - entry_file.stat().st_mtime > max_age_days * 86400:
+                entry_file.unlink(missing_ok=True)
+                result.entries_removed += 1
+        referenced = set()
+        for entry_file in (self.root / "ac").glob("*/*.json"):
+            try:
+                referenced.update(json.loads(entry_file.read_text())["outputs"].values())
+            except (OSError, ValueError, KeyError):
+                entry_file.unlink(missing_ok=True)
+                result.entries_removed += 1
+        for path in self.root.glob("*/*/*"):
+            if not path.is_file():
+                continue
+            stale_tmp = path.name.endswith(".tmp") and now - path.stat().st_mtime > 3600
+            orphan_blob = path.parent.parent.name == "cas" and path.name not in referenced \
+                and not path.name.endswith(".tmp")
+            if stale_tmp or orphan_blob:
+                result.bytes_freed += path.stat().st_size
+                path.unlink(missing_ok=True)
+                result.blobs_removed += orphan_blob
+        for shard in self.root.glob("*/*"):
+            if shard.is_dir() and not any(shard.iterdir()):
+                shard.rmdir()
+        result.entries_kept = len(list((self.root / "ac").glob("*/*.json")))
+        return result
+
+
+@dataclass
+class PruneResult:
+    entries_removed: int = 0
+    entries_kept: int = 0
+    blobs_removed: int = 0
+    bytes_freed: int = 0
+
+    def __str__(self) -> str:
+        return (f"removed {self.entries_removed} cache entries and {self.blobs_removed} blobs "
+                f"({self.bytes_freed / 1e6:.1f} MB); kept {self.entries_kept} entries")

@@ -20,6 +20,7 @@ from .config import Config, ConfigError, load_config
 from .graph import build_graph
 from .record import make_reporter
 from .runner import Layout, execute
+from .store import Store
 from .stage import ModelSpec, Node, Stage
 
 
@@ -138,6 +139,18 @@ def group_tasks(plan: Plan):
     codegen = [n.task_name for n in plan.graph if n.stage == "codegen"]
     yield {"basename": "compile", "actions": None, "task_dep": codegen,
            "doc": "compile the selected models for the selected targets (model=, target=)"}
+
+
+def prune_task(plan: Plan, days: str | None):
+    def prune():
+        try:
+            max_age = float(days if days is not None else 30)
+        except ValueError:
+            return TaskFailed(f"days={days}: expected a number of days")
+        print(f"kiln: {Store(plan.layout.cache).prune(max_age)} (unused for {max_age:g} days)")
+
+    yield {"basename": "prune", "actions": [prune], "uptodate": [False], "verbosity": 2,
+           "doc": "drop cache entries unused for days= (default 30) and blobs nothing names"}
 
 
 def doit_config(plan_root: Path | None = None) -> dict:

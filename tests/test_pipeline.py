@@ -161,3 +161,15 @@ def test_target_without_a_device_compiles_and_reports_skipped(project):
 def _devices():
     from stages.iree_tools import devices
     return devices()
+
+
+def test_prune_empties_an_unused_cache_and_keeps_the_record(project):
+    project.doit("compile", "model=mlp", "target=cpu")
+    record = project.record()
+    proc = project.doit("prune", "days=0")
+    assert "removed 7 cache entries" in proc.stdout  # capture ... codegen and "kept 0 entries" in proc.stdout
+    assert not list((project.root / "cache").rglob("*.json"))
+    assert project.record() == record
+    (project.root / ".doit.db").unlink()
+    project.doit("compile", "model=mlp", "target=cpu")
+    assert set(project.statuses().values()) == {"ran"}

@@ -1,4 +1,5 @@
 import os
+import time
 
 from pipeline.keys import digest_file
 from pipeline.store import Store
@@ -61,3 +62,33 @@ def test_writes_leave_no_temp_files(tmp_path):
     leftovers = [p for p in (tmp_path / "cache").rglob("*") if p.name.endswith(".tmp")]
     assert leftovers == []
     assert all(os.path.getsize(p) > 0 for p in (tmp_path / "cache").rglob("*") if p.is_file())
+
+
+def test_prune_drops_unused_entries_and_their_blobs_only(tmp_path):
+    store = Store(tmp_path / "cache")
+    src, outputs = make_outputs(tmp_path, {"shared": b"both use me", "old": b"only the old one"})
+    store.save("a" * 64, src, outputs, {})
+    store.save("b" * 64, src, {"shared": outputs["shared"]}, {})
+    month_ago = time.time() - 30 * 86400
+    os.utime(tmp_path / "cache" / "ac" / "aa" / ("a" * 64 + ".json"), (month_ago, month_ago))
+    leftover = tmp_path / "cache" / "cas" / "ff" / ".x.tmp"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"half a blob")
+    os.utime(leftover, (month_ago, month_ago))
+
+    result = store.prune(max_age_days=7)
+    assert (result.entries_removed, result.blobs_removed, result.entries_kept) == (1, 1, 1)
+    assert store.lookup("a" * 64) is None and not leftover.exists()
+    entry = store.lookup("b" * 64)
+    assert store.restore("b" * 64, entry, tmp_path / "dest")
+    assert (tmp_path / "dest" / "shared").read_bytes() == b"both use me"
+
+
+def test_lookup_marks_an_entry_as_used(tmp_path):
+    store = Store(tmp_path / "cache")
+    src, outputs = make_outputs(tmp_path, {"a": b"x"})
+    store.save("c" * 64, src, outputs, {})
+    entry_file = tmp_path / "cache" / "ac" / "cc" / ("c" * 64 + ".json")
+    os.utime(entry_file, (0, 0))
+    store.lookup("c" * 64)
+    assert store.prune(max_age_days=7).entries_removed == 0
