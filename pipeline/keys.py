@@ -50,7 +50,9 @@ def tool_version(tool: str) -> str:
     exe = find_executable(tool)
     if exe:
         out = subprocess.run([exe, "--version"], capture_output=True, text=True, check=False)
-        return " ".join((out.stdout + out.stderr).split())
+        if out.returncode == 0:
+            return " ".join((out.stdout + out.stderr).split())
+        raise ValueError(f"{tool} --version failed: declare its Python distribution instead")
     return version
 
 

@@ -47,8 +47,9 @@ class Layout:
         return self.build / "logs" / f"{_safe(node.task_name)}.log"
 
 
-def _safe(name: str) -> str:
-    return name.replace(":", "-").replace("@", "-").replace("/", "_")
+def _safe(task_name: str) -> str:
+    # 'lower:mlp@cpu' -> 'lower.mlp@cpu': stage names hold no '.', targets no '@', so no clash
+    return task_name.replace(":", ".", 1).replace("/", "_")
 
 
 def code_fingerprint(files) -> dict[str, str]:

@@ -51,7 +51,7 @@ class Validate(Stage):
         return ("result.json", "outputs.npz")
 
     def tools(self, model):
-        return ("iree-run-module",)
+        return ("iree-base-runtime",)   # iree-run-module has no --version: its package's
 
     def tolerances(self, model, target) -> tuple[float, float]:
         return (target.atol if model.atol is None else model.atol,
