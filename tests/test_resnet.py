@@ -25,9 +25,11 @@ def assert_cache_whole(cache):
             assert blob.is_file() and digest_file(blob) == digest, entry_file
 
 
-def test_resnet_killed_mid_compile_resumes_then_compiles_for_vulkan_and_validates_on_cpu(project):
+def start_and_stop_during_lower(project, target, sig, process_group):
+    """Start `doit compile model=resnet`, wait until emit is done and lower (iree-compile,
+    several seconds for ResNet) is running, then send sig."""
     env = dict(os.environ, PATH=f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}")
-    proc = subprocess.Popen([sys.executable, "-m", "doit", "compile", "model=resnet", "target=cpu"],
+    proc = subprocess.Popen([sys.executable, "-m", "doit", "compile", "model=resnet", f"target={target}"],
                             cwd=project.root, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     emitted = project.root / "build" / "resnet" / "emit" / "model.mlirbc"
@@ -35,9 +37,13 @@ def test_resnet_killed_mid_compile_resumes_then_compiles_for_vulkan_and_validate
     while not emitted.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
     assert emitted.exists(), "the run ended before emit"
-    time.sleep(1.5)  # lower (iree-compile for llvm-cpu, several seconds) is now running
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    time.sleep(1.5)
+    os.killpg(proc.pid, sig) if process_group else os.kill(proc.pid, sig)
+    proc.wait(timeout=120)
+
+
+def test_resnet_killed_mid_compile_resumes_then_compiles_for_vulkan_and_validates_on_cpu(project):
+    start_and_stop_during_lower(project, "cpu", signal.SIGKILL, process_group=True)
     assert not (project.root / "build" / "resnet" / "cpu" / "codegen" / "module.vmfb").exists()
     assert_cache_whole(project.root / "cache")
 
@@ -57,3 +63,16 @@ def test_resnet_killed_mid_compile_resumes_then_compiles_for_vulkan_and_validate
     assert validate["status"] == "ran"
     assert validate["result"]["passed"], validate["result"]
     assert validate["result"]["max_abs_error"] < 1e-4
+
+
+def test_sigterm_keeps_the_work_done_so_far(project):
+    """doit saves its database only at the end of a run; kiln's SIGTERM handler turns the
+    signal into a KeyboardInterrupt so the finished stages stay up to date in .doit.db."""
+    start_and_stop_during_lower(project, "cpu", signal.SIGTERM, process_group=False)
+    assert not (project.root / "build" / "resnet" / "cpu" / "lower" / "lowered.mlir").exists()
+    assert not any(p.suffix == ".tmp" for p in (project.root / "cache").rglob("*"))
+    project.doit("compile", "model=resnet", "target=cpu")
+    statuses = project.statuses()
+    assert {statuses[f"{s}:resnet"] for s in ("capture", "serialize", "import", "legalize", "emit")} \
+        == {"up-to-date"}
+    assert statuses["lower:resnet@cpu"] == "ran" and statuses["codegen:resnet@cpu"] == "ran"
