@@ -28,7 +28,7 @@ try:
 except ConfigError as err:
     sys.exit(f"kiln: {err}")
 
-DOIT_CONFIG = doit_config()
+DOIT_CONFIG = doit_config(PLAN)
 
 
 def task_stages():

@@ -21,16 +21,15 @@ from .graph import build_graph
 from .record import make_reporter
 from .runner import Layout, execute
 from .store import Store
-from .stage import ModelSpec, Node, Stage
+from .stage import Node, Stage
 
 
 @dataclass
 class Plan:
+    """What this doit invocation builds: the stage graph of the selected models x targets
+    (each node carries its Stage, ModelSpec and Target) and where its files go."""
     config: Config
     layout: Layout
-    stages: list[Stage]
-    models: list[ModelSpec]
-    targets: list
     graph: nx.DiGraph
 
 
@@ -89,7 +88,7 @@ def make_plan(get_var: Callable[[str], str | None], stages: list[Stage],
                    lambda p: model_registry.from_path(Path(p), detect, shapes))
     targets = [resolve_target(t) for t in
                _pick(get_var("target"), config.targets, matrix.targets, "target", config)]
-    return Plan(config, layout, stages, models, targets, build_graph(stages, models, targets))
+    return Plan(config, layout, build_graph(stages, models, targets))
 
 
 def _node_files(plan: Plan, node: Node) -> list[Path]:
@@ -97,13 +96,18 @@ def _node_files(plan: Plan, node: Node) -> list[Path]:
     return [plan.layout.node_dir(node) / rel for rel in stage.outputs(model)]
 
 
+def _is_entry(plan: Plan, node: Node) -> bool:
+    """The stage a model enters the pipeline at: the one that reads the model's own files."""
+    return plan.graph.in_degree(node) == 0
+
+
 def _action(plan: Plan, node: Node):
     data = plan.graph.nodes[node]
     upstream = {(up.stage if up.target in (None, node.target) else f"{up.stage}@{up.target}"):
                 (plan.graph.nodes[up]["stage"], plan.layout.node_dir(up))
                 for up in plan.graph.predecessors(node)}
-    first = plan.graph.in_degree(node) == 0
-    entry = execute(node, data["stage"], data["model"], data["target"], upstream, plan.layout, first)
+    entry = execute(node, data["stage"], data["model"], data["target"], upstream, plan.layout,
+                    first=_is_entry(plan, node))
     if entry["status"] == "failed":
         detail = f"\n  command: {entry['command']}" if entry.get("command") else ""
         return TaskFailed(f"{node.task_name} failed at {node.stage}: {entry['error']}{detail}\n"
@@ -117,7 +121,7 @@ def stage_tasks(plan: Plan):
         stage, model, target = data["stage"], data["model"], data["target"]
         deps = [f for up in plan.graph.predecessors(node) for f in _node_files(plan, up)]
         deps += [Path(f) for f in stage.code_files(model)]
-        if plan.graph.in_degree(node) == 0:
+        if _is_entry(plan, node):
             deps += [f for path in model.sources.values() for f in keys.source_files(path)]
         # params and tool versions: a changed flag or compiler re-runs only what it reaches
         watched = keys.canonical({"params": stage.params(model, target),
@@ -153,12 +157,11 @@ def prune_task(plan: Plan, days: str | None):
            "doc": "drop cache entries unused for days= (default 30) and blobs nothing names"}
 
 
-def doit_config(plan_root: Path | None = None) -> dict:
-    root = Path(plan_root or os.getcwd())
+def doit_config(plan: Plan) -> dict:
     return {
         "backend": "sqlite3",
-        "dep_file": str(root / ".doit.db"),
-        "continue": True,
+        "dep_file": str(plan.layout.root / ".doit.db"),
+        "continue": True,           # one failing model x target never stops the others
         "default_tasks": ["validate"],
-        "reporter": make_reporter(root / "build" / "run.json"),
+        "reporter": make_reporter(plan.layout.build / "run.json"),
     }

@@ -1,7 +1,6 @@
 """End to end on a real model (the torch MLP): real torch, real iree-compile, real runtime on
 llvm-cpu and on Vulkan (lavapipe where there is no GPU). Each test works in its own copy of
 the project, so edits to stage files never touch the repository."""
-import json
 import shutil
 
 import pytest

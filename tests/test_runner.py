@@ -1,5 +1,4 @@
 """The runner with small pure-Python stages: restore-or-run, early cutoff, failures."""
-from pathlib import Path
 
 import pytest
 

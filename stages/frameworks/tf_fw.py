@@ -187,8 +187,8 @@ def _signature_name(saved: Path) -> str:
     names = sorted({n for graph in proto.meta_graphs for n in graph.signature_def
                     if not n.startswith("__")})
     if not names:
-        raise StageError(f"the SavedModel has no signature to import (save it with "
-                         f"signatures={{'serving_default': fn}})")
+        raise StageError("the SavedModel has no signature to import (save it with "
+                         "signatures={'serving_default': fn})")
     return names[0] if len(names) == 1 else ("serving_default" if "serving_default" in names
                                              else names[0])
 

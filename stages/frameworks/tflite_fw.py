@@ -17,7 +17,6 @@ interpreter's input/output detail order used for inputs.npz and reference.npz.
 from __future__ import annotations
 
 import io
-import sys
 import shutil
 from pathlib import Path
 
