@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import pkgutil
+import re
 from pathlib import Path
 
 import numpy as np
@@ -96,13 +97,23 @@ def load_factory(factory: str):
     return getattr(module, function)
 
 
+def build_model(model: ModelSpec, is_model, expected: str):
+    """Call a models/ factory, check it returned (model, inputs), give the inputs as numpy."""
+    built = load_factory(model.factory)()
+    if not (isinstance(built, (tuple, list)) and len(built) == 2 and is_model(built[0])):
+        raise StageError(f"model {model.name}: a {model.framework} model's build() must return "
+                         f"({expected}, tuple of numpy inputs)")
+    return built[0], [np.asarray(a) for a in built[1]]
+
+
 def save_arrays(path: Path, prefix: str, arrays) -> None:
     np.savez(path, **{f"{prefix}{i}": np.asarray(a) for i, a in enumerate(arrays)})
 
 
 def load_arrays(path: Path) -> list[np.ndarray]:
+    """The arrays save_arrays wrote, in index order (arg2 before arg10)."""
     with np.load(path) as data:
-        return [data[k] for k in sorted(data.files, key=lambda k: int(k.lstrip("abcdefghijklmnopqrstuvwxyz_")))]
+        return [data[k] for k in sorted(data.files, key=lambda k: int(re.sub(r"\D", "", k)))]
 
 
 def seeded_inputs(signature: list[tuple[str, list, str]], shapes: dict, seed: int, model: str):

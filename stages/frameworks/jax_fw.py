@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pipeline.stage import ModelSpec, StageError
 
-from . import Framework, load_factory, save_arrays, seeded_inputs
+from . import Framework, build_model, save_arrays, seeded_inputs
 
 
 def _jax():
@@ -50,15 +50,9 @@ class Jax(Framework):
     serialized = "model.jaxexport"
 
     def capture(self, model: ModelSpec, out: Path) -> None:
-        import numpy as np
         jax = _jax()
         if model.factory:
-            built = load_factory(model.factory)()
-            if not (isinstance(built, (tuple, list)) and len(built) == 2 and callable(built[0])):
-                raise StageError(f"model {model.name}: a jax model's build() must return "
-                                 "(function, tuple of numpy inputs)")
-            function, inputs = built
-            inputs = [np.asarray(a) for a in inputs]
+            function, inputs = build_model(model, callable, "function")
             specs = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in inputs]
             exported = jax.export.export(jax.jit(function))(*specs)
         else:  # a user's serialized export

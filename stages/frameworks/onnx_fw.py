@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pipeline.stage import ModelSpec, StageError
 
-from . import Framework, load_factory, save_arrays, seeded_inputs
+from . import Framework, build_model, save_arrays, seeded_inputs
 
 OPSET = 17
 
@@ -36,16 +36,10 @@ class Onnx(Framework):
     serialized = "model.onnx"
 
     def capture(self, model: ModelSpec, out: Path) -> None:
-        import numpy as np
         import onnx
         if model.factory:
-            built = load_factory(model.factory)()
-            if not (isinstance(built, (tuple, list)) and len(built) == 2
-                    and isinstance(built[0], onnx.ModelProto)):
-                raise StageError(f"model {model.name}: an onnx model's build() must return "
-                                 "(onnx.ModelProto, tuple of numpy inputs)")
-            proto, inputs = built
-            inputs = [np.asarray(a) for a in inputs]
+            proto, inputs = build_model(model, lambda m: isinstance(m, onnx.ModelProto),
+                                        "onnx.ModelProto")
         else:  # a user's .onnx file
             proto = onnx.load(str(model.sources["model"]), load_external_data=False)
             inputs = seeded_inputs(_signature(proto), model.shapes, model.seed, model.name)

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from pipeline.stage import ModelSpec, StageError
 
-from . import Framework, load_factory, save_arrays, seeded_inputs
+from . import Framework, build_model, save_arrays, seeded_inputs
 
 ARCHIVE = "saved_model.tar"
 VOLATILE = {"fingerprint.pb"}
@@ -86,22 +86,15 @@ class TensorFlow(Framework):
 
     @absl_safe
     def capture(self, model: ModelSpec, out: Path) -> None:
-        import numpy as np
         tf = _tf()
         with tempfile.TemporaryDirectory() as tmp:
             if model.factory:
-                built = load_factory(model.factory)()
-                if not (isinstance(built, (tuple, list)) and len(built) == 2
-                        and isinstance(built[0], tf.Module)):
-                    raise StageError(f"model {model.name}: a tf model's build() must return "
-                                     "(tf.Module, tuple of numpy inputs)")
-                module, inputs = built
+                module, inputs = build_model(model, lambda m: isinstance(m, tf.Module), "tf.Module")
                 attr, function = _entry_function(module, model.name)
                 saved = Path(tmp) / "saved_model"
                 signature_name = "serving_default" if attr == "__call__" else attr
                 tf.saved_model.save(module, str(saved),
                                     signatures={signature_name: function.get_concrete_function()})
-                inputs = [np.asarray(a) for a in inputs]
             else:  # a user's SavedModel directory
                 saved, inputs = Path(model.sources["model"]), None
             signature_name = _signature_name(saved)

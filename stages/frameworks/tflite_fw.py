@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pipeline.stage import ModelSpec, StageError
 
-from . import Framework, load_factory, save_arrays, seeded_inputs
+from . import Framework, build_model, save_arrays, seeded_inputs
 from .tf_fw import _entry_function, _tf, absl_safe
 
 
@@ -41,16 +41,10 @@ class TFLite(Framework):
 
     @absl_safe
     def capture(self, model: ModelSpec, out: Path) -> None:
-        import numpy as np
         if model.factory:
-            built = load_factory(model.factory)()
-            if not (isinstance(built, (tuple, list)) and len(built) == 2):
-                raise StageError(f"model {model.name}: a tflite model's build() must return "
-                                 "(tf.Module or .tflite bytes, tuple of numpy inputs)")
-            module, inputs = built
+            module, inputs = build_model(model, lambda m: True, "tf.Module or .tflite bytes")
             flatbuffer = bytes(module) if isinstance(module, (bytes, bytearray)) \
                 else _convert(module, model.name)
-            inputs = [np.asarray(a) for a in inputs]
         else:  # a user's .tflite file
             flatbuffer = Path(model.sources["model"]).read_bytes()
             inputs = None
