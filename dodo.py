@@ -24,7 +24,7 @@ signal.signal(signal.SIGTERM, _interrupt)
 
 try:
     PLAN = make_plan(get_var, stages.pipeline(), stages.detect, stages.resolve_target,
-                     [Path(__file__).parent / "models"])
+                     [Path(__file__).parent / "models"], companions=stages.companions)
 except ConfigError as err:
     sys.exit(f"kiln: {err}")
 

@@ -25,6 +25,7 @@ class Target:
     atol: float
     rtol: float
     where: str = field(default="", compare=False)   # "targets.yaml:12", for error messages
+    params: str | None = None    # "inline" puts the weights back into this target's module
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,10 @@ class ModelDecl:
     shapes: dict
     atol: float | None
     rtol: float | None
+    seed: int = 0
+    inputs: str | dict | None = None
+    params: str = "external"
+    params_threshold: int | None = None
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,7 @@ TARGET_FIELDS = {
     "flags": ((list,), False, [], "a list of extra iree-compile flags"),
     "atol": (_NUMBER, False, 1e-4, "a number"),
     "rtol": (_NUMBER, False, 1e-4, "a number"),
+    "params": ((str,), False, None, "'inline' (weights inside this target's module) or 'external'"),
 }
 MATRIX_FIELDS = {
     "models": ((list,), True, None, "a list of model names"),
@@ -79,7 +85,15 @@ MODEL_FIELDS = {
     "shapes": ((dict,), False, {}, "a mapping of input name to a list of dimensions"),
     "atol": (_NUMBER, False, None, "a number"),
     "rtol": (_NUMBER, False, None, "a number"),
+    "seed": ((int,), False, 0, "an integer seed for the model's weights and inputs"),
+    "inputs": ((str, dict), False, None, "a .npz/.npy file, or a mapping of input name or "
+               "position to a .npy file, relative to the config file"),
+    "params": ((str,), False, "external", "'external' (weights in an .irpa archive) or 'inline'"),
+    "params_threshold": ((int,), False, None, "the fewest elements a constant needs to be "
+                         "moved to the parameter archive"),
 }
+# fields whose value is one of a fixed set
+CHOICES = {"params": ("external", "inline")}
 TOP_FIELDS = {"targets", "matrices", "models"}
 
 
@@ -109,6 +123,9 @@ def _check_fields(path, node, what, schema) -> dict:
         if isinstance(value, list) and not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{_where(path, value_node)}: {what}.{key}: expected {valid} "
                               f"(strings), got {value!r}")
+        if key in CHOICES and value not in CHOICES[key]:
+            raise ConfigError(f"{_where(path, value_node)}: {what}.{key}: expected {valid}, "
+                              f"got {value!r}")
         values[key] = value
     for key, (_, required, default, valid) in schema.items():
         if key not in values:
@@ -143,7 +160,7 @@ def load_config(path: str | Path) -> Config:
         v = _check_fields(path, node, f"targets.{name_node.value}", TARGET_FIELDS)
         targets[name_node.value] = Target(name_node.value, v["backend"], v["arch"], v["driver"],
                                           tuple(v["flags"]), float(v["atol"]), float(v["rtol"]),
-                                          _where(path, node))
+                                          _where(path, node), v["params"])
     models = {}
     if "models" in sections:
         for name_node, node in _mapping(path, sections["models"], "models"):

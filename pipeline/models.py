@@ -18,6 +18,30 @@ from .stage import ModelSpec
 
 # framework detection for model files is the stages' knowledge, handed in by the caller
 Detect = Callable[[Path], str | None]
+# the files a model file brings along (e.g. an ONNX model's external data), by role
+Companions = Callable[[str, Path], dict[str, Path]]
+
+
+def _no_companions(framework: str, path: Path) -> dict[str, Path]:
+    return {}
+
+
+def input_sources(inputs, root: Path, what: str) -> dict[str, Path]:
+    """User-given inputs as sources: a .npz/.npy path, or {name or position: .npy path}.
+
+    Their content enters the capture key like the model's own files."""
+    if inputs is None:
+        return {}
+    named = {"": inputs} if isinstance(inputs, str) else inputs
+    sources = {}
+    for name, rel in named.items():
+        path = (root / str(rel)).resolve()
+        if not path.is_file():
+            raise ConfigError(f"{what}: {path} does not exist (give a .npz or .npy file)")
+        if path.suffix not in (".npz", ".npy"):
+            raise ConfigError(f"{what}: {path} is not a .npz or .npy file")
+        sources[f"inputs:{name}" if name != "" else "inputs"] = path
+    return sources
 
 
 def _framework_of(py_file: Path) -> str | None:
@@ -33,13 +57,69 @@ def _framework_of(py_file: Path) -> str | None:
     return None
 
 
-def discover(model_dirs: list[Path]) -> dict[str, ModelSpec]:
+def local_imports(py_file: Path, root: Path) -> dict[str, Path]:
+    """The project's own modules a factory file imports, transitively (role 'import:<path>').
+
+    A factory's key must change when a helper it imports changes; modules outside root
+    (installed packages, the standard library) are covered by tool versions, not here.
+    Imports are resolved the way the factory is run: next to the importing file, then from
+    the project root; found by reading files with ast, never by importing them."""
+    root = root.resolve()
+    found: dict[str, Path] = {}
+    pending = [py_file.resolve()]
+    while pending:
+        current = pending.pop()
+        try:
+            tree = ast.parse(current.read_text(), str(current))
+        except (OSError, SyntaxError, ValueError):
+            continue
+        for module in _imported_modules(tree, current):
+            for path in _module_files(module, [current.parent, root]):
+                if path.is_relative_to(root) and path != py_file.resolve() \
+                        and f"import:{path.relative_to(root)}" not in found:
+                    found[f"import:{path.relative_to(root)}"] = path
+                    pending.append(path)
+    return dict(sorted(found.items()))
+
+
+def _imported_modules(tree: ast.Module, current: Path) -> list[tuple[Path | None, str]]:
+    """(base directory for a relative import or None, dotted name) of every import."""
+    modules = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules += [(None, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = None
+            if node.level:
+                base = current.parent
+                for _ in range(node.level - 1):
+                    base = base.parent
+            prefix = node.module or ""
+            modules.append((base, prefix))
+            modules += [(base, f"{prefix}.{a.name}".strip(".")) for a in node.names]
+    return modules
+
+
+def _module_files(module: tuple[Path | None, str], search: list[Path]) -> list[Path]:
+    base, dotted = module
+    parts = [p for p in dotted.split(".") if p]
+    files = []
+    for directory in ([base] if base is not None else search):
+        stem = directory.joinpath(*parts) if parts else directory
+        for candidate in (stem.with_suffix(".py") if parts else None, stem / "__init__.py"):
+            if candidate is not None and candidate.is_file():
+                files.append(candidate.resolve())
+    return files
+
+
+def discover(model_dirs: list[Path], root: Path | None = None) -> dict[str, ModelSpec]:
     models = {}
     for directory in model_dirs:
         for py_file in sorted(directory.glob("*.py")):
             framework = _framework_of(py_file)
             if framework and py_file.stem not in models:
-                models[py_file.stem] = ModelSpec(py_file.stem, framework, {"model": py_file},
+                sources = {"model": py_file, **local_imports(py_file, root or directory.parent)}
+                models[py_file.stem] = ModelSpec(py_file.stem, framework, sources,
                                                  factory=f"{py_file}:build")
     return models
 
@@ -68,7 +148,8 @@ def _factory_spec(factory: str, root: Path) -> tuple[str, Path | None]:
     return factory, Path(spec.origin)
 
 
-def from_config(config: Config, detect: Detect) -> dict[str, ModelSpec]:
+def from_config(config: Config, detect: Detect,
+                companions: Companions = _no_companions) -> dict[str, ModelSpec]:
     models = {}
     for decl in config.models.values():
         sources, factory = {}, None
@@ -81,6 +162,7 @@ def from_config(config: Config, detect: Detect) -> dict[str, ModelSpec]:
             if framework is None:
                 raise ConfigError(f"{config.path}: models.{decl.name}: cannot tell the framework "
                                   f"of {path}; set 'framework'")
+            sources.update(companions(framework, path))
         else:
             try:
                 factory, path = _factory_spec(decl.factory, config.root)
@@ -88,22 +170,34 @@ def from_config(config: Config, detect: Detect) -> dict[str, ModelSpec]:
                 raise ConfigError(f"{config.path}: models.{decl.name}.factory: {err}") from None
             if path is not None:
                 sources["model"] = path
+                sources.update(local_imports(path, config.root))
             framework = decl.framework
-        models[decl.name] = ModelSpec(decl.name, framework, sources, factory=factory,
-                                      shapes=decl.shapes, atol=decl.atol, rtol=decl.rtol)
+        what = f"{config.path}: models.{decl.name}"
+        sources.update(input_sources(decl.inputs, config.root, f"{what}.inputs"))
+        if decl.params_threshold is not None and decl.params_threshold < 1:
+            raise ConfigError(f"{what}.params_threshold: expected a whole number of elements "
+                              f">= 1, got {decl.params_threshold}")
+        models[decl.name] = ModelSpec(
+            decl.name, framework, sources, factory=factory, shapes=decl.shapes, atol=decl.atol,
+            rtol=decl.rtol, seed=decl.seed, params_mode=decl.params,
+            **({} if decl.params_threshold is None else {"params_threshold": decl.params_threshold}))
     return models
 
 
-def from_path(path: Path, detect: Detect, shapes: dict) -> ModelSpec:
+def from_path(path: Path, detect: Detect, shapes: dict, inputs: str | None = None,
+              companions: Companions = _no_companions) -> ModelSpec:
     framework = detect(path)
     if framework is None:
         raise ConfigError(f"model={path}: not a model file kiln can read "
                           "(.pt2, .onnx, .tflite, a SavedModel directory, .mlir, .mlirbc)")
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", path.name)
-    return ModelSpec(name, framework, {"model": path.resolve()}, shapes=shapes)
+    sources = {"model": path.resolve(), **companions(framework, path.resolve()),
+               **input_sources(inputs, Path.cwd(), "inputs=")}
+    return ModelSpec(name, framework, sources, shapes=shapes)
 
 
-def available(config: Config, model_dirs: list[Path], detect: Detect) -> dict[str, ModelSpec]:
-    models = discover(model_dirs)
-    models.update(from_config(config, detect))
+def available(config: Config, model_dirs: list[Path], detect: Detect,
+              companions: Companions = _no_companions) -> dict[str, ModelSpec]:
+    models = discover(model_dirs, config.root)
+    models.update(from_config(config, detect, companions))
     return models

@@ -57,11 +57,17 @@ def code_fingerprint(files) -> dict[str, str]:
     return {f"{Path(f).parent.name}/{Path(f).name}": keys.digest_file(f) for f in files}
 
 
-def input_digests(stage: Stage, model: ModelSpec, upstream: dict[str, tuple[Stage, Path]],
-                  first: bool) -> dict[str, str]:
+def read_files(stage: Stage, model: ModelSpec, target: Target | None, name: str,
+               up_stage: Stage) -> tuple[str, ...]:
+    """The upstream outputs stage reads (name is 'lower' or a peer's 'validate@cpu')."""
+    return stage.reads(name.split("@")[0], up_stage.outputs(model), model, target)
+
+
+def input_digests(stage: Stage, model: ModelSpec, target: Target | None,
+                  upstream: dict[str, tuple[Stage, Path]], first: bool) -> dict[str, str]:
     digests = {}
     for name, (up_stage, up_dir) in sorted(upstream.items()):
-        for rel in up_stage.outputs(model):
+        for rel in read_files(stage, model, target, name, up_stage):
             digests[f"{name}/{rel}"] = keys.digest_file(up_dir / rel)
     if first:  # the stage a model enters at reads the model's own files
         for role, path in sorted(model.sources.items()):
@@ -73,7 +79,7 @@ def compute_key(stage, model, target, upstream, first) -> tuple[str, dict]:
     parts = {
         "code": code_fingerprint(stage.code_files(model)),
         "params": stage.params(model, target),
-        "inputs": input_digests(stage, model, upstream, first),
+        "inputs": input_digests(stage, model, target, upstream, first),
         "tools": {t: keys.tool_version(t) for t in stage.tools(model)},
     }
     return keys.stage_key(stage.name, **parts), parts

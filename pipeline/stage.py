@@ -12,6 +12,9 @@ from typing import NamedTuple
 
 from .config import Target
 
+# a constant with at least this many elements is a weight: it goes to the parameter archive
+DEFAULT_PARAMS_THRESHOLD = 8
+
 
 class StageError(Exception):
     """A stage failed for a reason the user must see: the record and the log carry the
@@ -42,10 +45,16 @@ class ModelSpec:
     atol: float | None = None
     rtol: float | None = None
     seed: int = 0
+    params_mode: str = "external"       # weights: "external" (an .irpa archive) or "inline"
+    params_threshold: int = DEFAULT_PARAMS_THRESHOLD   # fewest elements a weight is moved out at
 
     def params(self) -> dict:
         return {"framework": self.framework, "factory": self.factory and self.factory.split(":")[-1],
                 "shapes": self.shapes, "seed": self.seed}
+
+    def input_files(self) -> dict[str, Path]:
+        """User-given inputs (sources named 'inputs' or 'inputs:<name or position>')."""
+        return {role: path for role, path in self.sources.items() if role.split(":")[0] == "inputs"}
 
     def __hash__(self):
         return hash(self.name)
@@ -91,6 +100,12 @@ class Stage:
 
     def tools(self, model: ModelSpec) -> tuple[str, ...]:
         return ()
+
+    def reads(self, upstream: str, outputs: tuple[str, ...], model: ModelSpec,
+              target: Target | None) -> tuple[str, ...]:
+        """Which of an upstream stage's outputs this stage reads: only these enter its key
+        and its up-to-date check (lower reads the weight-free MLIR, not the weights)."""
+        return outputs
 
     def params(self, model: ModelSpec, target: Target | None) -> dict:
         return {}

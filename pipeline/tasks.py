@@ -6,6 +6,7 @@ task action only calls runner.execute, the one place that decides restore or run
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +20,9 @@ from . import keys, models as model_registry
 from .config import Config, ConfigError, load_config
 from .graph import build_graph
 from .record import make_reporter
-from .runner import Layout, execute
+from .runner import Layout, execute, read_files
 from .store import Store
-from .stage import Node, Stage
+from .stage import ModelSpec, Node, Stage
 
 
 @dataclass
@@ -69,7 +70,8 @@ def parse_shapes(text: str | None) -> dict:
 
 def make_plan(get_var: Callable[[str], str | None], stages: list[Stage],
               detect: model_registry.Detect, resolve_target: Callable, model_dirs: list[Path],
-              root: Path | None = None) -> Plan:
+              root: Path | None = None,
+              companions: model_registry.Companions = model_registry._no_companions) -> Plan:
     root = Path(root or os.getcwd()).resolve()
     config = load_config(get_var("config") or os.environ.get("KILN_CONFIG") or root / "targets.yaml")
     layout = Layout(root, root / "build", Path(os.environ.get("KILN_CACHE") or root / "cache").resolve())
@@ -78,22 +80,43 @@ def make_plan(get_var: Callable[[str], str | None], stages: list[Stage],
         raise ConfigError(f"matrix={matrix_name}: unknown matrix (valid: "
                           f"{', '.join(config.matrices)}; see {config.path})")
     matrix = config.matrices[matrix_name]
-    known = model_registry.available(config, model_dirs + [config.root / "models"], detect)
+    known = model_registry.available(config, model_dirs + [config.root / "models"], detect,
+                                     companions)
     shapes = parse_shapes(get_var("shapes"))
     unknown = [m for m in matrix.models if m not in known]
     if unknown:
         raise ConfigError(f"{config.path}: matrices.{matrix.name}: unknown model "
                           f"{', '.join(unknown)} (valid: {', '.join(sorted(known))})")
     models = _pick(get_var("model"), known, matrix.models, "model", config,
-                   lambda p: model_registry.from_path(Path(p), detect, shapes))
+                   lambda p: model_registry.from_path(Path(p), detect, shapes, None, companions))
+    models = _with_inputs(models, get_var("inputs"))
     targets = [resolve_target(t) for t in
                _pick(get_var("target"), config.targets, matrix.targets, "target", config)]
     return Plan(config, layout, build_graph(stages, models, targets))
 
 
+def _with_inputs(models: list[ModelSpec], inputs: str | None) -> list[ModelSpec]:
+    """inputs=path.npz on the command line: the one selected model's inputs."""
+    if inputs is None:
+        return models
+    if len(models) != 1:
+        raise ConfigError(f"inputs={inputs}: give inputs for one model at a time (model=NAME); "
+                          f"{len(models)} are selected")
+    sources = {r: p for r, p in models[0].sources.items() if r.split(":")[0] != "inputs"}
+    sources.update(model_registry.input_sources(inputs, Path.cwd(), f"inputs={inputs}"))
+    return [dataclasses.replace(models[0], sources=sources)]
+
+
 def _node_files(plan: Plan, node: Node) -> list[Path]:
     stage, model = plan.graph.nodes[node]["stage"], plan.graph.nodes[node]["model"]
     return [plan.layout.node_dir(node) / rel for rel in stage.outputs(model)]
+
+
+def _read_files(plan: Plan, node: Node, up: Node) -> list[Path]:
+    """The files of upstream node up that node reads (its file_dep)."""
+    data, up_stage = plan.graph.nodes[node], plan.graph.nodes[up]["stage"]
+    return [plan.layout.node_dir(up) / rel for rel in
+            read_files(data["stage"], data["model"], data["target"], up.stage, up_stage)]
 
 
 def _is_entry(plan: Plan, node: Node) -> bool:
@@ -119,7 +142,7 @@ def stage_tasks(plan: Plan):
     for node in nx.topological_sort(plan.graph):
         data = plan.graph.nodes[node]
         stage, model, target = data["stage"], data["model"], data["target"]
-        deps = [f for up in plan.graph.predecessors(node) for f in _node_files(plan, up)]
+        deps = [f for up in plan.graph.predecessors(node) for f in _read_files(plan, node, up)]
         deps += [Path(f) for f in stage.code_files(model)]
         if _is_entry(plan, node):
             deps += [f for path in model.sources.values() for f in keys.source_files(path)]

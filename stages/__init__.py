@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-from stages.frameworks import detect
+from stages.frameworks import companions, detect
 from stages.targets import resolve as resolve_target
 
 ORDER = ("capture", "serialize", "importer", "legalize", "emit", "lower", "codegen", "validate")
@@ -18,4 +18,4 @@ def pipeline() -> list:
     return [importlib.import_module(f"stages.{name}").STAGE for name in ORDER]
 
 
-__all__ = ["pipeline", "detect", "resolve_target"]
+__all__ = ["pipeline", "detect", "companions", "resolve_target"]

@@ -13,6 +13,9 @@ class Codegen(Lower):
     def outputs(self, model):
         return ("module.vmfb",)
 
+    def reads(self, upstream, outputs, model, target):
+        return outputs
+
     def params(self, model, target):
         return {"flags": compile_flags(target), "from": PHASE}
 

@@ -1,28 +1,54 @@
-"""Stage 5, emit: publish the imported, legalized MLIR as bytecode plus its digest and entry
-point: the one target-independent artifact every target's lowering starts from."""
+"""Stage 5, emit: publish the legalized MLIR as the one target-independent artifact every
+target's lowering starts from: the model's structure (model.mlirbc, weight-free unless the
+model keeps its weights inline), its weights (model.irpa, an IREE parameter archive; empty
+when nothing moved) and model.json (entry point, inputs, digest, the parameters moved).
+
+Because the weights live apart, a re-trained checkpoint changes model.irpa only: lower and
+codegen read model.mlirbc alone and are reused; validate reads both."""
 from __future__ import annotations
 
 import json
-import shutil
+from pathlib import Path
 
 from pipeline.keys import digest_file
 from pipeline.stage import Stage
+
+HERE = Path(__file__).parent
 
 
 class Emit(Stage):
     name = "emit"
     inputs = ("legalize",)
+    code = (HERE / "params.py", HERE / "mlir.py")
 
     def outputs(self, model):
-        return ("model.mlirbc", "model.json")
+        return ("model.mlirbc", "model.irpa", "model.json")
+
+    def params(self, model, target):
+        return {"params": model.params_mode, "threshold": model.params_threshold}
 
     def run(self, ctx):
+        from stages.mlir import parse
+        from stages.params import externalize
         legalized = ctx.inputs["legalize"]
-        shutil.copyfile(legalized / "legalized.mlirbc", ctx.out / "model.mlirbc")
+        module = parse((legalized / "legalized.mlirbc").read_bytes())
+        archive = ctx.out / "model.irpa"
+        moved = [] if ctx.model.params_mode == "inline" else \
+            externalize(module, archive, ctx.model.params_threshold)
+        if not archive.exists():
+            archive.write_bytes(b"")   # a declared output: empty means "no parameters"
+        with open(ctx.out / "model.mlirbc", "wb") as f:
+            module.operation.write_bytecode(f)
         info = json.loads((legalized / "legalize.json").read_text())
+        parameters = {"scope": "model", "count": len(moved), "bytes": archive.stat().st_size,
+                      "threshold": ctx.model.params_threshold, "mode": ctx.model.params_mode}
         (ctx.out / "model.json").write_text(json.dumps(
-            {"entry": info["entry"], "inputs": info["inputs"], "sha256": digest_file(ctx.out / "model.mlirbc"),
-             "phase": "input"}, indent=1, sort_keys=True))
+            {"entry": info["entry"], "inputs": info["inputs"],
+             "sha256": digest_file(ctx.out / "model.mlirbc"), "phase": "input",
+             "parameters": parameters, "parameter_tensors": moved},
+            indent=1, sort_keys=True))
+        ctx.log(f"emit: {len(moved)} weights moved to model.irpa ({parameters['bytes']} bytes)")
+        return {"parameters": parameters}
 
 
 STAGE = Emit()

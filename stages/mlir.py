@@ -1,6 +1,11 @@
-"""MLIR helpers on IREE's own Python bindings: strip debug info, write, walk."""
+"""MLIR helpers on IREE's own Python bindings: strip debug info, write, walk.
+
+entry_inputs reads an entry function's inputs from a framework importer's hal.tensor.import
+ABI wrapper, or, for MLIR written by hand (a plain func.func taking ranked tensors, e.g.
+tensor<?x8xf32>, with no wrapper), from the function's own signature."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 
@@ -52,29 +57,61 @@ _DTYPES = {"f16": "float16", "bf16": "bfloat16", "f32": "float32", "f64": "float
 
 
 def entry_inputs(module, entry: str) -> list[tuple[str, list, str]]:
-    """(name, dims, dtype) of each input of a legalized entry function, read from its
-    hal.tensor.import ops (the ABI wrapper turns every tensor argument into one)."""
-    import re
+    """(name, dims, dtype) of each input of a legalized entry function, named input0, input1, ...
 
+    Read from its hal.tensor.import ops where it has them (a framework's importer wraps each
+    tensor argument in one); else, for MLIR written by hand with a plain func.func (legalize
+    turns it into a util.func of the same signature), from the function's argument types."""
+    functions = _functions_named(module, (entry, f"{entry}$async"))
+    # the coarse-fences variant ($async), where there is one, holds the imports
+    for function in functions:
+        imported = _imported_types(function)
+        if imported:
+            return _typed_inputs(imported)
+    plain = [f for f in functions if _symbol(f) == entry]
+    return _typed_inputs(_argument_types(plain[0])) if plain else []
+
+
+def _symbol(op) -> str | None:
+    attrs = op.operation.attributes
+    return str(attrs["sym_name"]).strip('"') if "sym_name" in attrs else None
+
+
+def _functions_named(module, names) -> list:
+    return [op for op in module.body.operations if _symbol(op) in names]
+
+
+def _imported_types(function) -> list[str]:
     from iree.compiler import ir
-    inputs = []
-    for op in module.body.operations:
-        attrs = op.operation.attributes
-        # the coarse-fences variant, where there is one, holds the imports
-        if "sym_name" not in attrs or str(attrs["sym_name"]).strip('"') not in (entry, f"{entry}$async"):
-            continue
-        if inputs:
-            break
+    types = []
 
-        def visit(inner):
-            if inner.name == "hal.tensor.import":
-                text = str(inner.results[0].type)
-                match = re.fullmatch(r"tensor<(?:([\d?x]*)x)?(\w+)>", text)
-                if not match:
-                    raise ValueError(f"unsupported input type {text}")
-                dims = [None if d == "?" else int(d) for d in (match.group(1) or "").split("x") if d]
-                inputs.append((f"input{len(inputs)}", dims, _DTYPES.get(match.group(2), match.group(2))))
-            return ir.WalkResult.ADVANCE
+    def visit(inner):
+        if inner.name == "hal.tensor.import":
+            types.append(str(inner.results[0].type))
+        return ir.WalkResult.ADVANCE
 
-        op.operation.walk(visit)
-    return inputs
+    function.operation.walk(visit)
+    return types
+
+
+def _argument_types(function) -> list[str]:
+    from iree.compiler import ir
+    signature = ir.FunctionType(ir.TypeAttr(function.operation.attributes["function_type"]).value)
+    return [str(t) for t in signature.inputs]
+
+
+_TENSOR = re.compile(r"tensor<(?:([\d?x]*)x)?(\w+)>")
+
+
+def _typed_inputs(types: list[str]) -> list[tuple[str, list, str]]:
+    return [(f"input{i}", *_dims_and_dtype(text)) for i, text in enumerate(types)]
+
+
+def _dims_and_dtype(text: str) -> tuple[list, str]:
+    """tensor<?x8xf32> -> ([None, 8], "float32"); a dynamic dimension is None."""
+    match = _TENSOR.fullmatch(text)
+    if not match:   # e.g. a scalar f32 or a !hal.buffer_view argument: no array to feed it
+        raise ValueError(f"unsupported input type {text}: the entry function must take "
+                         "ranked tensors, e.g. tensor<4x8xf32>")
+    dims = [None if d == "?" else int(d) for d in (match.group(1) or "").split("x") if d]
+    return dims, _DTYPES.get(match.group(2), match.group(2))

@@ -14,7 +14,10 @@ import numpy as np
 
 from pipeline.stage import Stage, StageError, StageSkipped
 from stages import frameworks
+from stages.compare import compare
 from stages.iree_tools import devices, tool
+from stages.lower import inline_params
+from stages.params import SCOPE
 
 HERE = Path(__file__).parent
 SLOW_CALL_MS = 2000
@@ -24,34 +27,24 @@ def _device(driver: str) -> str | None:
     return next((d for d in devices() if d.startswith(f"{driver}://")), None)
 
 
-def compare(outputs: list[np.ndarray], reference: list[np.ndarray], atol: float, rtol: float) -> dict:
-    if len(outputs) != len(reference):
-        raise StageError(f"module returned {len(outputs)} outputs, the reference has {len(reference)}")
-    max_abs = max_rel = 0.0
-    passed = True
-    for got, want in zip(outputs, reference):
-        if got.shape != want.shape:
-            raise StageError(f"output shape {got.shape} differs from the reference's {want.shape}")
-        got64, want64 = got.astype(np.float64), want.astype(np.float64)
-        diff = np.abs(got64 - want64)
-        max_abs = max(max_abs, float(diff.max(initial=0.0)))
-        max_rel = max(max_rel, float((diff / np.maximum(np.abs(want64), 1e-30)).max(initial=0.0)))
-        passed &= bool(np.allclose(got64, want64, atol=atol, rtol=rtol))
-    return {"passed": passed, "max_abs_error": max_abs, "max_rel_error": max_rel,
-            "atol": atol, "rtol": rtol}
-
-
 class Validate(Stage):
     name = "validate"
     per_target = True
     inputs = ("capture", "emit", "codegen")
-    code = (HERE / "iree_tools.py",)
+    code = (HERE / "iree_tools.py", HERE / "compare.py")
 
     def outputs(self, model):
         return ("result.json", "outputs.npz")
 
     def tools(self, model):
         return ("iree-base-runtime",)   # iree-run-module has no --version: its package's
+
+    def reads(self, upstream, outputs, model, target):
+        if upstream == "capture":   # not the framework's own artifacts
+            return ("inputs.npz", "reference.npz", "capture.json")
+        if upstream == "emit":      # the weights, where the module loads them at run time
+            return ("model.json", *(() if inline_params(model, target) else ("model.irpa",)))
+        return outputs
 
     def tolerances(self, model, target) -> tuple[float, float]:
         return (target.atol if model.atol is None else model.atol,
@@ -73,44 +66,74 @@ class Validate(Stage):
         driver = ctx.target.driver
         if _device(driver) is None:
             raise StageSkipped(f"skipped: no {driver} device")
-        info = json.loads((ctx.inputs["emit"] / "model.json").read_text())
-        peer = None
+        emitted = ctx.inputs["emit"]
+        info = json.loads((emitted / "model.json").read_text())
+        peer, captured = None, {}
         if "capture" in ctx.inputs:
             inputs = frameworks.load_arrays(ctx.inputs["capture"] / "inputs.npz")
             reference = frameworks.load_arrays(ctx.inputs["capture"] / "reference.npz")
+            captured = json.loads((ctx.inputs["capture"] / "capture.json").read_text())
         else:  # imported MLIR given as a file: no framework to ask; a CPU run, if any, is the answer
-            inputs = frameworks.seeded_inputs(info["inputs"], ctx.model.shapes, ctx.model.seed,
-                                              ctx.model.name)
+            inputs = frameworks.model_inputs(ctx.model, info["inputs"])
             peer = next((name for name in ctx.inputs if name.startswith("validate@")), None)
             reference = frameworks.load_arrays(ctx.inputs[peer] / "outputs.npz") if peer else None
+        archive = emitted / "model.irpa"
+        parameters = archive if not inline_params(ctx.model, ctx.target) \
+            and archive.stat().st_size else None
         module = ctx.inputs["codegen"] / "module.vmfb"
         with tempfile.TemporaryDirectory() as tmp:
-            outputs, timing = _run_module(Path(tmp), module, driver, info["entry"], inputs,
-                                          None if reference is None else len(reference), ctx)
+            outputs, timing = _run_module(Path(tmp), module, parameters, driver, info["entry"],
+                                          inputs, None if reference is None else len(reference),
+                                          ctx)
         atol, rtol = self.tolerances(ctx.model, ctx.target)
         if reference is None:
             checked = {"passed": True, "max_abs_error": None, "max_rel_error": None, "atol": atol,
                        "rtol": rtol, "checked": "runs only: no framework reference for an MLIR file"}
         else:
-            checked = compare(outputs, reference, atol, rtol)
+            per_output = _per_output_tolerances(captured.get("tolerances"), ctx.model)
+            checked = compare(outputs, reference, atol, rtol, per_output)
+            if any(per_output or []):
+                checked["tolerance_why"] = [t and t.get("why") for t in captured["tolerances"]]
             if peer:
                 checked["checked"] = f"against {peer.split('@')[1]}'s outputs (no framework reference)"
-        result = {**checked, **timing, "device": _device(driver)}
+        result = {**checked, **timing, "device": _device(driver),
+                  "parameters": str(archive.relative_to(emitted.parent.parent)) if parameters else None}
+        if captured.get("notes"):
+            result["notes"] = captured["notes"]
         np.savez(ctx.out / "outputs.npz", **{f"out{i}": o for i, o in enumerate(outputs)})
         (ctx.out / "result.json").write_text(json.dumps(result, indent=1, sort_keys=True))
         if not result["passed"]:
-            raise StageError(f"outputs differ from the reference: max abs error "
-                             f"{result['max_abs_error']:.3g} (atol {atol:g}), max rel error "
-                             f"{result['max_rel_error']:.3g} (rtol {rtol:g})", result=result)
+            raise StageError(_failure_message(result, atol, rtol), result=result)
         return result
 
 
-def _run_module(tmp: Path, module: Path, driver: str, entry: str, inputs, n_outputs: int, ctx):
+def _per_output_tolerances(tolerances, model) -> list | None:
+    """(atol, rtol) per output from capture (e.g. quantization steps); a model's own atol/rtol
+    in targets.yaml overrides them."""
+    if not tolerances or model.atol is not None:
+        return None
+    return [None if t is None else (float(t["atol"]), float(t.get("rtol", 0.0)))
+            for t in tolerances]
+
+
+def _failure_message(result: dict, atol: float, rtol: float) -> str:
+    abs_err, rel_err = result.get("max_abs_error"), result.get("max_rel_error")
+    text = "outputs differ from the reference: max abs error " + \
+        (f"{abs_err:.3g}" if abs_err is not None else "n/a") + f" (atol {atol:g}), max rel error " + \
+        (f"{rel_err:.3g}" if rel_err is not None else "n/a") + f" (rtol {rtol:g})"
+    nonfinite = sum((o.get("nonfinite_mismatch") or 0) for o in result.get("outputs", []))
+    return text + (f"; {nonfinite} NaN/Inf elements where the reference differs" if nonfinite else "")
+
+
+def _run_module(tmp: Path, module: Path, parameters: Path | None, driver: str, entry: str,
+                inputs, n_outputs: int, ctx):
     """iree-run-module for the outputs (it reads Vulkan results back through a staging
     buffer), then iree-benchmark-module for the time of one call: skipped when one call is
     already slow (ResNet-18 on lavapipe takes minutes), where the single call's wall time,
     module load included, is the figure reported."""
     args = [f"--device={driver}", f"--module={module}", f"--function={entry}"]
+    if parameters is not None:   # the weights, from the archive emit wrote
+        args.append(f"--parameters={SCOPE}={parameters}")
     for i, array in enumerate(inputs):
         np.save(tmp / f"in{i}.npy", array)
         args.append(f"--input=@{tmp / f'in{i}.npy'}")

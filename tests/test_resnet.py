@@ -25,25 +25,25 @@ def assert_cache_whole(cache):
             assert blob.is_file() and digest_file(blob) == digest, entry_file
 
 
-def start_and_stop_during_lower(project, target, sig, process_group):
-    """Start `doit compile model=resnet`, wait until emit is done and lower (iree-compile,
+def start_and_stop_during_codegen(project, target, sig, process_group):
+    """Start `doit compile model=resnet`, wait until lower is done and codegen (iree-compile,
     several seconds for ResNet) is running, then send sig."""
     env = dict(os.environ, PATH=f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}")
     proc = subprocess.Popen([sys.executable, "-m", "doit", "compile", "model=resnet", f"target={target}"],
                             cwd=project.root, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    emitted = project.root / "build" / "resnet" / "emit" / "model.mlirbc"
+    lowered = project.root / "build" / "resnet" / target / "lower" / "lowered.mlir"
     deadline = time.time() + 600
-    while not emitted.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    assert emitted.exists(), "the run ended before emit"
-    time.sleep(1.5)
+    while not lowered.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert lowered.exists(), "the run ended before lower"
+    time.sleep(0.5)
     os.killpg(proc.pid, sig) if process_group else os.kill(proc.pid, sig)
     proc.wait(timeout=120)
 
 
 def test_resnet_killed_mid_compile_resumes_then_compiles_for_vulkan_and_validates_on_cpu(project):
-    start_and_stop_during_lower(project, "cpu", signal.SIGKILL, process_group=True)
+    start_and_stop_during_codegen(project, "cpu", signal.SIGKILL, process_group=True)
     assert not (project.root / "build" / "resnet" / "cpu" / "codegen" / "module.vmfb").exists()
     assert_cache_whole(project.root / "cache")
 
@@ -56,7 +56,11 @@ def test_resnet_killed_mid_compile_resumes_then_compiles_for_vulkan_and_validate
     statuses = project.statuses()
     assert statuses["lower:resnet@vulkan"] == "ran" and statuses["codegen:resnet@vulkan"] == "ran"
     assert statuses["emit:resnet"] == "up-to-date"
-    assert (project.root / "build" / "resnet" / "vulkan" / "codegen" / "module.vmfb").stat().st_size > 1_000_000
+    # the weights live in one archive beside the modules, not inside each of them
+    build = project.root / "build" / "resnet"
+    assert (build / "emit" / "model.irpa").stat().st_size > 40_000_000
+    for target in ("cpu", "vulkan"):
+        assert (build / target / "codegen" / "module.vmfb").stat().st_size < 1_000_000
 
     project.doit("validate", "model=resnet", "target=cpu")
     validate = next(t for t in project.record() if t["task"] == "validate:resnet@cpu")
@@ -68,11 +72,11 @@ def test_resnet_killed_mid_compile_resumes_then_compiles_for_vulkan_and_validate
 def test_sigterm_keeps_the_work_done_so_far(project):
     """doit saves its database only at the end of a run; kiln's SIGTERM handler turns the
     signal into a KeyboardInterrupt so the finished stages stay up to date in .doit.db."""
-    start_and_stop_during_lower(project, "cpu", signal.SIGTERM, process_group=False)
-    assert not (project.root / "build" / "resnet" / "cpu" / "lower" / "lowered.mlir").exists()
+    start_and_stop_during_codegen(project, "cpu", signal.SIGTERM, process_group=False)
+    assert not (project.root / "build" / "resnet" / "cpu" / "codegen" / "module.vmfb").exists()
     assert not any(p.suffix == ".tmp" for p in (project.root / "cache").rglob("*"))
     project.doit("compile", "model=resnet", "target=cpu")
     statuses = project.statuses()
     assert {statuses[f"{s}:resnet"] for s in ("capture", "serialize", "import", "legalize", "emit")} \
-        == {"up-to-date"}
-    assert statuses["lower:resnet@cpu"] == "ran" and statuses["codegen:resnet@cpu"] == "ran"
+        | {statuses["lower:resnet@cpu"]} == {"up-to-date"}
+    assert statuses["codegen:resnet@cpu"] == "ran"

@@ -44,7 +44,15 @@ class Framework:
     def matches(self, path: Path) -> bool:
         return path.suffix in self.suffixes
 
-    def capture(self, model: ModelSpec, out: Path) -> None:
+    def companions(self, path: Path) -> dict[str, Path]:
+        """Files a model file reads besides itself (role -> path), e.g. ONNX external data:
+        their content enters the keys like the model's own."""
+        return {}
+
+    def capture(self, model: ModelSpec, out: Path) -> dict | None:
+        """Write captured artifacts, inputs.npz and reference.npz into out. May return what
+        validation should know (see CAPTURE_INFO): notes for the record, per-output
+        tolerances (e.g. from quantization parameters), the model's declared output shapes."""
         raise NotImplementedError
 
     def serialize(self, captured: Path, out: Path) -> None:
@@ -53,6 +61,15 @@ class Framework:
     def import_mlir(self, serialized: Path, out: Path) -> None:
         raise NotImplementedError
 
+
+# What an adapter's capture() may return (every key optional), written to capture.json:
+#   notes: [str]                 what was chosen for the user (e.g. "batch dimension set to 1")
+#   tolerances: [None | {"atol": float, "rtol": float, "why": str}]   per output, e.g. derived
+#                                from a quantized output's scale; None keeps the target's
+#   declared_outputs: [None | [dims]]   the model's own static output shapes (None = dynamic
+#                                dimension): an answer that contradicts them means the inputs
+#                                do not fit the model
+CAPTURE_INFO = ("notes", "tolerances", "declared_outputs")
 
 _REGISTRY: dict[str, Framework] = {}
 
@@ -72,6 +89,12 @@ def get(name: str) -> Framework:
     if name not in adapters:
         raise StageError(f"unknown framework '{name}' (known: {', '.join(sorted(adapters))})")
     return adapters[name]
+
+
+def companions(framework: str, path: Path) -> dict[str, Path]:
+    """The extra files a model file of this framework reads (by role), for the keys."""
+    adapters = _load_all()
+    return adapters[framework].companions(Path(path)) if framework in adapters else {}
 
 
 def detect(path: Path) -> str | None:
@@ -98,12 +121,15 @@ def load_factory(factory: str):
 
 
 def build_model(model: ModelSpec, is_model, expected: str):
-    """Call a models/ factory, check it returned (model, inputs), give the inputs as numpy."""
+    """Call a models/ factory, check it returned (model, inputs), give the inputs as numpy
+    (the user's own inputs, where given, replace build()'s example inputs)."""
     built = load_factory(model.factory)()
     if not (isinstance(built, (tuple, list)) and len(built) == 2 and is_model(built[0])):
         raise StageError(f"model {model.name}: a {model.framework} model's build() must return "
                          f"({expected}, tuple of numpy inputs)")
-    return built[0], [np.asarray(a) for a in built[1]]
+    examples = [np.asarray(a) for a in built[1]]
+    signature = [(f"arg{i}", list(a.shape), a.dtype.name) for i, a in enumerate(examples)]
+    return built[0], model_inputs(model, signature) if model.input_files() else examples
 
 
 def save_arrays(path: Path, prefix: str, arrays) -> None:
@@ -116,23 +142,67 @@ def load_arrays(path: Path) -> list[np.ndarray]:
         return [data[k] for k in sorted(data.files, key=lambda k: int(re.sub(r"\D", "", k)))]
 
 
+# integer inputs are drawn from [0, INT_INPUT_HIGH): valid token ids for any embedding,
+# valid indices and repeat counts for most models
+INT_INPUT_HIGH = 10
+
+
 def seeded_inputs(signature: list[tuple[str, list, str]], shapes: dict, seed: int, model: str):
     """Random inputs for a file model from its declared signature [(name, dims, dtype)].
 
-    A dynamic dimension (None or <= 0) needs a size from shapes= or the config entry."""
+    A dynamic dimension (None or < 0) needs a size from shapes= or the config entry; 0 is a
+    static, empty dimension."""
     rng = np.random.default_rng(seed)
     arrays = []
     for name, dims, dtype in signature:
         dims = shapes.get(name, dims)
-        if any(d is None or (isinstance(d, int) and d <= 0) or not isinstance(d, int) for d in dims):
+        if any(not isinstance(d, int) or d < 0 for d in dims):
             raise StageError(f"model {model}: input '{name}' has a dynamic shape {dims}; give its "
                              f"size with shapes={name}:1x3x224x224 on the command line or "
                              f"'shapes: {{{name}: [1, 3, 224, 224]}}' in its config entry")
         dt = np.dtype(dtype)
-        if dt.kind == "f":
+        if dt.kind in "fc":
             arrays.append(rng.standard_normal(dims).astype(dt))
         elif dt.kind == "b":
             arrays.append(rng.integers(0, 2, dims).astype(dt))
         else:
-            arrays.append(rng.integers(0, 10, dims).astype(dt))
+            arrays.append(rng.integers(0, INT_INPUT_HIGH, dims).astype(dt))
     return arrays
+
+
+def model_inputs(model: ModelSpec, signature: list[tuple[str, list, str]]) -> list[np.ndarray]:
+    """The inputs a model is captured and validated on: the user's (inputs= or the config's
+    inputs:, matched by input name, else by position), otherwise seeded from the signature."""
+    files = model.input_files()
+    if not files:
+        return seeded_inputs(signature, model.shapes, model.seed, model.name)
+    given = _load_given(files)
+    arrays = []
+    for position, (name, dims, dtype) in enumerate(signature):
+        array = next((given[k] for k in (name, str(position), f"arg{position}",
+                                         f"input_{position}") if k in given), None)
+        if array is None and len(given) == len(signature) and all(k.isdigit() or k.startswith("arr_")
+                                                                    for k in given):
+            array = list(given.values())[position]
+        if array is None:
+            raise StageError(f"model {model.name}: the given inputs ({', '.join(given)}) have none "
+                             f"for input '{name}' (position {position}); name each array after "
+                             f"an input ({', '.join(n for n, _, _ in signature)}) or its position")
+        if any(isinstance(d, int) and d >= 0 and d != a for d, a in zip(dims, array.shape)) \
+                or len(dims) != array.ndim:
+            raise StageError(f"model {model.name}: given input '{name}' has shape "
+                             f"{list(array.shape)}, the model takes {dims}")
+        arrays.append(array.astype(np.dtype(dtype), copy=False))
+    return arrays
+
+
+def _load_given(files: dict[str, Path]) -> dict[str, np.ndarray]:
+    given = {}
+    for role, path in files.items():
+        name = role.partition(":")[2]
+        if path.suffix == ".npz":
+            with np.load(path) as data:
+                given.update({k: data[k] for k in data.files})
+        else:
+            given[name or "0"] = np.load(path)
+    return given

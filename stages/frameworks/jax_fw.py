@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pipeline.stage import ModelSpec, StageError
 
-from . import Framework, build_model, save_arrays, seeded_inputs
+from . import Framework, build_model, model_inputs, save_arrays
 
 
 def _jax():
@@ -57,7 +57,7 @@ class Jax(Framework):
             exported = jax.export.export(jax.jit(function))(*specs)
         else:  # a user's serialized export
             exported = jax.export.deserialize(bytearray(Path(model.sources["model"]).read_bytes()))
-            inputs = seeded_inputs(_signature(exported), model.shapes, model.seed, model.name)
+            inputs = model_inputs(model, _signature(exported))
         reference = exported.call(*inputs)
         (out / "exported.jaxexport").write_bytes(bytes(exported.serialize()))
         save_arrays(out / "inputs.npz", "arg", inputs)

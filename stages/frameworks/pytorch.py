@@ -1,29 +1,125 @@
 """PyTorch adapter: torch.export capture, .pt2 interchange, turbine decompositions + FxImporter.
 
+Accepts a models/ factory (torch.nn.Module + example inputs) or a user's .pt2 file. A .pt2
+whose outputs are custom pytree classes (a Hugging Face model's BaseModelOutput, a
+registered dataclass) loads once the module registering each class is imported: load_program
+imports it by the class's qualified name, and says which package to install or put on
+PYTHONPATH where it cannot. Outputs of any registered pytree are compared leaf by leaf, in
+the order the exported program returns them.
+
 Import order matters: without turbine's decomposition table ResNet leaves ops IREE rejects
 (relu_, _native_batch_norm_legit_no_training). FxImporter mutates the program it imports, so
 the .pt2 is loaded afresh for each import.
 """
 from __future__ import annotations
 
+import contextlib
+import importlib
+import logging
+import re
 import warnings
 from pathlib import Path
 
 from pipeline.stage import ModelSpec, StageError
 
-from . import Framework, load_factory, save_arrays, seeded_inputs
+from . import Framework, load_factory, model_inputs, save_arrays
 
 
 def _flatten(value):
+    """The output's tensors in pytree order: the order of the exported graph's outputs, which
+    is what the compiled module returns (a dict keeps its insertion order, a dataclass or a
+    ModelOutput its field order; sorting dict keys would misalign them)."""
     import torch
-    if isinstance(value, torch.Tensor):
-        return [value.detach().numpy()]
-    if isinstance(value, (list, tuple)):
-        return [a for v in value for a in _flatten(v)]
-    if isinstance(value, dict):
-        return [a for k in sorted(value) for a in _flatten(value[k])]
-    raise StageError(f"model output of type {type(value).__name__} is not a tensor or a "
-                     "tuple/list/dict of tensors")
+    from torch.utils._pytree import tree_leaves
+    leaves = tree_leaves(value)
+    others = sorted({type(leaf).__name__ for leaf in leaves if not isinstance(leaf, torch.Tensor)})
+    if others:
+        raise StageError(f"model output holds {', '.join(others)}, not only tensors: outputs must be "
+                         "tensors, tuples/lists/dicts of them, or registered pytree classes")
+    return [leaf.detach().numpy() for leaf in leaves]
+
+
+# torch.export.load logs the real deserialization error under this logger and raises only
+# "check the warnings above"; the class it names is the one to register
+_EXPORT_LOGGER = "torch.export"
+_UNREGISTERED = re.compile(r"Deserializing ([\w.]+) in pytree is not registered")
+
+
+def load_program(path: Path):
+    """torch.export.load, importing the module that registers each pytree class the program's
+    inputs/outputs use but this process has not seen (one per retry: several may be missing)."""
+    import torch
+    imported: set[str] = set()
+    while True:
+        with _logged_errors(_EXPORT_LOGGER) as logged:
+            try:
+                return torch.export.load(str(path))
+            except RuntimeError as err:
+                failure = err
+        missing = _unregistered_class([failure, *logged])
+        if missing is None:   # the logged error is the real one; the raised one only points at it
+            raise logged[-1] if logged else failure
+        if missing in imported:   # its module imported fine yet did not register it
+            raise StageError(f"{path.name}: importing the module of pytree class {missing} did not "
+                             "register it; import the module that calls register_pytree_node / "
+                             "register_dataclass for it") from None
+        _import_module_of(missing, path)
+        imported.add(missing)
+
+
+@contextlib.contextmanager
+def _logged_errors(logger_name: str):
+    """Collect the exceptions logged (with exc_info) under logger_name. A missing pytree class
+    is kept off the console: it is handled here, or reported as one StageError."""
+    errors: list[BaseException] = []
+
+    def collect(record) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if error is None:
+            return True
+        errors.append(error)
+        return _unregistered_class([error]) is None
+
+    logger = logging.getLogger(logger_name)
+    logger.addFilter(collect)
+    try:
+        yield errors
+    finally:
+        logger.removeFilter(collect)
+
+
+def _unregistered_class(errors) -> str | None:
+    for error in errors:
+        while error is not None:   # the message may sit on a cause further down the chain
+            match = _UNREGISTERED.search(str(error))
+            if match:
+                return match.group(1)
+            error = error.__cause__ or error.__context__
+    return None
+
+
+def _import_module_of(class_name: str, path: Path) -> None:
+    """Import the module a qualified class name lives in: the longest importable prefix (a
+    nested class's name holds its outer class too)."""
+    parts = class_name.split(".")
+    for end in range(len(parts) - 1, 0, -1):
+        module = ".".join(parts[:end])
+        try:
+            importlib.import_module(module)
+            return
+        except ModuleNotFoundError as err:
+            if err.name and not (module + ".").startswith(err.name + "."):
+                # the module exists but one of its own imports is missing
+                raise StageError(f"{path.name}: the program uses {class_name}; importing {module} "
+                                 f"failed: no module named {err.name!r} (install it)") from None
+        except Exception as err:   # the module is there but fails to import
+            raise StageError(f"{path.name}: the program uses {class_name}; importing {module} "
+                             f"failed: {type(err).__name__}: {err}") from None
+    module_path = ".".join(parts[:-1]) or class_name
+    raise StageError(f"{path.name}: the program uses the pytree class {class_name}, which only its "
+                     f"own package registers, and {module_path} cannot be imported: install the "
+                     f"package that provides {parts[0]!r} (e.g. pip install {parts[0]}) or put its "
+                     "folder on PYTHONPATH")
 
 
 # torch 2.13's own pytree code trips this deprecation when a .pt2 is loaded; it is noise
@@ -45,14 +141,16 @@ class PyTorch(Framework):
         torch.manual_seed(model.seed)
         if model.factory:
             module, inputs = load_factory(model.factory)()
+            if model.input_files():   # the user's own inputs replace build()'s examples
+                inputs = [torch.from_numpy(a) for a in model_inputs(model, [
+                    (f"arg{i}", list(t.shape), str(t.numpy().dtype)) for i, t in enumerate(inputs)])]
             module.eval()
             with torch.no_grad():
                 program = torch.export.export(module, tuple(inputs))
                 reference = module(*inputs)
         else:  # a user's .pt2
-            program = torch.export.load(str(model.sources["model"]))
-            inputs = [torch.from_numpy(a) for a in seeded_inputs(
-                _signature(program), model.shapes, model.seed, model.name)]
+            program = load_program(Path(model.sources["model"]))
+            inputs = [torch.from_numpy(a) for a in model_inputs(model, _signature(program))]
             with torch.no_grad():
                 reference = program.module()(*inputs)
         torch.export.save(program, str(out / "exported.pt2"))
@@ -62,16 +160,15 @@ class PyTorch(Framework):
     def serialize(self, captured: Path, out: Path) -> None:
         import torch
         # the zip's top folder is the file stem: a fixed name keeps the bytes reproducible
-        program = torch.export.load(str(captured / "exported.pt2"))
+        program = load_program(captured / "exported.pt2")
         torch.export.save(program, str(out / self.serialized))
 
     def import_mlir(self, serialized: Path, out: Path) -> None:
-        import torch
         from iree.compiler.extras.fx_importer import FxImporter
         from iree.turbine.aot import current_aot_decompositions
 
         from stages.mlir import write_stripped
-        program = torch.export.load(str(serialized)).run_decompositions(current_aot_decompositions())
+        program = load_program(serialized).run_decompositions(current_aot_decompositions())
         importer = FxImporter()
         importer.import_frozen_program(program)
         write_stripped(importer.module, out)

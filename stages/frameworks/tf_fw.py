@@ -37,7 +37,7 @@ from pathlib import Path
 
 from pipeline.stage import ModelSpec, StageError
 
-from . import Framework, build_model, save_arrays, seeded_inputs
+from . import Framework, build_model, model_inputs, save_arrays
 
 ARCHIVE = "saved_model.tar"
 VOLATILE = {"fingerprint.pb"}
@@ -101,9 +101,8 @@ class TensorFlow(Framework):
             signature = tf.saved_model.load(str(saved)).signatures[signature_name]
             specs = signature.structured_input_signature[1]   # kwargs, definition order
             if inputs is None:
-                inputs = seeded_inputs([(k, s.shape.as_list(), s.dtype.name)
-                                        for k, s in specs.items()],
-                                       model.shapes, model.seed, model.name)
+                inputs = model_inputs(model, [(k, s.shape.as_list(), s.dtype.name)
+                                              for k, s in specs.items()])
             if len(inputs) != len(specs):
                 raise StageError(f"model {model.name}: signature '{signature_name}' takes "
                                  f"{len(specs)} inputs ({', '.join(specs)}), build() gave "
