@@ -191,7 +191,8 @@ def from_path(path: Path, detect: Detect, shapes: dict, inputs: str | None = Non
         raise ConfigError(f"model={path}: not a model file kiln can read "
                           "(.pt2, .onnx, .tflite, a SavedModel directory, .mlir, .mlirbc)")
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", path.name)
-    sources = {"model": path.resolve(), **companions(framework, path.resolve()),
+    # absolute, not resolved: a symlinked file (a hub cache) keeps its companions beside it
+    sources = {"model": path.absolute(), **companions(framework, path.absolute()),
                **input_sources(inputs, Path.cwd(), "inputs=")}
     return ModelSpec(name, framework, sources, shapes=shapes)
 

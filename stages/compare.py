@@ -50,7 +50,8 @@ def _compare_one(index: int, got: np.ndarray, want: np.ndarray, atol: float, rto
         either_nonfinite = ~np.isfinite(got64) | ~np.isfinite(want64)
         nonfinite_mismatch = int((either_nonfinite & ~same_nonfinite).sum())
         both_finite = ~either_nonfinite
-        diff = np.where(both_finite, np.abs(got64 - want64), 0.0)
+        with np.errstate(invalid="ignore"):   # inf - inf where both are inf: masked out below
+            diff = np.where(both_finite, np.abs(got64 - want64), 0.0)
         magnitude = np.where(both_finite, np.abs(want64), 0.0)
         bad = (diff > 0 if exact else diff > atol + rtol * magnitude) | \
             (either_nonfinite & ~same_nonfinite)

@@ -177,19 +177,20 @@ def model_inputs(model: ModelSpec, signature: list[tuple[str, list, str]]) -> li
     if not files:
         return seeded_inputs(signature, model.shapes, model.seed, model.name)
     given = _load_given(files)
+    names = [name for name, _, _ in signature]
+    by_order = len(given) == len(signature) and not set(given) & set(names)
     arrays = []
     for position, (name, dims, dtype) in enumerate(signature):
-        array = next((given[k] for k in (name, str(position), f"arg{position}",
-                                         f"input_{position}") if k in given), None)
-        if array is None and len(given) == len(signature) and all(k.isdigit() or k.startswith("arr_")
-                                                                    for k in given):
+        keys = (name, str(position), f"arg{position}", f"input_{position}")
+        array = next((given[k] for k in keys if k in given), None)
+        if array is None and by_order:   # as many arrays as inputs, none named: in file order
             array = list(given.values())[position]
         if array is None:
             raise StageError(f"model {model.name}: the given inputs ({', '.join(given)}) have none "
                              f"for input '{name}' (position {position}); name each array after "
-                             f"an input ({', '.join(n for n, _, _ in signature)}) or its position")
-        if any(isinstance(d, int) and d >= 0 and d != a for d, a in zip(dims, array.shape)) \
-                or len(dims) != array.ndim:
+                             f"an input ({', '.join(names)}) or its position")
+        if len(dims) != array.ndim or any(isinstance(d, int) and d >= 0 and d != a
+                                          for d, a in zip(dims, array.shape)):
             raise StageError(f"model {model.name}: given input '{name}' has shape "
                              f"{list(array.shape)}, the model takes {dims}")
         arrays.append(array.astype(np.dtype(dtype), copy=False))

@@ -3,26 +3,50 @@ own ONNX importer (the one behind iree-import-onnx) to the torch dialect.
 
 A models/ file's build() returns (onnx.ModelProto, inputs): the model, e.g. from onnx.helper
 or torch.onnx.export, and a tuple of numpy example inputs in the graph's input order. build()
-seeds its own weights and inputs (numpy default_rng). A user's .onnx file gets seeded inputs
-from its graph inputs (initializers listed as inputs by old exporters are skipped); a dynamic
-dimension needs shapes=name:1x3x224x224.
+seeds its own weights and inputs (numpy default_rng).
+
+A user's .onnx file (model=PATH, or `file:` in targets.yaml) may bring, beside itself:
+- external data files (`save_as_external_data`): every tensor's `location`, relative to the
+  model's directory (an absolute location, or one that climbs out with '..', is refused);
+- the ONNX test-data convention: `test_data_set_0/input_N.pb` (onnx.TensorProto files) are its
+  inputs when the user gave none, and `output_N.pb` a second reference that onnxruntime must
+  agree with (only the first test_data_set_*, in natural order, is read).
+These companions' content enters the capture key like the model's own.
+
+Its inputs are, first to last: the user's (inputs=, `inputs:`), the test data, or seeded ones
+from the graph inputs (initializers listed as inputs by old exporters are skipped). A
+symbolic leading (batch) dimension is set to 1, with a note; shapes=name:8x3x32x32 (or
+`shapes:`) sizes any input, and a symbolic name sized for one input sizes it everywhere.
+Any other symbolic dimension left unsized is an error that names every one of them.
+
+Capture writes model.onnx, the one file later stages read: external data inlined, graph inputs
+fixed to the captured inputs' shapes (then shape inference), deterministic bytes. So import
+and iree-compile see static shapes. A model over protobuf's 2 GB limit once inlined is refused.
 
 Import does what iree-import-onnx does: upgrade to opset 17 when the model is older (IREE's
 ONNX lowering covers 17+; older BatchNormalization/Split/... forms fail), full checker, shape
 inference with data propagation, then onnx_importer. The reference runs on onnxruntime's CPU
-provider with one thread, so reference.npz is the same bytes on every build. Models with
-external data files are not supported (only the .onnx file's content enters the key).
+provider with one thread, so reference.npz is the same bytes on every build.
 """
 from __future__ import annotations
 
+import os
+import re
 import shutil
 from pathlib import Path
 
+import numpy as np
+
+from pipeline.config import ConfigError
 from pipeline.stage import ModelSpec, StageError
 
-from . import Framework, build_model, save_arrays, seeded_inputs
+from . import Framework, build_model, model_inputs, save_arrays
 
 OPSET = 17
+# onnxruntime against a model's own test_data_set_*/output_*.pb: those files were written by
+# whatever produced the model (another runtime, another machine), so allow float noise
+TEST_DATA_ATOL, TEST_DATA_RTOL = 1e-4, 1e-3
+TEST_DATA_GLOB = "test_data_set_*"
 
 
 class Onnx(Framework):
@@ -35,23 +59,51 @@ class Onnx(Framework):
     captured = ("model.onnx",)
     serialized = "model.onnx"
 
-    def capture(self, model: ModelSpec, out: Path) -> None:
+    def companions(self, path: Path) -> dict[str, Path]:
+        """External data files (role data:<location>) and the first test-data set's files
+        (role test_data:<path relative to the model's directory>)."""
+        path = Path(path)
+        roles = {f"test_data:{f.relative_to(path.parent).as_posix()}": f
+                 for f in _test_data_files(path.parent)}
+        try:
+            proto = _load_proto(path)
+        except (ImportError, StageError):
+            return roles  # capture says what is wrong (not installed, not an ONNX file)
+        try:
+            for tensor, location, data_file in _external_data(proto, path.parent):
+                if not data_file.is_file():
+                    raise StageError(f"tensor '{tensor.name}' keeps its data in '{location}', "
+                                     f"which is not in {path.parent}")
+                roles[f"data:{location}"] = data_file
+        except StageError as err:  # found while planning: a configuration error
+            raise ConfigError(f"model {path}: {err}") from None
+        return roles
+
+    def capture(self, model: ModelSpec, out: Path) -> dict:
         import onnx
+        notes, test_outputs = [], None
         if model.factory:
             proto, inputs = build_model(model, lambda m: isinstance(m, onnx.ModelProto),
                                         "onnx.ModelProto")
         else:  # a user's .onnx file
-            proto = onnx.load(str(model.sources["model"]), load_external_data=False)
-            inputs = seeded_inputs(_signature(proto), model.shapes, model.seed, model.name)
+            path = Path(model.sources["model"])
+            proto = _load_with_data(path)
+            inputs, test_outputs, notes = _file_inputs(model, proto, path.parent)
         names = [name for name, _, _ in _signature(proto)]
         if len(names) != len(inputs):
             raise StageError(f"model {model.name}: the graph takes {len(names)} inputs "
                              f"({', '.join(names)}), build() gave {len(inputs)}")
+        declared = _declared_outputs(proto)
+        _require_one_file(proto, model.name)
+        proto = _with_static_inputs(proto, dict(zip(names, inputs)))
         data = proto.SerializeToString(deterministic=True)
         (out / "model.onnx").write_bytes(data)
         reference = _session(data).run(None, dict(zip(names, inputs)))
+        if test_outputs is not None:
+            notes.append(_check_test_outputs(model.name, reference, *test_outputs))
         save_arrays(out / "inputs.npz", "arg", inputs)
         save_arrays(out / "reference.npz", "out", reference)
+        return {"notes": notes, "declared_outputs": declared}
 
     def serialize(self, captured: Path, out: Path) -> None:
         shutil.copyfile(captured / "model.onnx", out / self.serialized)
@@ -89,18 +141,339 @@ def _session(data: bytes):
     return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
 
-def _signature(proto) -> list[tuple[str, list, str]]:
+def _dims(value) -> list | None:
+    """A graph value's dims: int when static, the dim_param name when symbolic, None when
+    unnamed; None for the whole list when the value declares no shape at all."""
+    tensor = value.type.tensor_type
+    if not tensor.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+            for d in tensor.shape.dim]
+
+
+def _signature(proto) -> list[tuple[str, list | None, str]]:
+    """(name, dims, numpy dtype) of each graph input the caller feeds."""
     import onnx
     initializers = {i.name for i in proto.graph.initializer}
-    signature = []
-    for value in proto.graph.input:
-        if value.name in initializers:
+    return [(value.name, _dims(value),
+             onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type).name)
+            for value in proto.graph.input if value.name not in initializers]
+
+
+def _declared_outputs(proto) -> list[list | None]:
+    """The graph outputs' shapes as the file declares them (None: a symbolic dimension)."""
+    declared = []
+    for value in proto.graph.output:
+        dims = _dims(value)
+        declared.append(None if dims is None else [d if isinstance(d, int) else None
+                                                    for d in dims])
+    return declared
+
+
+def _natural(path: Path) -> list:
+    """Sort key: input_2.pb before input_10.pb."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
+
+
+# --- loading a user's file and its external data --------------------------------------
+
+def _load_proto(path: Path):
+    """The model without its external data (that is read, checked, by _load_with_data)."""
+    import onnx
+    from google.protobuf.message import DecodeError
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except (OSError, DecodeError) as err:
+        raise StageError(f"{path} is not an ONNX model onnx can read ({err})") from None
+
+
+def _external_data(proto, model_dir: Path) -> list[tuple[object, str, Path]]:
+    """(tensor, location, file) for every tensor whose data lives outside the model
+    file. Only files under the model's own directory are read: a location is written by
+    whoever produced the file, and must not reach anything else on this machine."""
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+    found = []
+    for tensor in _get_all_tensors(proto):  # initializers and tensors in node attributes
+        if not uses_external_data(tensor):
             continue
-        tensor = value.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
-        signature.append((value.name, dims, dtype))
-    return signature
+        location = ExternalDataInfo(tensor).location
+        if not location or os.path.isabs(location) or ".." in Path(location).parts:
+            raise StageError(f"tensor '{tensor.name}' keeps its data at '{location}', which is "
+                             f"not a file beside the model: external data must be a relative "
+                             f"path inside {model_dir} (no '..', not absolute)")
+        found.append((tensor, location, model_dir / location))
+    return found
+
+
+def _load_with_data(path: Path):
+    """The model with every external tensor's bytes inlined as raw_data. Read here rather
+    than by onnx's loader, which refuses symbolic links (a Hugging Face cache is made of
+    them); the location was checked to stay inside the model's directory."""
+    from onnx import TensorProto
+    from onnx.external_data_helper import ExternalDataInfo
+    proto = _load_proto(path)
+    for tensor, _, data_file in _external_data(proto, path.parent):
+        tensor.raw_data = _read_external(ExternalDataInfo(tensor), data_file, tensor.name)
+        tensor.data_location = TensorProto.DEFAULT
+        del tensor.external_data[:]
+    return proto
+
+
+def _read_external(info, data_file: Path, tensor_name: str) -> bytes:
+    try:
+        with open(data_file, "rb") as f:
+            f.seek(info.offset or 0)
+            data = f.read(-1 if info.length is None else info.length)
+    except OSError as err:
+        raise StageError(f"tensor '{tensor_name}': cannot read its external data "
+                         f"{data_file}: {err.strerror}") from None
+    if info.length is not None and len(data) != info.length:
+        raise StageError(f"tensor '{tensor_name}': {data_file} holds {len(data)} of its "
+                         f"{info.length} bytes at offset {info.offset or 0} (truncated?)")
+    return data
+
+
+def _require_one_file(proto, model_name: str) -> None:
+    """model.onnx holds the weights inline: protobuf cannot write a message over 2 GB."""
+    if proto.ByteSize() >= 2**31:
+        raise StageError(f"model {model_name}: with its external data inlined the model is "
+                         f"{proto.ByteSize() / 2**30:.1f} GiB, over protobuf's 2 GB limit for "
+                         "one ONNX file; kiln cannot take it yet")
+
+
+# --- which inputs a user's file is captured on -------------------------------------------
+
+def _file_inputs(model: ModelSpec, proto, model_dir: Path):
+    """(inputs, test outputs or None, notes): the user's inputs win, then the first test
+    data set beside the model, then seeded inputs with symbolic dimensions sized."""
+    signature = _signature(proto)
+    if model.input_files():
+        return model_inputs(model, signature), None, []
+    notes = []
+    test_files = _test_data_files(model_dir)
+    if test_files:
+        sets = _test_data_sets(model_dir)
+        if len(sets) > 1:
+            notes.append(f"{len(sets)} test_data_set_* directories beside the model: only "
+                         f"{sets[0].name} is used")
+        inputs, why_not = _test_data_inputs(model, signature, test_files, model_dir)
+        if inputs is not None:
+            outputs = [_read_tensor(f, model_dir)[1] for f in test_files
+                       if f.name.startswith("output_")]
+            notes.append(f"inputs from {sets[0].name}/input_*.pb beside the model")
+            return inputs, (sets[0].name, outputs) if outputs else None, notes
+        notes.append(why_not)
+    sized, size_notes = _sized_signature(model.name, signature, model.shapes)
+    return model_inputs(model, sized), None, notes + size_notes
+
+
+def _sized_signature(model_name: str, signature, shapes: dict):
+    """(signature with every dimension a number, notes): shapes= first (a symbolic name sized
+    for one input holds for every input that uses it), then a symbolic leading (batch)
+    dimension set to 1; any other symbolic dimension left is one error naming all of them."""
+    sizes = _known_sizes(model_name, signature, shapes)
+    sized, notes, unsized = [], [], []
+    for name, dims, dtype in signature:
+        if name in shapes:
+            sized.append((name, list(shapes[name]), dtype))
+        elif dims is None:
+            sized.append((name, None, dtype))
+            unsized.append((name, None, None))
+        else:
+            resolved = _size_dims(name, dims, sizes, notes, unsized)
+            sized.append((name, resolved, dtype))
+    if unsized:
+        raise StageError(_unsized_message(model_name, sized, unsized))
+    return sized, notes
+
+
+def _known_sizes(model_name: str, signature, shapes: dict) -> dict:
+    """Symbolic dimension key -> (size, why): from shapes=, then batch dimensions as 1."""
+    sizes = {}
+    for name, dims, _ in signature:
+        if name in shapes:
+            _check_given_shape(model_name, name, dims, shapes[name])
+            for index, dim in enumerate(dims or []):
+                if not isinstance(dim, int):
+                    sizes.setdefault(_dim_key(name, index, dim),
+                                     (shapes[name][index], f"as shapes= gives it for '{name}'"))
+    for name, dims, _ in signature:
+        if name not in shapes and dims and not isinstance(dims[0], int):
+            sizes.setdefault(_dim_key(name, 0, dims[0]), (1, "batch"))
+    return sizes
+
+
+def _size_dims(name: str, dims: list, sizes: dict, notes: list, unsized: list) -> list:
+    """One input's dims with known sizes filled in; notes what was chosen, lists the rest."""
+    resolved = []
+    for index, dim in enumerate(dims):
+        if isinstance(dim, int):
+            resolved.append(dim)
+        elif _dim_key(name, index, dim) in sizes:
+            size, why = sizes[_dim_key(name, index, dim)]
+            resolved.append(size)
+            notes.append(_size_note(name, index, dim, size, why, dims))
+        else:
+            resolved.append(dim)
+            unsized.append((name, index, dim))
+    return resolved
+
+
+def _dim_key(input_name: str, index: int, dim):
+    """Dimensions that share a symbolic name share a size; an unnamed one is its own."""
+    return dim if isinstance(dim, str) else (input_name, index)
+
+
+def _label(index: int, dim) -> str:
+    return dim if isinstance(dim, str) else f"D{index}"
+
+
+def _size_note(name, index, dim, size, why, dims) -> str:
+    shown = f"'{dim}'" if isinstance(dim, str) else "(unnamed)"
+    if why == "batch" and index == 0:
+        example = "x".join(["8"] + [str(d) if isinstance(d, int) else _label(i, d)
+                                    for i, d in enumerate(dims[1:], 1)])
+        return (f"input '{name}': symbolic batch dimension {shown} set to 1; give "
+                f"shapes={name}:{example} to choose")
+    source = "as the batch dimension of another input" if why == "batch" else why
+    return f"input '{name}': symbolic dimension {index} {shown} set to {size}, {source}"
+
+
+def _check_given_shape(model_name: str, name: str, dims, given) -> None:
+    fits = dims is None or (len(dims) == len(given) and all(
+        not isinstance(d, int) or d == g for d, g in zip(dims, given)))
+    if not fits:
+        raise StageError(f"model {model_name}: shapes= gives input '{name}' as "
+                         f"{'x'.join(map(str, given))}, but the model declares it {dims}")
+
+
+def _unsized_message(model_name: str, sized, unsized) -> str:
+    """One error for every dimension only the user can size, with the shapes= line to give."""
+    listed = []
+    for name in dict.fromkeys(n for n, _, _ in unsized):
+        where = [f"dimension {i} {_label(i, d)!r}" for n, i, d in unsized
+                 if n == name and i is not None]
+        listed.append(f"input '{name}' " + (", ".join(where) if where else "(no shape declared)"))
+    line, names = [], []
+    for name, dims, _ in sized:
+        if any(n == name for n, _, _ in unsized):
+            parts = ["?"] if dims is None else \
+                [str(d) if isinstance(d, int) else _label(i, d) for i, d in enumerate(dims)]
+            names += [p for p in parts if not p.isdigit()]
+            line.append(f"{name}:{'x'.join(parts)}")
+    return (f"model {model_name}: symbolic dimensions kiln cannot size for you: "
+            f"{'; '.join(listed)}. Give their sizes with shapes=\"{';'.join(line)}\" "
+            f"({', '.join(dict.fromkeys(names))} replaced by numbers) on the command line, "
+            "or 'shapes:' in the model's entry in targets.yaml")
+
+
+def _with_static_inputs(proto, arrays: dict):
+    """The model with each graph input's unsized dimensions set to the captured array's, then
+    shape inference so outputs and intermediate values follow: import and iree-compile then
+    see static shapes. A model whose inputs are all static is returned untouched."""
+    import onnx
+    changed = False
+    for value in proto.graph.input:
+        if value.name not in arrays:
+            continue
+        shape = value.type.tensor_type.shape
+        if not value.type.tensor_type.HasField("shape"):
+            shape.SetInParent()
+        while len(shape.dim) < arrays[value.name].ndim:
+            shape.dim.add()
+        for dim, size in zip(shape.dim, arrays[value.name].shape):
+            if not dim.HasField("dim_value"):
+                dim.dim_value = size  # dim_value and dim_param are a oneof: this clears the name
+                changed = True
+    return onnx.shape_inference.infer_shapes(proto, data_prop=True) if changed else proto
+
+
+# --- the ONNX test-data convention ---------------------------------------------------------
+
+def _test_data_sets(model_dir: Path) -> list[Path]:
+    return sorted((d for d in model_dir.glob(TEST_DATA_GLOB) if d.is_dir()), key=_natural)
+
+
+def _test_data_files(model_dir: Path) -> list[Path]:
+    """The first test data set's input_*.pb then output_*.pb, each in index order."""
+    sets = _test_data_sets(model_dir)
+    if not sets:
+        return []
+    return [f for kind in ("input", "output")
+            for f in sorted(sets[0].glob(f"{kind}_*.pb"), key=_natural) if f.is_file()]
+
+
+def _read_tensor(path: Path, model_dir: Path) -> tuple[str, np.ndarray]:
+    import onnx
+    from google.protobuf.message import DecodeError
+    from onnx import numpy_helper
+    tensor = onnx.TensorProto()
+    try:
+        tensor.ParseFromString(path.read_bytes())
+        return tensor.name, numpy_helper.to_array(tensor)
+    except (DecodeError, ValueError, TypeError) as err:
+        raise StageError(f"{path.relative_to(model_dir)} is not an onnx.TensorProto "
+                         f"numpy_helper can read ({err})") from None
+
+
+def _test_data_inputs(model: ModelSpec, signature, files: list[Path], model_dir: Path):
+    """(inputs, None) from input_*.pb, matched to the graph inputs by tensor name when every
+    name matches, else by position; (None, why) when shapes= asks for other shapes."""
+    tensors = [_read_tensor(f, model_dir) for f in files if f.name.startswith("input_")]
+    set_name = files[0].parent.name
+    if len(tensors) != len(signature):
+        raise StageError(f"model {model.name}: {set_name} beside the model has {len(tensors)} "
+                         f"input_*.pb, the graph takes {len(signature)} inputs "
+                         f"({', '.join(n for n, _, _ in signature)})")
+    by_name = {name: array for name, array in tensors}
+    if set(by_name) != {name for name, _, _ in signature}:
+        by_name = {name: array for (name, _, _), (_, array) in zip(signature, tensors)}
+    inputs = []
+    for position, (name, dims, dtype) in enumerate(signature):
+        array = by_name[name]
+        if name in model.shapes and list(array.shape) != list(model.shapes[name]):
+            return None, (f"{set_name} not used: shapes= gives '{name}' as "
+                          f"{'x'.join(map(str, model.shapes[name]))}, its input is "
+                          f"{'x'.join(map(str, array.shape))}")
+        if dims is not None and (len(dims) != array.ndim or any(
+                isinstance(d, int) and d != a for d, a in zip(dims, array.shape))):
+            raise StageError(f"model {model.name}: {set_name}'s input for '{name}' (position "
+                             f"{position}) has shape {list(array.shape)}, the model takes {dims}")
+        inputs.append(array.astype(np.dtype(dtype), copy=False))
+    return inputs, None
+
+
+def _check_test_outputs(model_name: str, reference, set_name: str,
+                        expected: list[np.ndarray]) -> str:
+    """onnxruntime's answer against output_*.pb; returns the note saying how close it was."""
+    if len(expected) != len(reference):
+        raise StageError(f"model {model_name}: {set_name} has {len(expected)} output_*.pb, "
+                         f"the model gives {len(reference)} outputs")
+    worst = 0.0
+    for index, (got, want) in enumerate(zip(reference, expected)):
+        got, want = np.asarray(got), np.asarray(want)
+        if got.shape != want.shape:
+            raise StageError(f"model {model_name}: {set_name}/output_{index}.pb has shape "
+                             f"{list(want.shape)}, onnxruntime answered {list(got.shape)}")
+        error, close = _compare(got, want)
+        if not close:
+            raise StageError(f"model {model_name}: onnxruntime disagrees with the model's test "
+                             f"data {set_name}/output_{index}.pb: max abs err {error:.3g} "
+                             f"(allowed: atol {TEST_DATA_ATOL:g}, rtol {TEST_DATA_RTOL:g}); the "
+                             "test data belongs to another version of the model, or onnxruntime "
+                             "computes this model differently than its producer")
+        worst = max(worst, error)
+    return f"checked onnxruntime against {set_name}/output_*.pb (max abs err {worst:.3g})"
+
+
+def _compare(got: np.ndarray, want: np.ndarray) -> tuple[float, bool]:
+    """(max abs error, close enough); strings and other non-numbers must be equal."""
+    if got.dtype.kind not in "biufc" or want.dtype.kind not in "biufc":
+        equal = np.array_equal(got, want)
+        return float(not equal), equal
+    error = float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64)), initial=0.0))
+    return error, bool(np.allclose(got, want, atol=TEST_DATA_ATOL, rtol=TEST_DATA_RTOL,
+                                   equal_nan=True))
 
 
 ADAPTER = Onnx()
