@@ -8,8 +8,9 @@ holds the model's structure only, so new weights give byte-identical MLIR and lo
 are reused; validate loads the archive at run time.
 
 Names say where a weight sits, never what it holds: a framework-named global keeps its name
-(TF's variables), a constant from a named resource keeps the resource's name (ONNX
-initializers), anything else is named by its position (`constant.<n>` in walk order).
+(TF's variables), a constant from a named resource keeps the resource's name (the torch
+adapter names them by state-dict key), anything else is named by its position
+(`constant.<n>` in walk order).
 
 What moves: tensors of at least `threshold` elements with a weight element type (floats and
 integers up to 32 bits, which covers int8 weights and int32 quantized biases). Splats (one

@@ -85,6 +85,8 @@ def test_torch_seed_change_reuses_lower_and_codegen_and_inline_targets_hold_weig
     external, inline = build / "cpu" / "codegen" / "module.vmfb", build / "cpu_inline" / "codegen" / "module.vmfb"
     archive = build / "emit" / "model.irpa"
     assert archive.stat().st_size > 3200             # 16x32 + 32x8 float weights at least
+    info = json.loads((build / "emit" / "model.json").read_text())
+    assert {t["name"] for t in info["parameter_tensors"]} == {"0.weight", "0.bias", "2.weight", "2.bias"}
     assert inline.stat().st_size > external.stat().st_size + 2000
     results = {t["target"]: t["result"] for t in project.record() if t["stage"] == "validate"}
     assert results["cpu"]["passed"] and results["cpu"]["parameters"]

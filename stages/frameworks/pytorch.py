@@ -169,9 +169,35 @@ class PyTorch(Framework):
 
         from stages.mlir import write_stripped
         program = load_program(serialized).run_decompositions(current_aot_decompositions())
-        importer = FxImporter()
+        importer = FxImporter(hooks=_state_dict_names(program))
         importer.import_frozen_program(program)
         write_stripped(importer.module, out)
+
+
+def _state_dict_names(program):
+    """Importer hooks that name each weight's constant by its state-dict key
+    ('layer1.0.conv1.weight'), so the parameter archive says where a weight sits in the model
+    (the importer's own names say only its shape)."""
+    import torch
+    from iree.compiler.extras.fx_importer import (TORCH_DTYPE_TO_NPY_TYPE, DenseResourceElementsAttr,
+                                                  FxImporterHooks, Operation,
+                                                  create_mlir_tensor_type)
+    names = {id(t): name for name, t in {**program.state_dict, **program.constants}.items()
+             if isinstance(t, torch.Tensor)}
+
+    class StateDictNames(FxImporterHooks):
+        def resolve_literal(self, gni, literal, info):
+            name = names.get(id(literal))
+            dtype = TORCH_DTYPE_TO_NPY_TYPE.get(getattr(literal, "dtype", None))
+            if name is None or dtype is None or literal.dtype == torch.bool or literal.numel() <= 1:
+                return None   # the importer's default
+            data = literal.detach().contiguous().reshape(-1).view(torch.uint8).numpy().copy()
+            value = DenseResourceElementsAttr.get_from_buffer(
+                data.view(dtype), name, create_mlir_tensor_type(literal))
+            return Operation.create("torch.vtensor.literal", attributes={"value": value},
+                                    results=[gni._cc.tensor_to_vtensor_type(literal)]).result
+
+    return StateDictNames()
 
 
 def _signature(program) -> list[tuple[str, list, str]]:
