@@ -35,6 +35,11 @@ def compare(outputs: list[np.ndarray], reference: list[np.ndarray], atol: float,
 
 def _compare_one(index: int, got: np.ndarray, want: np.ndarray, atol: float, rtol: float,
                  quantized: bool) -> dict:
+    if got.dtype.kind in "iu" and want.dtype.kind in "iu" and got.dtype != want.dtype \
+            and got.dtype.itemsize == want.dtype.itemsize:
+        # IREE's module interface has no unsigned types: a uint8 answer comes back as the
+        # same bits typed int8. Same width, other signedness: read the bits as the reference's
+        got = got.view(want.dtype)
     exact = not quantized and (want.dtype.kind in "biu" or got.dtype.kind == "b")
     if want.dtype.kind in "biu" and got.dtype.kind in "biu":
         # Python ints via object arrays would be slow; int64 covers all but uint64 > 2**63

@@ -122,7 +122,10 @@ def _failure_message(result: dict, atol: float, rtol: float) -> str:
         (f"{abs_err:.3g}" if abs_err is not None else "n/a") + f" (atol {atol:g}), max rel error " + \
         (f"{rel_err:.3g}" if rel_err is not None else "n/a") + f" (rtol {rtol:g})"
     nonfinite = sum((o.get("nonfinite_mismatch") or 0) for o in result.get("outputs", []))
-    return text + (f"; {nonfinite} NaN/Inf elements where the reference differs" if nonfinite else "")
+    text += f"; {nonfinite} NaN/Inf elements where the reference differs" if nonfinite else ""
+    failing = [o for o in result.get("outputs", []) if not o["passed"] and "atol" in o]
+    return text + "".join(f"; output {o['index']}: max abs error {o['max_abs_error']:.3g} against "
+                          f"its own atol {o['atol']:g}" for o in failing)
 
 
 def _run_module(tmp: Path, module: Path, parameters: Path | None, driver: str, entry: str,

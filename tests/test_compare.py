@@ -59,3 +59,8 @@ def test_floats_within_tolerance_pass_and_outside_fail():
     assert one([1.00001], [1.0])["passed"]
     result = one([1.1], [1.0])
     assert not result["passed"] and abs(result["max_abs_error"] - 0.1) < 1e-9
+
+
+def test_same_width_integers_of_other_signedness_are_the_same_bits():
+    # IREE returns a uint8 output typed int8: 200 arrives as -56
+    assert one(np.array([-56, 3], np.int8), np.array([200, 3], np.uint8))["passed"]
