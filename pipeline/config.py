@@ -5,6 +5,8 @@ every error names the file, the line and the field, and says what would be valid
 """
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,8 +72,8 @@ TARGET_FIELDS = {
     "arch": ((str,), False, None, "the backend's target: a CPU name or 'host', a vulkan/cuda/rocm target"),
     "driver": ((str,), False, None, "an IREE runtime driver such as local-task, vulkan, cuda, hip"),
     "flags": ((list,), False, [], "a list of extra iree-compile flags"),
-    "atol": (_NUMBER, False, 1e-4, "a number"),
-    "rtol": (_NUMBER, False, 1e-4, "a number"),
+    "atol": (_NUMBER, False, 1e-4, "a number >= 0"),
+    "rtol": (_NUMBER, False, 1e-4, "a number >= 0"),
     "params": ((str,), False, None, "'inline' (weights inside this target's module) or 'external'"),
 }
 MATRIX_FIELDS = {
@@ -83,8 +85,8 @@ MODEL_FIELDS = {
     "file": ((str,), False, None, "a path to a model file, relative to the config file"),
     "factory": ((str,), False, None, "a Python factory 'module:function' or 'path/to/file.py:function'"),
     "shapes": ((dict,), False, {}, "a mapping of input name to a list of dimensions"),
-    "atol": (_NUMBER, False, None, "a number"),
-    "rtol": (_NUMBER, False, None, "a number"),
+    "atol": (_NUMBER, False, None, "a number >= 0"),
+    "rtol": (_NUMBER, False, None, "a number >= 0"),
     "seed": ((int,), False, 0, "an integer seed for the model's weights and inputs"),
     "inputs": ((str, dict), False, None, "a .npz/.npy file, or a mapping of input name or "
                "position to a .npy file, relative to the config file"),
@@ -94,7 +96,26 @@ MODEL_FIELDS = {
 }
 # fields whose value is one of a fixed set
 CHOICES = {"params": ("external", "inline")}
+# fields that are tolerances: a negative, NaN or infinite one would make every comparison
+# pass or fail regardless of the numbers
+TOLERANCES = {"atol", "rtol"}
 TOP_FIELDS = {"targets", "matrices", "models"}
+
+
+# target, model and matrix names become directory and file names under the build tree, next
+# to the per-stage directories and logs/: they must not escape it nor collide with those
+STAGE_NAMES = ("capture", "serialize", "import", "legalize", "emit", "lower", "codegen", "validate")
+RESERVED_NAMES = frozenset(STAGE_NAMES) | {"logs"}
+_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
+NAME_RULE = ("use only letters, digits, '_', '.' and '-', not starting with '.', and not a "
+             f"stage name or 'logs' ({', '.join(sorted(RESERVED_NAMES))})")
+
+
+def check_name(name: str, what: str) -> None:
+    """Raise ConfigError unless `name` is safe as a path component; `what` says where it
+    comes from (e.g. "targets.yaml:3: target"), for the message."""
+    if not _NAME.fullmatch(name) or name in RESERVED_NAMES:
+        raise ConfigError(f"{what} '{name}': invalid name: {NAME_RULE}")
 
 
 def _where(path: Path, node: yaml.Node) -> str:
@@ -104,7 +125,43 @@ def _where(path: Path, node: yaml.Node) -> str:
 def _mapping(path: Path, node: yaml.Node, what: str) -> list[tuple[yaml.Node, yaml.Node]]:
     if not isinstance(node, yaml.MappingNode):
         raise ConfigError(f"{_where(path, node)}: {what}: expected a mapping")
+    _reject_duplicate_keys(path, node, what)
     return node.value
+
+
+def _reject_duplicate_keys(path: Path, node: yaml.MappingNode, what: str) -> None:
+    # composing keeps every key, and loading would let the last one silently win
+    first_lines = {}
+    for key_node, _ in node.value:
+        if not isinstance(key_node, yaml.ScalarNode):
+            continue
+        key = key_node.value
+        if key in first_lines:
+            raise ConfigError(f"{_where(path, key_node)}: {what}: duplicate key '{key}' "
+                              f"(first at line {first_lines[key]})")
+        first_lines[key] = key_node.start_mark.line + 1
+
+
+def _check_nested_mappings(path: Path, node: yaml.Node, what: str) -> None:
+    """Run the mapping checks on every mapping inside a field's value (shapes, inputs)."""
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in _mapping(path, node, what):
+            _check_nested_mappings(path, value_node, f"{what}.{key_node.value}")
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _check_nested_mappings(path, item, what)
+
+
+def _check_tolerance(path: Path, node: yaml.Node, what: str, value) -> None:
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{_where(path, node)}: {what}: expected a number >= 0, got {value!r}")
+
+
+def _named_entries(path: Path, node: yaml.Node, section: str, kind: str):
+    """(name, entry node) of each entry of a section, its name checked."""
+    for name_node, entry_node in _mapping(path, node, section):
+        check_name(name_node.value, f"{_where(path, name_node)}: {section}: {kind}")
+        yield name_node.value, entry_node
 
 
 def _check_fields(path, node, what, schema) -> dict:
@@ -116,6 +173,7 @@ def _check_fields(path, node, what, schema) -> dict:
             raise ConfigError(f"{_where(path, key_node)}: {what}.{key}: unknown field "
                               f"(valid: {', '.join(schema)})")
         types, _, _, valid = schema[key]
+        _check_nested_mappings(path, value_node, f"{what}.{key}")
         value = yaml.safe_load(yaml.serialize(value_node))
         if isinstance(value, bool) or not isinstance(value, types):
             raise ConfigError(f"{_where(path, value_node)}: {what}.{key}: expected {valid}, "
@@ -126,6 +184,8 @@ def _check_fields(path, node, what, schema) -> dict:
         if key in CHOICES and value not in CHOICES[key]:
             raise ConfigError(f"{_where(path, value_node)}: {what}.{key}: expected {valid}, "
                               f"got {value!r}")
+        if key in TOLERANCES:
+            _check_tolerance(path, value_node, f"{what}.{key}", value)
         values[key] = value
     for key, (_, required, default, valid) in schema.items():
         if key not in values:
@@ -156,31 +216,30 @@ def load_config(path: str | Path) -> Config:
             raise ConfigError(f"{path}: missing section '{required}'")
 
     targets = {}
-    for name_node, node in _mapping(path, sections["targets"], "targets"):
-        v = _check_fields(path, node, f"targets.{name_node.value}", TARGET_FIELDS)
-        targets[name_node.value] = Target(name_node.value, v["backend"], v["arch"], v["driver"],
-                                          tuple(v["flags"]), float(v["atol"]), float(v["rtol"]),
-                                          _where(path, node), v["params"])
+    for name, node in _named_entries(path, sections["targets"], "targets", "target"):
+        v = _check_fields(path, node, f"targets.{name}", TARGET_FIELDS)
+        targets[name] = Target(name, v["backend"], v["arch"], v["driver"], tuple(v["flags"]),
+                               float(v["atol"]), float(v["rtol"]), _where(path, node), v["params"])
     models = {}
     if "models" in sections:
-        for name_node, node in _mapping(path, sections["models"], "models"):
-            what = f"models.{name_node.value}"
+        for name, node in _named_entries(path, sections["models"], "models", "model"):
+            what = f"models.{name}"
             v = _check_fields(path, node, what, MODEL_FIELDS)
             if (v["file"] is None) == (v["factory"] is None):
                 raise ConfigError(f"{_where(path, node)}: {what}: give exactly one of 'file' or 'factory'")
             if v["factory"] and not v["framework"]:
                 raise ConfigError(f"{_where(path, node)}: {what}: a factory model needs 'framework'")
-            models[name_node.value] = ModelDecl(name_node.value, **v)
+            models[name] = ModelDecl(name, **v)
     matrices = {}
-    for name_node, node in _mapping(path, sections["matrices"], "matrices"):
-        what = f"matrices.{name_node.value}"
+    for name, node in _named_entries(path, sections["matrices"], "matrices", "matrix"):
+        what = f"matrices.{name}"
         v = _check_fields(path, node, what, MATRIX_FIELDS)
         unknown = [t for t in v["targets"] if t not in targets]
         if unknown:
             targets_node = next(val for key, val in node.value if key.value == "targets")
             raise ConfigError(f"{_where(path, targets_node)}: {what}.targets: unknown target "
                               f"{', '.join(unknown)} (valid: {', '.join(targets)})")
-        matrices[name_node.value] = Matrix(name_node.value, tuple(v["models"]), tuple(v["targets"]))
+        matrices[name] = Matrix(name, tuple(v["models"]), tuple(v["targets"]))
     if "default" not in matrices:
         raise ConfigError(f"{path}: matrices: missing the 'default' matrix")
     return Config(path.resolve(), targets, matrices, models)

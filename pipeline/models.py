@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from .config import Config, ConfigError
+from .config import Config, ConfigError, check_name
 from .stage import ModelSpec
 
 # framework detection for model files is the stages' knowledge, handed in by the caller
@@ -118,6 +118,7 @@ def discover(model_dirs: list[Path], root: Path | None = None) -> dict[str, Mode
         for py_file in sorted(directory.glob("*.py")):
             framework = _framework_of(py_file)
             if framework and py_file.stem not in models:
+                check_name(py_file.stem, f"{py_file}: model")
                 sources = {"model": py_file, **local_imports(py_file, root or directory.parent)}
                 models[py_file.stem] = ModelSpec(py_file.stem, framework, sources,
                                                  factory=f"{py_file}:build")
@@ -191,6 +192,8 @@ def from_path(path: Path, detect: Detect, shapes: dict, inputs: str | None = Non
         raise ConfigError(f"model={path}: not a model file kiln can read "
                           "(.pt2, .onnx, .tflite, a SavedModel directory, .mlir, .mlirbc)")
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", path.name)
+    # the substitution leaves a leading dot, an empty name or a stage name as they are
+    check_name(name, f"model={path}: model")
     # absolute, not resolved: a symlinked file (a hub cache) keeps its companions beside it
     sources = {"model": path.absolute(), **companions(framework, path.absolute()),
                **input_sources(inputs, Path.cwd(), "inputs=")}

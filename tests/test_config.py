@@ -1,8 +1,10 @@
+import re
 from pathlib import Path
 
 import pytest
 
-from pipeline.config import ConfigError, load_config
+from pipeline import models
+from pipeline.config import ConfigError, check_name, load_config
 
 GOOD = """\
 targets:
@@ -62,3 +64,89 @@ def test_repo_targets_yaml_is_valid():
     config = load_config(Path(__file__).parent.parent / "targets.yaml")
     assert {"cpu", "vulkan"} <= set(config.targets)
     assert set(config.matrices["default"].targets) == {"cpu", "vulkan"}
+
+
+@pytest.mark.parametrize("bad, line, words", [
+    (GOOD.replace("matrices:", "  cpu:\n    backend: vmvx\nmatrices:"), 6,
+     ["targets", "duplicate key 'cpu'", "first at line 2"]),
+    (GOOD.replace("    arch: generic\n", "    arch: generic\n    backend: vmvx\n"), 5,
+     ["targets.cpu", "duplicate key 'backend'", "first at line 3"]),
+    (GOOD + "  default:\n    models: [a]\n    targets: [cpu]\n", 10,
+     ["matrices", "duplicate key 'default'", "first at line 7"]),
+    (GOOD + "models:\n  m:\n    factory: a:b\n    framework: torch\n"
+     "    shapes: {x: [1], x: [2]}\n", 14, ["duplicate key 'x'", "first at line 14"]),
+    (GOOD + "targets:\n  gpu:\n    backend: vmvx\n", 10,
+     ["top level", "duplicate key 'targets'", "first at line 1"]),
+])
+def test_duplicate_keys_are_rejected(tmp_path, bad, line, words):
+    path = write(tmp_path, bad)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}:{line}:"), message
+    for word in words:
+        assert word in message
+
+
+@pytest.mark.parametrize("value", ["-1.0e-4", ".nan", ".inf", "-.inf"])
+@pytest.mark.parametrize("field", ["atol", "rtol"])
+def test_tolerances_must_be_finite_and_not_negative(tmp_path, field, value):
+    path = write(tmp_path, GOOD.replace("atol: 1.0e-4", f"{field}: {value}"))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}:5: targets.cpu.{field}: expected a number >= 0"), message
+
+
+@pytest.mark.parametrize("field", ["atol", "rtol"])
+def test_model_tolerances_must_be_finite_and_not_negative(tmp_path, field):
+    text = GOOD + f"models:\n  m:\n    factory: a:b\n    framework: torch\n    {field}: -1\n"
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value).startswith(f"{path}:14: models.m.{field}: expected a number >= 0")
+
+
+def test_zero_tolerance_is_valid(tmp_path):
+    assert load_config(write(tmp_path, GOOD.replace("1.0e-4", "0"))).targets["cpu"].atol == 0
+
+
+@pytest.mark.parametrize("name", ["../../x", "a/b", ".hidden", "''", "lower", "logs", "a b"])
+@pytest.mark.parametrize("old, line", [("  cpu:", 2), ("  default:", 7), ("  m:", 11)])
+def test_config_names_that_become_paths_are_checked(tmp_path, old, line, name):
+    text = GOOD + "models:\n  m:\n    factory: a:b\n    framework: torch\n"
+    path = write(tmp_path, text.replace(old, f"  {name}:"))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}:{line}:"), message
+    assert "letters, digits" in message and "stage name" in message
+
+
+def test_models_dir_file_with_a_bad_stem_is_an_error(tmp_path):
+    (tmp_path / "lower.py").write_text("FRAMEWORK = 'torch'\ndef build(): pass\n")
+    (tmp_path / "helper.py").write_text("X = 1\n")  # not a model: its name is not used
+    with pytest.raises(ConfigError, match=f"{re.escape(str(tmp_path / 'lower.py'))}: model 'lower'"):
+        models.discover([tmp_path])
+
+
+@pytest.mark.parametrize("file_name", [".hidden.onnx", "validate"])
+def test_model_path_with_a_bad_name_is_an_error(tmp_path, file_name):
+    path = tmp_path / file_name
+    with pytest.raises(ConfigError, match=f"model={re.escape(str(path))}: model '"):
+        models.from_path(path, lambda _: "onnx", {})
+
+
+def test_model_path_name_is_still_sanitised(tmp_path):
+    assert models.from_path(tmp_path / "my model.onnx", lambda _: "onnx", {}).name == "my_model.onnx"
+
+
+@pytest.mark.parametrize("name", ["cpu-2", "mlp_v1.2", "A9"])
+def test_check_name_accepts_plain_names(name):
+    assert check_name(name, "target") is None
+
+
+@pytest.mark.parametrize("name", ["", "../x", ".x", "a/b", "codegen", "logs", "ä"])
+def test_check_name_rejects_path_like_and_reserved_names(name):
+    with pytest.raises(ConfigError, match=f"target '{re.escape(name)}'"):
+        check_name(name, "target")
