@@ -122,10 +122,13 @@ def _failure_message(result: dict, atol: float, rtol: float) -> str:
         (f"{abs_err:.3g}" if abs_err is not None else "n/a") + f" (atol {atol:g}), max rel error " + \
         (f"{rel_err:.3g}" if rel_err is not None else "n/a") + f" (rtol {rtol:g})"
     nonfinite = sum((o.get("nonfinite_mismatch") or 0) for o in result.get("outputs", []))
-    text += f"; {nonfinite} NaN/Inf elements where the reference differs" if nonfinite else ""
+    text += f"; {nonfinite} elements NaN/Inf on one side and not the same on the other" \
+        if nonfinite else ""
     failing = [o for o in result.get("outputs", []) if not o["passed"] and "atol" in o]
-    return text + "".join(f"; output {o['index']}: max abs error {o['max_abs_error']:.3g} against "
-                          f"its own atol {o['atol']:g}" for o in failing)
+    # an output's error is None where NaN/Inf made it meaningless
+    return text + "".join(f"; output {o['index']}: max abs error "
+                          + ("n/a" if o["max_abs_error"] is None else f"{o['max_abs_error']:.3g}")
+                          + f" against its own atol {o['atol']:g}" for o in failing)
 
 
 def _run_module(tmp: Path, module: Path, parameters: Path | None, driver: str, entry: str,
