@@ -69,18 +69,20 @@ def _is_weight(value, threshold: int) -> dict | None:
 def _lift_constants(module, threshold: int) -> list[dict]:
     """Turn each large arith.constant into a private global and a load of it."""
     from iree.compiler import ir
-    constants = []
+    constants = []   # (op, its shape and dtype)
 
     def visit(op):
-        if op.name == "arith.constant" and _is_weight(op.attributes["value"], threshold):
-            constants.append(op)
+        weight = _is_weight(op.attributes["value"], threshold) if op.name == "arith.constant" \
+            else None
+        if weight:
+            constants.append((op, weight))
         return ir.WalkResult.ADVANCE
 
     module.operation.walk(visit)
     taken = _symbol_names(module)
     first = module.body.operations[0]
     moved = []
-    for position, op in enumerate(constants):
+    for position, (op, weight) in enumerate(constants):
         value = op.attributes["value"]
         name = _unique(_resource_name(value) or f"constant.{position}", taken)
         with ir.InsertionPoint(first):
@@ -94,7 +96,7 @@ def _lift_constants(module, threshold: int) -> list[dict]:
                 "global": ir.FlatSymbolRefAttr.get(name), "is_immutable": ir.UnitAttr.get()})
         op.results[0].replace_all_uses_with(load.results[0])
         op.erase()
-        moved.append({"name": name, **_is_weight(value, threshold)})
+        moved.append({"name": name, **weight})
     return moved
 
 

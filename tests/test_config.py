@@ -32,6 +32,17 @@ def test_loads_targets_matrices_and_defaults(tmp_path):
     assert config.matrices["default"].models == ("mlp",)
 
 
+def assert_config_error(tmp_path, text, line, words):
+    """Loading text fails with a message that starts at file:line and holds every word."""
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}:{line}:"), message
+    for word in words:
+        assert word in message
+
+
 @pytest.mark.parametrize("bad, line, words", [
     (GOOD.replace("atol: 1.0e-4", "atol: tight"), 5, ["targets.cpu.atol", "expected a number", "'tight'"]),
     (GOOD.replace("    arch: generic\n", "    arch: generic\n    colour: red\n"), 5, ["targets.cpu.colour", "unknown field", "valid: backend"]),
@@ -40,13 +51,7 @@ def test_loads_targets_matrices_and_defaults(tmp_path):
     (GOOD.replace("atol: 1.0e-4", "flags: --x"), 5, ["targets.cpu.flags", "a list"]),
 ])
 def test_errors_name_file_line_and_field(tmp_path, bad, line, words):
-    path = write(tmp_path, bad)
-    with pytest.raises(ConfigError) as err:
-        load_config(path)
-    message = str(err.value)
-    assert message.startswith(f"{path}:{line}:"), message
-    for word in words:
-        assert word in message
+    assert_config_error(tmp_path, bad, line, words)
 
 
 def test_default_matrix_is_required(tmp_path):
@@ -79,13 +84,7 @@ def test_repo_targets_yaml_is_valid():
      ["top level", "duplicate key 'targets'", "first at line 1"]),
 ])
 def test_duplicate_keys_are_rejected(tmp_path, bad, line, words):
-    path = write(tmp_path, bad)
-    with pytest.raises(ConfigError) as err:
-        load_config(path)
-    message = str(err.value)
-    assert message.startswith(f"{path}:{line}:"), message
-    for word in words:
-        assert word in message
+    assert_config_error(tmp_path, bad, line, words)
 
 
 @pytest.mark.parametrize("value", ["-1.0e-4", ".nan", ".inf", "-.inf"])
