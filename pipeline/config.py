@@ -44,6 +44,7 @@ class ModelDecl:
     inputs: str | dict | None = None
     params: str = "external"
     params_threshold: int | None = None
+    framework_at: str = field(default="", compare=False)   # "targets.yaml:12", for errors
 
 
 @dataclass(frozen=True)
@@ -229,7 +230,9 @@ def load_config(path: str | Path) -> Config:
                 raise ConfigError(f"{_where(path, node)}: {what}: give exactly one of 'file' or 'factory'")
             if v["factory"] and not v["framework"]:
                 raise ConfigError(f"{_where(path, node)}: {what}: a factory model needs 'framework'")
-            models[name] = ModelDecl(name, **v)
+            # errors about the framework point at its field, else at the entry
+            framework_node = next((val for key, val in node.value if key.value == "framework"), node)
+            models[name] = ModelDecl(name, **v, framework_at=_where(path, framework_node))
     matrices = {}
     for name, node in _named_entries(path, sections["matrices"], "matrices", "matrix"):
         what = f"matrices.{name}"

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from .config import Config, ConfigError, check_name
-from .stage import ModelSpec
+from .stage import ModelSpec, StageError
 
 # framework detection for model files is the stages' knowledge, handed in by the caller
 Detect = Callable[[Path], str | None]
@@ -44,17 +44,28 @@ def input_sources(inputs, root: Path, what: str) -> dict[str, Path]:
     return sources
 
 
-def _framework_of(py_file: Path) -> str | None:
+def _framework_assignment(py_file: Path) -> ast.Assign | None:
+    """A models/ file's `FRAMEWORK = "..."`, or None (a helper module, not a model). A file
+    that cannot be parsed raises ConfigError naming its line: left out silently, selecting
+    its model would say only "unknown model"."""
     try:
         tree = ast.parse(py_file.read_text(), str(py_file))
-    except SyntaxError:
-        return None
+    except SyntaxError as err:
+        raise ConfigError(f"{py_file}:{err.lineno}: syntax error: {err.msg}: "
+                          f"{(err.text or '').strip()}") from None
+    except ValueError as err:   # undecodable bytes, or a null byte (Python 3.11)
+        raise ConfigError(f"{py_file}: cannot be read as Python: {err}") from None
     for node in tree.body:
         if (isinstance(node, ast.Assign) and len(node.targets) == 1
                 and getattr(node.targets[0], "id", None) == "FRAMEWORK"
                 and isinstance(node.value, ast.Constant)):
-            return node.value.value
+            return node
     return None
+
+
+def _framework_of(py_file: Path) -> str | None:
+    node = _framework_assignment(py_file)
+    return node.value.value if node else None
 
 
 def local_imports(py_file: Path, root: Path) -> dict[str, Path]:
@@ -116,13 +127,58 @@ def discover(model_dirs: list[Path], root: Path | None = None) -> dict[str, Mode
     models = {}
     for directory in model_dirs:
         for py_file in sorted(directory.glob("*.py")):
-            framework = _framework_of(py_file)
+            try:
+                framework = _framework_of(py_file)
+            except ConfigError:   # unreadable() says why, where it matters
+                continue
             if framework and py_file.stem not in models:
                 check_name(py_file.stem, f"{py_file}: model")
                 sources = {"model": py_file, **local_imports(py_file, root or directory.parent)}
                 models[py_file.stem] = ModelSpec(py_file.stem, framework, sources,
                                                  factory=f"{py_file}:build")
     return models
+
+
+def unreadable(model_dirs: list[Path], known: dict) -> dict[str, str]:
+    """models/ files that cannot be parsed and whose name no known model takes, by name, with
+    why: selecting one is an error saying why, and otherwise they stop nothing."""
+    found: dict[str, str] = {}
+    for directory in model_dirs:
+        for py_file in sorted(directory.glob("*.py")):
+            if py_file.stem not in known and py_file.stem not in found:
+                try:
+                    _framework_assignment(py_file)
+                except ConfigError as err:
+                    found[py_file.stem] = str(err)
+    return found
+
+
+def warn_left_out(unreadable: dict[str, str]) -> None:
+    """Unreadable files no one selected: a warning, never a stop for the other models."""
+    for name, why in unreadable.items():
+        print(f"kiln: warning: model {name} left out: {why}", file=sys.stderr)
+
+
+def check_frameworks(models: list[ModelSpec], stages: list, config: Config) -> None:
+    """A framework no adapter serves (a misspelt `framework:`) is refused by the stages, which
+    know the adapters; as a ConfigError that says where the model names it, before any run."""
+    for model in models:
+        try:
+            for stage in stages:
+                stage.applies_to(model)
+        except StageError as err:
+            raise ConfigError(f"{framework_field(model, config)}: {err}") from None
+
+
+def framework_field(model: ModelSpec, config: Config) -> str:
+    """Where a model's framework is named, for errors about it: its config entry's field, or
+    its models/ file's FRAMEWORK line."""
+    decl = config.models.get(model.name)
+    if decl is not None:
+        return f"{decl.framework_at}: models.{model.name}.framework"
+    path = Path(model.sources.get("model", model.name))
+    node = _framework_assignment(path) if path.suffix == ".py" else None
+    return f"{path}:{node.lineno}: FRAMEWORK" if node else f"{path}: framework"
 
 
 def _factory_spec(factory: str, root: Path) -> tuple[str, Path | None]:

@@ -35,15 +35,23 @@ class Plan:
 
 
 def _pick(value: str | None, valid: dict, default: tuple, what: str, config: Config,
-          resolve_path: Callable[[str], object] | None = None) -> list:
+          resolve_path: Callable[[str], object] | None = None,
+          unusable: dict[str, str] | None = None) -> list:
+    """What value= selects. `unusable` names what exists but cannot be used, with why (a
+    models/ file with a syntax error): selecting it says why, not "unknown"."""
+    unusable = unusable or {}
     if value is None:
         return [valid[n] for n in default]
     if value == "all":
+        if unusable:
+            raise ConfigError(f"{what}=all: {next(iter(unusable.values()))}")
         return list(valid.values())
     picked = []
     for name in (v.strip() for v in value.split(",") if v.strip()):
         if name in valid:
             picked.append(valid[name])
+        elif name in unusable:
+            raise ConfigError(f"{what}={name}: {unusable[name]}")
         elif resolve_path and (os.sep in name or Path(name).suffix):
             if not Path(name).exists():
                 raise ConfigError(f"{what}={name}: no such file or directory")
@@ -82,13 +90,21 @@ def make_plan(get_var: Callable[[str], str | None], stages: list[Stage],
     matrix = config.matrices[matrix_name]
     known = model_registry.available(config, model_dirs + [config.root / "models"], detect,
                                      companions)
+    unreadable = model_registry.unreadable(model_dirs + [config.root / "models"], known)
     shapes = parse_shapes(get_var("shapes"))
-    unknown = [m for m in matrix.models if m not in known]
+    unknown = [m for m in matrix.models if m not in known and m not in unreadable]
     if unknown:
         raise ConfigError(f"{config.path}: matrices.{matrix.name}: unknown model "
                           f"{', '.join(unknown)} (valid: {', '.join(sorted(known))})")
+    broken = [m for m in matrix.models if m in unreadable] if get_var("model") is None else []
+    if broken:   # the matrix is what is selected
+        raise ConfigError(f"{config.path}: matrices.{matrix.name}: model {broken[0]}: "
+                          f"{unreadable[broken[0]]}")
     models = _pick(get_var("model"), known, matrix.models, "model", config,
-                   lambda p: model_registry.from_path(Path(p), detect, shapes, None, companions))
+                   lambda p: model_registry.from_path(Path(p), detect, shapes, None, companions),
+                   unreadable)
+    model_registry.warn_left_out(unreadable)   # none is selected: _pick refuses those
+    model_registry.check_frameworks(models, stages, config)
     models = _with_inputs(models, get_var("inputs"))
     targets = [resolve_target(t) for t in
                _pick(get_var("target"), config.targets, matrix.targets, "target", config)]

@@ -26,8 +26,23 @@ def iree_compile(src: Path, out: Path, flags: list[str], ctx, timeout: int = 180
         ctx.log(stderr)
     if proc.returncode != 0:
         out.unlink(missing_ok=True)
-        raise StageError(f"iree-compile exited with {proc.returncode}: {_first_error(stderr)}",
-                         command=command)
+        raise StageError(f"iree-compile {_failure(proc.returncode, stderr)}", command=command)
+
+
+def compile_failure(src: Path, flags: list[str], timeout: int = 600) -> str | None:
+    """How iree-compile fails on src, worded as iree_compile would, or None when it compiles
+    (the output discarded): for probing which part of a module it cannot take."""
+    argv = [tool("iree-compile"), "-", *flags, "-o", "/dev/null"]
+    with open(src, "rb") as stdin:
+        proc = subprocess.run(argv, stdin=stdin, capture_output=True, timeout=timeout)
+    return _failure(proc.returncode, proc.stderr.decode(errors="replace")) if proc.returncode else None
+
+
+def _failure(returncode: int, stderr: str) -> str:
+    # LLVM's crash handler prints only a stack dump: its first line is no diagnostic
+    if "Stack dump:" in stderr and "error:" not in stderr:
+        return f"crashed (exit {returncode}: a stack dump, no diagnostic)"
+    return f"exited with {returncode}: {_first_error(stderr)}"
 
 
 def _first_error(stderr: str) -> str:

@@ -1,14 +1,16 @@
 """Stage 4, legalize: convert the input dialect to IREE's (iree-compile --compile-to=input,
-target-independent), then walk the result and fail with the ops IREE cannot take."""
+target-independent), then walk the result and fail with the ops IREE cannot take. Where
+iree-compile fails without naming an op (a crash), each kind of op is compiled alone to find it."""
 from __future__ import annotations
 
 import json
 import re
+import tempfile
 from pathlib import Path
 
 from pipeline.stage import Stage, StageError
 from stages import frameworks
-from stages.iree_tools import iree_compile
+from stages.iree_tools import compile_failure, iree_compile
 from stages.mlir import entry_inputs, op_names, parse, public_functions
 
 HERE = Path(__file__).parent
@@ -49,6 +51,12 @@ class Legalize(Stage):
             if illegal:
                 raise StageError(f"ops IREE cannot legalize: {', '.join(illegal)}",
                                  command=err.command) from None
+            # a crash, or a diagnostic at no location (imports strip them): find the op
+            alone = _failing_alone(source, flags, ctx)
+            if alone:
+                raise StageError(f"ops IREE cannot legalize: {', '.join(alone)} (each fails "
+                                 f"compiled alone too, see the log); {err}",
+                                 command=err.command) from None
             raise
         module = parse(out.read_bytes())
         ops = op_names(module)
@@ -62,6 +70,115 @@ class Legalize(Stage):
             {"entry": entries[0], "functions": entries, "inputs": entry_inputs(module, entries[0]),
              "ops": dict(sorted(ops.items()))},
             indent=1, sort_keys=True))
+
+
+# When iree-compile fails on a module without naming an op, each kind of input op is compiled
+# alone: all its instances in a module of their own, fed by new arguments, with the constants
+# they read copied in. The kinds that fail alone are the ones to name.
+TENSOR = re.compile(r"(!torch\.v?)?tensor<")
+FUNCTION_ATTRS = {"sym_name", "function_type", "arg_attrs", "res_attrs", "sym_visibility"}
+
+
+def _failing_alone(source: Path, flags: list[str], ctx) -> list[str]:
+    from iree.compiler import ir
+    failing = []
+    try:
+        module = parse(source.read_bytes())
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "alone.mlirbc"
+            for kind, ops in _input_ops(module).items():
+                alone = _isolated(module, ops)
+                try:
+                    alone.operation.verify()
+                except ir.MLIRError:   # it reads something that cannot come along: no verdict
+                    continue
+                with open(path, "wb") as f:
+                    alone.operation.write_bytecode(f)
+                failure = compile_failure(path, flags)
+                ctx.log(f"compiled alone, {kind} ({len(ops)} in the model): "
+                        f"{failure or 'compiles'}")
+                if failure:
+                    failing.append(kind)
+    except Exception as err:   # only a diagnosis: it must never hide the module's own error
+        ctx.log(f"could not compile the ops alone: {type(err).__name__}: {err}")
+    return failing
+
+
+def _input_ops(module) -> dict[str, list]:
+    """Each kind of input-dialect op that computes tensors from operands: [(function, op)]."""
+    found: dict[str, list] = {}
+    for function in module.body.operations:
+        function = function.operation
+        if not function.name.endswith(".func") or not function.regions:
+            continue
+        for block in function.regions[0].blocks:
+            for op in block.operations:
+                op = op.operation
+                if (op.name.split(".", 1)[0] not in IREE_DIALECTS and op.operands
+                        and any(TENSOR.match(str(r.type)) for r in op.results)):
+                    found.setdefault(_kind(op), []).append((function, op))
+    return found
+
+
+def _kind(op) -> str:
+    """An op's name; for ONNX's generic torch.operator, the ONNX op it holds (onnx.Unique)."""
+    from iree.compiler import ir
+    if op.name == "torch.operator" and "name" in op.attributes:
+        return ir.StringAttr(op.attributes["name"]).value
+    return op.name
+
+
+def _isolated(module, ops):
+    from iree.compiler import ir
+    with module.context, ir.Location.unknown():
+        alone = ir.Module.create()
+        for name in module.operation.attributes:
+            alone.operation.attributes[name] = module.operation.attributes[name]
+        with ir.InsertionPoint(alone.body):
+            for declaration in module.body.operations:   # globals the ops may read
+                if not declaration.operation.name.endswith(".func"):
+                    declaration.operation.clone()
+            for i, (function, op) in enumerate(ops):
+                _isolated_function(f"alone{i}", function, op)
+    return alone
+
+
+def _isolated_function(name: str, function, op) -> None:
+    """func @name running op alone: a tensor it reads becomes an argument, unless a constant
+    (an op without operands) makes it; what else it reads (ints, lists) is copied in."""
+    from iree.compiler import ir
+    from iree.compiler.dialects import func
+    results = [r for r in op.results if TENSOR.match(str(r.type))]
+    new = func.FuncOp(name, ir.FunctionType.get([], []))
+    for attr in function.attributes:   # e.g. the ONNX opset its conversion depends on
+        if attr not in FUNCTION_ATTRS:
+            new.attributes[attr] = function.attributes[attr]
+    block = new.add_entry_block()
+    mapping, inputs = {}, []
+
+    def value(v):
+        if v not in mapping:
+            owner = v.owner
+            if isinstance(owner, ir.Block) or (TENSOR.match(str(v.type))
+                                               and owner.operation.operands):
+                mapping[v] = block.add_argument(v.type, ir.Location.unknown())
+                inputs.append(v.type)
+            else:
+                copy(owner.operation)
+        return mapping[v]
+
+    def copy(original):
+        operands = [value(v) for v in original.operands]
+        clone = original.clone()
+        for i, v in enumerate(operands):
+            clone.operands[i] = v
+        mapping.update(zip(original.results, clone.results))
+
+    with ir.InsertionPoint(block):
+        copy(op)
+        func.ReturnOp([mapping[r] for r in results])
+    new.attributes["function_type"] = ir.TypeAttr.get(
+        ir.FunctionType.get(inputs, [r.type for r in results]))
 
 
 STAGE = Legalize()

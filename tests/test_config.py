@@ -149,3 +149,65 @@ def test_check_name_accepts_plain_names(name):
 def test_check_name_rejects_path_like_and_reserved_names(name):
     with pytest.raises(ConfigError, match=f"target '{re.escape(name)}'"):
         check_name(name, "target")
+
+
+# --- what make_plan says about models that cannot be used -------------------------------
+
+def plan(tmp_path, text=GOOD, **variables):
+    """make_plan for a project in tmp_path (its models in tmp_path/models), no compiler run."""
+    import stages
+    from pipeline.tasks import make_plan
+    write(tmp_path, text)
+    models_dir = tmp_path / "models"
+    models_dir.mkdir(exist_ok=True)
+    (models_dir / "mlp.py").write_text("FRAMEWORK = 'torch'\n\ndef build():\n    pass\n")
+    return make_plan(variables.get, stages.pipeline(), stages.detect, stages.resolve_target,
+                     [models_dir], root=tmp_path, companions=stages.companions)
+
+
+def write_broken(tmp_path) -> Path:
+    (tmp_path / "models").mkdir(exist_ok=True)
+    path = tmp_path / "models" / "broken.py"
+    path.write_text("FRAMEWORK = 'torch'\n\n\ndef build(:\n    pass\n")
+    return path
+
+
+@pytest.mark.parametrize("text, variables, where", [
+    (GOOD, {"model": "broken"}, "model=broken"),
+    (GOOD.replace("models: [mlp]", "models: [mlp, broken]"), {}, "matrices.default"),
+])
+def test_models_file_with_a_syntax_error_is_named_when_selected(tmp_path, text, variables, where):
+    broken = write_broken(tmp_path)
+    with pytest.raises(ConfigError) as err:
+        plan(tmp_path, text, **variables)
+    message = str(err.value)
+    assert where in message and f"{broken}:4: syntax error" in message, message
+    assert "def build(:" in message and "unknown model" not in message, message
+
+
+def test_models_file_with_a_syntax_error_only_warns_when_not_selected(tmp_path, capsys):
+    broken = write_broken(tmp_path)
+    assert plan(tmp_path, model="mlp").graph.nodes   # mlp is planned
+    assert f"warning: model broken left out: {broken}:4: syntax error" in capsys.readouterr().err
+
+
+FACTORY_MODEL = GOOD + "models:\n  mine:\n    framework: pytoch\n    factory: models/mlp.py:build\n"
+
+
+def test_misspelt_framework_names_the_field_and_the_valid_names(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        plan(tmp_path, FACTORY_MODEL, model="mine")
+    message = str(err.value)
+    assert message.startswith(f"{tmp_path / 'targets.yaml'}:12: models.mine.framework:"), message
+    assert "'pytoch'" in message and "torch" in message and "onnx" in message, message
+    assert plan(tmp_path, FACTORY_MODEL, model="mlp")   # unselected, it stops nothing
+
+
+def test_misspelt_framework_in_a_models_file_names_the_file(tmp_path):
+    plan(tmp_path)
+    (tmp_path / "models" / "typo.py").write_text("FRAMEWORK = 'pytoch'\n\ndef build():\n    pass\n")
+    with pytest.raises(ConfigError) as err:
+        plan(tmp_path, model="typo")
+    message = str(err.value)
+    assert message.startswith(f"{tmp_path / 'models' / 'typo.py'}:1: FRAMEWORK:"), message
+    assert "'pytoch'" in message and "torch" in message, message

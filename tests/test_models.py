@@ -143,3 +143,20 @@ def test_module_factory_is_fingerprinted_by_its_source(project):
     project.doit("validate", "model=small", "target=cpu")
     capture = next(t for t in project.record() if t["stage"] == "capture")
     assert capture["status"] == "ran" and capture["why"] == "changed inputs: source:model"
+
+
+def test_factory_returning_the_wrong_thing_names_it_and_what_it_returned(project):
+    models = project.root / "models"
+    (models / "lonely.py").write_text(  # the module alone, no example inputs
+        'FRAMEWORK = "torch"\n\ndef build():\n    import torch\n    return torch.nn.Linear(4, 2)\n')
+    (models / "loose.py").write_text(   # the inputs not in a tuple
+        'FRAMEWORK = "torch"\n\ndef build():\n    import torch\n'
+        '    return torch.nn.Linear(4, 2), torch.randn(1, 4)\n')
+    proc = project.doit("validate", "model=lonely,loose", "target=cpu", check=False)
+    assert proc.returncode != 0
+    by_task = {t["task"]: t for t in project.record()}
+    lonely, loose = by_task["capture:lonely"]["error"], by_task["capture:loose"]["error"]
+    assert f"{models / 'lonely.py'}:build returned a Linear" in lonely, lonely
+    assert f"{models / 'loose.py'}:build returned (Linear, Tensor)" in loose, loose
+    for error in (lonely, loose):
+        assert "expected (model, inputs)" in error and "tuple or list of arrays" in error, error

@@ -72,6 +72,18 @@ def _sequence_model():
     return model
 
 
+def _unique_model():
+    """Tanh then Unique: IREE takes Tanh; on Unique its ONNX conversion crashes (3.13) or
+    fails, with no diagnostic that names the op."""
+    nodes = [helper.make_node("Tanh", ["x"], ["t"]), helper.make_node("Unique", ["t"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "uniq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
 def _write_external(model, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
@@ -93,7 +105,8 @@ def _write_files(files: Path) -> SimpleNamespace:
                             test_data=files / "testdata" / "td_mlp.onnx",
                             wrong_data=files / "wrongdata" / "td_wrong.onnx",
                             sequence=files / "seq" / "seq.onnx",
-                            plain=files / "plain" / "plain.onnx")
+                            plain=files / "plain" / "plain.onnx",
+                            unsupported=files / "unsupported" / "uniq.onnx")
     _write_external(_mlp("N", 16, seed=1)[0], paths.external)
 
     model, weights = _mlp("N", 6, seed=2)
@@ -111,6 +124,8 @@ def _write_files(files: Path) -> SimpleNamespace:
     onnx.save(_sequence_model(), str(paths.sequence))
     paths.plain.parent.mkdir(parents=True)
     onnx.save(_mlp(2, 16, seed=4)[0], str(paths.plain))
+    paths.unsupported.parent.mkdir(parents=True)
+    onnx.save(_unique_model(), str(paths.unsupported))
     return paths
 
 
@@ -154,7 +169,8 @@ def built(tmp_path_factory):
     config.setdefault("models", {})["seq_sized"] = {"file": str(paths.sequence),
                                                     "shapes": {"x": [2, 5, 8]}}
     (project.root / "targets.yaml").write_text(yaml.safe_dump(config))
-    files = [paths.external, paths.test_data, paths.wrong_data, paths.sequence, paths.plain]
+    files = [paths.external, paths.test_data, paths.wrong_data, paths.sequence, paths.plain,
+             paths.unsupported]
     proc = project.doit("validate", f"model={','.join(map(str, files))},seq_sized",
                         "target=cpu", check=False)
     first = {t["task"]: t for t in project.record()}
@@ -285,6 +301,16 @@ def test_plain_static_file_validates_without_notes(built):
     _passed(built.first, model)
     assert built.snapshot[model]["info"]["notes"] == []
     assert built.snapshot[model]["key sources"] == {"source:model"}
+
+
+# --- 5. an op IREE cannot take ---------------------------------------------------------
+
+def test_an_op_iree_cannot_legalize_is_named(built):
+    legalize = built.first[f"legalize:{built.paths.unsupported.name}"]
+    assert legalize["status"] == "failed", legalize
+    error = legalize["error"]
+    assert "ops IREE cannot legalize: onnx.Unique" in error, error
+    assert "onnx.Tanh" not in error, error
 
 
 # --- companions: what enters the key, what is refused ------------------------------------
