@@ -12,6 +12,7 @@ from doit import get_var
 
 import stages
 from pipeline.config import ConfigError
+from pipeline.record import write_failed_run
 from pipeline.tasks import doit_config, group_tasks, make_plan, prune_task, stage_tasks
 
 
@@ -26,6 +27,7 @@ try:
     PLAN = make_plan(get_var, stages.pipeline(), stages.detect, stages.resolve_target,
                      [Path(__file__).parent / "models"], companions=stages.companions)
 except ConfigError as err:
+    write_failed_run(Path.cwd() / "build" / "run.json", str(err))   # never leave a stale record
     sys.exit(f"kiln: {err}")
 
 DOIT_CONFIG = doit_config(PLAN)

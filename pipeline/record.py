@@ -7,30 +7,47 @@ upstream task failed), writes the record atomically and prints the summary table
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from doit.exceptions import DependencyError, UnmetDependency
 from doit.reporter import ConsoleReporter
 
 from . import report
-from .store import atomic_write
+from .store import atomic_write, describe_os_error
 
 
-def _entry(task) -> dict | None:
+@dataclass
+class RunLog:
+    """What this doit invocation learns as it goes, for the reporter."""
+    entries: dict[str, dict] = field(default_factory=dict)   # stage entries, by task name
+    warnings: list[str] = field(default_factory=list)        # run-level (a .doit.db moved aside)
+
+
+def _entry(task, fresh: dict[str, dict]) -> dict | None:
+    """The task's entry from this run (in memory), else the one its last run wrote."""
     info = (task.meta or {}).get("kiln")
     if info is None:
         return None
     entry = {"task": task.name, "stage": info["stage"], "model": info["model"],
              "target": info["target"], "key": None}
-    try:
-        entry.update(json.loads(Path(info["entry"]).read_text()))
-    except (OSError, ValueError):
-        pass
-    entry.pop("fingerprint", None)   # the key's parts, kept for the next 'why'; not for the record
+    if task.name in fresh:
+        entry.update(fresh[task.name])
+    else:
+        try:
+            entry.update(json.loads(Path(info["entry"]).read_text()))
+        except (OSError, ValueError):
+            pass
+    # the key's parts (for the next 'why') and output stats (for the intact check) stay in
+    # build/.kiln; the record says what happened
+    for private in ("fingerprint", "outputs"):
+        entry.pop(private, None)
     return entry
 
 
-def make_reporter(run_file: Path):
+def make_reporter(run_file: Path, run: RunLog):
+    fresh = run.entries
+
     class KilnReporter(ConsoleReporter):
         """doit's console output, plus the run record and the summary table."""
 
@@ -39,7 +56,7 @@ def make_reporter(run_file: Path):
             self.entries = []
 
         def _add(self, task, **override):
-            entry = _entry(task)
+            entry = _entry(task, fresh)
             if entry is not None:
                 entry.update(override)
                 self.entries.append(entry)
@@ -55,7 +72,7 @@ def make_reporter(run_file: Path):
                           key=None, error=None, command=None, result=None, warnings=None,
                           why=None)
             else:  # the runner's entry says why; if it never got to write one, doit's message
-                entry = _entry(task) or {}
+                entry = _entry(task, fresh) or {}
                 extra = {} if entry.get("status") == "failed" else {"error": fail.get_msg().strip()}
                 self._add(task, status="failed", **extra)
 
@@ -71,13 +88,40 @@ def make_reporter(run_file: Path):
             tasks = [{k: v for k, v in e.items() if v is not None or k in ("target", "key")}
                      for e in self.entries]
             if tasks:  # a run of no stage (doit prune) keeps the last build's record
-                atomic_write(run_file, json.dumps({"tasks": tasks}, indent=1).encode())
-                atomic_write(run_file.with_name("report.md"), report.markdown(tasks).encode())
                 self.outstream.write("\n" + report.table(tasks) + "\n")
-                for task in tasks:
-                    for warning in task.get("warnings", []):
-                        self.outstream.write(f"warning: {task['task']}: {warning}\n")
-                self.outstream.write(f"run record: {run_file}\n")
+                for warning, names in _warnings(tasks).items():
+                    more = f" (and {len(names) - 1} more tasks)" if len(names) > 1 else ""
+                    self.outstream.write(f"warning: {names[0]}{more}: {warning}\n")
+                for warning in run.warnings:
+                    self.outstream.write(f"warning: {warning}\n")
+                record = {"tasks": tasks, **({"warnings": run.warnings} if run.warnings else {})}
+                self.outstream.write(_write_record(run_file, record) + "\n")
             super().complete_run()
 
     return KilnReporter
+
+
+def _warnings(tasks: list[dict]) -> dict[str, list[str]]:
+    """Each distinct warning once, with the tasks that gave it (a read-only cache warns in
+    every stage; the console says it once)."""
+    seen: dict[str, list[str]] = {}
+    for task in tasks:
+        for warning in task.get("warnings", []):
+            seen.setdefault(warning, []).append(task["task"])
+    return seen
+
+
+def _write_record(run_file: Path, record: dict) -> str:
+    """Write run.json and report.md; the line to print about it."""
+    try:
+        atomic_write(run_file, json.dumps(record, indent=1).encode())
+        atomic_write(run_file.with_name("report.md"), report.markdown(record).encode())
+    except OSError as err:
+        return f"kiln: the run record was not written: {describe_os_error(err)}"
+    return f"run record: {run_file}"
+
+
+def write_failed_run(run_file: Path, error: str) -> None:
+    """A run stopped before any stage (a config or command-line error) still leaves a
+    record, so CI never publishes the previous run's results as this one's."""
+    _write_record(run_file, {"tasks": [], "error": error})

@@ -49,8 +49,11 @@ def table(entries: list[dict], tablefmt: str = "simple", width: int | None = 90)
                              "ms/run", "stages"])
 
 
-def markdown(entries: list[dict]) -> str:
+def markdown(record: dict) -> str:
     """The same table for a CI summary or a pull request, with the failures spelled out."""
+    if record.get("error"):
+        return f"# kiln run\n\n**The run stopped before building anything:** {record['error']}\n"
+    entries = record["tasks"]
     lines = ["# kiln run", "", table(entries, "github", width=None), ""]
     failed = [e for e in entries if e["status"] == "failed"]
     if failed:

@@ -5,7 +5,9 @@
     miss -> run the stage in a fresh temp dir, store, install  status "ran"
 
 Outputs reach build/ by rename only after the stage succeeded, so build/ never holds a
-half-written file; the store is written the same way.
+half-written file; the store is written the same way. The entry records each output's digest
+and stat, so an output damaged or edited in build/ later is noticed (tasks.outputs_intact)
+and brought back here, with a warning.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from pathlib import Path
 from . import keys
 from .config import Target
 from .stage import ModelSpec, Node, Stage, StageContext, StageError, StageSkipped
-from .store import Store, atomic_write
+from .store import UNWRITABLE, Store, atomic_write, describe_os_error
 
 
 @dataclass(frozen=True)
@@ -95,17 +97,27 @@ def execute(node: Node, stage: Stage, model: ModelSpec, target: Target | None,
              "target": node.target, "key": None}
     log_lines: list[str] = []
     store = Store(layout.cache)
+    out_dir = layout.node_dir(node)
+    previous = _previous_entry(layout.entry_file(node))
     try:
         key, parts = compute_key(stage, model, target, upstream, first)
         entry.update(key=key, fingerprint=parts)
-        cached = store.lookup(key)
-        if cached and _restore(store, key, cached, layout.node_dir(node), layout):
-            entry.update(status="cached", **_meta_fields(cached["meta"]))
+        damaged = _damaged_outputs(previous, key, out_dir)
+        cached = store.lookup(key, stage.outputs(model))
+        meta = _restore(store, key, cached, out_dir, layout) if cached else None
+        if meta is not None:
+            entry.update(status="cached", **_meta_fields(meta))
+            outputs = cached["outputs"]
         else:
-            entry["why"] = explain(_previous_fingerprint(layout.entry_file(node)), parts)
+            entry["why"] = explain(previous.get("fingerprint"), parts)
             log_lines.append(f"why: {entry['why']}")
-            meta = _run(stage, model, target, upstream, layout, node, key, log_lines, store)
+            meta, outputs = _run(stage, model, target, upstream, layout, node, key, log_lines,
+                                 store)
             entry.update(status="ran", **_meta_fields(meta))
+        entry["outputs"] = output_stats(out_dir, outputs)
+        done = "restored it from the cache" if entry["status"] == "cached" else "rebuilt it"
+        store.warnings += [f"{_shown(out_dir / rel, layout)} no longer matched what kiln wrote; "
+                           f"{done}" for rel in damaged]
     except StageSkipped as skip:
         entry.update(status="skipped", reason=str(skip))
     except StageError as err:
@@ -113,6 +125,11 @@ def execute(node: Node, stage: Stage, model: ModelSpec, target: Target | None,
         if err.result is not None:
             entry["result"] = err.result
         log_lines += [err.log] if err.log else []
+    except OSError as err:  # a disk that will not take the write: say which path and why
+        error = describe_os_error(err, layout.build) if err.errno in UNWRITABLE else \
+            f"{type(err).__name__}: {err}"
+        entry.update(status="failed", error=error, command=None)
+        log_lines.append(traceback.format_exc())
     except Exception as err:  # a bug or a framework error: keep the traceback in the log
         entry.update(status="failed", error=f"{type(err).__name__}: {err}", command=None)
         log_lines.append(traceback.format_exc())
@@ -120,17 +137,70 @@ def execute(node: Node, stage: Stage, model: ModelSpec, target: Target | None,
         entry["warnings"] = store.warnings
         log_lines += [f"warning: {w}" for w in store.warnings]
     entry["seconds"] = round(time.perf_counter() - started, 3)
-    _write_log(layout.log_file(node), entry, log_lines)
     entry["log"] = str(layout.log_file(node).relative_to(layout.root))
-    atomic_write(layout.entry_file(node), json.dumps(entry, indent=1).encode())
+    _write_entry(layout, node, entry, log_lines)
     return entry
 
 
-def _previous_fingerprint(entry_file: Path) -> dict | None:
+def _write_entry(layout: Layout, node: Node, entry: dict, log_lines: list[str]) -> None:
+    """The log and the record entry; on a disk that will not take them, the entry still
+    reaches the reporter in memory, with the reason."""
     try:
-        return json.loads(entry_file.read_text()).get("fingerprint")
+        _write_log(layout.log_file(node), entry, log_lines)
+        atomic_write(layout.entry_file(node), json.dumps(entry, indent=1).encode())
+    except OSError as err:
+        if err.errno not in UNWRITABLE:
+            raise
+        entry.setdefault("warnings", []).append(f"record entry not written: {describe_os_error(err)}")
+        entry["log"] = None
+
+
+def output_stats(out_dir: Path, outputs: dict[str, str]) -> dict[str, list]:
+    """rel -> [digest, size, mtime_ns] of installed outputs: what 'intact' is checked against."""
+    stats = {}
+    for rel, digest in outputs.items():
+        st = (out_dir / rel).stat()
+        stats[rel] = [digest, st.st_size, st.st_mtime_ns]
+    return stats
+
+
+def changed_outputs(out_dir: Path, recorded: dict) -> tuple[list[str], dict]:
+    """(recorded outputs whose file no longer holds what kiln wrote, the stats as they are
+    now). Cheap when nothing changed: a file is hashed only when its size or mtime differ
+    from the record; one that hashes equal (touched, copied) gets its new stat back, so the
+    caller can refresh the record and not hash it again next time."""
+    changed, stats = [], {}
+    for rel, (digest, size, mtime_ns) in recorded.items():
+        try:
+            st = (out_dir / rel).stat()
+        except FileNotFoundError:
+            changed.append(rel)
+            continue
+        stats[rel] = [digest, st.st_size, st.st_mtime_ns]
+        if (st.st_size, st.st_mtime_ns) != (size, mtime_ns) and keys.digest_file(out_dir / rel) != digest:
+            changed.append(rel)
+    return changed, stats
+
+
+def _damaged_outputs(previous: dict, key: str, out_dir: Path) -> list[str]:
+    """Outputs edited or damaged in build/ since this same key was built here (a changed key
+    rebuilds them anyway; a missing file is not damage, just absent)."""
+    if previous.get("key") != key or not isinstance(previous.get("outputs"), dict):
+        return []
+    return [rel for rel in changed_outputs(out_dir, previous["outputs"])[0]
+            if (out_dir / rel).exists()]
+
+
+def _shown(path: Path, layout: Layout) -> str:
+    return str(path.relative_to(layout.root)) if path.is_relative_to(layout.root) else str(path)
+
+
+def _previous_entry(entry_file: Path) -> dict:
+    try:
+        entry = json.loads(entry_file.read_text())
     except (OSError, ValueError):
-        return None
+        return {}
+    return entry if isinstance(entry, dict) else {}
 
 
 def explain(before: dict | None, now: dict) -> str:
@@ -151,15 +221,16 @@ def _meta_fields(meta: dict) -> dict:
     return {"result": meta["result"]} if meta.get("result") is not None else {}
 
 
-def _restore(store: Store, key: str, cached: dict, out_dir: Path, layout: Layout) -> bool:
+def _restore(store: Store, key: str, cached: dict, out_dir: Path, layout: Layout) -> dict | None:
+    """The verified result metadata with the outputs installed, or None (a miss)."""
     with tempfile.TemporaryDirectory(dir=layout.scratch()) as tmp:
-        if not store.restore(key, cached, Path(tmp)):
-            return False
-        _install(Path(tmp), list(cached["outputs"]), out_dir)
-    return True
+        meta = store.restore(key, cached, Path(tmp))
+        if meta is not None:
+            _install(Path(tmp), list(cached["outputs"]), out_dir, layout)
+    return meta
 
 
-def _run(stage, model, target, upstream, layout, node, key, log_lines, store) -> dict:
+def _run(stage, model, target, upstream, layout, node, key, log_lines, store):
     with tempfile.TemporaryDirectory(dir=layout.scratch()) as tmp:
         ctx = StageContext(model, target, {n: d for n, (_, d) in upstream.items()}, Path(tmp),
                            log_lines)
@@ -171,15 +242,25 @@ def _run(stage, model, target, upstream, layout, node, key, log_lines, store) ->
         outputs = {rel: keys.digest_file(ctx.out / rel) for rel in declared}
         meta = {"result": result}
         store.save(key, ctx.out, outputs, meta)
-        _install(ctx.out, list(declared), layout.node_dir(node))
-    return meta
+        _install(ctx.out, list(declared), layout.node_dir(node), layout)
+    return meta, outputs
 
 
-def _install(src: Path, rels: list[str], out_dir: Path) -> None:
+def _install(src: Path, rels: list[str], out_dir: Path, layout: Layout) -> None:
+    """Make out_dir hold exactly rels (moved from src). It removes what is not declared, so
+    it refuses any out_dir or output path that would reach outside build/<model>/."""
+    build = layout.build.resolve()
+    target = out_dir.resolve()
+    if not (target.is_relative_to(build) and target != build and
+            not target.relative_to(build).parts[0].startswith(".")):
+        raise StageError(f"refusing to write {out_dir}: outside {layout.build}")
+    for rel in rels:
+        if not (target / rel).resolve().is_relative_to(target):
+            raise StageError(f"refusing to write output {rel!r}: outside {out_dir}")
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.iterdir():
-        if stale.name not in rels:
-            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+        if stale.name not in {Path(rel).parts[0] for rel in rels}:
+            shutil.rmtree(stale) if stale.is_dir() and not stale.is_symlink() else stale.unlink()
     for rel in rels:
         (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
         (src / rel).replace(out_dir / rel)

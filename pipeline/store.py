@@ -1,31 +1,73 @@
 """The content-addressed store under cache/.
 
-    cache/ac/<key>.json   action cache: key -> {relative output path: digest, ...} plus meta
+    cache/ac/<key>.json   action cache: key -> {relative output path: digest, ...} and the
+                          digest of the stage's result (the numbers the record reports)
     cache/cas/<digest>    blob store: the bytes, named by their sha256
 
 Every write goes to a temporary file in the same directory and is renamed into place, so a
-killed run leaves no partial entry. Every read re-hashes the bytes: a corrupted blob is
-discarded with a warning and the stage is rebuilt.
+killed run leaves no partial entry. An entry is believed only when it is whole: it names
+exactly the stage's declared outputs, every blob it names re-hashes to its name, and the
+result comes from a verified blob, never from the entry itself. Anything else is a miss: the
+entry is discarded with a warning and the stage is rebuilt. A cache that cannot be written
+(read-only, full) is read as usual and not written, with one warning naming the errno.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
+import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
-from .keys import digest_file
+from .keys import CHUNK, canonical, digest_bytes, digest_file
 
 log = logging.getLogger("kiln.store")
 
+FORMAT = 2                                # entries of another format are a silent miss
+DIGEST = re.compile(r"[0-9a-f]{64}")
+# errors that mean "this disk will not take the write", not "this entry is bad"
+UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+TEMP_GRACE_S = 3600                       # a temp file younger than this may be a live run's
+
+
+def _file_mode() -> int:
+    # mkstemp creates 0600 files; kiln's files get what open() would give: 0666 less the umask
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+FILE_MODE = _file_mode()
+
+
+def _mkstemp(directory: Path, name: str) -> tuple[int, str]:
+    """A fresh temp file next to its final name, with the umask's mode.
+
+    A concurrent prune may remove an empty directory between mkdir and mkstemp, so the pair
+    is retried (prune only removes directories that are empty at that instant)."""
+    for attempt in range(5):
+        try:
+            # mkdir itself raises FileExistsError when the directory vanishes mid-call
+            directory.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
+            break
+        except (FileNotFoundError, FileExistsError):
+            if attempt == 4:
+                raise
+    os.fchmod(fd, FILE_MODE)
+    return fd, tmp
+
 
 def atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _mkstemp(path.parent, path.name)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -36,8 +78,7 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 def atomic_copy(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+    fd, tmp = _mkstemp(dst.parent, dst.name)
     os.close(fd)
     try:
         shutil.copyfile(src, tmp)
@@ -45,6 +86,14 @@ def atomic_copy(src: Path, dst: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def describe_os_error(err: OSError, where: Path | None = None) -> str:
+    """'cannot write build/x: No space left on device (ENOSPC)': the path and the errno (a
+    failed write() names no file: where says which directory it was writing in)."""
+    name = errno.errorcode.get(err.errno, str(err.errno))
+    place = err.filename or (f"in {where}" if where else "")
+    return f"cannot write {place}: {err.strerror or err} ({name})".replace("write :", "write:")
 
 
 class Store:
@@ -62,78 +111,203 @@ class Store:
     def _blob(self, digest: str) -> Path:
         return self.root / "cas" / digest[:2] / digest
 
-    def lookup(self, key: str) -> dict | None:
-        """The entry saved under key, or None. A damaged entry counts as a miss."""
+    def _discard(self, path: Path) -> None:
+        with contextlib.suppress(OSError):   # a read-only cache keeps it; the miss stands
+            path.unlink(missing_ok=True)
+
+    def lookup(self, key: str, expected: Iterable[str]) -> dict | None:
+        """The entry saved under key if it is whole (names exactly the expected outputs, by
+        well-formed digests), else None. A damaged entry is discarded with a warning."""
         try:
             entry = json.loads(self._entry(key).read_text())
-            if isinstance(entry.get("outputs"), dict):
-                os.utime(self._entry(key))   # last use, for prune()
-                return entry
         except FileNotFoundError:
             return None
         except (OSError, ValueError):
-            pass
-        self._warn(f"cache entry {key[:12]} is damaged; discarded it and rebuilt")
-        self._entry(key).unlink(missing_ok=True)
-        return None
+            entry = None
+        if isinstance(entry, dict) and entry.get("format") != FORMAT and "outputs" in entry:
+            return None                      # written by another kiln version: not damage
+        if not _is_whole(entry, set(expected)):
+            self._warn(f"cache entry {key[:12]} is damaged or incomplete; discarded it and rebuilt")
+            self._discard(self._entry(key))
+            return None
+        with contextlib.suppress(OSError):  # last use, for prune(); a read-only cache has none
+            os.utime(self._entry(key))
+        return entry
 
-    def restore(self, key: str, entry: dict, dest: Path) -> bool:
-        """Copy the entry's outputs into dest, verifying each digest. False on any damage."""
+    def restore(self, key: str, entry: dict, dest: Path) -> dict | None:
+        """Copy the entry's outputs into dest, each hashed as it is copied (so what lands is
+        what was verified, whatever happens to the blob meanwhile); return the stage's result
+        metadata read from its verified blob. None on any damage: the entry is discarded."""
+        meta = self._verified_meta(entry["meta"])
+        if meta is None:
+            return self._damaged(key, entry["meta"], "(result)")
         for rel, digest in entry["outputs"].items():
-            blob = self._blob(digest)
-            if not blob.is_file() or digest_file(blob) != digest:
-                self._warn(f"cache blob {digest[:12]} for {rel} is missing or corrupted; "
-                           "discarded the entry and rebuilt")
-                blob.unlink(missing_ok=True)
-                self._entry(key).unlink(missing_ok=True)
+            if not self._copy_verified(digest, dest / rel):
+                return self._damaged(key, digest, rel)
+        return meta
+
+    def _damaged(self, key: str, digest: str, rel: str) -> None:
+        self._warn(f"cache blob {digest[:12]} for {rel} is missing or corrupted; "
+                   "discarded the entry and rebuilt")
+        self._discard(self._blob(digest))
+        self._discard(self._entry(key))
+
+    def _verified_meta(self, digest: str) -> dict | None:
+        try:
+            data = self._blob(digest).read_bytes()
+            meta = json.loads(data) if digest_bytes(data) == digest else None
+        except (OSError, ValueError):
+            return None
+        return meta if isinstance(meta, dict) else None
+
+    def _copy_verified(self, digest: str, dst: Path) -> bool:
+        fd, tmp = _mkstemp(dst.parent, dst.name)
+        try:
+            with open(self._blob(digest), "rb") as src, os.fdopen(fd, "wb") as out:
+                hasher = hashlib.sha256()
+                while chunk := src.read(CHUNK):
+                    hasher.update(chunk)
+                    out.write(chunk)
+            if hasher.hexdigest() != digest:
+                Path(tmp).unlink()
                 return False
-        for rel, digest in entry["outputs"].items():
-            atomic_copy(self._blob(digest), dest / rel)
+            os.replace(tmp, dst)
+            return True
+        except FileNotFoundError:
+            Path(tmp).unlink(missing_ok=True)
+            return False
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def save(self, key: str, src: Path, outputs: dict[str, str], meta: dict) -> bool:
+        """Store the files of src named in outputs (rel path -> digest) and meta, then the
+        entry. Blobs go first and the entry last, so an entry never names a missing blob.
+        False (with one warning) when the cache cannot be written: the build goes on."""
+        meta_bytes = canonical(meta).encode()
+        meta_digest = digest_bytes(meta_bytes)
+        try:
+            for rel, digest in outputs.items():
+                self._put_blob(digest, lambda blob, rel=rel: atomic_copy(src / rel, blob))
+            self._put_blob(meta_digest, lambda blob: atomic_write(blob, meta_bytes))
+            entry = {"format": FORMAT, "outputs": outputs, "meta": meta_digest}
+            atomic_write(self._entry(key), json.dumps(entry, indent=1, sort_keys=True).encode())
+        except OSError as err:
+            if err.errno not in UNWRITABLE:
+                raise
+            self._warn(f"cache {self.root} is not writable ({describe_os_error(err)}); "
+                       "built without storing")
+            return False
         return True
 
-    def save(self, key: str, src: Path, outputs: dict[str, str], meta: dict) -> None:
-        """Store the files of src named in outputs (rel path -> digest), then the entry.
-
-        Blobs go first and the entry last, so an entry never names a blob that is not there."""
-        for rel, digest in outputs.items():
-            blob = self._blob(digest)
-            if not blob.is_file():
-                atomic_copy(src / rel, blob)
-        entry = {"outputs": outputs, "meta": meta}
-        atomic_write(self._entry(key), json.dumps(entry, indent=1, sort_keys=True).encode())
+    def _put_blob(self, digest: str, write) -> None:
+        blob = self._blob(digest)
+        with contextlib.suppress(FileNotFoundError):   # (a concurrent prune may remove it)
+            if digest_file(blob) == digest:
+                # mark it fresh: prune keeps young unreferenced blobs while the entry is written
+                with contextlib.suppress(OSError):
+                    os.utime(blob)
+                return
+        write(blob)   # absent, or bad bytes sitting at the digest's name: (re)write it
 
     def prune(self, max_age_days: float) -> "PruneResult":
         """Drop entries not used (looked up or saved) for max_age_days, then every blob no
-        remaining entry names, and temp files a killed run left (older than an hour)."""
+        remaining entry names, and temp files a killed run left (older than an hour).
+
+        Safe to run while builds write to the same cache: every file may vanish under it, and
+        an unreferenced blob younger than the age limit (at most an hour) is kept, since a
+        build writes its blobs before the entry that names them."""
         now = time.time()
+        max_age_s = max_age_days * 86400
         result = PruneResult()
-        entries = list((self.root / "ac").glob("*/*.json"))
-        for entry_file in entries:
-            if now - entry_file.stat().st_mtime > max_age_days * 86400:
-                entry_file.unlink(missing_ok=True)
+        for entry_file in self._entries():
+            if now - _mtime(entry_file, now) > max_age_s and _unlink(entry_file):
                 result.entries_removed += 1
         referenced = set()
-        for entry_file in (self.root / "ac").glob("*/*.json"):
+        for entry_file in self._entries():
             try:
-                referenced.update(json.loads(entry_file.read_text())["outputs"].values())
-            except (OSError, ValueError, KeyError):
-                entry_file.unlink(missing_ok=True)
-                result.entries_removed += 1
-        for path in self.root.glob("*/*/*"):
-            if not path.is_file():
+                entry = json.loads(entry_file.read_text())
+                referenced.update(entry["outputs"].values())
+                referenced.add(entry["meta"])
+            except FileNotFoundError:
                 continue
-            stale_tmp = path.name.endswith(".tmp") and now - path.stat().st_mtime > 3600
-            orphan_blob = path.parent.parent.name == "cas" and path.name not in referenced \
-                and not path.name.endswith(".tmp")
-            if stale_tmp or orphan_blob:
-                result.bytes_freed += path.stat().st_size
-                path.unlink(missing_ok=True)
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                if _unlink(entry_file):
+                    result.entries_removed += 1
+        blob_grace = min(TEMP_GRACE_S, max_age_s)
+        for path in [*_files_in_shards(self.root / "ac"), *_files_in_shards(self.root / "cas")]:
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                continue
+            age = now - stat.st_mtime
+            is_tmp = path.name.endswith(".tmp")
+            stale_tmp = is_tmp and age > TEMP_GRACE_S
+            orphan_blob = (path.parent.parent.name == "cas" and not is_tmp
+                           and path.name not in referenced and age >= blob_grace)
+            if (stale_tmp or orphan_blob) and path.is_file() and _unlink(path):
+                result.bytes_freed += stat.st_size
                 result.blobs_removed += orphan_blob
-        for shard in self.root.glob("*/*"):
-            if shard.is_dir() and not any(shard.iterdir()):
+        for shard in [*_listdir(self.root / "ac"), *_listdir(self.root / "cas")]:
+            with contextlib.suppress(OSError):   # not empty (any more), or gone already
                 shard.rmdir()
-        result.entries_kept = len(list((self.root / "ac").glob("*/*.json")))
+        result.entries_kept = len(self._entries())
         return result
+
+    def _entries(self) -> list[Path]:
+        return [p for p in _files_in_shards(self.root / "ac") if p.suffix == ".json"]
+
+
+def _listdir(path: Path) -> list[Path]:
+    """path's entries; none if it vanished (pathlib's glob raises when a concurrent prune
+    removes a directory it is walking)."""
+    try:
+        return [path / name for name in os.listdir(path)]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _files_in_shards(kind_dir: Path) -> list[Path]:
+    return [path for shard in _listdir(kind_dir) for path in _listdir(shard)]
+
+
+def _is_whole(entry, expected: set[str]) -> bool:
+    return (isinstance(entry, dict) and entry.get("format") == FORMAT
+            and isinstance(entry.get("outputs"), dict) and set(entry["outputs"]) == expected
+            and all(isinstance(d, str) and DIGEST.fullmatch(d)
+                    for d in [*entry["outputs"].values(), entry.get("meta")]))
+
+
+def _mtime(path: Path, default: float) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return default
+
+
+def _unlink(path: Path) -> bool:
+    """Remove path; False if another process removed it first."""
+    try:
+        path.unlink()
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def prune_scratch(scratch: Path) -> int:
+    """Remove what killed runs left in build/.tmp: entries untouched for over an hour (a live
+    run's temp directory is younger, or has younger files in it). Returns how many."""
+    removed = 0
+    now = time.time()
+    for path in scratch.glob("*") if scratch.is_dir() else ():
+        try:
+            newest = max([path.stat().st_mtime] + [p.stat().st_mtime for p in path.rglob("*")])
+        except FileNotFoundError:
+            continue
+        if now - newest > TEMP_GRACE_S:
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else _unlink(path)
+            removed += 1
+    return removed
 
 
 @dataclass

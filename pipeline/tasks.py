@@ -6,8 +6,12 @@ task action only calls runner.execute, the one place that decides restore or run
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import os
+import sqlite3
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -19,9 +23,9 @@ from doit.tools import config_changed
 from . import keys, models as model_registry
 from .config import Config, ConfigError, load_config
 from .graph import build_graph
-from .record import make_reporter
-from .runner import Layout, execute, read_files
-from .store import Store
+from .record import RunLog, make_reporter
+from .runner import Layout, changed_outputs, execute, read_files
+from .store import Store, atomic_write, prune_scratch
 from .stage import ModelSpec, Node, Stage
 
 
@@ -32,6 +36,7 @@ class Plan:
     config: Config
     layout: Layout
     graph: nx.DiGraph
+    run: RunLog = dataclasses.field(default_factory=RunLog)   # what the reporter is told
 
 
 def _pick(value: str | None, valid: dict, default: tuple, what: str, config: Config,
@@ -147,11 +152,30 @@ def _action(plan: Plan, node: Node):
                 for up in plan.graph.predecessors(node)}
     entry = execute(node, data["stage"], data["model"], data["target"], upstream, plan.layout,
                     first=_is_entry(plan, node))
+    plan.run.entries[node.task_name] = entry   # the reporter's copy, even where build/ is full
     if entry["status"] == "failed":
         detail = f"\n  command: {entry['command']}" if entry.get("command") else ""
         return TaskFailed(f"{node.task_name} failed at {node.stage}: {entry['error']}{detail}\n"
                           f"  log: {entry['log']}")
     return None
+
+
+def outputs_intact(task) -> bool | None:
+    """doit up-to-date check: False when an output in build/ no longer holds what its stage
+    recorded (edited, damaged), so the runner restores it; None when there is no record.
+    doit itself only checks that targets exist."""
+    info = task.meta["kiln"]
+    entry_file = Path(info["entry"])
+    try:
+        entry = json.loads(entry_file.read_text())
+        changed, stats = changed_outputs(Path(info["out_dir"]), entry["outputs"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None   # no record of outputs (a failed or skipped stage): doit's checks decide
+    if not changed and stats != entry["outputs"]:
+        # same bytes, new stat (touched, copied): record it so the next check is a stat again
+        with contextlib.suppress(OSError):
+            atomic_write(entry_file, json.dumps({**entry, "outputs": stats}, indent=1).encode())
+    return not changed
 
 
 def stage_tasks(plan: Plan):
@@ -171,9 +195,10 @@ def stage_tasks(plan: Plan):
             "actions": [(_action, [plan, node])],
             "file_dep": [str(p) for p in deps],
             "targets": [str(p) for p in _node_files(plan, node)],
-            "uptodate": [config_changed(watched)],
+            "uptodate": [config_changed(watched), outputs_intact],
             "meta": {"kiln": {"stage": node.stage, "model": node.model, "target": node.target,
-                              "entry": str(plan.layout.entry_file(node))}},
+                              "entry": str(plan.layout.entry_file(node)),
+                              "out_dir": str(plan.layout.node_dir(node))}},
             "doc": f"{node.stage} {model.name}" + (f" for {target.name}" if target else ""),
         }
 
@@ -191,16 +216,47 @@ def prune_task(plan: Plan, days: str | None):
         except ValueError:
             return TaskFailed(f"days={days}: expected a number of days")
         print(f"kiln: {Store(plan.layout.cache).prune(max_age)} (unused for {max_age:g} days)")
+        scratch = prune_scratch(plan.layout.build / ".tmp")
+        if scratch:
+            print(f"kiln: removed {scratch} temp directories killed runs left in build/.tmp")
 
     yield {"basename": "prune", "actions": [prune], "uptodate": [False], "verbosity": 2,
            "doc": "drop cache entries unused for days= (default 30) and blobs nothing names"}
 
 
+def set_aside_if_damaged(dep_file: Path) -> str | None:
+    """doit stops every run (exit 3) on a damaged database until someone deletes it. Move it
+    aside instead: the store turns the lost up-to-date state into cache hits, not compiles.
+    Returns the warning, or None when the file is absent or sound."""
+    if not dep_file.exists():
+        return None
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{dep_file}?mode=ro", uri=True)) as db:
+            verdict = db.execute("PRAGMA quick_check").fetchone()[0]
+            has_table = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'doit'").fetchone()
+            # sqlite keeps no checksums: a flipped byte in a row shows only when doit decodes it
+            for (data,) in db.execute("SELECT task_data FROM doit") if has_table else ():
+                json.loads(data)
+    except (sqlite3.Error, ValueError, TypeError) as err:
+        verdict = str(err)
+    if verdict == "ok":
+        return None
+    aside = dep_file.with_name(dep_file.name + ".damaged")
+    os.replace(dep_file, aside)
+    return (f"{dep_file} was damaged ({verdict}); moved it to {aside.name} and went on: "
+            "stages are restored from the cache")
+
+
 def doit_config(plan: Plan) -> dict:
+    dep_file = plan.layout.root / ".doit.db"
+    warning = set_aside_if_damaged(dep_file)
+    if warning:
+        plan.run.warnings.append(warning)
+        print(f"kiln: warning: {warning}", file=sys.stderr)
     return {
         "backend": "sqlite3",
-        "dep_file": str(plan.layout.root / ".doit.db"),
+        "dep_file": str(dep_file),
         "continue": True,           # one failing model x target never stops the others
         "default_tasks": ["validate"],
-        "reporter": make_reporter(plan.layout.build / "run.json"),
+        "reporter": make_reporter(plan.layout.build / "run.json", plan.run),
     }

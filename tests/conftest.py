@@ -62,3 +62,29 @@ def has_torch() -> bool:
 
 
 needs_torch = pytest.mark.skipif(not has_torch(), reason="needs kiln[torch]")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """mount(size) -> a directory on its own tmpfs of that size (real ENOSPC, and EROFS after
+    read_only()), unmounted afterwards. Needs root (as on the dev and CI machines): root
+    ignores file permissions, so a real read-only or full disk needs a real filesystem."""
+    mounts = []
+
+    class Disk:
+        def mount(self, size: str = "1m") -> Path:
+            path = tmp_path / f"disk{len(mounts)}"
+            path.mkdir()
+            proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:
+                pytest.skip(f"cannot mount a tmpfs here (needs root): {proc.stderr.strip()}")
+            mounts.append(path)
+            return path
+
+        def read_only(self, path: Path) -> None:
+            subprocess.run(["mount", "-o", "remount,ro", str(path)], check=True)
+
+    yield Disk()
+    for path in reversed(mounts):
+        subprocess.run(["umount", "-l", str(path)], check=False)

@@ -1,6 +1,7 @@
 """End to end on a real model (the torch MLP): real torch, real iree-compile, real runtime on
 llvm-cpu and on Vulkan (lavapipe where there is no GPU). Each test works in its own copy of
 the project, so edits to stage files never touch the repository."""
+import json
 import shutil
 
 import pytest
@@ -172,3 +173,46 @@ def test_prune_empties_an_unused_cache_and_keeps_the_record(project):
     (project.root / ".doit.db").unlink()
     project.doit("compile", "model=mlp", "target=cpu")
     assert set(project.statuses().values()) == {"ran"}
+
+
+def test_damaged_build_outputs_and_database_are_repaired(project):
+    """doit only checks that targets exist: kiln notices an output that no longer holds what
+    its stage wrote, restores it from the cache (nothing recompiles), and says so."""
+    project.doit("validate", "model=mlp", "target=cpu")
+    vmfb = project.root / "build" / "mlp" / "cpu" / "codegen" / "module.vmfb"
+    reference = project.root / "build" / "mlp" / "capture" / "reference.npz"
+    good_vmfb, good_reference = vmfb.read_bytes(), reference.read_bytes()
+    flipped = bytearray(good_vmfb)
+    flipped[len(flipped) // 2] ^= 0xFF
+    vmfb.write_bytes(bytes(flipped))
+    reference.write_bytes(good_reference[:-10] + b"0123456789")
+
+    proc = project.doit("validate", "model=mlp", "target=cpu")
+    statuses = project.statuses()
+    assert statuses["codegen:mlp@cpu"] == "cached" and statuses["capture:mlp"] == "cached"
+    assert {s for t, s in statuses.items() if t not in ("codegen:mlp@cpu", "capture:mlp")} \
+        == {"up-to-date"}
+    assert vmfb.read_bytes() == good_vmfb and reference.read_bytes() == good_reference
+    assert "build/mlp/cpu/codegen/module.vmfb no longer matched what kiln wrote; restored it" \
+        in proc.stdout
+
+    (project.root / ".doit.db").write_bytes(b"\x00garbage" * 500)
+    proc = project.doit("validate", "model=mlp", "target=cpu")
+    assert "was damaged" in proc.stderr and (project.root / ".doit.db.damaged").exists()
+    assert set(project.statuses().values()) == {"cached"}
+    run = json.loads((project.root / "build" / "run.json").read_text())
+    assert "moved it to .doit.db.damaged" in run["warnings"][0]
+    project.doit("validate", "model=mlp", "target=cpu")
+    assert set(project.statuses().values()) == {"up-to-date"}
+
+
+def test_a_run_stopped_by_a_command_line_error_replaces_the_last_record(project):
+    build = project.root / "build"
+    build.mkdir()
+    (build / "run.json").write_text(json.dumps({"tasks": [{"task": "validate:old@cpu"}]}))
+    (build / "report.md").write_text("# kiln run\nall passed last time\n")
+    proc = project.doit("validate", "model=nosuch", check=False)
+    assert proc.returncode != 0
+    run = json.loads((build / "run.json").read_text())
+    assert run["tasks"] == [] and "model=nosuch: unknown model" in run["error"]
+    assert "stopped before building anything" in (build / "report.md").read_text()

@@ -1,5 +1,8 @@
 """The runner with small pure-Python stages: restore-or-run, early cutoff, failures."""
 
+import json
+import os
+
 import pytest
 
 from pipeline.runner import Layout, compute_key, execute
@@ -120,3 +123,77 @@ def test_a_rerun_says_which_part_of_the_key_changed(layout):
     source.text = "world"
     entry, _ = run(source, layout)
     assert entry["status"] == "ran" and entry["why"] == "changed params: text"
+
+
+class Escaping(Source):
+    name = "escaping"
+
+    def outputs(self, model):
+        return ("../sibling.txt",)
+
+    def run(self, ctx):
+        (ctx.out / "../sibling.txt").write_text("x")
+
+
+def test_install_never_touches_anything_outside_its_output_directory(layout, tmp_path):
+    """A model named '../../x' (config checks stop it earlier; this is the last guard) or an
+    output path with '..' must not write, nor delete the 'stale' files, outside build/."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("mine")
+    node = Node("source", "../../victim", None)
+    entry = execute(node, Source(), MODEL, None, {}, layout, first=False)
+    assert entry["status"] == "failed" and "refusing to write" in entry["error"]
+    assert (victim / "keep.txt").read_text() == "mine"
+    assert sorted(p.name for p in victim.iterdir()) == ["keep.txt"]
+    entry, _ = run(Escaping(), layout)
+    assert entry["status"] == "failed" and "outside" in entry["error"]
+    assert not (layout.build / "toy" / "sibling.txt").exists()
+
+
+def test_an_output_damaged_in_build_is_restored_with_a_warning(layout):
+    source = Source()
+    entry, out = run(source, layout)
+    from pipeline.runner import changed_outputs
+    recorded = json.loads(layout.entry_file(Node("source", "toy", None)).read_text())["outputs"]
+    assert changed_outputs(out, recorded)[0] == []
+    (out / "out.txt").write_text("BAD")
+    assert changed_outputs(out, recorded)[0] == ["out.txt"]
+    entry, _ = run(source, layout)
+    assert entry["status"] == "cached" and source.calls == 1
+    assert (out / "out.txt").read_text() == "HEL"
+    assert "build/toy/source/out.txt no longer matched what kiln wrote" in entry["warnings"][0]
+
+
+def test_touching_an_output_is_not_damage(layout):
+    _, out = run(Source(), layout)
+    recorded = json.loads(layout.entry_file(Node("source", "toy", None)).read_text())["outputs"]
+    os.utime(out / "out.txt", (1, 1))     # stat differs, bytes do not: hashed, found equal
+    from pipeline.runner import changed_outputs
+    assert changed_outputs(out, recorded)[0] == []
+
+
+class Big(Source):
+    name = "big"
+
+    def run(self, ctx):
+        (ctx.out / "out.txt").write_bytes(b"x" * 4_000_000)
+
+
+def test_a_full_build_disk_fails_the_stage_naming_path_and_errno(tmp_path, small_disk):
+    disk = small_disk.mount("1m")
+    layout = Layout(tmp_path, disk / "build", tmp_path / "cache")
+    entry = execute(Node("big", "toy", None), Big(), MODEL, None, {}, layout, first=False)
+    assert entry["status"] == "failed"
+    assert "No space left on device (ENOSPC)" in entry["error"] and str(disk) in entry["error"]
+    assert not list((layout.build / ".tmp").iterdir())     # no half-written scratch left
+
+
+def test_a_read_only_cache_builds_without_storing(tmp_path, small_disk):
+    cache = small_disk.mount("1m")
+    small_disk.read_only(cache)
+    layout = Layout(tmp_path, tmp_path / "build", cache)
+    source = Source()
+    entry, out = run(source, layout)
+    assert entry["status"] == "ran" and (out / "out.txt").read_text() == "HEL"
+    assert len(entry["warnings"]) == 1 and "EROFS" in entry["warnings"][0]
