@@ -4,16 +4,29 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
+# apt packages: Vulkan's software driver where no driver is present, and nginx (with its
+# DAV module) which the tests start on loopback as a real shared-cache server
+packages=()
 if command -v vulkaninfo >/dev/null 2>&1 && vulkaninfo --summary >/dev/null 2>&1; then
     echo "setup: a Vulkan driver is present"
-elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "setup: installing mesa-vulkan-drivers and libvulkan1 (lavapipe, Vulkan on the CPU)"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-        mesa-vulkan-drivers libvulkan1 >/dev/null
 else
-    echo "setup: NOTE: cannot install Vulkan (needs root and apt): vulkan targets will be" \
-         "reported 'skipped: no vulkan device'. Install mesa-vulkan-drivers and libvulkan1" \
-         "(or a GPU driver) to validate them."
+    packages+=(mesa-vulkan-drivers libvulkan1)
+fi
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || packages+=(nginx)
+if [ ${#packages[@]} = 0 ]; then
+    :
+elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing ${packages[*]} with apt"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        "${packages[@]}" >/dev/null
+    # the nginx package starts a server on port 80; the tests start their own
+    if [[ " ${packages[*]} " == *" nginx "* ]]; then
+        (service nginx stop || nginx -s stop) >/dev/null 2>&1 || true
+    fi
+else
+    echo "setup: NOTE: cannot install ${packages[*]} (needs root and apt): without a Vulkan" \
+         "driver vulkan targets are reported 'skipped: no vulkan device'; without nginx the" \
+         "shared-cache tests are skipped."
 fi
 
 PYTHON=${PYTHON:-python3.11}

@@ -60,6 +60,7 @@ class Config:
     targets: dict[str, Target]
     matrices: dict[str, Matrix]
     models: dict[str, ModelDecl] = field(default_factory=dict)
+    remote: dict = field(default_factory=dict)   # the shared cache: url, mode (env wins)
 
     @property
     def root(self) -> Path:
@@ -95,12 +96,18 @@ MODEL_FIELDS = {
     "params_threshold": ((int,), False, None, "the fewest elements a constant needs to be "
                          "moved to the parameter archive"),
 }
+# the shared cache; its token and signing key are secrets: environment only, never a file
+REMOTE_FIELDS = {
+    "url": ((str,), True, None, "the cache server's URL, e.g. http://cache.example:8080 "
+            "(bazel-remote, or nginx with DAV)"),
+    "mode": ((str,), False, "read", "'read' (use the cache) or 'write' (also fill it)"),
+}
 # fields whose value is one of a fixed set
-CHOICES = {"params": ("external", "inline")}
+CHOICES = {"params": ("external", "inline"), "mode": ("read", "write")}
 # fields that are tolerances: a negative, NaN or infinite one would make every comparison
 # pass or fail regardless of the numbers
 TOLERANCES = {"atol", "rtol"}
-TOP_FIELDS = {"targets", "matrices", "models"}
+TOP_FIELDS = {"targets", "matrices", "models", "remote"}
 
 
 # target, model and matrix names become directory and file names under the build tree, next
@@ -245,4 +252,6 @@ def load_config(path: str | Path) -> Config:
         matrices[name] = Matrix(name, tuple(v["models"]), tuple(v["targets"]))
     if "default" not in matrices:
         raise ConfigError(f"{path}: matrices: missing the 'default' matrix")
-    return Config(path.resolve(), targets, matrices, models)
+    remote = _check_fields(path, sections["remote"], "remote", REMOTE_FIELDS) \
+        if "remote" in sections else {}
+    return Config(path.resolve(), targets, matrices, models, remote)

@@ -94,6 +94,8 @@ def make_reporter(run_file: Path, run: RunLog):
                     self.outstream.write(f"warning: {names[0]}{more}: {warning}\n")
                 for warning in run.warnings:
                     self.outstream.write(f"warning: {warning}\n")
+                if any("remote" in t for t in tasks):
+                    self.outstream.write(_remote_line(tasks) + "\n")
                 record = {"tasks": tasks, **({"warnings": run.warnings} if run.warnings else {})}
                 self.outstream.write(_write_record(run_file, record) + "\n")
             super().complete_run()
@@ -109,6 +111,13 @@ def _warnings(tasks: list[dict]) -> dict[str, list[str]]:
         for warning in task.get("warnings", []):
             seen.setdefault(warning, []).append(task["task"])
     return seen
+
+
+def _remote_line(tasks: list[dict]) -> str:
+    """One line for the shared cache: what this run took from it, missed and gave it."""
+    counts = {o: sum(t.get("remote") == o for t in tasks) for o in ("hit", "miss", "error", "stored")}
+    return (f"remote cache: {counts['hit']} hits, {counts['miss']} misses, {counts['error']} "
+            f"errors, {counts['stored']} stored")
 
 
 def _write_record(run_file: Path, record: dict) -> str:

@@ -19,8 +19,9 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import keys
+from . import keys, remote
 from .config import Target
+from .remote import RemoteSettings
 from .stage import ModelSpec, Node, Stage, StageContext, StageError, StageSkipped
 from .store import UNWRITABLE, Store, atomic_write, describe_os_error
 
@@ -31,6 +32,7 @@ class Layout:
     root: Path       # the project (where targets.yaml is)
     build: Path
     cache: Path
+    remote: RemoteSettings | None = None   # the shared cache behind cache/, if any
 
     def node_dir(self, node: Node) -> Path:
         parts = [node.model] + ([node.target] if node.target else []) + [node.stage]
@@ -96,7 +98,7 @@ def execute(node: Node, stage: Stage, model: ModelSpec, target: Target | None,
     entry = {"task": node.task_name, "stage": node.stage, "model": node.model,
              "target": node.target, "key": None}
     log_lines: list[str] = []
-    store = Store(layout.cache)
+    store = Store(layout.cache, remote.connect(layout.remote) if layout.remote else None)
     out_dir = layout.node_dir(node)
     previous = _previous_entry(layout.entry_file(node))
     try:
@@ -133,6 +135,8 @@ def execute(node: Node, stage: Stage, model: ModelSpec, target: Target | None,
     except Exception as err:  # a bug or a framework error: keep the traceback in the log
         entry.update(status="failed", error=f"{type(err).__name__}: {err}", command=None)
         log_lines.append(traceback.format_exc())
+    if store.remote_outcome:
+        entry["remote"] = store.remote_outcome
     if store.warnings:
         entry["warnings"] = store.warnings
         log_lines += [f"warning: {w}" for w in store.warnings]

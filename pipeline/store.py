@@ -97,9 +97,15 @@ def describe_os_error(err: OSError, where: Path | None = None) -> str:
 
 
 class Store:
-    def __init__(self, root: str | Path):
+    """The local cache, with an optional remote backend (pipeline.remote) behind it: local
+    first, remote second; a remote hit fills the local cache, a save in write mode uploads."""
+
+    def __init__(self, root: str | Path, remote=None):
         self.root = Path(root)
+        self.remote = remote
         self.warnings: list[str] = []   # what was discarded, for the run record
+        self.remote_outcome: str | None = None   # hit, miss, error, stored: for the record
+        self._from_remote: set[str] = set()
 
     def _warn(self, message: str) -> None:
         self.warnings.append(message)
@@ -121,29 +127,71 @@ class Store:
         try:
             entry = json.loads(self._entry(key).read_text())
         except FileNotFoundError:
-            return None
+            return self._lookup_remote(key, set(expected))
         except (OSError, ValueError):
             entry = None
         if isinstance(entry, dict) and entry.get("format") != FORMAT and "outputs" in entry:
-            return None                      # written by another kiln version: not damage
+            return self._lookup_remote(key, set(expected))   # another kiln version's: not damage
         if not _is_whole(entry, set(expected)):
             self._warn(f"cache entry {key[:12]} is damaged or incomplete; discarded it and rebuilt")
             self._discard(self._entry(key))
-            return None
+            return self._lookup_remote(key, set(expected))
         with contextlib.suppress(OSError):  # last use, for prune(); a read-only cache has none
             os.utime(self._entry(key))
         return entry
+
+    def _lookup_remote(self, key: str, expected: set[str]) -> dict | None:
+        if self.remote is None:
+            return None
+        entry = self._remote_call(self.remote.get_entry, key)
+        if entry is None:
+            self.remote_outcome = self.remote_outcome or "miss"
+            return None
+        if not _is_whole(entry, expected):
+            self._warn(f"remote cache entry {key[:12]} is incomplete or of another format; "
+                       "ignored it")
+            self.remote_outcome = "miss"
+            return None
+        self._from_remote.add(key)
+        return entry
+
+    def _remote_call(self, method, *args):
+        """method(*args), or None with a warning and an 'error' outcome: a remote that fails
+        is a miss, never a failed stage."""
+        from .remote import RemoteError, RemoteUnavailable
+        try:
+            return method(*args)
+        except (RemoteUnavailable, RemoteError) as err:
+            self._warn(str(err))
+        except OSError as err:   # the local cache would not take a downloaded blob
+            self._warn(f"remote cache: could not keep a download ({describe_os_error(err)})")
+        self.remote_outcome = "error"
+        return None
+
+    def _fetched(self, digest: str) -> bool:
+        """Make the local blob present, from the remote when the entry came from there."""
+        if self._blob(digest).is_file():
+            return True
+        return bool(self._remote_call(self.remote.fetch_blob, digest, self._blob(digest), _mkstemp))
 
     def restore(self, key: str, entry: dict, dest: Path) -> dict | None:
         """Copy the entry's outputs into dest, each hashed as it is copied (so what lands is
         what was verified, whatever happens to the blob meanwhile); return the stage's result
         metadata read from its verified blob. None on any damage: the entry is discarded."""
+        remote = key in self._from_remote
+        if remote and not all(self._fetched(d) for d in [entry["meta"], *entry["outputs"].values()]):
+            self.remote_outcome = self.remote_outcome or "miss"   # a blob missing or bad there
+            return None
         meta = self._verified_meta(entry["meta"])
         if meta is None:
             return self._damaged(key, entry["meta"], "(result)")
         for rel, digest in entry["outputs"].items():
             if not self._copy_verified(digest, dest / rel):
                 return self._damaged(key, digest, rel)
+        if remote:   # a remote hit fills the local cache: its blobs are here already
+            self.remote_outcome = "hit"
+            with contextlib.suppress(OSError):
+                atomic_write(self._entry(key), json.dumps(entry, indent=1, sort_keys=True).encode())
         return meta
 
     def _damaged(self, key: str, digest: str, rel: str) -> None:
@@ -186,11 +234,26 @@ class Store:
         False (with one warning) when the cache cannot be written: the build goes on."""
         meta_bytes = canonical(meta).encode()
         meta_digest = digest_bytes(meta_bytes)
+        entry = {"format": FORMAT, "outputs": outputs, "meta": meta_digest}
+        stored = self._save_local(key, src, outputs, meta_bytes, entry)
+        if self.remote is not None and self.remote.writes:
+            self._remote_call(self._upload, key, src, outputs, meta_bytes, entry)
+        return stored
+
+    def _upload(self, key, src, outputs, meta_bytes, entry) -> None:
+        """Blobs first, the entry last: a reader never sees an entry whose blobs are missing."""
+        for rel, digest in outputs.items():
+            self.remote.put_blob(digest, src / rel)
+        self.remote.put_blob(entry["meta"], meta_bytes)
+        self.remote.put_entry(key, entry)
+        self.remote_outcome = "stored"
+
+    def _save_local(self, key, src, outputs, meta_bytes, entry) -> bool:
+        meta_digest = entry["meta"]
         try:
             for rel, digest in outputs.items():
                 self._put_blob(digest, lambda blob, rel=rel: atomic_copy(src / rel, blob))
             self._put_blob(meta_digest, lambda blob: atomic_write(blob, meta_bytes))
-            entry = {"format": FORMAT, "outputs": outputs, "meta": meta_digest}
             atomic_write(self._entry(key), json.dumps(entry, indent=1, sort_keys=True).encode())
         except OSError as err:
             if err.errno not in UNWRITABLE:

@@ -20,7 +20,7 @@ import networkx as nx
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
-from . import keys, models as model_registry
+from . import keys, models as model_registry, remote
 from .config import Config, ConfigError, load_config
 from .graph import build_graph
 from .record import RunLog, make_reporter
@@ -87,7 +87,8 @@ def make_plan(get_var: Callable[[str], str | None], stages: list[Stage],
               companions: model_registry.Companions = model_registry._no_companions) -> Plan:
     root = Path(root or os.getcwd()).resolve()
     config = load_config(get_var("config") or os.environ.get("KILN_CONFIG") or root / "targets.yaml")
-    layout = Layout(root, root / "build", Path(os.environ.get("KILN_CACHE") or root / "cache").resolve())
+    layout = Layout(root, root / "build", Path(os.environ.get("KILN_CACHE") or root / "cache").resolve(),
+                    remote.settings(config.remote, os.environ))
     matrix_name = get_var("matrix") or "default"
     if matrix_name not in config.matrices:
         raise ConfigError(f"matrix={matrix_name}: unknown matrix (valid: "

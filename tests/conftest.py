@@ -29,8 +29,10 @@ class Project:
     def __init__(self, root: Path):
         self.root = root
 
-    def doit(self, *args: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
-        env = dict(os.environ)
+    def doit(self, *args: str, check: bool = True, timeout: int = 900,
+             env_extra: dict | None = None) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KILN_REMOTE")}
+        env.update(env_extra or {})
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         env.pop("KILN_CACHE", None)
         env.pop("KILN_CONFIG", None)
@@ -88,3 +90,93 @@ def small_disk(tmp_path):
     yield Disk()
     for path in reversed(mounts):
         subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+NGINX_CONF = """
+{user}worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log;
+events {{ worker_connections 64; }}
+http {{
+    access_log {dir}/access.log;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    client_max_body_size 0;
+    map $http_authorization $kiln_ok {{ "Bearer {token}" 1; default 0; }}
+    server {{
+        listen 127.0.0.1:{port};
+        root {dir}/data;
+        location / {{
+            if ($kiln_ok = 0) {{ return 401; }}
+            dav_methods PUT;
+            create_full_put_path on;
+            dav_access user:rw group:r all:r;
+        }}
+    }}
+}}
+"""
+
+
+class CacheServer:
+    """Debian's nginx with its DAV module on a loopback port: a real Bazel-HTTP-cache server
+    (GET/HEAD/PUT /ac/<key>, /cas/<sha256>) checking a bearer token."""
+    token = "kiln-test-token"
+
+    def __init__(self, root: Path):
+        import shutil as _shutil
+        import socket
+        if _shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists():
+            pytest.skip("nginx is not installed (setup.sh installs it with apt)")
+        self.dir = root
+        (root / "data").mkdir(parents=True)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        # started by root, nginx's worker would run as nobody and could not write data/
+        user = "user root;\n" if os.geteuid() == 0 else ""
+        (root / "nginx.conf").write_text(NGINX_CONF.format(user=user, dir=root, port=self.port,
+                                                           token=self.token))
+        self.proc = None
+        self.start()
+
+    def start(self) -> None:
+        import socket
+        import time
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        self.proc = subprocess.Popen([nginx, "-p", str(self.dir), "-c", str(self.dir / "nginx.conf"),
+                                      "-g", "daemon off;"], stderr=subprocess.PIPE)
+        for _ in range(100):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"nginx did not start: {self.proc.stderr.read().decode()}")
+            time.sleep(0.05)
+        raise RuntimeError("nginx did not open its port")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+    def requests(self, method: str) -> int:
+        log = self.dir / "access.log"
+        return sum(f'"{method} ' in line for line in log.read_text().splitlines()) if log.exists() else 0
+
+    def files(self, kind: str) -> list[Path]:
+        return sorted(p for p in (self.dir / "data" / kind).glob("*") if p.is_file())
+
+    def env(self, mode: str = "read", token: str | None = None, **extra) -> dict:
+        return {"KILN_REMOTE": self.url, "KILN_REMOTE_MODE": mode,
+                "KILN_REMOTE_TOKEN": token or self.token, **extra}
+
+
+@pytest.fixture
+def cache_server(tmp_path):
+    server = CacheServer(tmp_path / "nginx")
+    yield server
+    server.stop()

@@ -1,0 +1,150 @@
+"""The shared cache against a real server: nginx with its DAV module on loopback, speaking
+the Bazel HTTP cache protocol. The store talks to it through pipeline.remote."""
+import json
+
+import pytest
+
+from conftest import Project, copy_project, needs_torch
+from pipeline.keys import digest_file
+from pipeline.remote import RemoteSettings, connect, settings
+from pipeline.store import Store
+
+KEY = "ab" * 32
+
+
+def remote_store(root, server, mode="read", token=None, signing_key=None):
+    connect.cache_clear()   # one client per settings and process: a fresh one per scenario
+    remote = RemoteSettings(server.url, mode, token or server.token, signing_key)
+    return Store(root, connect(remote))
+
+
+def outputs_in(tmp_path, files):
+    src = tmp_path / "src"
+    src.mkdir(exist_ok=True)
+    for name, data in files.items():
+        (src / name).write_bytes(data)
+    return src, {name: digest_file(src / name) for name in files}
+
+
+def test_a_write_uploads_blobs_and_entry_and_an_empty_cache_restores_from_it(tmp_path, cache_server):
+    src, outputs = outputs_in(tmp_path, {"module.vmfb": b"\x00vmfb" * 1000, "log.txt": b"ok"})
+    writer = remote_store(tmp_path / "ci-cache", cache_server, mode="write")
+    assert writer.save(KEY, src, outputs, {"result": {"passed": True}})
+    assert writer.remote_outcome == "stored"
+    assert [p.name for p in cache_server.files("ac")] == [KEY]
+    assert {p.name for p in cache_server.files("cas")} >= set(outputs.values())
+
+    reader = remote_store(tmp_path / "laptop-cache", cache_server)
+    entry = reader.lookup(KEY, outputs)
+    assert reader.restore(KEY, entry, tmp_path / "out") == {"result": {"passed": True}}
+    assert reader.remote_outcome == "hit" and reader.warnings == []
+    assert (tmp_path / "out" / "module.vmfb").read_bytes() == b"\x00vmfb" * 1000
+    # the hit filled the local cache: the next lookup needs no server
+    cache_server.stop()
+    local = Store(tmp_path / "laptop-cache")
+    assert local.restore(KEY, local.lookup(KEY, outputs), tmp_path / "again") is not None
+
+
+def test_a_tampered_remote_blob_is_a_miss_and_a_writer_replaces_it(tmp_path, cache_server):
+    src, outputs = outputs_in(tmp_path, {"a": b"good bytes"})
+    remote_store(tmp_path / "c1", cache_server, mode="write").save(KEY, src, outputs, {})
+    blob = cache_server.dir / "data" / "cas" / outputs["a"]
+    blob.write_bytes(b"evil bytes")
+
+    reader = remote_store(tmp_path / "c2", cache_server, mode="write")
+    entry = reader.lookup(KEY, outputs)
+    assert reader.restore(KEY, entry, tmp_path / "out") is None
+    assert not (tmp_path / "out" / "a").exists()
+    assert not list((tmp_path / "c2" / "cas").rglob(outputs["a"]))   # never kept locally
+    reader.save(KEY, src, outputs, {})      # the rebuild's upload overwrites the bad blob
+    assert blob.read_bytes() == b"good bytes"
+
+
+def test_read_mode_never_puts(tmp_path, cache_server):
+    src, outputs = outputs_in(tmp_path, {"a": b"x"})
+    store = remote_store(tmp_path / "c", cache_server, mode="read")
+    assert store.lookup(KEY, outputs) is None and store.remote_outcome == "miss"
+    store.save(KEY, src, outputs, {})
+    assert cache_server.requests("GET") == 1 and cache_server.requests("PUT") == 0
+    assert cache_server.files("ac") == []
+
+
+def test_a_stopped_server_costs_one_warning_and_misses(tmp_path, cache_server):
+    cache_server.stop()
+    src, outputs = outputs_in(tmp_path, {"a": b"x"})
+    store = remote_store(tmp_path / "c", cache_server, mode="write")
+    assert store.lookup(KEY, outputs) is None
+    assert store.save(KEY, src, outputs, {})            # the local cache still works
+    assert store.remote_outcome == "error"
+    assert len(store.warnings) == 2 and len(set(store.warnings)) == 1   # same text: said once
+    assert "unreachable" in store.warnings[0] and "building locally" in store.warnings[0]
+    assert Store(tmp_path / "c").lookup(KEY, outputs) is not None
+
+
+def test_a_wrong_token_is_reported_clearly(tmp_path, cache_server):
+    src, outputs = outputs_in(tmp_path, {"a": b"x"})
+    store = remote_store(tmp_path / "c", cache_server, mode="write", token="wrong")
+    assert store.lookup(KEY, outputs) is None
+    store.save(KEY, src, outputs, {})
+    assert set(store.warnings) == {
+        f"remote cache {cache_server.url} refused the token (HTTP 401): check "
+        "KILN_REMOTE_TOKEN; building locally this run"}
+    assert cache_server.requests("GET") == 1   # given up after the first refusal
+    assert cache_server.files("ac") == []
+
+
+def test_signed_entries_reject_unsigned_and_forged_ones(tmp_path, cache_server):
+    src, outputs = outputs_in(tmp_path, {"a": b"x"})
+    remote_store(tmp_path / "c1", cache_server, mode="write").save(KEY, src, outputs, {})
+    signed_reader = remote_store(tmp_path / "c2", cache_server, signing_key="s3cret")
+    assert signed_reader.lookup(KEY, outputs) is None
+    assert "no valid signature" in signed_reader.warnings[0]
+
+    remote_store(tmp_path / "c3", cache_server, mode="write", signing_key="s3cret").save(
+        KEY, src, outputs, {})
+    reader = remote_store(tmp_path / "c4", cache_server, signing_key="s3cret")
+    assert reader.restore(KEY, reader.lookup(KEY, outputs), tmp_path / "out") is not None
+    wrong_key = remote_store(tmp_path / "c5", cache_server, signing_key="other")
+    assert wrong_key.lookup(KEY, outputs) is None
+
+
+def test_settings_environment_wins_over_the_config():
+    config = {"url": "http://config:1", "mode": "write"}
+    assert settings(config, {}) == RemoteSettings("http://config:1", "write")
+    chosen = settings(config, {"KILN_REMOTE": "http://env:2/", "KILN_REMOTE_MODE": "read",
+                               "KILN_REMOTE_TOKEN": "SECRET"})
+    assert (chosen.url, chosen.mode, chosen.token) == ("http://env:2", "read", "SECRET")
+    assert "SECRET" not in repr(chosen)
+    assert settings({}, {}) is None
+
+
+@needs_torch
+def test_a_fresh_clone_restores_everything_from_the_remote_and_runs_no_tool(project, tmp_path,
+                                                                           cache_server):
+    project.doit("validate", "model=mlp", "target=cpu", env_extra=cache_server.env("write"))
+    assert all(t.get("remote") == "stored" for t in project.record()), project.record()
+    clone = Project(copy_project(tmp_path / "clone"))
+    puts = cache_server.requests("PUT")
+    proc = clone.doit("validate", "model=mlp", "target=cpu", env_extra=cache_server.env("read"))
+    record = clone.record()
+    assert {t["status"] for t in record} == {"cached"} and all(t["remote"] == "hit" for t in record)
+    assert f"remote cache: {len(record)} hits, 0 misses, 0 errors" in proc.stdout
+    assert cache_server.requests("PUT") == puts
+    validate = next(t for t in record if t["stage"] == "validate")
+    assert validate["result"]["passed"]
+    assert not list((clone.root / "build" / "logs").glob("*.log")) or all(
+        "why:" not in p.read_text() for p in (clone.root / "build" / "logs").glob("*.log"))
+
+
+def test_remote_section_in_targets_yaml_is_checked(tmp_path):
+    from pipeline.config import ConfigError, load_config
+    base = "targets: {cpu: {backend: llvm-cpu}}\nmatrices: {default: {models: [], targets: [cpu]}}\n"
+    path = tmp_path / "targets.yaml"
+    path.write_text(base + "remote: {url: 'http://cache:9090', mode: write}\n")
+    assert load_config(path).remote == {"url": "http://cache:9090", "mode": "write"}
+    path.write_text(base + "remote: {url: 'http://cache:9090', mode: always}\n")
+    with pytest.raises(ConfigError, match=r"targets.yaml:3: remote.mode: expected 'read' .*'always'"):
+        load_config(path)
+    path.write_text(base + "remote: {url: 'http://cache:9090', token: abc}\n")
+    with pytest.raises(ConfigError, match="remote.token: unknown field"):
+        load_config(path)
