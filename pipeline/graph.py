@@ -33,3 +33,16 @@ def build_graph(stages: list[Stage], models: list[ModelSpec], targets: list[Targ
         cycle = nx.find_cycle(graph)
         raise ValueError(f"stage graph has a cycle: {cycle}")
     return graph
+
+
+def shard(graph: nx.DiGraph, index: int, count: int) -> nx.DiGraph:
+    """Shard index of count (1-based): every count-th model x target, in sorted order, with
+    every stage it needs upstream. Deterministic, so CI jobs given 1/N ... N/N cover the whole
+    matrix between them; a front-end stage two shards need is built by both or, with a shared
+    cache, restored by the later one."""
+    pairs = sorted({(n.model, n.target) for n in graph if n.target is not None})
+    mine = set(pairs[index - 1::count])
+    keep = {n for n in graph if (n.model, n.target) in mine}
+    for node in list(keep):
+        keep |= nx.ancestors(graph, node)
+    return graph.subgraph(keep).copy()

@@ -22,7 +22,7 @@ from doit.tools import config_changed
 
 from . import keys, models as model_registry, remote
 from .config import Config, ConfigError, load_config
-from .graph import build_graph
+from .graph import build_graph, shard
 from .record import RunLog, make_reporter
 from .runner import Layout, changed_outputs, execute, read_files
 from .store import Store, atomic_write, prune_scratch
@@ -114,7 +114,18 @@ def make_plan(get_var: Callable[[str], str | None], stages: list[Stage],
     models = _with_inputs(models, get_var("inputs"))
     targets = [resolve_target(t) for t in
                _pick(get_var("target"), config.targets, matrix.targets, "target", config)]
-    return Plan(config, layout, build_graph(stages, models, targets))
+    graph = build_graph(stages, models, targets)
+    if get_var("shard"):
+        graph = shard(graph, *parse_shard(get_var("shard")))
+    return Plan(config, layout, graph)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'2/4' -> (2, 4): this CI job builds the second of four shards of the selection."""
+    index, _, count = text.partition("/")
+    if not (index.isdigit() and count.isdigit() and 1 <= int(index) <= int(count)):
+        raise ConfigError(f"shard={text}: expected I/N with 1 <= I <= N, e.g. shard=2/4")
+    return int(index), int(count)
 
 
 def _with_inputs(models: list[ModelSpec], inputs: str | None) -> list[ModelSpec]:

@@ -1,5 +1,7 @@
-from pipeline.config import Target
 import networkx as nx
+import pytest
+
+from pipeline.config import Target
 
 from pipeline.graph import build_graph
 from pipeline.stage import ModelSpec, Node
@@ -25,3 +27,27 @@ def test_what_a_legalize_change_can_reach():
     reach = nx.descendants(graph, Node("legalize", "a", None))
     assert {n.stage for n in reach} == {"emit", "lower", "codegen", "validate"}
     assert Node("capture", "a", None) not in reach
+
+
+def test_shards_partition_the_matrix_and_keep_what_each_needs():
+    from pipeline.graph import shard
+    models = [ModelSpec(f"m{i}", "torch", {}) for i in range(3)]
+    graph = build_graph(pipeline(), models, [CPU, GPU])
+    pairs = lambda g: {(n.model, n.target) for n in g if n.target}
+    shards = [shard(graph, i, 4) for i in (1, 2, 3, 4)]
+    assert sorted(len(pairs(s)) for s in shards) == [1, 1, 2, 2]
+    assert set().union(*map(pairs, shards)) == pairs(graph)
+    assert sum(len(pairs(s)) for s in shards) == len(pairs(graph))      # disjoint
+    for part in shards:
+        for node in part:
+            assert set(graph.predecessors(node)) <= set(part)          # nothing it needs is missing
+    assert [sorted(pairs(s)) for s in shards] == [sorted(pairs(shard(graph, i, 4))) for i in (1, 2, 3, 4)]
+
+
+def test_bad_shard_names_the_value():
+    from pipeline.config import ConfigError
+    from pipeline.tasks import parse_shard
+    assert parse_shard("2/4") == (2, 4)
+    for bad in ("0/4", "5/4", "x", "1/0", "-1/2"):
+        with pytest.raises(ConfigError, match=f"shard={bad}: expected I/N"):
+            parse_shard(bad)

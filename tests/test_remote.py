@@ -148,3 +148,39 @@ def test_remote_section_in_targets_yaml_is_checked(tmp_path):
     path.write_text(base + "remote: {url: 'http://cache:9090', token: abc}\n")
     with pytest.raises(ConfigError, match="remote.token: unknown field"):
         load_config(path)
+
+
+def test_the_ci_example_shards_the_matrix_and_writes_only_from_main():
+    import yaml
+    from conftest import REPO
+    from pipeline.tasks import parse_shard
+    workflow = yaml.safe_load((REPO / ".github" / "workflows" / "kiln.yml").read_text())
+    job = workflow["jobs"]["build"]
+    shards = job["strategy"]["matrix"]["shard"]
+    run = next(s["run"] for s in job["steps"] if "doit" in s.get("run", ""))
+    count = int(run.split("shard=${{ matrix.shard }}/")[1].split()[0])
+    assert [parse_shard(f"{i}/{count}") for i in shards] == [(i, count) for i in range(1, count + 1)]
+    assert "refs/heads/main" in job["env"]["KILN_REMOTE_MODE"]
+    assert job["env"]["KILN_REMOTE_TOKEN"] == "${{ secrets.KILN_REMOTE_TOKEN }}"
+    assert any("GITHUB_STEP_SUMMARY" in s.get("run", "") for s in job["steps"])
+
+
+@needs_torch
+def test_shards_meet_in_the_remote_cache(project, tmp_path, cache_server):
+    """Two CI jobs each build half the matrix (the front end where their half needs it);
+    a third machine then finds every stage in the shared cache."""
+    write = cache_server.env("write")
+    project.doit("validate", "model=mlp", "target=cpu,vulkan", "shard=1/2", env_extra=write)
+    first = {t["task"]: t["status"] for t in project.record()}
+    assert {t.split("@")[-1] for t in first if "@" in t} == {"cpu"}
+    assert first["capture:mlp"] == "ran"
+    second_job = Project(copy_project(tmp_path / "job2"))
+    second_job.doit("validate", "model=mlp", "target=cpu,vulkan", "shard=2/2", env_extra=write)
+    second = {t["task"]: t["status"] for t in second_job.record()}
+    assert {t.split("@")[-1] for t in second if "@" in t} == {"vulkan"}
+    assert second["capture:mlp"] == "cached"           # built by job 1, found in the remote
+    assert second["validate:mlp@vulkan"] == "ran"
+
+    laptop = Project(copy_project(tmp_path / "laptop"))
+    laptop.doit("validate", "model=mlp", "target=cpu,vulkan", env_extra=cache_server.env("read"))
+    assert set(laptop.statuses().values()) == {"cached"}
