@@ -18,6 +18,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from . import keys, remote
 from .config import Target
@@ -90,10 +91,13 @@ def compute_key(stage, model, target, upstream, first) -> tuple[str, dict]:
 
 
 def execute(node: Node, stage: Stage, model: ModelSpec, target: Target | None,
-            upstream: dict[str, tuple[Stage, Path]], layout: Layout, first: bool) -> dict:
+            upstream: dict[str, tuple[Stage, Path]], layout: Layout, first: bool,
+            delegate: Callable[[], dict] | None = None) -> dict:
     """Bring node's outputs into build/ (restored or built) and write its record entry.
 
-    Returns the entry; raises StageError (with the entry written) when the stage fails."""
+    On a miss the stage runs here, or, given a delegate (pipeline.executor), elsewhere: the
+    delegate returns the worker's entry and the outputs come back through the cache.
+    Returns the entry (status failed when the stage failed)."""
     started = time.perf_counter()
     entry = {"task": node.task_name, "stage": node.stage, "model": node.model,
              "target": node.target, "key": None}
@@ -113,8 +117,12 @@ def execute(node: Node, stage: Stage, model: ModelSpec, target: Target | None,
         else:
             entry["why"] = explain(previous.get("fingerprint"), parts)
             log_lines.append(f"why: {entry['why']}")
-            meta, outputs = _run(stage, model, target, upstream, layout, node, key, log_lines,
-                                 store)
+            if delegate is None:
+                meta, outputs = _run(stage, model, target, upstream, layout, node, key,
+                                     log_lines, store)
+            else:
+                meta, outputs = _delegated(delegate, store, key, stage.outputs(model), out_dir,
+                                           layout, entry, log_lines)
             entry.update(status="ran", **_meta_fields(meta))
         entry["outputs"] = output_stats(out_dir, outputs)
         done = "restored it from the cache" if entry["status"] == "cached" else "rebuilt it"
@@ -248,6 +256,33 @@ def _run(stage, model, target, upstream, layout, node, key, log_lines, store):
         store.save(key, ctx.out, outputs, meta)
         _install(ctx.out, list(declared), layout.node_dir(node), layout)
     return meta, outputs
+
+
+def _delegated(delegate, store: Store, key: str, declared, out_dir: Path, layout: Layout,
+               entry: dict, log_lines: list[str]) -> tuple[dict, dict]:
+    """The stage ran on a worker: take its verdict, and its outputs from the cache (verified
+    like any restore). A failure there is this stage's failure, never retried."""
+    theirs = delegate()
+    entry["worker"] = theirs.get("worker")
+    log_lines += [f"ran on worker {entry['worker']}", theirs.get("log_text", "")]
+    store.warnings += theirs.get("warnings", [])
+    store.remote_outcome = theirs.get("remote") or store.remote_outcome   # the worker stored it
+    if theirs.get("status") == "skipped":
+        raise StageSkipped(theirs.get("reason") or "skipped on the worker")
+    if theirs.get("status") == "failed":
+        raise StageError(theirs.get("error") or "failed on the worker", theirs.get("command"),
+                         theirs.get("result"))
+    if theirs.get("key") != key:
+        raise StageError(f"the worker computed key {str(theirs.get('key'))[:12]}, this machine "
+                         f"{key[:12]}: it does not see the same code, inputs or tools (workers "
+                         "need this project at the same path and version)")
+    cached = store.lookup(key, declared)
+    meta = _restore(store, key, cached, out_dir, layout) if cached else None
+    if meta is None:
+        raise StageError("the worker built this stage but its outputs are not in this machine's "
+                         "cache: workers need the same cache (one machine, a shared file system) "
+                         "or the remote cache (KILN_REMOTE in write mode on the workers)")
+    return meta, cached["outputs"]
 
 
 def _install(src: Path, rels: list[str], out_dir: Path, layout: Layout) -> None:

@@ -115,6 +115,14 @@ class Stage:
         on CPU for a model that has no framework answer). Handed in as '<stage>@<target>'."""
         return ()
 
+    def resources(self, target: Target | None) -> dict[str, int]:
+        """Dask resources a worker must declare to run this stage (e.g. {'vulkan': 1})."""
+        return {}
+
+    def worker_resources(self) -> dict[str, int]:
+        """The resources this machine offers for this stage: what a LocalCluster declares."""
+        return {}
+
     def applies_to(self, model: ModelSpec) -> bool:
         """False for stages a model skips (e.g. a model file that enters at legalize)."""
         return True

@@ -20,7 +20,8 @@ import networkx as nx
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
-from . import keys, models as model_registry, remote
+from . import executor, keys, models as model_registry, remote
+from .executor import DaskExecutor
 from .config import Config, ConfigError, load_config
 from .graph import build_graph, shard
 from .record import RunLog, make_reporter
@@ -37,6 +38,7 @@ class Plan:
     layout: Layout
     graph: nx.DiGraph
     run: RunLog = dataclasses.field(default_factory=RunLog)   # what the reporter is told
+    executor: DaskExecutor | None = None    # where stages that miss the cache run (None: here)
 
 
 def _pick(value: str | None, valid: dict, default: tuple, what: str, config: Config,
@@ -117,7 +119,17 @@ def make_plan(get_var: Callable[[str], str | None], stages: list[Stage],
     graph = build_graph(stages, models, targets)
     if get_var("shard"):
         graph = shard(graph, *parse_shard(get_var("shard")))
-    return Plan(config, layout, graph)
+    return Plan(config, layout, graph, executor=_executor(get_var, layout, stages))
+
+
+def _executor(get_var, layout: Layout, stages: list[Stage]) -> DaskExecutor | None:
+    where = executor.parse(get_var("executor"))
+    if where is None:
+        return None
+    names = ("config", "matrix", "model", "target", "shapes", "inputs", "shard")
+    variables = {n: get_var(n) for n in names if get_var(n) is not None}
+    offered = lambda: {k: v for s in stages for k, v in s.worker_resources().items()}  # noqa: E731
+    return DaskExecutor(where, variables, layout.root, layout.cache, offered)
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -157,13 +169,21 @@ def _is_entry(plan: Plan, node: Node) -> bool:
     return plan.graph.in_degree(node) == 0
 
 
+def upstream_of(plan: Plan, node: Node) -> dict[str, tuple[Stage, Path]]:
+    """What node reads: upstream name ('lower', or a peer's 'validate@cpu') -> (stage, dir)."""
+    return {(up.stage if up.target in (None, node.target) else f"{up.stage}@{up.target}"):
+            (plan.graph.nodes[up]["stage"], plan.layout.node_dir(up))
+            for up in plan.graph.predecessors(node)}
+
+
 def _action(plan: Plan, node: Node):
     data = plan.graph.nodes[node]
-    upstream = {(up.stage if up.target in (None, node.target) else f"{up.stage}@{up.target}"):
-                (plan.graph.nodes[up]["stage"], plan.layout.node_dir(up))
-                for up in plan.graph.predecessors(node)}
-    entry = execute(node, data["stage"], data["model"], data["target"], upstream, plan.layout,
-                    first=_is_entry(plan, node))
+    delegate = None
+    if plan.executor is not None:
+        resources = data["stage"].resources(data["target"])
+        delegate = lambda: plan.executor.run(node.task_name, resources)  # noqa: E731
+    entry = execute(node, data["stage"], data["model"], data["target"], upstream_of(plan, node),
+                    plan.layout, first=_is_entry(plan, node), delegate=delegate)
     plan.run.entries[node.task_name] = entry   # the reporter's copy, even where build/ is full
     if entry["status"] == "failed":
         detail = f"\n  command: {entry['command']}" if entry.get("command") else ""

@@ -57,6 +57,13 @@ class Validate(Stage):
         cpu = next((t.name for t in targets if t.backend == "llvm-cpu"), None)
         return (cpu,) if cpu else ()
 
+    def resources(self, target):
+        # a CPU driver runs on any worker; a device only on workers that declare it
+        return {} if target.driver.startswith("local") else {target.driver: 1}
+
+    def worker_resources(self):
+        return {d.split("://")[0]: 1 for d in devices() if not d.startswith("local")}
+
     def params(self, model, target):
         atol, rtol = self.tolerances(model, target)
         # the device it ran on is part of the answer: lavapipe's pass is not a GPU's

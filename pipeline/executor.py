@@ -1,0 +1,147 @@
+"""Dask as the engine that runs stages; doit stays the scheduler of record.
+
+    doit -n 8 -P thread validate executor=local:2             # a LocalCluster, 2 processes
+    doit -n 8 -P thread validate executor=tcp://host:8786     # an existing cluster
+
+The runner decides restore-or-run as always; a stage that misses the cache is handed here
+instead of running in the doit process. A Dask worker runs it in a fresh Python process in the
+project directory (the project's own code, as doit would load it), into a private build
+directory, and stores the outputs in the cache; the runner then restores them through the
+normal verified path. So workers need the project at the same path and the same cache: one
+machine, a shared file system, or the remote cache (KILN_REMOTE, set on the workers too).
+
+A stage that needs a device goes only to workers that declare it as a Dask resource
+(`dask worker --resources vulkan=1`); a LocalCluster declares the devices this machine has.
+A worker that dies mid-stage: Dask reschedules the stage. No worker at all: a clear error
+after KILN_EXECUTOR_TIMEOUT seconds (default 60), never a hang. A stage that fails is a
+result, not an exception, so compile errors are never retried.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+from .config import ConfigError
+from .stage import StageError
+
+# run in the project directory by the worker: the plan exactly as doit loads it (dodo.py with
+# the same command-line variables), then one node of it
+WORKER_SCRIPT = """
+import json, runpy, sys
+import doit.doit_cmd as cmd
+spec = json.loads(sys.argv[1])
+cmd.reset_vars()
+for name, value in spec["vars"].items():
+    cmd.set_var(name, value)
+plan = runpy.run_path("dodo.py")["PLAN"]
+from pipeline.executor import run_node
+print("KILN-RESULT " + json.dumps(run_node(plan, spec["task"])))
+"""
+
+
+def parse(text: str | None):
+    """executor= -> None (run in the doit process) or the Dask address / LocalCluster size."""
+    if not text:
+        return None
+    if text.startswith("local:") and text[6:].isdigit() and int(text[6:]) > 0:
+        return int(text[6:])
+    if text.startswith("tcp://"):
+        return text
+    raise ConfigError(f"executor={text}: expected local:N (a LocalCluster of N worker "
+                      "processes) or tcp://host:port (an existing Dask scheduler)")
+
+
+class DaskExecutor:
+    def __init__(self, where, variables: dict[str, str], root: Path, cache: Path,
+                 local_resources=None):
+        self.where = where
+        self.variables = {k: v for k, v in variables.items() if k != "executor"}
+        self.root, self.cache = root, cache
+        self.local_resources = local_resources or (lambda: {})
+        self.timeout = float(os.environ.get("KILN_EXECUTOR_TIMEOUT", "60"))
+        self._client = None
+        self._lock = threading.Lock()   # two threads must not start two clusters
+
+    def client(self):
+        with self._lock:
+            if self._client is None:
+                from distributed import Client, LocalCluster
+                if isinstance(self.where, int):
+                    cluster = LocalCluster(n_workers=self.where, threads_per_worker=1,
+                                           processes=True, host="127.0.0.1",
+                                           dashboard_address=":0",
+                                           resources=self.local_resources())
+                    self._client = Client(cluster)
+                else:
+                    self._client = Client(self.where, timeout=self.timeout)
+                try:
+                    self._client.wait_for_workers(1, timeout=self.timeout)
+                except Exception:   # distributed raises TimeoutError (builtins or asyncio's)
+                    self._client.close()
+                    self._client = None
+                    raise StageError(f"executor={self._name()}: no Dask worker joined within "
+                                     f"{self.timeout:g} s (KILN_EXECUTOR_TIMEOUT)") from None
+            return self._client
+
+    def _name(self) -> str:
+        return f"local:{self.where}" if isinstance(self.where, int) else self.where
+
+    def run(self, task_name: str, resources: dict[str, int]) -> dict:
+        """Run one stage on a worker; its entry (status, why, result, log) plus 'worker'."""
+        client = self.client()
+        if resources:
+            offered = [w.get("resources", {})
+                       for w in client.scheduler_info()["workers"].values()]
+            missing = [r for r in resources if not any(o.get(r, 0) >= 1 for o in offered)]
+            if missing:
+                raise StageError(f"no Dask worker declares {', '.join(f'{r}=1' for r in missing)}"
+                                 f" (start one with dask worker --resources {missing[0]}=1)")
+        spec = {"vars": self.variables, "task": task_name}
+        future = client.submit(_on_worker, str(self.root), str(self.cache), spec,
+                               resources=resources or None, pure=False, retries=0,
+                               key=f"kiln-{task_name}-{os.urandom(4).hex()}")
+        return future.result()
+
+
+def _on_worker(root: str, cache: str, spec: dict) -> dict:
+    """Runs inside a Dask worker: the stage in a fresh process, in the project directory."""
+    from distributed import get_worker
+    env = {**os.environ, "KILN_CACHE": cache}
+    proc = subprocess.run([sys.executable, "-c", WORKER_SCRIPT, json.dumps(spec)], cwd=root,
+                          env=env, capture_output=True, text=True)
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("KILN-RESULT ")]
+    if proc.returncode != 0 or not lines:
+        result = {"status": "failed", "error": f"the worker's kiln process exited with "
+                  f"{proc.returncode}: {(proc.stderr or proc.stdout).strip()[-800:]}",
+                  "command": None, "log_text": proc.stderr[-20000:]}
+    else:
+        result = json.loads(lines[-1][len("KILN-RESULT "):])
+    result["worker"] = get_worker().address
+    return result
+
+
+def run_node(plan, task_name: str) -> dict:
+    """Worker side: run one node of the plan into a private build directory, the cache (and
+    the remote, in write mode) receiving its outputs. The entry comes back with its log."""
+    from .runner import execute
+    from .tasks import upstream_of
+    node = next(n for n in plan.graph if n.task_name == task_name)
+    data = plan.graph.nodes[node]
+    with tempfile.TemporaryDirectory(prefix="kiln-worker-") as tmp:
+        layout = dataclasses.replace(plan.layout, root=Path(tmp), build=Path(tmp) / "build")
+        previous = plan.layout.entry_file(node)   # for the 'why': this project's last build
+        if previous.is_file():
+            layout.entry_file(node).parent.mkdir(parents=True, exist_ok=True)
+            layout.entry_file(node).write_bytes(previous.read_bytes())
+        entry = execute(node, data["stage"], data["model"], data["target"],
+                        upstream_of(plan, node), layout, first=plan.graph.in_degree(node) == 0)
+        log = layout.log_file(node)
+        entry["log_text"] = log.read_text() if log.is_file() else ""
+    entry.pop("outputs", None)
+    return entry
