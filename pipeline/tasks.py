@@ -269,10 +269,15 @@ def set_aside_if_damaged(dep_file: Path) -> str | None:
             # sqlite keeps no checksums: a flipped byte in a row shows only when doit decodes it
             for (data,) in db.execute("SELECT task_data FROM doit") if has_table else ():
                 json.loads(data)
+    except sqlite3.OperationalError as err:   # locked or busy (another doit): not damage
+        return None if "locked" in str(err) or "busy" in str(err) else \
+            _set_aside(dep_file, str(err))
     except (sqlite3.Error, ValueError, TypeError) as err:
         verdict = str(err)
-    if verdict == "ok":
-        return None
+    return None if verdict == "ok" else _set_aside(dep_file, verdict)
+
+
+def _set_aside(dep_file: Path, verdict: str) -> str:
     aside = dep_file.with_name(dep_file.name + ".damaged")
     os.replace(dep_file, aside)
     return (f"{dep_file} was damaged ({verdict}); moved it to {aside.name} and went on: "
