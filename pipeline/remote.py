@@ -172,6 +172,9 @@ class Remote:
             Path(tmp).unlink(missing_ok=True)
             raise
 
+    def served_bad(self, digest: str) -> bool:
+        return digest in self._bad_blobs
+
     def put_blob(self, digest: str, data: Path | bytes) -> None:
         """Upload a file's bytes (or bytes) under their digest, unless the server has them."""
         if digest not in self._bad_blobs and self._request("HEAD", f"cas/{digest}") is not None:

@@ -172,7 +172,11 @@ class Store:
         """Make the local blob present, from the remote when the entry came from there."""
         if self._blob(digest).is_file():
             return True
-        return bool(self._remote_call(self.remote.fetch_blob, digest, self._blob(digest), _mkstemp))
+        fetched = self._remote_call(self.remote.fetch_blob, digest, self._blob(digest), _mkstemp)
+        if fetched is False and self.remote.served_bad(digest):
+            self._warn(f"remote cache blob {digest[:12]} did not match its digest; ignored it "
+                       "(a writer replaces it)")
+        return bool(fetched)
 
     def restore(self, key: str, entry: dict, dest: Path) -> dict | None:
         """Copy the entry's outputs into dest, each hashed as it is copied (so what lands is

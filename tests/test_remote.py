@@ -54,6 +54,8 @@ def test_a_tampered_remote_blob_is_a_miss_and_a_writer_replaces_it(tmp_path, cac
     reader = remote_store(tmp_path / "c2", cache_server, mode="write")
     entry = reader.lookup(KEY, outputs)
     assert reader.restore(KEY, entry, tmp_path / "out") is None
+    assert reader.warnings == [f"remote cache blob {outputs['a'][:12]} did not match its "
+                               "digest; ignored it (a writer replaces it)"]
     assert not (tmp_path / "out" / "a").exists()
     assert not list((tmp_path / "c2" / "cas").rglob(outputs["a"]))   # never kept locally
     reader.save(KEY, src, outputs, {})      # the rebuild's upload overwrites the bad blob
