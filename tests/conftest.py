@@ -164,8 +164,30 @@ class CacheServer:
             self.proc.wait(timeout=10)
 
     def requests(self, method: str) -> int:
+        """How many requests of method the server has served (kiln's, not the probes)."""
+        self._settle()
+        lines = (self.dir / "access.log").read_text().splitlines()
+        return sum(f'"{method} /' in line and "/settle-" not in line for line in lines)
+
+    def _settle(self) -> None:
+        # nginx logs a request after answering it: a probe of our own, once logged, means
+        # every earlier request is in the log (one worker, served in order)
+        import time
+        import urllib.request
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        probe = f"/settle-{os.urandom(4).hex()}"
+        request = urllib.request.Request(self.url + probe,
+                                         headers={"Authorization": f"Bearer {self.token}"})
+        try:
+            urllib.request.urlopen(request, timeout=5)
+        except OSError:
+            pass   # 404: what is wanted is the log line
         log = self.dir / "access.log"
-        return sum(f'"{method} ' in line for line in log.read_text().splitlines()) if log.exists() else 0
+        for _ in range(200):
+            if log.exists() and probe in log.read_text():
+                return
+            time.sleep(0.01)
 
     def files(self, kind: str) -> list[Path]:
         return sorted(p for p in (self.dir / "data" / kind).glob("*") if p.is_file())
