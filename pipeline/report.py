@@ -8,6 +8,15 @@ def _fmt(value, spec=".1e"):
     return "" if value is None else format(value, spec)
 
 
+def duration(ms: float | None) -> str:
+    """A time with its unit and about three significant digits: '81.5 s', '132 ms', '0.05 ms'."""
+    if ms is None:
+        return ""
+    if ms >= 1000:
+        return f"{ms / 1000:.3g} s" if ms < 100_000 else f"{ms / 1000:.0f} s"
+    return f"{ms:.3g} ms" if ms >= 0.01 else f"{ms * 1000:.3g} µs"
+
+
 def rows(entries: list[dict]) -> list[dict]:
     """Fold the run's stage entries into one row per model x target."""
     per_model = [e for e in entries if e["target"] is None]
@@ -43,10 +52,10 @@ def rows(entries: list[dict]) -> list[dict]:
 
 def table(entries: list[dict], tablefmt: str = "simple", width: int | None = 90) -> str:
     body = [[r["model"], r["target"], r["outcome"][:width], _fmt(r["max_abs"]), _fmt(r["max_rel"]),
-             _fmt(r["ms"], ".2f"), r["stages"]] for r in rows(entries)]
+             duration(r["ms"]), r["stages"]] for r in rows(entries)]
     return tabulate(body, tablefmt=tablefmt,
                     headers=["model", "target", "outcome", "max abs err", "max rel err",
-                             "ms/run", "stages"])
+                             "time/run", "stages"])
 
 
 def markdown(record: dict) -> str:
