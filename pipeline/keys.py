@@ -11,10 +11,13 @@ import functools
 import hashlib
 import importlib.metadata
 import json
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+from typing import Callable
 
 CHUNK = 1 << 20
 
@@ -49,11 +52,101 @@ def tool_version(tool: str) -> str:
         return version
     exe = find_executable(tool)
     if exe:
-        out = subprocess.run([exe, "--version"], capture_output=True, text=True, check=False)
-        if out.returncode == 0:
-            return " ".join((out.stdout + out.stderr).split())
+        def ask() -> str | None:
+            out = subprocess.run([exe, "--version"], capture_output=True, text=True, check=False)
+            return " ".join((out.stdout + out.stderr).split()) if out.returncode == 0 else None
+        text = probe(exe, ("--version",), ask)
+        if text is not None:
+            return text
         raise ValueError(f"{tool} --version failed: declare its Python distribution instead")
     return version
+
+
+# What an executable says about itself (--version, a device list) costs a process start on
+# every doit invocation; it is remembered across processes, keyed by the executable's
+# resolved path, size and mtime_ns (a replaced or touched binary asks again) plus the
+# arguments and whatever else the caller names (e.g. the boot, for a device list).
+PROBE_CACHE_ENV = "KILN_TOOL_CACHE"
+_probe_cache: Path | None = None   # set by the plan: the project's build/.kiln/
+
+
+def use_probe_cache(path: Path) -> None:
+    """Where answers are remembered: inside the project's build/ (kiln touches nothing
+    outside build/ and the cache). Until set (and without KILN_TOOL_CACHE), tools are asked."""
+    global _probe_cache
+    _probe_cache = path
+
+
+def probe_cache_file() -> Path | None:
+    explicit = os.environ.get(PROBE_CACHE_ENV)
+    return Path(explicit) if explicit else _probe_cache
+
+
+def _exe_identity(exe: str) -> list | None:
+    try:
+        real = os.path.realpath(exe)
+        st = os.stat(real)
+    except OSError:
+        return None
+    return [real, st.st_size, st.st_mtime_ns]
+
+
+def probe(exe: str, args: tuple[str, ...], ask: Callable[[], str | list | None],
+          extra: object = None):
+    """ask()'s answer about exe, from the probe cache when exe (path, size, mtime_ns), args and
+    extra are what they were when it was last asked; None answers are never remembered.
+    A missing or damaged cache file is ignored and rewritten (atomically)."""
+    identity = _exe_identity(exe)
+    if identity is None:
+        return ask()
+    key = canonical({"exe": identity, "args": list(args), "extra": extra})
+    path = probe_cache_file()
+    if path is None:
+        return ask()
+    entries = _read_probes(path)
+    if key in entries:
+        return entries[key]
+    answer = ask()
+    if answer is not None:
+        entries = _read_probes(path)   # another process may have written meanwhile
+        # drop what an older build of this executable said: the file stays small
+        entries = {k: v for k, v in entries.items()
+                   if json.loads(k).get("exe", [None])[0] != identity[0]
+                   or json.loads(k).get("args") != list(args)}
+        entries[key] = answer
+        _write_probes(path, entries)
+    return answer
+
+
+def _read_probes(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    good = {}
+    for k, v in data.items():
+        try:
+            if isinstance(json.loads(k), dict):
+                good[k] = v
+        except ValueError:
+            continue
+    return good
+
+
+def _write_probes(path: Path, entries: dict) -> None:
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(entries, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except OSError:
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
+        # a read-only build/: asking every time is slower, never wrong
 
 
 @functools.lru_cache(maxsize=None)

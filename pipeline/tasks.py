@@ -91,6 +91,7 @@ def make_plan(get_var: Callable[[str], str | None], stages: list[Stage],
     config = load_config(get_var("config") or os.environ.get("KILN_CONFIG") or root / "targets.yaml")
     layout = Layout(root, root / "build", Path(os.environ.get("KILN_CACHE") or root / "cache").resolve(),
                     remote.settings(config.remote, os.environ))
+    keys.use_probe_cache(layout.build / ".kiln" / "tool-probes.json")
     matrix_name = get_var("matrix") or "default"
     if matrix_name not in config.matrices:
         raise ConfigError(f"matrix={matrix_name}: unknown matrix (valid: "
@@ -152,16 +153,28 @@ def _with_inputs(models: list[ModelSpec], inputs: str | None) -> list[ModelSpec]
     return [dataclasses.replace(models[0], sources=sources)]
 
 
-def _node_files(plan: Plan, node: Node) -> list[Path]:
+def _node_files(plan: Plan, node: Node, dirs: dict | None = None) -> list[Path]:
     stage, model = plan.graph.nodes[node]["stage"], plan.graph.nodes[node]["model"]
-    return [plan.layout.node_dir(node) / rel for rel in stage.outputs(model)]
+    node_dir = _node_dir(plan, node, dirs)
+    return [node_dir / rel for rel in stage.outputs(model)]
 
 
-def _read_files(plan: Plan, node: Node, up: Node) -> list[Path]:
+def _read_files(plan: Plan, node: Node, up: Node, dirs: dict | None = None) -> list[Path]:
     """The files of upstream node up that node reads (its file_dep)."""
     data, up_stage = plan.graph.nodes[node], plan.graph.nodes[up]["stage"]
-    return [plan.layout.node_dir(up) / rel for rel in
+    up_dir = _node_dir(plan, up, dirs)
+    return [up_dir / rel for rel in
             read_files(data["stage"], data["model"], data["target"], up.stage, up_stage)]
+
+
+def _node_dir(plan: Plan, node: Node, dirs: dict | None) -> Path:
+    """layout.node_dir, remembered in dirs (one task generation asks for each node's often)."""
+    if dirs is None:
+        return plan.layout.node_dir(node)
+    found = dirs.get(node)
+    if found is None:
+        found = dirs[node] = plan.layout.node_dir(node)
+    return found
 
 
 def _is_entry(plan: Plan, node: Node) -> bool:
@@ -211,13 +224,19 @@ def outputs_intact(task) -> bool | None:
 
 
 def stage_tasks(plan: Plan):
+    dirs: dict = {}     # node -> its directory, asked once per node
+    code: dict = {}     # (stage, model) -> its code files as text
     for node in nx.topological_sort(plan.graph):
         data = plan.graph.nodes[node]
         stage, model, target = data["stage"], data["model"], data["target"]
-        deps = [f for up in plan.graph.predecessors(node) for f in _read_files(plan, node, up)]
-        deps += [Path(f) for f in stage.code_files(model)]
+        deps = [str(f) for up in plan.graph.predecessors(node)
+                for f in _read_files(plan, node, up, dirs)]
+        code_key = (id(stage), id(model))
+        if code_key not in code:
+            code[code_key] = (stage, model, [str(Path(f)) for f in stage.code_files(model)])
+        deps += code[code_key][2]
         if _is_entry(plan, node):
-            deps += [f for path in model.sources.values() for f in keys.source_files(path)]
+            deps += [str(f) for path in model.sources.values() for f in keys.source_files(path)]
         # params and tool versions: a changed flag or compiler re-runs only what it reaches
         watched = keys.canonical({"params": stage.params(model, target),
                                   "tools": {t: keys.tool_version(t) for t in stage.tools(model)}})
@@ -225,12 +244,12 @@ def stage_tasks(plan: Plan):
             "basename": node.stage,
             "name": node.task_name.split(":", 1)[1],
             "actions": [(_action, [plan, node])],
-            "file_dep": [str(p) for p in deps],
-            "targets": [str(p) for p in _node_files(plan, node)],
+            "file_dep": deps,
+            "targets": [str(p) for p in _node_files(plan, node, dirs)],
             "uptodate": [config_changed(watched), outputs_intact],
             "meta": {"kiln": {"stage": node.stage, "model": node.model, "target": node.target,
                               "entry": str(plan.layout.entry_file(node)),
-                              "out_dir": str(plan.layout.node_dir(node))}},
+                              "out_dir": str(_node_dir(plan, node, dirs))}},
             "doc": f"{node.stage} {model.name}" + (f" for {target.name}" if target else ""),
         }
 

@@ -3,11 +3,12 @@ given to iree-compile ends up inside the artifact), errors raised with the exact
 from __future__ import annotations
 
 import functools
+import os
 import shlex
 import subprocess
 from pathlib import Path
 
-from pipeline.keys import find_executable
+from pipeline.keys import find_executable, probe
 from pipeline.stage import StageError
 
 
@@ -57,7 +58,37 @@ def _first_error(stderr: str) -> str:
 
 @functools.lru_cache(maxsize=None)
 def devices() -> tuple[str, ...]:
-    """The runtime's devices on this machine, e.g. ('local-task://', 'vulkan://GPU-...')."""
-    proc = subprocess.run([tool("iree-run-module"), "--list_devices"], capture_output=True,
-                          text=True, check=False)
-    return tuple(line.strip() for line in proc.stdout.splitlines() if "://" in line)
+    """The runtime's devices on this machine, e.g. ('local-task://', 'vulkan://GPU-...').
+    Remembered across runs (keys.probe) while the executable, this boot, the device nodes,
+    the Vulkan driver manifests and the device-selecting environment stay the same."""
+    exe = tool("iree-run-module")
+
+    def ask() -> list[str]:
+        proc = subprocess.run([exe, "--list_devices"], capture_output=True, text=True,
+                              check=False)
+        return [line.strip() for line in proc.stdout.splitlines() if "://" in line]
+
+    return tuple(probe(exe, ("--list_devices",), ask, _machine_state()))
+
+
+# what can change the device list without changing iree-run-module
+DEVICE_PLACES = ("/dev", "/dev/dri", "/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d",
+                 "/usr/local/share/vulkan/icd.d", "/proc/driver/nvidia/gpus")
+DEVICE_ENV = ("VK_ICD_FILENAMES", "VK_DRIVER_FILES", "VK_ADD_DRIVER_FILES",
+              "CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES",
+              "LD_LIBRARY_PATH")
+
+
+def _machine_state() -> dict:
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = None
+    places = {}
+    for place in DEVICE_PLACES:
+        try:
+            places[place] = os.stat(place).st_mtime_ns
+        except OSError:
+            places[place] = None
+    return {"host": os.uname().nodename, "boot": boot, "places": places,
+            "env": {v: os.environ.get(v) for v in DEVICE_ENV}}

@@ -26,6 +26,8 @@ def test_validate_mlp_on_cpu_and_vulkan_then_nothing_reruns(project):
     assert all(t["target"] is None for t in record if t["stage"] in {"capture", "emit"})
     vmfb = project.root / "build" / "mlp" / "vulkan" / "codegen" / "module.vmfb"
     assert vmfb.stat().st_size > 1000
+    # what tools said of themselves is remembered inside build/, never in the user's home
+    assert "iree-compile" in (project.root / "build" / ".kiln" / "tool-probes.json").read_text()
 
     project.doit("validate", "model=mlp", "target=cpu,vulkan")
     assert set(project.statuses().values()) == {"up-to-date"}

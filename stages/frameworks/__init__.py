@@ -13,8 +13,6 @@ import pkgutil
 import re
 from pathlib import Path
 
-import numpy as np
-
 from pipeline.stage import ModelSpec, StageError
 
 HERE = Path(__file__).parent
@@ -149,6 +147,7 @@ def _describe(value) -> str:
 def build_model(model: ModelSpec, is_model, expected: str):
     """Call a models/ factory, check it returned (model, inputs), give the inputs as numpy
     (the user's own inputs, where given, replace build()'s example inputs)."""
+    import numpy as np   # here, not at plan time
     built = load_factory(model.factory)()
     if not is_model(built[0]):
         raise StageError(f"{model.factory} returned ({type(built[0]).__name__}, ...): a "
@@ -159,11 +158,13 @@ def build_model(model: ModelSpec, is_model, expected: str):
 
 
 def save_arrays(path: Path, prefix: str, arrays) -> None:
+    import numpy as np   # here, not at plan time
     np.savez(path, **{f"{prefix}{i}": np.asarray(a) for i, a in enumerate(arrays)})
 
 
 def load_arrays(path: Path) -> list[np.ndarray]:
     """The arrays save_arrays wrote, in index order (arg2 before arg10)."""
+    import numpy as np   # here, not at plan time
     with np.load(path) as data:
         return [data[k] for k in sorted(data.files, key=lambda k: int(re.sub(r"\D", "", k)))]
 
@@ -178,6 +179,7 @@ def seeded_inputs(signature: list[tuple[str, list, str]], shapes: dict, seed: in
 
     A dynamic dimension (None or < 0) needs a size from shapes= or the config entry; 0 is a
     static, empty dimension."""
+    import numpy as np   # here, not at plan time
     rng = np.random.default_rng(seed)
     arrays = []
     for name, dims, dtype in signature:
@@ -199,6 +201,7 @@ def seeded_inputs(signature: list[tuple[str, list, str]], shapes: dict, seed: in
 def model_inputs(model: ModelSpec, signature: list[tuple[str, list, str]]) -> list[np.ndarray]:
     """The inputs a model is captured and validated on: the user's (inputs= or the config's
     inputs:, matched by input name, else by position), otherwise seeded from the signature."""
+    import numpy as np   # here, not at plan time
     files = model.input_files()
     if not files:
         return seeded_inputs(signature, model.shapes, model.seed, model.name)
@@ -224,6 +227,7 @@ def model_inputs(model: ModelSpec, signature: list[tuple[str, list, str]]) -> li
 
 
 def _load_given(files: dict[str, Path]) -> dict[str, np.ndarray]:
+    import numpy as np   # here, not at plan time
     given = {}
     for role, path in files.items():
         name = role.partition(":")[2]

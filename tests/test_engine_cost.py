@@ -1,0 +1,119 @@
+"""What an executable says about itself (--version, the device list) is asked once and then
+remembered across processes, keyed by its path, size and mtime: outcomes, never timings."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from pipeline import keys
+
+REPO = Path(__file__).resolve().parent.parent
+
+FAKE = """#!/bin/sh
+echo called >> "{calls}"
+echo "fake-tool version {version}"
+"""
+
+
+def make_tool(tmp_path: Path, version: str = "1.0") -> Path:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    exe = bin_dir / "kiln-fake-tool"
+    exe.write_text(FAKE.format(calls=tmp_path / "calls", version=version))
+    exe.chmod(0o755)
+    return exe
+
+
+def version_in_new_process(tmp_path: Path) -> str:
+    """keys.tool_version in a fresh interpreter, as each doit invocation is."""
+    env = dict(os.environ, KILN_TOOL_CACHE=str(tmp_path / "probes.json"),
+               PATH=f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    code = "from pipeline import keys; print(keys.tool_version('kiln-fake-tool'))"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                          text=True, check=True)
+    return proc.stdout.strip()
+
+
+def calls(tmp_path: Path) -> int:
+    path = tmp_path / "calls"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def test_a_second_process_does_not_run_the_tool_again(tmp_path):
+    make_tool(tmp_path)
+    assert version_in_new_process(tmp_path) == "fake-tool version 1.0"
+    assert version_in_new_process(tmp_path) == "fake-tool version 1.0"
+    assert calls(tmp_path) == 1
+
+
+def test_a_changed_or_touched_executable_is_asked_again(tmp_path):
+    exe = make_tool(tmp_path)
+    assert version_in_new_process(tmp_path) == "fake-tool version 1.0"
+    make_tool(tmp_path, version="2.0.1")                 # a new build: another size
+    assert version_in_new_process(tmp_path) == "fake-tool version 2.0.1"
+    assert calls(tmp_path) == 2
+    st = exe.stat()
+    os.utime(exe, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))   # same size, new mtime
+    assert version_in_new_process(tmp_path) == "fake-tool version 2.0.1"
+    assert calls(tmp_path) == 3
+    assert version_in_new_process(tmp_path) == "fake-tool version 2.0.1"
+    assert calls(tmp_path) == 3
+    # an older build's answer is dropped, not kept beside the new one
+    assert len(json.loads((tmp_path / "probes.json").read_text())) == 1
+
+
+def test_a_damaged_cache_file_is_ignored_and_rewritten(tmp_path):
+    make_tool(tmp_path)
+    (tmp_path / "probes.json").write_bytes(b'{"truncated": [')
+    assert version_in_new_process(tmp_path) == "fake-tool version 1.0"
+    assert calls(tmp_path) == 1
+    assert len(json.loads((tmp_path / "probes.json").read_text())) == 1
+    (tmp_path / "probes.json").write_text('["not", "a", "mapping"]')
+    assert version_in_new_process(tmp_path) == "fake-tool version 1.0"
+    assert calls(tmp_path) == 2
+    assert version_in_new_process(tmp_path) == "fake-tool version 1.0"
+    assert calls(tmp_path) == 2
+
+
+def test_a_failed_answer_is_never_remembered(tmp_path, monkeypatch):
+    monkeypatch.setenv(keys.PROBE_CACHE_ENV, str(tmp_path / "probes.json"))
+    exe = make_tool(tmp_path)
+    asked = []
+    assert keys.probe(str(exe), ("--x",), lambda: asked.append(1)) is None
+    assert keys.probe(str(exe), ("--x",), lambda: asked.append(1)) is None
+    assert len(asked) == 2
+
+
+def test_the_device_list_is_asked_again_when_the_machine_changes(tmp_path, monkeypatch):
+    monkeypatch.setenv(keys.PROBE_CACHE_ENV, str(tmp_path / "probes.json"))
+    exe = make_tool(tmp_path)
+    asked = []
+
+    def ask():
+        asked.append(1)
+        return ["local-task://"]
+
+    assert keys.probe(str(exe), ("--list_devices",), ask, {"env": "a"}) == ["local-task://"]
+    assert keys.probe(str(exe), ("--list_devices",), ask, {"env": "a"}) == ["local-task://"]
+    assert len(asked) == 1
+    assert keys.probe(str(exe), ("--list_devices",), ask, {"env": "b"}) == ["local-task://"]
+    assert len(asked) == 2
+
+
+def test_the_cached_version_is_the_tools_own_text(tmp_path, monkeypatch):
+    """The keys do not change: the remembered text is what --version prints."""
+    monkeypatch.setenv(keys.PROBE_CACHE_ENV, str(tmp_path / "probes.json"))
+    keys.tool_version.cache_clear()
+    try:
+        exe = keys.find_executable("iree-compile")
+        out = subprocess.run([exe, "--version"], capture_output=True, text=True, check=True)
+        direct = " ".join((out.stdout + out.stderr).split())
+        assert keys.tool_version("iree-compile") == direct
+        keys.tool_version.cache_clear()
+        assert keys.tool_version("iree-compile") == direct      # now from the cache file
+        assert direct in json.loads((tmp_path / "probes.json").read_text()).values()
+    finally:
+        keys.tool_version.cache_clear()
