@@ -70,7 +70,7 @@ def make_reporter(run_file: Path, run: RunLog):
             if isinstance(fail, (DependencyError, UnmetDependency)):
                 self._add(task, status="skipped", seconds=0.0, reason="an upstream stage failed",
                           key=None, error=None, command=None, result=None, warnings=None,
-                          why=None)
+                          why=None, remote=None, worker=None)
             else:  # the runner's entry says why; if it never got to write one, doit's message
                 entry = _entry(task, fresh) or {}
                 extra = {} if entry.get("status") == "failed" else {"error": fail.get_msg().strip()}
@@ -78,7 +78,9 @@ def make_reporter(run_file: Path, run: RunLog):
 
         def skip_uptodate(self, task):
             super().skip_uptodate(task)
-            self._add(task, status="up-to-date", seconds=0.0, warnings=None, why=None)
+            # what the last run did (its warnings, the remote, the worker) is not this run's
+            self._add(task, status="up-to-date", seconds=0.0, warnings=None, why=None,
+                      remote=None, worker=None)
 
         def skip_ignore(self, task):
             super().skip_ignore(task)

@@ -71,8 +71,12 @@ def test_a_matrix_runs_on_a_local_cluster_and_fills_the_remote(project, cache_se
     assert all(t["result"]["passed"] for t in record if t["stage"] == "validate")
     assert all(t["remote"] == "stored" for t in record)
     assert (project.root / "build" / "mlp" / "vulkan" / "codegen" / "module.vmfb").is_file()
-    project.doit("validate", "model=mlp", "target=cpu,vulkan", "executor=local:2")
+    proc = project.doit("validate", "model=mlp", "target=cpu,vulkan", "executor=local:2",
+                        env_extra=cache_server.env("read"))
     assert set(project.statuses().values()) == {"up-to-date"}
+    # an up-to-date task did nothing this run: no worker, no remote outcome, no remote line
+    assert not any("worker" in t or "remote" in t for t in project.record())
+    assert "remote cache:" not in proc.stdout
 
 
 def _stage_process_of(worker_pid: int) -> int | None:
