@@ -15,7 +15,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -136,17 +135,11 @@ def _read_probes(path: Path) -> dict:
 
 
 def _write_probes(path: Path, entries: dict) -> None:
-    tmp = None
+    from .store import atomic_write   # (the store hashes with this module)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(entries, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(entries, indent=1, sort_keys=True).encode())
     except OSError:
-        if tmp:
-            Path(tmp).unlink(missing_ok=True)
-        # a read-only build/: asking every time is slower, never wrong
+        pass   # a read-only build/: asking every time is slower, never wrong
 
 
 @functools.lru_cache(maxsize=None)

@@ -22,14 +22,13 @@ import functools
 import hashlib
 import hmac
 import json
-import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
 from .config import ConfigError
-from .keys import CHUNK, canonical
+from .keys import canonical
 
 TIMEOUT_S = (5, 60)          # connect, read
 MODES = ("read", "write")
@@ -148,32 +147,15 @@ class Remote:
         message = canonical({"key": key, "entry": entry}).encode()
         return hmac.new(self.settings.signing_key.encode(), message, hashlib.sha256).hexdigest()
 
-    def fetch_blob(self, digest: str, dst: Path, make_temp) -> bool:
-        """Stream blob digest into dst through a temp file (make_temp(dir, name) -> (fd, path)),
-        hashing as it goes; True only if the bytes match the digest."""
-        response = self._request("GET", f"cas/{digest}", stream=True)
-        if response is None:
-            return False
-        fd, tmp = make_temp(dst.parent, dst.name)
-        try:
-            hasher = hashlib.sha256()
-            with os.fdopen(fd, "wb") as out, response:
-                for chunk in response.iter_content(CHUNK):
-                    hasher.update(chunk)
-                    out.write(chunk)
-            if hasher.hexdigest() != digest:
-                Path(tmp).unlink()
-                with self._lock:
-                    self._bad_blobs.add(digest)
-                return False
-            os.replace(tmp, dst)
-            return True
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+    def open_blob(self, digest: str):
+        """The streaming response for blob digest, or None when the server has none; the
+        caller hashes what it reads (store.write_verified) and keeps it only on a match."""
+        return self._request("GET", f"cas/{digest}", stream=True)
 
-    def served_bad(self, digest: str) -> bool:
-        return digest in self._bad_blobs
+    def mark_bad(self, digest: str) -> None:
+        """The server gave other bytes for digest: the next upload overwrites them."""
+        with self._lock:
+            self._bad_blobs.add(digest)
 
     def put_blob(self, digest: str, data: Path | bytes) -> None:
         """Upload a file's bytes (or bytes) under their digest, unless the server has them."""

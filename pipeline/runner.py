@@ -297,8 +297,9 @@ def _install(src: Path, rels: list[str], out_dir: Path, layout: Layout) -> None:
         if not (target / rel).resolve().is_relative_to(target):
             raise StageError(f"refusing to write output {rel!r}: outside {out_dir}")
     out_dir.mkdir(parents=True, exist_ok=True)
+    declared = {Path(rel).parts[0] for rel in rels}
     for stale in out_dir.iterdir():
-        if stale.name not in {Path(rel).parts[0] for rel in rels}:
+        if stale.name not in declared:
             shutil.rmtree(stale) if stale.is_dir() and not stale.is_symlink() else stale.unlink()
     for rel in rels:
         (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)

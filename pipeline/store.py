@@ -88,6 +88,26 @@ def atomic_copy(src: Path, dst: Path) -> None:
         raise
 
 
+def write_verified(dst: Path, chunks, digest: str) -> bool:
+    """Write chunks to dst through a temp file, hashing as they pass: dst appears only when
+    the bytes match digest (a restore from the store, a download from the remote)."""
+    fd, tmp = _mkstemp(dst.parent, dst.name)
+    try:
+        hasher = hashlib.sha256()
+        with os.fdopen(fd, "wb") as out:
+            for chunk in chunks:
+                hasher.update(chunk)
+                out.write(chunk)
+        if hasher.hexdigest() != digest:
+            Path(tmp).unlink()
+            return False
+        os.replace(tmp, dst)
+        return True
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def describe_os_error(err: OSError, where: Path | None = None) -> str:
     """'cannot write build/x: No space left on device (ENOSPC)': the path and the errno (a
     failed write() names no file: where says which directory it was writing in)."""
@@ -172,11 +192,19 @@ class Store:
         """Make the local blob present, from the remote when the entry came from there."""
         if self._blob(digest).is_file():
             return True
-        fetched = self._remote_call(self.remote.fetch_blob, digest, self._blob(digest), _mkstemp)
-        if fetched is False and self.remote.served_bad(digest):
-            self._warn(f"remote cache blob {digest[:12]} did not match its digest; ignored it "
-                       "(a writer replaces it)")
-        return bool(fetched)
+        return bool(self._remote_call(self._download, digest))
+
+    def _download(self, digest: str) -> bool:
+        response = self.remote.open_blob(digest)
+        if response is None:
+            return False
+        with response:
+            if write_verified(self._blob(digest), response.iter_content(CHUNK), digest):
+                return True
+        self.remote.mark_bad(digest)
+        self._warn(f"remote cache blob {digest[:12]} did not match its digest; ignored it "
+                   "(a writer replaces it)")
+        return False
 
     def restore(self, key: str, entry: dict, dest: Path) -> dict | None:
         """Copy the entry's outputs into dest, each hashed as it is copied (so what lands is
@@ -213,24 +241,11 @@ class Store:
         return meta if isinstance(meta, dict) else None
 
     def _copy_verified(self, digest: str, dst: Path) -> bool:
-        fd, tmp = _mkstemp(dst.parent, dst.name)
         try:
-            with open(self._blob(digest), "rb") as src, os.fdopen(fd, "wb") as out:
-                hasher = hashlib.sha256()
-                while chunk := src.read(CHUNK):
-                    hasher.update(chunk)
-                    out.write(chunk)
-            if hasher.hexdigest() != digest:
-                Path(tmp).unlink()
-                return False
-            os.replace(tmp, dst)
-            return True
+            with open(self._blob(digest), "rb") as src:
+                return write_verified(dst, iter(lambda: src.read(CHUNK), b""), digest)
         except FileNotFoundError:
-            Path(tmp).unlink(missing_ok=True)
             return False
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
 
     def save(self, key: str, src: Path, outputs: dict[str, str], meta: dict) -> bool:
         """Store the files of src named in outputs (rel path -> digest) and meta, then the
