@@ -1,6 +1,12 @@
 """Stage 8, validate: load the .vmfb on the target's driver in a fresh process (a Vulkan
 device created in doit's own process hangs forked workers), run the reference inputs,
-compare with the framework's answer within the target's atol/rtol, and time one call."""
+compare with the framework's answer within the target's atol/rtol, and time the module and
+the framework's own run of the model on the same inputs and threads (stages/timing.py).
+
+The framework is timed here, per target, rather than in a stage of its own: its figure then
+sits beside the module's, measured under the same lock moments apart on the same machine, and
+a framework time is only worth having next to a module time. It runs in a fresh process from
+capture's artifacts (the exported program, the .onnx, ...), which validate therefore reads."""
 from __future__ import annotations
 
 import json
@@ -13,14 +19,13 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.stage import Stage, StageError, StageSkipped
-from stages import frameworks
+from stages import frameworks, timing
 from stages.compare import compare
 from stages.iree_tools import devices, tool
 from stages.lower import inline_params
 from stages.params import SCOPE
 
 HERE = Path(__file__).parent
-SLOW_CALL_MS = 2000
 
 
 def _device(driver: str) -> str | None:
@@ -31,17 +36,23 @@ class Validate(Stage):
     name = "validate"
     per_target = True
     inputs = ("capture", "emit", "codegen")
-    code = (HERE / "iree_tools.py", HERE / "compare.py")
+    code = (HERE / "iree_tools.py", HERE / "compare.py", HERE / "timing.py")
 
     def outputs(self, model):
         return ("result.json", "outputs.npz")
 
+    def code_files(self, model):
+        # the adapter's runner() is what the framework's time measures
+        return (*super().code_files(model), *frameworks.get(model.framework).code_files())
+
     def tools(self, model):
-        return ("iree-base-runtime",)   # iree-run-module has no --version: its package's
+        # iree-run-module has no --version: its package's; the framework's, which is timed
+        return ("iree-base-runtime", *frameworks.get(model.framework).dists)
 
     def reads(self, upstream, outputs, model, target):
-        if upstream == "capture":   # not the framework's own artifacts
-            return ("inputs.npz", "reference.npz", "capture.json")
+        if upstream == "capture":   # the framework's own artifacts too: its run is timed
+            return ("inputs.npz", "reference.npz", "capture.json",
+                    *frameworks.get(model.framework).captured)
         if upstream == "emit":      # the weights, where the module loads them at run time
             return ("model.json", *(() if inline_params(model, target) else ("model.irpa",)))
         return outputs
@@ -89,9 +100,10 @@ class Validate(Stage):
             and archive.stat().st_size else None
         module = ctx.inputs["codegen"] / "module.vmfb"
         with tempfile.TemporaryDirectory() as tmp:
-            outputs, timing = _run_module(Path(tmp), module, parameters, driver, info["entry"],
-                                          inputs, None if reference is None else len(reference),
-                                          ctx)
+            args = _module_args(Path(tmp), module, parameters, driver, info["entry"], inputs)
+            outputs, wall_ms = _run_module(Path(tmp), args, None if reference is None
+                                           else len(reference), ctx)
+            speed = _speed(args, wall_ms, ctx)
         atol, rtol = self.tolerances(ctx.model, ctx.target)
         if reference is None:
             checked = {"passed": True, "max_abs_error": None, "max_rel_error": None, "atol": atol,
@@ -103,7 +115,7 @@ class Validate(Stage):
                 checked["tolerance_why"] = [t and t.get("why") for t in captured["tolerances"]]
             if peer:
                 checked["checked"] = f"against {peer.split('@')[1]}'s outputs (no framework reference)"
-        result = {**checked, **timing, "device": _device(driver),
+        result = {**checked, **speed, "device": _device(driver),
                   "parameters": str(archive.relative_to(emitted.parent.parent)) if parameters else None}
         if captured.get("notes"):
             result["notes"] = captured["notes"]
@@ -138,18 +150,22 @@ def _failure_message(result: dict, atol: float, rtol: float) -> str:
                           + f" against its own atol {o['atol']:g}" for o in failing)
 
 
-def _run_module(tmp: Path, module: Path, parameters: Path | None, driver: str, entry: str,
-                inputs, n_outputs: int, ctx):
-    """iree-run-module for the outputs (it reads Vulkan results back through a staging
-    buffer), then iree-benchmark-module for the time of one call: skipped when one call is
-    already slow (ResNet-18 on lavapipe takes minutes), where the single call's wall time,
-    module load included, is the figure reported."""
+def _module_args(tmp: Path, module: Path, parameters: Path | None, driver: str, entry: str,
+                 inputs) -> list[str]:
+    """The arguments iree-run-module and iree-benchmark-module share: device, module,
+    weights, function and inputs (saved into tmp)."""
     args = [f"--device={driver}", f"--module={module}", f"--function={entry}"]
     if parameters is not None:   # the weights, from the archive emit wrote
         args.append(f"--parameters={SCOPE}={parameters}")
     for i, array in enumerate(inputs):
         np.save(tmp / f"in{i}.npy", array)
         args.append(f"--input=@{tmp / f'in{i}.npy'}")
+    return args
+
+
+def _run_module(tmp: Path, args: list[str], n_outputs: int | None, ctx):
+    """(outputs, wall ms) of iree-run-module, which reads Vulkan results back through a
+    staging buffer. The wall time (process start and load included) bounds one call's."""
     started = time.perf_counter()
     if n_outputs is None:  # count them from a first run's printout
         printed = _check([tool("iree-run-module"), *args], ctx)
@@ -157,14 +173,39 @@ def _run_module(tmp: Path, module: Path, parameters: Path | None, driver: str, e
     outs = [tmp / f"out{i}.npy" for i in range(n_outputs)]
     _check([tool("iree-run-module"), *args, *(f"--output=@{o}" for o in outs)], ctx)
     wall_ms = (time.perf_counter() - started) * 1000
-    outputs = [np.load(o) for o in outs]
-    if wall_ms > SLOW_CALL_MS:
-        return outputs, {"latency_ms": wall_ms, "timing": "one call, wall clock incl. load"}
-    bench = [tool("iree-benchmark-module"), *args, "--benchmark_format=json",
-             "--benchmark_min_time=0.2s"]
-    report = json.loads(_check(bench, ctx))
-    times = [b["real_time"] for b in report["benchmarks"] if b.get("time_unit") == "ms"]
-    return outputs, {"latency_ms": min(times) if times else None, "timing": "iree-benchmark-module"}
+    return [np.load(o) for o in outs], wall_ms
+
+
+def _speed(args: list[str], wall_ms: float, ctx) -> dict:
+    """The timing fields of the result: the module's latency (iree-benchmark-module; a module
+    too slow to repeat keeps its one call), the framework's own on the same inputs and
+    threads, and their ratio. One timing at a time on this machine. A framework that cannot
+    be timed is recorded as such, never a failure."""
+    driver = ctx.target.driver
+    threads = timing.threads_for(driver)
+    repetitions = timing.iree_plan(wall_ms)
+    with timing.one_at_a_time(ctx.log) as serialized:
+        if repetitions is None:
+            latency = timing.iree_single_call(wall_ms)
+        else:
+            bench = [tool("iree-benchmark-module"), *args,
+                     *timing.iree_benchmark_flags(repetitions, driver, threads)]
+            try:
+                latency = timing.iree_latency(json.loads(_check(bench, ctx)), driver, threads,
+                                              serialized)
+            except (ValueError, KeyError) as err:   # not the JSON the tool should print
+                raise StageError(f"iree-benchmark-module: unreadable report ({err})",
+                                 command=shlex.join(bench)) from None
+        if "capture" in ctx.inputs:
+            framework, why = timing.framework_latency(ctx.model.framework, ctx.inputs["capture"],
+                                                      threads, serialized, ctx.log)
+        else:
+            framework, why = None, "no framework: the model is an MLIR file"
+    speed = {"latency_ms": latency["median_ms"], "latency": latency,
+             "framework_latency": framework, "speed_ratio": timing.ratio(latency, framework)}
+    if framework is None:
+        speed["framework_latency_why"] = why
+    return speed
 
 
 def _check(argv: list[str], ctx) -> str:

@@ -60,6 +60,16 @@ class Framework:
     def import_mlir(self, serialized: Path, out: Path) -> None:
         raise NotImplementedError
 
+    # what runner() pins to the given thread count, for the timing's "how"
+    timing_threads = ""
+
+    def runner(self, captured: Path, inputs: list, threads: int):
+        """A zero-argument callable that runs the captured model (capture's artifacts in
+        `captured`) once on inputs in the framework itself, computing with `threads` threads
+        where the framework lets itself be told; None where there is no framework to run.
+        stages/timing.py times it, in a process of its own."""
+        return None
+
 
 # What an adapter's capture() may return (every key optional), written to capture.json:
 #   notes: [str]                 what was chosen for the user (e.g. "batch dimension set to 1")

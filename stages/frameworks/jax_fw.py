@@ -73,6 +73,16 @@ class Jax(Framework):
         exported = jax.export.deserialize(bytearray(Path(serialized).read_bytes()))
         write_stripped(parse(exported.mlir_module().encode()), out)
 
+    timing_threads = "XLA's own pool, not settable: one per core the process may use"
+
+    def runner(self, captured: Path, inputs: list, threads: int):
+        # the export capture ran for the reference, jitted; JAX dispatches asynchronously,
+        # so a call is done only once its results are ready
+        jax = _jax()
+        exported = jax.export.deserialize(bytearray((captured / "exported.jaxexport").read_bytes()))
+        call, arrays = jax.jit(exported.call), [jax.numpy.asarray(a) for a in inputs]
+        return lambda: jax.block_until_ready(call(*arrays))
+
 
 def _signature(exported) -> list[tuple[str, list, str]]:
     return [(f"arg{i}", [d if isinstance(d, int) else None for d in aval.shape], aval.dtype.name)

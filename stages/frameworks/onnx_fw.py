@@ -128,15 +128,25 @@ class Onnx(Framework):
         module.operation.verify()
         write_stripped(module, out)
 
+    timing_threads = "onnxruntime intra_op_num_threads, inter-op 1"
+
+    def runner(self, captured: Path, inputs: list, threads: int):
+        # onnxruntime's CPU provider, as for the reference, on capture's model.onnx
+        import onnx
+        data = (captured / "model.onnx").read_bytes()
+        names = [name for name, _, _ in _signature(onnx.load_from_string(data))]
+        session, feeds = _session(data, threads), dict(zip(names, inputs))
+        return lambda: session.run(None, feeds)
+
 
 def _opset(proto) -> int:
     return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), OPSET)
 
 
-def _session(data: bytes):
+def _session(data: bytes, threads: int = 1):
     import onnxruntime as ort
     options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
+    options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 

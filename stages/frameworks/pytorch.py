@@ -374,6 +374,21 @@ class PyTorch(Framework):
         importer.import_frozen_program(program)
         write_stripped(importer.module, out)
 
+    timing_threads = "torch.set_num_threads"
+
+    def runner(self, captured: Path, inputs: list, threads: int):
+        # torch eager, op by op, on the exported program capture wrote (a factory's module
+        # itself is not among validate's inputs; the program runs the same ATen ops)
+        import torch
+        torch.set_num_threads(threads)
+        module = load_program(captured / "exported.pt2").module()
+        tensors = [torch.from_numpy(a) for a in inputs]
+
+        def run():
+            with torch.no_grad():
+                return module(*tensors)
+        return run
+
 
 def _state_dict_names(program):
     """Importer hooks that name each weight's constant by its state-dict key

@@ -154,6 +154,27 @@ class TensorFlow(Framework):
                     op.attributes["sym_visibility"] = private
         write_stripped(module, out)
 
+    timing_threads = "tf.config.threading intra-op, inter-op 1"
+
+    @absl_safe
+    def runner(self, captured: Path, inputs: list, threads: int):
+        # the reloaded SavedModel's signature, as capture ran it for the reference; inputs.npz
+        # is in the converted function's order, fed back by signature key
+        tf = _tf()
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+        folder = tempfile.TemporaryDirectory()   # kept alive by run()
+        saved = Path(folder.name) / "saved_model"
+        _unpack(captured / ARCHIVE, saved)
+        name = _signature_name(saved)
+        signature = tf.saved_model.load(str(saved)).signatures[name]
+        in_keys, _ = _signature_order(saved, name)
+        feeds = {k: tf.constant(a) for k, a in zip(in_keys, inputs)}
+
+        def run(keep=folder):
+            return {k: v.numpy() for k, v in signature(**feeds).items()}
+        return run
+
 
 def _entry_function(module, name: str):
     """(attribute name, tf.function) of the function to export: __call__ if there are several."""

@@ -111,6 +111,14 @@ class TFLite(Framework):
                                        TosaConverterDebugInfo.Disabled)
         write_stripped(parse(buffer.getvalue()), out)
 
+    timing_threads = "LiteRT Interpreter num_threads"
+
+    def runner(self, captured: Path, inputs: list, threads: int):
+        # the interpreter capture asked for the reference, on the same flatbuffer
+        interpreter = _interpreter((captured / "model.tflite").read_bytes(), threads)
+        details = interpreter.get_input_details()
+        return lambda: _run(interpreter, details, inputs)
+
 
 def _convert(module, name: str) -> bytes:
     import importlib.util
@@ -124,9 +132,9 @@ def _convert(module, name: str) -> bytes:
     return bytes(converter.convert())
 
 
-def _interpreter(flatbuffer: bytes):
+def _interpreter(flatbuffer: bytes, threads: int = 1):
     from ai_edge_litert.interpreter import Interpreter
-    return Interpreter(model_content=flatbuffer, num_threads=1)
+    return Interpreter(model_content=flatbuffer, num_threads=threads)
 
 
 def _run(interpreter, details, inputs) -> list:
