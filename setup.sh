@@ -4,8 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-# apt packages: Vulkan's software driver where no driver is present, and nginx (with its
-# DAV module) which the tests start on loopback as a real shared-cache server
+# apt packages: Vulkan's software driver where no driver is present, nginx (with its DAV
+# module) which the tests start on loopback as a real shared-cache server, and chromium with
+# its driver, in which the tests open the HTML report
 packages=()
 if command -v vulkaninfo >/dev/null 2>&1 && vulkaninfo --summary >/dev/null 2>&1; then
     echo "setup: a Vulkan driver is present"
@@ -13,6 +14,9 @@ else
     packages+=(mesa-vulkan-drivers libvulkan1)
 fi
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || packages+=(nginx)
+# a real headless browser for the test of build/report.html
+command -v chromium >/dev/null 2>&1 || packages+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || packages+=(chromium-driver)
 if [ ${#packages[@]} = 0 ]; then
     :
 elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -26,7 +30,8 @@ elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
 else
     echo "setup: NOTE: cannot install ${packages[*]} (needs root and apt): without a Vulkan" \
          "driver vulkan targets are reported 'skipped: no vulkan device'; without nginx the" \
-         "shared-cache tests are skipped."
+         "shared-cache tests are skipped; without chromium and chromium-driver the browser" \
+         "test of build/report.html is skipped."
 fi
 
 PYTHON=${PYTHON:-python3.11}

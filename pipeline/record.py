@@ -7,13 +7,14 @@ upstream task failed), writes the record atomically and prints the summary table
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from doit.exceptions import DependencyError, UnmetDependency
 from doit.reporter import ConsoleReporter
 
-from . import report
+from . import html, report
 from .store import atomic_write, describe_os_error
 
 
@@ -49,7 +50,28 @@ def make_reporter(run_file: Path, run: RunLog):
     fresh = run.entries
 
     class KilnReporter(ConsoleReporter):
-        """doit's console output, plus the run record and the summary table."""
+        """doit's console output, plus progress while stages run, the run record and the
+        summary table."""
+
+        def __init__(self, outstream, options):
+            super().__init__(outstream, options)
+            self.progress = None   # set up when a task first runs: a no-op run never needs it
+            self._progress_lock = threading.Lock()   # -P thread starts tasks from workers
+
+        def write(self, text):
+            if self.progress is None:
+                self.outstream.write(text)
+            else:
+                self.progress.write(text)   # above the live progress lines while they show
+
+        def execute_task(self, task):
+            super().execute_task(task)
+            if not task.actions:   # a group task (validate, compile): nothing runs
+                return
+            with self._progress_lock:
+                if self.progress is None:
+                    self.progress = _progress(self.outstream)
+            self.progress.started(task)
 
         def initialize(self, tasks, selected_tasks):
             super().initialize(tasks, selected_tasks)
@@ -62,10 +84,14 @@ def make_reporter(run_file: Path, run: RunLog):
                 self.entries.append(entry)
 
         def add_success(self, task):
+            if self.progress is not None:
+                self.progress.finished(task)
             super().add_success(task)
             self._add(task)
 
         def add_failure(self, task, fail):
+            if self.progress is not None:
+                self.progress.finished(task)
             super().add_failure(task, fail)
             if isinstance(fail, (DependencyError, UnmetDependency)):
                 self._add(task, status="skipped", seconds=0.0, reason="an upstream stage failed",
@@ -87,6 +113,8 @@ def make_reporter(run_file: Path, run: RunLog):
             self._add(task, status="skipped", seconds=0.0, reason="ignored")
 
         def complete_run(self):
+            if self.progress is not None:
+                self.progress.stop()   # the live lines go before the table (also after Ctrl-C)
             tasks = [{k: v for k, v in e.items() if v is not None or k in ("target", "key")}
                      for e in self.entries]
             if tasks:  # a run of no stage (doit prune) keeps the last build's record
@@ -103,6 +131,17 @@ def make_reporter(run_file: Path, run: RunLog):
             super().complete_run()
 
     return KilnReporter
+
+
+def _progress(outstream):
+    """The progress display for this run's output, as the environment sets it."""
+    from .progress import Progress, settings_from_env   # only once a task runs
+    try:
+        settings = settings_from_env()
+    except ValueError as err:
+        outstream.write(f"kiln: warning: {err}; progress is off\n")
+        settings = None
+    return Progress(outstream, settings)
 
 
 def _warnings(tasks: list[dict]) -> dict[str, list[str]]:
@@ -123,10 +162,13 @@ def _remote_line(tasks: list[dict]) -> str:
 
 
 def _write_record(run_file: Path, record: dict) -> str:
-    """Write run.json and report.md; the line to print about it."""
+    """Write run.json, report.md and report.html; the line to print about it."""
     try:
         atomic_write(run_file, json.dumps(record, indent=1).encode())
         atomic_write(run_file.with_name("report.md"), report.markdown(record).encode())
+        # charts whose data did not change come from the memo: a no-op run draws nothing
+        page = html.page(record, memo=run_file.parent / ".kiln" / "charts")
+        atomic_write(run_file.with_name("report.html"), page.encode())
     except OSError as err:
         return f"kiln: the run record was not written: {describe_os_error(err)}"
     return f"run record: {run_file}"

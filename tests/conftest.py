@@ -202,3 +202,34 @@ def cache_server(tmp_path):
     server = CacheServer(tmp_path / "nginx")
     yield server
     server.stop()
+
+
+# --- the `frameworks` matrix plus one failing model, built once per test session -----------
+
+# a model whose op IREE cannot legalize: fails at legalize (at capture without torch)
+FAILING_MODEL = ("bessel", 'FRAMEWORK = "torch"\n\ndef build():\n    import torch\n\n'
+                 '    class Bessel(torch.nn.Module):\n        def forward(self, x):\n'
+                 '            return torch.special.bessel_j0(x)\n\n'
+                 '    return Bessel(), (torch.randn(4, 4),)\n')
+
+
+@pytest.fixture(scope="session")
+def frameworks_run(tmp_path_factory) -> dict:
+    """One real `doit validate` of targets.yaml's `frameworks` matrix plus FAILING_MODEL, in a
+    project copy (test_frameworks goes on in it; test_html reads its report.html). A model
+    whose framework is not installed fails at capture, so the run itself never skips."""
+    import yaml
+    matrix = yaml.safe_load((REPO / "targets.yaml").read_text())["matrices"]["frameworks"]
+    name, text = FAILING_MODEL
+    project = Project(copy_project(tmp_path_factory.mktemp("frameworks") / "proj"))
+    (project.root / "models" / f"{name}.py").write_text(text)
+    models, targets = [*matrix["models"], name], matrix["targets"]
+    proc = project.doit("validate", f"model={','.join(models)}", f"target={','.join(targets)}",
+                        check=False)
+    build = project.root / "build"
+    assert (build / "run.json").exists(), proc.stdout[-4000:] + proc.stderr[-4000:]
+    # the page stays in build/ (its log links are relative) under a name later runs keep
+    page = build / "report.frameworks.html"
+    shutil.copyfile(build / "report.html", page)
+    return {"project": project, "proc": proc, "models": models, "targets": targets,
+            "failing": name, "record": project.record(), "page": page}

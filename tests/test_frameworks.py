@@ -5,8 +5,9 @@ bytes. A user's model file (.onnx, .tflite, .jaxexport, SavedModel directory) gi
 model=PATH builds and validates too.
 
 To stay fast, every installed framework's example is built by ONE doit invocation in one
-project copy (a module-scoped fixture); the per-framework tests then read that run's record and
-are skipped when their framework is not installed."""
+project copy: the session's run of the `frameworks` matrix (conftest's frameworks_run, whose
+report.html test_html reads); the per-framework tests then read that run's record and are
+skipped when their framework is not installed."""
 from __future__ import annotations
 
 import importlib.util
@@ -49,15 +50,16 @@ def files_under(root: Path) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def examples(tmp_path_factory):
-    """Build every installed example on cpu and vulkan, run again, and rebuild elsewhere."""
+def examples(request, tmp_path_factory):
+    """Every installed example built on cpu and vulkan (the session's frameworks run), run
+    again, and rebuilt elsewhere."""
     models = [m for m, (_, modules) in EXAMPLES.items() if installed(modules)]
     if not models:
         pytest.skip("no framework besides torch is installed (kiln[jax,tf,tflite,onnx])")
     args = ("validate", f"model={','.join(models)}", f"target={','.join(TARGETS)}")
-    first = Project(copy_project(tmp_path_factory.mktemp("first") / "proj"))
-    first.doit(*args)
-    first_record = first.record()
+    run = request.getfixturevalue("frameworks_run")
+    assert set(models) <= set(run["models"]) and set(TARGETS) <= set(run["targets"]), run
+    first, first_record = run["project"], run["record"]
     first.doit(*args)
     second_record = first.record()
     other = Project(copy_project(tmp_path_factory.mktemp("other") / "elsewhere" / "deeper"))
