@@ -1,0 +1,157 @@
+"""`doit explain` against what the next real run does (the torch MLP on cpu, real doit, real
+iree-compile): after each change, the tasks explain says run are exactly the tasks the run
+then records as "ran", those it says are restored come back "cached", and explain itself
+writes nothing to build/, the cache or .doit.db."""
+import shutil
+
+import pytest
+
+from conftest import REPO, needs_torch
+
+pytestmark = needs_torch
+ARGS = ("model=mlp", "target=cpu")
+STAGES = ["capture:mlp", "serialize:mlp", "import:mlp", "legalize:mlp", "emit:mlp",
+          "lower:mlp@cpu", "codegen:mlp@cpu", "validate:mlp@cpu"]
+
+
+def files_state(root) -> dict:
+    """Every file kiln may write, by path: its stat and, for .doit.db, its bytes."""
+    state = {}
+    for top in ("build", "cache"):
+        for path in (root / top).rglob("*"):
+            st = path.lstat()
+            state[str(path.relative_to(root))] = (st.st_size, st.st_mtime_ns)
+    db = root / ".doit.db"
+    state[".doit.db"] = db.read_bytes() if db.exists() else None
+    return state
+
+
+def explain(project, *args) -> tuple[dict[str, tuple[str, str]], str]:
+    """task -> (action, why) for each task explain lists; and its output. Asserts that it
+    wrote nothing."""
+    before = files_state(project.root)
+    out = project.doit("explain", *args, *ARGS).stdout
+    assert files_state(project.root) == before, "doit explain wrote to build/, cache/ or .doit.db"
+    listed = {}
+    for line in out.splitlines():
+        action, _, rest = line.partition(" ")
+        if action in ("run", "restore", "maybe", "fail"):
+            task, _, why = rest.strip().partition("  ")
+            listed[task] = (action, why.strip())
+    return listed, out
+
+
+def of(listed: dict, action: str) -> set[str]:
+    return {task for task, (a, _) in listed.items() if a == action}
+
+
+def run(project) -> dict[str, str]:
+    project.doit(*ARGS)
+    return project.statuses()
+
+
+def with_status(statuses: dict, status: str) -> set[str]:
+    return {task for task, s in statuses.items() if s == status}
+
+
+@pytest.fixture
+def built(project):
+    # the command is declared in pyproject.toml ([tool.doit.plugins.command])
+    shutil.copy2(REPO / "pyproject.toml", project.root / "pyproject.toml")
+    listed, _ = explain(project)
+    assert of(listed, "run") == set(STAGES)            # nothing built, nothing cached
+    assert listed["lower:mlp@cpu"][1].startswith("no earlier build of this stage here")
+    assert set(run(project).values()) == {"ran"}
+    return project
+
+
+def test_explain_agrees_with_the_next_run(built):
+    project = built
+    listed, out = explain(project)
+    assert listed == {} and out.strip() == "nothing to do: every task is up to date"
+    # same bytes, new mtimes (a checkout, a copy): still nothing, and no record refreshed
+    for rel in ["mlp/emit/model.mlirbc", "mlp/cpu/codegen/module.vmfb"]:
+        (project.root / "build" / rel).touch()
+    assert explain(project)[0] == {}
+
+    # one stage file edited: that stage runs; what reads its outputs only may
+    with open(project.root / "stages" / "lower.py", "a") as f:
+        f.write("\n# a comment changes the code fingerprint, not the output\n")
+    listed, _ = explain(project)
+    assert listed["lower:mlp@cpu"] == ("run", "changed code: stages/lower.py")
+    assert of(listed, "maybe") == {"codegen:mlp@cpu", "validate:mlp@cpu"}
+    assert "waits on lower:mlp@cpu" in listed["codegen:mlp@cpu"][1]
+    statuses = run(project)
+    assert with_status(statuses, "ran") == of(listed, "run")
+    whys = {t["task"]: t.get("why") for t in project.record()}
+    assert whys["lower:mlp@cpu"] == listed["lower:mlp@cpu"][1]   # the record's own words
+    assert explain(project)[0] == {}
+
+    # a target's flag (one that leaves the code as it was): lower and codegen run
+    config = project.root / "targets.yaml"
+    original = config.read_text()
+    config.write_text(original.replace("    arch: host\n",
+                                       "    arch: host\n    flags: [--mlir-disable-threading]\n", 1))
+    listed, _ = explain(project)
+    assert of(listed, "run") == {"lower:mlp@cpu", "codegen:mlp@cpu"}
+    assert listed["lower:mlp@cpu"][1] == "changed params: flags"
+    statuses = run(project)
+    assert with_status(statuses, "ran") == of(listed, "run")
+    assert with_status(statuses, "ran") <= of(listed, "run") | of(listed, "maybe")
+
+    # the flag taken back: both keys are in the cache, so both are restored, nothing runs
+    config.write_text(original)
+    listed, _ = explain(project)
+    assert of(listed, "run") == set()
+    assert of(listed, "restore") == {"lower:mlp@cpu", "codegen:mlp@cpu"}
+    statuses = run(project)
+    assert with_status(statuses, "cached") == of(listed, "restore")
+    assert with_status(statuses, "ran") == set()
+
+
+def test_explain_predicts_restores(built):
+    project = built
+    # a damaged output is restored; the stage after it reads the same bytes again
+    vmfb = project.root / "build" / "mlp" / "cpu" / "codegen" / "module.vmfb"
+    data = bytearray(vmfb.read_bytes())
+    data[100] ^= 1
+    vmfb.write_bytes(bytes(data))
+    listed, _ = explain(project)
+    assert listed == {"codegen:mlp@cpu": (
+        "restore", "key in the cache (output build/mlp/cpu/codegen/module.vmfb no longer "
+                   "matches what kiln wrote)")}
+    statuses = run(project)
+    assert with_status(statuses, "cached") == {"codegen:mlp@cpu"}
+    assert set(statuses.values()) == {"cached", "up-to-date"}
+
+    # no .doit.db (a fresh clone with a restored cache): every stage comes from the cache
+    (project.root / ".doit.db").unlink()
+    listed, _ = explain(project)
+    assert of(listed, "restore") == set(STAGES)
+    assert not (project.root / ".doit.db").exists()
+    assert set(run(project).values()) == {"cached"}
+
+    # only what `doit compile` reaches
+    (project.root / ".doit.db").unlink()
+    listed, _ = explain(project, "compile")
+    assert of(listed, "restore") == set(STAGES) - {"validate:mlp@cpu"}
+
+
+def test_explain_sees_the_remote_cache(project, cache_server, tmp_path):
+    """A clone with no cache/ and no build/, reading a remote that CI filled: explain says
+    every stage is restored from the remote (without downloading a blob), and it is."""
+    from conftest import Project, copy_project
+    shutil.copy2(REPO / "pyproject.toml", project.root / "pyproject.toml")
+    project.doit(*ARGS, env_extra=cache_server.env(mode="write"))
+    clone = Project(copy_project(tmp_path / "clone"))
+    shutil.copy2(REPO / "pyproject.toml", clone.root / "pyproject.toml")
+    gets = cache_server.requests("GET")
+    out = clone.doit("explain", *ARGS, env_extra=cache_server.env()).stdout
+    assert not any((clone.root / p).exists() for p in ("build", "cache", ".doit.db"))
+    listed = {line.split()[1]: line for line in out.splitlines() if line.startswith("restore")}
+    assert set(listed) == set(STAGES), out
+    assert all("key in the remote cache" in line for line in listed.values())
+    # one GET per entry, none for a blob
+    assert cache_server.requests("GET") - gets == len(STAGES)
+    clone.doit(*ARGS, env_extra=cache_server.env())
+    assert set(clone.statuses().values()) == {"cached"}
