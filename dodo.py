@@ -10,10 +10,9 @@ from pathlib import Path
 
 from doit import get_var
 
-import stages
-from pipeline.config import ConfigError
-from pipeline.record import write_failed_run
-from pipeline.tasks import doit_config, group_tasks, make_plan, prune_task, stage_tasks
+from pipeline.session import Session
+
+HERE = Path(__file__).parent
 
 
 def _interrupt(signum, frame):
@@ -21,19 +20,25 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def make_plan(run):
+    """The whole plan (models, targets, graph): made only when the plan memo is stale or a
+    stage has to run, so these imports stay out of a no-op run."""
+    import stages
+    from pipeline.config import ConfigError
+    from pipeline.record import write_failed_run
+    from pipeline.tasks import make_plan
+    try:
+        return make_plan(get_var, stages.pipeline(), stages.detect, stages.resolve_target,
+                         [HERE / "models"], companions=stages.companions, run=run)
+    except ConfigError as err:
+        write_failed_run(Path.cwd() / "build" / "run.json", str(err))   # never a stale record
+        sys.exit(f"kiln: {err}")
+
+
 signal.signal(signal.SIGTERM, _interrupt)
-
-try:
-    PLAN = make_plan(get_var, stages.pipeline(), stages.detect, stages.resolve_target,
-                     [Path(__file__).parent / "models"], companions=stages.companions)
-except ConfigError as err:
-    write_failed_run(Path.cwd() / "build" / "run.json", str(err))   # never leave a stale record
-    sys.exit(f"kiln: {err}")
-
-DOIT_CONFIG = doit_config(PLAN)
+SESSION = Session(get_var, make_plan, [HERE / "dodo.py", HERE / "pipeline", HERE / "stages"])
+DOIT_CONFIG = SESSION.doit_config()
 
 
 def task_stages():
-    yield from stage_tasks(PLAN)
-    yield from group_tasks(PLAN)
-    yield from prune_task(PLAN, get_var("days"))
+    yield from SESSION.tasks()

@@ -10,7 +10,17 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
+
+class _Yaml:
+    """PyYAML, imported on first use: a no-op run served by the plan memo (pipeline.memo)
+    never reads targets.yaml, and importing yaml is a sixth of what such a run may cost."""
+
+    def __getattr__(self, name):
+        import yaml
+        return getattr(yaml, name)
+
+
+yaml = _Yaml()
 
 
 class ConfigError(Exception):

@@ -39,7 +39,7 @@ spec = json.loads(sys.argv[1])
 cmd.reset_vars()
 for name, value in spec["vars"].items():
     cmd.set_var(name, value)
-plan = runpy.run_path("dodo.py")["PLAN"]
+plan = runpy.run_path("dodo.py")["SESSION"].plan()
 from pipeline.executor import run_node
 print("KILN-RESULT " + json.dumps(run_node(plan, spec["task"])))
 """

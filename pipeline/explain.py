@@ -34,11 +34,11 @@ import networkx as nx
 from doit.cmd_base import DoitCmdBase, check_tasks_exist
 from doit.dependency import Dependency, JsonDB, MD5Checker, SqliteDB, get_file_md5
 from doit.exceptions import InvalidCommand
-from doit.tools import config_changed
 
-from . import keys, record, remote, tasks as kiln_tasks
-from .runner import (Layout, _previous_entry, changed_outputs, compute_key, explain as why_ran,
-                     read_files)
+from . import keys, memo, record, remote, tasks as kiln_tasks
+from .intact import changed_outputs, outputs_intact
+from .runner import Layout, _previous_entry, compute_key, explain as why_ran, read_files
+from .session import CHECK_SIGNATURE, _Check
 from .stage import Node
 from .store import Store, _is_whole
 
@@ -130,21 +130,32 @@ def read_only_dependency(dep_file: str, backend: str, checker_cls, codec_cls) ->
                       codec_cls=codec_cls)
 
 
-def _outputs_intact_read_only(task) -> bool | None:
-    """tasks.outputs_intact without its one write (refreshing a touched output's stat)."""
+def _recorded_outputs(task, values) -> dict | None:
+    """The outputs the task's last run recorded: as doit saved them, else the entry file's."""
+    entry = values.get("entry") if isinstance(values.get("entry"), dict) else \
+        _previous_entry(Path(task.meta["kiln"]["entry"]))
+    outputs = entry.get("outputs")
+    return outputs if isinstance(outputs, dict) else None
+
+
+def _check_read_only(task, values) -> bool | None:
+    """session's stage check without its writes (the touched-output refresh, the record)."""
     info = task.meta["kiln"]
-    entry = _previous_entry(Path(info["entry"]))
-    try:
-        return not changed_outputs(Path(info["out_dir"]), entry["outputs"])[0]
-    except (OSError, KeyError, TypeError, AttributeError, ValueError):
+    if values.get("watched") != info["watched"] or not isinstance(values.get("entry"), dict):
+        return False
+    recorded = _recorded_outputs(task, values)
+    if recorded is None:
         return None
+    return outputs_intact(info["out_dir"], recorded, info["entry"], refresh=False)
+
+
+_check_read_only.__signature__ = CHECK_SIGNATURE
 
 
 def _read_only_uptodate(task) -> None:
-    """Swap the stage task's outputs_intact for the read-only one (this process runs nothing)."""
-    task.uptodate = [(_outputs_intact_read_only, args, kwargs)
-                     if utd is kiln_tasks.outputs_intact else (utd, args, kwargs)
-                     for utd, args, kwargs in task.uptodate]
+    """Swap the stage task's check for the read-only one (this process runs nothing)."""
+    task.uptodate = [(_check_read_only, args, kwargs) if isinstance(utd, _Check)
+                     else (utd, args, kwargs) for utd, args, kwargs in task.uptodate]
 
 
 # --- the cache, read-only ---------------------------------------------------------------
@@ -239,16 +250,20 @@ class Judge:
             return [NO_RECORD]   # (then every file counts as changed: saying so adds nothing)
         words = []
         for utd, _, _ in reasons.get("uptodate_false", []):
-            if isinstance(utd, config_changed):
-                words.append("changed params or tool versions")
-            elif utd is _outputs_intact_read_only:
-                out_dir = Path(task.meta["kiln"]["out_dir"])
-                entry = _previous_entry(Path(task.meta["kiln"]["entry"]))
-                words += [f"output {self._shown(out_dir / rel)} no longer matches what kiln wrote"
-                          for rel in changed_outputs(out_dir, entry["outputs"])[0]
-                          if (out_dir / rel).exists()]
-            else:
+            values = self.dep.get_values(task.name)
+            if utd is not _check_read_only:
                 words.append(f"{utd!r} says it is not up to date")
+            elif "watched" not in values:
+                words.append("no record of its params (its last run failed, or an older kiln "
+                             "ran it)")
+            elif values["watched"] != task.meta["kiln"]["watched"]:
+                words.append("changed params or tool versions")
+            else:
+                out_dir = Path(task.meta["kiln"]["out_dir"])
+                recorded = _recorded_outputs(task, values) or {}
+                words += [f"output {self._shown(out_dir / rel)} no longer matches what kiln wrote"
+                          for rel in changed_outputs(out_dir, recorded)[0]
+                          if (out_dir / rel).exists()]
         words += [f"output {self._shown(t)} is missing" for t in reasons.get("missing_target", [])]
         if reasons.get("checker_changed"):
             words.append("doit's file checker changed")
@@ -357,10 +372,12 @@ def selected_nodes(plan, tasks: dict, names: list[str]) -> set[Node]:
 
 def _write_nothing() -> None:
     """What loading dodo.py writes, skipped in this process: remembered tool answers
-    (build/.kiln/tool-probes.json: without it tools are asked again, never wrongly) and the
-    failed-run record a bad command line leaves (the error still stops explain)."""
+    (build/.kiln/tool-probes.json: without it tools are asked again, never wrongly), the plan
+    memo (the plan is made again next run) and the failed-run record a bad command line
+    leaves (the error still stops explain)."""
     keys._write_probes = lambda path, entries: None
     record.write_failed_run = lambda run_file, error: None
+    memo.save = lambda *args, **kwargs: None
 
 
 class _NotOpened:
@@ -381,9 +398,10 @@ class Explain(DoitCmdBase):
         return super().execute(params, args)
 
     def _execute(self, pos_args, dep_file, backend, check_file_uptodate, codec_cls):
-        plan = self.loader.namespace.get("PLAN")
-        if plan is None:
-            raise InvalidCommand("doit explain needs kiln's dodo.py (it reads its PLAN)")
+        session = self.loader.namespace.get("SESSION")
+        if session is None:
+            raise InvalidCommand("doit explain needs kiln's dodo.py (it reads its SESSION)")
+        plan = session.plan()
         dep = read_only_dependency(dep_file, backend, self.get_checker_cls(check_file_uptodate),
                                    self.get_codec_cls(codec_cls))
         try:

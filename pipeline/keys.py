@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.metadata
 import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable
 
 CHUNK = 1 << 20
@@ -81,7 +81,7 @@ def probe_cache_file() -> Path | None:
     return Path(explicit) if explicit else _probe_cache
 
 
-def _exe_identity(exe: str) -> list | None:
+def exe_identity(exe: str) -> list | None:
     try:
         real = os.path.realpath(exe)
         st = os.stat(real)
@@ -90,15 +90,53 @@ def _exe_identity(exe: str) -> list | None:
     return [real, st.st_size, st.st_mtime_ns]
 
 
+@dataclass(frozen=True)
+class Watch:
+    """What else an executable's answer depends on (a device list: the boot, the device
+    nodes, the driver manifests, the selecting environment), as cheap checks: directories
+    whose mtime changes when an entry comes or goes, small files read whole, variables."""
+    places: tuple[str, ...] = ()
+    files: tuple[str, ...] = ()
+    env: tuple[str, ...] = ()
+
+    def state(self) -> dict:
+        return {"host": os.uname().nodename,
+                "places": {p: _mtime_ns(p) for p in self.places},
+                "files": {f: _read_small(f) for f in self.files},
+                "env": {v: os.environ.get(v) for v in self.env}}
+
+
+def _mtime_ns(path: str) -> int | None:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None
+
+
+def _read_small(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read(4096).strip()
+    except OSError:
+        return None
+
+
+# the probes this process made, with what they depend on: the plan memo re-checks them
+# (pipeline.memo) before it trusts a task list that was made from their answers
+PROBED: list[tuple[str, Watch | None]] = []
+
+
 def probe(exe: str, args: tuple[str, ...], ask: Callable[[], str | list | None],
-          extra: object = None):
+          watch: Watch | None = None):
     """ask()'s answer about exe, from the probe cache when exe (path, size, mtime_ns), args and
-    extra are what they were when it was last asked; None answers are never remembered.
-    A missing or damaged cache file is ignored and rewritten (atomically)."""
-    identity = _exe_identity(exe)
+    what watch names are what they were when it was last asked; None answers are never
+    remembered. A missing or damaged cache file is ignored and rewritten (atomically)."""
+    PROBED.append((exe, watch))
+    identity = exe_identity(exe)
     if identity is None:
         return ask()
-    key = canonical({"exe": identity, "args": list(args), "extra": extra})
+    key = canonical({"exe": identity, "args": list(args),
+                     "extra": watch.state() if watch else None})
     path = probe_cache_file()
     if path is None:
         return ask()
@@ -145,6 +183,7 @@ def _write_probes(path: Path, entries: dict) -> None:
 @functools.lru_cache(maxsize=None)
 def package_version(dist: str) -> str:
     """Cheap version lookup (no import, no subprocess): used for doit's up-to-date check."""
+    import importlib.metadata   # here: 15 ms that a no-op run from the plan memo never pays
     try:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:

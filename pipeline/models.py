@@ -153,10 +153,9 @@ def unreadable(model_dirs: list[Path], known: dict) -> dict[str, str]:
     return found
 
 
-def warn_left_out(unreadable: dict[str, str]) -> None:
+def left_out(unreadable: dict[str, str]) -> list[str]:
     """Unreadable files no one selected: a warning, never a stop for the other models."""
-    for name, why in unreadable.items():
-        print(f"kiln: warning: model {name} left out: {why}", file=sys.stderr)
+    return [f"kiln: warning: model {name} left out: {why}" for name, why in unreadable.items()]
 
 
 def check_frameworks(models: list[ModelSpec], stages: list, config: Config) -> None:

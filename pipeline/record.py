@@ -1,4 +1,4 @@
-"""The run record: build/run.json (and build/report.md), written at the end of every doit run.
+"""The run record: build/run.json, report.md and report.html, written at the end of every run.
 
 The runner leaves one entry per executed stage under build/.kiln/tasks/; this reporter adds
 what only doit knows (which tasks it skipped as up-to-date, which never ran because an
@@ -6,15 +6,17 @@ upstream task failed), writes the record atomically and prints the summary table
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from doit.exceptions import DependencyError, UnmetDependency
 from doit.reporter import ConsoleReporter
 
-from . import html, report
 from .store import atomic_write, describe_os_error
 
 
@@ -23,10 +25,12 @@ class RunLog:
     """What this doit invocation learns as it goes, for the reporter."""
     entries: dict[str, dict] = field(default_factory=dict)   # stage entries, by task name
     warnings: list[str] = field(default_factory=list)        # run-level (a .doit.db moved aside)
+    previous: dict[str, dict] = field(default_factory=dict)  # up-to-date tasks' last entries
 
 
-def _entry(task, fresh: dict[str, dict]) -> dict | None:
-    """The task's entry from this run (in memory), else the one its last run wrote."""
+def _entry(task, fresh: dict[str, dict], previous: dict[str, dict]) -> dict | None:
+    """The task's entry from this run (in memory), else its last run's: as doit saved it
+    (read by the up-to-date check), else as the runner wrote it."""
     info = (task.meta or {}).get("kiln")
     if info is None:
         return None
@@ -34,6 +38,8 @@ def _entry(task, fresh: dict[str, dict]) -> dict | None:
              "target": info["target"], "key": None}
     if task.name in fresh:
         entry.update(fresh[task.name])
+    elif task.name in previous:
+        entry.update(previous[task.name])
     else:
         try:
             entry.update(json.loads(Path(info["entry"]).read_text()))
@@ -46,7 +52,7 @@ def _entry(task, fresh: dict[str, dict]) -> dict | None:
     return entry
 
 
-def make_reporter(run_file: Path, run: RunLog):
+def make_reporter(run_file: Path, run: RunLog, after: Callable[[], None] | None = None):
     fresh = run.entries
 
     class KilnReporter(ConsoleReporter):
@@ -76,9 +82,12 @@ def make_reporter(run_file: Path, run: RunLog):
         def initialize(self, tasks, selected_tasks):
             super().initialize(tasks, selected_tasks)
             self.entries = []
+            # the record lists tasks in the plan's order, not doit's (which varies between
+            # runs): an unchanged run gives the same bytes
+            self.order = {name: i for i, name in enumerate(tasks)}
 
         def _add(self, task, **override):
-            entry = _entry(task, fresh)
+            entry = _entry(task, fresh, run.previous)
             if entry is not None:
                 entry.update(override)
                 self.entries.append(entry)
@@ -98,7 +107,7 @@ def make_reporter(run_file: Path, run: RunLog):
                           key=None, error=None, command=None, result=None, warnings=None,
                           why=None, remote=None, worker=None)
             else:  # the runner's entry says why; if it never got to write one, doit's message
-                entry = _entry(task, fresh) or {}
+                entry = _entry(task, fresh, run.previous) or {}
                 extra = {} if entry.get("status") == "failed" else {"error": fail.get_msg().strip()}
                 self._add(task, status="failed", **extra)
 
@@ -116,19 +125,13 @@ def make_reporter(run_file: Path, run: RunLog):
             if self.progress is not None:
                 self.progress.stop()   # the live lines go before the table (also after Ctrl-C)
             tasks = [{k: v for k, v in e.items() if v is not None or k in ("target", "key")}
-                     for e in self.entries]
+                     for e in sorted(self.entries, key=lambda e: self.order.get(e["task"], 0))]
             if tasks:  # a run of no stage (doit prune) keeps the last build's record
-                self.outstream.write("\n" + report.table(tasks) + "\n")
-                for warning, names in _warnings(tasks).items():
-                    more = f" (and {len(names) - 1} more tasks)" if len(names) > 1 else ""
-                    self.outstream.write(f"warning: {names[0]}{more}: {warning}\n")
-                for warning in run.warnings:
-                    self.outstream.write(f"warning: {warning}\n")
-                if any("remote" in t for t in tasks):
-                    self.outstream.write(_remote_line(tasks) + "\n")
                 record = {"tasks": tasks, **({"warnings": run.warnings} if run.warnings else {})}
-                self.outstream.write(_write_record(run_file, record) + "\n")
+                self.outstream.write(_publish(run_file, record))
             super().complete_run()
+            if after is not None:
+                after()
 
     return KilnReporter
 
@@ -142,6 +145,49 @@ def _progress(outstream):
         outstream.write(f"kiln: warning: {err}; progress is off\n")
         settings = None
     return Progress(outstream, settings)
+
+
+def _summary(record: dict) -> str:
+    """What the console shows at the end of a run: the table, each warning once, the remote."""
+    from . import report   # (tabulate: not needed when the summary is the last run's)
+    tasks = record["tasks"]
+    lines = ["", report.table(tasks)]
+    for warning, names in _warnings(tasks).items():
+        more = f" (and {len(names) - 1} more tasks)" if len(names) > 1 else ""
+        lines.append(f"warning: {names[0]}{more}: {warning}")
+    lines += [f"warning: {warning}" for warning in record.get("warnings", [])]
+    if any("remote" in t for t in tasks):
+        lines.append(_remote_line(tasks))
+    return "\n".join(lines) + "\n"
+
+
+def _publish(run_file: Path, record: dict) -> str:
+    """Write the record and its reports; return the summary to print. A record identical
+    to the last one (a no-op run) whose files are still as written reuses them."""
+    memo_file = run_file.parent / ".kiln" / "summary.json"
+    # compact JSON for the comparison: the C encoder, several times faster than indent=1's
+    digest = hashlib.sha256(json.dumps(record, separators=(",", ":")).encode()).hexdigest()
+    try:
+        memo = json.loads(memo_file.read_bytes())
+        if memo["record"] == digest and all(_stat(Path(f)) == st for f, st in memo["files"].items()):
+            return memo["text"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    text = _summary(record)
+    line, written = _write_record(run_file, record)
+    if written:
+        with contextlib.suppress(OSError):
+            atomic_write(memo_file, json.dumps({"record": digest, "text": text + line + "\n",
+                                                "files": {str(f): _stat(f) for f in written}}).encode())
+    return text + line + "\n"
+
+
+def _stat(path: Path) -> list | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
 
 
 def _warnings(tasks: list[dict]) -> dict[str, list[str]]:
@@ -161,17 +207,20 @@ def _remote_line(tasks: list[dict]) -> str:
             f"errors, {counts['stored']} stored")
 
 
-def _write_record(run_file: Path, record: dict) -> str:
-    """Write run.json, report.md and report.html; the line to print about it."""
+def _write_record(run_file: Path, record: dict) -> tuple[str, list[Path]]:
+    """Write run.json, report.md and report.html: (the line to print about it, the files
+    written)."""
+    from . import html, report   # (tabulate, and matplotlib where a chart is drawn)
+    written = [run_file, run_file.with_name("report.md"), run_file.with_name("report.html")]
     try:
         atomic_write(run_file, json.dumps(record, indent=1).encode())
-        atomic_write(run_file.with_name("report.md"), report.markdown(record).encode())
+        atomic_write(written[1], report.markdown(record).encode())
         # charts whose data did not change come from the memo: a no-op run draws nothing
         page = html.page(record, memo=run_file.parent / ".kiln" / "charts")
-        atomic_write(run_file.with_name("report.html"), page.encode())
+        atomic_write(written[2], page.encode())
     except OSError as err:
-        return f"kiln: the run record was not written: {describe_os_error(err)}"
-    return f"run record: {run_file}"
+        return f"kiln: the run record was not written: {describe_os_error(err)}", []
+    return f"run record: {run_file}", written
 
 
 def write_failed_run(run_file: Path, error: str) -> None:

@@ -6,7 +6,7 @@
 
 Outputs reach build/ by rename only after the stage succeeded, so build/ never holds a
 half-written file; the store is written the same way. The entry records each output's digest
-and stat, so an output damaged or edited in build/ later is noticed (tasks.outputs_intact)
+and stat, so an output damaged or edited in build/ later is noticed (pipeline.intact)
 and brought back here, with a warning.
 """
 from __future__ import annotations
@@ -25,6 +25,7 @@ from .config import Target
 from .remote import RemoteSettings
 from .stage import ModelSpec, Node, Stage, StageContext, StageError, StageSkipped
 from .store import UNWRITABLE, Store, atomic_write, describe_os_error
+from .intact import changed_outputs, output_stats
 
 
 @dataclass(frozen=True)
@@ -165,33 +166,6 @@ def _write_entry(layout: Layout, node: Node, entry: dict, log_lines: list[str]) 
             raise
         entry.setdefault("warnings", []).append(f"record entry not written: {describe_os_error(err)}")
         entry["log"] = None
-
-
-def output_stats(out_dir: Path, outputs: dict[str, str]) -> dict[str, list]:
-    """rel -> [digest, size, mtime_ns] of installed outputs: what 'intact' is checked against."""
-    stats = {}
-    for rel, digest in outputs.items():
-        st = (out_dir / rel).stat()
-        stats[rel] = [digest, st.st_size, st.st_mtime_ns]
-    return stats
-
-
-def changed_outputs(out_dir: Path, recorded: dict) -> tuple[list[str], dict]:
-    """(recorded outputs whose file no longer holds what kiln wrote, the stats as they are
-    now). Cheap when nothing changed: a file is hashed only when its size or mtime differ
-    from the record; one that hashes equal (touched, copied) gets its new stat back, so the
-    caller can refresh the record and not hash it again next time."""
-    changed, stats = [], {}
-    for rel, (digest, size, mtime_ns) in recorded.items():
-        try:
-            st = (out_dir / rel).stat()
-        except FileNotFoundError:
-            changed.append(rel)
-            continue
-        stats[rel] = [digest, st.st_size, st.st_mtime_ns]
-        if (st.st_size, st.st_mtime_ns) != (size, mtime_ns) and keys.digest_file(out_dir / rel) != digest:
-            changed.append(rel)
-    return changed, stats
 
 
 def _damaged_outputs(previous: dict, key: str, out_dir: Path) -> list[str]:

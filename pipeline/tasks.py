@@ -1,32 +1,29 @@
-"""doit glue: turn the command line into a plan, the plan's graph into doit tasks.
+"""doit glue: turn the command line into a plan, the plan's graph into doit task specs.
 
-doit owns scheduling, the CLI and the local up-to-date check (file_dep by content, params
-and tool versions by config_changed); the store owns reuse across runs and machines. The
-task action only calls runner.execute, the one place that decides restore or run.
+doit owns scheduling, the CLI and the local up-to-date check (file_dep by content; params,
+tool versions and outputs by pipeline.session's check); the store owns reuse across runs
+and machines. A task's action only calls runner.execute, the one place that decides restore
+or run. Specs are plain data, so pipeline.memo can keep them between runs.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
+import functools
 import os
-import sqlite3
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import networkx as nx
 from doit.exceptions import TaskFailed
-from doit.tools import config_changed
 
 from . import executor, keys, models as model_registry, remote
 from .executor import DaskExecutor
 from .config import Config, ConfigError, load_config
 from .graph import build_graph, shard
-from .record import RunLog, make_reporter
-from .runner import Layout, changed_outputs, execute, read_files
-from .store import Store, atomic_write, prune_scratch
+from .record import RunLog
+from .runner import Layout, execute, read_files
+from .store import Store, prune_scratch
 from .stage import ModelSpec, Node, Stage
 
 
@@ -39,6 +36,12 @@ class Plan:
     graph: nx.DiGraph
     run: RunLog = dataclasses.field(default_factory=RunLog)   # what the reporter is told
     executor: DaskExecutor | None = None    # where stages that miss the cache run (None: here)
+    model_dirs: list[Path] = dataclasses.field(default_factory=list)   # where models were found
+    notices: list[str] = dataclasses.field(default_factory=list)       # printed at every run
+
+    @functools.cached_property
+    def nodes_by_task(self) -> dict[str, Node]:
+        return {node.task_name: node for node in self.graph}
 
 
 def _pick(value: str | None, valid: dict, default: tuple, what: str, config: Config,
@@ -86,7 +89,8 @@ def parse_shapes(text: str | None) -> dict:
 def make_plan(get_var: Callable[[str], str | None], stages: list[Stage],
               detect: model_registry.Detect, resolve_target: Callable, model_dirs: list[Path],
               root: Path | None = None,
-              companions: model_registry.Companions = model_registry._no_companions) -> Plan:
+              companions: model_registry.Companions = model_registry._no_companions,
+              run: RunLog | None = None) -> Plan:
     root = Path(root or os.getcwd()).resolve()
     config = load_config(get_var("config") or os.environ.get("KILN_CONFIG") or root / "targets.yaml")
     layout = Layout(root, root / "build", Path(os.environ.get("KILN_CACHE") or root / "cache").resolve(),
@@ -112,7 +116,7 @@ def make_plan(get_var: Callable[[str], str | None], stages: list[Stage],
     models = _pick(get_var("model"), known, matrix.models, "model", config,
                    lambda p: model_registry.from_path(Path(p), detect, shapes, None, companions),
                    unreadable)
-    model_registry.warn_left_out(unreadable)   # none is selected: _pick refuses those
+    notices = model_registry.left_out(unreadable)   # none is selected: _pick refuses those
     model_registry.check_frameworks(models, stages, config)
     models = _with_inputs(models, get_var("inputs"))
     targets = [resolve_target(t) for t in
@@ -120,7 +124,8 @@ def make_plan(get_var: Callable[[str], str | None], stages: list[Stage],
     graph = build_graph(stages, models, targets)
     if get_var("shard"):
         graph = shard(graph, *parse_shard(get_var("shard")))
-    return Plan(config, layout, graph, executor=_executor(get_var, layout, stages))
+    return Plan(config, layout, graph, run or RunLog(), _executor(get_var, layout, stages),
+                model_dirs + [config.root / "models"], notices)
 
 
 def _executor(get_var, layout: Layout, stages: list[Stage]) -> DaskExecutor | None:
@@ -189,7 +194,10 @@ def upstream_of(plan: Plan, node: Node) -> dict[str, tuple[Stage, Path]]:
             for up in plan.graph.predecessors(node)}
 
 
-def _action(plan: Plan, node: Node):
+def stage_action(plan: Plan, task_name: str, watched: str):
+    """A stage task's action: the runner's entry goes to the reporter and, as the task's
+    values, into doit's database, where the next run's up-to-date check finds it."""
+    node = plan.nodes_by_task[task_name]
     data = plan.graph.nodes[node]
     delegate = None
     if plan.executor is not None:
@@ -202,28 +210,24 @@ def _action(plan: Plan, node: Node):
         detail = f"\n  command: {entry['command']}" if entry.get("command") else ""
         return TaskFailed(f"{node.task_name} failed at {node.stage}: {entry['error']}{detail}\n"
                           f"  log: {entry['log']}")
-    return None
+    return {"watched": watched, "entry": {k: v for k, v in entry.items() if k != "fingerprint"}}
 
 
-def outputs_intact(task) -> bool | None:
-    """doit up-to-date check: False when an output in build/ no longer holds what its stage
-    recorded (edited, damaged), so the runner restores it; None when there is no record.
-    doit itself only checks that targets exist."""
-    info = task.meta["kiln"]
-    entry_file = Path(info["entry"])
-    try:
-        entry = json.loads(entry_file.read_text())
-        changed, stats = changed_outputs(Path(info["out_dir"]), entry["outputs"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None   # no record of outputs (a failed or skipped stage): doit's checks decide
-    if not changed and stats != entry["outputs"]:
-        # same bytes, new stat (touched, copied): record it so the next check is a stat again
-        with contextlib.suppress(OSError):
-            atomic_write(entry_file, json.dumps({**entry, "outputs": stats}, indent=1).encode())
-    return not changed
+def watched_digest(stage: Stage, model: ModelSpec, target) -> str:
+    """Params and tool versions, as one digest: a changed flag or compiler re-runs only the
+    tasks it reaches (doit compares it with the one the last run saved)."""
+    return keys.digest_bytes(keys.canonical(
+        {"params": stage.params(model, target),
+         "tools": {t: keys.tool_version(t) for t in stage.tools(model)}}).encode())
 
 
-def stage_tasks(plan: Plan):
+def task_specs(plan: Plan) -> list[dict]:
+    """Every doit task of the plan as plain data ("kiln_action" names the action that
+    pipeline.session attaches): stage tasks in topological order, then the groups."""
+    return [*_stage_specs(plan), *_group_specs(plan)]
+
+
+def _stage_specs(plan: Plan):
     dirs: dict = {}     # node -> its directory, asked once per node
     code: dict = {}     # (stage, model) -> its code files as text
     for node in nx.topological_sort(plan.graph):
@@ -237,82 +241,52 @@ def stage_tasks(plan: Plan):
         deps += code[code_key][2]
         if _is_entry(plan, node):
             deps += [str(f) for path in model.sources.values() for f in keys.source_files(path)]
-        # params and tool versions: a changed flag or compiler re-runs only what it reaches
-        watched = keys.canonical({"params": stage.params(model, target),
-                                  "tools": {t: keys.tool_version(t) for t in stage.tools(model)}})
         yield {
             "basename": node.stage,
             "name": node.task_name.split(":", 1)[1],
-            "actions": [(_action, [plan, node])],
+            "kiln_action": "stage",
             "file_dep": deps,
             "targets": [str(p) for p in _node_files(plan, node, dirs)],
-            "uptodate": [config_changed(watched), outputs_intact],
             "meta": {"kiln": {"stage": node.stage, "model": node.model, "target": node.target,
                               "entry": str(plan.layout.entry_file(node)),
-                              "out_dir": str(_node_dir(plan, node, dirs))}},
+                              "out_dir": str(_node_dir(plan, node, dirs)),
+                              "watched": watched_digest(stage, model, target)}},
             "doc": f"{node.stage} {model.name}" + (f" for {target.name}" if target else ""),
         }
 
 
-def group_tasks(plan: Plan):
+def _group_specs(plan: Plan):
     codegen = [n.task_name for n in plan.graph if n.stage == "codegen"]
     yield {"basename": "compile", "actions": None, "task_dep": codegen,
            "doc": "compile the selected models for the selected targets (model=, target=)"}
-
-
-def prune_task(plan: Plan, days: str | None):
-    def prune():
-        try:
-            max_age = float(days if days is not None else 30)
-        except ValueError:
-            return TaskFailed(f"days={days}: expected a number of days")
-        print(f"kiln: {Store(plan.layout.cache).prune(max_age)} (unused for {max_age:g} days)")
-        scratch = prune_scratch(plan.layout.build / ".tmp")
-        if scratch:
-            print(f"kiln: removed {scratch} temp directories killed runs left in build/.tmp")
-
-    yield {"basename": "prune", "actions": [prune], "uptodate": [False], "verbosity": 2,
+    yield {"basename": "prune", "kiln_action": "prune", "uptodate": [False], "verbosity": 2,
            "doc": "drop cache entries unused for days= (default 30) and blobs nothing names"}
 
 
-def set_aside_if_damaged(dep_file: Path) -> str | None:
-    """doit stops every run (exit 3) on a damaged database until someone deletes it. Move it
-    aside instead: the store turns the lost up-to-date state into cache hits, not compiles.
-    Returns the warning, or None when the file is absent or sound."""
-    if not dep_file.exists():
-        return None
+def prune(cache: Path, build: Path, days: str | None):
     try:
-        with contextlib.closing(sqlite3.connect(f"file:{dep_file}?mode=ro", uri=True)) as db:
-            verdict = db.execute("PRAGMA quick_check").fetchone()[0]
-            has_table = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'doit'").fetchone()
-            # sqlite keeps no checksums: a flipped byte in a row shows only when doit decodes it
-            for (data,) in db.execute("SELECT task_data FROM doit") if has_table else ():
-                json.loads(data)
-    except sqlite3.OperationalError as err:   # locked or busy (another doit): not damage
-        return None if "locked" in str(err) or "busy" in str(err) else \
-            _set_aside(dep_file, str(err))
-    except (sqlite3.Error, ValueError, TypeError) as err:
-        verdict = str(err)
-    return None if verdict == "ok" else _set_aside(dep_file, verdict)
+        max_age = float(days if days is not None else 30)
+    except ValueError:
+        return TaskFailed(f"days={days}: expected a number of days")
+    print(f"kiln: {Store(cache).prune(max_age)} (unused for {max_age:g} days)")
+    scratch = prune_scratch(build / ".tmp")
+    if scratch:
+        print(f"kiln: removed {scratch} temp directories killed runs left in build/.tmp")
+    return None
 
 
-def _set_aside(dep_file: Path, verdict: str) -> str:
-    aside = dep_file.with_name(dep_file.name + ".damaged")
-    os.replace(dep_file, aside)
-    return (f"{dep_file} was damaged ({verdict}); moved it to {aside.name} and went on: "
-            "stages are restored from the cache")
-
-
-def doit_config(plan: Plan) -> dict:
-    dep_file = plan.layout.root / ".doit.db"
-    warning = set_aside_if_damaged(dep_file)
-    if warning:
-        plan.run.warnings.append(warning)
-        print(f"kiln: warning: {warning}", file=sys.stderr)
-    return {
-        "backend": "sqlite3",
-        "dep_file": str(dep_file),
-        "continue": True,           # one failing model x target never stops the others
-        "default_tasks": ["validate"],
-        "reporter": make_reporter(plan.layout.build / "run.json", plan.run),
-    }
+def plan_inputs(plan: Plan) -> tuple[list[Path], list[Path]]:
+    """(files read, directories listed) in making the plan: what pipeline.memo re-checks."""
+    files, dirs = [plan.config.path], []
+    for directory in plan.model_dirs:
+        dirs.append(directory)
+        files += sorted(directory.glob("*.py")) if directory.is_dir() else []
+    models = {plan.graph.nodes[n]["model"].name: plan.graph.nodes[n]["model"] for n in plan.graph}
+    for model in models.values():
+        for source in model.sources.values():
+            source = Path(source)
+            dirs.append(source.parent)   # a companion file appearing beside it
+            if source.is_dir():
+                dirs += [source, *(p for p in source.rglob("*") if p.is_dir())]
+            files += keys.source_files(source)
+    return files, dirs

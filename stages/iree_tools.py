@@ -8,7 +8,7 @@ import shlex
 import subprocess
 from pathlib import Path
 
-from pipeline.keys import find_executable, probe
+from pipeline.keys import Watch, find_executable, probe
 from pipeline.stage import StageError
 
 
@@ -68,7 +68,7 @@ def devices() -> tuple[str, ...]:
                               check=False)
         return [line.strip() for line in proc.stdout.splitlines() if "://" in line]
 
-    return tuple(probe(exe, ("--list_devices",), ask, _machine_state()))
+    return tuple(probe(exe, ("--list_devices",), ask, DEVICE_WATCH))
 
 
 # what can change the device list without changing iree-run-module
@@ -78,17 +78,5 @@ DEVICE_ENV = ("VK_ICD_FILENAMES", "VK_DRIVER_FILES", "VK_ADD_DRIVER_FILES",
               "CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES",
               "LD_LIBRARY_PATH")
 
-
-def _machine_state() -> dict:
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        boot = None
-    places = {}
-    for place in DEVICE_PLACES:
-        try:
-            places[place] = os.stat(place).st_mtime_ns
-        except OSError:
-            places[place] = None
-    return {"host": os.uname().nodename, "boot": boot, "places": places,
-            "env": {v: os.environ.get(v) for v in DEVICE_ENV}}
+DEVICE_WATCH = Watch(places=DEVICE_PLACES, files=("/proc/sys/kernel/random/boot_id",),
+                     env=DEVICE_ENV)

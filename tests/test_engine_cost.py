@@ -96,11 +96,20 @@ def test_the_device_list_is_asked_again_when_the_machine_changes(tmp_path, monke
         asked.append(1)
         return ["local-task://"]
 
-    assert keys.probe(str(exe), ("--list_devices",), ask, {"env": "a"}) == ["local-task://"]
-    assert keys.probe(str(exe), ("--list_devices",), ask, {"env": "a"}) == ["local-task://"]
+    place = tmp_path / "icd.d"
+    place.mkdir()
+    watch = keys.Watch(places=(str(place),), env=("KILN_TEST_DEVICES",))
+    monkeypatch.setenv("KILN_TEST_DEVICES", "a")
+    assert keys.probe(str(exe), ("--list_devices",), ask, watch) == ["local-task://"]
+    assert keys.probe(str(exe), ("--list_devices",), ask, watch) == ["local-task://"]
     assert len(asked) == 1
-    assert keys.probe(str(exe), ("--list_devices",), ask, {"env": "b"}) == ["local-task://"]
+    monkeypatch.setenv("KILN_TEST_DEVICES", "b")           # the selecting environment
+    assert keys.probe(str(exe), ("--list_devices",), ask, watch) == ["local-task://"]
     assert len(asked) == 2
+    (place / "lvp_icd.json").write_text("{}")               # a driver manifest appears
+    os.utime(place, ns=(1, place.stat().st_mtime_ns + 1_000_000_000))
+    assert keys.probe(str(exe), ("--list_devices",), ask, watch) == ["local-task://"]
+    assert len(asked) == 3
 
 
 def test_the_cached_version_is_the_tools_own_text(tmp_path, monkeypatch):

@@ -1,0 +1,126 @@
+"""The plan memo: the task list of the last run, reused while nothing it was made from changed.
+
+Making the plan reads targets.yaml, discovers the models, asks the tools their versions and
+devices, builds the graph and computes every task's dependencies: on 600 tasks that is most
+of a no-op run. The memo (build/.kiln/plan-memo.json) holds the task list as data together
+with what it was made from, as checks that cost a stat each:
+
+- the command-line variables, the environment kiln and its tools read, the working
+  directory, the interpreter, this machine and its boot;
+- size and mtime of every file the plan read (targets.yaml, kiln's own code, the models/
+  directories and every model source) and mtime of every directory it listed;
+- the installed distributions (their site-packages directories) and each tool it asked,
+  with what the answer depends on (keys.Watch).
+
+Any difference and the plan is made again, then remembered. The memo decides only which tasks
+exist and what they depend on; whether a task is up to date is still doit's and the store's.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Iterable
+
+from . import keys
+
+FORMAT = 1
+VARIABLES = ("config", "matrix", "model", "target", "shapes", "inputs", "shard", "executor",
+             "days")
+# what kiln, iree-compile and the runtime read from the environment
+ENV_PREFIXES = ("KILN_", "IREE_", "VK_", "CUDA_", "HIP_", "ROCR_")
+ENV_NAMES = ("PATH", "LD_LIBRARY_PATH", "PYTHONPATH", "VIRTUAL_ENV")
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
+
+
+def context(get_var: Callable[[str], str | None], root: Path) -> dict:
+    """What the plan depends on that is not a file: checked whole, every run."""
+    return {"format": FORMAT, "vars": {n: get_var(n) for n in VARIABLES},
+            "env": {k: v for k, v in os.environ.items()
+                    if k.startswith(ENV_PREFIXES) or k in ENV_NAMES},
+            "cwd": str(root), "python": [sys.executable, sys.version],
+            "host": os.uname().nodename, "boot": keys._read_small(BOOT_ID)}
+
+
+def _stat(path: str) -> list | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def file_facts(files: Iterable[Path], listed_dirs: Iterable[Path]) -> dict[str, list | None]:
+    """path -> [size, mtime_ns] (None: absent) for the files read and the directories listed
+    (a directory's mtime changes when an entry is added, removed or renamed)."""
+    return {str(p): _stat(str(p)) for p in [*files, *listed_dirs]}
+
+
+def code_facts(packages: Iterable[Path]) -> tuple[list[Path], list[Path]]:
+    """Every .py file of kiln's packages and the directories holding them."""
+    files, dirs = [], []
+    for package in packages:
+        for folder, subdirs, names in os.walk(package):
+            subdirs[:] = [d for d in subdirs if d != "__pycache__"]
+            dirs.append(Path(folder))
+            files += [Path(folder) / n for n in names if n.endswith(".py")]
+    return files, dirs
+
+
+def distribution_dirs() -> list[Path]:
+    """Where installed distributions live: a pip install or upgrade changes these."""
+    return [Path(p) for p in sys.path if p.endswith(("site-packages", "dist-packages"))
+            and os.path.isdir(p)]
+
+
+def probe_facts() -> list[dict]:
+    """Each tool this process asked (keys.probe), with what its answer depends on."""
+    seen, facts = set(), []
+    for exe, watch in keys.PROBED:
+        if (exe, watch) in seen:
+            continue
+        seen.add((exe, watch))
+        facts.append({"exe": exe, "identity": keys.exe_identity(exe),
+                      "watch": None if watch is None else
+                      [list(watch.places), list(watch.files), list(watch.env)],
+                      "state": None if watch is None else watch.state()})
+    return facts
+
+
+def _probe_still(fact: dict) -> bool:
+    if keys.exe_identity(fact["exe"]) != fact["identity"]:
+        return False
+    if fact["watch"] is None:
+        return True
+    places, files, env = fact["watch"]
+    state = keys.Watch(tuple(places), tuple(files), tuple(env)).state()
+    return json.loads(keys.canonical(state)) == fact["state"]
+
+
+def save(path: Path, ctx: dict, files: dict, probes: list[dict], tasks: list[dict],
+         notices: list[str]) -> None:
+    """Remember the task list (never fatal: a read-only build/ just makes every plan)."""
+    from .store import atomic_write
+    memo = {"context": ctx, "files": files, "probes": probes, "notices": notices,
+            "tasks": tasks}
+    try:
+        atomic_write(path, json.dumps(memo, separators=(",", ":"), default=str).encode())
+    except OSError:
+        pass
+
+
+def load(path: Path, ctx: dict) -> dict | None:
+    """The memo when every fact it was made from still holds, else None."""
+    try:
+        memo = json.loads(path.read_bytes())
+        if memo["context"] != json.loads(json.dumps(ctx, default=str)):
+            return None
+        if any(_stat(p) != fact for p, fact in memo["files"].items()):
+            return None
+        if not all(_probe_still(fact) for fact in memo["probes"]):
+            return None
+        memo["tasks"], memo["notices"]   # noqa: B018 (both present)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return memo

@@ -1,0 +1,173 @@
+"""The plan memo (pipeline/memo.py): a no-op run reuses the last task list without making
+the plan, and any change to what the plan was made from makes it again."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import Project, copy_project
+from pipeline import keys, memo
+from test_engine_cost import make_tool
+from test_mlir_files import matmul_mlir
+
+CONFIG = """targets:
+  cpu:
+    backend: llvm-cpu
+    arch: host
+  vmvx:
+    backend: vmvx
+models:
+{models}
+matrices:
+  default:
+    models: [{names}]
+    targets: [cpu]
+"""
+# what only making the plan imports: a no-op run from the memo never needs them
+PLAN_ONLY_MODULES = ("networkx", "yaml", "numpy", "stages", "tabulate")
+
+
+def mlir_project(root: Path, names=("m1", "m2")) -> Project:
+    copy_project(root)
+    (root / "mlir").mkdir(exist_ok=True)
+    for name in names:
+        (root / "mlir" / f"{name}.mlir").write_text(matmul_mlir())
+    write_config(root, names)
+    return Project(root)
+
+
+def write_config(root: Path, names, extra: str = "") -> None:
+    models = "\n".join(f"  {n}:\n    framework: mlir\n    file: mlir/{n}.mlir" for n in names)
+    (root / "targets.yaml").write_text(CONFIG.format(models=models, names=", ".join(names))
+                                       + extra)
+
+
+def listed(project: Project, *variables: str, env: dict | None = None) -> tuple[list[str], bool]:
+    """(the tasks `doit list` shows, whether the plan was made: its modules were imported)."""
+    proc = project.doit("list", "--all", "-q", *variables,
+                        env_extra={"PYTHONPROFILEIMPORTTIME": "1", **(env or {})})
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines()
+                if line.startswith("import time:")}
+    return sorted(proc.stdout.split()), "networkx" in imported
+
+
+@pytest.fixture
+def mlir(tmp_path) -> Project:
+    return mlir_project(tmp_path / "proj")
+
+
+def test_the_second_list_comes_from_the_memo(mlir):
+    first, planned = listed(mlir)
+    assert planned and "lower:m1@cpu" in first and "lower:m2@cpu" in first
+    second, planned = listed(mlir)
+    assert second == first and not planned
+    fresh, planned = listed(mlir, env={"KILN_PLAN_MEMO": "0"})
+    assert fresh == first and planned
+
+
+@pytest.mark.parametrize("change", ["config", "variable", "environment", "code", "source",
+                                    "new models file", "damaged memo"])
+def test_what_the_plan_was_made_from_makes_it_again(mlir, change):
+    before, _ = listed(mlir)
+    listed(mlir)
+    root, variables, env = mlir.root, (), {}
+    if change == "config":            # a model added to the matrix
+        write_config(root, ("m1", "m2", "m3"))
+        (root / "mlir" / "m3.mlir").write_text(matmul_mlir())
+    elif change == "variable":
+        variables = ("model=m1",)
+    elif change == "environment":     # what selects the devices the tasks are planned for
+        env = {"VK_ICD_FILENAMES": "/nonexistent.json"}
+    elif change == "code":            # kiln's own code: a stage's outputs or reads may differ
+        with open(root / "stages" / "lower.py", "a") as f:
+            f.write("\n# edited\n")
+    elif change == "source":          # the model file itself
+        (root / "mlir" / "m1.mlir").write_text(matmul_mlir() + "\n")
+    elif change == "new models file":
+        (root / "models" / "extra.py").write_text("FRAMEWORK = 'torch'\n\ndef build(:\n")
+    elif change == "damaged memo":
+        memo_file = root / "build" / ".kiln" / "plan-memo.json"
+        memo_file.write_bytes(memo_file.read_bytes()[:100])
+    after, planned = listed(mlir, *variables, env=env)
+    assert planned, f"after a {change} change the plan was not made again"
+    expected = {"config": lambda: set(before) | {t.replace("m1", "m3") for t in before
+                                                 if "m1" in t},
+                "variable": lambda: {t for t in before if "m2" not in t}}
+    if change in expected:
+        assert set(after) == expected[change]()
+    else:
+        assert after == before
+    again, planned = listed(mlir, *variables, env=env)
+    assert again == after and not planned   # and remembered again
+
+
+def test_a_warning_from_making_the_plan_is_shown_on_every_run(mlir):
+    (mlir.root / "models" / "broken.py").write_text("FRAMEWORK = 'torch'\n\ndef build(:\n")
+    for _ in range(2):   # the second run is served by the memo
+        proc = mlir.doit("list")
+        assert "warning: model broken left out" in proc.stderr
+
+
+def test_a_changed_tool_makes_the_plan_again(tmp_path, monkeypatch):
+    """Tool versions and device lists are in the tasks (their up-to-date check): a new
+    build of a probed executable, or a changed device, voids the memo."""
+    monkeypatch.setenv(keys.PROBE_CACHE_ENV, str(tmp_path / "probes.json"))
+    exe = make_tool(tmp_path)
+    place = tmp_path / "icd.d"
+    place.mkdir()
+    keys.PROBED.clear()
+    keys.probe(str(exe), ("--version",), lambda: "1.0")
+    keys.probe(str(exe), ("--list_devices",), lambda: ["local-task://"],
+               keys.Watch(places=(str(place),)))
+    ctx = {"vars": {}}
+    memo_file = tmp_path / "memo.json"
+
+    def remember():
+        memo.save(memo_file, ctx, {}, memo.probe_facts(), [{"basename": "t"}], [])
+
+    remember()
+    assert memo.load(memo_file, ctx) is not None
+    make_tool(tmp_path, version="2.0.1")   # another build: another size
+    assert memo.load(memo_file, ctx) is None
+    remember()
+    (place / "driver.json").write_text("{}")
+    os.utime(place, ns=(1, place.stat().st_mtime_ns + 1_000_000_000))
+    assert memo.load(memo_file, ctx) is None
+    keys.PROBED.clear()
+
+
+def test_a_no_op_run_makes_no_plan_and_an_edit_still_rebuilds(tmp_path):
+    """Built for real (one small model on cpu): the next run imports nothing that making
+    the plan needs; a changed compile flag still re-runs exactly what it reaches."""
+    project = mlir_project(tmp_path / "proj", names=("m1",))
+    project.doit()
+    project.doit()
+    proc = project.doit(env_extra={"PYTHONPROFILEIMPORTTIME": "1"})
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines()
+                if line.startswith("import time:")}
+    heavy = [m for m in imported if m.split(".")[0] in PLAN_ONLY_MODULES]
+    assert heavy == [], f"a no-op run imported {heavy}"
+    assert set(project.statuses().values()) == {"up-to-date"}
+    (project.root / "targets.yaml").write_text((project.root / "targets.yaml").read_text()
+        .replace("arch: host", "arch: host\n    flags: [--iree-opt-level=O1]"))
+    project.doit()
+    ran = {t for t, s in project.statuses().items() if s == "ran"}
+    assert ran == {"lower:m1@cpu", "codegen:m1@cpu"}, project.statuses()   # the flag's reach
+    assert project.statuses()["legalize:m1"] == "up-to-date"
+
+
+def test_the_record_is_not_rewritten_by_a_no_op_run(tmp_path):
+    project = mlir_project(tmp_path / "proj", names=("m1",))
+    project.doit()
+    first = project.doit().stdout
+    run_json = project.root / "build" / "run.json"
+    stamp = run_json.stat().st_mtime_ns
+    second = project.doit().stdout
+    assert run_json.stat().st_mtime_ns == stamp            # same record: not written again
+    assert second == first and "m1" in second and "up-to-date" in second   # same summary
+    run_json.unlink()                                      # a report gone is written again
+    project.doit()
+    assert json.loads(run_json.read_text())["tasks"]
