@@ -38,6 +38,11 @@ class Target:
     rtol: float
     where: str = field(default="", compare=False)   # "targets.yaml:12", for error messages
     params: str | None = None    # "inline" puts the weights back into this target's module
+    # named flag sets to compile, time and pick from: (name, flags), or (name, None) to drop a
+    # backend's built-in one; resolved (stages.targets) to the full list, 'default' first
+    variants: tuple[tuple[str, tuple[str, ...] | None], ...] = ()
+    variant: str | None = None   # for a variant's own stages: which one (its flags are added)
+    base: str | None = None      # for a variant's own stages: the target it is a variant of
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,7 @@ class Matrix:
     name: str
     models: tuple[str, ...]
     targets: tuple[str, ...]
+    variants: tuple[str, ...] | None = None   # the variants to try (None: every one)
 
 
 @dataclass
@@ -87,10 +93,14 @@ TARGET_FIELDS = {
     "atol": (_NUMBER, False, 1e-4, "a number >= 0"),
     "rtol": (_NUMBER, False, 1e-4, "a number >= 0"),
     "params": ((str,), False, None, "'inline' (weights inside this target's module) or 'external'"),
+    "variants": ((dict,), False, {}, "a mapping of variant name to a list of extra iree-compile "
+                 "flags (or null to drop a built-in variant)"),
 }
 MATRIX_FIELDS = {
     "models": ((list,), True, None, "a list of model names"),
     "targets": ((list,), True, None, "a list of target names"),
+    "variants": ((list,), False, None, "a list of variant names to try, e.g. [default] for "
+                 "quick runs (default: every variant of each target)"),
 }
 MODEL_FIELDS = {
     "framework": ((str,), False, None, "a framework name (torch, jax, tf, tflite, onnx, mlir)"),
@@ -122,7 +132,8 @@ TOP_FIELDS = {"targets", "matrices", "models", "remote"}
 
 # target, model and matrix names become directory and file names under the build tree, next
 # to the per-stage directories and logs/: they must not escape it nor collide with those
-STAGE_NAMES = ("capture", "serialize", "import", "legalize", "emit", "lower", "codegen", "validate")
+STAGE_NAMES = ("capture", "serialize", "import", "legalize", "emit", "lower", "codegen", "validate",
+               "pick")
 RESERVED_NAMES = frozenset(STAGE_NAMES) | {"logs"}
 _NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
 NAME_RULE = ("use only letters, digits, '_', '.' and '-', not starting with '.', and not a "
@@ -213,6 +224,19 @@ def _check_fields(path, node, what, schema) -> dict:
     return values
 
 
+def _variants(path: Path, node, what: str, declared: dict) -> tuple:
+    """targets.<name>.variants: name -> list of flags, or null to drop a built-in variant."""
+    variants = []
+    for name, flags in declared.items():
+        check_name(str(name), f"{_where(path, node)}: {what}: variant")
+        if flags is not None and not (isinstance(flags, list)
+                                      and all(isinstance(f, str) for f in flags)):
+            raise ConfigError(f"{_where(path, node)}: {what}.{name}: expected a list of "
+                              f"iree-compile flags (strings) or null, got {flags!r}")
+        variants.append((str(name), None if flags is None else tuple(flags)))
+    return tuple(variants)
+
+
 def load_config(path: str | Path) -> Config:
     path = Path(path)
     if not path.is_file():
@@ -237,7 +261,8 @@ def load_config(path: str | Path) -> Config:
     for name, node in _named_entries(path, sections["targets"], "targets", "target"):
         v = _check_fields(path, node, f"targets.{name}", TARGET_FIELDS)
         targets[name] = Target(name, v["backend"], v["arch"], v["driver"], tuple(v["flags"]),
-                               float(v["atol"]), float(v["rtol"]), _where(path, node), v["params"])
+                               float(v["atol"]), float(v["rtol"]), _where(path, node), v["params"],
+                               _variants(path, node, f"targets.{name}.variants", v["variants"]))
     models = {}
     if "models" in sections:
         for name, node in _named_entries(path, sections["models"], "models", "model"):
@@ -259,7 +284,8 @@ def load_config(path: str | Path) -> Config:
             targets_node = next(val for key, val in node.value if key.value == "targets")
             raise ConfigError(f"{_where(path, targets_node)}: {what}.targets: unknown target "
                               f"{', '.join(unknown)} (valid: {', '.join(targets)})")
-        matrices[name] = Matrix(name, tuple(v["models"]), tuple(v["targets"]))
+        matrices[name] = Matrix(name, tuple(v["models"]), tuple(v["targets"]),
+                                None if v["variants"] is None else tuple(v["variants"]))
     if "default" not in matrices:
         raise ConfigError(f"{path}: matrices: missing the 'default' matrix")
     remote = _check_fields(path, sections["remote"], "remote", REMOTE_FIELDS) \

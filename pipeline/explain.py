@@ -38,7 +38,7 @@ from doit.exceptions import InvalidCommand
 from . import keys, memo, record, remote, tasks as kiln_tasks
 from .intact import changed_outputs, outputs_intact
 from .runner import Layout, _previous_entry, compute_key, explain as why_ran, read_files
-from .session import CHECK_SIGNATURE, _Check
+from .session import CHECK_SIGNATURE, _Check, same_inputs
 from .stage import Node
 from .store import Store, _is_whole
 
@@ -142,6 +142,8 @@ def _check_read_only(task, values) -> bool | None:
     """session's stage check without its writes (the touched-output refresh, the record)."""
     info = task.meta["kiln"]
     if values.get("watched") != info["watched"] or not isinstance(values.get("entry"), dict):
+        return False
+    if info.get("soft_deps") and not same_inputs(info["soft_deps"], values.get("soft_inputs")):
         return False
     recorded = _recorded_outputs(task, values)
     if recorded is None:
@@ -258,6 +260,8 @@ class Judge:
                              "ran it)")
             elif values["watched"] != task.meta["kiln"]["watched"]:
                 words.append("changed params or tool versions")
+            elif not same_inputs(task.meta["kiln"].get("soft_deps", []), values.get("soft_inputs")):
+                words.append("changed inputs from a variant's stages")
             else:
                 out_dir = Path(task.meta["kiln"]["out_dir"])
                 recorded = _recorded_outputs(task, values) or {}
@@ -320,13 +324,17 @@ class Judge:
         except FileNotFoundError as err:
             # an input not there yet: it comes from a stage that runs first. Never built
             # here, it runs (unless another checkout stored this very key meanwhile)
+            soft = [w for w in waits if self.plan.graph.nodes[self.plan.nodes_by_task[w]]["soft"]]
+            if soft:   # a variant's stage that may fail again, leaving nothing to read
+                return self._verdict(node, "maybe", f"{_waits(waits)}: runs if "
+                                     f"{'it makes' if len(waits) == 1 else 'they make'} its inputs")
             if waits and not previous.get("fingerprint"):
                 return self._verdict(node, "run", f"{why_ran(None, {})} (after {', '.join(waits)})")
             return self._verdict(node, "maybe", f"{_waits(waits)}: runs unless the cache has "
                                  f"what it then reads" if waits else f"cannot read {err.filename}")
         where, entry = lookup(self.plan.layout, key, stage.outputs(model), self.notes)
         if where == "miss":
-            why = why_ran(previous.get("fingerprint"), parts)
+            why = why_ran(previous.get("fingerprint"), parts, previous.get("status"))
             if waits:
                 its = "its" if len(waits) == 1 else "their"
                 why += f" (and inputs, if {', '.join(waits)} change{'s' * (len(waits) == 1)} {its} outputs)"

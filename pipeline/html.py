@@ -25,7 +25,7 @@ from urllib.parse import quote
 from . import report
 
 FRONT_END = ("capture", "serialize", "import", "legalize", "emit")   # once per model
-STAGES = FRONT_END + ("lower", "codegen", "validate")
+STAGES = FRONT_END + ("lower", "codegen", "validate", "pick")   # a target's variants summed
 STATUSES = ("failed", "ran", "cached", "up-to-date", "skipped")      # the order they are listed
 KINDS = ("passed", "failed", "skipped", "compiled")                  # a matrix cell's outcome
 
@@ -61,6 +61,7 @@ def page(record: dict, memo: Path | None = None, page_dir: str = "build") -> str
             "<h2>Outcome per model × target</h2>", _matrix(cells, page_dir),
             "<h2>Time per stage in this run</h2>", _times(cells, charts),
             "<h2>Latency: compiled module against the framework</h2>", _latency(cells, charts),
+            _variants(cells),
             "<h2>Numerical error against the tolerance</h2>", _errors(cells, charts),
             "<h2>What this run ran and what it reused</h2>", _tasks(entries, page_dir)]
     charts.forget_unused()
@@ -77,27 +78,10 @@ def _document(body: str) -> str:
 # --- the record, one cell per model x target ------------------------------------------------
 
 def _cells(entries: list[dict]) -> list[dict]:
-    """report.rows (the table's outcome text) with what the page needs beside it: the cell's
-    kind, its stage entries, the entry that failed, validate's result and the timings."""
-    cells = []
-    for row in report.rows(entries):
-        chain = [e for e in entries if e["model"] == row["model"]
-                 and e["target"] in (None, row["target"])]
-        failed = next((e for e in chain if e["status"] == "failed"), None)
-        validate = next((e for e in chain if e["stage"] == "validate"), None)
-        result = (validate or {}).get("result") or (failed or {}).get("result") or {}
-        if failed or (validate and validate["status"] != "skipped" and not result.get("passed")):
-            kind = "failed"
-        elif validate is None:
-            kind = "compiled"
-        elif validate["status"] == "skipped":
-            kind = "skipped"
-        else:
-            kind = "passed"
-        cells.append({**row, "label": f"{row['model']} @ {row['target']}", "kind": kind,
-                      "chain": chain, "failed": failed, "validate": validate, "result": result,
-                      **_timing(result)})
-    return cells
+    """report.rows (the table's outcome and what it rests on) with the page's labels and
+    the timings."""
+    return [{**row, "label": f"{row['model']} @ {row['target']}", "validate": row["verdict"],
+             **_timing(row["result"])} for row in report.rows(entries)]
 
 
 def _timing(result: dict) -> dict:
@@ -232,6 +216,25 @@ def _latency(cells: list[dict], charts: _Charts) -> str:
     return _figure(svg, caption) + _table(
         ["model @ target", "IREE (min – max)", "framework (min – max)", "ratio"], rows,
         numeric=(1, 2, 3))
+
+
+def _variants(cells: list[dict]) -> str:
+    """Each target's flag variants: outcome, median time, ratio; the picked one first, why."""
+    tried = [c for c in cells if len(c["variants"]) > 1]
+    if not tried:
+        return ""
+    parts = ["<h2>Variants: the fastest that validates is the module</h2>"]
+    for c in tried:
+        rows = []
+        for v in c["variants"]:
+            ms = _number((v.get("latency") or {}).get("median_ms"))
+            name = v["variant"] + (" (picked)" if v["variant"] == c["variant"] else "")
+            rows.append([name, v["outcome"], report.duration(ms) if ms else "—",
+                         _ratio(_number(v.get("speed_ratio"))), " ".join(v.get("flags") or [])])
+        parts.append(f"<h3>{escape(c['label'])}</h3><p>{escape(c['result'].get('why', ''))}</p>"
+                     + _table(["variant", "outcome", "median", "ratio", "flags"], rows,
+                              numeric=(2, 3)))
+    return "\n".join(parts)
 
 
 def _ratio(ratio: float | None) -> str:

@@ -27,7 +27,7 @@ from . import keys
 
 FORMAT = 1
 VARIABLES = ("config", "matrix", "model", "target", "shapes", "inputs", "shard", "executor",
-             "days")
+             "days", "variants")
 # what kiln, iree-compile and the runtime read from the environment
 ENV_PREFIXES = ("KILN_", "IREE_", "VK_", "CUDA_", "HIP_", "ROCR_")
 ENV_NAMES = ("PATH", "LD_LIBRARY_PATH", "PYTHONPATH", "VIRTUAL_ENV")

@@ -23,39 +23,60 @@ def times(ratio: float | None) -> str:
     return "" if ratio is None else f"{ratio:.3g}×"
 
 
+def base_target(target: str) -> str:
+    """'cpu~im2col' (a variant's stages) -> 'cpu': a row is a model x target."""
+    return target.split("~", 1)[0]
+
+
 def rows(entries: list[dict]) -> list[dict]:
-    """Fold the run's stage entries into one row per model x target."""
+    """Fold the run's stage entries into one row per model x target (its variants' stages
+    included), with what the row's verdict rests on: the pick among the target's variants
+    where there is one, else validate."""
     per_model = [e for e in entries if e["target"] is None]
     table = {}
     for e in entries:
         if e["target"] is not None:
-            table.setdefault((e["model"], e["target"]), []).append(e)
-    out = []
-    for (model, target), stage_entries in sorted(table.items()):
-        chain = [e for e in per_model if e["model"] == model] + stage_entries
+            table.setdefault((e["model"], base_target(e["target"])), []).append(e)
+    return [_row(model, target, [e for e in per_model if e["model"] == model], stage_entries)
+            for (model, target), stage_entries in sorted(table.items())]
+
+
+def _row(model: str, target: str, per_model: list[dict], stage_entries: list[dict]) -> dict:
+    chain = per_model + stage_entries
+    pick = next((e for e in stage_entries if e["stage"] == "pick"), None)
+    if pick is not None and pick["status"] != "skipped":
+        # a variant may fail alone: what counts is the front end and the pick among them
+        failed = next((e for e in [*per_model, pick] if e["status"] == "failed"), None)
+        verdict = pick
+    else:
         failed = next((e for e in chain if e["status"] == "failed"), None)
-        validate = next((e for e in stage_entries if e["stage"] == "validate"), None)
-        result = (validate or {}).get("result") or (failed or {}).get("result") or {}
-        if failed:
-            outcome = f"FAILED at {failed['stage']}: {failed.get('error', '')}"
-        elif validate is None:
-            outcome = "compiled"
-        elif validate["status"] == "skipped":
-            outcome = validate.get("reason") or "skipped"
-        else:
-            outcome = "passed" if result.get("passed") else "FAILED"
-            if result.get("checked"):
-                outcome += f" ({result['checked']})"
-        counts = {}
-        for e in chain:
-            counts[e["status"]] = counts.get(e["status"], 0) + 1
-        out.append({"model": model, "target": target, "outcome": outcome,
-                    "max_abs": result.get("max_abs_error"), "max_rel": result.get("max_rel_error"),
-                    "ms": result.get("latency_ms"),   # the median (older records: one figure)
-                    "framework_ms": (result.get("framework_latency") or {}).get("median_ms"),
-                    "ratio": result.get("speed_ratio"),
-                    "stages": " ".join(f"{n} {s}" for s, n in sorted(counts.items()))})
-    return out
+        verdict = next((e for e in stage_entries if e["stage"] == "validate"
+                        and e["target"] == target), None)
+    result = (verdict or {}).get("result") or (failed or {}).get("result") or {}
+    if failed:
+        kind, outcome = "failed", f"FAILED at {failed['stage']}: {failed.get('error', '')}"
+    elif verdict is None:
+        kind, outcome = "compiled", "compiled"
+    elif verdict["status"] == "skipped":
+        kind, outcome = "skipped", verdict.get("reason") or "skipped"
+    else:
+        kind = "passed" if result.get("passed") else "failed"
+        outcome = "passed" if result.get("passed") else "FAILED"
+        if result.get("variant") and len(result.get("variants") or ()) > 1:
+            outcome += f" (variant {result['variant']} of {len(result['variants'])})"
+        if result.get("checked"):
+            outcome += f" ({result['checked']})"
+    counts = {}
+    for e in chain:
+        counts[e["status"]] = counts.get(e["status"], 0) + 1
+    return {"model": model, "target": target, "outcome": outcome, "kind": kind,
+            "chain": chain, "failed": failed, "verdict": verdict, "result": result,
+            "max_abs": result.get("max_abs_error"), "max_rel": result.get("max_rel_error"),
+            "ms": result.get("latency_ms"),   # the median (older records: one figure)
+            "framework_ms": (result.get("framework_latency") or {}).get("median_ms"),
+            "ratio": result.get("speed_ratio"), "variant": result.get("variant"),
+            "variants": result.get("variants") or [],
+            "stages": " ".join(f"{n} {s}" for s, n in sorted(counts.items()))}
 
 
 def table(entries: list[dict], tablefmt: str = "simple", width: int | None = 90) -> str:
@@ -81,6 +102,7 @@ def markdown(record: dict) -> str:
     lines = ["# kiln run", "", table(entries, "github", width=None), ""]
     if any(r["ms"] is not None for r in rows(entries)):
         lines += [TIMES_NOTE, ""]
+    lines += _variants_md(rows(entries))
     failed = [e for e in entries if e["status"] == "failed"]
     if failed:
         lines += ["## Failures", ""]
@@ -89,3 +111,19 @@ def markdown(record: dict) -> str:
                          + (f"  \n  command: `{e['command']}`" if e.get("command") else "")
                          + f"  \n  log: `{e.get('log', '')}`")
     return "\n".join(lines) + "\n"
+
+
+def _variants_md(table: list[dict]) -> list[str]:
+    """Each target's variants, their outcome and time, and why the winner won."""
+    picked = [r for r in table if len(r["variants"]) > 1]
+    if not picked:
+        return []
+    lines = ["## Variants", ""]
+    for r in picked:
+        lines.append(f"- **{r['model']} @ {r['target']}**: {r['result'].get('why', '')}")
+        for v in r["variants"]:
+            ms = (v.get("latency") or {}).get("median_ms")
+            lines.append(f"  - {v['variant']}: {v['outcome']}" + (f", {duration(ms)}" if ms else "")
+                         + (f" ({times(v['speed_ratio'])} the framework)"
+                            if v.get("speed_ratio") else ""))
+    return lines + [""]

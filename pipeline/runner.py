@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import keys, remote
+from . import keys, machine, remote
 from .config import Target
 from .remote import RemoteSettings
 from .stage import ModelSpec, Node, Stage, StageContext, StageError, StageSkipped
@@ -74,6 +74,9 @@ def input_digests(stage: Stage, model: ModelSpec, target: Target | None,
     digests = {}
     for name, (up_stage, up_dir) in sorted(upstream.items()):
         for rel in read_files(stage, model, target, name, up_stage):
+            if stage.partial_inputs and not (up_dir / rel).is_file():
+                digests[f"{name}/{rel}"] = "absent"   # a variant that failed: none to read
+                continue
             digests[f"{name}/{rel}"] = keys.digest_file(up_dir / rel)
     if first:  # the stage a model enters at reads the model's own files
         for role, path in sorted(model.sources.items()):
@@ -89,6 +92,17 @@ def compute_key(stage, model, target, upstream, first) -> tuple[str, dict]:
         "tools": {t: keys.tool_version(t) for t in stage.tools(model)},
     }
     return keys.stage_key(stage.name, **parts), parts
+
+
+def _check_inputs_present(stage, model, target, upstream) -> None:
+    """doit runs a stage only when its inputs exist, except after a variant's stage failed
+    (its failure is recorded, the others go on): then the rest of that variant is skipped."""
+    if stage.partial_inputs:
+        return
+    for name, (up_stage, up_dir) in sorted(upstream.items()):
+        for rel in read_files(stage, model, target, name, up_stage):
+            if not (up_dir / rel).is_file():
+                raise StageSkipped(f"skipped: {name} has no {rel} (it failed or was skipped)")
 
 
 def execute(node: Node, stage: Stage, model: ModelSpec, target: Target | None,
@@ -107,6 +121,7 @@ def execute(node: Node, stage: Stage, model: ModelSpec, target: Target | None,
     out_dir = layout.node_dir(node)
     previous = _previous_entry(layout.entry_file(node))
     try:
+        _check_inputs_present(stage, model, target, upstream)
         key, parts = compute_key(stage, model, target, upstream, first)
         entry.update(key=key, fingerprint=parts)
         damaged = _damaged_outputs(previous, key, out_dir)
@@ -116,7 +131,7 @@ def execute(node: Node, stage: Stage, model: ModelSpec, target: Target | None,
             entry.update(status="cached", **_meta_fields(meta))
             outputs = cached["outputs"]
         else:
-            entry["why"] = explain(previous.get("fingerprint"), parts)
+            entry["why"] = explain(previous.get("fingerprint"), parts, previous.get("status"))
             log_lines.append(f"why: {entry['why']}")
             if delegate is None:
                 meta, outputs = _run(stage, model, target, upstream, layout, node, key,
@@ -189,7 +204,7 @@ def _previous_entry(entry_file: Path) -> dict:
     return entry if isinstance(entry, dict) else {}
 
 
-def explain(before: dict | None, now: dict) -> str:
+def explain(before: dict | None, now: dict, last_status: str | None = None) -> str:
     """Why a stage had to run: which part of its key differs from its last build here."""
     if not before:
         return "no earlier build of this stage here and none in the cache"
@@ -199,8 +214,11 @@ def explain(before: dict | None, now: dict) -> str:
         names = sorted(n for n in set(old) | set(new) if old.get(n) != new.get(n))
         if names:
             changes.append(f"{part}: {', '.join(names)}")
-    return ("changed " + "; ".join(changes)) if changes else \
-        "key unchanged but not in the cache (cleared, or another store)"
+    if changes:
+        return "changed " + "; ".join(changes)
+    if last_status == "failed":
+        return "its last run failed with this same key (a failure is not cached)"
+    return "key unchanged but not in the cache (cleared, or another store)"
 
 
 def _meta_fields(meta: dict) -> dict:
@@ -218,9 +236,10 @@ def _restore(store: Store, key: str, cached: dict, out_dir: Path, layout: Layout
 
 def _run(stage, model, target, upstream, layout, node, key, log_lines, store):
     with tempfile.TemporaryDirectory(dir=layout.scratch()) as tmp:
-        ctx = StageContext(model, target, {n: d for n, (_, d) in upstream.items()}, Path(tmp),
-                           log_lines)
-        result = stage.run(ctx)
+        with machine.shared(layout.cache) as held:   # a timing elsewhere waits for this run
+            ctx = StageContext(model, target, {n: d for n, (_, d) in upstream.items()},
+                               Path(tmp), log_lines, held)
+            result = stage.run(ctx)
         declared = stage.outputs(model)
         missing = [rel for rel in declared if not (ctx.out / rel).is_file()]
         if missing:

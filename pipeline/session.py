@@ -73,16 +73,18 @@ class Session:
             kind = spec.get("kiln_action")
             if kind == "stage":
                 task["actions"] = [(self.run_stage, [f"{spec['basename']}:{spec['name']}",
-                                                     spec["meta"]["kiln"]["watched"]])]
+                                                     spec["meta"]["kiln"]])]
                 task["uptodate"] = [check]
             elif kind == "prune":
                 task["actions"] = [(self.prune, [])]
             yield task
 
-    def run_stage(self, task_name: str, watched: str):
+    def run_stage(self, task_name: str, info: dict):
         from .tasks import stage_action
-        outcome = stage_action(self.plan(), task_name, watched)
+        outcome = stage_action(self.plan(), task_name, info["watched"])
         if isinstance(outcome, dict):   # saved by _Check's value saver, once doit has it
+            if info.get("soft_deps"):
+                outcome["soft_inputs"] = {f: input_state(f) for f in info["soft_deps"]}
             self.saved[task_name] = outcome
             return None
         return outcome
@@ -99,6 +101,8 @@ class Session:
         entry = values.get("entry")
         if values.get("watched") != info["watched"] or not isinstance(entry, dict):
             return False   # never ran here, last failed, or a param or tool changed
+        if info.get("soft_deps") and not same_inputs(info["soft_deps"], values.get("soft_inputs")):
+            return False   # what a variant among several left it (doit checks the others)
         self.run.previous[task.name] = entry   # the record's entry, without a file read
         if not isinstance(entry.get("outputs"), dict):
             return None    # skipped: no outputs to check; doit's target check decides
@@ -119,6 +123,35 @@ class Session:
             "reporter": make_reporter(self.build / "run.json", self.run,
                                       after=lambda: _seal(dep_file, seal)),
         }
+
+
+def input_state(path: str) -> list | None:
+    """[digest, size, mtime_ns] of an input a soft upstream left, or None when it left none."""
+    from .keys import digest_file
+    try:
+        st = os.stat(path)
+        return [digest_file(path), st.st_size, st.st_mtime_ns]
+    except OSError:
+        return None
+
+
+def same_inputs(paths: list[str], recorded: dict | None) -> bool:
+    """The inputs hold what they held at the task's last run (absent then, absent now counts
+    as the same): a stat, and a hash only where the stat differs."""
+    recorded = recorded or {}
+    for path in paths:
+        was = recorded.get(path, "unknown")
+        try:
+            st = os.stat(path)
+        except OSError:
+            if was is not None:
+                return False
+            continue
+        if not isinstance(was, list):
+            return False
+        if [st.st_size, st.st_mtime_ns] != was[1:] and (input_state(path) or [None])[0] != was[0]:
+            return False
+    return True
 
 
 class _Check:

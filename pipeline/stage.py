@@ -5,8 +5,9 @@ directories and the model source it is given, and writes only into ctx.out.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import contextlib
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -77,9 +78,15 @@ class StageContext:
     inputs: dict[str, Path]      # upstream stage name -> its output directory
     out: Path                    # a fresh, empty directory
     log_lines: list[str] = field(default_factory=list)
+    machine: object = None       # pipeline.machine.MachineLock held shared while the stage runs
 
     def log(self, line: str) -> None:
         self.log_lines.append(line)
+
+    def alone(self):
+        """The machine to this stage alone, for a measurement: the stages already running
+        finish first and none starts until the block ends (a no-op without a lock)."""
+        return self.machine.alone() if self.machine is not None else contextlib.nullcontext()
 
 
 class Stage:
@@ -88,6 +95,8 @@ class Stage:
     Subclasses keep heavy imports (torch, iree) inside run(): dodo.py imports every stage."""
     name: str = ""
     per_target: bool = False
+    across_variants: bool = False        # once per target, reading each of its variants' nodes
+    partial_inputs: bool = False         # runs with the inputs that exist (a failed variant's do not)
     inputs: tuple[str, ...] = ()
     code: tuple[Path, ...] = ()          # source files that fingerprint this stage
 

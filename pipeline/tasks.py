@@ -121,7 +121,8 @@ def make_plan(get_var: Callable[[str], str | None], stages: list[Stage],
     models = _with_inputs(models, get_var("inputs"))
     targets = [resolve_target(t) for t in
                _pick(get_var("target"), config.targets, matrix.targets, "target", config)]
-    graph = build_graph(stages, models, targets)
+    graph = build_graph(stages, models, targets, _variants(get_var("variants"), matrix, targets,
+                                                           config))
     if get_var("shard"):
         graph = shard(graph, *parse_shard(get_var("shard")))
     return Plan(config, layout, graph, run or RunLog(), _executor(get_var, layout, stages),
@@ -132,10 +133,27 @@ def _executor(get_var, layout: Layout, stages: list[Stage]) -> DaskExecutor | No
     where = executor.parse(get_var("executor"))
     if where is None:
         return None
-    names = ("config", "matrix", "model", "target", "shapes", "inputs", "shard")
+    names = ("config", "matrix", "model", "target", "shapes", "inputs", "shard", "variants")
     variables = {n: get_var(n) for n in names if get_var(n) is not None}
     offered = lambda: {k: v for s in stages for k, v in s.worker_resources().items()}  # noqa: E731
     return DaskExecutor(where, variables, layout.root, layout.cache, offered)
+
+
+def _variants(value: str | None, matrix, targets, config: Config) -> tuple[str, ...] | None:
+    """Which variants to try: variants=a,b on the command line, else the matrix's `variants:`,
+    else every one (None). A name no selected target has is an error."""
+    wanted = tuple(v.strip() for v in value.split(",") if v.strip()) if value is not None \
+        else matrix.variants
+    if wanted is None:
+        return None
+    known = {name for t in targets for name, _ in t.variants}
+    unknown = [v for v in wanted if v not in known]
+    if unknown:
+        where = "variants=" + value if value is not None else \
+            f"{config.path}: matrices.{matrix.name}.variants"
+        raise ConfigError(f"{where}: unknown variant {', '.join(unknown)} (the selected targets "
+                          f"have: {', '.join(sorted(known))})")
+    return wanted
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -206,11 +224,14 @@ def stage_action(plan: Plan, task_name: str, watched: str):
     entry = execute(node, data["stage"], data["model"], data["target"], upstream_of(plan, node),
                     plan.layout, first=_is_entry(plan, node), delegate=delegate)
     plan.run.entries[node.task_name] = entry   # the reporter's copy, even where build/ is full
-    if entry["status"] == "failed":
+    if entry["status"] == "failed" and not data["soft"]:
         detail = f"\n  command: {entry['command']}" if entry.get("command") else ""
         return TaskFailed(f"{node.task_name} failed at {node.stage}: {entry['error']}{detail}\n"
                           f"  log: {entry['log']}")
-    return {"watched": watched, "entry": {k: v for k, v in entry.items() if k != "fingerprint"}}
+    values = {"entry": {k: v for k, v in entry.items() if k != "fingerprint"}}
+    if entry["status"] not in ("failed", "skipped"):   # those run again next time
+        values["watched"] = watched
+    return values
 
 
 def watched_digest(stage: Stage, model: ModelSpec, target) -> str:
@@ -224,7 +245,7 @@ def watched_digest(stage: Stage, model: ModelSpec, target) -> str:
 def task_specs(plan: Plan) -> list[dict]:
     """Every doit task of the plan as plain data ("kiln_action" names the action that
     pipeline.session attaches): stage tasks in topological order, then the groups."""
-    return [*_stage_specs(plan), *_group_specs(plan)]
+    return [*_validate_group(plan), *_stage_specs(plan), *_group_specs(plan)]
 
 
 def _stage_specs(plan: Plan):
@@ -233,8 +254,16 @@ def _stage_specs(plan: Plan):
     for node in nx.topological_sort(plan.graph):
         data = plan.graph.nodes[node]
         stage, model, target = data["stage"], data["model"], data["target"]
-        deps = [str(f) for up in plan.graph.predecessors(node)
-                for f in _read_files(plan, node, up, dirs)]
+        # a soft upstream (a variant among several) may fail without stopping this node: its
+        # files are checked by the session, not doit (which stops a task whose file is missing)
+        deps, soft, after = [], [], []
+        for up in plan.graph.predecessors(node):
+            files = [str(f) for f in _read_files(plan, node, up, dirs)]
+            if plan.graph.nodes[up]["soft"]:
+                soft += files
+                after.append(up.task_name)
+            else:
+                deps += files
         code_key = (id(stage), id(model))
         if code_key not in code:
             code[code_key] = (stage, model, [str(Path(f)) for f in stage.code_files(model)])
@@ -246,11 +275,14 @@ def _stage_specs(plan: Plan):
             "name": node.task_name.split(":", 1)[1],
             "kiln_action": "stage",
             "file_dep": deps,
+            **({"task_dep": after} if after else {}),
             "targets": [str(p) for p in _node_files(plan, node, dirs)],
             "meta": {"kiln": {"stage": node.stage, "model": node.model, "target": node.target,
                               "entry": str(plan.layout.entry_file(node)),
                               "out_dir": str(_node_dir(plan, node, dirs)),
-                              "watched": watched_digest(stage, model, target)}},
+                              "watched": watched_digest(stage, model, target),
+                              **({"soft_deps": soft} if soft else {}),
+                              **({"soft": True} if data["soft"] else {})}},
             "doc": f"{node.stage} {model.name}" + (f" for {target.name}" if target else ""),
         }
 
@@ -261,6 +293,15 @@ def _group_specs(plan: Plan):
            "doc": "compile the selected models for the selected targets (model=, target=)"}
     yield {"basename": "prune", "kiln_action": "prune", "uptodate": [False], "verbosity": 2,
            "doc": "drop cache entries unused for days= (default 30) and blobs nothing names"}
+
+
+def _validate_group(plan: Plan) -> list[dict]:
+    """`doit validate` (and the default run) also picks each target's fastest variant. doit
+    makes the group of the validate:* tasks; this, yielded before them, adds the picks."""
+    picks = [n.task_name for n in plan.graph if plan.graph.nodes[n]["stage"].across_variants]
+    return [{"basename": "validate", "name": None, "task_dep": picks,
+             "doc": "validate (and time) every variant; pick each target's fastest"}] \
+        if picks else []
 
 
 def prune(cache: Path, build: Path, days: str | None):

@@ -11,7 +11,8 @@ import importlib
 from stages.frameworks import companions, detect
 from stages.targets import resolve as resolve_target
 
-ORDER = ("capture", "serialize", "importer", "legalize", "emit", "lower", "codegen", "validate")
+ORDER = ("capture", "serialize", "importer", "legalize", "emit", "lower", "codegen", "validate",
+         "pick")
 
 
 def pipeline() -> list:

@@ -31,6 +31,36 @@ KNOWN_ARCHS = {
 }
 
 
+# Named flag sets each backend's targets try by default (targets.yaml `variants:` adds to,
+# overrides or drops them; `variants=default` tries the first only). Which is fastest depends
+# on the CPU, so each is compiled, validated and timed, and the fastest that passes is picked
+# (stages/pick.py). Measured for ResNet-18 with IREE 3.13 (DESIGN §7): channels-last is ~4x
+# faster than default on AVX-512 and slower on AVX2; im2col is ~7x faster on AVX2.
+CHANNELS_LAST = ("--iree-preprocessing-pass-pipeline=builtin.module(util.func("
+                 "iree-preprocessing-convert-conv-to-channels-last))")
+IM2COL = "--iree-global-opt-use-im2col-for-convs"
+BUILTIN_VARIANTS = {
+    "llvm-cpu": (("default", ()), ("channels-last", (CHANNELS_LAST,)), ("im2col", (IM2COL,)),
+                 ("im2col-mmt4d", (IM2COL, "--iree-opt-data-tiling=true",
+                                   "--iree-llvmcpu-enable-ukernels=mmt4d"))),
+}
+
+
+def variants(target: Target) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """The backend's built-in variants with the target's own applied: a declared name
+    overrides a built-in one's flags (or drops it, given null) or adds a new one."""
+    merged = dict(BUILTIN_VARIANTS.get(target.backend, (("default", ()),)))
+    for name, flags in target.variants:
+        if flags is None:
+            merged.pop(name, None)
+        else:
+            merged[name] = flags
+    if not merged:
+        raise ConfigError(f"{target.where}: targets.{target.name}.variants: every variant is "
+                          "dropped; keep at least one")
+    return tuple(merged.items())
+
+
 @functools.lru_cache(maxsize=None)
 def host_cpu() -> str:
     import llvmlite.binding as llvm
@@ -53,7 +83,8 @@ def resolve(target: Target) -> Target:
     if known and arch not in known:
         raise ConfigError(f"{target.where}: targets.{target.name}.arch: unknown {target.backend} "
                           f"target '{arch}' (valid: {', '.join(sorted(known))})")
-    return dataclasses.replace(target, arch=arch, driver=target.driver or default_driver)
+    return dataclasses.replace(target, arch=arch, driver=target.driver or default_driver,
+                               variants=variants(target))
 
 
 def compile_flags(target: Target) -> list[str]:

@@ -3,8 +3,8 @@ time per call on the same inputs and the same number of threads.
 
 Both are measured the same way: a warm-up that is not counted, then several repetitions (each
 long enough for the clock to resolve it: many calls of a fast model, one of a slow one), and
-the median with the spread (min, max). Only one timing runs at a time on a machine (a lock in
-the system temp dir): two timings sharing the cores would each report the other's load. A
+the median with the spread (min, max). A timing has the machine to itself (no other stage
+runs meanwhile: pipeline.machine): a compile or a timing sharing the cores would show. A
 module so slow that one call exceeds the time budget (ResNet-18 on lavapipe: minutes) is not
 repeated; its figure says so.
 
@@ -15,7 +15,6 @@ imported, and the framework's thread pools never compete with doit's own threads
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import math
 import os
@@ -32,8 +31,6 @@ REPETITIONS = 10     # at most; fewer when they would not fit the budget
 BUDGET_S = 10.0      # about how long the repetitions of one measurement may take
 REPETITION_S = 0.02  # a repetition lasts at least this long: many calls of a fast model
 WARMUP_S = 0.1       # warm-up before the repetitions (at least one call)
-LOCK_FILE = Path(tempfile.gettempdir()) / "kiln-timing.lock"
-LOCK_WAIT_S = 1800   # then time anyway, and say the timing was not serialized
 FRAMEWORK_TIMEOUT_S = 900
 
 
@@ -79,38 +76,20 @@ def threads_for(driver: str) -> int:
 
 
 @contextlib.contextmanager
-def one_at_a_time(log: Callable[[str], None]):
-    """Hold the machine-wide timing lock (flock: released by the kernel if the holder dies).
-    Yields a phrase for the "how" of every figure measured under it. Compiles and other
-    stages may still run meanwhile; only timings exclude each other."""
-    try:
-        fd = os.open(LOCK_FILE, os.O_RDONLY | os.O_CREAT, 0o644)   # flock needs no write access
-    except OSError as err:
-        log(f"timing lock {LOCK_FILE}: {err}; timing without it")
-        yield "not serialized with other timings (lock unavailable)"
-        return
-    try:
-        started = time.monotonic()
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                held = True
-                break
-            except BlockingIOError:
-                if time.monotonic() - started > LOCK_WAIT_S:
-                    held = False
-                    break
-                time.sleep(0.05)
+def one_at_a_time(ctx):
+    """The machine to this measurement alone (pipeline.machine: the stages already running
+    finish first, and none starts until it is done). Yields a phrase for the "how" of every
+    figure measured under it."""
+    started = time.monotonic()
+    with ctx.alone():
         waited = time.monotonic() - started
         if waited > 1:
-            log(f"waited {waited:.1f} s for the timing lock {LOCK_FILE}")
-        state = "one timing at a time on this machine" if held else \
-            f"not serialized with other timings (lock still held after {LOCK_WAIT_S} s)"
+            ctx.log(f"waited {waited:.1f} s for the other stages to finish before timing")
+        state = "no other stage running" if ctx.machine is not None else \
+            "not serialized with other stages (no machine lock)"
         # a busy machine slows a framework's spinning thread pools far more than IREE's:
         # the load says how much to trust the figures
         yield f"{state}, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
-    finally:
-        os.close(fd)   # releases the lock
 
 
 # --- the IREE module ---------------------------------------------------------------------

@@ -78,7 +78,8 @@ class Validate(Stage):
     def params(self, model, target):
         atol, rtol = self.tolerances(model, target)
         # the device it ran on is part of the answer: lavapipe's pass is not a GPU's
-        return {"driver": target.driver, "device": _device(target.driver), "atol": atol, "rtol": rtol}
+        return {"driver": target.driver, "device": _device(target.driver), "atol": atol, "rtol": rtol,
+                **({} if times_framework(target) else {"framework": "timed by the default variant"})}
 
     def run(self, ctx):
         driver = ctx.target.driver
@@ -124,6 +125,12 @@ class Validate(Stage):
         if not result["passed"]:
             raise StageError(_failure_message(result, atol, rtol), result=result)
         return result
+
+
+def times_framework(target) -> bool:
+    """The framework's own run is timed once per target, by its default variant: its speed
+    does not depend on IREE's flags (the pick reports every variant against it)."""
+    return target.variant in (None, "default")
 
 
 def _per_output_tolerances(tolerances, model) -> list | None:
@@ -184,7 +191,7 @@ def _speed(args: list[str], wall_ms: float, ctx) -> dict:
     driver = ctx.target.driver
     threads = timing.threads_for(driver)
     repetitions = timing.iree_plan(wall_ms)
-    with timing.one_at_a_time(ctx.log) as serialized:
+    with timing.one_at_a_time(ctx) as serialized:
         if repetitions is None:
             latency = timing.iree_single_call(wall_ms)
         else:
@@ -196,11 +203,14 @@ def _speed(args: list[str], wall_ms: float, ctx) -> dict:
             except (ValueError, KeyError) as err:   # not the JSON the tool should print
                 raise StageError(f"iree-benchmark-module: unreadable report ({err})",
                                  command=shlex.join(bench)) from None
-        if "capture" in ctx.inputs:
+        if "capture" not in ctx.inputs:
+            framework, why = None, "no framework: the model is an MLIR file"
+        elif not times_framework(ctx.target):
+            # the framework's speed does not depend on IREE's flags: timed once per target
+            framework, why = None, "timed with the target's default variant (see its pick)"
+        else:
             framework, why = timing.framework_latency(ctx.model.framework, ctx.inputs["capture"],
                                                       threads, serialized, ctx.log)
-        else:
-            framework, why = None, "no framework: the model is an MLIR file"
     speed = {"latency_ms": latency["median_ms"], "latency": latency,
              "framework_latency": framework, "speed_ratio": timing.ratio(latency, framework)}
     if framework is None:

@@ -9,9 +9,9 @@ import pytest
 from conftest import REPO, needs_torch
 
 pytestmark = needs_torch
-ARGS = ("model=mlp", "target=cpu")
+ARGS = ("model=mlp", "target=cpu", "variants=default")   # variants: tests/test_variants.py
 STAGES = ["capture:mlp", "serialize:mlp", "import:mlp", "legalize:mlp", "emit:mlp",
-          "lower:mlp@cpu", "codegen:mlp@cpu", "validate:mlp@cpu"]
+          "lower:mlp@cpu", "codegen:mlp@cpu", "validate:mlp@cpu", "pick:mlp@cpu"]
 
 
 def files_state(root) -> dict:
@@ -79,7 +79,7 @@ def test_explain_agrees_with_the_next_run(built):
         f.write("\n# a comment changes the code fingerprint, not the output\n")
     listed, _ = explain(project)
     assert listed["lower:mlp@cpu"] == ("run", "changed code: stages/lower.py")
-    assert of(listed, "maybe") == {"codegen:mlp@cpu", "validate:mlp@cpu"}
+    assert of(listed, "maybe") == {"codegen:mlp@cpu", "validate:mlp@cpu", "pick:mlp@cpu"}
     assert "waits on lower:mlp@cpu" in listed["codegen:mlp@cpu"][1]
     statuses = run(project)
     assert with_status(statuses, "ran") == of(listed, "run")
@@ -134,7 +134,7 @@ def test_explain_predicts_restores(built):
     # only what `doit compile` reaches
     (project.root / ".doit.db").unlink()
     listed, _ = explain(project, "compile")
-    assert of(listed, "restore") == set(STAGES) - {"validate:mlp@cpu"}
+    assert of(listed, "restore") == set(STAGES) - {"validate:mlp@cpu", "pick:mlp@cpu"}
 
 
 def test_explain_sees_the_remote_cache(project, cache_server, tmp_path):

@@ -25,6 +25,7 @@ matrices:
   default:
     models: [{names}]
     targets: [cpu]
+    variants: [default]
 """
 # what only making the plan imports: a no-op run from the memo never needs them
 PLAN_ONLY_MODULES = ("networkx", "yaml", "numpy", "stages", "tabulate")

@@ -1,0 +1,119 @@
+"""The pick among flag variants, for ResNet-18 on cpu: each variant's latency, torch eager's,
+and the ratio of the pick to torch eager, measured in one run on a throw-away project copy.
+
+    .venv/bin/python benchmarks/bench_variants.py [--model resnet] [--rounds 3]
+
+1. `doit -n 2 -P thread validate model=resnet target=cpu`: every variant compiled, validated,
+   timed (the machine to itself for each timing), and the fastest that passed picked.
+2. kiln's own figures from the record: each variant's median, the framework's, the pick.
+3. A check that does not trust kiln's timing: every variant's module and torch eager timed
+   again, alternately in one loop (--rounds rounds), medians of those.
+Figures hold for this machine; the CPU and whether it has AVX-512 are printed first.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))
+from conftest import copy_project  # noqa: E402
+
+ENV = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+
+
+def cpu() -> str:
+    text = Path("/proc/cpuinfo").read_text()
+    name = next((line.split(":", 1)[1].strip() for line in text.splitlines()
+                 if line.startswith("model name")), "unknown")
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
+                  if line.startswith("flags")), [])
+    return f"{name}, {'AVX-512' if 'avx512f' in flags else 'AVX2 only' if 'avx2' in flags else 'no AVX2'}"
+
+
+def build(root: Path, model: str, target: str) -> float:
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "doit", "-n", "2", "-P", "thread", "validate",
+                           f"model={model}", f"target={target}"], cwd=root, env=ENV,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"doit failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return time.perf_counter() - started
+
+
+def again(root: Path, model: str, target: str, variants: list[dict], rounds: int) -> dict:
+    """Every variant's module and the framework, timed alternately in one loop: medians."""
+    os.chdir(root)
+    sys.path.insert(0, str(root))
+    from stages import frameworks, timing
+    from stages.iree_tools import tool
+    from stages.validate import _module_args
+    emit = root / "build" / model / "emit"
+    info = json.loads((emit / "model.json").read_text())
+    inputs = frameworks.load_arrays(root / "build" / model / "capture" / "inputs.npz")
+    threads = timing.threads_for("local-task")
+    times: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(rounds):
+            for v in variants:
+                where = target if v["variant"] == "default" else f"{target}~{v['variant']}"
+                module = root / "build" / model / where / "codegen" / "module.vmfb"
+                args = _module_args(Path(tmp), module, emit / "model.irpa", "local-task",
+                                    info["entry"], inputs)
+                bench = [tool("iree-benchmark-module"), *args,
+                         *timing.iree_benchmark_flags(5, "local-task", threads)]
+                report = json.loads(subprocess.run(bench, capture_output=True, text=True,
+                                                   check=True).stdout)
+                times.setdefault(v["variant"], []).append(
+                    timing.iree_latency(report, "local-task", threads, "")["median_ms"])
+            figure, why = timing.framework_latency(
+                "torch", root / "build" / model / "capture", threads, "", lambda line: None)
+            if figure is None:
+                sys.exit(f"torch eager could not be timed: {why}")
+            times.setdefault("torch eager", []).append(figure["median_ms"])
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="resnet")
+    parser.add_argument("--target", default="cpu")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    print(f"CPU: {cpu()}, {os.cpu_count()} logical CPUs")
+    with tempfile.TemporaryDirectory(prefix="kiln-bench-variants-") as tmp:
+        root = copy_project(Path(tmp) / "proj")
+        seconds = build(root, args.model, args.target)
+        record = json.loads((root / "build" / "run.json").read_text())["tasks"]
+        pick = next(t for t in record if t["task"] == f"pick:{args.model}@{args.target}")["result"]
+        framework = (pick.get("framework_latency") or {}).get("median_ms")
+        print(f"\n1. cold build and search ({len(pick['variants'])} variants): {seconds:.0f} s")
+        print(f"\n2. kiln's figures ({args.model} on {args.target}; median per call):")
+        for v in pick["variants"]:
+            ms = (v.get("latency") or {}).get("median_ms")
+            mark = "  <- picked" if v["variant"] == pick["variant"] else ""
+            print(f"   {v['variant']:14s} {v['outcome']:8s} "
+                  + (f"{ms:8.2f} ms  {ms / framework:5.2f}x torch eager" if ms and framework
+                     else "") + mark)
+        print(f"   {'torch eager':14s} {'':8s} {framework:8.2f} ms")
+        print(f"   why: {pick['why']}")
+        print(f"   pick / torch eager: {pick['speed_ratio']:.2f}x")
+        medians = again(root, args.model, args.target, pick["variants"], args.rounds)
+        torch = medians.pop("torch eager")
+        print(f"\n3. timed again, alternately in one loop ({args.rounds} rounds):")
+        for name, ms in medians.items():
+            print(f"   {name:14s} {ms:8.2f} ms  {ms / torch:5.2f}x torch eager")
+        print(f"   {'torch eager':14s} {torch:8.2f} ms")
+        print(f"   pick ({pick['variant']}) / torch eager: {medians[pick['variant']] / torch:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

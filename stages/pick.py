@@ -1,0 +1,131 @@
+"""Stage 9, pick: per target, the fastest of its variants that validated becomes the module.
+
+Each variant (a named flag set, stages/targets.py) was compiled, validated and timed by its
+own lower, codegen and validate. Pick reads their results and modules, and writes the
+winner's module to a stable path (build/<model>/<target>/pick/module.vmfb) with pick.json:
+every variant, its outcome and timing, and why the winner won.
+
+The choice is a pure function of those results, so a cached pick holds the timings it was
+based on and a no-op run changes nothing. A variant must be faster than the first variant
+in the target's order (its 'default') by more than the noise of the two measurements to
+displace it, so equal variants never flap between runs. A variant that failed is reported,
+never picked, and fails the target only when no variant passed.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from pipeline.stage import Stage, StageError
+from stages.timing import ratio
+
+# a variant displaces an earlier one only when faster by more than this fraction, or by more
+# than the two measurements' own spread if that is wider
+NOISE_FLOOR = 0.05
+
+
+class Pick(Stage):
+    name = "pick"
+    code = (Path(__file__).parent / "timing.py",)
+    per_target = True
+    across_variants = True
+    partial_inputs = True
+    inputs = ("validate", "codegen")
+
+    def outputs(self, model):
+        return ("module.vmfb", "pick.json")
+
+    def reads(self, upstream, outputs, model, target):
+        return ("result.json",) if upstream == "validate" else ("module.vmfb",)
+
+    def params(self, model, target):
+        return {"variants": [[name, list(flags)] for name, flags in target.variants],
+                "noise_floor": NOISE_FLOOR}
+
+    def run(self, ctx):
+        order = [name for name, _ in ctx.target.variants]
+        tried = _tried(ctx)
+        results = {v: _result(ctx, tried[v]) for v in sorted(tried, key=order.index)}
+        passed = {v: r for v, r in results.items() if r and r.get("passed") and r.get("latency")}
+        # the framework is timed once per target (with its default): every variant's ratio
+        framework = next((r["framework_latency"] for r in results.values()
+                          if r and r.get("framework_latency")), None)
+        summary = [_summary(v, results[v], dict(ctx.target.variants)[v], framework)
+                   for v in results]
+        if not passed:
+            raise StageError("no variant passed: " + "; ".join(
+                f"{s['variant']}: {s['outcome']}" for s in summary), result={"variants": summary})
+        winner, why = choose(passed, order)
+        shutil.copyfile(ctx.inputs[tried[winner]["codegen"]] / "module.vmfb",
+                        ctx.out / "module.vmfb")
+        picked = {"variant": winner, "why": why, "variants": summary}
+        (ctx.out / "pick.json").write_text(json.dumps(picked, indent=1, sort_keys=True))
+        return {**passed[winner], **picked, "framework_latency": framework,
+                "speed_ratio": ratio(passed[winner]["latency"], framework)}
+
+
+def _tried(ctx) -> dict[str, dict[str, str]]:
+    """variant -> {'validate': input name, 'codegen': input name} for the variants this run
+    tried ('validate' is the target's own default; 'validate@cpu~im2col' a variant's)."""
+    tried: dict[str, dict[str, str]] = {}
+    for name in ctx.inputs:
+        stage, _, target = name.partition("@")
+        variant = target.split("~", 1)[1] if "~" in target else "default"
+        tried.setdefault(variant, {})[stage] = name
+    return {v: names for v, names in tried.items() if "validate" in names}
+
+
+def _result(ctx, names: dict[str, str]) -> dict | None:
+    """A variant's validate result, or None where it has none (it failed or was skipped)."""
+    try:
+        return json.loads((ctx.inputs[names["validate"]] / "result.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _summary(variant: str, result: dict | None, flags, framework: dict | None) -> dict:
+    if result is None:
+        outcome = "no result: its compile or validation failed (see its stages)"
+    elif not result.get("passed"):
+        outcome = "outputs differ from the reference"
+    else:
+        outcome = "passed"
+    latency = (result or {}).get("latency") or {}
+    return {"variant": variant, "flags": list(flags or ()), "outcome": outcome,
+            "latency": latency or None, "speed_ratio": ratio(latency, framework)}
+
+
+def noise(a: dict, b: dict) -> float:
+    """How far apart two medians may be and still be the same speed: the floor, or the two
+    measurements' half-ranges relative to their medians, whichever is wider."""
+    spread = sum((m["max_ms"] - m["min_ms"]) / (2 * m["median_ms"]) for m in (a, b)
+                 if m.get("median_ms"))
+    return max(NOISE_FLOOR, spread)
+
+
+def choose(passed: dict[str, dict], order: list[str]) -> tuple[str, str]:
+    """(winner, why): the fastest passing variant, unless a variant earlier in the target's
+    order is within the noise of it (then the earlier one stays)."""
+    def median(v):
+        return passed[v]["latency"]["median_ms"]
+
+    fastest = min(passed, key=lambda v: (median(v), order.index(v)))
+    others = ", ".join(f"{v} {_ms(median(v))}" for v in sorted(passed, key=order.index)
+                       if v != fastest)
+    for v in sorted(passed, key=order.index):
+        if v == fastest:
+            break
+        margin = noise(passed[v]["latency"], passed[fastest]["latency"])
+        if median(v) <= median(fastest) * (1 + margin):
+            return v, (f"{v} kept: {_ms(median(v))}, within {margin:.0%} (the noise) of the "
+                       f"fastest, {fastest} {_ms(median(fastest))}")
+    return fastest, (f"{fastest}: fastest that passed, {_ms(median(fastest))} median"
+                     + (f" (others: {others})" if others else " (the only one that passed)"))
+
+
+def _ms(value: float) -> str:
+    return f"{value:.3g} ms"
+
+
+STAGE = Pick()
