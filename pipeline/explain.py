@@ -260,9 +260,7 @@ class Judge:
                              "ran it)")
             elif values["watched"] != task.meta["kiln"]["watched"]:
                 words.append("changed params or tool versions")
-            elif not same_inputs(task.meta["kiln"].get("soft_deps", []), values.get("soft_inputs")):
-                words.append("changed inputs from a variant's stages")
-            else:
+            else:   # (inputs a variant leaves are judged with their stage: _input_changes)
                 out_dir = Path(task.meta["kiln"]["out_dir"])
                 recorded = _recorded_outputs(task, values) or {}
                 words += [f"output {self._shown(out_dir / rel)} no longer matches what kiln wrote"
@@ -279,8 +277,18 @@ class Judge:
 
     def _input_changes(self, task, dep: str, up: Node, reasons) -> bool:
         """Whether doit will see file dep (an output of up, whose bytes are known) changed
-        once up is done, as MD5Checker.check_modified would judge it then."""
+        once up is done, as MD5Checker.check_modified would judge it then; for an input a
+        variant among several leaves (soft), as the session's check will: by digest."""
         verdict = self.verdicts[up]
+        if dep in (task.meta["kiln"].get("soft_deps") or ()):
+            recorded = (self.dep.get_values(task.name).get("soft_inputs") or {}).get(dep)
+            rel = str(Path(dep).relative_to(self.plan.layout.node_dir(up)))
+            try:
+                now = self._digest(up, rel) if verdict.action != "up-to-date" or \
+                    Path(dep).exists() else None
+            except OSError:
+                now = None
+            return (recorded or [None])[0] != now
         if verdict.action == "up-to-date":
             return dep in reasons.get("changed_file_dep", [])
         rel = str(Path(dep).relative_to(self.plan.layout.node_dir(up)))

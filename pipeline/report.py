@@ -44,10 +44,18 @@ def rows(entries: list[dict]) -> list[dict]:
 def _row(model: str, target: str, per_model: list[dict], stage_entries: list[dict]) -> dict:
     chain = per_model + stage_entries
     pick = next((e for e in stage_entries if e["stage"] == "pick"), None)
+    several = len({e["target"] for e in stage_entries}) > 1   # variants tried
     if pick is not None and pick["status"] != "skipped":
         # a variant may fail alone: what counts is the front end and the pick among them
         failed = next((e for e in [*per_model, pick] if e["status"] == "failed"), None)
         verdict = pick
+    elif pick is None and several and not any(e["stage"] == "validate" for e in stage_entries):
+        # compiled only (doit compile): the target compiled when one of its variants did
+        compiled = any(e["stage"] == "codegen" and e["status"] in ("ran", "cached", "up-to-date")
+                       for e in stage_entries)
+        failed = next((e for e in (per_model if compiled else chain)
+                       if e["status"] == "failed"), None)
+        verdict = None
     else:
         failed = next((e for e in chain if e["status"] == "failed"), None)
         verdict = next((e for e in stage_entries if e["stage"] == "validate"

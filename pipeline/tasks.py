@@ -254,12 +254,13 @@ def _stage_specs(plan: Plan):
     for node in nx.topological_sort(plan.graph):
         data = plan.graph.nodes[node]
         stage, model, target = data["stage"], data["model"], data["target"]
-        # a soft upstream (a variant among several) may fail without stopping this node: its
-        # files are checked by the session, not doit (which stops a task whose file is missing)
+        # a soft upstream (a variant among several) may fail, and one a stage reads only if it
+        # is there (partial_inputs) may leave nothing, without stopping this node: its files
+        # are checked by the session, not doit (which stops a task whose file is missing)
         deps, soft, after = [], [], []
         for up in plan.graph.predecessors(node):
             files = [str(f) for f in _read_files(plan, node, up, dirs)]
-            if plan.graph.nodes[up]["soft"]:
+            if plan.graph.nodes[up]["soft"] or stage.partial_inputs:
                 soft += files
                 after.append(up.task_name)
             else:

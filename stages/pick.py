@@ -17,8 +17,9 @@ import json
 import shutil
 from pathlib import Path
 
-from pipeline.stage import Stage, StageError
+from pipeline.stage import Stage, StageError, StageSkipped
 from stages.timing import ratio
+from stages.validate import STAGE as VALIDATE, _device
 
 # a variant displaces an earlier one only when faster by more than this fraction, or by more
 # than the two measurements' own spread if that is wider
@@ -43,7 +44,12 @@ class Pick(Stage):
         return {"variants": [[name, list(flags)] for name, flags in target.variants],
                 "noise_floor": NOISE_FLOOR}
 
+    def resources(self, target):
+        return VALIDATE.resources(target)   # where validate can run (it asks for the device)
+
     def run(self, ctx):
+        if _device(ctx.target.driver) is None:   # validate skipped every variant: so does pick
+            raise StageSkipped(f"skipped: no {ctx.target.driver} device")
         order = [name for name, _ in ctx.target.variants]
         tried = _tried(ctx)
         results = {v: _result(ctx, tried[v]) for v in sorted(tried, key=order.index)}

@@ -26,11 +26,16 @@ def copy_project(dest: Path) -> Path:
 
 
 class Project:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, variants: str | None = "default"):
         self.root = root
+        # the flag variants to try: the default flags only, unless a test is about the search
+        # (tests/test_variants.py sets None: what the config says, every variant)
+        self.variants = variants
 
     def doit(self, *args: str, check: bool = True, timeout: int = 900,
              env_extra: dict | None = None) -> subprocess.CompletedProcess:
+        if self.variants and not any(a.startswith("variants=") for a in args):
+            args = (*args, f"variants={self.variants}")
         env = {k: v for k, v in os.environ.items() if not k.startswith("KILN_REMOTE")}
         env.update(env_extra or {})
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"

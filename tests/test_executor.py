@@ -95,7 +95,8 @@ def _stage_process_of(worker_pid: int) -> int | None:
 def test_a_worker_killed_mid_stage_is_rescheduled_and_the_run_completes(project, cluster):
     first, second = cluster.add_worker(), cluster.add_worker()
     run = subprocess.Popen([sys.executable, "-m", "doit", "-n", "2", "-P", "thread", "validate",
-                            "model=mlp", "target=cpu", f"executor={cluster.address}"],
+                            "model=mlp", "target=cpu", "variants=default",
+                            f"executor={cluster.address}"],
                            cwd=project.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                            text=True)
     deadline = time.time() + 120
@@ -108,7 +109,7 @@ def test_a_worker_killed_mid_stage_is_rescheduled_and_the_run_completes(project,
     out, _ = run.communicate(timeout=600)
     assert run.returncode == 0, out
     record = project.record()
-    assert len(record) == 8 and all(t["status"] == "ran" and t["worker"] for t in record)
+    assert len(record) == 9 and all(t["status"] == "ran" and t["worker"] for t in record)
     assert all(t["result"]["passed"] for t in record if t["stage"] == "validate")
 
 

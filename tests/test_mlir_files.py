@@ -39,7 +39,7 @@ def by_stage(project) -> dict[str, dict]:
 
 def assert_runs(project, inputs):
     stages = by_stage(project)
-    assert set(stages) == {"legalize", "emit", "lower", "codegen", "validate"}
+    assert set(stages) == {"legalize", "emit", "lower", "codegen", "validate", "pick"}
     result = stages["validate"]["result"]
     assert result["passed"] and "runs only" in result["checked"]
     legalized = project.root / "build" / stages["legalize"]["model"] / "legalize" / "legalize.json"

@@ -97,7 +97,8 @@ def test_imported_mlir_enters_at_legalize_and_runs(project, tmp_path):
     shutil.copy(project.root / "build" / "mlp" / "import" / "imported.mlirbc", mlir)
     project.doit("validate", f"model={mlir}", "target=cpu,vulkan")
     record = project.record()
-    assert {t["stage"] for t in record} == {"legalize", "emit", "lower", "codegen", "validate"}
+    assert {t["stage"] for t in record} == {"legalize", "emit", "lower", "codegen", "validate",
+                                            "pick"}
     validates = {t["target"]: t for t in record if t["stage"] == "validate"}
     assert all(t["status"] == "ran" and t["result"]["passed"] for t in validates.values())
     assert "runs only" in validates["cpu"]["result"]["checked"]

@@ -9,7 +9,8 @@ import pytest
 from conftest import copy_project, needs_torch, Project
 
 pytestmark = needs_torch
-MLP_STAGES = {"capture", "serialize", "import", "legalize", "emit", "lower", "codegen", "validate"}
+MLP_STAGES = {"capture", "serialize", "import", "legalize", "emit", "lower", "codegen", "validate",
+              "pick"}
 
 
 def test_validate_mlp_on_cpu_and_vulkan_then_nothing_reruns(project):
@@ -54,7 +55,8 @@ def test_changing_one_targets_flags_reruns_only_that_target(project):
         "    arch: llvmpipe", "    arch: llvmpipe\n    flags: [--iree-opt-level=O2]", 1))
     project.doit("validate", "model=mlp", "target=cpu,vulkan")
     ran = {task for task, status in project.statuses().items() if status == "ran"}
-    assert ran == {"lower:mlp@vulkan", "codegen:mlp@vulkan", "validate:mlp@vulkan"}
+    assert ran == {"lower:mlp@vulkan", "codegen:mlp@vulkan", "validate:mlp@vulkan",
+                   "pick:mlp@vulkan"}
 
 
 def test_fresh_clone_with_restored_cache_runs_nothing(project, tmp_path):
@@ -157,7 +159,8 @@ def test_target_without_a_device_compiles_and_reports_skipped(project):
     assert by_task["codegen:mlp@cuda"]["status"] == "ran"
     skipped = by_task["validate:mlp@cuda"]
     assert skipped["status"] == "skipped" and skipped["reason"] == "skipped: no cuda device"
-    assert "skipped: no cuda device" in proc.stdout
+    assert by_task["pick:mlp@cuda"]["status"] == "skipped"   # nothing to pick from: not a failure
+    assert "skipped: no cuda device" in proc.stdout and proc.returncode == 0
 
 
 def _devices():

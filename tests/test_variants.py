@@ -94,6 +94,7 @@ VARIANTS = """    variants:
 def searched(tmp_path_factory):
     """An .mlir model on cpu with a variant that cannot compile and one that can."""
     project = mlir_project(tmp_path_factory.mktemp("variants") / "proj", names=("m1",))
+    project.variants = None   # the search the matrix asks for
     config = project.root / "targets.yaml"
     config.write_text(config.read_text().replace("    arch: host\n", "    arch: host\n" + VARIANTS)
                       .replace("variants: [default]", "variants: [default, broken, o1]"))
@@ -174,3 +175,10 @@ def _explain(project):
             task, _, why = rest.strip().partition("  ")
             listed[task] = (action, why.strip())
     return listed, proc.stdout
+
+
+def test_compile_only_counts_the_target_compiled_when_a_variant_did(searched):
+    project, _ = searched
+    proc = project.doit("compile")
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("m1 "))
+    assert "compiled" in row and "FAILED" not in row, row
