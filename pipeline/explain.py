@@ -36,9 +36,9 @@ from doit.dependency import Dependency, JsonDB, MD5Checker, SqliteDB, get_file_m
 from doit.exceptions import InvalidCommand
 
 from . import keys, memo, record, remote, tasks as kiln_tasks
-from .intact import changed_outputs, outputs_intact
+from .intact import changed_outputs
 from .runner import Layout, _previous_entry, compute_key, explain as why_ran, read_files
-from .session import CHECK_SIGNATURE, _Check, same_inputs
+from .session import CHECK_SIGNATURE, _Check, stage_check
 from .stage import Node
 from .store import Store, _is_whole
 
@@ -130,25 +130,9 @@ def read_only_dependency(dep_file: str, backend: str, checker_cls, codec_cls) ->
                       codec_cls=codec_cls)
 
 
-def _recorded_outputs(task, values) -> dict | None:
-    """The outputs the task's last run recorded: as doit saved them, else the entry file's."""
-    entry = values.get("entry") if isinstance(values.get("entry"), dict) else \
-        _previous_entry(Path(task.meta["kiln"]["entry"]))
-    outputs = entry.get("outputs")
-    return outputs if isinstance(outputs, dict) else None
-
-
 def _check_read_only(task, values) -> bool | None:
     """session's stage check without its writes (the touched-output refresh, the record)."""
-    info = task.meta["kiln"]
-    if values.get("watched") != info["watched"] or not isinstance(values.get("entry"), dict):
-        return False
-    if info.get("soft_deps") and not same_inputs(info["soft_deps"], values.get("soft_inputs")):
-        return False
-    recorded = _recorded_outputs(task, values)
-    if recorded is None:
-        return None
-    return outputs_intact(info["out_dir"], recorded, info["entry"], refresh=False)
+    return stage_check(task, values, refresh=False)
 
 
 _check_read_only.__signature__ = CHECK_SIGNATURE
@@ -262,7 +246,7 @@ class Judge:
                 words.append("changed params or tool versions")
             else:   # (inputs a variant leaves are judged with their stage: _input_changes)
                 out_dir = Path(task.meta["kiln"]["out_dir"])
-                recorded = _recorded_outputs(task, values) or {}
+                recorded = (values.get("entry") or {}).get("outputs") or {}
                 words += [f"output {self._shown(out_dir / rel)} no longer matches what kiln wrote"
                           for rel in changed_outputs(out_dir, recorded)[0]
                           if (out_dir / rel).exists()]

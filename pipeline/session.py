@@ -81,10 +81,8 @@ class Session:
 
     def run_stage(self, task_name: str, info: dict):
         from .tasks import stage_action
-        outcome = stage_action(self.plan(), task_name, info["watched"])
+        outcome = stage_action(self.plan(), task_name, info["watched"], info.get("soft_deps", []))
         if isinstance(outcome, dict):   # saved by _Check's value saver, once doit has it
-            if info.get("soft_deps"):
-                outcome["soft_inputs"] = {f: input_state(f) for f in info["soft_deps"]}
             self.saved[task_name] = outcome
             return None
         return outcome
@@ -95,18 +93,10 @@ class Session:
         return prune(cache, self.build, self.get_var("days"))
 
     def up_to_date(self, task, values) -> bool | None:
-        """doit's check of a stage task, beside its file_dep: the params and tool versions
-        are those its last run saw, and its outputs in build/ still hold what it wrote."""
-        info = task.meta["kiln"]
-        entry = values.get("entry")
-        if values.get("watched") != info["watched"] or not isinstance(entry, dict):
-            return False   # never ran here, last failed, or a param or tool changed
-        if info.get("soft_deps") and not same_inputs(info["soft_deps"], values.get("soft_inputs")):
-            return False   # what a variant among several left it (doit checks the others)
-        self.run.previous[task.name] = entry   # the record's entry, without a file read
-        if not isinstance(entry.get("outputs"), dict):
-            return None    # skipped: no outputs to check; doit's target check decides
-        return outputs_intact(info["out_dir"], entry["outputs"], info["entry"])
+        verdict = stage_check(task, values)
+        if verdict is not False:
+            self.run.previous[task.name] = values["entry"]   # the record's, without a file read
+        return verdict
 
     def doit_config(self) -> dict:
         dep_file = self.root / ".doit.db"
@@ -125,12 +115,28 @@ class Session:
         }
 
 
-def input_state(path: str) -> list | None:
-    """[digest, size, mtime_ns] of an input a soft upstream left, or None when it left none."""
+def stage_check(task, values, refresh: bool = True) -> bool | None:
+    """doit's check of a stage task, beside its file_dep: the params and tool versions are
+    those its last run saw, the inputs a soft upstream left are the same, and its outputs
+    in build/ still hold what it wrote (refresh: record a touched output's new stat)."""
+    info = task.meta["kiln"]
+    entry = values.get("entry")
+    if values.get("watched") != info["watched"] or not isinstance(entry, dict):
+        return False   # never ran here, last failed, or a param or tool changed
+    if info.get("soft_deps") and not same_inputs(info["soft_deps"], values.get("soft_inputs")):
+        return False   # what a variant among several left it (doit checks the others)
+    if not isinstance(entry.get("outputs"), dict):
+        return None    # skipped: no outputs to check; doit's target check decides
+    return outputs_intact(info["out_dir"], entry["outputs"], info["entry"], refresh)
+
+
+def input_state(path: str, digest: str | None = None) -> list | None:
+    """[digest, size, mtime_ns] of an input a soft upstream left, or None when it left none
+    (digest: the one already taken, e.g. for the stage's key)."""
     from .keys import digest_file
     try:
         st = os.stat(path)
-        return [digest_file(path), st.st_size, st.st_mtime_ns]
+        return [digest or digest_file(path), st.st_size, st.st_mtime_ns]
     except OSError:
         return None
 

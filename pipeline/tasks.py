@@ -212,7 +212,7 @@ def upstream_of(plan: Plan, node: Node) -> dict[str, tuple[Stage, Path]]:
             for up in plan.graph.predecessors(node)}
 
 
-def stage_action(plan: Plan, task_name: str, watched: str):
+def stage_action(plan: Plan, task_name: str, watched: str, soft_deps: list[str] = ()):
     """A stage task's action: the runner's entry goes to the reporter and, as the task's
     values, into doit's database, where the next run's up-to-date check finds it."""
     node = plan.nodes_by_task[task_name]
@@ -229,9 +229,25 @@ def stage_action(plan: Plan, task_name: str, watched: str):
         return TaskFailed(f"{node.task_name} failed at {node.stage}: {entry['error']}{detail}\n"
                           f"  log: {entry['log']}")
     values = {"entry": {k: v for k, v in entry.items() if k != "fingerprint"}}
+    if soft_deps:   # what the session's check compares next time
+        values["soft_inputs"] = _soft_inputs(plan, node, entry.get("fingerprint"), soft_deps)
     if entry["status"] not in ("failed", "skipped"):   # those run again next time
         values["watched"] = watched
     return values
+
+
+def _soft_inputs(plan: Plan, node: Node, fingerprint: dict | None,
+                 soft_deps: list[str]) -> dict[str, list | None]:
+    """The state of the inputs soft upstreams left, with the digests the runner took for the
+    key ('<upstream>/<rel>'); a file is hashed again only where it took none."""
+    from .session import input_state
+    dirs = {name: up_dir for name, (_, up_dir) in upstream_of(plan, node).items()}
+    taken = {}
+    for part, digest in ((fingerprint or {}).get("inputs") or {}).items():
+        name, _, rel = part.partition("/")
+        if name in dirs and digest != "absent":
+            taken[str(dirs[name] / rel)] = digest
+    return {f: input_state(f, taken.get(f)) for f in soft_deps}
 
 
 def watched_digest(stage: Stage, model: ModelSpec, target) -> str:
