@@ -1,7 +1,7 @@
 """The pick among flag variants, for ResNet-18 on cpu: each variant's latency, torch eager's,
 and the ratio of the pick to torch eager, measured in one run on a throw-away project copy.
 
-    .venv/bin/python benchmarks/bench_variants.py [--model resnet] [--rounds 3]
+    .venv/bin/python benchmarks/bench_variants.py [--model resnet] [--rounds 3] [--avx2]
 
 1. `doit -n 2 -P thread validate model=resnet target=cpu`: every variant compiled, validated,
    timed (the machine to itself for each timing), and the fastest that passed picked.
@@ -9,6 +9,10 @@ and the ratio of the pick to torch eager, measured in one run on a throw-away pr
 3. A check that does not trust kiln's timing: every variant's module and torch eager timed
    again, alternately in one loop (--rounds rounds), medians of those.
 Figures hold for this machine; the CPU and whether it has AVX-512 are printed first.
+
+--avx2 holds both sides to AVX2 on an AVX-512 machine: the target compiles for znver3 (AVX2,
+no AVX-512) and torch runs with ATEN_CPU_CAPABILITY=avx2 and ONEDNN_MAX_CPU_ISA=AVX2. That
+measures the AVX2 code on this machine's cores and caches, not an AVX2-only machine.
 """
 from __future__ import annotations
 
@@ -28,6 +32,9 @@ sys.path.insert(0, str(REPO))
 from conftest import copy_project  # noqa: E402
 
 ENV = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+# --avx2: the llvm-cpu target's CPU, and what holds torch (ATen and oneDNN) to AVX2
+AVX2_CPU = "znver3"
+AVX2_TORCH = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
 def cpu() -> str:
@@ -37,6 +44,18 @@ def cpu() -> str:
     flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
                   if line.startswith("flags")), [])
     return f"{name}, {'AVX-512' if 'avx512f' in flags else 'AVX2 only' if 'avx2' in flags else 'no AVX2'}"
+
+
+def hold_to_avx2(root: Path, target: str) -> None:
+    """The project copy's target compiles for an AVX2 CPU; torch, here and in the timing
+    processes kiln starts, uses its AVX2 kernels."""
+    import yaml
+    config_file = root / "targets.yaml"
+    config = yaml.safe_load(config_file.read_text())
+    config["targets"][target]["arch"] = AVX2_CPU
+    config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+    ENV.update(AVX2_TORCH)
+    os.environ.update(AVX2_TORCH)
 
 
 def build(root: Path, model: str, target: str) -> float:
@@ -87,10 +106,17 @@ def main() -> None:
     parser.add_argument("--model", default="resnet")
     parser.add_argument("--target", default="cpu")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--avx2", action="store_true",
+                        help=f"compile for {AVX2_CPU} and hold torch to AVX2 (on an AVX-512 CPU)")
     args = parser.parse_args()
     print(f"CPU: {cpu()}, {os.cpu_count()} logical CPUs")
+    if args.avx2:
+        print(f"held to AVX2: target arch {AVX2_CPU}, torch with "
+              + " ".join(f"{k}={v}" for k, v in AVX2_TORCH.items()))
     with tempfile.TemporaryDirectory(prefix="kiln-bench-variants-") as tmp:
         root = copy_project(Path(tmp) / "proj")
+        if args.avx2:
+            hold_to_avx2(root, args.target)
         seconds = build(root, args.model, args.target)
         record = json.loads((root / "build" / "run.json").read_text())["tasks"]
         pick = next(t for t in record if t["task"] == f"pick:{args.model}@{args.target}")["result"]
