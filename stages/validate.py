@@ -179,8 +179,8 @@ def _run_module(tmp: Path, args: list[str], n_outputs: int | None, ctx, lost: li
         printed, counting_s = run_tool([tool("iree-run-module"), *args], ctx, lost)
         n_outputs = sum(line.startswith("result[") for line in printed.splitlines())
     outs = [tmp / f"out{i}.npy" for i in range(n_outputs)]
-    _, run_s = run_tool([tool("iree-run-module"), *args,
-                             *(f"--output=@{o}" for o in outs)], ctx, lost)
+    _, run_s = run_tool([tool("iree-run-module"), *args, *(f"--output=@{o}" for o in outs)],
+                        ctx, lost)
     return [np.load(o) for o in outs], (counting_s + run_s) * 1000
 
 

@@ -2,9 +2,9 @@
 
 Lavapipe loses its Vulkan device now and then (VK_ERROR_DEVICE_LOST from vkSignalSemaphore:
 once in 40 iree-run-module runs beside the busy test suite, never in 600 otherwise): a run in
-a new process answers. These tests are about kiln's policy for that, not about the runtime, so the tool is
-a small script that loses its "device" a set number of times; the real runtime runs in
-test_frameworks and test_resnet."""
+a new process answers. These tests are about kiln's policy for that, not about the runtime,
+so the tool is a small script that loses its "device" a set number of times; the real
+runtime runs in test_frameworks and test_resnet."""
 from __future__ import annotations
 
 import sys
