@@ -17,9 +17,10 @@ import json
 import shutil
 from pathlib import Path
 
+from pipeline.report import duration
 from pipeline.stage import Stage, StageError, StageSkipped
 from stages.timing import ratio
-from stages.validate import STAGE as VALIDATE, _device
+from stages.validate import STAGE as VALIDATE, device_for
 
 # a variant displaces an earlier one only when faster by more than this fraction, or by more
 # than the two measurements' own spread if that is wider
@@ -28,7 +29,9 @@ NOISE_FLOOR = 0.05
 
 class Pick(Stage):
     name = "pick"
-    code = (Path(__file__).parent / "timing.py",)
+    # pick.json's "why" is worded with report.duration
+    code = (Path(__file__).parent / "timing.py",
+            Path(__file__).parent.parent / "pipeline" / "report.py")
     per_target = True
     across_variants = True
     partial_inputs = True
@@ -48,7 +51,7 @@ class Pick(Stage):
         return VALIDATE.resources(target)   # where validate can run (it asks for the device)
 
     def run(self, ctx):
-        if _device(ctx.target.driver) is None:   # validate skipped every variant: so does pick
+        if device_for(ctx.target.driver) is None:   # validate skipped every variant: so pick
             raise StageSkipped(f"skipped: no {ctx.target.driver} device")
         order = [name for name, _ in ctx.target.variants]
         tried = _tried(ctx)
@@ -117,21 +120,17 @@ def choose(passed: dict[str, dict], order: list[str]) -> tuple[str, str]:
         return passed[v]["latency"]["median_ms"]
 
     fastest = min(passed, key=lambda v: (median(v), order.index(v)))
-    others = ", ".join(f"{v} {_ms(median(v))}" for v in sorted(passed, key=order.index)
+    others = ", ".join(f"{v} {duration(median(v))}" for v in sorted(passed, key=order.index)
                        if v != fastest)
     for v in sorted(passed, key=order.index):
         if v == fastest:
             break
         margin = noise(passed[v]["latency"], passed[fastest]["latency"])
         if median(v) <= median(fastest) * (1 + margin):
-            return v, (f"{v} kept: {_ms(median(v))}, within {margin:.0%} (the noise) of the "
-                       f"fastest, {fastest} {_ms(median(fastest))}")
-    return fastest, (f"{fastest}: fastest that passed, {_ms(median(fastest))} median"
+            return v, (f"{v} kept: {duration(median(v))}, within {margin:.0%} (the noise) "
+                       f"of the fastest, {fastest} {duration(median(fastest))}")
+    return fastest, (f"{fastest}: fastest that passed, {duration(median(fastest))} median"
                      + (f" (others: {others})" if others else " (the only one that passed)"))
-
-
-def _ms(value: float) -> str:
-    return f"{value:.3g} ms"
 
 
 STAGE = Pick()

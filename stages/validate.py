@@ -28,7 +28,7 @@ from stages.params import SCOPE
 HERE = Path(__file__).parent
 
 
-def _device(driver: str) -> str | None:
+def device_for(driver: str) -> str | None:
     return next((d for d in devices() if d.startswith(f"{driver}://")), None)
 
 
@@ -78,12 +78,12 @@ class Validate(Stage):
     def params(self, model, target):
         atol, rtol = self.tolerances(model, target)
         # the device it ran on is part of the answer: lavapipe's pass is not a GPU's
-        return {"driver": target.driver, "device": _device(target.driver), "atol": atol, "rtol": rtol,
+        return {"driver": target.driver, "device": device_for(target.driver), "atol": atol, "rtol": rtol,
                 **({} if times_framework(target) else {"framework": "timed by the default variant"})}
 
     def run(self, ctx):
         driver = ctx.target.driver
-        if _device(driver) is None:
+        if device_for(driver) is None:
             raise StageSkipped(f"skipped: no {driver} device")
         emitted = ctx.inputs["emit"]
         info = json.loads((emitted / "model.json").read_text())
@@ -117,7 +117,7 @@ class Validate(Stage):
                 checked["tolerance_why"] = [t and t.get("why") for t in captured["tolerances"]]
             if peer:
                 checked["checked"] = f"against {peer.split('@')[1]}'s outputs (no framework reference)"
-        result = {**checked, **speed, "device": _device(driver),
+        result = {**checked, **speed, "device": device_for(driver),
                   "parameters": str(archive.relative_to(emitted.parent.parent)) if parameters else None}
         if captured.get("notes") or lost:
             result["notes"] = [*captured.get("notes", []), *lost]
