@@ -10,7 +10,7 @@ from pathlib import Path
 
 from doit import get_var
 
-from pipeline.session import Session
+from pipeline.driver.session import Session
 
 HERE = Path(__file__).parent
 
@@ -20,16 +20,18 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def make_plan(run):
-    """The whole plan (models, targets, graph): made only when the plan memo is stale or a
-    stage has to run, so these imports stay out of a no-op run."""
+def make_plan(variables: dict[str, str]):
+    """The whole plan (models, targets, graph) of the command line's key=value options: made
+    only when the plan memo is stale or a stage has to run, so these imports stay out of a
+    no-op run."""
     import stages
-    from pipeline.config import ConfigError
-    from pipeline.record import write_failed_run
-    from pipeline.tasks import make_plan
+    from pipeline.plan.options import Options
+    from pipeline.plan.tasks import make_plan
+    from pipeline.report.record import write_failed_run
+    from pipeline.stage import ConfigError
     try:
-        return make_plan(get_var, stages.pipeline(), stages.detect, stages.resolve_target,
-                         [HERE / "models"], companions=stages.companions, run=run)
+        return make_plan(Options.parse(variables), stages.pipeline(), stages.detect, stages.resolve_target,
+                         [HERE / "models"], companions=stages.companions)
     except ConfigError as err:
         write_failed_run(Path.cwd() / "build" / "run.json", str(err))   # never a stale record
         sys.exit(f"kiln: {err}")

@@ -1,7 +1,9 @@
-"""The data model: what a stage declares and what it is handed when it runs.
+"""The contract between the engine and stages/: what a stage declares, what it is handed
+when it runs (model, target, inputs, a fresh output directory) and how it says it failed.
 
 A stage is a pure function of its declared inputs: it reads only the upstream output
-directories and the model source it is given, and writes only into ctx.out.
+directories and the model source it is given, and writes only into ctx.out. This module
+imports nothing else of the engine.
 """
 from __future__ import annotations
 
@@ -11,7 +13,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from .config import Target
+from .names import parse_upstream, task_name
+
+
+class ConfigError(Exception):
+    """Bad configuration or command-line value; the message is meant for the user as is."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """A target to compile for (a targets.yaml entry, or one variant of it)."""
+    name: str
+    backend: str
+    arch: str | None
+    driver: str | None
+    flags: tuple[str, ...]
+    atol: float
+    rtol: float
+    where: str = field(default="", compare=False)   # "targets.yaml:12", for error messages
+    params: str | None = None    # "inline" puts the weights back into this target's module
+    # named flag sets to compile, time and pick from: (name, flags), or (name, None) to drop a
+    # backend's built-in one; resolved (stages.targets) to the full list, 'default' first
+    variants: tuple[tuple[str, tuple[str, ...] | None], ...] = ()
+    variant: str | None = None   # for a variant's own stages: which one (its flags are added)
+    base: str | None = None      # for a variant's own stages: the target it is a variant of
+
 
 # a constant with at least this many elements is a weight: it goes to the parameter archive
 DEFAULT_PARAMS_THRESHOLD = 8
@@ -68,7 +94,7 @@ class Node(NamedTuple):
 
     @property
     def task_name(self) -> str:
-        return f"{self.stage}:{self.model}" + (f"@{self.target}" if self.target else "")
+        return task_name(self.stage, self.model, self.target)
 
 
 @dataclass
@@ -97,6 +123,9 @@ class Stage:
     per_target: bool = False
     across_variants: bool = False        # once per target, reading each of its variants' nodes
     partial_inputs: bool = False         # runs with the inputs that exist (a failed variant's do not)
+    group: str | None = None             # a doit group its tasks also make up (codegen: compile)
+    group_doc: str = ""                  # what `doit list` says of that group
+    default: bool = False                # `doit` alone runs this stage's tasks (validate)
     inputs: tuple[str, ...] = ()
     code: tuple[Path, ...] = ()          # source files that fingerprint this stage
 
@@ -138,4 +167,11 @@ class Stage:
 
     def run(self, ctx: StageContext) -> dict | None:
         raise NotImplementedError
+
+
+
+def read_files(stage: Stage, model: ModelSpec, target: Target | None, name: str,
+               up_stage: Stage) -> tuple[str, ...]:
+    """The upstream outputs stage reads (name is 'lower' or a peer's 'validate@cpu')."""
+    return stage.reads(parse_upstream(name)[0], up_stage.outputs(model), model, target)
 

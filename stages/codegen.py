@@ -8,6 +8,8 @@ from stages.targets import compile_flags
 
 class Codegen(Lower):
     name = "codegen"
+    group = "compile"
+    group_doc = "compile the selected models for the selected targets (model=, target=)"
     inputs = ("lower",)
 
     def outputs(self, model):

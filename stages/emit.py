@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline.keys import digest_file
+from pipeline.cache.digest import digest_file
 from pipeline.stage import Stage
 
 HERE = Path(__file__).parent

@@ -3,12 +3,11 @@ given to iree-compile ends up inside the artifact), errors raised with the exact
 from __future__ import annotations
 
 import functools
-import os
 import shlex
 import subprocess
 from pathlib import Path
 
-from pipeline.keys import Watch, find_executable, probe
+from pipeline.cache.probes import Watch, find_executable, probe
 from pipeline.stage import StageError
 
 

@@ -17,7 +17,8 @@ import json
 import shutil
 from pathlib import Path
 
-from pipeline.report import duration
+from pipeline.names import DEFAULT_VARIANT, parse_upstream, variant_of
+from pipeline.report.units import duration
 from pipeline.stage import Stage, StageError, StageSkipped
 from stages.timing import ratio
 from stages.validate import STAGE as VALIDATE, device_for
@@ -29,9 +30,11 @@ NOISE_FLOOR = 0.05
 
 class Pick(Stage):
     name = "pick"
-    # pick.json's "why" is worded with report.duration
+    group = "validate"
+    group_doc = "validate (and time) every variant; pick each target's fastest"
+    # pick.json's "why" is worded with pipeline.report.units
     code = (Path(__file__).parent / "timing.py",
-            Path(__file__).parent.parent / "pipeline" / "report.py")
+            Path(__file__).parent.parent / "pipeline" / "report" / "units.py")
     per_target = True
     across_variants = True
     partial_inputs = True
@@ -79,8 +82,8 @@ def _tried(ctx) -> dict[str, dict[str, str]]:
     tried ('validate' is the target's own default; 'validate@cpu~im2col' a variant's)."""
     tried: dict[str, dict[str, str]] = {}
     for name in ctx.inputs:
-        stage, _, target = name.partition("@")
-        variant = target.split("~", 1)[1] if "~" in target else "default"
+        stage, target = parse_upstream(name)
+        variant = variant_of(target) if target else DEFAULT_VARIANT
         tried.setdefault(variant, {})[stage] = name
     return {v: names for v, names in tried.items() if "validate" in names}
 

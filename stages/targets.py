@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 
-from pipeline.config import ConfigError, Target
+from pipeline.stage import ConfigError, Target
 
 # backend -> (base flags, flag that takes the arch, default arch, default driver)
 BACKENDS = {

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.names import parse_upstream
 from pipeline.stage import Stage, StageError, StageSkipped
 from stages import frameworks, timing
 from stages.compare import compare
@@ -35,6 +36,7 @@ def device_for(driver: str) -> str | None:
 class Validate(Stage):
     name = "validate"
     per_target = True
+    default = True   # `doit` alone validates the default matrix
     inputs = ("capture", "emit", "codegen")
     code = (HERE / "iree_tools.py", HERE / "compare.py", HERE / "timing.py")
 
@@ -94,7 +96,7 @@ class Validate(Stage):
             captured = json.loads((ctx.inputs["capture"] / "capture.json").read_text())
         else:  # imported MLIR given as a file: no framework to ask; a CPU run, if any, is the answer
             inputs = frameworks.model_inputs(ctx.model, info["inputs"])
-            peer = next((name for name in ctx.inputs if name.startswith("validate@")), None)
+            peer = next((name for name in ctx.inputs if parse_upstream(name)[1]), None)
             reference = frameworks.load_arrays(ctx.inputs[peer] / "outputs.npz") if peer else None
         archive = emitted / "model.irpa"
         parameters = archive if not inline_params(ctx.model, ctx.target) \
@@ -116,7 +118,7 @@ class Validate(Stage):
             if any(per_output or []):
                 checked["tolerance_why"] = [t and t.get("why") for t in captured["tolerances"]]
             if peer:
-                checked["checked"] = f"against {peer.split('@')[1]}'s outputs (no framework reference)"
+                checked["checked"] = f"against {parse_upstream(peer)[1]}'s outputs (no framework reference)"
         result = {**checked, **speed, "device": device_for(driver),
                   "parameters": str(archive.relative_to(emitted.parent.parent)) if parameters else None}
         if captured.get("notes") or lost:

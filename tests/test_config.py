@@ -3,8 +3,13 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import models
-from pipeline.config import ConfigError, check_name, load_config
+from pipeline.plan import models
+import stages
+from pipeline.plan.config import check_name, load_config, reserved_names
+from pipeline.stage import ConfigError
+
+STAGE_NAMES = [s.name for s in stages.pipeline()]   # names the build tree uses
+RESERVED = reserved_names(STAGE_NAMES)
 
 GOOD = """\
 targets:
@@ -36,7 +41,7 @@ def assert_config_error(tmp_path, text, line, words):
     """Loading text fails with a message that starts at file:line and holds every word."""
     path = write(tmp_path, text)
     with pytest.raises(ConfigError) as err:
-        load_config(path)
+        load_config(path, STAGE_NAMES)
     message = str(err.value)
     assert message.startswith(f"{path}:{line}:"), message
     for word in words:
@@ -116,7 +121,7 @@ def test_config_names_that_become_paths_are_checked(tmp_path, old, line, name):
     text = GOOD + "models:\n  m:\n    factory: a:b\n    framework: torch\n"
     path = write(tmp_path, text.replace(old, f"  {name}:"))
     with pytest.raises(ConfigError) as err:
-        load_config(path)
+        load_config(path, STAGE_NAMES)
     message = str(err.value)
     assert message.startswith(f"{path}:{line}:"), message
     assert "letters, digits" in message and "stage name" in message
@@ -126,14 +131,14 @@ def test_models_dir_file_with_a_bad_stem_is_an_error(tmp_path):
     (tmp_path / "lower.py").write_text("FRAMEWORK = 'torch'\ndef build(): pass\n")
     (tmp_path / "helper.py").write_text("X = 1\n")  # not a model: its name is not used
     with pytest.raises(ConfigError, match=f"{re.escape(str(tmp_path / 'lower.py'))}: model 'lower'"):
-        models.discover([tmp_path])
+        models.discover([tmp_path], reserved=RESERVED)
 
 
 @pytest.mark.parametrize("file_name", [".hidden.onnx", "validate"])
 def test_model_path_with_a_bad_name_is_an_error(tmp_path, file_name):
     path = tmp_path / file_name
     with pytest.raises(ConfigError, match=f"model={re.escape(str(path))}: model '"):
-        models.from_path(path, lambda _: "onnx", {})
+        models.from_path(path, lambda _: "onnx", {}, reserved=RESERVED)
 
 
 def test_model_path_name_is_still_sanitised(tmp_path):
@@ -142,13 +147,13 @@ def test_model_path_name_is_still_sanitised(tmp_path):
 
 @pytest.mark.parametrize("name", ["cpu-2", "mlp_v1.2", "A9"])
 def test_check_name_accepts_plain_names(name):
-    assert check_name(name, "target") is None
+    assert check_name(name, "target", RESERVED) is None
 
 
 @pytest.mark.parametrize("name", ["", "../x", ".x", "a/b", "codegen", "logs", "ä"])
 def test_check_name_rejects_path_like_and_reserved_names(name):
     with pytest.raises(ConfigError, match=f"target '{re.escape(name)}'"):
-        check_name(name, "target")
+        check_name(name, "target", RESERVED)
 
 
 # --- what make_plan says about models that cannot be used -------------------------------
@@ -156,12 +161,13 @@ def test_check_name_rejects_path_like_and_reserved_names(name):
 def plan(tmp_path, text=GOOD, **variables):
     """make_plan for a project in tmp_path (its models in tmp_path/models), no compiler run."""
     import stages
-    from pipeline.tasks import make_plan
+    from pipeline.plan.options import Options
+    from pipeline.plan.tasks import make_plan
     write(tmp_path, text)
     models_dir = tmp_path / "models"
     models_dir.mkdir(exist_ok=True)
     (models_dir / "mlp.py").write_text("FRAMEWORK = 'torch'\n\ndef build():\n    pass\n")
-    return make_plan(variables.get, stages.pipeline(), stages.detect, stages.resolve_target,
+    return make_plan(Options.parse(variables), stages.pipeline(), stages.detect, stages.resolve_target,
                      [models_dir], root=tmp_path, companions=stages.companions)
 
 

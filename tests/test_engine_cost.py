@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline import keys
+from pipeline.cache import probes
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -28,10 +28,10 @@ def make_tool(tmp_path: Path, version: str = "1.0") -> Path:
 
 
 def version_in_new_process(tmp_path: Path) -> str:
-    """keys.tool_version in a fresh interpreter, as each doit invocation is."""
+    """probes.tool_version in a fresh interpreter, as each doit invocation is."""
     env = dict(os.environ, KILN_TOOL_CACHE=str(tmp_path / "probes.json"),
                PATH=f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
-    code = "from pipeline import keys; print(keys.tool_version('kiln-fake-tool'))"
+    code = "from pipeline.cache import probes; print(probes.tool_version('kiln-fake-tool'))"
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
                           text=True, check=True)
     return proc.stdout.strip()
@@ -79,16 +79,16 @@ def test_a_damaged_cache_file_is_ignored_and_rewritten(tmp_path):
 
 
 def test_a_failed_answer_is_never_remembered(tmp_path, monkeypatch):
-    monkeypatch.setenv(keys.PROBE_CACHE_ENV, str(tmp_path / "probes.json"))
+    monkeypatch.setenv(probes.PROBE_CACHE_ENV, str(tmp_path / "probes.json"))
     exe = make_tool(tmp_path)
     asked = []
-    assert keys.probe(str(exe), ("--x",), lambda: asked.append(1)) is None
-    assert keys.probe(str(exe), ("--x",), lambda: asked.append(1)) is None
+    assert probes.probe(str(exe), ("--x",), lambda: asked.append(1)) is None
+    assert probes.probe(str(exe), ("--x",), lambda: asked.append(1)) is None
     assert len(asked) == 2
 
 
 def test_the_device_list_is_asked_again_when_the_machine_changes(tmp_path, monkeypatch):
-    monkeypatch.setenv(keys.PROBE_CACHE_ENV, str(tmp_path / "probes.json"))
+    monkeypatch.setenv(probes.PROBE_CACHE_ENV, str(tmp_path / "probes.json"))
     exe = make_tool(tmp_path)
     asked = []
 
@@ -98,31 +98,31 @@ def test_the_device_list_is_asked_again_when_the_machine_changes(tmp_path, monke
 
     place = tmp_path / "icd.d"
     place.mkdir()
-    watch = keys.Watch(places=(str(place),), env=("KILN_TEST_DEVICES",))
+    watch = probes.Watch(places=(str(place),), env=("KILN_TEST_DEVICES",))
     monkeypatch.setenv("KILN_TEST_DEVICES", "a")
-    assert keys.probe(str(exe), ("--list_devices",), ask, watch) == ["local-task://"]
-    assert keys.probe(str(exe), ("--list_devices",), ask, watch) == ["local-task://"]
+    assert probes.probe(str(exe), ("--list_devices",), ask, watch) == ["local-task://"]
+    assert probes.probe(str(exe), ("--list_devices",), ask, watch) == ["local-task://"]
     assert len(asked) == 1
     monkeypatch.setenv("KILN_TEST_DEVICES", "b")           # the selecting environment
-    assert keys.probe(str(exe), ("--list_devices",), ask, watch) == ["local-task://"]
+    assert probes.probe(str(exe), ("--list_devices",), ask, watch) == ["local-task://"]
     assert len(asked) == 2
     (place / "lvp_icd.json").write_text("{}")               # a driver manifest appears
     os.utime(place, ns=(1, place.stat().st_mtime_ns + 1_000_000_000))
-    assert keys.probe(str(exe), ("--list_devices",), ask, watch) == ["local-task://"]
+    assert probes.probe(str(exe), ("--list_devices",), ask, watch) == ["local-task://"]
     assert len(asked) == 3
 
 
 def test_the_cached_version_is_the_tools_own_text(tmp_path, monkeypatch):
     """The keys do not change: the remembered text is what --version prints."""
-    monkeypatch.setenv(keys.PROBE_CACHE_ENV, str(tmp_path / "probes.json"))
-    keys.tool_version.cache_clear()
+    monkeypatch.setenv(probes.PROBE_CACHE_ENV, str(tmp_path / "probes.json"))
+    probes.tool_version.cache_clear()
     try:
-        exe = keys.find_executable("iree-compile")
+        exe = probes.find_executable("iree-compile")
         out = subprocess.run([exe, "--version"], capture_output=True, text=True, check=True)
         direct = " ".join((out.stdout + out.stderr).split())
-        assert keys.tool_version("iree-compile") == direct
-        keys.tool_version.cache_clear()
-        assert keys.tool_version("iree-compile") == direct      # now from the cache file
+        assert probes.tool_version("iree-compile") == direct
+        probes.tool_version.cache_clear()
+        assert probes.tool_version("iree-compile") == direct      # now from the cache file
         assert direct in json.loads((tmp_path / "probes.json").read_text()).values()
     finally:
-        keys.tool_version.cache_clear()
+        probes.tool_version.cache_clear()

@@ -1,9 +1,9 @@
 import networkx as nx
 import pytest
 
-from pipeline.config import Target
+from pipeline.stage import Target
 
-from pipeline.graph import build_graph
+from pipeline.plan.graph import build_graph
 from pipeline.stage import ModelSpec, Node
 from stages import pipeline
 
@@ -31,7 +31,7 @@ def test_what_a_legalize_change_can_reach():
 
 
 def test_shards_partition_the_matrix_and_keep_what_each_needs():
-    from pipeline.graph import shard
+    from pipeline.plan.graph import shard
     models = [ModelSpec(f"m{i}", "torch", {}) for i in range(3)]
     graph = build_graph(pipeline(), models, [CPU, GPU])
     pairs = lambda g: {(n.model, n.target) for n in g if n.target}
@@ -46,8 +46,8 @@ def test_shards_partition_the_matrix_and_keep_what_each_needs():
 
 
 def test_bad_shard_names_the_value():
-    from pipeline.config import ConfigError
-    from pipeline.tasks import parse_shard
+    from pipeline.stage import ConfigError
+    from pipeline.plan.options import parse_shard
     assert parse_shard("2/4") == (2, 4)
     for bad in ("0/4", "5/4", "x", "1/0", "-1/2"):
         with pytest.raises(ConfigError, match=f"shard={bad}: expected I/N"):

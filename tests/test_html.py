@@ -12,7 +12,7 @@ from urllib.request import url2pathname
 
 import pytest
 
-from pipeline import html
+from pipeline.report import html
 
 
 # --- pipeline/html.py on hand-made records --------------------------------------------------

@@ -1,28 +1,28 @@
-from pipeline import keys
+from pipeline.cache import digest, probes
 
 
 def test_tool_versions():
-    assert keys.tool_version("iree-compile").startswith("IREE")      # the full version line
-    assert "compiler version" in keys.tool_version("iree-compile")
-    assert keys.tool_version("iree-base-runtime")[0].isdigit()       # a distribution's version
-    assert keys.tool_version("no-such-tool-kiln") == "not installed"
+    assert probes.tool_version("iree-compile").startswith("IREE")      # the full version line
+    assert "compiler version" in probes.tool_version("iree-compile")
+    assert probes.tool_version("iree-base-runtime")[0].isdigit()       # a distribution's version
+    assert probes.tool_version("no-such-tool-kiln") == "not installed"
 
 
 def test_key_changes_with_each_part():
     base = dict(code={"s/a.py": "1"}, params={"f": [1]}, inputs={"x": "d"}, tools={"t": "1"})
-    key = keys.stage_key("s", **base)
-    assert key == keys.stage_key("s", **{k: dict(v) for k, v in base.items()})
+    key = digest.stage_key("s", **base)
+    assert key == digest.stage_key("s", **{k: dict(v) for k, v in base.items()})
     for part, changed in [("code", {"s/a.py": "2"}), ("params", {"f": [2]}),
                           ("inputs", {"x": "e"}), ("tools", {"t": "2"})]:
-        assert keys.stage_key("s", **{**base, part: changed}) != key
-    assert keys.stage_key("other", **base) != key
+        assert digest.stage_key("s", **{**base, part: changed}) != key
+    assert digest.stage_key("other", **base) != key
 
 
 def test_directory_source_ignores_volatile_files(tmp_path):
     (tmp_path / "saved_model.pb").write_bytes(b"graph")
-    before = keys.digest_source(tmp_path)
+    before = digest.digest_source(tmp_path)
     (tmp_path / "fingerprint.pb").write_bytes(b"uuid-1234")
-    assert keys.digest_source(tmp_path) == before
+    assert digest.digest_source(tmp_path) == before
     (tmp_path / "variables").mkdir()
     (tmp_path / "variables" / "v.data").write_bytes(b"weights")
-    assert keys.digest_source(tmp_path) != before
+    assert digest.digest_source(tmp_path) != before

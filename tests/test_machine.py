@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from pipeline import machine
+from pipeline.run import machine
 
 
 def test_a_stage_does_not_start_while_a_measurement_has_the_machine(tmp_path):

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from conftest import Project, copy_project
-from pipeline import keys, memo
+from pipeline.cache import probes
+from pipeline.plan import memo
 from test_engine_cost import make_tool
 from test_mlir_files import matmul_mlir
 
@@ -115,14 +116,14 @@ def test_a_warning_from_making_the_plan_is_shown_on_every_run(mlir):
 def test_a_changed_tool_makes_the_plan_again(tmp_path, monkeypatch):
     """Tool versions and device lists are in the tasks (their up-to-date check): a new
     build of a probed executable, or a changed device, voids the memo."""
-    monkeypatch.setenv(keys.PROBE_CACHE_ENV, str(tmp_path / "probes.json"))
+    monkeypatch.setenv(probes.PROBE_CACHE_ENV, str(tmp_path / "probes.json"))
     exe = make_tool(tmp_path)
     place = tmp_path / "icd.d"
     place.mkdir()
-    keys.PROBED.clear()
-    keys.probe(str(exe), ("--version",), lambda: "1.0")
-    keys.probe(str(exe), ("--list_devices",), lambda: ["local-task://"],
-               keys.Watch(places=(str(place),)))
+    probes.PROBED.clear()
+    probes.probe(str(exe), ("--version",), lambda: "1.0")
+    probes.probe(str(exe), ("--list_devices",), lambda: ["local-task://"],
+               probes.Watch(places=(str(place),)))
     ctx = {"vars": {}}
     memo_file = tmp_path / "memo.json"
 
@@ -137,7 +138,7 @@ def test_a_changed_tool_makes_the_plan_again(tmp_path, monkeypatch):
     (place / "driver.json").write_text("{}")
     os.utime(place, ns=(1, place.stat().st_mtime_ns + 1_000_000_000))
     assert memo.load(memo_file, ctx) is None
-    keys.PROBED.clear()
+    probes.PROBED.clear()
 
 
 def test_a_no_op_run_makes_no_plan_and_an_edit_still_rebuilds(tmp_path):

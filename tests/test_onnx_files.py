@@ -22,8 +22,8 @@ pytest.importorskip("onnxruntime")
 import onnx  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from pipeline.config import ConfigError  # noqa: E402
-from pipeline.runner import Layout  # noqa: E402
+from pipeline.stage import ConfigError  # noqa: E402
+from pipeline.plan.layout import Layout  # noqa: E402
 from pipeline.stage import ModelSpec, Node, StageError  # noqa: E402
 from stages.frameworks.onnx_fw import ADAPTER  # noqa: E402
 

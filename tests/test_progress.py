@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import report
-from pipeline.progress import Progress, Settings, describe, elapsed_text, settings_from_env
+from pipeline.report.table import table as summary_table
+from pipeline.report.progress import Progress, Settings, describe, elapsed_text, settings_from_env
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -186,14 +186,15 @@ DODO = '''"""A tiny project: stages that sleep, reported by kiln's reporter."""
 import atexit, sys, time
 from pathlib import Path
 sys.path.insert(0, {repo!r})
-from pipeline.record import RunLog, make_reporter
+from pipeline.driver.reporter import make_reporter
+from pipeline.report.record import RunLog
 
 RUN = RunLog()
 DOIT_CONFIG = {{"reporter": make_reporter(Path("build/run.json"), RUN), "backend": "sqlite3",
                "dep_file": ".doit.db", "continue": True, "default_tasks": ["validate"]}}
-# what this run loaded: a piped run never loads rich, a no-op run not even pipeline.progress
+# what this run loaded: a piped run never loads rich, a no-op run not even pipeline.report.progress
 atexit.register(lambda: Path("loaded").write_text(
-    " ".join(m for m in ("rich", "pipeline.progress") if m in sys.modules)))
+    " ".join(m for m in ("rich", "pipeline.report.progress") if m in sys.modules)))
 STAGES = {{"slow": {slow}, "quick": 0.0, "later": 0.0, **({{"broken": -1}} if {broken} else {{}})}}
 
 
@@ -245,7 +246,7 @@ def test_piped_output_gets_plain_lines_and_a_no_op_run_never_loads_rich(tmp_path
     assert "\x1b" not in proc.stdout                    # no terminal codes in a log
     assert ".  validate:toy@later" in proc.stdout.splitlines()
     assert re.search(r"toy\s+slow\s+passed", proc.stdout)
-    assert (root / "loaded").read_text() == "pipeline.progress"
+    assert (root / "loaded").read_text() == "pipeline.report.progress"
 
     proc = subprocess.run(DOIT, cwd=root, env=env, capture_output=True, text=True, timeout=60)
     assert "still running" not in proc.stdout and "-- validate:toy@slow" in proc.stdout
@@ -311,10 +312,10 @@ def test_a_terminal_shows_a_live_line_and_keeps_the_table_intact(tmp_path):
     assert ".  validate:toy@later\n" in text, shown
     assert "TaskFailed - taskid:validate:toy@broken\n" in shown
     # the summary table, byte for byte, after the live block was erased
-    table = report.table(_record(root))
+    table = summary_table(_record(root))
     assert "\n" + table + "\n" in shown, shown
     assert shown.index(table) > shown.rindex("\x1b[?25h") > shown.rindex("\x1b[?25l")
-    assert (root / "loaded").read_text() == "rich pipeline.progress"
+    assert (root / "loaded").read_text() == "rich pipeline.report.progress"
 
 
 def test_ctrl_c_on_a_terminal_stops_promptly_and_gives_the_cursor_back(tmp_path):

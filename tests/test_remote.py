@@ -5,9 +5,9 @@ import json
 import pytest
 
 from conftest import Project, copy_project, needs_torch
-from pipeline.keys import digest_file
-from pipeline.remote import RemoteSettings, connect, settings
-from pipeline.store import Store
+from pipeline.cache.digest import digest_file
+from pipeline.cache.remote import RemoteSettings, connect, settings
+from pipeline.cache.store import Store
 
 KEY = "ab" * 32
 
@@ -139,7 +139,8 @@ def test_a_fresh_clone_restores_everything_from_the_remote_and_runs_no_tool(proj
 
 
 def test_remote_section_in_targets_yaml_is_checked(tmp_path):
-    from pipeline.config import ConfigError, load_config
+    from pipeline.plan.config import load_config
+    from pipeline.stage import ConfigError
     base = "targets: {cpu: {backend: llvm-cpu}}\nmatrices: {default: {models: [], targets: [cpu]}}\n"
     path = tmp_path / "targets.yaml"
     path.write_text(base + "remote: {url: 'http://cache:9090', mode: write}\n")
@@ -155,7 +156,7 @@ def test_remote_section_in_targets_yaml_is_checked(tmp_path):
 def test_the_ci_example_shards_the_matrix_and_writes_only_from_main():
     import yaml
     from conftest import REPO
-    from pipeline.tasks import parse_shard
+    from pipeline.plan.options import parse_shard
     workflow = yaml.safe_load((REPO / ".github" / "workflows" / "kiln.yml").read_text())
     job = workflow["jobs"]["build"]
     shards = job["strategy"]["matrix"]["shard"]

@@ -1,7 +1,8 @@
 """The summary table's wording: times carry their unit, IREE's beside the framework's."""
 import pytest
 
-from pipeline.report import duration, markdown, rows, table, times
+from pipeline.report.table import markdown, rows, table
+from pipeline.report.units import duration, times
 
 
 @pytest.mark.parametrize("ms, shown", [(81480.7, "81.5 s"), (132.07, "132 ms"), (9.9, "9.9 ms"),

@@ -9,7 +9,7 @@ import sys
 import time
 
 from conftest import needs_torch
-from pipeline.keys import digest_file
+from pipeline.cache.digest import digest_file
 
 pytestmark = needs_torch
 

@@ -5,7 +5,8 @@ import os
 
 import pytest
 
-from pipeline.runner import Layout, compute_key, execute
+from pipeline.plan.layout import Layout
+from pipeline.run.runner import compute_key, execute
 from pipeline.stage import ModelSpec, Node, Stage, StageError
 
 
@@ -154,7 +155,7 @@ def test_install_never_touches_anything_outside_its_output_directory(layout, tmp
 def test_an_output_damaged_in_build_is_restored_with_a_warning(layout):
     source = Source()
     entry, out = run(source, layout)
-    from pipeline.runner import changed_outputs
+    from pipeline.run.intact import changed_outputs
     recorded = json.loads(layout.entry_file(Node("source", "toy", None)).read_text())["outputs"]
     assert changed_outputs(out, recorded)[0] == []
     (out / "out.txt").write_text("BAD")
@@ -169,7 +170,7 @@ def test_touching_an_output_is_not_damage(layout):
     _, out = run(Source(), layout)
     recorded = json.loads(layout.entry_file(Node("source", "toy", None)).read_text())["outputs"]
     os.utime(out / "out.txt", (1, 1))     # stat differs, bytes do not: hashed, found equal
-    from pipeline.runner import changed_outputs
+    from pipeline.run.intact import changed_outputs
     assert changed_outputs(out, recorded)[0] == []
 
 

@@ -9,8 +9,8 @@ import traceback
 
 from conftest import REPO
 
-from pipeline.keys import canonical, digest_bytes, digest_file
-from pipeline.store import Store
+from pipeline.cache.digest import canonical, digest_bytes, digest_file
+from pipeline.cache.store import Store
 
 
 def make_outputs(tmp_path, files):
@@ -147,8 +147,8 @@ def test_save_rewrites_a_corrupt_blob_sitting_at_the_digest_name(tmp_path):
 def test_files_honour_the_umask(tmp_path):
     """A cache shared by a group must be readable by the group: modes follow the umask."""
     script = (f"import os, sys; os.umask(0o002); sys.path.insert(0, {str(REPO)!r})\n"
-              "from pathlib import Path\nfrom pipeline.store import Store\n"
-              "from pipeline.keys import digest_file\n"
+              "from pathlib import Path\nfrom pipeline.cache.store import Store\n"
+              "from pipeline.cache.digest import digest_file\n"
               f"src = Path({str(tmp_path)!r}) / 'f'; src.write_bytes(b'x')\n"
               f"Store(Path({str(tmp_path)!r}) / 'cache').save('7' * 64, src.parent, "
               "{'f': digest_file(src)}, {})\n")

@@ -2,7 +2,7 @@
 iree-compile sees them (an unknown vulkan target crashes it)."""
 import pytest
 
-from pipeline.config import ConfigError, Target
+from pipeline.stage import ConfigError, Target
 from stages.targets import compile_flags, host_cpu, resolve
 
 

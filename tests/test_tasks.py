@@ -1,7 +1,7 @@
 import pytest
 
-from pipeline.config import ConfigError
-from pipeline.tasks import parse_shapes
+from pipeline.stage import ConfigError
+from pipeline.plan.options import parse_shapes
 
 
 def test_parse_shapes():

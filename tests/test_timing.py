@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Project, copy_project, needs_torch
-from pipeline import report
+from pipeline.report import table, units
 from stages import timing
 
 REPO = Path(__file__).resolve().parent.parent
@@ -75,12 +75,12 @@ def test_mlp_module_and_torch_are_timed_with_repetitions(validated):
 @needs_torch
 def test_the_report_shows_both_times_and_their_ratio(validated):
     project, _ = validated
-    row = next(r for r in report.rows(project.record()) if r["model"] == "mlp")
+    row = next(r for r in table.rows(project.record()) if r["model"] == "mlp")
     assert row["ms"] and row["framework_ms"] and row["ratio"]
-    text = report.table(project.record())
-    assert "framework time/run" in text and report.times(row["ratio"]) in text
+    text = table.table(project.record())
+    assert "framework time/run" in text and units.times(row["ratio"]) in text
     markdown = (project.root / "build" / "report.md").read_text()
-    assert report.duration(row["framework_ms"]) in markdown
+    assert units.duration(row["framework_ms"]) in markdown
 
 
 @pytest.mark.skipif(not has_onnx(), reason="needs kiln[onnx]")
@@ -146,12 +146,12 @@ def test_a_module_too_slow_for_the_budget_is_not_repeated():
 
 def test_a_timing_waits_for_the_stages_running_and_says_so(tmp_path):
     """Another process's stage holds the machine shared: the timing waits until it ends."""
-    from pipeline import machine
+    from pipeline.run import machine
     from pipeline.stage import StageContext
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import time
         from pathlib import Path
-        from pipeline import machine
+        from pipeline.run import machine
         with machine.shared(Path({str(tmp_path)!r})):
             print("held", flush=True)
             time.sleep(1.0)

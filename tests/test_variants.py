@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from pipeline.config import ConfigError, Target
-from pipeline.graph import build_graph, variant_targets
+from pipeline.stage import ConfigError, Target
+from pipeline.plan.graph import build_graph, variant_targets
 from pipeline.stage import ModelSpec, Node
 from stages import pipeline as all_stages
 from stages.pick import choose

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import ConfigError
+from pipeline.stage import ConfigError
 from pipeline.stage import ModelSpec, StageError
 
 from . import Framework, build_model, model_inputs, save_arrays

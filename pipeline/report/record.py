@@ -9,15 +9,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
-from doit.exceptions import DependencyError, UnmetDependency
-from doit.reporter import ConsoleReporter
 
-from .store import atomic_write, describe_os_error
+from ..cache.files import atomic_write, describe_os_error
 
 
 @dataclass
@@ -28,7 +24,7 @@ class RunLog:
     previous: dict[str, dict] = field(default_factory=dict)  # up-to-date tasks' last entries
 
 
-def _entry(task, fresh: dict[str, dict], previous: dict[str, dict]) -> dict | None:
+def entry_of(task, fresh: dict[str, dict], previous: dict[str, dict]) -> dict | None:
     """The task's entry from this run (in memory), else its last run's: as doit saved it
     (read by the up-to-date check), else as the runner wrote it."""
     info = (task.meta or {}).get("kiln")
@@ -52,106 +48,11 @@ def _entry(task, fresh: dict[str, dict], previous: dict[str, dict]) -> dict | No
     return entry
 
 
-def make_reporter(run_file: Path, run: RunLog, after: Callable[[], None] | None = None):
-    fresh = run.entries
-
-    class KilnReporter(ConsoleReporter):
-        """doit's console output, plus progress while stages run, the run record and the
-        summary table."""
-
-        def __init__(self, outstream, options):
-            super().__init__(outstream, options)
-            self.progress = None   # set up when a task first runs: a no-op run never needs it
-            self._progress_lock = threading.Lock()   # -P thread starts tasks from workers
-
-        def write(self, text):
-            if self.progress is None:
-                self.outstream.write(text)
-            else:
-                self.progress.write(text)   # above the live progress lines while they show
-
-        def execute_task(self, task):
-            super().execute_task(task)
-            if not task.actions:   # a group task (validate, compile): nothing runs
-                return
-            with self._progress_lock:
-                if self.progress is None:
-                    self.progress = _progress(self.outstream)
-            self.progress.started(task)
-
-        def initialize(self, tasks, selected_tasks):
-            super().initialize(tasks, selected_tasks)
-            self.entries = []
-            # the record lists tasks in the plan's order, not doit's (which varies between
-            # runs): an unchanged run gives the same bytes
-            self.order = {name: i for i, name in enumerate(tasks)}
-
-        def _add(self, task, **override):
-            entry = _entry(task, fresh, run.previous)
-            if entry is not None:
-                entry.update(override)
-                self.entries.append(entry)
-
-        def add_success(self, task):
-            if self.progress is not None:
-                self.progress.finished(task)
-            super().add_success(task)
-            self._add(task)
-
-        def add_failure(self, task, fail):
-            if self.progress is not None:
-                self.progress.finished(task)
-            super().add_failure(task, fail)
-            if isinstance(fail, (DependencyError, UnmetDependency)):
-                self._add(task, status="skipped", seconds=0.0, reason="an upstream stage failed",
-                          key=None, error=None, command=None, result=None, warnings=None,
-                          why=None, remote=None, worker=None)
-            else:  # the runner's entry says why; if it never got to write one, doit's message
-                entry = _entry(task, fresh, run.previous) or {}
-                extra = {} if entry.get("status") == "failed" else {"error": fail.get_msg().strip()}
-                self._add(task, status="failed", **extra)
-
-        def skip_uptodate(self, task):
-            super().skip_uptodate(task)
-            # what the last run did (its warnings, the remote, the worker) is not this run's
-            self._add(task, status="up-to-date", seconds=0.0, warnings=None, why=None,
-                      remote=None, worker=None)
-
-        def skip_ignore(self, task):
-            super().skip_ignore(task)
-            self._add(task, status="skipped", seconds=0.0, reason="ignored")
-
-        def complete_run(self):
-            if self.progress is not None:
-                self.progress.stop()   # the live lines go before the table (also after Ctrl-C)
-            tasks = [{k: v for k, v in e.items() if v is not None or k in ("target", "key")}
-                     for e in sorted(self.entries, key=lambda e: self.order.get(e["task"], 0))]
-            if tasks:  # a run of no stage (doit prune) keeps the last build's record
-                record = {"tasks": tasks, **({"warnings": run.warnings} if run.warnings else {})}
-                self.outstream.write(_publish(run_file, record))
-            super().complete_run()
-            if after is not None:
-                after()
-
-    return KilnReporter
-
-
-def _progress(outstream):
-    """The progress display for this run's output, as the environment sets it."""
-    from .progress import Progress, settings_from_env   # only once a task runs
-    try:
-        settings = settings_from_env()
-    except ValueError as err:
-        outstream.write(f"kiln: warning: {err}; progress is off\n")
-        settings = None
-    return Progress(outstream, settings)
-
-
 def _summary(record: dict) -> str:
     """What the console shows at the end of a run: the table, each warning once, the remote."""
-    from . import report   # (tabulate: not needed when the summary is the last run's)
+    from . import table   # (tabulate: not needed when the summary is the last run's)
     tasks = record["tasks"]
-    lines = ["", report.table(tasks)]
+    lines = ["", table.table(tasks)]
     for warning, names in _warnings(tasks).items():
         more = f" (and {len(names) - 1} more tasks)" if len(names) > 1 else ""
         lines.append(f"warning: {names[0]}{more}: {warning}")
@@ -161,7 +62,7 @@ def _summary(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _publish(run_file: Path, record: dict) -> str:
+def publish(run_file: Path, record: dict) -> str:
     """Write the record and its reports; return the summary to print. A record identical
     to the last one (a no-op run) whose files are still as written reuses them."""
     memo_file = run_file.parent / ".kiln" / "summary.json"
@@ -210,11 +111,11 @@ def _remote_line(tasks: list[dict]) -> str:
 def _write_record(run_file: Path, record: dict) -> tuple[str, list[Path]]:
     """Write run.json, report.md and report.html: (the line to print about it, the files
     written)."""
-    from . import html, report   # (tabulate, and matplotlib where a chart is drawn)
+    from . import html, table   # (tabulate, and matplotlib where a chart is drawn)
     written = [run_file, run_file.with_name("report.md"), run_file.with_name("report.html")]
     try:
         atomic_write(run_file, json.dumps(record, indent=1).encode())
-        atomic_write(written[1], report.markdown(record).encode())
+        atomic_write(written[1], table.markdown(record).encode())
         # charts whose data did not change come from the memo: a no-op run draws nothing
         page = html.page(record, memo=run_file.parent / ".kiln" / "charts")
         atomic_write(written[2], page.encode())

@@ -14,106 +14,25 @@ entry is discarded with a warning and the stage is rebuilt. A cache that cannot 
 from __future__ import annotations
 
 import contextlib
-import errno
-import hashlib
 import json
 import logging
 import os
 import re
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from .keys import CHUNK, canonical, digest_bytes, digest_file
+from .digest import CHUNK, canonical, digest_bytes, digest_file
+from .files import UNWRITABLE, atomic_copy, atomic_write, describe_os_error, write_verified
+from .remote import RemoteError, RemoteUnavailable
 
 log = logging.getLogger("kiln.store")
 
 FORMAT = 2                                # entries of another format are a silent miss
 DIGEST = re.compile(r"[0-9a-f]{64}")
-# errors that mean "this disk will not take the write", not "this entry is bad"
-UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
 TEMP_GRACE_S = 3600                       # a temp file younger than this may be a live run's
-
-
-def _file_mode() -> int:
-    # mkstemp creates 0600 files; kiln's files get what open() would give: 0666 less the umask
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-FILE_MODE = _file_mode()
-
-
-def _mkstemp(directory: Path, name: str) -> tuple[int, str]:
-    """A fresh temp file next to its final name, with the umask's mode.
-
-    A concurrent prune may remove an empty directory between mkdir and mkstemp, so the pair
-    is retried (prune only removes directories that are empty at that instant)."""
-    for attempt in range(5):
-        try:
-            # mkdir itself raises FileExistsError when the directory vanishes mid-call
-            directory.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
-            break
-        except (FileNotFoundError, FileExistsError):
-            if attempt == 4:
-                raise
-    os.fchmod(fd, FILE_MODE)
-    return fd, tmp
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = _mkstemp(path.parent, path.name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_copy(src: Path, dst: Path) -> None:
-    fd, tmp = _mkstemp(dst.parent, dst.name)
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_verified(dst: Path, chunks, digest: str) -> bool:
-    """Write chunks to dst through a temp file, hashing as they pass: dst appears only when
-    the bytes match digest (a restore from the store, a download from the remote)."""
-    fd, tmp = _mkstemp(dst.parent, dst.name)
-    try:
-        hasher = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out:
-            for chunk in chunks:
-                hasher.update(chunk)
-                out.write(chunk)
-        if hasher.hexdigest() != digest:
-            Path(tmp).unlink()
-            return False
-        os.replace(tmp, dst)
-        return True
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def describe_os_error(err: OSError, where: Path | None = None) -> str:
-    """'cannot write build/x: No space left on device (ENOSPC)': the path and the errno (a
-    failed write() names no file: where says which directory it was writing in)."""
-    name = errno.errorcode.get(err.errno, str(err.errno))
-    place = err.filename or (f"in {where}" if where else "")
-    return f"cannot write {place}: {err.strerror or err} ({name})".replace("write :", "write:")
 
 
 class Store:
@@ -178,7 +97,6 @@ class Store:
     def _remote_call(self, method, *args):
         """method(*args), or None with a warning and an 'error' outcome: a remote that fails
         is a miss, never a failed stage."""
-        from .remote import RemoteError, RemoteUnavailable
         try:
             return method(*args)
         except (RemoteUnavailable, RemoteError) as err:

@@ -18,52 +18,27 @@ result, not an exception, so compile errors are never retried.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 from pathlib import Path
 
-from .config import ConfigError
-from .stage import StageError
-
-# run in the project directory by the worker: the plan exactly as doit loads it (dodo.py with
-# the same command-line variables), then one node of it
-WORKER_SCRIPT = """
-import json, runpy, sys
-import doit.doit_cmd as cmd
-spec = json.loads(sys.argv[1])
-cmd.reset_vars()
-for name, value in spec["vars"].items():
-    cmd.set_var(name, value)
-plan = runpy.run_path("dodo.py")["SESSION"].plan()
-from pipeline.executor import run_node
-print("KILN-RESULT " + json.dumps(run_node(plan, spec["task"])))
-"""
+from ..stage import StageError
 
 
-def parse(text: str | None):
-    """executor= -> None (run in the doit process) or the Dask address / LocalCluster size."""
-    if not text:
-        return None
-    if text.startswith("local:") and text[6:].isdigit() and int(text[6:]) > 0:
-        return int(text[6:])
-    if text.startswith("tcp://"):
-        return text
-    raise ConfigError(f"executor={text}: expected local:N (a LocalCluster of N worker "
-                      "processes) or tcp://host:port (an existing Dask scheduler)")
+
 
 
 class DaskExecutor:
     def __init__(self, where, variables: dict[str, str], root: Path, cache: Path,
-                 local_resources=None):
+                 local_resources=None, script: str = ""):
         self.where = where
         self.variables = {k: v for k, v in variables.items() if k != "executor"}
         self.root, self.cache = root, cache
         self.local_resources = local_resources or (lambda: {})
+        self.script = script   # what the worker's kiln process runs (argv[1]: the spec)
         self.timeout = float(os.environ.get("KILN_EXECUTOR_TIMEOUT", "60"))
         self._client = None
         self._lock = threading.Lock()   # two threads must not start two clusters
@@ -103,17 +78,17 @@ class DaskExecutor:
                 raise StageError(f"no Dask worker declares {', '.join(f'{r}=1' for r in missing)}"
                                  f" (start one with dask worker --resources {missing[0]}=1)")
         spec = {"vars": self.variables, "task": task_name}
-        future = client.submit(_on_worker, str(self.root), str(self.cache), spec,
+        future = client.submit(_on_worker, str(self.root), str(self.cache), self.script, spec,
                                resources=resources or None, pure=False, retries=0,
                                key=f"kiln-{task_name}-{os.urandom(4).hex()}")
         return future.result()
 
 
-def _on_worker(root: str, cache: str, spec: dict) -> dict:
+def _on_worker(root: str, cache: str, script: str, spec: dict) -> dict:
     """Runs inside a Dask worker: the stage in a fresh process, in the project directory."""
     from distributed import get_worker
     env = {**os.environ, "KILN_CACHE": cache}
-    proc = subprocess.run([sys.executable, "-c", WORKER_SCRIPT, json.dumps(spec)], cwd=root,
+    proc = subprocess.run([sys.executable, "-c", script, json.dumps(spec)], cwd=root,
                           env=env, capture_output=True, text=True)
     lines = [l for l in proc.stdout.splitlines() if l.startswith("KILN-RESULT ")]
     if proc.returncode != 0 or not lines:
@@ -126,22 +101,3 @@ def _on_worker(root: str, cache: str, spec: dict) -> dict:
     return result
 
 
-def run_node(plan, task_name: str) -> dict:
-    """Worker side: run one node of the plan into a private build directory, the cache (and
-    the remote, in write mode) receiving its outputs. The entry comes back with its log."""
-    from .runner import execute
-    from .tasks import upstream_of
-    node = next(n for n in plan.graph if n.task_name == task_name)
-    data = plan.graph.nodes[node]
-    with tempfile.TemporaryDirectory(prefix="kiln-worker-") as tmp:
-        layout = dataclasses.replace(plan.layout, root=Path(tmp), build=Path(tmp) / "build")
-        previous = plan.layout.entry_file(node)   # for the 'why': this project's last build
-        if previous.is_file():
-            layout.entry_file(node).parent.mkdir(parents=True, exist_ok=True)
-            layout.entry_file(node).write_bytes(previous.read_bytes())
-        entry = execute(node, data["stage"], data["model"], data["target"],
-                        upstream_of(plan, node), layout, first=plan.graph.in_degree(node) == 0)
-        log = layout.log_file(node)
-        entry["log_text"] = log.read_text() if log.is_file() else ""
-    entry.pop("outputs", None)
-    return entry

@@ -35,12 +35,17 @@ from doit.cmd_base import DoitCmdBase, check_tasks_exist
 from doit.dependency import Dependency, JsonDB, MD5Checker, SqliteDB, get_file_md5
 from doit.exceptions import InvalidCommand
 
-from . import keys, memo, record, remote, tasks as kiln_tasks
-from .intact import changed_outputs
-from .runner import Layout, _previous_entry, compute_key, explain as why_ran, read_files
-from .session import CHECK_SIGNATURE, _Check, stage_check
-from .stage import Node
-from .store import Store, _is_whole
+from ..cache import probes, remote
+from ..cache.digest import digest_file, stage_key
+from ..cache.store import Store, _is_whole
+from ..plan import memo, tasks as kiln_tasks
+from ..plan.layout import Layout
+from ..report import record
+from ..run.intact import changed_outputs
+from ..run.runner import _previous_entry, compute_key, explain as why_ran
+from ..run.uptodate import CHECK_SIGNATURE, stage_check
+from ..stage import Node, read_files
+from .session import _Check
 
 ACTIONS = ("run", "restore", "maybe", "fail")   # what explain lists; "up-to-date" it does not
 NO_RECORD = "no earlier run recorded"
@@ -175,7 +180,7 @@ def _blobs_verify(store: Store, entry: dict) -> bool:
     if store._verified_meta(entry["meta"]) is None:
         return False
     try:
-        return all(keys.digest_file(store._blob(d)) == d for d in entry["outputs"].values())
+        return all(digest_file(store._blob(d)) == d for d in entry["outputs"].values())
     except OSError:
         return False
 
@@ -285,26 +290,26 @@ class Judge:
         # the blob is on the remote only: the same bytes as the file doit already accepts
         with contextlib.suppress(OSError):
             if dep not in reasons.get("changed_file_dep", []):
-                return keys.digest_file(dep) != verdict.digests[rel]
+                return digest_file(dep) != verdict.digests[rel]
         return True
 
     def _digest(self, up: Node, rel: str) -> str:
         """sha256 of what up's output rel will hold; for an upstream that runs first, what
         it holds now. FileNotFoundError when there is nothing to go on."""
         verdict = self.verdicts[up]
-        return verdict.digests.get(rel) or keys.digest_file(verdict.files[rel])
+        return verdict.digests.get(rel) or digest_file(verdict.files[rel])
 
     def key(self, node: Node) -> tuple[str, dict]:
         """runner.compute_key, with each upstream output's digest as it will be when node's
         turn comes (a restored upstream's from its cache entry: no bytes are fetched)."""
         data = self.plan.graph.nodes[node]
         stage, model, target = data["stage"], data["model"], data["target"]
-        _, parts = compute_key(stage, model, target, {}, kiln_tasks._is_entry(self.plan, node))
+        _, parts = compute_key(stage, model, target, {}, kiln_tasks.is_entry(self.plan, node))
         by_dir = {self.plan.layout.node_dir(up): up for up in self.plan.graph.predecessors(node)}
         for name, (up_stage, up_dir) in kiln_tasks.upstream_of(self.plan, node).items():
             for rel in read_files(stage, model, target, name, up_stage):
                 parts["inputs"][f"{name}/{rel}"] = self._digest(by_dir[up_dir], rel)
-        return keys.stage_key(stage.name, **parts), parts
+        return stage_key(stage.name, **parts), parts
 
     def _runner_verdict(self, node: Node, doit_why: list[str], waits: list[str]) -> Verdict:
         """doit runs the action: would the runner restore (key in the cache) or run?"""
@@ -375,7 +380,7 @@ def _write_nothing() -> None:
     (build/.kiln/tool-probes.json: without it tools are asked again, never wrongly), the plan
     memo (the plan is made again next run) and the failed-run record a bad command line
     leaves (the error still stops explain)."""
-    keys._write_probes = lambda path, entries: None
+    probes._write_probes = lambda path, entries: None
     record.write_failed_run = lambda run_file, error: None
     memo.save = lambda *args, **kwargs: None
 

@@ -10,7 +10,7 @@ with what it was made from, as checks that cost a stat each:
 - size and mtime of every file the plan read (targets.yaml, kiln's own code, the models/
   directories and every model source) and mtime of every directory it listed;
 - the installed distributions (their site-packages directories) and each tool it asked,
-  with what the answer depends on (keys.Watch).
+  with what the answer depends on (probes.Watch).
 
 Any difference and the plan is made again, then remembered. The memo decides only which tasks
 exist and what they depend on; whether a task is up to date is still doit's and the store's.
@@ -21,26 +21,26 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
-from . import keys
+from ..cache import probes
+from ..cache.digest import canonical
+from ..cache.files import atomic_write
 
-FORMAT = 1
-VARIABLES = ("config", "matrix", "model", "target", "shapes", "inputs", "shard", "executor",
-             "days", "variants")
+FORMAT = 2
 # what kiln, iree-compile and the runtime read from the environment
 ENV_PREFIXES = ("KILN_", "IREE_", "VK_", "CUDA_", "HIP_", "ROCR_")
 ENV_NAMES = ("PATH", "LD_LIBRARY_PATH", "PYTHONPATH", "VIRTUAL_ENV")
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
 
-def context(get_var: Callable[[str], str | None], root: Path) -> dict:
+def context(variables: dict[str, str], root: Path) -> dict:
     """What the plan depends on that is not a file: checked whole, every run."""
-    return {"format": FORMAT, "vars": {n: get_var(n) for n in VARIABLES},
+    return {"format": FORMAT, "vars": variables,
             "env": {k: v for k, v in os.environ.items()
                     if k.startswith(ENV_PREFIXES) or k in ENV_NAMES},
             "cwd": str(root), "python": [sys.executable, sys.version],
-            "host": os.uname().nodename, "boot": keys._read_small(BOOT_ID)}
+            "host": os.uname().nodename, "boot": probes.read_small(BOOT_ID)}
 
 
 def _stat(path: str) -> list | None:
@@ -77,11 +77,11 @@ def distribution_dirs() -> list[Path]:
 def probe_facts() -> list[dict]:
     """Each tool this process asked (keys.probe), with what its answer depends on."""
     seen, facts = set(), []
-    for exe, watch in keys.PROBED:
+    for exe, watch in probes.PROBED:
         if (exe, watch) in seen:
             continue
         seen.add((exe, watch))
-        facts.append({"exe": exe, "identity": keys.exe_identity(exe),
+        facts.append({"exe": exe, "identity": probes.exe_identity(exe),
                       "watch": None if watch is None else
                       [list(watch.places), list(watch.files), list(watch.env)],
                       "state": None if watch is None else watch.state()})
@@ -89,19 +89,18 @@ def probe_facts() -> list[dict]:
 
 
 def _probe_still(fact: dict) -> bool:
-    if keys.exe_identity(fact["exe"]) != fact["identity"]:
+    if probes.exe_identity(fact["exe"]) != fact["identity"]:
         return False
     if fact["watch"] is None:
         return True
     places, files, env = fact["watch"]
-    state = keys.Watch(tuple(places), tuple(files), tuple(env)).state()
-    return json.loads(keys.canonical(state)) == fact["state"]
+    state = probes.Watch(tuple(places), tuple(files), tuple(env)).state()
+    return json.loads(canonical(state)) == fact["state"]
 
 
 def save(path: Path, ctx: dict, files: dict, probes: list[dict], tasks: list[dict],
          notices: list[str]) -> None:
     """Remember the task list (never fatal: a read-only build/ just makes every plan)."""
-    from .store import atomic_write
     memo = {"context": ctx, "files": files, "probes": probes, "notices": notices,
             "tasks": tasks}
     try:

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from .config import Config, ConfigError, check_name
-from .stage import ModelSpec, StageError
+from ..stage import ConfigError, ModelSpec, StageError
+from .config import Config, check_name
 
 # framework detection for model files is the stages' knowledge, handed in by the caller
 Detect = Callable[[Path], str | None]
@@ -22,7 +22,7 @@ Detect = Callable[[Path], str | None]
 Companions = Callable[[str, Path], dict[str, Path]]
 
 
-def _no_companions(framework: str, path: Path) -> dict[str, Path]:
+def no_companions(framework: str, path: Path) -> dict[str, Path]:
     return {}
 
 
@@ -123,7 +123,8 @@ def _module_files(module: tuple[Path | None, str], search: list[Path]) -> list[P
     return files
 
 
-def discover(model_dirs: list[Path], root: Path | None = None) -> dict[str, ModelSpec]:
+def discover(model_dirs: list[Path], root: Path | None = None,
+             reserved: frozenset[str] = frozenset()) -> dict[str, ModelSpec]:
     models = {}
     for directory in model_dirs:
         for py_file in sorted(directory.glob("*.py")):
@@ -132,7 +133,7 @@ def discover(model_dirs: list[Path], root: Path | None = None) -> dict[str, Mode
             except ConfigError:   # unreadable() says why, where it matters
                 continue
             if framework and py_file.stem not in models:
-                check_name(py_file.stem, f"{py_file}: model")
+                check_name(py_file.stem, f"{py_file}: model", reserved)
                 sources = {"model": py_file, **local_imports(py_file, root or directory.parent)}
                 models[py_file.stem] = ModelSpec(py_file.stem, framework, sources,
                                                  factory=f"{py_file}:build")
@@ -205,7 +206,7 @@ def _factory_spec(factory: str, root: Path) -> tuple[str, Path | None]:
 
 
 def from_config(config: Config, detect: Detect,
-                companions: Companions = _no_companions) -> dict[str, ModelSpec]:
+                companions: Companions = no_companions) -> dict[str, ModelSpec]:
     models = {}
     for decl in config.models.values():
         sources, factory = {}, None
@@ -241,14 +242,15 @@ def from_config(config: Config, detect: Detect,
 
 
 def from_path(path: Path, detect: Detect, shapes: dict, inputs: str | None = None,
-              companions: Companions = _no_companions) -> ModelSpec:
+              companions: Companions = no_companions,
+              reserved: frozenset[str] = frozenset()) -> ModelSpec:
     framework = detect(path)
     if framework is None:
         raise ConfigError(f"model={path}: not a model file kiln can read "
                           "(.pt2, .onnx, .tflite, a SavedModel directory, .mlir, .mlirbc)")
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", path.name)
     # the substitution leaves a leading dot, an empty name or a stage name as they are
-    check_name(name, f"model={path}: model")
+    check_name(name, f"model={path}: model", reserved)
     # absolute, not resolved: a symlinked file (a hub cache) keeps its companions beside it
     sources = {"model": path.absolute(), **companions(framework, path.absolute()),
                **input_sources(inputs, Path.cwd(), "inputs=")}
@@ -256,7 +258,7 @@ def from_path(path: Path, detect: Detect, shapes: dict, inputs: str | None = Non
 
 
 def available(config: Config, model_dirs: list[Path], detect: Detect,
-              companions: Companions = _no_companions) -> dict[str, ModelSpec]:
-    models = discover(model_dirs, config.root)
+              companions: Companions = no_companions) -> dict[str, ModelSpec]:
+    models = discover(model_dirs, config.root, config.reserved)
     models.update(from_config(config, detect, companions))
     return models

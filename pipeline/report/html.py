@@ -22,7 +22,9 @@ from html import escape
 from pathlib import Path
 from urllib.parse import quote
 
-from . import report
+from . import table
+from .units import duration
+
 
 FRONT_END = ("capture", "serialize", "import", "legalize", "emit")   # once per model
 STAGES = FRONT_END + ("lower", "codegen", "validate", "pick")   # a target's variants summed
@@ -81,7 +83,7 @@ def _cells(entries: list[dict]) -> list[dict]:
     """report.rows (the table's outcome and what it rests on) with the page's labels and
     the timings."""
     return [{**row, "label": f"{row['model']} @ {row['target']}", "validate": row["verdict"],
-             **_timing(row["result"])} for row in report.rows(entries)]
+             **_timing(row["result"])} for row in table.rows(entries)]
 
 
 def _timing(result: dict) -> dict:
@@ -174,7 +176,7 @@ def _cell(cell: dict, page_dir: str) -> str:
     if cell["max_abs"] is not None:
         sub.append(f"abs err {cell['max_abs']:.1e}")
     if cell["iree_ms"] is not None:
-        sub.append(report.duration(cell["iree_ms"]))
+        sub.append(duration(cell["iree_ms"]))
     text = kind if kind != "skipped" else cell["outcome"]
     last = cell["validate"] if cell["validate"] and cell["validate"].get("log") else \
         next((e for e in reversed(cell["chain"]) if e.get("log")), None)
@@ -229,7 +231,7 @@ def _variants(cells: list[dict]) -> str:
         for v in c["variants"]:
             ms = _number((v.get("latency") or {}).get("median_ms"))
             name = v["variant"] + (" (picked)" if v["variant"] == c["variant"] else "")
-            rows.append([name, v["outcome"], report.duration(ms) if ms else "—",
+            rows.append([name, v["outcome"], duration(ms) if ms else "—",
                          _ratio(_number(v.get("speed_ratio"))), " ".join(v.get("flags") or [])])
         parts.append(f"<h3>{escape(c['label'])}</h3><p>{escape(c['result'].get('why', ''))}</p>"
                      + _table(["variant", "outcome", "median", "ratio", "flags"], rows,
@@ -245,9 +247,9 @@ def _spread(cell: dict, who: str) -> str:
     median, low, high = cell[f"{who}_ms"], cell[f"{who}_min"], cell[f"{who}_max"]
     if median is None:
         return "not timed"
-    text = report.duration(median)
+    text = duration(median)
     if low is not None and high is not None:
-        text += f" ({report.duration(low)} – {report.duration(high)})"
+        text += f" ({duration(low)} – {duration(high)})"
     return text
 
 
@@ -335,7 +337,7 @@ class _Charts:
                 pass
         svg = _render(name, data, draw)
         if path:
-            from .store import atomic_write
+            from ..cache.files import atomic_write
             try:
                 atomic_write(path, svg.encode())
             except OSError:

@@ -9,6 +9,9 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
+
+from ..stage import ConfigError, Target
 
 
 class _Yaml:
@@ -21,28 +24,6 @@ class _Yaml:
 
 
 yaml = _Yaml()
-
-
-class ConfigError(Exception):
-    """Bad configuration or command-line value; the message is meant for the user as is."""
-
-
-@dataclass(frozen=True)
-class Target:
-    name: str
-    backend: str
-    arch: str | None
-    driver: str | None
-    flags: tuple[str, ...]
-    atol: float
-    rtol: float
-    where: str = field(default="", compare=False)   # "targets.yaml:12", for error messages
-    params: str | None = None    # "inline" puts the weights back into this target's module
-    # named flag sets to compile, time and pick from: (name, flags), or (name, None) to drop a
-    # backend's built-in one; resolved (stages.targets) to the full list, 'default' first
-    variants: tuple[tuple[str, tuple[str, ...] | None], ...] = ()
-    variant: str | None = None   # for a variant's own stages: which one (its flags are added)
-    base: str | None = None      # for a variant's own stages: the target it is a variant of
 
 
 @dataclass(frozen=True)
@@ -77,6 +58,7 @@ class Config:
     matrices: dict[str, Matrix]
     models: dict[str, ModelDecl] = field(default_factory=dict)
     remote: dict = field(default_factory=dict)   # the shared cache: url, mode (env wins)
+    reserved: frozenset[str] = frozenset()       # names the build tree uses (stages, logs)
 
     @property
     def root(self) -> Path:
@@ -131,20 +113,22 @@ TOP_FIELDS = {"targets", "matrices", "models", "remote"}
 
 
 # target, model and matrix names become directory and file names under the build tree, next
-# to the per-stage directories and logs/: they must not escape it nor collide with those
-STAGE_NAMES = ("capture", "serialize", "import", "legalize", "emit", "lower", "codegen", "validate",
-               "pick")
-RESERVED_NAMES = frozenset(STAGE_NAMES) | {"logs"}
+# to the per-stage directories and logs/: they must not escape it nor collide with those (the
+# stage names come from stages/, through the plan)
 _NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
-NAME_RULE = ("use only letters, digits, '_', '.' and '-', not starting with '.', and not a "
-             f"stage name or 'logs' ({', '.join(sorted(RESERVED_NAMES))})")
 
 
-def check_name(name: str, what: str) -> None:
-    """Raise ConfigError unless `name` is safe as a path component; `what` says where it
-    comes from (e.g. "targets.yaml:3: target"), for the message."""
-    if not _NAME.fullmatch(name) or name in RESERVED_NAMES:
-        raise ConfigError(f"{what} '{name}': invalid name: {NAME_RULE}")
+def reserved_names(stage_names: Iterable[str]) -> frozenset[str]:
+    return frozenset(stage_names) | {"logs"}
+
+
+def check_name(name: str, what: str, reserved: frozenset[str]) -> None:
+    """Raise ConfigError unless `name` is safe as a path component and not a name the build
+    tree uses (`reserved`); `what` says where it comes from (e.g. "targets.yaml:3: target")."""
+    if not _NAME.fullmatch(name) or name in reserved:
+        raise ConfigError(f"{what} '{name}': invalid name: use only letters, digits, '_', '.' "
+                          "and '-', not starting with '.', and not a stage name or 'logs' "
+                          f"({', '.join(sorted(reserved))})")
 
 
 def _where(path: Path, node: yaml.Node) -> str:
@@ -186,10 +170,10 @@ def _check_tolerance(path: Path, node: yaml.Node, what: str, value) -> None:
         raise ConfigError(f"{_where(path, node)}: {what}: expected a number >= 0, got {value!r}")
 
 
-def _named_entries(path: Path, node: yaml.Node, section: str, kind: str):
+def _named_entries(path: Path, node: yaml.Node, section: str, kind: str, reserved):
     """(name, entry node) of each entry of a section, its name checked."""
     for name_node, entry_node in _mapping(path, node, section):
-        check_name(name_node.value, f"{_where(path, name_node)}: {section}: {kind}")
+        check_name(name_node.value, f"{_where(path, name_node)}: {section}: {kind}", reserved)
         yield name_node.value, entry_node
 
 
@@ -224,11 +208,11 @@ def _check_fields(path, node, what, schema) -> dict:
     return values
 
 
-def _variants(path: Path, node, what: str, declared: dict) -> tuple:
+def _variants(path: Path, node, what: str, declared: dict, reserved) -> tuple:
     """targets.<name>.variants: name -> list of flags, or null to drop a built-in variant."""
     variants = []
     for name, flags in declared.items():
-        check_name(str(name), f"{_where(path, node)}: {what}: variant")
+        check_name(str(name), f"{_where(path, node)}: {what}: variant", reserved)
         if flags is not None and not (isinstance(flags, list)
                                       and all(isinstance(f, str) for f in flags)):
             raise ConfigError(f"{_where(path, node)}: {what}.{name}: expected a list of "
@@ -237,8 +221,21 @@ def _variants(path: Path, node, what: str, declared: dict) -> tuple:
     return tuple(variants)
 
 
-def load_config(path: str | Path) -> Config:
+def load_config(path: str | Path, stage_names: Iterable[str] = ()) -> Config:
+    """targets.yaml, checked; target, model, matrix and variant names may not be one of
+    stage_names (each is a directory beside the stages' own in build/)."""
     path = Path(path)
+    reserved = reserved_names(stage_names)
+    sections = _sections(path)
+    targets = _targets(path, sections["targets"], reserved)
+    models = _models(path, sections["models"], reserved) if "models" in sections else {}
+    matrices = _matrices(path, sections["matrices"], targets, reserved)
+    remote = _check_fields(path, sections["remote"], "remote", REMOTE_FIELDS) \
+        if "remote" in sections else {}
+    return Config(path.resolve(), targets, matrices, models, remote, reserved)
+
+
+def _sections(path: Path) -> dict[str, yaml.Node]:
     if not path.is_file():
         raise ConfigError(f"{path}: no such configuration file")
     try:
@@ -256,27 +253,38 @@ def load_config(path: str | Path) -> Config:
     for required in ("targets", "matrices"):
         if required not in sections:
             raise ConfigError(f"{path}: missing section '{required}'")
+    return sections
 
+
+def _targets(path: Path, section: yaml.Node, reserved) -> dict[str, Target]:
     targets = {}
-    for name, node in _named_entries(path, sections["targets"], "targets", "target"):
+    for name, node in _named_entries(path, section, "targets", "target", reserved):
         v = _check_fields(path, node, f"targets.{name}", TARGET_FIELDS)
         targets[name] = Target(name, v["backend"], v["arch"], v["driver"], tuple(v["flags"]),
                                float(v["atol"]), float(v["rtol"]), _where(path, node), v["params"],
-                               _variants(path, node, f"targets.{name}.variants", v["variants"]))
+                               _variants(path, node, f"targets.{name}.variants", v["variants"],
+                                         reserved))
+    return targets
+
+
+def _models(path: Path, section: yaml.Node, reserved) -> dict[str, ModelDecl]:
     models = {}
-    if "models" in sections:
-        for name, node in _named_entries(path, sections["models"], "models", "model"):
-            what = f"models.{name}"
-            v = _check_fields(path, node, what, MODEL_FIELDS)
-            if (v["file"] is None) == (v["factory"] is None):
-                raise ConfigError(f"{_where(path, node)}: {what}: give exactly one of 'file' or 'factory'")
-            if v["factory"] and not v["framework"]:
-                raise ConfigError(f"{_where(path, node)}: {what}: a factory model needs 'framework'")
-            # errors about the framework point at its field, else at the entry
-            framework_node = next((val for key, val in node.value if key.value == "framework"), node)
-            models[name] = ModelDecl(name, **v, framework_at=_where(path, framework_node))
+    for name, node in _named_entries(path, section, "models", "model", reserved):
+        what = f"models.{name}"
+        v = _check_fields(path, node, what, MODEL_FIELDS)
+        if (v["file"] is None) == (v["factory"] is None):
+            raise ConfigError(f"{_where(path, node)}: {what}: give exactly one of 'file' or 'factory'")
+        if v["factory"] and not v["framework"]:
+            raise ConfigError(f"{_where(path, node)}: {what}: a factory model needs 'framework'")
+        # errors about the framework point at its field, else at the entry
+        framework_node = next((val for key, val in node.value if key.value == "framework"), node)
+        models[name] = ModelDecl(name, **v, framework_at=_where(path, framework_node))
+    return models
+
+
+def _matrices(path: Path, section: yaml.Node, targets: dict, reserved) -> dict[str, Matrix]:
     matrices = {}
-    for name, node in _named_entries(path, sections["matrices"], "matrices", "matrix"):
+    for name, node in _named_entries(path, section, "matrices", "matrix", reserved):
         what = f"matrices.{name}"
         v = _check_fields(path, node, what, MATRIX_FIELDS)
         unknown = [t for t in v["targets"] if t not in targets]
@@ -288,6 +296,4 @@ def load_config(path: str | Path) -> Config:
                                 None if v["variants"] is None else tuple(v["variants"]))
     if "default" not in matrices:
         raise ConfigError(f"{path}: matrices: missing the 'default' matrix")
-    remote = _check_fields(path, sections["remote"], "remote", REMOTE_FIELDS) \
-        if "remote" in sections else {}
-    return Config(path.resolve(), targets, matrices, models, remote)
+    return matrices

@@ -4,28 +4,12 @@ from __future__ import annotations
 
 from tabulate import tabulate
 
+from ..names import base_target
+from .units import duration, times
+
 
 def _fmt(value, spec=".1e"):
     return "" if value is None else format(value, spec)
-
-
-def duration(ms: float | None) -> str:
-    """A time with its unit and about three significant digits: '81.5 s', '132 ms', '0.05 ms'."""
-    if ms is None:
-        return ""
-    if ms >= 1000:
-        return f"{ms / 1000:.3g} s" if ms < 100_000 else f"{ms / 1000:.0f} s"
-    return f"{ms:.3g} ms" if ms >= 0.01 else f"{ms * 1000:.3g} µs"
-
-
-def times(ratio: float | None) -> str:
-    """IREE's time over the framework's: '1.23×' (above 1, IREE is slower)."""
-    return "" if ratio is None else f"{ratio:.3g}×"
-
-
-def base_target(target: str) -> str:
-    """'cpu~im2col' (a variant's stages) -> 'cpu': a row is a model x target."""
-    return target.split("~", 1)[0]
 
 
 def rows(entries: list[dict]) -> list[dict]:

@@ -15,8 +15,8 @@ import dataclasses
 
 import networkx as nx
 
-from .config import Target
-from .stage import ModelSpec, Node, Stage
+from ..names import base_target, variant_target
+from ..stage import ModelSpec, Node, Stage, Target
 
 
 def variant_targets(target: Target, wanted: tuple[str, ...] | None = None) -> list[Target]:
@@ -26,8 +26,8 @@ def variant_targets(target: Target, wanted: tuple[str, ...] | None = None) -> li
         or list(target.variants[:1])
     if not chosen:   # (a target never resolved through stages.targets: itself)
         return [target]
-    return [dataclasses.replace(target, name=target.name if name == "default" else
-                                f"{target.name}~{name}", flags=(*target.flags, *flags),
+    return [dataclasses.replace(target, name=variant_target(target.name, name),
+                                flags=(*target.flags, *flags),
                                 variant=name, base=target.name)
             for name, flags in chosen]
 
@@ -79,7 +79,7 @@ def shard(graph: nx.DiGraph, index: int, count: int) -> nx.DiGraph:
     matrix between them; a front-end stage two shards need is built by both or, with a shared
     cache, restored by the later one."""
     def pair(node: Node) -> tuple[str, str]:   # a target's variants go with it
-        return node.model, node.target.split("~", 1)[0]
+        return node.model, base_target(node.target)
 
     pairs = sorted({pair(n) for n in graph if n.target is not None})
     mine = set(pairs[index - 1::count])

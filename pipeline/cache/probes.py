@@ -1,44 +1,31 @@
-"""Content digests and stage keys.
+"""What the tools say about themselves, asked once: versions, and answers remembered on disk.
 
-A stage's key hashes what can change its output: the stage name, its code (source bytes of
-the files it declares), its canonical parameters, the content digests of its inputs (not the
-upstream keys: equal bytes upstream give the same key, which is the early cutoff) and the
-versions of the tools it calls.
+A stage's key holds the versions of the tools it calls. Python distributions answer from
+their metadata; an executable's answer (--version, a device list) costs a process start, so
+it is remembered in build/.kiln/tool-probes.json, keyed by the executable's path, size and
+mtime and by whatever else the answer depends on (keys.Watch: the boot, device nodes, ...).
 """
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
-CHUNK = 1 << 20
-
-
-def digest_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def digest_file(path: str | Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def canonical(value) -> str:
-    """JSON with sorted keys and no whitespace: equal values give equal text."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+from .digest import canonical
+from .files import atomic_write
 
 
 def find_executable(name: str) -> str | None:
     """This interpreter's own bin/ first (doit may run without the venv on PATH), then PATH."""
     local = Path(sys.executable).parent / name
     return str(local) if local.exists() else shutil.which(name)
+
 
 
 @functools.lru_cache(maxsize=None)
@@ -61,12 +48,17 @@ def tool_version(tool: str) -> str:
     return version
 
 
+
 # What an executable says about itself (--version, a device list) costs a process start on
 # every doit invocation; it is remembered across processes, keyed by the executable's
 # resolved path, size and mtime_ns (a replaced or touched binary asks again) plus the
 # arguments and whatever else the caller names (e.g. the boot, for a device list).
 PROBE_CACHE_ENV = "KILN_TOOL_CACHE"
+
+
+
 _probe_cache: Path | None = None   # set by the plan: the project's build/.kiln/
+
 
 
 def use_probe_cache(path: Path) -> None:
@@ -76,9 +68,11 @@ def use_probe_cache(path: Path) -> None:
     _probe_cache = path
 
 
+
 def probe_cache_file() -> Path | None:
     explicit = os.environ.get(PROBE_CACHE_ENV)
     return Path(explicit) if explicit else _probe_cache
+
 
 
 def exe_identity(exe: str) -> list | None:
@@ -88,6 +82,7 @@ def exe_identity(exe: str) -> list | None:
     except OSError:
         return None
     return [real, st.st_size, st.st_mtime_ns]
+
 
 
 @dataclass(frozen=True)
@@ -102,8 +97,9 @@ class Watch:
     def state(self) -> dict:
         return {"host": os.uname().nodename,
                 "places": {p: _mtime_ns(p) for p in self.places},
-                "files": {f: _read_small(f) for f in self.files},
+                "files": {f: read_small(f) for f in self.files},
                 "env": {v: os.environ.get(v) for v in self.env}}
+
 
 
 def _mtime_ns(path: str) -> int | None:
@@ -113,7 +109,8 @@ def _mtime_ns(path: str) -> int | None:
         return None
 
 
-def _read_small(path: str) -> str | None:
+
+def read_small(path: str) -> str | None:
     try:
         with open(path) as f:
             return f.read(4096).strip()
@@ -121,9 +118,11 @@ def _read_small(path: str) -> str | None:
         return None
 
 
+
 # the probes this process made, with what they depend on: the plan memo re-checks them
 # (pipeline.memo) before it trusts a task list that was made from their answers
 PROBED: list[tuple[str, Watch | None]] = []
+
 
 
 def probe(exe: str, args: tuple[str, ...], ask: Callable[[], str | list | None],
@@ -155,6 +154,7 @@ def probe(exe: str, args: tuple[str, ...], ask: Callable[[], str | list | None],
     return answer
 
 
+
 def _read_probes(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
@@ -172,12 +172,13 @@ def _read_probes(path: Path) -> dict:
     return good
 
 
+
 def _write_probes(path: Path, entries: dict) -> None:
-    from .store import atomic_write   # (the store hashes with this module)
     try:
         atomic_write(path, json.dumps(entries, indent=1, sort_keys=True).encode())
     except OSError:
         pass   # a read-only build/: asking every time is slower, never wrong
+
 
 
 @functools.lru_cache(maxsize=None)
@@ -189,29 +190,3 @@ def package_version(dist: str) -> str:
     except importlib.metadata.PackageNotFoundError:
         return "not installed"
 
-
-def stage_key(stage: str, code: dict[str, str], params: dict, inputs: dict[str, str],
-              tools: dict[str, str]) -> str:
-    return digest_bytes(canonical({"stage": stage, "code": code, "params": params,
-                                   "inputs": inputs, "tools": tools}).encode())
-
-
-# files a model directory may hold that change on every save without changing the model
-# (a SavedModel's fingerprint.pb holds a fresh uuid): they never reach a key or a file_dep
-VOLATILE_FILES = {"fingerprint.pb"}
-
-
-def source_files(path: Path) -> list[Path]:
-    """A model source's files: the file itself, or a directory's files minus volatile ones."""
-    path = Path(path)
-    if not path.is_dir():
-        return [path]
-    return sorted(p for p in path.rglob("*") if p.is_file() and p.name not in VOLATILE_FILES)
-
-
-def digest_source(path: Path) -> str:
-    path = Path(path)
-    if not path.is_dir():
-        return digest_file(path)
-    parts = {str(p.relative_to(path)): digest_file(p) for p in source_files(path)}
-    return digest_bytes(canonical(parts).encode())

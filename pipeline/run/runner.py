@@ -16,57 +16,23 @@ import shutil
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import keys, machine, remote
-from .config import Target
-from .remote import RemoteSettings
-from .stage import ModelSpec, Node, Stage, StageContext, StageError, StageSkipped
-from .store import UNWRITABLE, Store, atomic_write, describe_os_error
+from ..cache import remote
+from ..cache.digest import digest_file, digest_source, stage_key
+from ..cache.files import UNWRITABLE, atomic_write, describe_os_error
+from ..cache.probes import tool_version
+from ..cache.store import Store
+from ..plan.layout import Layout
+from ..stage import ModelSpec, Node, Stage, StageContext, StageError, StageSkipped, Target, read_files
+from . import machine
 from .intact import changed_outputs, output_stats
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Where a project's files go."""
-    root: Path       # the project (where targets.yaml is)
-    build: Path
-    cache: Path
-    remote: RemoteSettings | None = None   # the shared cache behind cache/, if any
-
-    def node_dir(self, node: Node) -> Path:
-        parts = [node.model] + ([node.target] if node.target else []) + [node.stage]
-        return self.build.joinpath(*parts)
-
-    def entry_file(self, node: Node) -> Path:
-        return self.build / ".kiln" / "tasks" / f"{_safe(node.task_name)}.json"
-
-    def scratch(self) -> Path:
-        """Temp space inside build/, so installing an output is a rename, never a copy."""
-        path = self.build / ".tmp"
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-
-    def log_file(self, node: Node) -> Path:
-        return self.build / "logs" / f"{_safe(node.task_name)}.log"
-
-
-def _safe(task_name: str) -> str:
-    # 'lower:mlp@cpu' -> 'lower.mlp@cpu': stage names hold no '.', targets no '@', so no clash
-    return task_name.replace(":", ".", 1).replace("/", "_")
 
 
 def code_fingerprint(files) -> dict[str, str]:
     # keyed by 'dir/name', not the absolute path: a clone elsewhere must get the same key
-    return {f"{Path(f).parent.name}/{Path(f).name}": keys.digest_file(f) for f in files}
-
-
-def read_files(stage: Stage, model: ModelSpec, target: Target | None, name: str,
-               up_stage: Stage) -> tuple[str, ...]:
-    """The upstream outputs stage reads (name is 'lower' or a peer's 'validate@cpu')."""
-    return stage.reads(name.split("@")[0], up_stage.outputs(model), model, target)
+    return {f"{Path(f).parent.name}/{Path(f).name}": digest_file(f) for f in files}
 
 
 def input_digests(stage: Stage, model: ModelSpec, target: Target | None,
@@ -77,10 +43,10 @@ def input_digests(stage: Stage, model: ModelSpec, target: Target | None,
             if stage.partial_inputs and not (up_dir / rel).is_file():
                 digests[f"{name}/{rel}"] = "absent"   # a variant that failed: none to read
                 continue
-            digests[f"{name}/{rel}"] = keys.digest_file(up_dir / rel)
+            digests[f"{name}/{rel}"] = digest_file(up_dir / rel)
     if first:  # the stage a model enters at reads the model's own files
         for role, path in sorted(model.sources.items()):
-            digests[f"source:{role}"] = keys.digest_source(path)
+            digests[f"source:{role}"] = digest_source(path)
     return digests
 
 
@@ -89,9 +55,9 @@ def compute_key(stage, model, target, upstream, first) -> tuple[str, dict]:
         "code": code_fingerprint(stage.code_files(model)),
         "params": stage.params(model, target),
         "inputs": input_digests(stage, model, target, upstream, first),
-        "tools": {t: keys.tool_version(t) for t in stage.tools(model)},
+        "tools": {t: tool_version(t) for t in stage.tools(model)},
     }
-    return keys.stage_key(stage.name, **parts), parts
+    return stage_key(stage.name, **parts), parts
 
 
 def _check_inputs_present(stage, model, target, upstream) -> None:
@@ -244,7 +210,7 @@ def _run(stage, model, target, upstream, layout, node, key, log_lines, store):
         missing = [rel for rel in declared if not (ctx.out / rel).is_file()]
         if missing:
             raise StageError(f"stage {stage.name} did not write {', '.join(missing)}")
-        outputs = {rel: keys.digest_file(ctx.out / rel) for rel in declared}
+        outputs = {rel: digest_file(ctx.out / rel) for rel in declared}
         meta = {"result": result}
         store.save(key, ctx.out, outputs, meta)
         _install(ctx.out, list(declared), layout.node_dir(node), layout)

@@ -11,6 +11,9 @@ import json
 import os
 from pathlib import Path
 
+from ..cache.digest import digest_file
+from ..cache.files import atomic_write
+
 
 def output_stats(out_dir: Path, outputs: dict[str, str]) -> dict[str, list]:
     """rel -> [digest, size, mtime_ns] of installed outputs: what 'intact' is checked against."""
@@ -26,7 +29,6 @@ def changed_outputs(out_dir: Path, recorded: dict) -> tuple[list[str], dict]:
     now). Cheap when nothing changed: a file is hashed only when its size or mtime differ
     from the record; one that hashes equal (touched, copied) gets its new stat back, so the
     caller can refresh the record and not hash it again next time."""
-    from .keys import digest_file
     changed, stats = [], {}
     for rel, (digest, size, mtime_ns) in recorded.items():
         try:
@@ -57,7 +59,6 @@ def outputs_intact(out_dir: str, recorded: dict, entry_file: str, refresh: bool 
     unless refresh is False), then hashed; a touched file costs one hash, not one per run."""
     if _same_stats(out_dir, recorded):
         return True
-    from .store import atomic_write
     try:
         entry = json.loads(Path(entry_file).read_text())
         if isinstance(entry.get("outputs"), dict) and _same_stats(out_dir, entry["outputs"]) \

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from .config import ConfigError
-from .keys import canonical
+from ..stage import ConfigError
+from .digest import canonical
 
 TIMEOUT_S = (5, 60)          # connect, read
 MODES = ("read", "write")

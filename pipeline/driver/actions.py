@@ -1,0 +1,68 @@
+"""What doit runs for kiln's tasks: a stage node (through the runner, here or on a Dask
+worker) and `doit prune`; the entry a stage leaves goes to the reporter and to doit's values.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from doit.exceptions import TaskFailed
+
+from ..cache.store import Store, prune_scratch
+from ..plan.options import parse_days
+from ..plan.tasks import Plan, is_entry, upstream_of
+from ..report.record import RunLog
+from ..run.executor import DaskExecutor
+from ..run.runner import execute
+from ..run.uptodate import input_state
+from ..stage import ConfigError, Node
+
+
+def stage_action(plan: Plan, executor: DaskExecutor | None, run: RunLog, task: str,
+                 watched: str, soft_deps: list[str] = ()):
+    """A stage task's action: the runner's entry goes to the reporter and, as the task's
+    values, into doit's database, where the next run's up-to-date check finds it."""
+    node = plan.nodes_by_task[task]
+    data = plan.graph.nodes[node]
+    delegate = None
+    if executor is not None:
+        resources = data["stage"].resources(data["target"])
+        delegate = lambda: executor.run(node.task_name, resources)  # noqa: E731
+    entry = execute(node, data["stage"], data["model"], data["target"], upstream_of(plan, node),
+                    plan.layout, first=is_entry(plan, node), delegate=delegate)
+    run.entries[node.task_name] = entry   # the reporter's copy, even where build/ is full
+    if entry["status"] == "failed" and not data["soft"]:
+        detail = f"\n  command: {entry['command']}" if entry.get("command") else ""
+        return TaskFailed(f"{node.task_name} failed at {node.stage}: {entry['error']}{detail}\n"
+                          f"  log: {entry['log']}")
+    values = {"entry": {k: v for k, v in entry.items() if k != "fingerprint"}}
+    if soft_deps:   # what the session's check compares next time
+        values["soft_inputs"] = _soft_inputs(plan, node, entry.get("fingerprint"), soft_deps)
+    if entry["status"] not in ("failed", "skipped"):   # those run again next time
+        values["watched"] = watched
+    return values
+
+
+def _soft_inputs(plan: Plan, node: Node, fingerprint: dict | None,
+                 soft_deps: list[str]) -> dict[str, list | None]:
+    """The state of the inputs soft upstreams left, with the digests the runner took for the
+    key ('<upstream>/<rel>'); a file is hashed again only where it took none."""
+    dirs = {name: up_dir for name, (_, up_dir) in upstream_of(plan, node).items()}
+    taken = {}
+    for part, digest in ((fingerprint or {}).get("inputs") or {}).items():
+        name, _, rel = part.partition("/")
+        if name in dirs and digest != "absent":
+            taken[str(dirs[name] / rel)] = digest
+    return {f: input_state(f, taken.get(f)) for f in soft_deps}
+
+
+def prune(cache: Path, build: Path, days: str | None):
+    try:
+        max_age = parse_days(days)
+    except ConfigError as err:
+        return TaskFailed(str(err))
+    print(f"kiln: {Store(cache).prune(max_age)} (unused for {max_age:g} days)")
+    scratch = prune_scratch(build / ".tmp")
+    if scratch:
+        print(f"kiln: removed {scratch} temp directories killed runs left in build/.tmp")
+    return None
+

@@ -1,0 +1,67 @@
+"""doit's own database (.doit.db): set aside when damaged, sealed when a run leaves it whole.
+
+doit stops every run on a damaged database until someone deletes it; kiln moves it aside and
+goes on, since the store turns the lost up-to-date state into cache hits, not compiles.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+from pathlib import Path
+
+
+
+def _identity(path: Path) -> list | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [st.st_ino, st.st_size, st.st_mtime_ns]
+
+
+
+def seal(dep_file: Path, seal: Path) -> None:
+    """Remember the database as doit left it at the end of a run (the reporter's last step:
+    doit has closed it), so the next run need not decode every row to trust it."""
+    from ..cache.files import atomic_write   # (only once a run ends)
+    with contextlib.suppress(OSError):
+        atomic_write(seal, json.dumps(_identity(dep_file)).encode())
+
+
+
+def set_aside_if_damaged(dep_file: Path, seal: Path | None = None) -> str | None:
+    """doit stops every run (exit 3) on a damaged database until someone deletes it. Move it
+    aside instead: the store turns the lost up-to-date state into cache hits, not compiles.
+    Returns the warning, or None when the file is absent or sound."""
+    if not dep_file.exists():
+        return None
+    try:
+        sealed = json.loads(seal.read_text()) if seal else None
+    except (OSError, ValueError):
+        sealed = None
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{dep_file}?mode=ro", uri=True)) as db:
+            verdict = db.execute("PRAGMA quick_check").fetchone()[0]
+            has_table = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'doit'").fetchone()
+            # sqlite keeps no checksums: a flipped byte in a row shows only when doit decodes
+            # it. Unless the file is the one the last run's doit left (same inode, size, mtime)
+            deep = has_table and sealed != _identity(dep_file)
+            for (data,) in db.execute("SELECT task_data FROM doit") if deep else ():
+                json.loads(data)
+    except sqlite3.OperationalError as err:   # locked or busy (another doit): not damage
+        return None if "locked" in str(err) or "busy" in str(err) else \
+            _set_aside(dep_file, str(err))
+    except (sqlite3.Error, ValueError, TypeError) as err:
+        verdict = str(err)
+    return None if verdict == "ok" else _set_aside(dep_file, verdict)
+
+
+
+def _set_aside(dep_file: Path, verdict: str) -> str:
+    aside = dep_file.with_name(dep_file.name + ".damaged")
+    os.replace(dep_file, aside)
+    return (f"{dep_file} was damaged ({verdict}); moved it to {aside.name} and went on: "
+            "stages are restored from the cache")
+

@@ -1,0 +1,161 @@
+"""One doit invocation, as dodo.py sees it: its tasks, its DOIT_CONFIG, and the plan behind them.
+
+The task list comes from the plan memo (pipeline.plan.memo) while what it was made from holds, else
+from a new plan, which is then remembered. The plan itself (models, graph, stages) is made
+only when something needs it: a task that runs, or a stale memo. So a no-op run imports no
+stage, no graph library and no YAML parser.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from ..names import task_name
+from ..plan import memo
+from ..plan.options import read_variables
+from ..report.record import RunLog
+from ..run.uptodate import CHECK_SIGNATURE, stage_check
+from .database import seal, set_aside_if_damaged
+from .reporter import make_reporter
+
+if TYPE_CHECKING:   # (the plan's modules load only when a plan is made)
+    from ..plan.tasks import Plan
+
+MEMO_ENV = "KILN_PLAN_MEMO"   # "0": always make the plan (a check that the memo is not wrong)
+
+
+class Session:
+    def __init__(self, get_var: Callable[[str], str | None],
+                 make_plan: Callable[[dict[str, str]], Plan],
+                 code: list[Path], root: Path | None = None):
+        self.variables = read_variables(get_var)   # the command line's options, as given
+        self.root = Path(root or os.getcwd()).resolve()
+        self.build = self.root / "build"
+        self.run = RunLog()
+        self.code = code                # kiln's own files: dodo.py and its packages
+        self._make_plan = make_plan
+        self._plan = None
+        self._specs = None
+        self._executor = None
+        self._lock = threading.Lock()   # stages run in threads (-P thread): one plan
+        self.saved: dict[str, dict] = {}   # task -> what its next up-to-date check compares
+
+    def plan(self) -> Plan:
+        """The plan of this invocation, made on first use (a bad option stops it here)."""
+        with self._lock:
+            if self._plan is None:
+                self._plan = self._make_plan(self.variables)
+            return self._plan
+
+    def executor(self):
+        """Where stages that miss the cache run: a Dask executor, or None (here)."""
+        plan = self.plan()
+        with self._lock:
+            if self._executor is None and plan.options.executor is not None:
+                from ..run.executor import DaskExecutor
+                stages = {id(d["stage"]): d["stage"] for _, d in plan.graph.nodes(data=True)}
+                offered = lambda: {k: v for s in stages.values()  # noqa: E731
+                                   for k, v in s.worker_resources().items()}
+                from .worker import WORKER_SCRIPT
+                self._executor = DaskExecutor(plan.options.executor, plan.options.for_worker(),
+                                              plan.layout.root, plan.layout.cache, offered,
+                                              WORKER_SCRIPT)
+            return self._executor
+
+    def task_specs(self) -> list[dict]:
+        if self._specs is None:
+            self._specs = self._load_specs()
+        return self._specs
+
+    def _load_specs(self) -> list[dict]:
+        memo_file = self.build / ".kiln" / "plan-memo.json"
+        context = memo.context(self.variables, self.root)
+        remembered = memo.load(memo_file, context) if os.environ.get(MEMO_ENV) != "0" else None
+        if remembered is not None:
+            notices, specs = remembered["notices"], remembered["tasks"]
+        else:
+            from ..plan.tasks import plan_inputs, task_specs
+            plan = self.plan()
+            notices, specs = plan.notices, task_specs(plan)
+            read, listed = plan_inputs(plan)
+            code_files, code_dirs = memo.code_facts(p for p in self.code if p.is_dir())
+            files = memo.file_facts([*read, *code_files, *(p for p in self.code if p.is_file())],
+                                    [*listed, *code_dirs, *memo.distribution_dirs()])
+            memo.save(memo_file, context, files, memo.probe_facts(), specs, notices)
+        for notice in notices:
+            print(notice, file=sys.stderr)
+        return specs
+
+    def tasks(self):
+        """doit's task dicts: the specs with their actions and up-to-date check attached."""
+        check = _Check(self)
+        for spec in self.task_specs():
+            task = {k: v for k, v in spec.items() if not k.startswith("kiln_")}
+            kind = spec.get("kiln_action")
+            if kind == "stage":
+                task["actions"] = [(self.run_stage, [task_name(spec["basename"], spec["name"]),
+                                                     spec["meta"]["kiln"]])]
+                task["uptodate"] = [check]
+            elif kind == "prune":
+                task["actions"] = [(self.prune, [])]
+            yield task
+
+    def run_stage(self, task: str, info: dict):
+        from .actions import stage_action
+        outcome = stage_action(self.plan(), self.executor(), self.run, task, info["watched"],
+                               info.get("soft_deps", []))
+        if isinstance(outcome, dict):   # saved by _Check's value saver, once doit has it
+            self.saved[task] = outcome
+            return None
+        return outcome
+
+    def prune(self):
+        from .actions import prune
+        cache = Path(os.environ.get("KILN_CACHE") or self.root / "cache").resolve()
+        return prune(cache, self.build, self.variables.get("days"))
+
+    def up_to_date(self, task, values) -> bool | None:
+        verdict = stage_check(task, values)
+        if verdict is not False:
+            self.run.previous[task.name] = values["entry"]   # the record's, without a file read
+        return verdict
+
+    def doit_config(self) -> dict:
+        dep_file = self.root / ".doit.db"
+        seal_file = self.build / ".kiln" / "doit-db.json"
+        warning = set_aside_if_damaged(dep_file, seal_file)
+        if warning:
+            self.run.warnings.append(warning)
+            print(f"kiln: warning: {warning}", file=sys.stderr)
+        return {
+            "backend": "sqlite3",
+            "dep_file": str(dep_file),
+            "continue": True,           # one failing model x target never stops the others
+            "default_tasks": list(dict.fromkeys(s["basename"] for s in self.task_specs()
+                                                if s.get("kiln_default"))),
+            "reporter": make_reporter(self.build / "run.json", self.run,
+                                      after=lambda: seal(dep_file, seal_file)),
+        }
+
+
+class _Check:
+    """A stage task's up-to-date check, and the saver of the values it checks against.
+
+    The values reach doit's database through a value saver, not as the action's return
+    value: doit would store a returned dict twice. The signature is stated because doit
+    works out each check's signature for every task: a fifth of a 600-task no-op otherwise."""
+    __signature__ = CHECK_SIGNATURE
+
+    def __init__(self, session: Session):
+        self.session = session
+
+    def __call__(self, task, values):
+        return self.session.up_to_date(task, values)
+
+    def configure_task(self, task):
+        task.value_savers.append(lambda: self.session.saved.pop(task.name, {}))
+
+

@@ -1,0 +1,35 @@
+"""Where a project's files go: build/<model>/[<target>/]<stage>/, its logs and record entries.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..cache.remote import RemoteSettings
+from ..names import file_stem
+from ..stage import Node
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a project's files go."""
+    root: Path       # the project (where targets.yaml is)
+    build: Path
+    cache: Path
+    remote: RemoteSettings | None = None   # the shared cache behind cache/, if any
+
+    def node_dir(self, node: Node) -> Path:
+        parts = [node.model] + ([node.target] if node.target else []) + [node.stage]
+        return self.build.joinpath(*parts)
+
+    def entry_file(self, node: Node) -> Path:
+        return self.build / ".kiln" / "tasks" / f"{file_stem(node.task_name)}.json"
+
+    def scratch(self) -> Path:
+        """Temp space inside build/, so installing an output is a rename, never a copy."""
+        path = self.build / ".tmp"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def log_file(self, node: Node) -> Path:
+        return self.build / "logs" / f"{file_stem(node.task_name)}.log"

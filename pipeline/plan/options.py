@@ -1,0 +1,105 @@
+"""The command line's key=value options, parsed in one place into one typed object.
+
+    doit validate model=mlp,resnet target=cpu variants=default shapes=x:1x3x224x224 shard=2/4
+
+doit hands kiln its `key=value` words through get_var; `read_variables` takes them as given
+(what the plan memo compares and what a Dask worker is handed), `Options.parse` checks and
+types them (a bad value is a ConfigError naming the option and what is valid).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..stage import ConfigError
+
+# every option kiln reads, with what it does (for `doit help`, errors and the plan memo)
+VARIABLES = {
+    "config": "the configuration file (default: targets.yaml, or KILN_CONFIG)",
+    "matrix": "a matrix of targets.yaml (default: 'default')",
+    "model": "models by name, comma-separated, 'all', or a path to a model file",
+    "target": "targets by name, comma-separated, or 'all'",
+    "variants": "the flag variants to try, e.g. variants=default (default: every variant)",
+    "shapes": "input shapes, e.g. shapes=x:1x3x224x224;y:4",
+    "inputs": "the one selected model's inputs: a .npz or .npy file",
+    "shard": "build the I-th of N shards of the selection, e.g. shard=2/4",
+    "executor": "run stages on Dask: local:N (a LocalCluster) or tcp://host:port",
+    "days": "doit prune: drop cache entries unused for this many days (default 30)",
+}
+
+
+def read_variables(get_var: Callable[[str], str | None]) -> dict[str, str]:
+    """The options given on the command line, as given (an absent one is left out)."""
+    return {name: value for name in VARIABLES if (value := get_var(name)) is not None}
+
+
+def _names(text: str | None) -> tuple[str, ...] | None:
+    return None if text is None else tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+@dataclass(frozen=True)
+class Options:
+    variables: dict[str, str] = field(default_factory=dict)   # as given: for memo and workers
+    config: str | None = None
+    matrix: str = "default"
+    models: tuple[str, ...] | None = None      # None: the matrix's
+    targets: tuple[str, ...] | None = None     # None: the matrix's
+    variants: tuple[str, ...] | None = None    # None: the matrix's, else every one
+    shapes: dict[str, list[int]] = field(default_factory=dict)
+    inputs: str | None = None
+    shard: tuple[int, int] | None = None
+    executor: int | str | None = None          # LocalCluster size or scheduler address
+    days: float = 30.0
+
+    @classmethod
+    def parse(cls, variables: dict[str, str]) -> Options:
+        get = variables.get
+        return cls(dict(variables), get("config"), get("matrix") or "default",
+                   _names(get("model")), _names(get("target")), _names(get("variants")),
+                   parse_shapes(get("shapes")), get("inputs"),
+                   parse_shard(get("shard")) if get("shard") else None,
+                   parse_executor(get("executor")), parse_days(get("days")))
+
+    def for_worker(self) -> dict[str, str]:
+        """The options a Dask worker's kiln process is given: the same plan, run here."""
+        return {k: v for k, v in self.variables.items() if k not in ("executor", "days")}
+
+
+def parse_shapes(text: str | None) -> dict:
+    """'x:1x3x224x224;y:4' -> {'x': [1, 3, 224, 224], 'y': [4]}. Input names may hold ':'
+    (TFLite's 'serving_default_x:0'), dims never do: split at the last one."""
+    shapes = {}
+    for item in filter(None, (text or "").split(";")):
+        name, _, dims = item.rpartition(":")
+        try:
+            shapes[name.strip()] = [int(d) for d in dims.lower().split("x")]
+        except ValueError:
+            raise ConfigError(f"shapes={text}: expected 'input:1x3x224x224;other:4'") from None
+    return shapes
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'2/4' -> (2, 4): this CI job builds the second of four shards of the selection."""
+    index, _, count = text.partition("/")
+    if not (index.isdigit() and count.isdigit() and 1 <= int(index) <= int(count)):
+        raise ConfigError(f"shard={text}: expected I/N with 1 <= I <= N, e.g. shard=2/4")
+    return int(index), int(count)
+
+
+def parse_executor(text: str | None) -> int | str | None:
+    """executor= -> None (run in the doit process) or the Dask address / LocalCluster size."""
+    if not text:
+        return None
+    if text.startswith("local:") and text[6:].isdigit() and int(text[6:]) > 0:
+        return int(text[6:])
+    if text.startswith("tcp://"):
+        return text
+    raise ConfigError(f"executor={text}: expected local:N (a LocalCluster of N worker "
+                      "processes) or tcp://host:port (an existing Dask scheduler)")
+
+
+def parse_days(text: str | None) -> float:
+    try:
+        return float(text if text is not None else 30)
+    except ValueError:
+        raise ConfigError(f"days={text}: expected a number of days") from None

@@ -1,0 +1,286 @@
+"""The plan: the command line's options and targets.yaml made into the stage graph of the
+selected models x targets, and that graph into doit task specs.
+
+doit owns scheduling, the CLI and the local up-to-date check (file_dep by content; params,
+tool versions and outputs by pipeline.run.uptodate); the store owns reuse across runs and
+machines. Specs are plain data (pipeline.driver attaches the actions), so pipeline.plan.memo
+can keep them between runs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import networkx as nx
+
+from ..cache import remote
+from ..cache.digest import canonical, digest_bytes, source_files
+from ..cache.probes import tool_version, use_probe_cache
+from ..names import task_subname, upstream_name
+from ..stage import ConfigError, ModelSpec, Node, Stage, read_files
+from . import models as model_registry
+from .config import Config, load_config
+from .graph import build_graph, shard
+from .layout import Layout
+from .options import Options
+
+
+@dataclass
+class Plan:
+    """What this doit invocation builds: the stage graph of the selected models x targets
+    (each node carries its Stage, ModelSpec and Target) and where its files go."""
+    config: Config
+    layout: Layout
+    graph: nx.DiGraph
+    options: Options
+    stages: list[Stage]
+    model_dirs: list[Path] = dataclasses.field(default_factory=list)   # where models were found
+    notices: list[str] = dataclasses.field(default_factory=list)       # printed at every run
+
+    @functools.cached_property
+    def nodes_by_task(self) -> dict[str, Node]:
+        return {node.task_name: node for node in self.graph}
+
+
+def _pick(names: tuple[str, ...] | None, valid: dict, default: tuple, what: str,
+          config: Config, resolve_path: Callable[[str], object] | None = None,
+          unusable: dict[str, str] | None = None) -> list:
+    """What what= selects. `unusable` names what exists but cannot be used, with why (a
+    models/ file with a syntax error): selecting it says why, not "unknown"."""
+    unusable = unusable or {}
+    if names is None:
+        return [valid[n] for n in default]
+    if names == ("all",):
+        if unusable:
+            raise ConfigError(f"{what}=all: {next(iter(unusable.values()))}")
+        return list(valid.values())
+    picked = []
+    for name in names:
+        if name in valid:
+            picked.append(valid[name])
+        elif name in unusable:
+            raise ConfigError(f"{what}={name}: {unusable[name]}")
+        elif resolve_path and (os.sep in name or Path(name).suffix):
+            if not Path(name).exists():
+                raise ConfigError(f"{what}={name}: no such file or directory")
+            picked.append(resolve_path(name))
+        else:
+            raise ConfigError(f"{what}={name}: unknown {what} (valid: {', '.join(sorted(valid))}"
+                              + (", or a path to a model file" if resolve_path else "")
+                              + f"; see {config.path})")
+    return picked
+
+
+def make_plan(options: Options, stages: list[Stage], detect: model_registry.Detect,
+              resolve_target: Callable, model_dirs: list[Path], root: Path | None = None,
+              companions: model_registry.Companions = model_registry.no_companions) -> Plan:
+    root = Path(root or os.getcwd()).resolve()
+    config = load_config(options.config or os.environ.get("KILN_CONFIG") or root / "targets.yaml",
+                         [s.name for s in stages])
+    layout = Layout(root, root / "build", Path(os.environ.get("KILN_CACHE") or root / "cache").resolve(),
+                    remote.settings(config.remote, os.environ))
+    use_probe_cache(layout.build / ".kiln" / "tool-probes.json")
+    if options.matrix not in config.matrices:
+        raise ConfigError(f"matrix={options.matrix}: unknown matrix (valid: "
+                          f"{', '.join(config.matrices)}; see {config.path})")
+    matrix = config.matrices[options.matrix]
+    model_dirs = model_dirs + [config.root / "models"]
+    models, notices = _models(options, matrix, config, model_dirs, detect, companions)
+    model_registry.check_frameworks(models, stages, config)
+    targets = [resolve_target(t) for t in
+               _pick(options.targets, config.targets, matrix.targets, "target", config)]
+    graph = build_graph(stages, models, targets, _variants(options, matrix, targets, config))
+    if options.shard:
+        graph = shard(graph, *options.shard)
+    return Plan(config, layout, graph, options, stages, model_dirs, notices)
+
+
+def _models(options: Options, matrix, config: Config, model_dirs: list[Path], detect,
+            companions) -> tuple[list[ModelSpec], list[str]]:
+    """The selected models, and notices of the models/ files left out as unreadable."""
+    known = model_registry.available(config, model_dirs, detect, companions)
+    unreadable = model_registry.unreadable(model_dirs, known)
+    unknown = [m for m in matrix.models if m not in known and m not in unreadable]
+    if unknown:
+        raise ConfigError(f"{config.path}: matrices.{matrix.name}: unknown model "
+                          f"{', '.join(unknown)} (valid: {', '.join(sorted(known))})")
+    broken = [m for m in matrix.models if m in unreadable] if options.models is None else []
+    if broken:   # the matrix is what is selected
+        raise ConfigError(f"{config.path}: matrices.{matrix.name}: model {broken[0]}: "
+                          f"{unreadable[broken[0]]}")
+    models = _pick(options.models, known, matrix.models, "model", config,
+                   lambda p: model_registry.from_path(Path(p), detect, options.shapes, None,
+                                                      companions, config.reserved),
+                   unreadable)
+    # none of the unreadable is selected (_pick refuses those): they are only noticed
+    return _with_inputs(models, options.inputs), model_registry.left_out(unreadable)
+
+
+def _variants(options: Options, matrix, targets, config: Config) -> tuple[str, ...] | None:
+    """Which variants to try: variants=a,b on the command line, else the matrix's `variants:`,
+    else every one (None). A name no selected target has is an error."""
+    wanted = options.variants if options.variants is not None else matrix.variants
+    if wanted is None:
+        return None
+    known = {name for t in targets for name, _ in t.variants}
+    unknown = [v for v in wanted if v not in known]
+    if unknown:
+        where = "variants=" + options.variables["variants"] if options.variants is not None \
+            else f"{config.path}: matrices.{matrix.name}.variants"
+        raise ConfigError(f"{where}: unknown variant {', '.join(unknown)} (the selected targets "
+                          f"have: {', '.join(sorted(known))})")
+    return wanted
+
+
+def _with_inputs(models: list[ModelSpec], inputs: str | None) -> list[ModelSpec]:
+    """inputs=path.npz on the command line: the one selected model's inputs."""
+    if inputs is None:
+        return models
+    if len(models) != 1:
+        raise ConfigError(f"inputs={inputs}: give inputs for one model at a time (model=NAME); "
+                          f"{len(models)} are selected")
+    sources = {r: p for r, p in models[0].sources.items() if r.split(":")[0] != "inputs"}
+    sources.update(model_registry.input_sources(inputs, Path.cwd(), f"inputs={inputs}"))
+    return [dataclasses.replace(models[0], sources=sources)]
+
+
+def _node_files(plan: Plan, node: Node, dirs: dict | None = None) -> list[Path]:
+    stage, model = plan.graph.nodes[node]["stage"], plan.graph.nodes[node]["model"]
+    node_dir = _node_dir(plan, node, dirs)
+    return [node_dir / rel for rel in stage.outputs(model)]
+
+
+def _read_files(plan: Plan, node: Node, up: Node, dirs: dict | None = None) -> list[Path]:
+    """The files of upstream node up that node reads (its file_dep)."""
+    data, up_stage = plan.graph.nodes[node], plan.graph.nodes[up]["stage"]
+    up_dir = _node_dir(plan, up, dirs)
+    return [up_dir / rel for rel in
+            read_files(data["stage"], data["model"], data["target"], up.stage, up_stage)]
+
+
+def _node_dir(plan: Plan, node: Node, dirs: dict | None) -> Path:
+    """layout.node_dir, remembered in dirs (one task generation asks for each node's often)."""
+    if dirs is None:
+        return plan.layout.node_dir(node)
+    found = dirs.get(node)
+    if found is None:
+        found = dirs[node] = plan.layout.node_dir(node)
+    return found
+
+
+def is_entry(plan: Plan, node: Node) -> bool:
+    """The stage a model enters the pipeline at: the one that reads the model's own files."""
+    return plan.graph.in_degree(node) == 0
+
+
+def upstream_of(plan: Plan, node: Node) -> dict[str, tuple[Stage, Path]]:
+    """What node reads: upstream name ('lower', or a peer's 'validate@cpu') -> (stage, dir)."""
+    return {upstream_name(up.stage, None if up.target in (None, node.target) else up.target):
+            (plan.graph.nodes[up]["stage"], plan.layout.node_dir(up))
+            for up in plan.graph.predecessors(node)}
+
+
+def watched_digest(stage: Stage, model: ModelSpec, target) -> str:
+    """Params and tool versions, as one digest: a changed flag or compiler re-runs only the
+    tasks it reaches (doit compares it with the one the last run saved)."""
+    return digest_bytes(canonical(
+        {"params": stage.params(model, target),
+         "tools": {t: tool_version(t) for t in stage.tools(model)}}).encode())
+
+
+def task_specs(plan: Plan) -> list[dict]:
+    """Every doit task of the plan as plain data ("kiln_action" names the action that
+    pipeline.session attaches): stage tasks in topological order, then the groups."""
+    return [*_stage_groups(plan), *_stage_specs(plan), *_group_specs(plan)]
+
+
+def _stage_specs(plan: Plan):
+    dirs: dict = {}     # node -> its directory, asked once per node
+    code: dict = {}     # (stage, model) -> its code files as text
+    for node in nx.topological_sort(plan.graph):
+        data = plan.graph.nodes[node]
+        stage, model, target = data["stage"], data["model"], data["target"]
+        # a soft upstream (a variant among several) may fail, and one a stage reads only if it
+        # is there (partial_inputs) may leave nothing, without stopping this node: its files
+        # are checked by the session, not doit (which stops a task whose file is missing)
+        deps, soft, after = [], [], []
+        for up in plan.graph.predecessors(node):
+            files = [str(f) for f in _read_files(plan, node, up, dirs)]
+            if plan.graph.nodes[up]["soft"] or stage.partial_inputs:
+                soft += files
+                after.append(up.task_name)
+            else:
+                deps += files
+        code_key = (id(stage), id(model))
+        if code_key not in code:
+            code[code_key] = (stage, model, [str(Path(f)) for f in stage.code_files(model)])
+        deps += code[code_key][2]
+        if is_entry(plan, node):
+            deps += [str(f) for path in model.sources.values() for f in source_files(path)]
+        yield {
+            "basename": node.stage,
+            "name": task_subname(node.task_name),
+            "kiln_action": "stage",
+            **({"kiln_default": True} if stage.default else {}),
+            "file_dep": deps,
+            **({"task_dep": after} if after else {}),
+            "targets": [str(p) for p in _node_files(plan, node, dirs)],
+            "meta": {"kiln": {"stage": node.stage, "model": node.model, "target": node.target,
+                              "entry": str(plan.layout.entry_file(node)),
+                              "out_dir": str(_node_dir(plan, node, dirs)),
+                              "watched": watched_digest(stage, model, target),
+                              **({"soft_deps": soft} if soft else {}),
+                              **({"soft": True} if data["soft"] else {})}},
+            "doc": f"{node.stage} {model.name}" + (f" for {target.name}" if target else ""),
+        }
+
+
+def _group_specs(plan: Plan):
+    """The groups stages declare that are not a stage's own name (codegen's 'compile'), and
+    `doit prune`."""
+    names = {s.name for s in plan.stages}
+    for group, doc, members in _groups(plan):
+        if group not in names:
+            yield {"basename": group, "actions": None, "task_dep": members, "doc": doc}
+    yield {"basename": "prune", "kiln_action": "prune", "uptodate": [False], "verbosity": 2,
+           "doc": "drop cache entries unused for days= (default 30) and blobs nothing names"}
+
+
+def _stage_groups(plan: Plan) -> list[dict]:
+    """Groups named after a stage that other stages join (pick joins 'validate': `doit
+    validate` also picks each target's fastest variant). doit makes the group of a stage's
+    own tasks; this, yielded before them, adds the others'."""
+    names = {s.name for s in plan.stages}
+    return [{"basename": group, "name": None, "task_dep": members, "doc": doc}
+            for group, doc, members in _groups(plan) if group in names and members]
+
+
+def _groups(plan: Plan) -> list[tuple[str, str, list[str]]]:
+    """(group, its doc, the tasks of the stages that join it), in stage order."""
+    groups: dict[str, tuple[str, list[str]]] = {}
+    for stage in plan.stages:
+        if stage.group:
+            doc, members = groups.setdefault(stage.group, (stage.group_doc, []))
+            members += [n.task_name for n in plan.graph if n.stage == stage.name]
+    return [(group, doc, members) for group, (doc, members) in groups.items()]
+
+
+def plan_inputs(plan: Plan) -> tuple[list[Path], list[Path]]:
+    """(files read, directories listed) in making the plan: what pipeline.memo re-checks."""
+    files, dirs = [plan.config.path], []
+    for directory in plan.model_dirs:
+        dirs.append(directory)
+        files += sorted(directory.glob("*.py")) if directory.is_dir() else []
+    models = {plan.graph.nodes[n]["model"].name: plan.graph.nodes[n]["model"] for n in plan.graph}
+    for model in models.values():
+        for source in model.sources.values():
+            source = Path(source)
+            dirs.append(source.parent)   # a companion file appearing beside it
+            if source.is_dir():
+                dirs += [source, *(p for p in source.rglob("*") if p.is_dir())]
+            files += source_files(source)
+    return files, dirs

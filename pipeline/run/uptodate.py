@@ -1,0 +1,64 @@
+"""Whether a stage task is up to date: doit's check beside its file_dep.
+
+The params and tool versions are those its last run saw, the inputs a soft upstream (a variant
+among several) left are the same, and its outputs in build/ still hold what it wrote.
+"""
+from __future__ import annotations
+
+import inspect
+import os
+
+from ..cache.digest import digest_file
+from .intact import outputs_intact
+
+
+CHECK_SIGNATURE = inspect.Signature(
+    [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in ("task", "values")])
+
+
+
+def stage_check(task, values, refresh: bool = True) -> bool | None:
+    """doit's check of a stage task, beside its file_dep: the params and tool versions are
+    those its last run saw, the inputs a soft upstream left are the same, and its outputs
+    in build/ still hold what it wrote (refresh: record a touched output's new stat)."""
+    info = task.meta["kiln"]
+    entry = values.get("entry")
+    if values.get("watched") != info["watched"] or not isinstance(entry, dict):
+        return False   # never ran here, last failed, or a param or tool changed
+    if info.get("soft_deps") and not same_inputs(info["soft_deps"], values.get("soft_inputs")):
+        return False   # what a variant among several left it (doit checks the others)
+    if not isinstance(entry.get("outputs"), dict):
+        return None    # skipped: no outputs to check; doit's target check decides
+    return outputs_intact(info["out_dir"], entry["outputs"], info["entry"], refresh)
+
+
+
+def input_state(path: str, digest: str | None = None) -> list | None:
+    """[digest, size, mtime_ns] of an input a soft upstream left, or None when it left none
+    (digest: the one already taken, e.g. for the stage's key)."""
+    try:
+        st = os.stat(path)
+        return [digest or digest_file(path), st.st_size, st.st_mtime_ns]
+    except OSError:
+        return None
+
+
+
+def same_inputs(paths: list[str], recorded: dict | None) -> bool:
+    """The inputs hold what they held at the task's last run (absent then, absent now counts
+    as the same): a stat, and a hash only where the stat differs."""
+    recorded = recorded or {}
+    for path in paths:
+        was = recorded.get(path, "unknown")
+        try:
+            st = os.stat(path)
+        except OSError:
+            if was is not None:
+                return False
+            continue
+        if not isinstance(was, list):
+            return False
+        if [st.st_size, st.st_mtime_ns] != was[1:] and (input_state(path) or [None])[0] != was[0]:
+            return False
+    return True
+

@@ -1,0 +1,90 @@
+"""The engine's shape, checked so it stays true: pipeline/ is a stack of packages, each
+importing only from those below it, with no import circle anywhere, and none of it imports a
+stage, a framework or IREE (those come through stages/)."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import networkx as nx
+
+PIPELINE = Path(__file__).resolve().parent.parent / "pipeline"
+# bottom first: the contract with stages/ and the name syntax, then content addressing, the
+# plan, running a stage, what a person reads, and doit's side
+LAYERS = ["pipeline.stage", "pipeline.names", "pipeline.cache", "pipeline.plan", "pipeline.run",
+          "pipeline.report", "pipeline.driver"]
+LEVEL = {"pipeline.stage": 0, "pipeline.names": 0, "pipeline.cache": 1, "pipeline.plan": 2,
+         "pipeline.run": 3, "pipeline.report": 4, "pipeline.driver": 5}
+FOREIGN = ("stages", "models", "torch", "jax", "tensorflow", "onnx", "onnxruntime", "iree")
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for path in PIPELINE.rglob("*.py"):
+        parts = path.relative_to(PIPELINE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        found[name] = path
+    return found
+
+
+def _imports(name: str, path: Path) -> set[str]:
+    """Every module name an import in path names (top level and inside functions alike)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            names |= {base} | {f"{base}.{alias.name}" for alias in node.names}
+    return names
+
+
+def _graph() -> nx.DiGraph:
+    modules = _modules()
+    graph = nx.DiGraph()
+    for name, path in modules.items():
+        graph.add_node(name)
+        for imported in _imports(name, path):
+            while imported and imported not in modules:
+                imported = imported.rpartition(".")[0]
+            if imported and imported != name and not name.startswith(imported + "."):
+                graph.add_edge(name, imported)
+    return graph
+
+
+def _layer(module: str) -> str:
+    return next(layer for layer in LAYERS if module == layer or module.startswith(layer + "."))
+
+
+def test_every_engine_module_is_in_a_layer():
+    loose = [m for m in _modules() if m != "pipeline" and not any(
+        m == layer or m.startswith(layer + ".") for layer in LAYERS)]
+    assert not loose, f"modules outside the engine's packages: {loose}"
+
+
+def test_no_import_circles():
+    cycles = list(nx.simple_cycles(_graph()))
+    assert not cycles, "import circles: " + "; ".join(" -> ".join(c + c[:1]) for c in cycles)
+
+
+def test_imports_flow_down_the_layers_only():
+    upward = [f"{a} imports {b}" for a, b in _graph().edges
+              if a != "pipeline" and b != "pipeline" and LEVEL[_layer(b)] > LEVEL[_layer(a)]]
+    assert not upward, "imports from a higher layer: " + "; ".join(upward)
+
+
+def test_the_engine_imports_no_stage_framework_or_compiler():
+    offending = [f"{name} imports {imported}" for name, path in _modules().items()
+                 for imported in _imports(name, path) if imported.split(".")[0] in FOREIGN]
+    assert not offending, offending
+
+
+def test_each_package_says_what_it_owns():
+    for package in ("cache", "plan", "run", "report", "driver"):
+        init = PIPELINE / package / "__init__.py"
+        doc = ast.get_docstring(ast.parse(init.read_text())) if init.exists() else None
+        assert doc and len(doc.splitlines()) <= 4, f"pipeline/{package}/__init__.py: {doc!r}"
