@@ -16,6 +16,7 @@ second.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -52,12 +53,16 @@ def page(record: dict, memo: Path | None = None, page_dir: str = "build") -> str
 
 
 def _render(**view) -> str:
-    import jinja2   # here, not at the top: only a page written needs it
-    environment = jinja2.Environment(
+    return _environment().get_template(TEMPLATE.name).render(view)
+
+
+@functools.cache   # compiling the template takes about 40 ms: once per process
+def _environment():
+    import jinja2   # here, not at the top: only a page written needs it (about 50 ms)
+    return jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATE.parent), autoescape=True,
         undefined=jinja2.StrictUndefined,   # a name the view lacks is an error, not ""
         trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
-    return environment.get_template(TEMPLATE.name).render(view)
 
 
 # --- the record, one cell per model x target ------------------------------------------------
