@@ -3,8 +3,11 @@ a real run — the `frameworks` matrix plus one model that fails at legalize —
 headless chromium (Debian's chromium + chromium-driver, driven by Selenium)."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import urlparse
@@ -84,7 +87,7 @@ class Cells(HTMLParser):
 def test_a_run_stopped_before_building_says_so_escaped():
     text = html.page({"tasks": [], "error": "targets.yaml:3: <bad> & 'worse'"})
     assert "The run stopped before building anything" in text
-    assert "targets.yaml:3: &lt;bad&gt; &amp; &#x27;worse&#x27;" in text
+    assert "targets.yaml:3: &lt;bad&gt; &amp; &#39;worse&#39;" in text   # (MarkupSafe's entities)
     assert "<bad>" not in text and "<svg" not in text
 
 
@@ -132,6 +135,26 @@ def test_an_old_record_without_timing_fields_says_not_timed():
             (task.get("result") or {}).pop(key, None)
     text = html.page(record)
     assert "1.5×" not in text and "framework: not timed" in text and "0.3 ms" in text
+
+
+PUBLISH = """import sys; from pathlib import Path; from pipeline.report import record
+record.publish(Path(sys.argv[1]) / "build" / "run.json", __import__("json").loads(sys.argv[2]))
+print(" ".join(m for m in ("jinja2", "markupsafe", "matplotlib") if m in sys.modules))"""
+
+
+def test_jinja2_loads_only_when_a_page_is_written(tmp_path):
+    """The engine's start-up stays small: a run whose record is the last one's (a no-op run)
+    reuses the page, as pipeline/record.py publishes it, and never loads Jinja2; each run is a
+    fresh interpreter, as each doit invocation is."""
+    def publish() -> list[str]:
+        proc = subprocess.run([sys.executable, "-c", PUBLISH, str(tmp_path),
+                               json.dumps(hand_made_record())], cwd=Path(__file__).parent.parent,
+                              capture_output=True, text=True, check=True)
+        return proc.stdout.split()
+
+    assert publish() == ["jinja2", "markupsafe", "matplotlib"]
+    assert "<table class='matrix'>" in (tmp_path / "build" / "report.html").read_text()
+    assert publish() == []
 
 
 # --- the real run's page in a real browser --------------------------------------------------

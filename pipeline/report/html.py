@@ -5,6 +5,10 @@ the model x target matrix coloured by outcome (a failure's stage, error and log 
 away), time per stage, the compiled module's latency against the framework's own, the
 numerical error against the tolerance, and what this run ran and what it reused, and why.
 
+The page's markup is templates/report.html.j2 (Jinja2, autoescaped); this module computes
+what it shows (plain dicts and lists: the view model) and renders it. Jinja2 is imported
+only when a page is written: a no-op run reuses the last page (pipeline/record.py).
+
 Charts are matplotlib SVG inlined in the page (no script, no network, nothing to fetch). They
 are byte-stable (fixed id salt, no date), so a chart whose data did not change is taken from
 a memo instead of drawn again: a no-op run never imports matplotlib, which costs about half a
@@ -12,82 +16,68 @@ second.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
 import math
 import posixpath
 import re
-from html import escape
 from pathlib import Path
 from urllib.parse import quote
 
 from . import table
 from .units import duration
 
-
 FRONT_END = ("capture", "serialize", "import", "legalize", "emit")   # once per model
 STAGES = FRONT_END + ("lower", "codegen", "validate", "pick")   # a target's variants summed
 STATUSES = ("failed", "ran", "cached", "up-to-date", "skipped")      # the order they are listed
 KINDS = ("passed", "failed", "skipped", "compiled")                  # a matrix cell's outcome
-
-CSS = """
-body{font:14px/1.4 system-ui,sans-serif;margin:1.5em auto;max-width:70em;padding:0 1em;color:#222}
-h1{font-size:1.5em;margin-bottom:.2em} h2{font-size:1.15em;margin-top:1.8em;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;margin:.5em 0} th,td{border:1px solid #ddd;padding:.25em .5em;text-align:left;vertical-align:top}
-th{background:#f4f4f4} td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-.passed{background:#d9f2d9} .failed{background:#f8d3d3} .skipped{background:#eee;color:#555}
-.compiled{background:#dde8f6} .ran{background:#fff3cd} .cached,.up-to-date{background:#e8f4e8}
-td.cell{min-width:9em} td.none{background:#fafafa;color:#bbb}
-.kind{font-weight:600} .sub{font-size:.85em;color:#444} summary{cursor:pointer;font-weight:600}
-pre,code{font:12px/1.3 ui-monospace,monospace;white-space:pre-wrap;word-break:break-word}
-pre{background:#f7f7f7;padding:.4em;margin:.3em 0;max-width:60em}
-.counts span{display:inline-block;margin-right:.4em;padding:.1em .5em;border-radius:.3em}
-figure{margin:.5em 0} figure svg{max-width:100%;height:auto} figcaption{color:#555;font-size:.9em}
-.warning{background:#fff3cd;padding:.3em .6em;margin:.2em 0} .stopped{background:#f8d3d3;padding:.6em}
-"""
+TEMPLATE = Path(__file__).with_name("templates") / "report.html.j2"
+ERROR_FIELDS = ("max_abs_error", "atol", "max_rel_error", "rtol")    # a result's numbers
 
 
 def page(record: dict, memo: Path | None = None, page_dir: str = "build") -> str:
     """The whole page. memo: a directory for drawn charts (None: always draw). page_dir: where
     the page lies relative to the project root, which the record's log paths are relative to."""
     if record.get("error"):
-        return _document(
-            "<p class='stopped'><b>The run stopped before building anything.</b> "
-            "This page replaces the last run's report.</p>\n"
-            f"<pre class='error'>{escape(record['error'])}</pre>")
+        return _render(stopped=record["error"])
     entries = record.get("tasks", [])
     cells = _cells(entries)
     charts = _Charts(memo)
-    body = [_summary(cells, entries), _warnings(record, entries),
-            "<h2>Outcome per model × target</h2>", _matrix(cells, page_dir),
-            "<h2>Time per stage in this run</h2>", _times(cells, charts),
-            "<h2>Latency: compiled module against the framework</h2>", _latency(cells, charts),
-            _variants(cells),
-            "<h2>Numerical error against the tolerance</h2>", _errors(cells, charts),
-            "<h2>What this run ran and what it reused</h2>", _tasks(entries, page_dir)]
+    view = {"summary": _summary(cells, entries), "warnings": _warnings(record, entries),
+            "matrix": _matrix(cells, page_dir), "times": _times(cells, charts),
+            "latency": _latency(cells, charts), "variants": _variants(cells),
+            "errors": _errors(cells, charts), "tasks": _tasks(entries, page_dir)}
     charts.forget_unused()
-    return _document("\n".join(part for part in body if part))
+    return _render(stopped=None, **view)
 
 
-def _document(body: str) -> str:
-    return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>\n"
-            "<meta name='viewport' content='width=device-width,initial-scale=1'>\n"
-            f"<title>kiln run</title><style>{CSS}</style></head>\n"
-            f"<body>\n<h1>kiln run</h1>\n{body}\n</body></html>\n")
+def _render(**view) -> str:
+    return _environment().get_template(TEMPLATE.name).render(view)
+
+
+@functools.cache   # compiling the template takes about 40 ms: once per process
+def _environment():
+    import jinja2   # here, not at the top: only a page written needs it (about 50 ms)
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATE.parent), autoescape=True,
+        undefined=jinja2.StrictUndefined,   # a name the view lacks is an error, not ""
+        trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
 
 
 # --- the record, one cell per model x target ------------------------------------------------
 
 def _cells(entries: list[dict]) -> list[dict]:
-    """report.rows (the table's outcome and what it rests on) with the page's labels and
+    """table.rows (the table's outcome and what it rests on) with the page's labels and
     the timings."""
     return [{**row, "label": f"{row['model']} @ {row['target']}", "validate": row["verdict"],
              **_timing(row["result"])} for row in table.rows(entries)]
 
 
 def _timing(result: dict) -> dict:
-    """The timing schema's fields (records older than it have only latency_ms)."""
+    """The timing schema's fields, from a record of any age: the one place older records are
+    read (those before the timing schema have only latency_ms and timing, and no ratio)."""
     latency = result.get("latency") or {}
     framework = result.get("framework_latency") or {}
     ms = _number(latency.get("median_ms"))
@@ -109,23 +99,22 @@ def _number(value) -> float | None:
         and math.isfinite(value) else None
 
 
-def _log_link(entry: dict | None, page_dir: str, text: str = "log") -> str:
+def _href(entry: dict | None, page_dir: str) -> str | None:
+    """The link to an entry's log, relative to the page (None: it has none)."""
     if not entry or not entry.get("log"):
-        return ""
-    href = quote(posixpath.relpath(Path(entry["log"]).as_posix(), page_dir))
-    return f"<a class='log' href='{escape(href)}'>{escape(text)}</a>"
+        return None
+    return quote(posixpath.relpath(Path(entry["log"]).as_posix(), page_dir))
 
 
-# --- sections ----------------------------------------------------------------------------
+# --- the sections' data, in the page's order -----------------------------------------------
 
-def _summary(cells: list[dict], entries: list[dict]) -> str:
+def _summary(cells: list[dict], entries: list[dict]) -> dict:
+    """How many model x target ended how, and how many stages did what: (name, count) pairs."""
     kinds = _count(c["kind"] for c in cells)
     statuses = _count(e["status"] for e in entries)
-    return (f"<p class='counts'>{len(cells)} model × target: "
-            + "".join(f"<span class='{k}'>{kinds[k]} {k}</span>" for k in KINDS if k in kinds)
-            + f"<br>{len(entries)} stages: "
-            + "".join(f"<span class='{s}'>{statuses[s]} {s}</span>" for s in STATUSES if s in statuses)
-            + "</p>")
+    return {"cells": len(cells), "kinds": [(k, kinds[k]) for k in KINDS if k in kinds],
+            "stages": len(entries),
+            "statuses": [(s, statuses[s]) for s in STATUSES if s in statuses]}
 
 
 def _count(values) -> dict[str, int]:
@@ -135,108 +124,88 @@ def _count(values) -> dict[str, int]:
     return counts
 
 
-def _warnings(record: dict, entries: list[dict]) -> str:
+def _warnings(record: dict, entries: list[dict]) -> list[str]:
+    """The run's warnings, then each stage warning once, with the first task that gave it."""
     lines = list(record.get("warnings") or [])
     seen: dict[str, list[str]] = {}
     for e in entries:
         for warning in e.get("warnings") or []:
             seen.setdefault(warning, []).append(e["task"])
-    lines += [f"{tasks[0]}{f' (and {len(tasks) - 1} more)' if len(tasks) > 1 else ''}: {w}"
-              for w, tasks in seen.items()]
-    return "".join(f"<p class='warning'>warning: {escape(line)}</p>" for line in lines)
+    return lines + [f"{tasks[0]}{f' (and {len(tasks) - 1} more)' if len(tasks) > 1 else ''}: {w}"
+                    for w, tasks in seen.items()]
 
 
-def _matrix(cells: list[dict], page_dir: str) -> str:
-    if not cells:
-        return "<p>No model × target in this run.</p>"
-    models = sorted({c["model"] for c in cells})
+def _matrix(cells: list[dict], page_dir: str) -> dict:
+    """targets: the columns; rows: (model, its cell per target, None where not in this run)."""
     targets = sorted({c["target"] for c in cells})
-    by_pair = {(c["model"], c["target"]): c for c in cells}
-    head = "".join(f"<th>{escape(t)}</th>" for t in targets)
-    rows = []
-    for model in models:
-        tds = "".join(_cell(by_pair[(model, t)], page_dir) if (model, t) in by_pair
-                      else "<td class='none'>not in this run</td>" for t in targets)
-        rows.append(f"<tr><th>{escape(model)}</th>{tds}</tr>")
-    return (f"<table class='matrix'><tr><th>model \\ target</th>{head}</tr>\n"
-            + "\n".join(rows) + "</table>")
+    by_pair = {(c["model"], c["target"]): _matrix_cell(c, page_dir) for c in cells}
+    return {"targets": targets,
+            "rows": [(model, [by_pair.get((model, t)) for t in targets])
+                     for model in sorted({c["model"] for c in cells})]}
 
 
-def _cell(cell: dict, page_dir: str) -> str:
-    kind, failed = cell["kind"], cell["failed"]
-    attrs = (f"class='cell {kind}' data-model='{escape(cell['model'])}' "
-             f"data-target='{escape(cell['target'])}' title='{escape(cell['outcome'])}'")
+def _matrix_cell(cell: dict, page_dir: str) -> dict:
+    """One model x target: its outcome, and either where it failed (stage, error, command,
+    that stage's log) or what it measured and its last log."""
+    view = {key: cell[key] for key in ("model", "target", "kind", "outcome")}
+    failed = cell["failed"]
     if failed:
-        command = (f"<p>command:</p><pre>{escape(failed['command'])}</pre>"
-                   if failed.get("command") else "")
-        return (f"<td {attrs}><details><summary class='kind'>failed at {escape(failed['stage'])}"
-                f"</summary><pre class='error'>{escape(failed.get('error') or 'no error recorded')}"
-                f"</pre>{command}{_log_link(failed, page_dir, failed['stage'] + ' log')}</details></td>")
-    sub = []
+        return {**view, "log": _href(failed, page_dir), "failed": {
+            "stage": failed["stage"], "error": failed.get("error") or "no error recorded",
+            "command": failed.get("command")}}
+    measured = []
     if cell["max_abs"] is not None:
-        sub.append(f"abs err {cell['max_abs']:.1e}")
+        measured.append(f"abs err {cell['max_abs']:.1e}")
     if cell["iree_ms"] is not None:
-        sub.append(duration(cell["iree_ms"]))
-    text = kind if kind != "skipped" else cell["outcome"]
-    last = cell["validate"] if cell["validate"] and cell["validate"].get("log") else \
+        measured.append(duration(cell["iree_ms"]))
+    validate = cell["validate"]
+    last = validate if validate and validate.get("log") else \
         next((e for e in reversed(cell["chain"]) if e.get("log")), None)
-    return (f"<td {attrs}><span class='kind'>{escape(text)}</span>"
-            f"<div class='sub'>{escape(' · '.join(sub))} {_log_link(last, page_dir)}</div></td>")
+    return {**view, "failed": None, "log": _href(last, page_dir), "sub": " · ".join(measured),
+            "text": cell["kind"] if cell["kind"] != "skipped" else cell["outcome"]}
 
 
-def _times(cells: list[dict], charts: _Charts) -> str:
+def _times(cells: list[dict], charts: _Charts) -> str | None:
+    """The stacked chart of seconds per stage (None: nothing ran or was restored)."""
     seconds = [[sum(e.get("seconds") or 0.0 for e in c["chain"] if e["stage"] == stage)
                 for stage in STAGES] for c in cells]
     if not any(map(any, seconds)):
-        return "<p>No stage ran or was restored in this run (everything was up to date).</p>"
+        return None
     labels = [c["label"] for c in cells]
-    svg = charts.svg("times", {"labels": labels, "seconds": seconds}, _draw_times)
-    return _figure(svg, "Seconds each stage took in this run, stacked per model × target. The "
-                   "front-end stages (capture … emit) run once per model; their time is counted "
-                   "in each of that model's rows; validate's is running, timing and comparing. A "
-                   "cached stage costs its restore, an up-to-date one nothing.")
+    return charts.svg("times", {"labels": labels, "seconds": seconds}, _draw_times)
 
 
-def _latency(cells: list[dict], charts: _Charts) -> str:
+def _latency(cells: list[dict], charts: _Charts) -> dict | None:
+    """The chart and a row per cell that was timed or passed (None: nothing was timed). How
+    each time was measured, and why the framework was not, are the cells' titles."""
     timed = [c for c in cells if c["iree_ms"] is not None]
-    rows = []
-    for c in cells:
-        if c["iree_ms"] is None and c["kind"] != "passed":
-            continue
-        # how each was timed, and why the framework was not, are a hover away
-        rows.append([c["label"], (_spread(c, "iree"), c["iree_how"]),
-                     (_spread(c, "fw"), c["fw_how"] if c["fw_ms"] is not None else c["fw_why"]),
-                     _ratio(c["ratio"])])
     if not timed:
-        return "<p>Not timed: no validation in this run measured a latency.</p>"
+        return None
     data = [[c["label"], c["iree_ms"], c["iree_min"], c["iree_max"], c["fw_ms"], c["fw_min"],
              c["fw_max"], c["ratio"]] for c in timed]
-    svg = charts.svg("latency", data, _draw_latency)
-    caption = ("Median time per call (log scale; whiskers: min–max where recorded). The ratio is "
-               "IREE's median over the framework's: above 1 the compiled module is slower. "
-               "Hover over a time for how it was measured.")
-    return _figure(svg, caption) + _table(
-        ["model @ target", "IREE (min – max)", "framework (min – max)", "ratio"], rows,
-        numeric=(1, 2, 3))
+    rows = [{"label": c["label"], "iree": _spread(c, "iree"), "iree_how": c["iree_how"],
+             "framework": _spread(c, "fw"),
+             "framework_how": c["fw_how"] if c["fw_ms"] is not None else c["fw_why"],
+             "ratio": _ratio(c["ratio"])}
+            for c in cells if c["iree_ms"] is not None or c["kind"] == "passed"]
+    return {"chart": charts.svg("latency", data, _draw_latency), "rows": rows}
 
 
-def _variants(cells: list[dict]) -> str:
-    """Each target's flag variants: outcome, median time, ratio; the picked one first, why."""
-    tried = [c for c in cells if len(c["variants"]) > 1]
-    if not tried:
-        return ""
-    parts = ["<h2>Variants: the fastest that validates is the module</h2>"]
-    for c in tried:
-        rows = []
-        for v in c["variants"]:
-            ms = _number((v.get("latency") or {}).get("median_ms"))
-            name = v["variant"] + (" (picked)" if v["variant"] == c["variant"] else "")
-            rows.append([name, v["outcome"], duration(ms) if ms else "—",
-                         _ratio(_number(v.get("speed_ratio"))), " ".join(v.get("flags") or [])])
-        parts.append(f"<h3>{escape(c['label'])}</h3><p>{escape(c['result'].get('why', ''))}</p>"
-                     + _table(["variant", "outcome", "median", "ratio", "flags"], rows,
-                              numeric=(2, 3)))
-    return "\n".join(parts)
+def _variants(cells: list[dict]) -> list[dict]:
+    """Per target that tried several flag variants: why the pick won, and each variant's
+    outcome, median time, ratio and flags."""
+    return [{"label": c["label"], "why": c["result"].get("why", ""),
+             "rows": [_variant_row(v, picked=v["variant"] == c["variant"])
+                      for v in c["variants"]]}
+            for c in cells if len(c["variants"]) > 1]
+
+
+def _variant_row(variant: dict, picked: bool) -> dict:
+    ms = _number((variant.get("latency") or {}).get("median_ms"))
+    return {"name": variant["variant"], "picked": picked, "outcome": variant["outcome"],
+            "median": duration(ms) if ms else "—",
+            "ratio": _ratio(_number(variant.get("speed_ratio"))),
+            "flags": " ".join(variant.get("flags") or [])}
 
 
 def _ratio(ratio: float | None) -> str:
@@ -253,21 +222,17 @@ def _spread(cell: dict, who: str) -> str:
     return text
 
 
-def _errors(cells: list[dict], charts: _Charts) -> str:
+def _errors(cells: list[dict], charts: _Charts) -> dict | None:
+    """The chart and a row per cell compared with the framework (None: none was)."""
     checked = [c for c in cells if _number(c["result"].get("max_abs_error")) is not None
                or _number(c["result"].get("max_rel_error")) is not None]
     if not checked:
-        return "<p>No numbers: nothing was compared with the framework in this run.</p>"
+        return None
     data = [[c["label"], c["kind"] == "passed"] + [_number(c["result"].get(k)) for k in
-            ("max_abs_error", "atol", "max_rel_error", "rtol")] for c in checked]
-    svg = charts.svg("errors", data, _draw_errors)
-    rows = [[c["label"], c["kind"], *(_sci(c["result"].get(k)) for k in
-             ("max_abs_error", "atol", "max_rel_error", "rtol"))] for c in checked]
-    caption = ("Largest error over all outputs (dots; red where the comparison failed) and the "
-               "tolerance (bars), log scale; an error of exactly 0 sits at the left edge.")
-    return _figure(svg, caption) + _table(
-        ["model @ target", "outcome", "max abs err", "atol", "max rel err", "rtol"], rows,
-        numeric=(2, 3, 4, 5))
+            ERROR_FIELDS] for c in checked]
+    rows = [{"label": c["label"], "outcome": c["kind"],
+             **{k: _sci(c["result"].get(k)) for k in ERROR_FIELDS}} for c in checked]
+    return {"chart": charts.svg("errors", data, _draw_errors), "rows": rows}
 
 
 def _sci(value) -> str:
@@ -276,43 +241,25 @@ def _sci(value) -> str:
     return f"{value:.2e}" if isinstance(value, (int, float)) else str(value)
 
 
-def _tasks(entries: list[dict], page_dir: str) -> str:
+def _tasks(entries: list[dict], page_dir: str) -> list[dict]:
+    """Every stage entry, failures first: what it did, in how long, why, where, its log."""
     order = {s: i for i, s in enumerate(STATUSES)}
-    rows = []
-    for e in sorted(entries, key=lambda e: (order.get(e["status"], len(order)), e["task"])):
-        why = e.get("why") or e.get("reason") or ""
-        if e["status"] == "cached":
-            why = why or "restored from the cache"
-        elif e["status"] == "up-to-date":
-            why = why or "nothing it reads changed"
-        elif e["status"] == "failed":
-            why = (why + ": " if why else "") + (e.get("error") or "")
-        extra = ", ".join(f"{k} {e[k]}" for k in ("remote", "worker") if e.get(k))
-        rows.append(f"<tr class='{escape(e['status'])}'><td>{escape(e['task'])}</td>"
-                    f"<td>{escape(e['status'])}</td><td class='num'>{e.get('seconds') or 0:.2f}</td>"
-                    f"<td>{escape(why)}{escape(' (' + extra + ')' if extra else '')}</td>"
-                    f"<td>{_log_link(e, page_dir)}</td></tr>")
-    return ("<p>ran: executed in this run; cached: restored from the cache (local or remote) "
-            "instead of running; up-to-date: its outputs in build/ already match.</p>"
-            "<table class='tasks'><tr><th>stage</th><th>status</th><th>s</th><th>why</th>"
-            "<th></th></tr>\n" + "\n".join(rows) + "</table>")
+    return [{"name": e["task"], "status": e["status"], "seconds": f"{e.get('seconds') or 0:.2f}",
+             "why": _why(e), "log": _href(e, page_dir),
+             "where": ", ".join(f"{k} {e[k]}" for k in ("remote", "worker") if e.get(k))}
+            for e in sorted(entries, key=lambda e: (order.get(e["status"], len(order)), e["task"]))]
 
 
-def _table(head: list[str], rows: list[list], numeric=()) -> str:
-    """A table of text; a cell given as (text, title) shows the title on hover."""
-    def td(i, value):
-        text, title = value if isinstance(value, tuple) else (value, None)
-        attrs = " class='num'" if i in numeric else ""
-        if title:
-            attrs += f" title='{escape(str(title))}'"
-        return f"<td{attrs}>{escape(str(text))}</td>"
-    th = "".join(f"<th>{escape(h)}</th>" for h in head)
-    body = "\n".join("<tr>" + "".join(td(i, v) for i, v in enumerate(row)) + "</tr>" for row in rows)
-    return f"<table><tr>{th}</tr>\n{body}</table>"
-
-
-def _figure(svg: str, caption: str) -> str:
-    return f"<figure class='chart'>{svg}<figcaption>{escape(caption)}</figcaption></figure>"
+def _why(entry: dict) -> str:
+    """Why the stage ran (its key changed), was reused, was skipped, or failed (its error)."""
+    why = entry.get("why") or entry.get("reason") or ""
+    if entry["status"] == "cached":
+        return why or "restored from the cache"
+    if entry["status"] == "up-to-date":
+        return why or "nothing it reads changed"
+    if entry["status"] == "failed":
+        return (why + ": " if why else "") + (entry.get("error") or "")
+    return why
 
 
 # --- charts --------------------------------------------------------------------------------
@@ -325,7 +272,13 @@ class _Charts:
         self.memo = memo
         self.used: set[str] = set()
 
-    def svg(self, name: str, data, draw) -> str:
+    def svg(self, name: str, data, draw):
+        """The chart as markup the template inserts as it is (markupsafe.Markup): matplotlib's
+        SVG, whose writer escapes the labels it draws from the record."""
+        from markupsafe import Markup   # Jinja2's own; a page is being written
+        return Markup(self._text(name, data, draw))
+
+    def _text(self, name: str, data, draw) -> str:
         source = Path(__file__).read_bytes()
         key = hashlib.sha256(source + json.dumps([name, data]).encode()).hexdigest()[:32]
         path = self.memo / f"{name}-{key}.svg" if self.memo else None
@@ -335,7 +288,7 @@ class _Charts:
                 return path.read_text()
             except OSError:
                 pass
-        svg = _render(name, data, draw)
+        svg = _draw_svg(name, data, draw)
         if path:
             from ..cache.files import atomic_write
             try:
@@ -353,7 +306,7 @@ class _Charts:
                 path.unlink(missing_ok=True)
 
 
-def _render(name: str, data, draw) -> str:
+def _draw_svg(name: str, data, draw) -> str:
     try:
         import matplotlib
         from matplotlib.figure import Figure   # no pyplot: no global state, no GUI backend
