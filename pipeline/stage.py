@@ -161,6 +161,12 @@ class Stage:
         """The resources this machine offers for this stage: what a LocalCluster declares."""
         return {}
 
+    def unavailable(self, model: ModelSpec, target: Target | None) -> str | None:
+        """Why this stage cannot run on this machine (e.g. no device for the target's
+        driver), or None when it can. Asked before its key: the node is then skipped, never
+        run, restored or failed, and `doit explain` says so beforehand."""
+        return None
+
     def applies_to(self, model: ModelSpec) -> bool:
         """False for stages a model skips (e.g. a model file that enters at legalize)."""
         return True

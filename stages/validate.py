@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.names import parse_upstream
-from pipeline.stage import Stage, StageError, StageSkipped
+from pipeline.stage import Stage, StageError
 from stages import frameworks, timing
 from stages.compare import compare
 from stages.iree_tools import devices, tool
@@ -83,10 +83,11 @@ class Validate(Stage):
         return {"driver": target.driver, "device": device_for(target.driver), "atol": atol, "rtol": rtol,
                 **({} if times_framework(target) else {"framework": "timed by the default variant"})}
 
+    def unavailable(self, model, target):
+        return None if device_for(target.driver) else f"skipped: no {target.driver} device"
+
     def run(self, ctx):
         driver = ctx.target.driver
-        if device_for(driver) is None:
-            raise StageSkipped(f"skipped: no {driver} device")
         emitted = ctx.inputs["emit"]
         info = json.loads((emitted / "model.json").read_text())
         peer, captured = None, {}

@@ -6,7 +6,10 @@ import os
 import pytest
 
 from pipeline.plan.layout import Layout
-from pipeline.run.runner import compute_key, execute
+from pipeline.plan.tasks import Job
+from pipeline.cache.store import Store
+from pipeline.run.decide import compute_key, decide
+from pipeline.run.runner import execute
 from pipeline.stage import ModelSpec, Node, Stage, StageError
 
 
@@ -62,9 +65,13 @@ def layout(tmp_path):
     return Layout(tmp_path, tmp_path / "build", tmp_path / "cache")
 
 
+def job(stage, node=None, upstream=None) -> Job:
+    return Job(node or Node(stage.name, "toy", None), stage, MODEL, None, upstream or {}, False)
+
+
 def run(stage, layout, upstream=None):
     node = Node(stage.name, "toy", None)
-    return execute(node, stage, MODEL, None, upstream or {}, layout, first=False), layout.node_dir(node)
+    return execute(job(stage, node, upstream), layout), layout.node_dir(node)
 
 
 def test_miss_runs_then_hit_restores_without_running(layout, tmp_path):
@@ -143,7 +150,7 @@ def test_install_never_touches_anything_outside_its_output_directory(layout, tmp
     victim.mkdir()
     (victim / "keep.txt").write_text("mine")
     node = Node("source", "../../victim", None)
-    entry = execute(node, Source(), MODEL, None, {}, layout, first=False)
+    entry = execute(job(Source(), node), layout)
     assert entry["status"] == "failed" and "refusing to write" in entry["error"]
     assert (victim / "keep.txt").read_text() == "mine"
     assert sorted(p.name for p in victim.iterdir()) == ["keep.txt"]
@@ -184,7 +191,7 @@ class Big(Source):
 def test_a_full_build_disk_fails_the_stage_naming_path_and_errno(tmp_path, small_disk):
     disk = small_disk.mount("1m")
     layout = Layout(tmp_path, disk / "build", tmp_path / "cache")
-    entry = execute(Node("big", "toy", None), Big(), MODEL, None, {}, layout, first=False)
+    entry = execute(job(Big()), layout)
     assert entry["status"] == "failed"
     assert "No space left on device (ENOSPC)" in entry["error"] and str(disk) in entry["error"]
     assert not list((layout.build / ".tmp").iterdir())     # no half-written scratch left
@@ -198,3 +205,59 @@ def test_a_read_only_cache_builds_without_storing(tmp_path, small_disk):
     entry, out = run(source, layout)
     assert entry["status"] == "ran" and (out / "out.txt").read_text() == "HEL"
     assert len(entry["warnings"]) == 1 and "EROFS" in entry["warnings"][0]
+
+
+# --- decide: what happens to a node, for the runner and `doit explain` alike ----------------
+
+class NoDevice(Source):
+    name = "nodevice"
+
+    def unavailable(self, model, target):
+        return "skipped: no toy device"
+
+
+def test_a_stage_that_cannot_run_here_is_skipped_without_running(layout):
+    stage = NoDevice()
+    assert decide(job(stage), layout, Store(layout.cache).find).action == "skip"
+    entry, out = run(stage, layout)
+    assert entry["status"] == "skipped" and entry["reason"] == "skipped: no toy device"
+    assert stage.calls == 0 and not out.exists()
+
+
+def test_an_absent_input_skips_unless_the_stage_takes_partial_inputs(layout):
+    source = Source()
+    upstream = {"source": (source, layout.node_dir(Node("source", "toy", None)))}
+    decision = decide(job(Upper(), upstream=upstream), layout, Store(layout.cache).find)
+    assert decision.action == "skip" and decision.why.startswith("skipped: source has no out.txt")
+
+    class Partial(Upper):
+        partial_inputs = True
+
+        def run(self, ctx):
+            (ctx.out / "up.txt").write_text("none")
+
+    decision = decide(job(Partial(), upstream=upstream), layout, Store(layout.cache).find)
+    assert decision.action == "run" and decision.parts["inputs"] == {"source/out.txt": "absent"}
+
+
+def test_a_key_that_cannot_be_computed_fails_the_stage_without_running_it(layout, tmp_path):
+    model = ModelSpec("toy", "none", {"model": tmp_path / "gone.onnx"})   # a model file gone
+    source = Source()
+    entry = execute(Job(Node("source", "toy", None), source, model, None, {}, True), layout)
+    assert entry["status"] == "failed" and source.calls == 0
+    assert entry["error"].startswith("cannot compute its key: FileNotFoundError")
+    assert "Traceback" in (layout.root / entry["log"]).read_text()
+
+
+def test_decide_says_restore_with_the_entry_the_run_then_restores(layout):
+    source = Source()
+    first, out = run(source, layout)
+    (out / "out.txt").unlink()
+    decision = decide(job(source), layout, Store(layout.cache).find)
+    assert (decision.action, decision.why, decision.key) == ("restore", "key in the cache",
+                                                            first["key"])
+    assert decision.found.where == "local" and set(decision.found.entry["outputs"]) == {"out.txt"}
+    source.text = "world"
+    decision = decide(job(source), layout, Store(layout.cache).find)
+    assert (decision.action, decision.why) == ("run", "changed params: text")
+    assert run(source, layout)[0]["why"] == decision.why

@@ -9,7 +9,7 @@ from doit.exceptions import TaskFailed
 
 from ..cache.store import Store, prune_scratch
 from ..plan.options import parse_days
-from ..plan.tasks import Plan, is_entry, upstream_of
+from ..plan.tasks import Plan, upstream_of
 from ..report.record import RunLog
 from ..run.executor import DaskExecutor
 from ..run.runner import execute
@@ -23,12 +23,12 @@ def stage_action(plan: Plan, executor: DaskExecutor | None, run: RunLog, task: s
     values, into doit's database, where the next run's up-to-date check finds it."""
     node = plan.nodes_by_task[task]
     data = plan.graph.nodes[node]
+    job = plan.job(node)
     delegate = None
     if executor is not None:
-        resources = data["stage"].resources(data["target"])
+        resources = job.stage.resources(job.target)
         delegate = lambda: executor.run(node.task_name, resources)  # noqa: E731
-    entry = execute(node, data["stage"], data["model"], data["target"], upstream_of(plan, node),
-                    plan.layout, first=is_entry(plan, node), delegate=delegate)
+    entry = execute(job, plan.layout, delegate=delegate)
     run.entries[node.task_name] = entry   # the reporter's copy, even where build/ is full
     if entry["status"] == "failed" and not data["soft"]:
         detail = f"\n  command: {entry['command']}" if entry.get("command") else ""

@@ -8,15 +8,18 @@ A task does something in two layers, and explain asks both the way the run would
 1. doit decides whether the task's action runs at all (file_dep content, params and tool
    versions, outputs intact, targets present, a recorded run): explain asks doit's own
    Dependency.get_status, on a read-only copy of .doit.db, as `doit info` does.
-2. the action (runner.execute) restores the outputs when the stage's key is in the cache,
-   else runs the stage: explain computes the key with runner.compute_key and looks it up
-   without touching the store, and says why with runner.explain, the record's own words.
+2. the action (runner.execute) does what pipeline.run.decide decides: skip (no device for
+   it here, an input a failed stage left absent), restore (its key is in the cache) or run.
+   explain calls that same decide, with a lookup that only reads and the input digests it
+   predicts, and never acts; its "why" is the record's own words.
 
-Stages are judged in graph order. An upstream stage that stays up to date leaves its files as
-they are; one that would be restored leaves the bytes its cache entry names (known now); one
-that would run leaves bytes nobody knows yet: a stage downstream of it that has no reason of
-its own is a "maybe" ("waits on lower:mlp@cpu: runs if its outputs change"), kept apart from
-the definite list.
+Stages are judged in graph order. An upstream stage that stays up to date, is skipped, or
+fails again (its last run failed with this same key) leaves its files as they are; one that
+would be restored leaves the bytes its cache entry names (known now); one that would run
+leaves bytes nobody knows yet: a stage downstream of it that has no reason of its own is a
+"maybe" ("waits on lower:mlp@cpu: runs if its outputs change"), kept apart from the definite
+list. A stage whose file_dep a failing or skipped stage leaves absent is never run by doit:
+"skip" (the record says "an upstream stage failed").
 
 It is a doit command plugin (pyproject.toml, [tool.doit.plugins.command]) rather than a task:
 a task would be run by `doit run`, which saves its success in .doit.db and lists it among the
@@ -36,18 +39,18 @@ from doit.dependency import Dependency, JsonDB, MD5Checker, SqliteDB, get_file_m
 from doit.exceptions import InvalidCommand
 
 from ..cache import probes, remote
-from ..cache.digest import digest_file, stage_key
-from ..cache.store import Store, _is_whole
+from ..cache.digest import digest_file
+from ..cache.store import Found, Store, _is_whole
 from ..plan import memo, tasks as kiln_tasks
 from ..plan.layout import Layout
 from ..report import record
 from ..run.intact import changed_outputs
-from ..run.runner import _previous_entry, compute_key, explain as why_ran
+from ..run.decide import Decision, decide, previous_entry, why_run
 from ..run.uptodate import CHECK_SIGNATURE, stage_check
-from ..stage import Node, read_files
+from ..stage import Node
 from .session import _Check
 
-ACTIONS = ("run", "restore", "maybe", "fail")   # what explain lists; "up-to-date" it does not
+ACTIONS = ("run", "restore", "skip", "maybe", "fail")   # what explain lists; not "up-to-date"
 NO_RECORD = "no earlier run recorded"
 
 
@@ -55,12 +58,13 @@ NO_RECORD = "no earlier run recorded"
 class Verdict:
     """What the next run does to one stage task, and what its outputs will then hold."""
     task: str
-    action: str                          # run | restore | maybe | fail | up-to-date
+    action: str                          # run | restore | skip | maybe | fail | up-to-date
     why: str = ""
     known: bool = False     # the bytes its outputs will hold after the run are known now
     digests: dict[str, str] = field(default_factory=dict)   # rel -> sha256 a cache entry names
     files: dict[str, Path] = field(default_factory=dict)    # rel -> a file with those bytes
     # (for a stage that runs: its files now, which is what "if its outputs stay the same" means)
+    fails: bool = False     # it ends failed (doit then stops the stages that need its files)
 
 
 @dataclass
@@ -77,8 +81,8 @@ class Explanation:
         out = [f"{v.action:<8}{v.task:<{width}}  {v.why}"
                for v in sorted(shown, key=lambda v: order[v.action])]
         counts = {a: sum(v.action == a for v in self.verdicts) for a in (*ACTIONS, "up-to-date")}
-        words = {"run": "run", "restore": "restored from the cache", "maybe": "may run",
-                 "fail": "fail before running", "up-to-date": "up to date"}
+        words = {"run": "run", "restore": "restored from the cache", "skip": "skipped",
+                 "maybe": "may run", "fail": "fail before running", "up-to-date": "up to date"}
         out.append(", ".join(f"{counts[a]} {words[a]}" for a in words if counts[a])
                    + " (\"may run\": if what they wait on changes its outputs)"
                    * bool(counts["maybe"]))
@@ -151,11 +155,11 @@ def _read_only_uptodate(task) -> None:
 
 # --- the cache, read-only ---------------------------------------------------------------
 
-def lookup(layout: Layout, key: str, expected, notes: list[str]) -> tuple[str, dict | None]:
-    """Where the run would find key: ('local', entry) when the local entry is whole and its
-    blobs verify (as Store.lookup and Store.restore check them), ('remote', entry) when the
-    remote cache has a whole entry, else ('miss', None). Reads only: no last-use mark, no
-    discarding a damaged entry, no download of a blob."""
+def lookup(layout: Layout, key: str, expected, notes: list[str]) -> Found | None:
+    """Where the run would find key: locally when the local entry is whole and its blobs
+    verify (as Store.lookup and Store.restore check them), else on the remote when it has a
+    whole entry, else None. Reads only: no last-use mark, no discarding a damaged entry, no
+    download of a blob."""
     store = Store(layout.cache)
     expected = set(expected)
     try:
@@ -164,28 +168,23 @@ def lookup(layout: Layout, key: str, expected, notes: list[str]) -> tuple[str, d
         entry = None    # absent, or damaged: the run discards it and asks the remote
     if _is_whole(entry, expected):
         # a whole entry with a bad blob: the run discards it and builds (no remote asked)
-        return ("local", entry) if _blobs_verify(store, entry) else ("miss", None)
+        return Found(entry, "local") if store.blobs_verify(entry) else None
     if layout.remote is None:   # (an entry of another format: the remote too, no warning)
-        return "miss", None
+        return None
     try:
         entry = remote.connect(layout.remote).get_entry(key)
     except (remote.RemoteUnavailable, remote.RemoteError) as err:
         if str(err) not in notes:
             notes.append(str(err))
-        return "miss", None
-    return ("remote", entry) if _is_whole(entry, expected) else ("miss", None)
-
-
-def _blobs_verify(store: Store, entry: dict) -> bool:
-    if store._verified_meta(entry["meta"]) is None:
-        return False
-    try:
-        return all(digest_file(store._blob(d)) == d for d in entry["outputs"].values())
-    except OSError:
-        return False
+        return None
+    return Found(entry, "remote") if _is_whole(entry, expected) else None
 
 
 # --- judging one stage ------------------------------------------------------------------
+
+class NotKnown(Exception):
+    """An input a stage reads is not there yet: a stage that runs first makes it."""
+
 
 class Judge:
     """Verdicts for a plan's stage tasks, in graph order (each needs its upstream's)."""
@@ -216,6 +215,9 @@ class Judge:
         if missing:
             return self._verdict(node, "fail", "missing file: " + ", ".join(
                 self._shown(f) for f in missing) + " (doit stops it)")
+        stopped = self._stopped(task, from_up)
+        if stopped:
+            return self._verdict(node, "skip", f"an upstream stage failed: {stopped}", known=True)
         own = self._own_reasons(task, reasons, from_up)
         changed_inputs = [f for f, up in from_up.items() if self.verdicts[up].known
                           and self._input_changes(task, f, up, reasons)]
@@ -229,12 +231,28 @@ class Judge:
         return self._runner_verdict(node, doit_why, waits)
 
     def _verdict(self, node: Node, action: str, why: str = "", known: bool = False,
-                 digests: dict | None = None, files: dict | None = None) -> Verdict:
+                 digests: dict | None = None, files: dict | None = None,
+                 fails: bool = False) -> Verdict:
         if files is None:   # its files in build/ now
             out_dir, data = self.plan.layout.node_dir(node), self.plan.graph.nodes[node]
             files = {rel: out_dir / rel for rel in data["stage"].outputs(data["model"])}
-        return Verdict(node.task_name, action, why, known, digests or {}, files)
+        return Verdict(node.task_name, action, why, known, digests or {}, files, fails)
 
+    def _stopped(self, task, from_up: dict[str, Node]) -> str | None:
+        """Why doit will not run the task at all: an upstream stage it depends on (by
+        file_dep, not a variant's) fails, or is skipped leaving no file the task reads. The
+        record then says "skipped" (an upstream stage failed)."""
+        soft = set(task.meta["kiln"].get("soft_deps") or ())
+        for dep, up in sorted(from_up.items()):
+            verdict = self.verdicts[up]
+            if dep in soft or not verdict.known:
+                continue
+            if verdict.fails:
+                return f"{up.task_name} fails ({verdict.why})"
+            rel = str(Path(dep).relative_to(self.plan.layout.node_dir(up)))
+            if self._holds(up, rel) is None:
+                return f"{up.task_name} leaves no {self._shown(dep)}"
+        return None
     def _own_reasons(self, task, reasons, from_up) -> list[str]:
         """doit's reasons that do not hang on what upstream stages do, in words."""
         if self.dep._get(task.name, "deps:") is None:
@@ -245,8 +263,8 @@ class Judge:
             if utd is not _check_read_only:
                 words.append(f"{utd!r} says it is not up to date")
             elif "watched" not in values:
-                words.append("no record of its params (its last run failed, or an older kiln "
-                             "ran it)")
+                words.append("no record of its params (its last run failed or was skipped, "
+                             "or an older kiln ran it)")
             elif values["watched"] != task.meta["kiln"]["watched"]:
                 words.append("changed params or tool versions")
             else:   # (inputs a variant leaves are judged with their stage: _input_changes)
@@ -269,18 +287,12 @@ class Judge:
         once up is done, as MD5Checker.check_modified would judge it then; for an input a
         variant among several leaves (soft), as the session's check will: by digest."""
         verdict = self.verdicts[up]
+        rel = str(Path(dep).relative_to(self.plan.layout.node_dir(up)))
         if dep in (task.meta["kiln"].get("soft_deps") or ()):
             recorded = (self.dep.get_values(task.name).get("soft_inputs") or {}).get(dep)
-            rel = str(Path(dep).relative_to(self.plan.layout.node_dir(up)))
-            try:
-                now = self._digest(up, rel) if verdict.action != "up-to-date" or \
-                    Path(dep).exists() else None
-            except OSError:
-                now = None
-            return (recorded or [None])[0] != now
-        if verdict.action == "up-to-date":
+            return (recorded or [None])[0] != self._holds(up, rel)
+        if verdict.action != "restore":   # (up to date, skipped, failing: build/ as it is)
             return dep in reasons.get("changed_file_dep", [])
-        rel = str(Path(dep).relative_to(self.plan.layout.node_dir(up)))
         state = self.dep._get(task.name, dep)
         if state is None or not isinstance(self.dep.checker, MD5Checker):
             return True   # (a restored file has a new mtime: a timestamp checker sees a change)
@@ -293,62 +305,79 @@ class Judge:
                 return digest_file(dep) != verdict.digests[rel]
         return True
 
-    def _digest(self, up: Node, rel: str) -> str:
-        """sha256 of what up's output rel will hold; for an upstream that runs first, what
-        it holds now. FileNotFoundError when there is nothing to go on."""
+    def _holds(self, up: Node, rel: str) -> str | None:
+        """The digest up's output rel will hold when a stage downstream reads it (None:
+        absent): a restored upstream's from its cache entry (no bytes fetched), else what
+        build/ holds now; NotKnown for an upstream that runs first and has left none yet."""
         verdict = self.verdicts[up]
-        return verdict.digests.get(rel) or digest_file(verdict.files[rel])
+        if rel in verdict.digests:
+            return verdict.digests[rel]
+        if verdict.files[rel].is_file():
+            return digest_file(verdict.files[rel])
+        if verdict.known:
+            return None
+        raise NotKnown(up.task_name)
 
-    def key(self, node: Node) -> tuple[str, dict]:
-        """runner.compute_key, with each upstream output's digest as it will be when node's
-        turn comes (a restored upstream's from its cache entry: no bytes are fetched)."""
-        data = self.plan.graph.nodes[node]
-        stage, model, target = data["stage"], data["model"], data["target"]
-        _, parts = compute_key(stage, model, target, {}, kiln_tasks.is_entry(self.plan, node))
-        by_dir = {self.plan.layout.node_dir(up): up for up in self.plan.graph.predecessors(node)}
-        for name, (up_stage, up_dir) in kiln_tasks.upstream_of(self.plan, node).items():
-            for rel in read_files(stage, model, target, name, up_stage):
-                parts["inputs"][f"{name}/{rel}"] = self._digest(by_dir[up_dir], rel)
-        return stage_key(stage.name, **parts), parts
+    def _digest_of(self, node: Node):
+        """decide's digest_of for node's inputs: each as it will be when node's turn comes."""
+        owners = {}   # an input's path -> (the upstream node, its output's name)
+        for up in self.plan.graph.predecessors(node):
+            up_dir = self.plan.layout.node_dir(up)
+            for path in kiln_tasks._read_files(self.plan, node, up):
+                owners[path] = (up, str(path.relative_to(up_dir)))
+        return lambda path: self._holds(*owners[path])
 
     def _runner_verdict(self, node: Node, doit_why: list[str], waits: list[str]) -> Verdict:
-        """doit runs the action: would the runner restore (key in the cache) or run?"""
-        stage = self.plan.graph.nodes[node]["stage"]
-        model = self.plan.graph.nodes[node]["model"]
-        previous = _previous_entry(self.plan.layout.entry_file(node))
+        """doit runs the action: what pipeline.run.decide says the runner then does."""
         try:
-            key, parts = self.key(node)
-        except FileNotFoundError as err:
-            # an input not there yet: it comes from a stage that runs first. Never built
-            # here, it runs (unless another checkout stored this very key meanwhile)
-            soft = [w for w in waits if self.plan.graph.nodes[self.plan.nodes_by_task[w]]["soft"]]
-            if soft:   # a variant's stage that may fail again, leaving nothing to read
-                return self._verdict(node, "maybe", f"{_waits(waits)}: runs if "
-                                     f"{'it makes' if len(waits) == 1 else 'they make'} its inputs")
-            if waits and not previous.get("fingerprint"):
-                return self._verdict(node, "run", f"{why_ran(None, {})} (after {', '.join(waits)})")
-            return self._verdict(node, "maybe", f"{_waits(waits)}: runs unless the cache has "
-                                 f"what it then reads" if waits else f"cannot read {err.filename}")
-        where, entry = lookup(self.plan.layout, key, stage.outputs(model), self.notes)
-        if where == "miss":
-            why = why_ran(previous.get("fingerprint"), parts, previous.get("status"))
-            if waits:
-                its = "its" if len(waits) == 1 else "their"
-                why += f" (and inputs, if {', '.join(waits)} change{'s' * (len(waits) == 1)} {its} outputs)"
-            return self._verdict(node, "run", why)
+            decision = decide(self.plan.job(node), self.plan.layout,
+                              lambda key, expected: lookup(self.plan.layout, key, expected,
+                                                           self.notes),
+                              self._digest_of(node))
+        except NotKnown:
+            return self._before_inputs(node, waits)
+        if decision.action in ("skip", "fail"):
+            return self._verdict(node, decision.action, decision.why, known=True,
+                                 fails=decision.action == "fail")
+        if decision.action == "run":
+            return self._run_verdict(node, decision, waits)
         if waits:
             return self._verdict(node, "maybe", f"{_waits(waits)}: restored from the cache if "
                                  f"{'its' if len(waits) == 1 else 'their'} outputs stay the "
                                  "same, else runs")
-        found = "key in the cache" if where == "local" else "key in the remote cache"
         # which part of the key differs from the last build here (a reverted flag), in the
         # record's words; else doit's reason (no recorded run, a damaged output)
-        changed = why_ran(previous.get("fingerprint"), parts) if previous.get("fingerprint") else ""
+        changed = decision.why_it_runs() if decision.previous.get("fingerprint") else ""
         why = changed if changed.startswith("changed ") else "; ".join(doit_why)
-        store = Store(self.plan.layout.cache)
-        return self._verdict(node, "restore", f"{found} ({why})", known=True,
-                             digests=dict(entry["outputs"]),
-                             files={rel: store._blob(d) for rel, d in entry["outputs"].items()})
+        store, outputs = Store(self.plan.layout.cache), decision.found.entry["outputs"]
+        return self._verdict(node, "restore", f"{decision.why} ({why})", known=True,
+                             digests=dict(outputs),
+                             files={rel: store.blob_path(d) for rel, d in outputs.items()})
+
+    def _run_verdict(self, node: Node, decision: Decision, waits: list[str]) -> Verdict:
+        """The stage runs. One whose last run here failed with this same key fails again
+        (a stage is a function of its key), leaving build/ as it is: that much is known."""
+        if waits:
+            its = "its" if len(waits) == 1 else "their"
+            return self._verdict(node, "run", f"{decision.why} (and inputs, if "
+                                 f"{', '.join(waits)} change{'s' * (len(waits) == 1)} {its} "
+                                 "outputs)")
+        fails = decision.previous.get("status") == "failed" and \
+            decision.previous.get("key") == decision.key
+        return self._verdict(node, "run", decision.why, known=fails, fails=fails)
+
+    def _before_inputs(self, node: Node, waits: list[str]) -> Verdict:
+        """An input is not there yet: a stage that runs first makes it."""
+        graph, by_task = self.plan.graph, self.plan.nodes_by_task
+        if any(graph.nodes[by_task[w]]["soft"] for w in waits):
+            # a variant's stage that may fail again, leaving nothing to read
+            return self._verdict(node, "maybe", f"{_waits(waits)}: runs if "
+                                 f"{'it makes' if len(waits) == 1 else 'they make'} its inputs")
+        if not previous_entry(self.plan.layout.entry_file(node)).get("fingerprint"):
+            # never built here, it runs (unless another checkout stored this very key)
+            return self._verdict(node, "run", f"{why_run(None, {})} (after {', '.join(waits)})")
+        return self._verdict(node, "maybe", f"{_waits(waits)}: runs unless the cache has "
+                             "what it then reads")
 
 
 def _waits(waits: list[str]) -> str:

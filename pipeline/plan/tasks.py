@@ -21,7 +21,7 @@ from ..cache import remote
 from ..cache.digest import canonical, digest_bytes, source_files
 from ..cache.probes import tool_version, use_probe_cache
 from ..names import task_subname, upstream_name
-from ..stage import ConfigError, ModelSpec, Node, Stage, read_files
+from ..stage import ConfigError, ModelSpec, Node, Stage, Target, read_files
 from . import models as model_registry
 from .config import Config, load_config
 from .graph import build_graph, shard
@@ -44,6 +44,25 @@ class Plan:
     @functools.cached_property
     def nodes_by_task(self) -> dict[str, Node]:
         return {node.task_name: node for node in self.graph}
+
+    def job(self, node: Node) -> Job:
+        """What the runner needs to decide and do node's work."""
+        data = self.graph.nodes[node]
+        return Job(node, data["stage"], data["model"], data["target"], upstream_of(self, node),
+                   is_entry(self, node))
+
+
+@dataclass(frozen=True)
+class Job:
+    """One stage node as the runner (pipeline.run) takes it: the node, its stage, model and
+    target, what it reads (upstream name -> (stage, directory)), and whether it is the stage
+    the model enters at (then the model's own files enter its key)."""
+    node: Node
+    stage: Stage
+    model: ModelSpec
+    target: Target | None
+    upstream: dict[str, tuple[Stage, Path]]
+    first: bool
 
 
 def _pick(names: tuple[str, ...] | None, valid: dict, default: tuple, what: str,

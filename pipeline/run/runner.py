@@ -1,8 +1,9 @@
-"""Run one stage node: the single place where a cache hit is restored instead of running.
+"""Do what pipeline.run.decide decided for one stage node, and record it.
 
-    key = hash(stage, code, params, input digests, tool versions)
-    hit  -> copy the outputs from cache/ into build/          status "cached"
-    miss -> run the stage in a fresh temp dir, store, install  status "ran"
+    restore -> copy the outputs from cache/ into build/          status "cached"
+    run     -> run the stage in a fresh temp dir, store, install  status "ran"
+    skip    -> nothing                                            status "skipped"
+    fail    -> nothing (its key could not be computed)            status "failed"
 
 Outputs reach build/ by rename only after the stage succeeded, so build/ never holds a
 half-written file; the store is written the same way. The entry records each output's digest
@@ -17,99 +18,38 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from ..cache import remote
-from ..cache.digest import digest_file, digest_source, stage_key
+from ..cache.digest import digest_file
 from ..cache.files import UNWRITABLE, atomic_write, describe_os_error
-from ..cache.probes import tool_version
 from ..cache.store import Store
 from ..plan.layout import Layout
-from ..stage import ModelSpec, Node, Stage, StageContext, StageError, StageSkipped, Target, read_files
+from ..stage import Node, StageContext, StageError, StageSkipped
 from . import machine
+from .decide import Decision, decide
 from .intact import changed_outputs, output_stats
 
-
-def code_fingerprint(files) -> dict[str, str]:
-    # keyed by 'dir/name', not the absolute path: a clone elsewhere must get the same key
-    return {f"{Path(f).parent.name}/{Path(f).name}": digest_file(f) for f in files}
+if TYPE_CHECKING:   # (the plan's modules: loaded by whoever made the job)
+    from ..plan.tasks import Job
 
 
-def input_digests(stage: Stage, model: ModelSpec, target: Target | None,
-                  upstream: dict[str, tuple[Stage, Path]], first: bool) -> dict[str, str]:
-    digests = {}
-    for name, (up_stage, up_dir) in sorted(upstream.items()):
-        for rel in read_files(stage, model, target, name, up_stage):
-            if stage.partial_inputs and not (up_dir / rel).is_file():
-                digests[f"{name}/{rel}"] = "absent"   # a variant that failed: none to read
-                continue
-            digests[f"{name}/{rel}"] = digest_file(up_dir / rel)
-    if first:  # the stage a model enters at reads the model's own files
-        for role, path in sorted(model.sources.items()):
-            digests[f"source:{role}"] = digest_source(path)
-    return digests
-
-
-def compute_key(stage, model, target, upstream, first) -> tuple[str, dict]:
-    parts = {
-        "code": code_fingerprint(stage.code_files(model)),
-        "params": stage.params(model, target),
-        "inputs": input_digests(stage, model, target, upstream, first),
-        "tools": {t: tool_version(t) for t in stage.tools(model)},
-    }
-    return stage_key(stage.name, **parts), parts
-
-
-def _check_inputs_present(stage, model, target, upstream) -> None:
-    """doit runs a stage only when its inputs exist, except after a variant's stage failed
-    (its failure is recorded, the others go on): then the rest of that variant is skipped."""
-    if stage.partial_inputs:
-        return
-    for name, (up_stage, up_dir) in sorted(upstream.items()):
-        for rel in read_files(stage, model, target, name, up_stage):
-            if not (up_dir / rel).is_file():
-                raise StageSkipped(f"skipped: {name} has no {rel} (it failed or was skipped)")
-
-
-def execute(node: Node, stage: Stage, model: ModelSpec, target: Target | None,
-            upstream: dict[str, tuple[Stage, Path]], layout: Layout, first: bool,
-            delegate: Callable[[], dict] | None = None) -> dict:
-    """Bring node's outputs into build/ (restored or built) and write its record entry.
+def execute(job: Job, layout: Layout, delegate: Callable[[], dict] | None = None) -> dict:
+    """Bring job's outputs into build/ (restored or built), as pipeline.run.decide decides,
+    and write its record entry.
 
     On a miss the stage runs here, or, given a delegate (pipeline.executor), elsewhere: the
     delegate returns the worker's entry and the outputs come back through the cache.
     Returns the entry (status failed when the stage failed)."""
     started = time.perf_counter()
+    node = job.node
     entry = {"task": node.task_name, "stage": node.stage, "model": node.model,
              "target": node.target, "key": None}
     log_lines: list[str] = []
     store = Store(layout.cache, remote.connect(layout.remote) if layout.remote else None)
-    out_dir = layout.node_dir(node)
-    previous = _previous_entry(layout.entry_file(node))
     try:
-        _check_inputs_present(stage, model, target, upstream)
-        key, parts = compute_key(stage, model, target, upstream, first)
-        entry.update(key=key, fingerprint=parts)
-        damaged = _damaged_outputs(previous, key, out_dir)
-        cached = store.lookup(key, stage.outputs(model))
-        meta = _restore(store, key, cached, out_dir, layout) if cached else None
-        if meta is not None:
-            entry.update(status="cached", **_meta_fields(meta))
-            outputs = cached["outputs"]
-        else:
-            entry["why"] = explain(previous.get("fingerprint"), parts, previous.get("status"))
-            log_lines.append(f"why: {entry['why']}")
-            if delegate is None:
-                meta, outputs = _run(stage, model, target, upstream, layout, node, key,
-                                     log_lines, store)
-            else:
-                meta, outputs = _delegated(delegate, store, key, stage.outputs(model), out_dir,
-                                           layout, entry, log_lines)
-            entry.update(status="ran", **_meta_fields(meta))
-        entry["outputs"] = output_stats(out_dir, outputs)
-        done = "restored it from the cache" if entry["status"] == "cached" else "rebuilt it"
-        store.warnings += [f"{_shown(out_dir / rel, layout)} no longer matched what kiln wrote; "
-                           f"{done}" for rel in damaged]
+        _carry_out(decide(job, layout, store.find), job, layout, store, entry, log_lines,
+                   delegate)
     except StageSkipped as skip:
         entry.update(status="skipped", reason=str(skip))
     except StageError as err:
@@ -134,6 +74,38 @@ def execute(node: Node, stage: Stage, model: ModelSpec, target: Target | None,
     entry["log"] = str(layout.log_file(node).relative_to(layout.root))
     _write_entry(layout, node, entry, log_lines)
     return entry
+
+
+def _carry_out(decision: Decision, job: Job, layout: Layout, store: Store, entry: dict,
+               log_lines: list[str], delegate: Callable[[], dict] | None) -> None:
+    """Do what was decided: a skip or a failure raises (execute records it); a restore
+    whose blobs turn out damaged runs instead."""
+    if decision.action == "skip":
+        raise StageSkipped(decision.why)
+    if decision.action == "fail":
+        raise StageError(decision.why, log=decision.detail)
+    key = decision.key
+    entry.update(key=key, fingerprint=decision.parts)
+    out_dir = layout.node_dir(job.node)
+    damaged = _damaged_outputs(decision.previous, key, out_dir)
+    found = decision.found
+    meta = _restore(store, key, found.entry, out_dir, layout) if found is not None else None
+    if meta is not None:
+        entry.update(status="cached", **_meta_fields(meta))
+        outputs = found.entry["outputs"]
+    else:
+        entry["why"] = decision.why_it_runs()
+        log_lines.append(f"why: {entry['why']}")
+        if delegate is None:
+            meta, outputs = _run(job, layout, key, log_lines, store)
+        else:
+            meta, outputs = _delegated(delegate, store, key, job.stage.outputs(job.model),
+                                       out_dir, layout, entry, log_lines)
+        entry.update(status="ran", **_meta_fields(meta))
+    entry["outputs"] = output_stats(out_dir, outputs)
+    done = "restored it from the cache" if entry["status"] == "cached" else "rebuilt it"
+    store.warnings += [f"{_shown(out_dir / rel, layout)} no longer matched what kiln wrote; "
+                       f"{done}" for rel in damaged]
 
 
 def _write_entry(layout: Layout, node: Node, entry: dict, log_lines: list[str]) -> None:
@@ -162,31 +134,6 @@ def _shown(path: Path, layout: Layout) -> str:
     return str(path.relative_to(layout.root)) if path.is_relative_to(layout.root) else str(path)
 
 
-def _previous_entry(entry_file: Path) -> dict:
-    try:
-        entry = json.loads(entry_file.read_text())
-    except (OSError, ValueError):
-        return {}
-    return entry if isinstance(entry, dict) else {}
-
-
-def explain(before: dict | None, now: dict, last_status: str | None = None) -> str:
-    """Why a stage had to run: which part of its key differs from its last build here."""
-    if not before:
-        return "no earlier build of this stage here and none in the cache"
-    changes = []
-    for part in ("code", "params", "inputs", "tools"):
-        old, new = before.get(part) or {}, now[part]
-        names = sorted(n for n in set(old) | set(new) if old.get(n) != new.get(n))
-        if names:
-            changes.append(f"{part}: {', '.join(names)}")
-    if changes:
-        return "changed " + "; ".join(changes)
-    if last_status == "failed":
-        return "its last run failed with this same key (a failure is not cached)"
-    return "key unchanged but not in the cache (cleared, or another store)"
-
-
 def _meta_fields(meta: dict) -> dict:
     return {"result": meta["result"]} if meta.get("result") is not None else {}
 
@@ -200,20 +147,24 @@ def _restore(store: Store, key: str, cached: dict, out_dir: Path, layout: Layout
     return meta
 
 
-def _run(stage, model, target, upstream, layout, node, key, log_lines, store):
+def _run(job: Job, layout: Layout, key: str, log_lines: list[str],
+         store: Store) -> tuple[dict, dict]:
+    """Run the stage in a fresh temp dir, store its outputs, install them: (meta, outputs)."""
+    stage = job.stage
     with tempfile.TemporaryDirectory(dir=layout.scratch()) as tmp:
         with machine.shared(layout.cache) as held:   # a timing elsewhere waits for this run
-            ctx = StageContext(model, target, {n: d for n, (_, d) in upstream.items()},
-                               Path(tmp), log_lines, held)
+            ctx = StageContext(job.model, job.target,
+                               {n: d for n, (_, d) in job.upstream.items()}, Path(tmp),
+                               log_lines, held)
             result = stage.run(ctx)
-        declared = stage.outputs(model)
+        declared = stage.outputs(job.model)
         missing = [rel for rel in declared if not (ctx.out / rel).is_file()]
         if missing:
             raise StageError(f"stage {stage.name} did not write {', '.join(missing)}")
         outputs = {rel: digest_file(ctx.out / rel) for rel in declared}
         meta = {"result": result}
         store.save(key, ctx.out, outputs, meta)
-        _install(ctx.out, list(declared), layout.node_dir(node), layout)
+        _install(ctx.out, list(declared), layout.node_dir(job.node), layout)
     return meta, outputs
 
 
@@ -235,13 +186,13 @@ def _delegated(delegate, store: Store, key: str, declared, out_dir: Path, layout
         raise StageError(f"the worker computed key {str(theirs.get('key'))[:12]}, this machine "
                          f"{key[:12]}: it does not see the same code, inputs or tools (workers "
                          "need this project at the same path and version)")
-    cached = store.lookup(key, declared)
-    meta = _restore(store, key, cached, out_dir, layout) if cached else None
+    found = store.find(key, declared)
+    meta = _restore(store, key, found.entry, out_dir, layout) if found else None
     if meta is None:
         raise StageError("the worker built this stage but its outputs are not in this machine's "
                          "cache: workers need the same cache (one machine, a shared file system) "
                          "or the remote cache (KILN_REMOTE in write mode on the workers)")
-    return meta, cached["outputs"]
+    return meta, found.entry["outputs"]
 
 
 def _install(src: Path, rels: list[str], out_dir: Path, layout: Layout) -> None:
