@@ -15,8 +15,9 @@ STAGES = ["capture:mlp", "serialize:mlp", "import:mlp", "legalize:mlp", "emit:ml
 
 
 def files_state(root) -> dict:
-    """Every file kiln may write, by path: its stat and, for .doit.db, its bytes."""
-    state = {}
+    """Every file kiln may write, by path: its stat and, for .doit.db, its bytes; and what the
+    project's directory holds (a .doit.db moved aside, a file created)."""
+    state = {"": sorted(p.name for p in root.iterdir())}
     for top in ("build", "cache"):
         for path in (root / top).rglob("*"):
             st = path.lstat()
@@ -227,3 +228,25 @@ def test_explain_predicts_each_stage_of_a_matrix_with_a_failing_variant_and_no_d
         assert of(listed, "skip") == {"codegen:m1@cpu~broken", "validate:m1@cpu~broken",
                                       "validate:m1@cuda", "pick:m1@cuda"}
         assert "pick:m1@cpu" not in listed and statuses["pick:m1@cpu"] == "up-to-date"
+
+    # a damaged .doit.db: explain leaves it where it is and reads it as empty, as the run
+    # will (it moves it aside); every stage that can be is restored from the cache
+    db = project.root / ".doit.db"
+    db.write_bytes(b"not a database" * 100)
+    listed, out = explained(project)
+    assert of(listed, "restore") == set(statuses) - of(listed, "run") - of(listed, "skip"), out
+    assert of(listed, "run") == {"lower:m1@cpu~broken"}
+    project.doit(check=False)
+    statuses = project.statuses()
+    assert (project.root / ".doit.db.damaged").exists()
+    for task, action in predicted(listed, statuses).items():
+        assert statuses[task] in OUTCOMES[action], (task, action, statuses[task], out)
+
+    # damage sqlite cannot see: a row doit cannot decode (the run decodes every row to know)
+    import sqlite3
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("UPDATE doit SET task_data = '{\"truncated' WHERE task_id = 'pick:m1@cpu'")
+    conn.close()
+    again, out = explained(project)
+    assert again == listed, out

@@ -10,6 +10,8 @@ exactly the stage's declared outputs, every blob it names re-hashes to its name,
 result comes from a verified blob, never from the entry itself. Anything else is a miss: the
 entry is discarded with a warning and the stage is rebuilt. A cache that cannot be written
 (read-only, full) is read as usual and not written, with one warning naming the errno.
+In read-only mode (pipeline.cache.files.read_only: `doit explain`) a lookup neither marks the
+entry's last use nor discards a damaged one.
 """
 from __future__ import annotations
 
@@ -25,7 +27,8 @@ from pathlib import Path
 from typing import Iterable, NamedTuple
 
 from .digest import CHUNK, canonical, digest_bytes, digest_file
-from .files import UNWRITABLE, atomic_copy, atomic_write, describe_os_error, write_verified
+from .files import (UNWRITABLE, atomic_copy, atomic_write, describe_os_error, read_only,
+                    write_verified)
 from .remote import RemoteError, RemoteUnavailable
 
 log = logging.getLogger("kiln.store")
@@ -79,11 +82,14 @@ class Store:
         if isinstance(entry, dict) and entry.get("format") != FORMAT and "outputs" in entry:
             return self._lookup_remote(key, set(expected))   # another kiln version's: not damage
         if not _is_whole(entry, set(expected)):
-            self._warn(f"cache entry {key[:12]} is damaged or incomplete; discarded it and rebuilt")
-            self._discard(self._entry(key))
+            if not read_only():   # (in read-only mode the run that follows says so, and does it)
+                self._warn(f"cache entry {key[:12]} is damaged or incomplete; discarded it and "
+                           "rebuilt")
+                self._discard(self._entry(key))
             return self._lookup_remote(key, set(expected))
-        with contextlib.suppress(OSError):  # last use, for prune(); a read-only cache has none
-            os.utime(self._entry(key))
+        if not read_only():
+            with contextlib.suppress(OSError):  # last use, for prune(); a read-only cache has none
+                os.utime(self._entry(key))
         return entry
 
     def find(self, key: str, expected: Iterable[str], verify: bool = False) -> Found | None:
@@ -198,7 +204,10 @@ class Store:
     def save(self, key: str, src: Path, outputs: dict[str, str], meta: dict) -> bool:
         """Store the files of src named in outputs (rel path -> digest) and meta, then the
         entry. Blobs go first and the entry last, so an entry never names a missing blob.
-        False (with one warning) when the cache cannot be written: the build goes on."""
+        False (with one warning) when the cache cannot be written: the build goes on; False
+        in read-only mode."""
+        if read_only():
+            return False
         meta_bytes = canonical(meta).encode()
         meta_digest = digest_bytes(meta_bytes)
         entry = {"format": FORMAT, "outputs": outputs, "meta": meta_digest}

@@ -7,7 +7,7 @@ running, restoring or writing anything (not build/, not the cache, not .doit.db)
 A task does something in two layers, and explain asks both the way the run would:
 1. doit decides whether the task's action runs at all (file_dep content, params and tool
    versions, outputs intact, targets present, a recorded run): explain asks doit's own
-   Dependency.get_status, on a read-only copy of .doit.db, as `doit info` does.
+   Dependency.get_status, on .doit.db opened read-only, as `doit info` does.
 2. the action (runner.execute) does what pipeline.run.decide decides: skip (no device for
    it here, an input a failed stage left absent), restore (its key is in the cache) or run.
    explain calls that same decide, with a lookup that only reads and the input digests it
@@ -28,27 +28,25 @@ tasks; a command reads the same dodo.py and command-line variables and writes no
 from __future__ import annotations
 
 import contextlib
-import json
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import networkx as nx
 from doit.cmd_base import DoitCmdBase, check_tasks_exist
-from doit.dependency import Dependency, JsonDB, MD5Checker, SqliteDB, get_file_md5
+from doit.dependency import Dependency, JsonDB, MD5Checker, get_file_md5
 from doit.exceptions import InvalidCommand
 
-from ..cache import probes, remote
+from ..cache import remote
 from ..cache.digest import digest_file
-from ..cache.store import Found, Store, _is_whole
-from ..plan import memo, tasks as kiln_tasks
-from ..plan.layout import Layout
-from ..report import record
-from ..run.intact import changed_outputs
+from ..cache.files import set_read_only
+from ..cache.store import Found, Store
+from ..plan.tasks import input_files
 from ..run.decide import Decision, decide, previous_entry, why_run
-from ..run.uptodate import CHECK_SIGNATURE, stage_check
+from ..run.intact import changed_outputs
 from ..stage import Node
-from .session import _Check
+from . import database
+from .session import StageCheck
 
 ACTIONS = ("run", "restore", "skip", "maybe", "fail")   # what explain lists; not "up-to-date"
 NO_RECORD = "no earlier run recorded"
@@ -91,37 +89,52 @@ class Explanation:
 
 # --- doit's layer, read-only ------------------------------------------------------------
 
-class ReadOnlySqliteDB(SqliteDB):
-    """doit's sqlite3 backend opened read-only: a missing file is an empty database (every
-    task has no recorded run), and nothing is ever written or created."""
+class ReadOnlySqliteDB:
+    """doit's sqlite3 backend, read-only: the table doit keeps (task_id -> the task's state as
+    JSON), opened with mode=ro. A missing file, one without that table, or a damaged one (as
+    pipeline.driver.database judges it: the run then moves it aside) reads as empty, every
+    task with no recorded run. Nothing is ever written or created."""
 
-    def _sqlite3(self, name):
-        def dict_factory(cursor, row):
-            return {col[0]: row[i] for i, col in enumerate(cursor.description)}
-        sqlite3.register_converter("json", lambda data: self.codec.decode(data.decode("utf-8")))
-        types = sqlite3.PARSE_DECLTYPES | sqlite3.PARSE_COLNAMES
-        conn = None
-        if Path(name).exists():
-            conn = sqlite3.connect(f"{Path(name).resolve().as_uri()}?mode=ro", uri=True,
-                                   detect_types=types)
-            if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'doit'").fetchone() is None:
+    def __init__(self, name, codec, *, module_name=None):
+        self.name, self.codec = name, codec
+        self._tasks: dict[str, dict] = {}   # task -> its state, read on first use
+        self._conn = None
+        path = Path(name)
+        if path.exists() and database.damage(path) is None:
+            conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'doit'").fetchone():
+                self._conn = conn
+            else:
                 conn.close()
-                conn = None
-        if conn is None:   # no runs recorded: an empty database in memory
-            conn = sqlite3.connect(":memory:", detect_types=types)
-            conn.execute("create table doit (task_id text not null primary key, task_data json)")
-        conn.row_factory = dict_factory
-        return conn
+
+    def _task(self, task_id: str) -> dict:
+        if task_id not in self._tasks:
+            row = None if self._conn is None else self._conn.execute(
+                "SELECT task_data FROM doit WHERE task_id = ?", (task_id,)).fetchone()
+            self._tasks[task_id] = self.codec.decode(row[0]) if row else {}
+        return self._tasks[task_id]
+
+    def get(self, task_id, dependency):
+        return self._task(task_id).get(dependency)
+
+    def in_(self, task_id) -> bool:
+        return bool(self._task(task_id))
 
     def set(self, task_id, dependency, value):   # get_status never saves; be sure of it
         pass
 
     def remove(self, task_id):
         # get_status forgets a task whose file checker changed: in memory only
-        self._cache[task_id] = {}
+        self._tasks[task_id] = {}
+
+    def remove_all(self):
+        self._tasks = {}
+        self.dump()
 
     def dump(self):
-        self._conn.close()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
 
 class ReadOnlyJsonDB(JsonDB):
@@ -139,47 +152,6 @@ def read_only_dependency(dep_file: str, backend: str, checker_cls, codec_cls) ->
                       codec_cls=codec_cls)
 
 
-def _check_read_only(task, values) -> bool | None:
-    """session's stage check without its writes (the touched-output refresh, the record)."""
-    return stage_check(task, values, refresh=False)
-
-
-_check_read_only.__signature__ = CHECK_SIGNATURE
-
-
-def _read_only_uptodate(task) -> None:
-    """Swap the stage task's check for the read-only one (this process runs nothing)."""
-    task.uptodate = [(_check_read_only, args, kwargs) if isinstance(utd, _Check)
-                     else (utd, args, kwargs) for utd, args, kwargs in task.uptodate]
-
-
-# --- the cache, read-only ---------------------------------------------------------------
-
-def lookup(layout: Layout, key: str, expected, notes: list[str]) -> Found | None:
-    """Where the run would find key: locally when the local entry is whole and its blobs
-    verify (as Store.lookup and Store.restore check them), else on the remote when it has a
-    whole entry, else None. Reads only: no last-use mark, no discarding a damaged entry, no
-    download of a blob."""
-    store = Store(layout.cache)
-    expected = set(expected)
-    try:
-        entry = json.loads(store._entry(key).read_text())
-    except (OSError, ValueError):
-        entry = None    # absent, or damaged: the run discards it and asks the remote
-    if _is_whole(entry, expected):
-        # a whole entry with a bad blob: the run discards it and builds (no remote asked)
-        return Found(entry, "local") if store.blobs_verify(entry) else None
-    if layout.remote is None:   # (an entry of another format: the remote too, no warning)
-        return None
-    try:
-        entry = remote.connect(layout.remote).get_entry(key)
-    except (remote.RemoteUnavailable, remote.RemoteError) as err:
-        if str(err) not in notes:
-            notes.append(str(err))
-        return None
-    return Found(entry, "remote") if _is_whole(entry, expected) else None
-
-
 # --- judging one stage ------------------------------------------------------------------
 
 class NotKnown(Exception):
@@ -192,12 +164,20 @@ class Judge:
     def __init__(self, plan, tasks: dict, dep_manager: Dependency):
         self.plan, self.tasks, self.dep = plan, tasks, dep_manager
         self.verdicts: dict[Node, Verdict] = {}
-        self.notes: list[str] = []
+        layout = plan.layout
+        # the run's store, in read-only mode: no last-use mark, no discarding, no download
+        self.store = Store(layout.cache, remote.connect(layout.remote) if layout.remote else None)
 
     def explain(self, nodes) -> Explanation:
         for node in nx.topological_sort(self.plan.graph.subgraph(nodes)):
             self.verdicts[node] = self.judge(node)
-        return Explanation(list(self.verdicts.values()), self.notes)
+        # e.g. a remote cache that did not answer (said once, however many stages asked)
+        return Explanation(list(self.verdicts.values()), list(dict.fromkeys(self.store.warnings)))
+
+    def lookup(self, key: str, expected) -> Found | None:
+        """Where the run would find key: a local entry counts only if its blobs verify (the
+        run's restore would rebuild on a bad one)."""
+        return self.store.find(key, expected, verify=True)
 
     def _shown(self, path) -> str:
         path = Path(path)
@@ -206,10 +186,9 @@ class Judge:
 
     def judge(self, node: Node) -> Verdict:
         task = self.tasks[node.task_name]
-        _read_only_uptodate(task)
         reasons = self.dep.get_status(task, self.tasks, get_log=True).reasons
         from_up = {str(f): up for up in self.plan.graph.predecessors(node)
-                   for f in kiln_tasks._read_files(self.plan, node, up)}
+                   for f in input_files(self.plan, node, up)}
         waits = sorted({up.task_name for up in from_up.values() if not self.verdicts[up].known})
         missing = [f for f in reasons.get("missing_file_dep", []) if f not in from_up]
         if missing:
@@ -253,14 +232,15 @@ class Judge:
             if self._holds(up, rel) is None:
                 return f"{up.task_name} leaves no {self._shown(dep)}"
         return None
+
     def _own_reasons(self, task, reasons, from_up) -> list[str]:
         """doit's reasons that do not hang on what upstream stages do, in words."""
-        if self.dep._get(task.name, "deps:") is None:
+        if self.dep.backend.get(task.name, "deps:") is None:
             return [NO_RECORD]   # (then every file counts as changed: saying so adds nothing)
         words = []
         for utd, _, _ in reasons.get("uptodate_false", []):
             values = self.dep.get_values(task.name)
-            if utd is not _check_read_only:
+            if not isinstance(utd, StageCheck):
                 words.append(f"{utd!r} says it is not up to date")
             elif "watched" not in values:
                 words.append("no record of its params (its last run failed or was skipped, "
@@ -293,7 +273,7 @@ class Judge:
             return (recorded or [None])[0] != self._holds(up, rel)
         if verdict.action != "restore":   # (up to date, skipped, failing: build/ as it is)
             return dep in reasons.get("changed_file_dep", [])
-        state = self.dep._get(task.name, dep)
+        state = self.dep.backend.get(task.name, dep)
         if state is None or not isinstance(self.dep.checker, MD5Checker):
             return True   # (a restored file has a new mtime: a timestamp checker sees a change)
         blob = verdict.files.get(rel)
@@ -323,16 +303,14 @@ class Judge:
         owners = {}   # an input's path -> (the upstream node, its output's name)
         for up in self.plan.graph.predecessors(node):
             up_dir = self.plan.layout.node_dir(up)
-            for path in kiln_tasks._read_files(self.plan, node, up):
+            for path in input_files(self.plan, node, up):
                 owners[path] = (up, str(path.relative_to(up_dir)))
         return lambda path: self._holds(*owners[path])
 
     def _runner_verdict(self, node: Node, doit_why: list[str], waits: list[str]) -> Verdict:
         """doit runs the action: what pipeline.run.decide says the runner then does."""
         try:
-            decision = decide(self.plan.job(node), self.plan.layout,
-                              lambda key, expected: lookup(self.plan.layout, key, expected,
-                                                           self.notes),
+            decision = decide(self.plan.job(node), self.plan.layout, self.lookup,
                               self._digest_of(node))
         except NotKnown:
             return self._before_inputs(node, waits)
@@ -349,10 +327,10 @@ class Judge:
         # record's words; else doit's reason (no recorded run, a damaged output)
         changed = decision.why_it_runs() if decision.previous.get("fingerprint") else ""
         why = changed if changed.startswith("changed ") else "; ".join(doit_why)
-        store, outputs = Store(self.plan.layout.cache), decision.found.entry["outputs"]
+        outputs = decision.found.entry["outputs"]
         return self._verdict(node, "restore", f"{decision.why} ({why})", known=True,
                              digests=dict(outputs),
-                             files={rel: store.blob_path(d) for rel, d in outputs.items()})
+                             files={rel: self.store.blob_path(d) for rel, d in outputs.items()})
 
     def _run_verdict(self, node: Node, decision: Decision, waits: list[str]) -> Verdict:
         """The stage runs. One whose last run here failed with this same key fails again
@@ -404,16 +382,6 @@ def selected_nodes(plan, tasks: dict, names: list[str]) -> set[Node]:
     return nodes
 
 
-def _write_nothing() -> None:
-    """What loading dodo.py writes, skipped in this process: remembered tool answers
-    (build/.kiln/tool-probes.json: without it tools are asked again, never wrongly), the plan
-    memo (the plan is made again next run) and the failed-run record a bad command line
-    leaves (the error still stops explain)."""
-    probes._write_probes = lambda path, entries: None
-    record.write_failed_run = lambda run_file, error: None
-    memo.save = lambda *args, **kwargs: None
-
-
 class _NotOpened:
     """Stands in for doit's dependency manager while the tasks load: DoitCmdBase would open
     .doit.db for writing (creating it when absent)."""
@@ -427,8 +395,10 @@ class Explain(DoitCmdBase):
     cmd_options = ()
 
     def execute(self, params, args):
+        # before dodo.py loads: the probe cache, the plan memo, a failed-run record, the
+        # .doit.db repair and the store then write nothing (pipeline.cache.files.read_only)
+        set_read_only()
         self.dep_manager = _NotOpened()
-        _write_nothing()
         return super().execute(params, args)
 
     def _execute(self, pos_args, dep_file, backend, check_file_uptodate, codec_cls):

@@ -173,8 +173,9 @@ def _node_files(plan: Plan, node: Node, dirs: dict | None = None) -> list[Path]:
     return [node_dir / rel for rel in stage.outputs(model)]
 
 
-def _read_files(plan: Plan, node: Node, up: Node, dirs: dict | None = None) -> list[Path]:
-    """The files of upstream node up that node reads (its file_dep)."""
+def input_files(plan: Plan, node: Node, up: Node, dirs: dict | None = None) -> list[Path]:
+    """The files of upstream node up that node reads (its file_dep, or soft_deps where up is
+    a variant's or node takes partial inputs), as paths in build/."""
     data, up_stage = plan.graph.nodes[node], plan.graph.nodes[up]["stage"]
     up_dir = _node_dir(plan, up, dirs)
     return [up_dir / rel for rel in
@@ -228,7 +229,7 @@ def _stage_specs(plan: Plan):
         # are checked by the session, not doit (which stops a task whose file is missing)
         deps, soft, after = [], [], []
         for up in plan.graph.predecessors(node):
-            files = [str(f) for f in _read_files(plan, node, up, dirs)]
+            files = [str(f) for f in input_files(plan, node, up, dirs)]
             if plan.graph.nodes[up]["soft"] or stage.partial_inputs:
                 soft += files
                 after.append(up.task_name)

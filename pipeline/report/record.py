@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-from ..cache.files import atomic_write, describe_os_error
+from ..cache.files import atomic_write, describe_os_error, read_only
 
 
 @dataclass
@@ -126,5 +126,8 @@ def _write_record(run_file: Path, record: dict) -> tuple[str, list[Path]]:
 
 def write_failed_run(run_file: Path, error: str) -> None:
     """A run stopped before any stage (a config or command-line error) still leaves a
-    record, so CI never publishes the previous run's results as this one's."""
+    record, so CI never publishes the previous run's results as this one's. Not in
+    read-only mode (`doit explain`: the error still stops it; it runs nothing)."""
+    if read_only():
+        return
     _write_record(run_file, {"tasks": [], "error": error})

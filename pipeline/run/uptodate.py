@@ -17,10 +17,10 @@ CHECK_SIGNATURE = inspect.Signature(
 
 
 
-def stage_check(task, values, refresh: bool = True) -> bool | None:
+def stage_check(task, values) -> bool | None:
     """doit's check of a stage task, beside its file_dep: the params and tool versions are
     those its last run saw, the inputs a soft upstream left are the same, and its outputs
-    in build/ still hold what it wrote (refresh: record a touched output's new stat)."""
+    in build/ still hold what it wrote (a touched output's new stat is recorded)."""
     info = task.meta["kiln"]
     entry = values.get("entry")
     if values.get("watched") != info["watched"] or not isinstance(entry, dict):
@@ -29,7 +29,7 @@ def stage_check(task, values, refresh: bool = True) -> bool | None:
         return False   # what a variant among several left it (doit checks the others)
     if not isinstance(entry.get("outputs"), dict):
         return None    # skipped: no outputs to check; doit's target check decides
-    return outputs_intact(info["out_dir"], entry["outputs"], info["entry"], refresh)
+    return outputs_intact(info["out_dir"], entry["outputs"], info["entry"])
 
 
 
