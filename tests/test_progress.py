@@ -188,6 +188,7 @@ from pathlib import Path
 sys.path.insert(0, {repo!r})
 from pipeline.driver.reporter import make_reporter
 from pipeline.report.record import RunLog
+from pipeline.run.entry import StageEntry
 
 RUN = RunLog()
 DOIT_CONFIG = {{"reporter": make_reporter(Path("build/run.json"), RUN), "backend": "sqlite3",
@@ -201,12 +202,14 @@ STAGES = {{"slow": {slow}, "quick": 0.0, "later": 0.0, **({{"broken": -1}} if {b
 def stage(model, target, seconds):
     name = f"validate:{{model}}@{{target}}"
     if seconds < 0:
-        RUN.entries[name] = {{"status": "failed", "error": "the device said no", "seconds": 0.1}}
+        RUN.entries[name] = StageEntry(name, "validate", model, target, status="failed",
+                                       error="the device said no", seconds=0.1)
         return False
     time.sleep(seconds)
     Path(f"out-{{target}}").write_text("done")
-    RUN.entries[name] = {{"status": "ran", "seconds": seconds,
-                         "result": {{"passed": True, "max_abs_error": 0.0, "max_rel_error": 0.0}}}}
+    RUN.entries[name] = StageEntry(name, "validate", model, target, status="ran", seconds=seconds,
+                                   result={{"passed": True, "max_abs_error": 0.0,
+                                           "max_rel_error": 0.0}})
 
 
 def task_validate():

@@ -42,7 +42,8 @@ from ..cache.digest import digest_file
 from ..cache.files import set_read_only
 from ..cache.store import Found, Store
 from ..plan.tasks import input_files
-from ..run.decide import Decision, decide, previous_entry, why_run
+from ..run.decide import Decision, decide, why_run
+from ..run.entry import StageEntry
 from ..run.intact import changed_outputs
 from ..stage import Node
 from . import database
@@ -249,7 +250,9 @@ class Judge:
                 words.append("changed params or tool versions")
             else:   # (inputs a variant leaves are judged with their stage: _input_changes)
                 out_dir = Path(task.meta["kiln"]["out_dir"])
-                recorded = (values.get("entry") or {}).get("outputs") or {}
+                entry = StageEntry.from_dict(values.get("entry"),
+                                             self.plan.nodes_by_task[task.name])
+                recorded = entry.outputs or {}
                 words += [f"output {self._shown(out_dir / rel)} no longer matches what kiln wrote"
                           for rel in changed_outputs(out_dir, recorded)[0]
                           if (out_dir / rel).exists()]
@@ -325,7 +328,7 @@ class Judge:
                                  "same, else runs")
         # which part of the key differs from the last build here (a reverted flag), in the
         # record's words; else doit's reason (no recorded run, a damaged output)
-        changed = decision.why_it_runs() if decision.previous.get("fingerprint") else ""
+        changed = decision.why_it_runs()
         why = changed if changed.startswith("changed ") else "; ".join(doit_why)
         outputs = decision.found.entry["outputs"]
         return self._verdict(node, "restore", f"{decision.why} ({why})", known=True,
@@ -340,8 +343,7 @@ class Judge:
             return self._verdict(node, "run", f"{decision.why} (and inputs, if "
                                  f"{', '.join(waits)} change{'s' * (len(waits) == 1)} {its} "
                                  "outputs)")
-        fails = decision.previous.get("status") == "failed" and \
-            decision.previous.get("key") == decision.key
+        fails = decision.fails_again()
         return self._verdict(node, "run", decision.why, known=fails, fails=fails)
 
     def _before_inputs(self, node: Node, waits: list[str]) -> Verdict:
@@ -351,7 +353,8 @@ class Judge:
             # a variant's stage that may fail again, leaving nothing to read
             return self._verdict(node, "maybe", f"{_waits(waits)}: runs if "
                                  f"{'it makes' if len(waits) == 1 else 'they make'} its inputs")
-        if not previous_entry(self.plan.layout.entry_file(node)).get("fingerprint"):
+        previous = StageEntry.load(self.plan.layout.entry_file(node))
+        if previous is None or not previous.fingerprint:
             # never built here, it runs (unless another checkout stored this very key)
             return self._verdict(node, "run", f"{why_run(None, {})} (after {', '.join(waits)})")
         return self._verdict(node, "maybe", f"{_waits(waits)}: runs unless the cache has "

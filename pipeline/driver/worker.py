@@ -27,7 +27,8 @@ print("KILN-RESULT " + json.dumps(run_node(plan, spec["task"])))
 
 def run_node(plan: Plan, task_name: str) -> dict:
     """Worker side: run one node of the plan into a private build directory, the cache (and
-    the remote, in write mode) receiving its outputs. The entry comes back with its log."""
+    the remote, in write mode) receiving its outputs. The entry comes back (as
+    StageEntry.to_dict) with its log as "log_text"."""
     node = plan.nodes_by_task[task_name]
     with tempfile.TemporaryDirectory(prefix="kiln-worker-") as tmp:
         layout = dataclasses.replace(plan.layout, root=Path(tmp), build=Path(tmp) / "build")
@@ -37,7 +38,7 @@ def run_node(plan: Plan, task_name: str) -> dict:
             layout.entry_file(node).write_bytes(previous.read_bytes())
         entry = execute(plan.job(node), layout)
         log = layout.log_file(node)
-        entry["log_text"] = log.read_text() if log.is_file() else ""
-    entry.pop("outputs", None)
-    return entry
+        log_text = log.read_text() if log.is_file() else ""
+    # (its outputs' stats are of the private build directory: the coordinator takes its own)
+    return {**entry.to_dict(outputs=False), "log_text": log_text}
 

@@ -14,9 +14,8 @@ have not run yet, and never acts: the two cannot disagree on what a stage will d
 """
 from __future__ import annotations
 
-import json
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Literal
 
@@ -25,6 +24,7 @@ from ..cache.probes import tool_version
 from ..cache.store import Found
 from ..plan.layout import Layout
 from ..stage import ModelSpec, Stage, StageError, Target, read_files
+from .entry import StageEntry
 
 if TYPE_CHECKING:
     from ..plan.tasks import Job
@@ -45,14 +45,19 @@ class Decision:
     key: str | None = None
     parts: dict | None = None    # the key's parts: the record's fingerprint, for the next why
     found: Found | None = None   # the cache entry a restore reads
-    previous: dict = field(default_factory=dict)   # the node's last entry here ({}: none)
+    previous: StageEntry | None = None   # the node's last entry here
     detail: str = ""             # for a fail: the traceback, for the log
 
     def why_it_runs(self) -> str:
         """Why it would run: which part of its key differs from its last build here (also
         for a restore, whose blobs may turn out damaged, and for `doit explain`)."""
-        return why_run(self.previous.get("fingerprint"), self.parts or {},
-                       self.previous.get("status"))
+        return why_run(self.previous, self.parts or {})
+
+    def fails_again(self) -> bool:
+        """It runs with the very key its last run here failed with (a stage is a function
+        of its key: `doit explain` expects the same failure)."""
+        return self.action == "run" and self.previous is not None and \
+            self.previous.status == "failed" and self.previous.key == self.key
 
 
 def on_disk(path: Path) -> str | None:
@@ -63,7 +68,7 @@ def on_disk(path: Path) -> str | None:
 def decide(job: Job, layout: Layout, lookup: Lookup, digest_of: DigestOf = on_disk) -> Decision:
     """What the run does to job's node (see the module's docstring). Reads only: build/ as
     it is (or as digest_of predicts it), the node's last entry and lookup's answer."""
-    previous = previous_entry(layout.entry_file(job.node))
+    previous = StageEntry.load(layout.entry_file(job.node))
     stage, model, target = job.stage, job.model, job.target
     unavailable = stage.unavailable(model, target)
     if unavailable:
@@ -84,8 +89,7 @@ def decide(job: Job, layout: Layout, lookup: Lookup, digest_of: DigestOf = on_di
     if found is not None:
         where = "key in the cache" if found.where == "local" else "key in the remote cache"
         return Decision("restore", where, key, parts, found, previous)
-    return Decision("run", why_run(previous.get("fingerprint"), parts, previous.get("status")),
-                    key, parts, None, previous)
+    return Decision("run", why_run(previous, parts), key, parts, None, previous)
 
 
 def code_fingerprint(files) -> dict[str, str]:
@@ -128,8 +132,10 @@ def compute_key(stage: Stage, model: ModelSpec, target: Target | None,
     return stage_key(stage.name, **parts), parts
 
 
-def why_run(before: dict | None, now: dict, last_status: str | None = None) -> str:
-    """Why a stage has to run: which part of its key differs from its last build here."""
+def why_run(previous: StageEntry | None, now: dict) -> str:
+    """Why a stage has to run: which part of its key (now: its parts) differs from its last
+    build here (previous: that run's entry)."""
+    before = previous.fingerprint if previous is not None else None
     if not before:
         return "no earlier build of this stage here and none in the cache"
     changes = []
@@ -140,15 +146,6 @@ def why_run(before: dict | None, now: dict, last_status: str | None = None) -> s
             changes.append(f"{part}: {', '.join(names)}")
     if changes:
         return "changed " + "; ".join(changes)
-    if last_status == "failed":
+    if previous.status == "failed":
         return "its last run failed with this same key (a failure is not cached)"
     return "key unchanged but not in the cache (cleared, or another store)"
-
-
-def previous_entry(entry_file: Path) -> dict:
-    """The entry the node's last run here left (build/.kiln/tasks/), or {} when none."""
-    try:
-        entry = json.loads(entry_file.read_text())
-    except (OSError, ValueError):
-        return {}
-    return entry if isinstance(entry, dict) else {}

@@ -9,6 +9,7 @@ import inspect
 import os
 
 from ..cache.digest import digest_file
+from .entry import is_output_stats
 from .intact import outputs_intact
 
 
@@ -27,9 +28,12 @@ def stage_check(task, values) -> bool | None:
         return False   # never ran here, last failed, or a param or tool changed
     if info.get("soft_deps") and not same_inputs(info["soft_deps"], values.get("soft_inputs")):
         return False   # what a variant among several left it (doit checks the others)
-    if not isinstance(entry.get("outputs"), dict):
+    outputs = entry.get("outputs")
+    if outputs is None:
         return None    # skipped: no outputs to check; doit's target check decides
-    return outputs_intact(info["out_dir"], entry["outputs"], info["entry"])
+    if not is_output_stats(outputs):
+        return False   # an older kiln's record: run (the runner restores it from the cache)
+    return outputs_intact(info["out_dir"], outputs, info["entry"])
 
 
 
