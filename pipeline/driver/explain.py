@@ -394,7 +394,8 @@ class Explain(DoitCmdBase):
     doc_purpose = "say what the next run would do to each stage and why, running nothing"
     doc_usage = "[TASK ...] [model=...] [target=...] [matrix=...]"
     doc_description = ("For each stage task: run (with the record's 'why'), restore (key in the "
-                       "cache), or maybe (waits on a stage that runs first). Writes nothing.")
+                       "cache), skip (cannot run here, or nothing to read), or maybe (waits on "
+                       "a stage that runs first). Writes nothing.")
     cmd_options = ()
 
     def execute(self, params, args):

@@ -50,9 +50,13 @@ class StageEntry:
     def to_dict(self, fingerprint: bool = True, outputs: bool = True) -> dict:
         """The entry as JSON-ready data, leaving out what is unset: the entry file keeps
         everything; doit's values leave the fingerprint out; run.json's row both."""
-        left_out = (() if fingerprint else ("fingerprint",)) + (() if outputs else ("outputs",))
-        return {name: value for name, value in vars(self).items()
-                if (value is not None and value != [] or name in ALWAYS) and name not in left_out}
+        data = {name: value for name, value in vars(self).items()
+                if value is not None and value != [] or name in ALWAYS}
+        if not fingerprint:
+            data.pop("fingerprint", None)
+        if not outputs:
+            data.pop("outputs", None)
+        return data
 
     def to_record(self) -> dict:
         """run.json's row: what happened, without the key's parts and the outputs' stats."""
@@ -71,11 +75,12 @@ class StageEntry:
                     "target": node.target, **data}
         if not all(isinstance(data.get(k), str) for k in ("task", "stage", "model")):
             return None
-        known = {"target": None}
-        for name, value in data.items():
-            if value is not None and name in _FIELDS and _VALID.get(name, _any)(value):
-                known[name] = value
-        return cls(**known)
+        known = {name: value for name, value in data.items()
+                 if name in _FIELDS and value is not None}
+        for name in known.keys() & _VALID.keys():
+            if not _VALID[name](known[name]):
+                del known[name]
+        return cls(**{"target": None, **known})
 
     @classmethod
     def load(cls, path: Path, node: Node | None = None) -> StageEntry | None:
@@ -93,10 +98,6 @@ class StageEntry:
 
 
 _FIELDS = frozenset(f.name for f in dataclasses.fields(StageEntry))
-
-
-def _any(value) -> bool:
-    return True
 
 
 def is_output_stats(outputs) -> bool:
