@@ -12,8 +12,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 
-DODO = '''"""A tiny project: validate:toy@<target> stages that sleep, pass or fail, reported by
-kiln's reporter; toy.json says which targets there are and what each does."""
+DODO = '''"""A tiny project: prepare:toy, then validate:toy@<target> stages that sleep, pass
+or fail, reported by kiln's reporter; toy.json says which targets there are and what each
+does."""
 import atexit, json, sys, time
 from pathlib import Path
 SETTINGS = json.loads(Path("toy.json").read_text())
@@ -26,7 +27,7 @@ RUN = RunLog()
 AFTER = lambda: Path("after").write_text(str(Path("build/run.json").exists()))
 DOIT_CONFIG = {"reporter": make_reporter(Path("build/run.json"), RUN, after=AFTER),
                "backend": "sqlite3", "dep_file": ".doit.db", "continue": True,
-               "default_tasks": ["validate"]}
+               "default_tasks": ["prepare", "validate"]}
 # what this run loaded: a piped run never loads rich, a no-op run not even pipeline.report.progress
 atexit.register(lambda: Path("loaded").write_text(
     " ".join(m for m in ("rich", "pipeline.report.progress") if m in sys.modules)))
@@ -51,13 +52,25 @@ def stage(model, target, does):
     return entry["status"] != "failed"
 
 
+def prepare():
+    Path("out-prepare").write_text("done")
+    RUN.entries["prepare:toy"] = {"status": "ran", "seconds": 0.0}
+
+
+def task_prepare():
+    """A stage run once per model that declares no role."""
+    yield {"name": "toy", "actions": [prepare], "targets": ["out-prepare"], "uptodate": [True],
+           "meta": {"kiln": {"stage": "prepare", "model": "toy", "target": None,
+                             "entry": "entry-prepare.json"}}}
+
+
 def task_validate():
     for target, does in SETTINGS["stages"].items():
         yield {"name": f"toy@{target}", "actions": [(stage, ["toy", target, does])],
                "targets": [f"out-{target}"], "uptodate": [True],
                "task_dep": [f"validate:toy@{AFTER_TASK[target]}"] if target in AFTER_TASK else [],
                "meta": {"kiln": {"stage": "validate", "model": "toy", "target": target,
-                                 "entry": f"entry-{target}.json"}}}
+                                 "role": "verdict", "entry": f"entry-{target}.json"}}}
 
 
 def task_hello():
@@ -101,7 +114,11 @@ def test_the_record_says_what_each_task_did_in_plan_order(tmp_path):
     root = make_project(tmp_path, slow=0.2, broken=True)
     proc = doit(root)
     assert proc.returncode != 0, proc.stdout + proc.stderr
-    record = {t["task"].split("@")[1]: t for t in run_record(root)}
+    prepare, *validate = run_record(root)
+    assert prepare["task"] == "prepare:toy" and prepare["status"] == "ran"
+    # the roles the plan put in each task's meta; a stage that declares none, null
+    assert prepare["role"] is None and {t["role"] for t in validate} == {"verdict"}
+    record = {t["task"].split("@")[1]: t for t in validate}
     assert list(record) == ["slow", "quick", "later", "broken", "crash", "doomed"]
     assert {t: e["status"] for t, e in record.items()} == {
         "slow": "ran", "quick": "ran", "later": "ran", "broken": "failed", "crash": "failed",
@@ -123,7 +140,7 @@ def test_an_up_to_date_run_keeps_what_the_last_run_found_but_not_what_it_did(tmp
     assert doit(root).returncode == 0
     proc = doit(root)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    record = run_record(root)
+    record = [t for t in run_record(root) if t["stage"] == "validate"]
     assert {t["status"] for t in record} == {"up-to-date"}
     assert all(t["seconds"] == 0.0 and t["result"]["passed"] for t in record)
     quick = next(t for t in record if t["task"] == "validate:toy@quick")

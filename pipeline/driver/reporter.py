@@ -20,7 +20,9 @@ NOT_RUN = {"status": "skipped", "seconds": 0.0, "reason": "an upstream stage fai
 # what the last run of an up-to-date task did that this run did not
 NOT_THIS_RUN = {"status": "up-to-date", "seconds": 0.0, "warnings": None, "why": None,
                 "remote": None, "worker": None}
-KEPT_EMPTY = ("target", "key")   # fields the record keeps even when None
+# fields the record keeps even when None (an entry with no role: its stage declares none;
+# one without the field: a record written before stages declared roles)
+KEPT_EMPTY = ("target", "key", "role")
 
 
 def make_reporter(run_file: Path, run: RunLog,
