@@ -126,6 +126,11 @@ class Stage:
     group: str | None = None             # a doit group its tasks also make up (codegen: compile)
     group_doc: str = ""                  # what `doit list` says of that group
     default: bool = False                # `doit` alone runs this stage's tasks (validate)
+    # what the report reads this stage's entries as (None: a step on the way): 'module' (it
+    # builds the deployable module: codegen), 'verdict' (it says whether a model x target
+    # passed: validate), 'choice' (it picks among a target's variants, and its verdict is
+    # the target's: pick)
+    role: str | None = None
     inputs: tuple[str, ...] = ()
     code: tuple[Path, ...] = ()          # source files that fingerprint this stage
 

@@ -37,6 +37,7 @@ class Validate(Stage):
     name = "validate"
     per_target = True
     default = True   # `doit` alone validates the default matrix
+    role = "verdict"
     inputs = ("capture", "emit", "codegen")
     code = (HERE / "iree_tools.py", HERE / "compare.py", HERE / "timing.py")
 

@@ -1,26 +1,12 @@
-"""The summary table's wording: times carry their unit, IREE's beside the framework's."""
-import pytest
-
+"""The summary table (pipeline/report/table.py) on hand-made entries: its wording (IREE's
+time beside the framework's) and what a row's outcome rests on, read from the roles stages
+declare, never from their names (but in a record written before roles were recorded)."""
 from pipeline.report.table import markdown, rows, table
-from pipeline.report.units import duration, times
-
-
-@pytest.mark.parametrize("ms, shown", [(81480.7, "81.5 s"), (132.07, "132 ms"), (9.9, "9.9 ms"),
-                                       (0.05, "0.05 ms"), (0.004, "4 µs"), (1500, "1.5 s"),
-                                       (250_000, "250 s"), (None, "")])
-def test_durations_carry_their_unit(ms, shown):
-    assert duration(ms) == shown
-
-
-@pytest.mark.parametrize("ratio, shown", [(1.2345, "1.23×"), (0.25, "0.25×"), (12.0, "12×"),
-                                          (None, "")])
-def test_ratios_read_as_times(ratio, shown):
-    assert times(ratio) == shown
 
 
 def validate_entry(result: dict) -> dict:
     return {"task": "validate:m@cpu", "stage": "validate", "model": "m", "target": "cpu",
-            "status": "ran", "result": {"passed": True, **result}}
+            "role": "verdict", "status": "ran", "result": {"passed": True, **result}}
 
 
 def test_the_table_shows_time_per_run_with_its_unit():
@@ -50,3 +36,57 @@ def test_no_framework_time_leaves_its_cells_empty():
     (row,) = rows([validate_entry(result)])
     assert row["framework_ms"] is None and row["ratio"] is None
     assert "×" not in table([validate_entry(result)])
+
+
+def entry(stage: str, role: str | None, target: str | None, status: str = "ran",
+          **extra) -> dict:
+    at = f"@{target}" if target else ""
+    return {"task": f"{stage}:m{at}", "stage": stage, "model": "m", "target": target,
+            "role": role, "status": status, **extra}
+
+
+def searched_record(names=("make", "build", "judge", "choose")) -> list[dict]:
+    """m made once, built and judged for cpu with two variants (fast fails its judging), and
+    the choice among them: stages named `names`, whose roles are those of codegen, validate
+    and pick."""
+    make, build, judge, choose = names
+    passed = {"passed": True, "latency_ms": 1.0}
+    return [entry(make, None, None), entry(build, "module", "cpu"),
+            entry(build, "module", "cpu~fast"), entry(judge, "verdict", "cpu", result=passed),
+            entry(judge, "verdict", "cpu~fast", status="failed", error="off by 1"),
+            entry(choose, "choice", "cpu", result={**passed, "variant": "default",
+                                                   "variants": [{}, {}]})]
+
+
+def test_a_row_rests_on_the_roles_stages_declare_not_their_names():
+    (row,) = rows(searched_record())
+    # a variant that fails alone does not fail the target: the choice among them is its verdict
+    assert (row["kind"], row["outcome"]) == ("passed", "passed (variant default of 2)")
+    assert row["verdict"]["stage"] == "choose" and row["failed"] is None
+    assert row["stages"] == "1 failed 5 ran"
+
+
+def test_compiled_only_the_target_compiled_when_one_of_its_variants_did():
+    record = [e for e in searched_record() if e["role"] in (None, "module")]
+    record[2].update(status="failed", error="no such flag")
+    (row,) = rows(record)
+    assert (row["kind"], row["outcome"], row["failed"]) == ("compiled", "compiled", None)
+    record[1].update(status="failed", error="no such flag")
+    (row,) = rows(record)
+    assert row["kind"] == "failed" and row["outcome"] == "FAILED at build: no such flag"
+
+
+def test_a_record_written_before_roles_reads_by_the_stage_names_of_then():
+    old = searched_record(("emit", "codegen", "validate", "pick"))
+    for e in old:
+        del e["role"]
+    (row,) = rows(old)
+    assert (row["kind"], row["outcome"]) == ("passed", "passed (variant default of 2)")
+    assert row["verdict"]["stage"] == "pick"
+    # a recorded role, even none, is what counts: a stage named validate that declares no
+    # role gives no verdict
+    new = searched_record(("emit", "codegen", "validate", "pick"))
+    for e in new:
+        e["role"] = None if e["stage"] in ("validate", "pick") else e["role"]
+    (row,) = rows(new)
+    assert (row["kind"], row["verdict"]) == ("compiled", None)

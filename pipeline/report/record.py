@@ -31,7 +31,7 @@ def entry_of(task, fresh: dict[str, dict], previous: dict[str, dict]) -> dict | 
     if info is None:
         return None
     entry = {"task": task.name, "stage": info["stage"], "model": info["model"],
-             "target": info["target"], "key": None}
+             "target": info["target"], "role": info.get("role"), "key": None}
     if task.name in fresh:
         entry.update(fresh[task.name])
     elif task.name in previous:
