@@ -19,7 +19,10 @@ from pathlib import Path
 
 from pipeline.stage import ModelSpec, StageError
 
-from . import Framework, build_model, model_inputs, save_arrays
+from .arrays import save_arrays
+from .base import Framework
+from .factory import build_model
+from .inputs import model_inputs
 
 
 def _jax():

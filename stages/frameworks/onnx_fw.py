@@ -40,7 +40,10 @@ import numpy as np
 from pipeline.config import ConfigError
 from pipeline.stage import ModelSpec, StageError
 
-from . import Framework, build_model, model_inputs, save_arrays
+from .arrays import save_arrays
+from .base import Framework
+from .factory import build_model
+from .inputs import model_inputs
 
 OPSET = 17
 # onnxruntime against a model's own test_data_set_*/output_*.pb: those files were written by

@@ -31,7 +31,10 @@ from pathlib import Path
 
 from pipeline.stage import ModelSpec, StageError
 
-from . import Framework, load_factory, model_inputs, save_arrays
+from .arrays import save_arrays
+from .base import Framework
+from .factory import load_factory
+from .inputs import model_inputs
 
 
 def _flatten(value):

@@ -49,7 +49,10 @@ import numpy as np
 
 from pipeline.stage import ModelSpec, StageError
 
-from . import Framework, build_model, model_inputs, save_arrays
+from .arrays import save_arrays
+from .base import Framework
+from .factory import build_model
+from .inputs import model_inputs
 from .tf_fw import _entry_function, _tf, absl_safe
 
 
@@ -62,9 +65,7 @@ class TFLite(Framework):
     input_type = "tosa"
     captured = ("model.tflite",)
     serialized = "model.tflite"
-
-    def code_files(self) -> tuple[Path, ...]:
-        return (*super().code_files(), Path(__file__).parent / "tf_fw.py")
+    builds_on = ("tf_fw",)
 
     @absl_safe
     def capture(self, model: ModelSpec, out: Path) -> dict:
