@@ -1,19 +1,47 @@
 """The adapter base: what a framework adapter declares (its name, packages, files, input
-dialect) and the methods each stage calls on it."""
+dialect), and the template its stages follow: capture() is the same for every framework but
+for trace(), serialize() copies capture's artifact, the input-count check is shared; an
+adapter supplies only what differs."""
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
+import shutil
 from pathlib import Path
 
 from pipeline.stage import ModelSpec, StageError
+
+from .arrays import save_arrays
 
 HERE = Path(__file__).parent
 # the modules of this package every adapter builds on: they fingerprint every adapter
 SHARED_MODULES = ("base", "factory", "inputs", "arrays")
 
 
+@dataclasses.dataclass
+class Traced:
+    """What an adapter's trace() gives capture(): the framework's artifact (what
+    write_artifact takes), the inputs the model ran on and its answer (a list of arrays, one
+    per output), and what validation should know, written to capture.json:
+      notes             what was chosen for the user (e.g. "batch dimension set to 1")
+      tolerances        per output, None (the target's) or {"atol": float, "rtol": float,
+                        "why": str}, e.g. from a quantized output's scale; None for all
+      declared_outputs  per output, None or the model's own dims (None for a dynamic one):
+                        an answer that contradicts them means the inputs do not fit
+    """
+    artifact: object
+    inputs: list
+    reference: list
+    notes: list[str] = dataclasses.field(default_factory=list)
+    tolerances: list[dict | None] | None = None
+    declared_outputs: list[list | None] | None = None
+
+
 class Framework:
+    """A framework adapter: a subclass per framework states what differs (its trace(),
+    import_mlir(), runner(); write_artifact() and serialize() where the default does not
+    fit) and registers an instance as its module's ADAPTER."""
     name = ""                        # what a model's FRAMEWORK says
     extra = ""                       # pip extra that installs it: kiln[<extra>]
     modules: tuple[str, ...] = ()    # import names that must be present
@@ -46,34 +74,47 @@ class Framework:
         their content enters the keys like the model's own."""
         return {}
 
-    def capture(self, model: ModelSpec, out: Path) -> dict | None:
-        """Write captured artifacts, inputs.npz and reference.npz into out. May return what
-        validation should know (see CAPTURE_INFO): notes for the record, per-output
-        tolerances (e.g. from quantization parameters), the model's declared output shapes."""
+    def capture(self, model: ModelSpec, out_dir: Path) -> Traced:
+        """Capture's files, the same for every framework: trace the model (trace()), then
+        write its artifact as captured[0], the inputs as inputs.npz and the framework's
+        answer as reference.npz into out_dir."""
+        traced = self.trace(model)
+        self.write_artifact(traced.artifact, out_dir / self.captured[0])
+        save_arrays(out_dir / "inputs.npz", "arg", traced.inputs)
+        save_arrays(out_dir / "reference.npz", "out", traced.reference)
+        return traced
+
+    def trace(self, model: ModelSpec) -> Traced:
+        """The framework's part of capture: build or load the model, choose its inputs, run
+        it on them for the reference."""
         raise NotImplementedError
 
-    def serialize(self, captured: Path, out: Path) -> None:
-        raise NotImplementedError
+    def write_artifact(self, artifact, path: Path) -> None:
+        """Write trace()'s artifact; bytes unless the adapter says otherwise."""
+        path.write_bytes(artifact)
 
-    def import_mlir(self, serialized: Path, out: Path) -> None:
+    def check_input_count(self, model: ModelSpec, taker: str, names: list[str], inputs) -> None:
+        """build() gave one input per input the model takes (`taker`: what takes them, e.g.
+        "the graph"); else the framework fails later with a message that does not say why."""
+        if len(names) != len(inputs):
+            raise StageError(f"model {model.name}: {taker} takes {len(names)} inputs "
+                             f"({', '.join(names)}), build() gave {len(inputs)}")
+
+    def serialize(self, capture_dir: Path, out_dir: Path) -> None:
+        """Write the interchange file under its fixed name: capture's artifact is already in
+        that format for most frameworks, so it is copied."""
+        shutil.copyfile(capture_dir / self.captured[0], out_dir / self.serialized)
+
+    def import_mlir(self, serialized_file: Path, mlir_file: Path) -> None:
         raise NotImplementedError
 
     # what runner() pins to the given thread count, for the timing's "how"
     timing_threads = ""
 
-    def runner(self, captured: Path, inputs: list, threads: int):
+    def runner(self, capture_dir: Path, inputs: list, threads: int):
         """A zero-argument callable that runs the captured model (capture's artifacts in
-        `captured`) once on inputs in the framework itself, computing with `threads` threads
+        capture_dir) once on inputs in the framework itself, computing with `threads` threads
         where the framework lets itself be told; None where there is no framework to run.
         stages/timing.py times it, in a process of its own."""
         return None
 
-
-# What an adapter's capture() may return (every key optional), written to capture.json:
-#   notes: [str]                 what was chosen for the user (e.g. "batch dimension set to 1")
-#   tolerances: [None | {"atol": float, "rtol": float, "why": str}]   per output, e.g. derived
-#                                from a quantized output's scale; None keeps the target's
-#   declared_outputs: [None | [dims]]   the model's own static output shapes (None = dynamic
-#                                dimension): an answer that contradicts them means the inputs
-#                                do not fit the model
-CAPTURE_INFO = ("notes", "tolerances", "declared_outputs")

@@ -31,8 +31,7 @@ from pathlib import Path
 
 from pipeline.stage import ModelSpec, StageError
 
-from .arrays import save_arrays
-from .base import Framework
+from .base import Framework, Traced
 from .factory import load_factory
 from .inputs import model_inputs
 
@@ -340,7 +339,7 @@ class PyTorch(Framework):
     captured = ("exported.pt2",)
     serialized = "model.pt2"
 
-    def capture(self, model: ModelSpec, out: Path) -> None:
+    def trace(self, model: ModelSpec) -> Traced:
         import torch
         torch.manual_seed(model.seed)
         if model.factory:
@@ -357,34 +356,36 @@ class PyTorch(Framework):
             inputs = [torch.from_numpy(a) for a in model_inputs(model, _signature(program))]
             with torch.no_grad():
                 reference = program.module()(*inputs)
-        torch.export.save(program, str(out / "exported.pt2"))
-        save_arrays(out / "inputs.npz", "arg", [t.numpy() for t in inputs])
-        save_arrays(out / "reference.npz", "out", _flatten(reference))
+        return Traced(artifact=program, inputs=[t.numpy() for t in inputs],
+                      reference=_flatten(reference))
 
-    def serialize(self, captured: Path, out: Path) -> None:
+    def write_artifact(self, program, path: Path) -> None:
         import torch
-        # the zip's top folder is the file stem: a fixed name keeps the bytes reproducible
-        program = load_program(captured / "exported.pt2")
-        torch.export.save(program, str(out / self.serialized))
+        torch.export.save(program, str(path))
 
-    def import_mlir(self, serialized: Path, out: Path) -> None:
+    def serialize(self, capture_dir: Path, out_dir: Path) -> None:
+        # the zip's top folder is the file stem: a fixed name keeps the bytes reproducible
+        program = load_program(capture_dir / self.captured[0])
+        self.write_artifact(program, out_dir / self.serialized)
+
+    def import_mlir(self, serialized_file: Path, mlir_file: Path) -> None:
         from iree.compiler.extras.fx_importer import FxImporter
         from iree.turbine.aot import current_aot_decompositions
 
         from stages.mlir import write_stripped
-        program = load_program(serialized).run_decompositions(current_aot_decompositions())
+        program = load_program(serialized_file).run_decompositions(current_aot_decompositions())
         importer = FxImporter(hooks=_state_dict_names(program))
         importer.import_frozen_program(program)
-        write_stripped(importer.module, out)
+        write_stripped(importer.module, mlir_file)
 
     timing_threads = "torch.set_num_threads"
 
-    def runner(self, captured: Path, inputs: list, threads: int):
+    def runner(self, capture_dir: Path, inputs: list, threads: int):
         # torch eager, op by op, on the exported program capture wrote (a factory's module
         # itself is not among validate's inputs; the program runs the same ATen ops)
         import torch
         torch.set_num_threads(threads)
-        module = load_program(captured / "exported.pt2").module()
+        module = load_program(capture_dir / self.captured[0]).module()
         tensors = [torch.from_numpy(a) for a in inputs]
 
         def run():
