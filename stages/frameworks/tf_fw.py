@@ -27,10 +27,7 @@ signature is the module's only entry point.
 """
 from __future__ import annotations
 
-import functools
 import io
-import os
-import sys
 import tarfile
 import tempfile
 from pathlib import Path
@@ -40,37 +37,10 @@ from pipeline.stage import ModelSpec, StageError
 from .base import Framework, Traced
 from .factory import build_model
 from .inputs import model_inputs
+from .tf_common import absl_safe, entry_function, load_tf
 
 ARCHIVE = "saved_model.tar"
 VOLATILE = {"fingerprint.pb"}
-
-
-def _tf():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
-    return tf
-
-
-def _absl_stream_fix() -> None:
-    """TF's absl log handler keeps the sys.stderr of the moment it was created: under doit that
-    is the task's capture object, which absl tries (and fails) to close at exit. Point it at the
-    process's real stderr instead."""
-    absl_logging = sys.modules.get("absl.logging")
-    if absl_logging is not None:
-        handler = absl_logging.get_absl_handler().python_handler
-        if handler.stream not in (sys.__stderr__, sys.__stdout__):
-            handler.stream = sys.__stderr__
-
-
-def absl_safe(method):
-    """Run a TF-loading adapter method, then put absl's log handler back on the real stderr."""
-    @functools.wraps(method)
-    def wrapper(*args, **kwargs):
-        try:
-            return method(*args, **kwargs)
-        finally:
-            _absl_stream_fix()
-    return wrapper
 
 
 class TensorFlow(Framework):
@@ -82,13 +52,14 @@ class TensorFlow(Framework):
     input_type = "stablehlo"
     captured = (ARCHIVE,)
     serialized = ARCHIVE
+    builds_on = ("tf_common",)
 
     def matches(self, path: Path) -> bool:
         return path.is_dir() and (path / "saved_model.pb").is_file()
 
     @absl_safe
     def trace(self, model: ModelSpec) -> Traced:
-        tf = _tf()
+        tf = load_tf()
         with tempfile.TemporaryDirectory() as tmp:
             saved, inputs = _saved_model(model, Path(tmp))
             signature_name = _signature_name(saved)
@@ -116,7 +87,7 @@ class TensorFlow(Framework):
 
     @absl_safe
     def import_mlir(self, serialized_file: Path, mlir_file: Path) -> None:
-        _tf()  # quiet TF's start-up logging before the importer loads it
+        load_tf()  # quiet TF's start-up logging before the importer loads it
         from iree.tools.tf.scripts.iree_import_tf.__main__ import import_saved_model
 
         from stages.mlir import parse, write_stripped
@@ -137,7 +108,7 @@ class TensorFlow(Framework):
     def runner(self, capture_dir: Path, inputs: list, threads: int):
         # the reloaded SavedModel's signature, as capture ran it for the reference; inputs.npz
         # is in the converted function's order, fed back by signature key
-        tf = _tf()
+        tf = load_tf()
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(1)
         folder = tempfile.TemporaryDirectory()   # kept alive by run()
@@ -158,9 +129,9 @@ def _saved_model(model: ModelSpec, tmp: Path) -> tuple[Path, list | None]:
     its entry function as the only signature, or the user's own directory (inputs None)."""
     if not model.factory:
         return Path(model.sources["model"]), None
-    tf = _tf()
+    tf = load_tf()
     module, inputs = build_model(model, lambda m: isinstance(m, tf.Module), "tf.Module")
-    attr, function = _entry_function(module, model.name)
+    attr, function = entry_function(module, model.name)
     saved = tmp / "saved_model"
     signature_name = "serving_default" if attr == "__call__" else attr
     tf.saved_model.save(module, str(saved),
@@ -171,7 +142,7 @@ def _saved_model(model: ModelSpec, tmp: Path) -> tuple[Path, list | None]:
 def _feeds(model: ModelSpec, specs: dict, inputs: list) -> dict:
     """The inputs by signature key (positional -> keys in definition order), each checked to
     fit its spec."""
-    tf = _tf()
+    tf = load_tf()
     feeds = dict(zip(specs, inputs))
     for key, spec in specs.items():
         if not spec.is_compatible_with(tf.constant(feeds[key])):
@@ -193,22 +164,6 @@ def _make_private(module) -> None:
             if op.name == "ml_program.global" or (op.name.endswith(".func") and (
                     name == "session_initializer" or name.startswith("global$"))):
                 op.attributes["sym_visibility"] = private
-
-
-def _entry_function(module, name: str):
-    """(attribute name, tf.function) of the function to export: __call__ if there are several."""
-    candidates = {}
-    for attr in dir(type(module)):
-        value = getattr(module, attr, None)
-        if getattr(value, "input_signature", None) is not None:
-            candidates[attr] = value
-    if "__call__" in candidates:
-        return "__call__", candidates["__call__"]
-    if len(candidates) != 1:
-        raise StageError(f"model {name}: the tf.Module needs exactly one tf.function with an "
-                         f"input_signature (or one named __call__); found "
-                         f"{', '.join(sorted(candidates)) or 'none'}")
-    return next(iter(candidates.items()))
 
 
 def _signature_name(saved: Path) -> str:

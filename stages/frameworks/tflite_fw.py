@@ -51,7 +51,7 @@ from pipeline.stage import ModelSpec, StageError
 from .base import Framework, Traced
 from .factory import build_model
 from .inputs import model_inputs
-from .tf_fw import _entry_function, _tf, absl_safe
+from .tf_common import absl_safe, entry_function, load_tf
 
 
 class TFLite(Framework):
@@ -63,7 +63,7 @@ class TFLite(Framework):
     input_type = "tosa"
     captured = ("model.tflite",)
     serialized = "model.tflite"
-    builds_on = ("tf_fw",)
+    builds_on = ("tf_common",)
 
     @absl_safe
     def trace(self, model: ModelSpec) -> Traced:
@@ -120,8 +120,8 @@ def _convert(module, name: str) -> bytes:
     if importlib.util.find_spec("tensorflow") is None:
         raise StageError(f"model {name}: converting a tf.Module to .tflite needs TensorFlow: "
                          "install kiln[tf] (or return the .tflite bytes from build())")
-    tf = _tf()
-    _, function = _entry_function(module, name)
+    tf = load_tf()
+    _, function = entry_function(module, name)
     converter = tf.lite.TFLiteConverter.from_concrete_functions(
         [function.get_concrete_function()], module)
     return bytes(converter.convert())
