@@ -3,9 +3,9 @@
 An adapter says how its framework captures a model, writes the interchange format and imports
 it to MLIR; everything after import is framework-free. Adapter modules import their framework
 inside methods only, so listing them costs nothing. The package's other modules are what
-adapters build on: base (the adapter base class), factory (models/ factories), inputs (the
-inputs a model runs on), arrays (the .npz files); their names are re-exported here for the
-stages.
+adapters build on: base (the adapter base class and its template), factory (models/
+factories), inputs (the inputs a model runs on), arrays (the .npz files), and helpers of one
+framework's adapters (pt2_safety, tf_common). The names stages use are re-exported here.
 """
 from __future__ import annotations
 
