@@ -16,16 +16,16 @@ class Capture(FrameworkStage):
         return ("inputs.npz", "reference.npz", "capture.json", *self.adapter(model).captured)
 
     def work(self, adapter, ctx):
-        traced = adapter.capture(ctx.model, ctx.out)
+        info = adapter.capture(ctx.model, ctx.out)
         reference = load_arrays(ctx.out / "reference.npz")
-        _check_declared(ctx.model, traced.declared_outputs, reference)
-        for note in traced.notes:
+        _check_declared(ctx.model, info["declared_outputs"], reference)
+        for note in info["notes"]:
             ctx.log(f"note: {note}")
         (ctx.out / "capture.json").write_text(json.dumps(
-            {"notes": traced.notes, "tolerances": traced.tolerances,
+            {"notes": info["notes"], "tolerances": info["tolerances"],
              "outputs": [{"shape": list(r.shape), "dtype": r.dtype.name} for r in reference]},
             indent=1, sort_keys=True))
-        return {"notes": traced.notes} if traced.notes else None
+        return {"notes": info["notes"]} if info["notes"] else None
 
 
 def _check_declared(model: ModelSpec, declared, reference) -> None:

@@ -16,7 +16,7 @@ HERE = Path(__file__).parent
 FRAMEWORK_LOCK = threading.Lock()
 
 # the stages in the order a model passes them: an adapter's first_stage says where it enters
-ORDER = ("capture", "serialize", "import")
+FRAMEWORK_STAGES = ("capture", "serialize", "import")
 
 
 class FrameworkStage(Stage):
@@ -47,4 +47,5 @@ class FrameworkStage(Stage):
 
     def applies_to(self, model):
         first = self.adapter(model).first_stage
-        return first in ORDER and ORDER.index(first) <= ORDER.index(self.name)
+        return first in FRAMEWORK_STAGES and \
+            FRAMEWORK_STAGES.index(first) <= FRAMEWORK_STAGES.index(self.name)

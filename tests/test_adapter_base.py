@@ -40,12 +40,12 @@ def _model(framework: str = "doubler") -> ModelSpec:
 
 
 def test_capture_writes_the_artifact_inputs_and_reference(tmp_path):
-    traced = Doubler().capture(_model(), tmp_path)
+    info = Doubler().capture(_model(), tmp_path)
     assert (tmp_path / "model.bin").read_bytes() == b"double"
     inputs = frameworks.load_arrays(tmp_path / "inputs.npz")
     reference = frameworks.load_arrays(tmp_path / "reference.npz")
     assert np.array_equal(reference[0], inputs[0] * 2)
-    assert traced.notes == ["doubled"] and traced.tolerances is None
+    assert info == {"notes": ["doubled"], "tolerances": None, "declared_outputs": None}
 
 
 def test_serialize_copies_the_artifact_under_the_fixed_name(tmp_path):

@@ -37,6 +37,11 @@ class Traced:
     tolerances: list[dict | None] | None = None
     declared_outputs: list[list | None] | None = None
 
+    def info(self) -> dict:
+        """What validation should know, as capture() returns it to the capture stage."""
+        return {"notes": self.notes, "tolerances": self.tolerances,
+                "declared_outputs": self.declared_outputs}
+
 
 class Framework:
     """A framework adapter: a subclass per framework states what differs (its trace(),
@@ -74,15 +79,16 @@ class Framework:
         their content enters the keys like the model's own."""
         return {}
 
-    def capture(self, model: ModelSpec, out_dir: Path) -> Traced:
+    def capture(self, model: ModelSpec, out_dir: Path) -> dict:
         """Capture's files, the same for every framework: trace the model (trace()), then
         write its artifact as captured[0], the inputs as inputs.npz and the framework's
-        answer as reference.npz into out_dir."""
+        answer as reference.npz into out_dir. Returns what validation should know (notes,
+        tolerances, declared_outputs: see Traced)."""
         traced = self.trace(model)
         self.write_artifact(traced.artifact, out_dir / self.captured[0])
         save_arrays(out_dir / "inputs.npz", "arg", traced.inputs)
         save_arrays(out_dir / "reference.npz", "out", traced.reference)
-        return traced
+        return traced.info()
 
     def trace(self, model: ModelSpec) -> Traced:
         """The framework's part of capture: build or load the model, choose its inputs, run
