@@ -1,5 +1,4 @@
 import networkx as nx
-import pytest
 
 from pipeline.stage import Target
 
