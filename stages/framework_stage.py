@@ -43,7 +43,7 @@ class FrameworkStage(Stage):
         return self.adapter(model).dists
 
     def params(self, model, target):
-        return model.params()
+        return model.key_fields()
 
     def applies_to(self, model):
         first = self.adapter(model).first_stage
