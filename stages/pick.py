@@ -37,6 +37,7 @@ class Pick(Stage):
             Path(__file__).parent.parent / "pipeline" / "report" / "units.py")
     per_target = True
     across_variants = True
+    role = "choice"
     partial_inputs = True
     inputs = ("validate", "codegen")
 

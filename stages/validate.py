@@ -23,8 +23,8 @@ from pipeline.stage import Stage, StageError
 from stages import frameworks, timing
 from stages.compare import compare
 from stages.iree_tools import devices, tool
-from stages.lower import inline_params
-from stages.params import SCOPE
+from stages.lower import inline_weights
+from stages.weights import SCOPE
 
 HERE = Path(__file__).parent
 
@@ -37,6 +37,7 @@ class Validate(Stage):
     name = "validate"
     per_target = True
     default = True   # `doit` alone validates the default matrix
+    role = "verdict"
     inputs = ("capture", "emit", "codegen")
     code = (HERE / "iree_tools.py", HERE / "compare.py", HERE / "timing.py")
 
@@ -56,7 +57,7 @@ class Validate(Stage):
             return ("inputs.npz", "reference.npz", "capture.json",
                     *frameworks.get(model.framework).captured)
         if upstream == "emit":      # the weights, where the module loads them at run time
-            return ("model.json", *(() if inline_params(model, target) else ("model.irpa",)))
+            return ("model.json", *(() if inline_weights(model, target) else ("model.irpa",)))
         return outputs
 
     def tolerances(self, model, target) -> tuple[float, float]:
@@ -100,7 +101,7 @@ class Validate(Stage):
             peer = next((name for name in ctx.inputs if parse_upstream(name)[1]), None)
             reference = frameworks.load_arrays(ctx.inputs[peer] / "outputs.npz") if peer else None
         archive = emitted / "model.irpa"
-        parameters = archive if not inline_params(ctx.model, ctx.target) \
+        parameters = archive if not inline_weights(ctx.model, ctx.target) \
             and archive.stat().st_size else None
         module = ctx.inputs["codegen"] / "module.vmfb"
         lost: list[str] = []   # runs repeated because the device was lost

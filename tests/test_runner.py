@@ -274,7 +274,8 @@ def test_the_entry_file_reads_back_whole_and_the_record_leaves_out_the_private_p
     assert set(on_disk) == {"task", "stage", "model", "target", "key", "status", "why",
                             "seconds", "log", "fingerprint", "outputs"}
     assert on_disk["target"] is None    # (written even when None, as the key is)
-    assert set(entry.to_record()) == set(on_disk) - {"fingerprint", "outputs"}
+    # (and the stage's role, which the report reads: from the plan, null for none)
+    assert set(entry.to_record()) == set(on_disk) - {"fingerprint", "outputs"} | {"role"}
     assert set(entry.to_dict(fingerprint=False)) == set(on_disk) - {"fingerprint"}
 
 
@@ -290,4 +291,5 @@ def test_an_older_or_damaged_entry_reads_as_what_it_still_says(tmp_path):
     (tmp_path / "e.json").write_text("{")
     assert StageEntry.load(tmp_path / "e.json") is None
     assert StageEntry.load(tmp_path / "e.json", node).to_record() == {
-        "task": "lower:m@cpu", "stage": "lower", "model": "m", "target": "cpu", "key": None}
+        "task": "lower:m@cpu", "stage": "lower", "model": "m", "target": "cpu", "key": None,
+        "role": None}

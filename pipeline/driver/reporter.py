@@ -12,90 +12,115 @@ from doit.reporter import ConsoleReporter
 
 from ..report.record import RunLog, entry_of, publish
 
+# what a task that never ran because an upstream one failed did not do (its entry may be
+# the last run's, which did)
+NOT_RUN = {"status": "skipped", "seconds": 0.0, "reason": "an upstream stage failed",
+           "key": None, "error": None, "command": None, "result": None, "warnings": None,
+           "why": None, "remote": None, "worker": None}
+# what the last run of an up-to-date task did that this run did not
+NOT_THIS_RUN = {"status": "up-to-date", "seconds": 0.0, "warnings": None, "why": None,
+                "remote": None, "worker": None}
+# fields the record keeps even when None (an entry with no role: its stage declares none;
+# one without the field: a record written before stages declared roles)
+KEPT_EMPTY = ("target", "key", "role")
 
-def make_reporter(run_file: Path, run: RunLog, after: Callable[[], None] | None = None):
-    fresh = run.entries
 
-    class KilnReporter(ConsoleReporter):
-        """doit's console output, plus progress while stages run, the run record and the
-        summary table."""
+def make_reporter(run_file: Path, run: RunLog,
+                  after: Callable[[], None] | None = None) -> type[KilnReporter]:
+    """The reporter class for this run, for DOIT_CONFIG["reporter"]. doit makes the reporter
+    itself, from a class and (outstream, options) only (doit/cmd_run.py: anything not a class
+    it takes for a ready instance), so the run's own objects go in as class attributes of a
+    subclass made for it."""
+    return type("KilnReporter", (KilnReporter,),
+                {"run_file": run_file, "run": run, "after": staticmethod(after)})
 
-        def __init__(self, outstream, options):
-            super().__init__(outstream, options)
-            self.progress = None   # set up when a task first runs: a no-op run never needs it
-            self._progress_lock = threading.Lock()   # -P thread starts tasks from workers
 
-        def write(self, text):
+class KilnReporter(ConsoleReporter):
+    """doit's console output, plus progress while stages run, the run record and the
+    summary table. Bound to a run by make_reporter."""
+    run_file: Path
+    run: RunLog
+    after: Callable[[], None] | None = None   # called last (the .doit.db seal)
+
+    def __init__(self, outstream, options):
+        super().__init__(outstream, options)
+        self.progress = None   # set up when a task first runs: a no-op run never needs it
+        self._progress_lock = threading.Lock()   # -P thread starts tasks from workers
+        self.entries: list[dict] = []
+        self.order: dict[str, int] = {}
+
+    def write(self, text):
+        if self.progress is None:
+            self.outstream.write(text)
+        else:
+            self.progress.write(text)   # above the live progress lines while they show
+
+    def initialize(self, tasks, selected_tasks):
+        super().initialize(tasks, selected_tasks)
+        # the record lists tasks in the plan's order, not doit's (which varies between runs):
+        # an unchanged run gives the same bytes
+        self.order = {name: i for i, name in enumerate(tasks)}
+
+    def execute_task(self, task):
+        super().execute_task(task)
+        if not task.actions:   # a group task (validate, compile): nothing runs
+            return
+        with self._progress_lock:
             if self.progress is None:
-                self.outstream.write(text)
-            else:
-                self.progress.write(text)   # above the live progress lines while they show
+                self.progress = _progress(self.outstream)
+        self.progress.started(task)
 
-        def execute_task(self, task):
-            super().execute_task(task)
-            if not task.actions:   # a group task (validate, compile): nothing runs
-                return
-            with self._progress_lock:
-                if self.progress is None:
-                    self.progress = _progress(self.outstream)
-            self.progress.started(task)
+    def add_success(self, task):
+        self._finished(task)
+        super().add_success(task)
+        self._add(task)
 
-        def initialize(self, tasks, selected_tasks):
-            super().initialize(tasks, selected_tasks)
-            self.entries = []
-            # the record lists tasks in the plan's order, not doit's (which varies between
-            # runs): an unchanged run gives the same bytes
-            self.order = {name: i for i, name in enumerate(tasks)}
+    def add_failure(self, task, fail):
+        self._finished(task)
+        super().add_failure(task, fail)
+        if isinstance(fail, (DependencyError, UnmetDependency)):
+            self._add(task, **NOT_RUN)
+        else:  # the runner's entry says why; if it never got to write one, doit's message
+            entry = self._entry(task) or {}
+            said = entry.get("status") == "failed"
+            self._add(task, status="failed", **({} if said else {"error": fail.get_msg().strip()}))
 
-        def _add(self, task, **override):
-            entry = entry_of(task, fresh, run.previous)
-            if entry is not None:
-                entry.update(override)
-                self.entries.append(entry)
+    def skip_uptodate(self, task):
+        super().skip_uptodate(task)
+        self._add(task, **NOT_THIS_RUN)
 
-        def add_success(self, task):
-            if self.progress is not None:
-                self.progress.finished(task)
-            super().add_success(task)
-            self._add(task)
+    def skip_ignore(self, task):
+        super().skip_ignore(task)
+        self._add(task, status="skipped", seconds=0.0, reason="ignored")
 
-        def add_failure(self, task, fail):
-            if self.progress is not None:
-                self.progress.finished(task)
-            super().add_failure(task, fail)
-            if isinstance(fail, (DependencyError, UnmetDependency)):
-                self._add(task, status="skipped", seconds=0.0, reason="an upstream stage failed",
-                          key=None, error=None, command=None, result=None, warnings=None,
-                          why=None, remote=None, worker=None)
-            else:  # the runner's entry says why; if it never got to write one, doit's message
-                entry = entry_of(task, fresh, run.previous) or {}
-                extra = {} if entry.get("status") == "failed" else {"error": fail.get_msg().strip()}
-                self._add(task, status="failed", **extra)
+    def complete_run(self):
+        if self.progress is not None:
+            self.progress.stop()   # the live lines go before the table (also after Ctrl-C)
+        tasks = self._record_tasks()
+        if tasks:  # a run of no stage (doit prune) keeps the last build's record
+            warnings = {"warnings": self.run.warnings} if self.run.warnings else {}
+            self.outstream.write(publish(self.run_file, {"tasks": tasks, **warnings}))
+        super().complete_run()
+        if self.after is not None:
+            self.after()
 
-        def skip_uptodate(self, task):
-            super().skip_uptodate(task)
-            # what the last run did (its warnings, the remote, the worker) is not this run's
-            self._add(task, status="up-to-date", seconds=0.0, warnings=None, why=None,
-                      remote=None, worker=None)
+    def _finished(self, task) -> None:
+        if self.progress is not None:
+            self.progress.finished(task)
 
-        def skip_ignore(self, task):
-            super().skip_ignore(task)
-            self._add(task, status="skipped", seconds=0.0, reason="ignored")
+    def _entry(self, task) -> dict | None:
+        return entry_of(task, self.run.entries, self.run.previous)
 
-        def complete_run(self):
-            if self.progress is not None:
-                self.progress.stop()   # the live lines go before the table (also after Ctrl-C)
-            tasks = [{k: v for k, v in e.items() if v is not None or k in ("target", "key")}
-                     for e in sorted(self.entries, key=lambda e: self.order.get(e["task"], 0))]
-            if tasks:  # a run of no stage (doit prune) keeps the last build's record
-                record = {"tasks": tasks, **({"warnings": run.warnings} if run.warnings else {})}
-                self.outstream.write(publish(run_file, record))
-            super().complete_run()
-            if after is not None:
-                after()
+    def _add(self, task, **override) -> None:
+        entry = self._entry(task)
+        if entry is not None:
+            entry.update(override)
+            self.entries.append(entry)
 
-    return KilnReporter
-
+    def _record_tasks(self) -> list[dict]:
+        """The entries in plan order, without the fields this run left empty."""
+        ordered = sorted(self.entries, key=lambda e: self.order.get(e["task"], 0))
+        return [{k: v for k, v in e.items() if v is not None or k in KEPT_EMPTY} for e in ordered]
 
 
 def _progress(outstream):
@@ -107,4 +132,3 @@ def _progress(outstream):
         outstream.write(f"kiln: warning: {err}; progress is off\n")
         settings = None
     return Progress(outstream, settings)
-

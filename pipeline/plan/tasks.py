@@ -253,6 +253,7 @@ def _stage_specs(plan: Plan):
                               "entry": str(plan.layout.entry_file(node)),
                               "out_dir": str(_node_dir(plan, node, dirs)),
                               "watched": watched_digest(stage, model, target),
+                              **({"role": stage.role} if stage.role else {}),
                               **({"soft_deps": soft} if soft else {}),
                               **({"soft": True} if data["soft"] else {})}},
             "doc": f"{node.stage} {model.name}" + (f" for {target.name}" if target else ""),

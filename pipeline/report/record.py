@@ -41,6 +41,7 @@ def entry_of(task, fresh: dict[str, StageEntry], previous: dict[str, dict]) -> d
             entry = StageEntry.from_dict(previous[task.name], node)
         else:
             entry = StageEntry.load(Path(info["entry"]), node)
+    entry.role = info.get("role")   # the plan's word (an entry older than roles has none)
     return entry.to_record()
 
 

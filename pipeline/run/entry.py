@@ -27,6 +27,7 @@ class StageEntry:
     stage: str
     model: str
     target: str | None
+    role: str | None = None          # what the report reads it as (Stage.role), from the plan
     key: str | None = None
     status: str | None = None        # one of STATUSES once the run decided
     why: str | None = None           # why it ran: which part of its key changed
@@ -59,8 +60,9 @@ class StageEntry:
         return data
 
     def to_record(self) -> dict:
-        """run.json's row: what happened, without the key's parts and the outputs' stats."""
-        return self.to_dict(fingerprint=False, outputs=False)
+        """run.json's row: what happened, without the key's parts and the outputs' stats;
+        its role even when None (the stage declares none)."""
+        return {**self.to_dict(fingerprint=False, outputs=False), "role": self.role}
 
     @classmethod
     def from_dict(cls, data, node: Node | None = None) -> StageEntry | None:
