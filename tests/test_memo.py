@@ -11,7 +11,7 @@ import pytest
 from conftest import Project, copy_project
 from pipeline.cache import probes
 from pipeline.plan import memo
-from test_engine_cost import make_tool
+from test_probes import make_tool
 from test_mlir_files import matmul_mlir
 
 CONFIG = """targets:
