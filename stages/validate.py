@@ -3,13 +3,15 @@ device created in doit's own process hangs forked workers), run the reference in
 compare with the framework's answer within the target's atol/rtol, and time the module and
 the framework's own run of the model on the same inputs and threads (stages/timing.py).
 
-The framework is timed here, per target, rather than in a stage of its own: its figure then
-sits beside the module's, measured under the same lock moments apart on the same machine, and
-a framework time is only worth having next to a module time. It runs in a fresh process from
-capture's artifacts (the exported program, the .onnx, ...), which validate therefore reads."""
+The framework is timed here rather than in a stage of its own: its figure then sits beside
+the module's, measured under the same lock in the same run on the same machine, and a
+framework time is only worth having next to a module time. It runs in a fresh process from
+capture's artifacts (the exported program, the .onnx, ...), which validate therefore reads;
+a model's targets validated by one doit run share one framework timing (stages/timing.py)."""
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 import tempfile
@@ -80,8 +82,10 @@ class Validate(Stage):
 
     def params(self, model, target):
         atol, rtol = self.tolerances(model, target)
-        # the device it ran on is part of the answer: lavapipe's pass is not a GPU's
+        # the device it ran on is part of the answer: lavapipe's pass is not a GPU's; and the
+        # timing repetitions: a quick figure (the test suite's) never stands in for a full one
         return {"driver": target.driver, "device": device_for(target.driver), "atol": atol, "rtol": rtol,
+                "timing_repetitions": timing_repetitions(checked=False),
                 **({} if times_framework(target) else {"framework": "timed by the default variant"})}
 
     def unavailable(self, model, target):
@@ -89,6 +93,7 @@ class Validate(Stage):
 
     def run(self, ctx):
         driver = ctx.target.driver
+        at_most = timing_repetitions()   # a bad setting fails before anything runs
         emitted = ctx.inputs["emit"]
         info = json.loads((emitted / "model.json").read_text())
         peer, captured = None, {}
@@ -109,7 +114,7 @@ class Validate(Stage):
             args = _module_args(Path(tmp), module, parameters, driver, info["entry"], inputs)
             outputs, wall_ms = _run_module(Path(tmp), args, None if reference is None
                                            else len(reference), ctx, lost)
-            speed = _speed(args, wall_ms, ctx, lost)
+            speed = _speed(args, wall_ms, at_most, ctx, lost)
         atol, rtol = self.tolerances(ctx.model, ctx.target)
         if reference is None:
             checked = {"passed": True, "max_abs_error": None, "max_rel_error": None, "atol": atol,
@@ -132,9 +137,22 @@ class Validate(Stage):
         return result
 
 
+def timing_repetitions(checked: bool = True) -> int | str:
+    """KILN_TIMING_REPETITIONS (stages/timing.py), or a StageError saying what is valid.
+    Unchecked (for the key, made while planning, where an error would be a traceback): a bad
+    value as given, and validate's run fails with the message."""
+    try:
+        return timing.repetitions_setting()
+    except ValueError as err:
+        if not checked:
+            return os.environ[timing.REPETITIONS_ENV]
+        raise StageError(str(err)) from None
+
+
 def times_framework(target) -> bool:
-    """The framework's own run is timed once per target, by its default variant: its speed
-    does not depend on IREE's flags (the pick reports every variant against it)."""
+    """The framework's own run is timed by a target's default variant only (and once per
+    model in a run: stages/timing.py): its speed does not depend on IREE's flags (the pick
+    reports every variant against it)."""
     return target.variant in (None, "default")
 
 
@@ -188,14 +206,15 @@ def _run_module(tmp: Path, args: list[str], n_outputs: int | None, ctx, lost: li
     return [np.load(o) for o in outs], (counting_s + run_s) * 1000
 
 
-def _speed(args: list[str], wall_ms: float, ctx, lost: list[str]) -> dict:
+def _speed(args: list[str], wall_ms: float, at_most: int, ctx, lost: list[str]) -> dict:
     """The timing fields of the result: the module's latency (iree-benchmark-module; a module
     too slow to repeat keeps its one call), the framework's own on the same inputs and
-    threads, and their ratio. One timing at a time on this machine. A framework that cannot
-    be timed is recorded as such, never a failure."""
+    threads, their ratio, and the setting they were measured with (at most `at_most`
+    repetitions each). One timing at a time on this machine. A framework that cannot be
+    timed is recorded as such, never a failure."""
     driver = ctx.target.driver
     threads = timing.threads_for(driver)
-    repetitions = timing.iree_plan(wall_ms)
+    repetitions = timing.iree_plan(wall_ms, at_most)
     with timing.one_at_a_time(ctx) as serialized:
         if repetitions is None:
             latency = timing.iree_single_call(wall_ms)
@@ -211,13 +230,17 @@ def _speed(args: list[str], wall_ms: float, ctx, lost: list[str]) -> dict:
         if "capture" not in ctx.inputs:
             framework, why = None, "no framework: the model is an MLIR file"
         elif not times_framework(ctx.target):
-            # the framework's speed does not depend on IREE's flags: timed once per target
+            # the framework's speed does not depend on IREE's flags: the default variant times it
             framework, why = None, "timed with the target's default variant (see its pick)"
         else:
             framework, why = timing.framework_latency(ctx.model.framework, ctx.inputs["capture"],
-                                                      threads, serialized, ctx.log)
+                                                      threads, serialized, ctx.log, at_most,
+                                                      ctx.target.name)
     speed = {"latency_ms": latency["median_ms"], "latency": latency,
-             "framework_latency": framework, "speed_ratio": timing.ratio(latency, framework)}
+             "framework_latency": framework, "speed_ratio": timing.ratio(latency, framework),
+             "timing_setting": {"repetitions": at_most, "set_by": timing.REPETITIONS_ENV
+                                if os.environ.get(timing.REPETITIONS_ENV, "").strip()
+                                else "default"}}
     if framework is None:
         speed["framework_latency_why"] = why
     return speed

@@ -170,7 +170,7 @@ print(" ".join(m for m in ("jinja2", "markupsafe", "matplotlib") if m in sys.mod
 
 def test_jinja2_loads_only_when_a_page_is_written(tmp_path):
     """The engine's start-up stays small: a run whose record is the last one's (a no-op run)
-    reuses the page, as pipeline/record.py publishes it, and never loads Jinja2; each run is a
+    reuses the page, as pipeline/report/record.py publishes it, and never loads Jinja2; each run is a
     fresh interpreter, as each doit invocation is."""
     def publish() -> list[str]:
         proc = subprocess.run([sys.executable, "-c", PUBLISH, str(tmp_path),

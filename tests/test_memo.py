@@ -1,4 +1,4 @@
-"""The plan memo (pipeline/memo.py): a no-op run reuses the last task list without making
+"""The plan memo (pipeline/plan/memo.py): a no-op run reuses the last task list without making
 the plan, and any change to what the plan was made from makes it again."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Flag variants per target (stages/targets.py, pipeline/graph.py, stages/pick.py): each is
+"""Flag variants per target (stages/targets.py, pipeline/plan/graph.py, stages/pick.py): each is
 compiled, validated and timed; the fastest that passes becomes the target's module."""
 from __future__ import annotations
 

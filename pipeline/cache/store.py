@@ -45,7 +45,7 @@ class Found(NamedTuple):
 
 
 class Store:
-    """The local cache, with an optional remote backend (pipeline.remote) behind it: local
+    """The local cache, with an optional remote backend (pipeline.cache.remote) behind it: local
     first, remote second; a remote hit fills the local cache, a save in write mode uploads."""
 
     def __init__(self, root: str | Path, remote=None):

@@ -214,7 +214,7 @@ def watched_digest(stage: Stage, model: ModelSpec, target) -> str:
 
 def task_specs(plan: Plan) -> list[dict]:
     """Every doit task of the plan as plain data ("kiln_action" names the action that
-    pipeline.session attaches): stage tasks in topological order, then the groups."""
+    pipeline.driver.session attaches): stage tasks in topological order, then the groups."""
     return [*_stage_groups(plan), *_stage_specs(plan), *_group_specs(plan)]
 
 
@@ -291,7 +291,7 @@ def _groups(plan: Plan) -> list[tuple[str, str, list[str]]]:
 
 
 def plan_inputs(plan: Plan) -> tuple[list[Path], list[Path]]:
-    """(files read, directories listed) in making the plan: what pipeline.memo re-checks."""
+    """(files read, directories listed) in making the plan: what pipeline.plan.memo re-checks."""
     files, dirs = [plan.config.path], []
     for directory in plan.model_dirs:
         dirs.append(directory)

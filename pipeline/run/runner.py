@@ -7,7 +7,7 @@
 
 Outputs reach build/ by rename only after the stage succeeded, so build/ never holds a
 half-written file; the store is written the same way. The entry records each output's digest
-and stat, so an output damaged or edited in build/ later is noticed (pipeline.intact)
+and stat, so an output damaged or edited in build/ later is noticed (pipeline.run.intact)
 and brought back here, with a warning.
 """
 from __future__ import annotations
