@@ -16,6 +16,7 @@ import shlex
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -92,49 +93,77 @@ class Validate(Stage):
         return None if device_for(target.driver) else f"skipped: no {target.driver} device"
 
     def run(self, ctx):
-        driver = ctx.target.driver
         at_most = timing_repetitions()   # a bad setting fails before anything runs
         emitted = ctx.inputs["emit"]
         info = json.loads((emitted / "model.json").read_text())
-        peer, captured = None, {}
-        if "capture" in ctx.inputs:
-            inputs = frameworks.load_arrays(ctx.inputs["capture"] / "inputs.npz")
-            reference = frameworks.load_arrays(ctx.inputs["capture"] / "reference.npz")
-            captured = json.loads((ctx.inputs["capture"] / "capture.json").read_text())
-        else:  # imported MLIR given as a file: no framework to ask; a CPU run, if any, is the answer
-            inputs = frameworks.model_inputs(ctx.model, info["inputs"])
-            peer = next((name for name in ctx.inputs if parse_upstream(name)[1]), None)
-            reference = frameworks.load_arrays(ctx.inputs[peer] / "outputs.npz") if peer else None
+        answer = _reference(ctx, info)
         archive = emitted / "model.irpa"
         parameters = archive if not inline_weights(ctx.model, ctx.target) \
             and archive.stat().st_size else None
-        module = ctx.inputs["codegen"] / "module.vmfb"
-        lost: list[str] = []   # runs repeated because the device was lost
-        with tempfile.TemporaryDirectory() as tmp:
-            args = _module_args(Path(tmp), module, parameters, driver, info["entry"], inputs)
-            outputs, wall_ms = _run_module(Path(tmp), args, None if reference is None
-                                           else len(reference), ctx, lost)
-            speed = _speed(args, wall_ms, at_most, ctx, lost)
+        outputs, speed, lost = _run_and_time(ctx, info, parameters, answer, at_most)
         atol, rtol = self.tolerances(ctx.model, ctx.target)
-        if reference is None:
-            checked = {"passed": True, "max_abs_error": None, "max_rel_error": None, "atol": atol,
-                       "rtol": rtol, "checked": "runs only: no framework reference for an MLIR file"}
-        else:
-            per_output = _per_output_tolerances(captured.get("tolerances"), ctx.model)
-            checked = compare(outputs, reference, atol, rtol, per_output)
-            if any(per_output or []):
-                checked["tolerance_why"] = [t and t.get("why") for t in captured["tolerances"]]
-            if peer:
-                checked["checked"] = f"against {parse_upstream(peer)[1]}'s outputs (no framework reference)"
-        result = {**checked, **speed, "device": device_for(driver),
+        result = {**_check(outputs, answer, ctx.model, atol, rtol), **speed,
+                  "device": device_for(ctx.target.driver),
                   "parameters": str(archive.relative_to(emitted.parent.parent)) if parameters else None}
-        if captured.get("notes") or lost:
-            result["notes"] = [*captured.get("notes", []), *lost]
+        if answer.notes or lost:
+            result["notes"] = [*answer.notes, *lost]
         np.savez(ctx.out / "outputs.npz", **{f"out{i}": o for i, o in enumerate(outputs)})
         (ctx.out / "result.json").write_text(json.dumps(result, indent=1, sort_keys=True))
         if not result["passed"]:
             raise StageError(_failure_message(result, atol, rtol), result=result)
         return result
+
+
+@dataclass
+class Answer:
+    """What the module is run on and compared with: capture's inputs and the framework's
+    answer, or, for an imported MLIR file (no framework), seeded inputs and a peer target's
+    outputs if there is one (else nothing to compare with)."""
+    inputs: list
+    reference: list | None
+    tolerances: list | None = None   # capture's per-output tolerances (quantized outputs)
+    notes: list = field(default_factory=list)
+    peer: str | None = None          # the target whose outputs are the reference
+
+
+def _reference(ctx, info: dict) -> Answer:
+    if "capture" in ctx.inputs:
+        captured = json.loads((ctx.inputs["capture"] / "capture.json").read_text())
+        return Answer(frameworks.load_arrays(ctx.inputs["capture"] / "inputs.npz"),
+                      frameworks.load_arrays(ctx.inputs["capture"] / "reference.npz"),
+                      captured.get("tolerances"), captured.get("notes", []))
+    peer = next((name for name in ctx.inputs if parse_upstream(name)[1]), None)
+    return Answer(frameworks.model_inputs(ctx.model, info["inputs"]),
+                  frameworks.load_arrays(ctx.inputs[peer] / "outputs.npz") if peer else None,
+                  peer=parse_upstream(peer)[1] if peer else None)
+
+
+def _run_and_time(ctx, info: dict, parameters: Path | None, answer: Answer,
+                  at_most: int) -> tuple[list, dict, list[str]]:
+    """(outputs, speed figures, notes of runs repeated because the device was lost)."""
+    lost: list[str] = []
+    module = ctx.inputs["codegen"] / "module.vmfb"
+    with tempfile.TemporaryDirectory() as tmp:
+        args = _module_args(Path(tmp), module, parameters, ctx.target.driver, info["entry"],
+                            answer.inputs)
+        expected = None if answer.reference is None else len(answer.reference)
+        outputs, wall_ms = _run_module(Path(tmp), args, expected, ctx, lost)
+        speed = _speed(args, wall_ms, at_most, ctx, lost)
+    return outputs, speed, lost
+
+
+def _check(outputs: list, answer: Answer, model, atol: float, rtol: float) -> dict:
+    """The comparison's verdict and errors (passed, max abs/rel error, tolerances used)."""
+    if answer.reference is None:
+        return {"passed": True, "max_abs_error": None, "max_rel_error": None, "atol": atol,
+                "rtol": rtol, "checked": "runs only: no framework reference for an MLIR file"}
+    per_output = _per_output_tolerances(answer.tolerances, model)
+    checked = compare(outputs, answer.reference, atol, rtol, per_output)
+    if any(per_output or []):
+        checked["tolerance_why"] = [t and t.get("why") for t in answer.tolerances]
+    if answer.peer:
+        checked["checked"] = f"against {answer.peer}'s outputs (no framework reference)"
+    return checked
 
 
 def timing_repetitions(checked: bool = True) -> int | str:
