@@ -1,6 +1,8 @@
 """End to end on a real model (the torch MLP): real torch, real iree-compile, real runtime on
 llvm-cpu and on Vulkan (lavapipe where there is no GPU). Each test works in its own copy of
-the project, so edits to stage files never touch the repository."""
+the project, so edits to stage files never touch the repository. The session builds mlp once
+(conftest's mlp_built): tests whose first build is only their setting start from its cache,
+and those comparing with a build from scratch compare with it."""
 import json
 import shutil
 
