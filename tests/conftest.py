@@ -17,8 +17,9 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 PROJECT_FILES = ["dodo.py", "targets.yaml", "pipeline", "stages", "models"]
 # what every test runs with: 3 timing repetitions rather than 10 (validate records and keys
-# by it; tests/test_timing.py checks figures of at least 3 repetitions)
-TEST_SETTINGS = {"KILN_TIMING_REPETITIONS": "3"}
+# by it; tests/test_timing.py checks figures of at least 3 repetitions), and report.html
+# without its matplotlib charts (a second or two per run; the page's own tests draw them)
+TEST_SETTINGS = {"KILN_TIMING_REPETITIONS": "3", "KILN_REPORT_CHARTS": "off"}
 
 
 def without_kiln_settings(environ) -> dict:
@@ -251,7 +252,7 @@ def frameworks_run(tmp_path_factory) -> dict:
     (project.root / "models" / f"{name}.py").write_text(text)
     models, targets = [*matrix["models"], name], matrix["targets"]
     proc = project.doit("validate", f"model={','.join(models)}", f"target={','.join(targets)}",
-                        check=False)
+                        check=False, env_extra={"KILN_REPORT_CHARTS": "on"})   # test_html draws
     build = project.root / "build"
     assert (build / "run.json").exists(), proc.stdout[-4000:] + proc.stderr[-4000:]
     # the page stays in build/ (its log links are relative) under a name later runs keep

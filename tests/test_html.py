@@ -175,7 +175,8 @@ def test_jinja2_loads_only_when_a_page_is_written(tmp_path):
     def publish() -> list[str]:
         proc = subprocess.run([sys.executable, "-c", PUBLISH, str(tmp_path),
                                json.dumps(hand_made_record())], cwd=Path(__file__).parent.parent,
-                              capture_output=True, text=True, check=True)
+                              capture_output=True, text=True, check=True,
+                              env={**os.environ, "KILN_REPORT_CHARTS": "on"})
         return proc.stdout.split()
 
     assert publish() == ["jinja2", "markupsafe", "matplotlib"]
@@ -265,3 +266,12 @@ def test_the_frameworks_run_page_in_a_real_browser(frameworks_run, browser):
     for chart in charts:
         assert chart["marks"] >= passed and chart["width"] > 200, charts
     assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
+
+
+def test_charts_off_leaves_each_chart_out_and_says_so(tmp_path):
+    """KILN_REPORT_CHARTS=off (what the test suite runs with): the page is whole, each chart's
+    place says why it is empty, and matplotlib draws nothing."""
+    text = html.page(hand_made_record(), memo=tmp_path / "charts", draw_charts=False)
+    assert "<svg" not in text and text.count("chart not drawn (KILN_REPORT_CHARTS=off)") == 3
+    assert "<table class='matrix'>" in text and not (tmp_path / "charts").exists()
+    assert html.charts_wanted({}) and not html.charts_wanted({"KILN_REPORT_CHARTS": "off"})

@@ -25,6 +25,7 @@ import io
 import itertools
 import json
 import math
+import os
 import posixpath
 import re
 from pathlib import Path
@@ -35,18 +36,30 @@ from .units import duration
 
 STATUSES = ("failed", "ran", "cached", "up-to-date", "skipped")      # the order they are listed
 KINDS = ("passed", "failed", "skipped", "compiled")                  # a matrix cell's outcome
+# "off" leaves the charts out (matplotlib costs a second or two a page): for runs whose page
+# nobody looks at, such as the test suite's hundreds of small builds
+CHARTS_ENV = "KILN_REPORT_CHARTS"
+
+
+def charts_wanted(environ=None) -> bool:
+    return (os.environ if environ is None else environ).get(CHARTS_ENV, "on").lower() \
+        not in ("off", "0", "no", "false")
+
+
 TEMPLATE = Path(__file__).with_name("templates") / "report.html.j2"
 ERROR_FIELDS = ("max_abs_error", "atol", "max_rel_error", "rtol")    # a result's numbers
 
 
-def page(record: dict, memo: Path | None = None, page_dir: str = "build") -> str:
+def page(record: dict, memo: Path | None = None, page_dir: str = "build",
+         draw_charts: bool = True) -> str:
     """The whole page. memo: a directory for drawn charts (None: always draw). page_dir: where
-    the page lies relative to the project root, which the record's log paths are relative to."""
+    the page lies relative to the project root, which the record's log paths are relative to.
+    draw_charts False (KILN_REPORT_CHARTS=off): the page says where each chart would be."""
     if record.get("error"):
         return _render(stopped=record["error"])
     entries = record.get("tasks", [])
     cells = _cells(entries)
-    charts = _Charts(memo)
+    charts = _Charts(memo, draw_charts)
     view = {"summary": _summary(cells, entries), "warnings": _warnings(record, entries),
             "matrix": _matrix(cells, page_dir), "times": _times(cells, charts),
             "latency": _latency(cells, charts), "variants": _variants(cells),
@@ -293,14 +306,17 @@ class _Charts:
     """Draws each chart as inline SVG, or takes it from the memo when its data are the same
     (the key holds this module's source too, so an edit to a chart draws it again)."""
 
-    def __init__(self, memo: Path | None):
+    def __init__(self, memo: Path | None, draw: bool = True):
         self.memo = memo
+        self.draw = draw
         self.used: set[str] = set()
 
     def svg(self, name: str, data, draw):
         """The chart as markup the template inserts as it is (markupsafe.Markup): matplotlib's
         SVG, whose writer escapes the labels it draws from the record."""
         from markupsafe import Markup   # Jinja2's own; a page is being written
+        if not self.draw:
+            return Markup(f"<p class='chart-off'>chart not drawn ({CHARTS_ENV}=off)</p>")
         return Markup(self._text(name, data, draw))
 
     def _text(self, name: str, data, draw) -> str:

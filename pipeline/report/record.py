@@ -114,7 +114,8 @@ def _write_record(run_file: Path, record: dict) -> tuple[str, list[Path]]:
         atomic_write(run_file, json.dumps(record, indent=1).encode())
         atomic_write(written[1], table.markdown(record).encode())
         # charts whose data did not change come from the memo: a no-op run draws nothing
-        page = html.page(record, memo=run_file.parent / ".kiln" / "charts")
+        page = html.page(record, memo=run_file.parent / ".kiln" / "charts",
+                         draw_charts=html.charts_wanted())
         atomic_write(written[2], page.encode())
     except OSError as err:
         return f"kiln: the run record was not written: {describe_os_error(err)}", []
