@@ -45,8 +45,7 @@ def test_inputs_are_grouped_by_the_variant_they_came_from(tmp_path):
                                            "codegen": "codegen@cpu~im2col"}}
 
 
-def test_the_fastest_passing_variant_is_copied_with_its_reason(tmp_path, monkeypatch):
-    monkeypatch.setattr(pick, "device_for", lambda driver: "local-task")
+def test_the_fastest_passing_variant_is_copied_with_its_reason(tmp_path):
     framework = latency(20.0)
     ctx = context(tmp_path, {
         "default": {"passed": True, "latency": latency(60.0), "framework_latency": framework},
@@ -61,8 +60,7 @@ def test_the_fastest_passing_variant_is_copied_with_its_reason(tmp_path, monkeyp
     assert json.loads((ctx.out / "pick.json").read_text())["variant"] == "im2col"
 
 
-def test_no_passing_variant_says_each_ones_outcome(tmp_path, monkeypatch):
-    monkeypatch.setattr(pick, "device_for", lambda driver: "local-task")
+def test_no_passing_variant_says_each_ones_outcome(tmp_path):
     ctx = context(tmp_path, {"default": None, "im2col": {"passed": False}})
     with pytest.raises(StageError) as err:
         pick.STAGE.run(ctx)
