@@ -11,6 +11,7 @@ from doit.exceptions import DependencyError, UnmetDependency
 from doit.reporter import ConsoleReporter
 
 from ..report.record import RunLog, entry_of, publish
+from . import collector
 
 
 def make_reporter(run_file: Path, run: RunLog, after: Callable[[], None] | None = None):
@@ -35,6 +36,7 @@ def make_reporter(run_file: Path, run: RunLog, after: Callable[[], None] | None 
             super().execute_task(task)
             if not task.actions:   # a group task (validate, compile): nothing runs
                 return
+            collector.resume()   # work starts: real garbage from here on
             with self._progress_lock:
                 if self.progress is None:
                     self.progress = _progress(self.outstream)

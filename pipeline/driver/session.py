@@ -18,6 +18,7 @@ from ..plan import memo
 from ..plan.options import read_variables
 from ..report.record import RunLog
 from ..run.uptodate import CHECK_SIGNATURE, stage_check
+from . import collector
 from .database import seal, set_aside_if_damaged
 from .reporter import make_reporter
 
@@ -31,6 +32,7 @@ class Session:
     def __init__(self, get_var: Callable[[str], str | None],
                  make_plan: Callable[[dict[str, str]], Plan],
                  code: list[Path], root: Path | None = None):
+        collector.hold()   # (until a task runs: a no-op allocates only what it keeps)
         self.variables = read_variables(get_var)   # the command line's options, as given
         self.root = Path(root or os.getcwd()).resolve()
         self.build = self.root / "build"
@@ -104,6 +106,7 @@ class Session:
             yield task
 
     def run_stage(self, task: str, info: dict):
+        collector.resume()   # (here too: with -n, stages run in doit's child processes)
         from .actions import stage_action
         outcome = stage_action(self.plan(), self.executor(), self.run, task, info["watched"],
                                info.get("soft_deps", []))
@@ -113,6 +116,7 @@ class Session:
         return outcome
 
     def prune(self):
+        collector.resume()
         from .actions import prune
         cache = Path(os.environ.get("KILN_CACHE") or self.root / "cache").resolve()
         return prune(cache, self.build, self.variables.get("days"))
