@@ -35,20 +35,22 @@ def set_aside_if_damaged(dep_file: Path, seal: Path | None = None) -> str | None
     """doit stops every run (exit 3) on a damaged database until someone deletes it. Move it
     aside instead: the store turns the lost up-to-date state into cache hits, not compiles.
     Returns the warning, or None when the file is absent or sound."""
-    if not dep_file.exists():
+    identity = _identity(dep_file)
+    if identity is None:
         return None
     try:
         sealed = json.loads(seal.read_text()) if seal else None
     except (OSError, ValueError):
         sealed = None
+    if sealed == identity:   # the file the last run's doit left whole, untouched since: no
+        return None          # quick_check either (it reads every page, on every no-op run)
     try:
         with contextlib.closing(sqlite3.connect(f"file:{dep_file}?mode=ro", uri=True)) as db:
             verdict = db.execute("PRAGMA quick_check").fetchone()[0]
             has_table = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'doit'").fetchone()
             # sqlite keeps no checksums: a flipped byte in a row shows only when doit decodes
-            # it. Unless the file is the one the last run's doit left (same inode, size, mtime)
-            deep = has_table and sealed != _identity(dep_file)
-            for (data,) in db.execute("SELECT task_data FROM doit") if deep else ():
+            # it (the file is not the one the last run's doit left: see above)
+            for (data,) in db.execute("SELECT task_data FROM doit") if has_table else ():
                 json.loads(data)
     except sqlite3.OperationalError as err:   # locked or busy (another doit): not damage
         return None if "locked" in str(err) or "busy" in str(err) else \

@@ -11,7 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..stage import ConfigError
+
+def _bad(message: str) -> Exception:
+    """The ConfigError for a bad option value. pipeline.stage (a third of what a no-op run
+    imports of kiln, for its dataclasses) is imported only here: a no-op run reads its
+    options as given and never parses them."""
+    from ..stage import ConfigError
+    return ConfigError(message)
+
 
 # every option kiln reads, with what it does (for `doit help`, errors and the plan memo)
 VARIABLES = {
@@ -74,7 +81,7 @@ def parse_shapes(text: str | None) -> dict:
         try:
             shapes[name.strip()] = [int(d) for d in dims.lower().split("x")]
         except ValueError:
-            raise ConfigError(f"shapes={text}: expected 'input:1x3x224x224;other:4'") from None
+            raise _bad(f"shapes={text}: expected 'input:1x3x224x224;other:4'") from None
     return shapes
 
 
@@ -82,7 +89,7 @@ def parse_shard(text: str) -> tuple[int, int]:
     """'2/4' -> (2, 4): this CI job builds the second of four shards of the selection."""
     index, _, count = text.partition("/")
     if not (index.isdigit() and count.isdigit() and 1 <= int(index) <= int(count)):
-        raise ConfigError(f"shard={text}: expected I/N with 1 <= I <= N, e.g. shard=2/4")
+        raise _bad(f"shard={text}: expected I/N with 1 <= I <= N, e.g. shard=2/4")
     return int(index), int(count)
 
 
@@ -94,7 +101,7 @@ def parse_executor(text: str | None) -> int | str | None:
         return int(text[6:])
     if text.startswith("tcp://"):
         return text
-    raise ConfigError(f"executor={text}: expected local:N (a LocalCluster of N worker "
+    raise _bad(f"executor={text}: expected local:N (a LocalCluster of N worker "
                       "processes) or tcp://host:port (an existing Dask scheduler)")
 
 
@@ -102,4 +109,4 @@ def parse_days(text: str | None) -> float:
     try:
         return float(text if text is not None else 30)
     except ValueError:
-        raise ConfigError(f"days={text}: expected a number of days") from None
+        raise _bad(f"days={text}: expected a number of days") from None
