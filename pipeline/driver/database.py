@@ -13,7 +13,8 @@ from pathlib import Path
 
 
 
-def _identity(path: Path) -> list | None:
+def identity(path: Path) -> list | None:
+    """(inode, size, mtime_ns) of a file, None when absent: any write changes it."""
     try:
         st = path.stat()
     except OSError:
@@ -26,8 +27,12 @@ def seal(dep_file: Path, seal: Path) -> None:
     """Remember the database as doit left it at the end of a run (the reporter's last step:
     doit has closed it), so the next run need not decode every row to trust it."""
     from ..cache.files import atomic_write   # (only once a run ends)
+    text = json.dumps(identity(dep_file))
     with contextlib.suppress(OSError):
-        atomic_write(seal, json.dumps(_identity(dep_file)).encode())
+        if seal.read_text() == text:
+            return   # (a no-op run leaves the database as it was: nothing to write)
+    with contextlib.suppress(OSError):
+        atomic_write(seal, text.encode())
 
 
 
@@ -35,15 +40,15 @@ def set_aside_if_damaged(dep_file: Path, seal: Path | None = None) -> str | None
     """doit stops every run (exit 3) on a damaged database until someone deletes it. Move it
     aside instead: the store turns the lost up-to-date state into cache hits, not compiles.
     Returns the warning, or None when the file is absent or sound."""
-    identity = _identity(dep_file)
-    if identity is None:
+    now = identity(dep_file)
+    if now is None:
         return None
     try:
         sealed = json.loads(seal.read_text()) if seal else None
     except (OSError, ValueError):
         sealed = None
-    if sealed == identity:   # the file the last run's doit left whole, untouched since: no
-        return None          # quick_check either (it reads every page, on every no-op run)
+    if sealed == now:  # the file the last run's doit left whole, untouched since: no
+        return None     # quick_check either (it reads every page, on every no-op run)
     try:
         with contextlib.closing(sqlite3.connect(f"file:{dep_file}?mode=ro", uri=True)) as db:
             verdict = db.execute("PRAGMA quick_check").fetchone()[0]

@@ -19,7 +19,7 @@ from ..plan.options import read_variables
 from ..report.record import RunLog
 from ..run.uptodate import CHECK_SIGNATURE, stage_check
 from . import collector
-from .database import seal, set_aside_if_damaged
+from .database import identity, seal, set_aside_if_damaged
 from .reporter import make_reporter
 
 if TYPE_CHECKING:   # (the plan's modules load only when a plan is made)
@@ -36,6 +36,7 @@ class Session:
         self.variables = read_variables(get_var)   # the command line's options, as given
         self.root = Path(root or os.getcwd()).resolve()
         self.build = self.root / "build"
+        self.memo_file = self.build / ".kiln" / "plan-memo.json"
         self.run = RunLog()
         self.code = code                # kiln's own files: dodo.py and its packages
         self._make_plan = make_plan
@@ -73,9 +74,8 @@ class Session:
         return self._specs
 
     def _load_specs(self) -> list[dict]:
-        memo_file = self.build / ".kiln" / "plan-memo.json"
         context = memo.context(self.variables, self.root)
-        remembered = memo.load(memo_file, context) if os.environ.get(MEMO_ENV) != "0" else None
+        remembered = memo.load(self.memo_file, context) if os.environ.get(MEMO_ENV) != "0" else None
         if remembered is not None:
             notices, specs = remembered["notices"], remembered["tasks"]
         else:
@@ -86,7 +86,7 @@ class Session:
             code_files, code_dirs = memo.code_facts(p for p in self.code if p.is_dir())
             files = memo.file_facts([*read, *code_files, *(p for p in self.code if p.is_file())],
                                     [*listed, *code_dirs, *memo.distribution_dirs()])
-            memo.save(memo_file, context, files, memo.probe_facts(), specs, notices)
+            memo.save(self.memo_file, context, files, memo.probe_facts(), specs, notices)
         for notice in notices:
             print(notice, file=sys.stderr)
         return specs
@@ -134,14 +134,20 @@ class Session:
         if warning:
             self.run.warnings.append(warning)
             print(f"kiln: warning: {warning}", file=sys.stderr)
+        default_tasks = list(dict.fromkeys(s["basename"] for s in self.task_specs()
+                                           if s.get("kiln_default")))
+        # what the record of a no-op run is made from: the database before doit opens it,
+        # the plan memo once the task list is read (a changed plan or kiln rewrites it)
+        plan_memo = identity(self.memo_file)
+        made_from = ({"db": identity(dep_file), "plan": plan_memo},
+                     lambda: {"db": identity(dep_file), "plan": plan_memo})
         return {
             "backend": "sqlite3",
             "dep_file": str(dep_file),
             "continue": True,           # one failing model x target never stops the others
-            "default_tasks": list(dict.fromkeys(s["basename"] for s in self.task_specs()
-                                                if s.get("kiln_default"))),
+            "default_tasks": default_tasks,
             "reporter": make_reporter(self.build / "run.json", self.run,
-                                      after=lambda: seal(dep_file, seal_file)),
+                                      after=lambda: seal(dep_file, seal_file), made_from=made_from),
         }
 
 

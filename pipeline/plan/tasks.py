@@ -256,24 +256,37 @@ def _stage_specs(plan: Plan):
         }
 
 
+# A group task has no action of its own: "up to date" only spares doit saving it to .doit.db
+# on every run (its members run or not on their own), so a no-op run leaves the database,
+# and the record memo keyed by it (pipeline.report.record.reuse), as they were.
+GROUP_UPTODATE = [True]
+
+
 def _group_specs(plan: Plan):
     """The groups stages declare that are not a stage's own name (codegen's 'compile'), and
     `doit prune`."""
     names = {s.name for s in plan.stages}
     for group, doc, members in _groups(plan):
         if group not in names:
-            yield {"basename": group, "actions": None, "task_dep": members, "doc": doc}
+            yield {"basename": group, "actions": None, "task_dep": members, "doc": doc,
+                   "uptodate": GROUP_UPTODATE}
     yield {"basename": "prune", "kiln_action": "prune", "uptodate": [False], "verbosity": 2,
            "doc": "drop cache entries unused for days= (default 30) and blobs nothing names"}
 
 
 def _stage_groups(plan: Plan) -> list[dict]:
-    """Groups named after a stage that other stages join (pick joins 'validate': `doit
-    validate` also picks each target's fastest variant). doit makes the group of a stage's
-    own tasks; this, yielded before them, adds the others'."""
-    names = {s.name for s in plan.stages}
-    return [{"basename": group, "name": None, "task_dep": members, "doc": doc}
-            for group, doc, members in _groups(plan) if group in names and members]
+    """The group of each stage's tasks, which doit makes; this, yielded before them, makes it
+    up to date (GROUP_UPTODATE) and adds the tasks of other stages that join it (pick joins
+    'validate': `doit validate` also picks each target's fastest variant)."""
+    joining = {group: (doc, members) for group, doc, members in _groups(plan)}
+    present = {node.stage for node in plan.graph}
+    specs = []
+    for stage in plan.stages:
+        doc, members = joining.get(stage.name, (None, []))
+        if stage.name in present or members:
+            specs.append({"basename": stage.name, "name": None, "task_dep": members,
+                          "uptodate": GROUP_UPTODATE, **({"doc": doc} if members else {})})
+    return specs
 
 
 def _groups(plan: Plan) -> list[tuple[str, str, list[str]]]:
