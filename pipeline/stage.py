@@ -31,7 +31,7 @@ class Target:
     atol: float
     rtol: float
     where: str = field(default="", compare=False)   # "targets.yaml:12", for error messages
-    params: str | None = None    # "inline" puts the weights back into this target's module
+    weights: str | None = None   # "inline" puts the weights back into this target's module
     # named flag sets to compile, time and pick from: (name, flags), or (name, None) to drop a
     # backend's built-in one; resolved (stages.targets) to the full list, 'default' first
     variants: tuple[tuple[str, tuple[str, ...] | None], ...] = ()
@@ -40,7 +40,7 @@ class Target:
 
 
 # a constant with at least this many elements is a weight: it goes to the parameter archive
-DEFAULT_PARAMS_THRESHOLD = 8
+DEFAULT_WEIGHTS_THRESHOLD = 8
 
 
 class StageError(Exception):
@@ -72,10 +72,11 @@ class ModelSpec:
     atol: float | None = None
     rtol: float | None = None
     seed: int = 0
-    params_mode: str = "external"       # weights: "external" (an .irpa archive) or "inline"
-    params_threshold: int = DEFAULT_PARAMS_THRESHOLD   # fewest elements a weight is moved out at
+    weights: str = "external"           # "external" (a parameter archive, .irpa) or "inline"
+    weights_threshold: int = DEFAULT_WEIGHTS_THRESHOLD  # fewest elements a weight is moved out at
 
-    def params(self) -> dict:
+    def key_fields(self) -> dict:
+        """What of the model's declaration enters the key of the stage it enters at."""
         return {"framework": self.framework, "factory": self.factory and self.factory.split(":")[-1],
                 "shapes": self.shapes, "seed": self.seed}
 
@@ -126,6 +127,11 @@ class Stage:
     group: str | None = None             # a doit group its tasks also make up (codegen: compile)
     group_doc: str = ""                  # what `doit list` says of that group
     default: bool = False                # `doit` alone runs this stage's tasks (validate)
+    # what the report reads this stage's entries as (None: a step on the way): 'module' (it
+    # builds the deployable module: codegen), 'verdict' (it says whether a model x target
+    # passed: validate), 'choice' (it picks among a target's variants, and its verdict is
+    # the target's: pick)
+    role: str | None = None
     inputs: tuple[str, ...] = ()
     code: tuple[Path, ...] = ()          # source files that fingerprint this stage
 
@@ -160,6 +166,12 @@ class Stage:
     def worker_resources(self) -> dict[str, int]:
         """The resources this machine offers for this stage: what a LocalCluster declares."""
         return {}
+
+    def unavailable(self, model: ModelSpec, target: Target | None) -> str | None:
+        """Why this stage cannot run on this machine (e.g. no device for the target's
+        driver), or None when it can. Asked before its key: the node is then skipped, never
+        run, restored or failed, and `doit explain` says so beforehand."""
+        return None
 
     def applies_to(self, model: ModelSpec) -> bool:
         """False for stages a model skips (e.g. a model file that enters at legalize)."""

@@ -9,6 +9,7 @@ from stages.targets import compile_flags
 class Codegen(Lower):
     name = "codegen"
     group = "compile"
+    role = "module"
     group_doc = "compile the selected models for the selected targets (model=, target=)"
     inputs = ("lower",)
 

@@ -19,29 +19,29 @@ HERE = Path(__file__).parent
 class Emit(Stage):
     name = "emit"
     inputs = ("legalize",)
-    code = (HERE / "params.py", HERE / "mlir.py")
+    code = (HERE / "weights.py", HERE / "mlir.py")
 
     def outputs(self, model):
         return ("model.mlirbc", "model.irpa", "model.json")
 
     def params(self, model, target):
-        return {"params": model.params_mode, "threshold": model.params_threshold}
+        return {"weights": model.weights, "threshold": model.weights_threshold}
 
     def run(self, ctx):
         from stages.mlir import parse
-        from stages.params import externalize
+        from stages.weights import externalize
         legalized = ctx.inputs["legalize"]
         module = parse((legalized / "legalized.mlirbc").read_bytes())
         archive = ctx.out / "model.irpa"
-        moved = [] if ctx.model.params_mode == "inline" else \
-            externalize(module, archive, ctx.model.params_threshold)
+        moved = [] if ctx.model.weights == "inline" else \
+            externalize(module, archive, ctx.model.weights_threshold)
         if not archive.exists():
             archive.write_bytes(b"")   # a declared output: empty means "no parameters"
         with open(ctx.out / "model.mlirbc", "wb") as f:
             module.operation.write_bytecode(f)
         info = json.loads((legalized / "legalize.json").read_text())
         parameters = {"scope": "model", "count": len(moved), "bytes": archive.stat().st_size,
-                      "threshold": ctx.model.params_threshold, "mode": ctx.model.params_mode}
+                      "threshold": ctx.model.weights_threshold, "mode": ctx.model.weights}
         (ctx.out / "model.json").write_text(json.dumps(
             {"entry": info["entry"], "inputs": info["inputs"],
              "sha256": digest_file(ctx.out / "model.mlirbc"), "phase": "input",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stages.capture import FrameworkStage
+from stages.framework_stage import FrameworkStage
 
 MLIR = Path(__file__).parent / "mlir.py"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pipeline.stage import Stage
 from stages.iree_tools import iree_compile
-from stages.params import SCOPE
+from stages.weights import SCOPE
 from stages.targets import compile_flags
 
 HERE = Path(__file__).parent
@@ -21,7 +21,7 @@ class Lower(Stage):
     name = "lower"
     per_target = True
     inputs = ("emit",)
-    code = (HERE / "iree_tools.py", HERE / "targets.py", HERE / "params.py")
+    code = (HERE / "iree_tools.py", HERE / "targets.py", HERE / "weights.py")
 
     def outputs(self, model):
         return ("lowered.mlir",)
@@ -31,25 +31,25 @@ class Lower(Stage):
 
     def reads(self, upstream, outputs, model, target):
         # the weights only when this target takes them into its module
-        return ("model.mlirbc", *(("model.irpa",) if inline_params(model, target) else ()))
+        return ("model.mlirbc", *(("model.irpa",) if inline_weights(model, target) else ()))
 
     def params(self, model, target):
         return {"flags": compile_flags(target), "to": PHASE,
-                "params": "inline" if inline_params(model, target) else "external"}
+                "weights": "inline" if inline_weights(model, target) else "external"}
 
     def run(self, ctx):
         emitted = ctx.inputs["emit"]
         flags = ["--compile-from=input", f"--compile-to={PHASE}", *compile_flags(ctx.target)]
-        if inline_params(ctx.model, ctx.target) and (emitted / "model.irpa").stat().st_size:
+        if inline_weights(ctx.model, ctx.target) and (emitted / "model.irpa").stat().st_size:
             # IREE imports the archive's values back into the module: no size limit
             flags += [f"--iree-parameter-import={SCOPE}={emitted / 'model.irpa'}",
                       f"--iree-parameter-import-maximum-size={1 << 62}"]
         iree_compile(emitted / "model.mlirbc", ctx.out / "lowered.mlir", flags, ctx)
 
 
-def inline_params(model, target) -> bool:
-    """This target's module carries the weights itself (params: inline on the target)."""
-    return target.params == "inline" and model.params_mode != "inline"
+def inline_weights(model, target) -> bool:
+    """This target's module carries the weights itself (`params: inline` on the target)."""
+    return target.weights == "inline" and model.weights != "inline"
 
 
 STAGE = Lower()

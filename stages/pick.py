@@ -19,9 +19,9 @@ from pathlib import Path
 
 from pipeline.names import DEFAULT_VARIANT, parse_upstream, variant_of
 from pipeline.report.units import duration
-from pipeline.stage import Stage, StageError, StageSkipped
+from pipeline.stage import Stage, StageError
 from stages.timing import ratio
-from stages.validate import STAGE as VALIDATE, device_for
+from stages.validate import STAGE as VALIDATE
 
 # a variant displaces an earlier one only when faster by more than this fraction, or by more
 # than the two measurements' own spread if that is wider
@@ -37,6 +37,7 @@ class Pick(Stage):
             Path(__file__).parent.parent / "pipeline" / "report" / "units.py")
     per_target = True
     across_variants = True
+    role = "choice"
     partial_inputs = True
     inputs = ("validate", "codegen")
 
@@ -53,9 +54,10 @@ class Pick(Stage):
     def resources(self, target):
         return VALIDATE.resources(target)   # where validate can run (it asks for the device)
 
+    def unavailable(self, model, target):
+        return VALIDATE.unavailable(model, target)   # validate skips every variant: so pick
+
     def run(self, ctx):
-        if device_for(ctx.target.driver) is None:   # validate skipped every variant: so pick
-            raise StageSkipped(f"skipped: no {ctx.target.driver} device")
         order = [name for name, _ in ctx.target.variants]
         tried = _tried(ctx)
         results = {v: _result(ctx, tried[v]) for v in sorted(tried, key=order.index)}

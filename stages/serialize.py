@@ -1,7 +1,7 @@
 """Stage 2, serialize: write the framework's interchange format under a fixed file name."""
 from __future__ import annotations
 
-from stages.capture import FrameworkStage
+from stages.framework_stage import FrameworkStage
 
 
 class Serialize(FrameworkStage):

@@ -4,13 +4,18 @@ time per call on the same inputs and the same number of threads.
 Both are measured the same way: a warm-up that is not counted, then several repetitions (each
 long enough for the clock to resolve it: many calls of a fast model, one of a slow one), and
 the median with the spread (min, max). A timing has the machine to itself (no other stage
-runs meanwhile: pipeline.machine): a compile or a timing sharing the cores would show. A
+runs meanwhile: pipeline.run.machine): a compile or a timing sharing the cores would show. A
 module so slow that one call exceeds the time budget (ResNet-18 on lavapipe: minutes) is not
-repeated; its figure says so.
+repeated; its figure says so. KILN_TIMING_REPETITIONS sets how many repetitions at most (the
+test suite times with 3: quicker, noisier figures); validate records it and keys by it.
 
-Run as `python -m stages.timing FRAMEWORK CAPTURE_DIR THREADS OUT.json`, this module is the
-fresh process that times a framework: its cores and threads are set before the framework is
-imported, and the framework's thread pools never compete with doit's own threads.
+The framework's time does not depend on the target: within one doit process it is measured
+once per model (its captured files, by content) and thread count, and shared by the targets
+timed with as many threads.
+
+Run as `python -m stages.timing FRAMEWORK CAPTURE_DIR THREADS OUT.json [REPETITIONS]`, this
+module is the fresh process that times a framework: its cores and threads are set before the
+framework is imported, and the framework's thread pools never compete with doit's own threads.
 """
 from __future__ import annotations
 
@@ -23,15 +28,34 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Callable
 
 REPETITIONS = 10     # at most; fewer when they would not fit the budget
+REPETITIONS_ENV = "KILN_TIMING_REPETITIONS"   # a lower (or higher) "at most"
+MAX_REPETITIONS = 100
 BUDGET_S = 10.0      # about how long the repetitions of one measurement may take
 REPETITION_S = 0.02  # a repetition lasts at least this long: many calls of a fast model
 WARMUP_S = 0.1       # warm-up before the repetitions (at least one call)
 FRAMEWORK_TIMEOUT_S = 900
+
+
+def repetitions_setting(environ=None) -> int:
+    """At most how many repetitions one measurement takes: KILN_TIMING_REPETITIONS, or
+    REPETITIONS. A ValueError naming the variable and what is valid for anything else."""
+    text = (os.environ if environ is None else environ).get(REPETITIONS_ENV, "").strip()
+    if not text:
+        return REPETITIONS
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if not 1 <= count <= MAX_REPETITIONS:
+        raise ValueError(f"{REPETITIONS_ENV}={text!r}: expected a whole number of timing "
+                         f"repetitions from 1 to {MAX_REPETITIONS} (default {REPETITIONS})")
+    return count
 
 
 def spread(times_ms: list[float]) -> dict:
@@ -77,7 +101,7 @@ def threads_for(driver: str) -> int:
 
 @contextlib.contextmanager
 def one_at_a_time(ctx):
-    """The machine to this measurement alone (pipeline.machine: the stages already running
+    """The machine to this measurement alone (pipeline.run.machine: the stages already running
     finish first, and none starts until it is done). Yields a phrase for the "how" of every
     figure measured under it."""
     started = time.monotonic()
@@ -94,12 +118,13 @@ def one_at_a_time(ctx):
 
 # --- the IREE module ---------------------------------------------------------------------
 
-def iree_plan(call_ms: float) -> int | None:
-    """Repetitions for a module whose call takes about call_ms (an upper bound: process start
-    and load included), or None when one call alone exceeds the budget."""
+def iree_plan(call_ms: float, repetitions: int = REPETITIONS) -> int | None:
+    """Repetitions (at most `repetitions`) for a module whose call takes about call_ms (an
+    upper bound: process start and load included), or None when one call alone exceeds the
+    budget."""
     if call_ms > BUDGET_S * 1000:
         return None
-    return max(1, min(REPETITIONS, int(BUDGET_S * 1000 // max(call_ms, 1e-3))))
+    return max(1, min(repetitions, int(BUDGET_S * 1000 // max(call_ms, 1e-3))))
 
 
 def iree_benchmark_flags(repetitions: int, driver: str, threads: int) -> list[str]:
@@ -176,18 +201,53 @@ def _seconds(run: Callable[[], object], calls: int) -> float:
     return time.perf_counter() - started
 
 
+# figures already measured by this process: (framework, captured files by content, threads,
+# repetitions) -> (figure, the target it was measured for). A doit run validates every target
+# in one process (-P thread): a model's second target gets its first's figure.
+_measured: dict[tuple, tuple[dict, str]] = {}
+_measuring = threading.Lock()
+
+
 def framework_latency(framework: str, capture: Path, threads: int, serialized: str,
-                      log: Callable[[str], None]) -> tuple[dict | None, str | None]:
+                      log: Callable[[str], None], repetitions: int = REPETITIONS,
+                      measured_for: str = "") -> tuple[dict | None, str | None]:
     """(figure, None) for the framework's own run of the captured model, timed in a fresh
-    process; (None, why) when it cannot be timed. Never raises: validate does not fail for
-    want of a framework time."""
+    process, or as already timed by this process for the same captured files, threads and
+    repetitions (its how says which target it was measured for); (None, why) when it cannot
+    be timed. Never raises: validate does not fail for want of a framework time."""
+    key = (framework, _contents(capture), threads, repetitions)
+    with _measuring:   # a second target waits for the first's figure rather than re-measure
+        if key in _measured:
+            figure, first = _measured[key]
+            log(f"the framework's time: as measured for {first} in this run (same captured "
+                f"model, {_threads(threads)}, {repetitions} repetitions at most)")
+            return {**figure, "how": f"{figure['how']}; measured once for this model in this run, "
+                                     f"with target {first}"}, None
+        figure, why = _measure_framework(framework, capture, threads, serialized, log,
+                                         repetitions)
+        if figure is not None:   # a failure is never remembered: the next target tries again
+            _measured[key] = (figure, measured_for or "another target")
+    return figure, why
+
+
+def _contents(capture: Path) -> tuple:
+    """What the timing process may read of the captured model, by content."""
+    from pipeline.cache.digest import digest_file
+    return tuple((str(p.relative_to(capture)), digest_file(p))
+                 for p in sorted(capture.rglob("*")) if p.is_file())
+
+
+def _measure_framework(framework: str, capture: Path, threads: int, serialized: str,
+                       log: Callable[[str], None], repetitions: int
+                       ) -> tuple[dict | None, str | None]:
+    """framework_latency's measurement: `python -m stages.timing` in a fresh process."""
     root = Path(__file__).resolve().parent.parent   # the project whose stages/ this is
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         p for p in (str(root), os.environ.get("PYTHONPATH")) if p)}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "framework.json"
         argv = [sys.executable, "-m", "stages.timing", framework, str(capture), str(threads),
-                str(out)]
+                str(out), str(repetitions)]
         log(f"$ {shlex.join(argv)}")
         try:
             proc = subprocess.run(argv, cwd=root, env=env, capture_output=True, text=True,
@@ -223,11 +283,12 @@ def _pin_cores(threads: int) -> None:
 
 def main(argv: list[str]) -> int:
     """The framework-timing process: writes {median_ms, min_ms, max_ms, runs, how} or {why}."""
-    if len(argv) != 4:
-        print("usage: python -m stages.timing FRAMEWORK CAPTURE_DIR THREADS OUT.json",
-              file=sys.stderr)
+    if len(argv) not in (4, 5):
+        print("usage: python -m stages.timing FRAMEWORK CAPTURE_DIR THREADS OUT.json "
+              "[REPETITIONS]", file=sys.stderr)
         return 2
     framework, capture, threads, out = argv[0], Path(argv[1]), int(argv[2]), Path(argv[3])
+    repetitions = int(argv[4]) if len(argv) == 5 else REPETITIONS
     _pin_cores(threads)
     from pipeline.stage import StageError
     from stages import frameworks
@@ -238,7 +299,7 @@ def main(argv: list[str]) -> int:
         if run is None:
             figure = {"why": f"framework '{framework}' has no run of its own to time"}
         else:
-            times, how = time_callable(run)
+            times, how = time_callable(run, repetitions=repetitions)
             figure = {**times, "how": f"{framework}: {how}; {_threads(threads)} "
                                       f"({adapter.timing_threads})"}
     except StageError as err:

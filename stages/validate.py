@@ -3,28 +3,31 @@ device created in doit's own process hangs forked workers), run the reference in
 compare with the framework's answer within the target's atol/rtol, and time the module and
 the framework's own run of the model on the same inputs and threads (stages/timing.py).
 
-The framework is timed here, per target, rather than in a stage of its own: its figure then
-sits beside the module's, measured under the same lock moments apart on the same machine, and
-a framework time is only worth having next to a module time. It runs in a fresh process from
-capture's artifacts (the exported program, the .onnx, ...), which validate therefore reads."""
+The framework is timed here rather than in a stage of its own: its figure then sits beside
+the module's, measured under the same lock in the same run on the same machine, and a
+framework time is only worth having next to a module time. It runs in a fresh process from
+capture's artifacts (the exported program, the .onnx, ...), which validate therefore reads;
+a model's targets validated by one doit run share one framework timing (stages/timing.py)."""
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.names import parse_upstream
-from pipeline.stage import Stage, StageError, StageSkipped
+from pipeline.stage import Stage, StageError
 from stages import frameworks, timing
 from stages.compare import compare
 from stages.iree_tools import devices, tool
-from stages.lower import inline_params
-from stages.params import SCOPE
+from stages.lower import inline_weights
+from stages.weights import SCOPE
 
 HERE = Path(__file__).parent
 
@@ -37,6 +40,7 @@ class Validate(Stage):
     name = "validate"
     per_target = True
     default = True   # `doit` alone validates the default matrix
+    role = "verdict"
     inputs = ("capture", "emit", "codegen")
     code = (HERE / "iree_tools.py", HERE / "compare.py", HERE / "timing.py")
 
@@ -56,7 +60,7 @@ class Validate(Stage):
             return ("inputs.npz", "reference.npz", "capture.json",
                     *frameworks.get(model.framework).captured)
         if upstream == "emit":      # the weights, where the module loads them at run time
-            return ("model.json", *(() if inline_params(model, target) else ("model.irpa",)))
+            return ("model.json", *(() if inline_weights(model, target) else ("model.irpa",)))
         return outputs
 
     def tolerances(self, model, target) -> tuple[float, float]:
@@ -79,50 +83,30 @@ class Validate(Stage):
 
     def params(self, model, target):
         atol, rtol = self.tolerances(model, target)
-        # the device it ran on is part of the answer: lavapipe's pass is not a GPU's
+        # the device it ran on is part of the answer: lavapipe's pass is not a GPU's; and the
+        # timing repetitions: a quick figure (the test suite's) never stands in for a full one
         return {"driver": target.driver, "device": device_for(target.driver), "atol": atol, "rtol": rtol,
+                "timing_repetitions": timing_repetitions(checked=False),
                 **({} if times_framework(target) else {"framework": "timed by the default variant"})}
 
+    def unavailable(self, model, target):
+        return None if device_for(target.driver) else f"skipped: no {target.driver} device"
+
     def run(self, ctx):
-        driver = ctx.target.driver
-        if device_for(driver) is None:
-            raise StageSkipped(f"skipped: no {driver} device")
+        at_most = timing_repetitions()   # a bad setting fails before anything runs
         emitted = ctx.inputs["emit"]
         info = json.loads((emitted / "model.json").read_text())
-        peer, captured = None, {}
-        if "capture" in ctx.inputs:
-            inputs = frameworks.load_arrays(ctx.inputs["capture"] / "inputs.npz")
-            reference = frameworks.load_arrays(ctx.inputs["capture"] / "reference.npz")
-            captured = json.loads((ctx.inputs["capture"] / "capture.json").read_text())
-        else:  # imported MLIR given as a file: no framework to ask; a CPU run, if any, is the answer
-            inputs = frameworks.model_inputs(ctx.model, info["inputs"])
-            peer = next((name for name in ctx.inputs if parse_upstream(name)[1]), None)
-            reference = frameworks.load_arrays(ctx.inputs[peer] / "outputs.npz") if peer else None
+        answer = _reference(ctx, info)
         archive = emitted / "model.irpa"
-        parameters = archive if not inline_params(ctx.model, ctx.target) \
+        parameters = archive if not inline_weights(ctx.model, ctx.target) \
             and archive.stat().st_size else None
-        module = ctx.inputs["codegen"] / "module.vmfb"
-        lost: list[str] = []   # runs repeated because the device was lost
-        with tempfile.TemporaryDirectory() as tmp:
-            args = _module_args(Path(tmp), module, parameters, driver, info["entry"], inputs)
-            outputs, wall_ms = _run_module(Path(tmp), args, None if reference is None
-                                           else len(reference), ctx, lost)
-            speed = _speed(args, wall_ms, ctx, lost)
+        outputs, speed, lost = _run_and_time(ctx, info, parameters, answer, at_most)
         atol, rtol = self.tolerances(ctx.model, ctx.target)
-        if reference is None:
-            checked = {"passed": True, "max_abs_error": None, "max_rel_error": None, "atol": atol,
-                       "rtol": rtol, "checked": "runs only: no framework reference for an MLIR file"}
-        else:
-            per_output = _per_output_tolerances(captured.get("tolerances"), ctx.model)
-            checked = compare(outputs, reference, atol, rtol, per_output)
-            if any(per_output or []):
-                checked["tolerance_why"] = [t and t.get("why") for t in captured["tolerances"]]
-            if peer:
-                checked["checked"] = f"against {parse_upstream(peer)[1]}'s outputs (no framework reference)"
-        result = {**checked, **speed, "device": device_for(driver),
+        result = {**_check(outputs, answer, ctx.model, atol, rtol), **speed,
+                  "device": device_for(ctx.target.driver),
                   "parameters": str(archive.relative_to(emitted.parent.parent)) if parameters else None}
-        if captured.get("notes") or lost:
-            result["notes"] = [*captured.get("notes", []), *lost]
+        if answer.notes or lost:
+            result["notes"] = [*answer.notes, *lost]
         np.savez(ctx.out / "outputs.npz", **{f"out{i}": o for i, o in enumerate(outputs)})
         (ctx.out / "result.json").write_text(json.dumps(result, indent=1, sort_keys=True))
         if not result["passed"]:
@@ -130,9 +114,74 @@ class Validate(Stage):
         return result
 
 
+@dataclass
+class Answer:
+    """What the module is run on and compared with: capture's inputs and the framework's
+    answer, or, for an imported MLIR file (no framework), seeded inputs and a peer target's
+    outputs if there is one (else nothing to compare with)."""
+    inputs: list
+    reference: list | None
+    tolerances: list | None = None   # capture's per-output tolerances (quantized outputs)
+    notes: list = field(default_factory=list)
+    peer: str | None = None          # the target whose outputs are the reference
+
+
+def _reference(ctx, info: dict) -> Answer:
+    if "capture" in ctx.inputs:
+        captured = json.loads((ctx.inputs["capture"] / "capture.json").read_text())
+        return Answer(frameworks.load_arrays(ctx.inputs["capture"] / "inputs.npz"),
+                      frameworks.load_arrays(ctx.inputs["capture"] / "reference.npz"),
+                      captured.get("tolerances"), captured.get("notes", []))
+    peer = next((name for name in ctx.inputs if parse_upstream(name)[1]), None)
+    return Answer(frameworks.model_inputs(ctx.model, info["inputs"]),
+                  frameworks.load_arrays(ctx.inputs[peer] / "outputs.npz") if peer else None,
+                  peer=parse_upstream(peer)[1] if peer else None)
+
+
+def _run_and_time(ctx, info: dict, parameters: Path | None, answer: Answer,
+                  at_most: int) -> tuple[list, dict, list[str]]:
+    """(outputs, speed figures, notes of runs repeated because the device was lost)."""
+    lost: list[str] = []
+    module = ctx.inputs["codegen"] / "module.vmfb"
+    with tempfile.TemporaryDirectory() as tmp:
+        args = _module_args(Path(tmp), module, parameters, ctx.target.driver, info["entry"],
+                            answer.inputs)
+        expected = None if answer.reference is None else len(answer.reference)
+        outputs, wall_ms = _run_module(Path(tmp), args, expected, ctx, lost)
+        speed = _speed(args, wall_ms, at_most, ctx, lost)
+    return outputs, speed, lost
+
+
+def _check(outputs: list, answer: Answer, model, atol: float, rtol: float) -> dict:
+    """The comparison's verdict and errors (passed, max abs/rel error, tolerances used)."""
+    if answer.reference is None:
+        return {"passed": True, "max_abs_error": None, "max_rel_error": None, "atol": atol,
+                "rtol": rtol, "checked": "runs only: no framework reference for an MLIR file"}
+    per_output = _per_output_tolerances(answer.tolerances, model)
+    checked = compare(outputs, answer.reference, atol, rtol, per_output)
+    if any(per_output or []):
+        checked["tolerance_why"] = [t and t.get("why") for t in answer.tolerances]
+    if answer.peer:
+        checked["checked"] = f"against {answer.peer}'s outputs (no framework reference)"
+    return checked
+
+
+def timing_repetitions(checked: bool = True) -> int | str:
+    """KILN_TIMING_REPETITIONS (stages/timing.py), or a StageError saying what is valid.
+    Unchecked (for the key, made while planning, where an error would be a traceback): a bad
+    value as given, and validate's run fails with the message."""
+    try:
+        return timing.repetitions_setting()
+    except ValueError as err:
+        if not checked:
+            return os.environ[timing.REPETITIONS_ENV]
+        raise StageError(str(err)) from None
+
+
 def times_framework(target) -> bool:
-    """The framework's own run is timed once per target, by its default variant: its speed
-    does not depend on IREE's flags (the pick reports every variant against it)."""
+    """The framework's own run is timed by a target's default variant only (and once per
+    model in a run: stages/timing.py): its speed does not depend on IREE's flags (the pick
+    reports every variant against it)."""
     return target.variant in (None, "default")
 
 
@@ -186,14 +235,15 @@ def _run_module(tmp: Path, args: list[str], n_outputs: int | None, ctx, lost: li
     return [np.load(o) for o in outs], (counting_s + run_s) * 1000
 
 
-def _speed(args: list[str], wall_ms: float, ctx, lost: list[str]) -> dict:
+def _speed(args: list[str], wall_ms: float, at_most: int, ctx, lost: list[str]) -> dict:
     """The timing fields of the result: the module's latency (iree-benchmark-module; a module
     too slow to repeat keeps its one call), the framework's own on the same inputs and
-    threads, and their ratio. One timing at a time on this machine. A framework that cannot
-    be timed is recorded as such, never a failure."""
+    threads, their ratio, and the setting they were measured with (at most `at_most`
+    repetitions each). One timing at a time on this machine. A framework that cannot be
+    timed is recorded as such, never a failure."""
     driver = ctx.target.driver
     threads = timing.threads_for(driver)
-    repetitions = timing.iree_plan(wall_ms)
+    repetitions = timing.iree_plan(wall_ms, at_most)
     with timing.one_at_a_time(ctx) as serialized:
         if repetitions is None:
             latency = timing.iree_single_call(wall_ms)
@@ -209,13 +259,17 @@ def _speed(args: list[str], wall_ms: float, ctx, lost: list[str]) -> dict:
         if "capture" not in ctx.inputs:
             framework, why = None, "no framework: the model is an MLIR file"
         elif not times_framework(ctx.target):
-            # the framework's speed does not depend on IREE's flags: timed once per target
+            # the framework's speed does not depend on IREE's flags: the default variant times it
             framework, why = None, "timed with the target's default variant (see its pick)"
         else:
             framework, why = timing.framework_latency(ctx.model.framework, ctx.inputs["capture"],
-                                                      threads, serialized, ctx.log)
+                                                      threads, serialized, ctx.log, at_most,
+                                                      ctx.target.name)
     speed = {"latency_ms": latency["median_ms"], "latency": latency,
-             "framework_latency": framework, "speed_ratio": timing.ratio(latency, framework)}
+             "framework_latency": framework, "speed_ratio": timing.ratio(latency, framework),
+             "timing_setting": {"repetitions": at_most, "set_by": timing.REPETITIONS_ENV
+                                if os.environ.get(timing.REPETITIONS_ENV, "").strip()
+                                else "default"}}
     if framework is None:
         speed["framework_latency_why"] = why
     return speed

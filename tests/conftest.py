@@ -1,4 +1,8 @@
-"""Shared fixtures: a throw-away copy of the kiln project, and a way to run doit in it."""
+"""Shared fixtures: a throw-away copy of the kiln project, a way to run doit in it, and models
+built once per session that tests copy rather than rebuild.
+
+Every test runs without the user's KILN_* settings (a KILN_CACHE in the shell would send a
+test's cache elsewhere) and with TEST_SETTINGS instead."""
 from __future__ import annotations
 
 import json
@@ -12,6 +16,26 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 PROJECT_FILES = ["dodo.py", "targets.yaml", "pipeline", "stages", "models"]
+# what every test runs with: 3 timing repetitions rather than 10 (validate records and keys
+# by it; tests/test_timing.py checks figures of at least 3 repetitions)
+TEST_SETTINGS = {"KILN_TIMING_REPETITIONS": "3"}
+
+
+def without_kiln_settings(environ) -> dict:
+    """environ without the user's KILN_* variables, with TEST_SETTINGS."""
+    return {**{k: v for k, v in environ.items() if not k.startswith("KILN_")}, **TEST_SETTINGS}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_from_kiln_settings():
+    """The tests' own process (and what it starts, doit included) sees no KILN_* variable of
+    the user's, only TEST_SETTINGS; a test that needs another sets it."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in [n for n in os.environ if n.startswith("KILN_")]:
+            patch.delenv(name)
+        for name, value in TEST_SETTINGS.items():
+            patch.setenv(name, value)
+        yield
 
 
 def copy_project(dest: Path) -> Path:
@@ -36,11 +60,8 @@ class Project:
              env_extra: dict | None = None) -> subprocess.CompletedProcess:
         if self.variants and not any(a.startswith("variants=") for a in args):
             args = (*args, f"variants={self.variants}")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KILN_REMOTE")}
-        env.update(env_extra or {})
+        env = {**without_kiln_settings(os.environ), **(env_extra or {})}
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-        env.pop("KILN_CACHE", None)
-        env.pop("KILN_CONFIG", None)
         proc = subprocess.run([sys.executable, "-m", "doit", *args], cwd=self.root, env=env,
                               capture_output=True, text=True, timeout=timeout)
         if check and proc.returncode != 0:
@@ -238,3 +259,30 @@ def frameworks_run(tmp_path_factory) -> dict:
     shutil.copyfile(build / "report.html", page)
     return {"project": project, "proc": proc, "models": models, "targets": targets,
             "failing": name, "record": project.record(), "page": page}
+
+
+# --- models built once per session, for tests whose first build is only their setting -------
+
+@pytest.fixture(scope="session")
+def mlp_built(tmp_path_factory) -> dict:
+    """`doit validate model=mlp target=cpu,vulkan` from scratch, once per session: its project
+    (which tests read and copy from, never change: a run in it must find everything up to
+    date) and the record of that first run."""
+    project = Project(copy_project(tmp_path_factory.mktemp("mlp_built") / "proj"))
+    project.doit("validate", "model=mlp", "target=cpu,vulkan")
+    return {"project": project, "record": project.record()}
+
+
+@pytest.fixture(scope="session")
+def resnet_front(tmp_path_factory) -> Project:
+    """ResNet-18 captured, imported and emitted (the stages before the first per-target one:
+    half a minute on 2 cores), once per session, for tests about later stages."""
+    project = Project(copy_project(tmp_path_factory.mktemp("resnet_front") / "proj"))
+    project.doit("emit", "model=resnet", "target=cpu")
+    return project
+
+
+def seed_cache(project: Project, built: Project) -> None:
+    """Give project a copy of built's cache: what built ran, project's first run restores
+    (status "cached") instead of building; what differs (an edit, another target) runs."""
+    shutil.copytree(built.root / "cache", project.root / "cache")

@@ -15,8 +15,9 @@ STAGES = ["capture:mlp", "serialize:mlp", "import:mlp", "legalize:mlp", "emit:ml
 
 
 def files_state(root) -> dict:
-    """Every file kiln may write, by path: its stat and, for .doit.db, its bytes."""
-    state = {}
+    """Every file kiln may write, by path: its stat and, for .doit.db, its bytes; and what the
+    project's directory holds (a .doit.db moved aside, a file created)."""
+    state = {"": sorted(p.name for p in root.iterdir())}
     for top in ("build", "cache"):
         for path in (root / top).rglob("*"):
             st = path.lstat()
@@ -29,13 +30,18 @@ def files_state(root) -> dict:
 def explain(project, *args) -> tuple[dict[str, tuple[str, str]], str]:
     """task -> (action, why) for each task explain lists; and its output. Asserts that it
     wrote nothing."""
+    return explained(project, *args, *ARGS)
+
+
+def explained(project, *args) -> tuple[dict[str, tuple[str, str]], str]:
+    """explain without this file's ARGS."""
     before = files_state(project.root)
-    out = project.doit("explain", *args, *ARGS).stdout
+    out = project.doit("explain", *args).stdout
     assert files_state(project.root) == before, "doit explain wrote to build/, cache/ or .doit.db"
     listed = {}
     for line in out.splitlines():
         action, _, rest = line.partition(" ")
-        if action in ("run", "restore", "maybe", "fail"):
+        if action in ("run", "restore", "skip", "maybe", "fail"):
             task, _, why = rest.strip().partition("  ")
             listed[task] = (action, why.strip())
     return listed, out
@@ -155,3 +161,92 @@ def test_explain_sees_the_remote_cache(project, cache_server, tmp_path):
     assert cache_server.requests("GET") - gets == len(STAGES)
     clone.doit(*ARGS, env_extra=cache_server.env())
     assert set(clone.statuses().values()) == {"cached"}
+
+
+# --- a matrix with a variant that cannot compile and a target with no device here ----------
+
+MATRIX = """targets:
+  cpu:
+    backend: llvm-cpu
+    arch: host
+    variants:
+      broken: [--iree-no-such-flag]
+  cuda:
+    backend: cuda
+    arch: sm_80
+models:
+  m1:
+    framework: mlir
+    file: mlir/m1.mlir
+matrices:
+  default:
+    models: [m1]
+    targets: [cpu, cuda]
+    variants: [default, broken]
+"""
+# what each of explain's actions may end as in the next run's record
+OUTCOMES = {"run": {"ran", "failed"}, "restore": {"cached"}, "skip": {"skipped"},
+            "fail": {"failed"}, "up-to-date": {"up-to-date"}}
+
+
+def predicted(listed: dict, tasks) -> dict[str, str]:
+    """task -> explain's action for it; a task explain does not list is up to date."""
+    return {task: listed.get(task, ("up-to-date", ""))[0] for task in tasks}
+
+
+def test_explain_predicts_each_stage_of_a_matrix_with_a_failing_variant_and_no_device(tmp_path):
+    from conftest import Project
+    from test_memo import mlir_project
+    project = mlir_project(tmp_path / "proj", names=("m1",))
+    project = Project(project.root, variants=None)   # the variants the matrix asks for
+    project.write_config(MATRIX)
+    shutil.copy2(REPO / "pyproject.toml", project.root / "pyproject.toml")
+    # before the first run: a stage with no device here is a skip, not a run
+    listed, out = explained(project)
+    assert listed["validate:m1@cuda"] == ("skip", "skipped: no cuda device"), out
+    assert listed["pick:m1@cuda"] == ("skip", "skipped: no cuda device")
+    assert listed["lower:m1@cpu~broken"][0] == "run"
+    project.doit(check=False)
+    statuses = project.statuses()
+    assert statuses["lower:m1@cpu~broken"] == "failed" and statuses["pick:m1@cpu"] == "ran"
+    assert statuses["validate:m1@cuda"] == "skipped" and statuses["pick:m1@cuda"] == "skipped"
+    for task, action in predicted(listed, statuses).items():
+        if action != "maybe":   # (what waits on the failing variant, before it ever ran)
+            assert statuses[task] in OUTCOMES[action], (task, action, statuses[task], out)
+
+    # the next run: every stage predicted, none a "maybe"
+    for _ in range(2):
+        listed, out = explained(project)
+        project.doit(check=False)
+        statuses = project.statuses()
+        assert not of(listed, "maybe") and set(listed) <= set(statuses), out
+        for task, action in predicted(listed, statuses).items():
+            assert statuses[task] in OUTCOMES[action], (task, action, statuses[task], out)
+        assert listed["lower:m1@cpu~broken"] == (
+            "run", "its last run failed with this same key (a failure is not cached)")
+        assert statuses["lower:m1@cpu~broken"] == "failed"
+        assert of(listed, "skip") == {"codegen:m1@cpu~broken", "validate:m1@cpu~broken",
+                                      "validate:m1@cuda", "pick:m1@cuda"}
+        assert "pick:m1@cpu" not in listed and statuses["pick:m1@cpu"] == "up-to-date"
+
+    # a damaged .doit.db: explain leaves it where it is and reads it as empty, as the run
+    # will (it moves it aside); every stage that can be is restored from the cache
+    db = project.root / ".doit.db"
+    db.write_bytes(b"not a database" * 100)
+    listed, out = explained(project)
+    assert of(listed, "restore") == set(statuses) - of(listed, "run") - of(listed, "skip"), out
+    assert of(listed, "run") == {"lower:m1@cpu~broken"}
+    project.doit(check=False)
+    statuses = project.statuses()
+    assert (project.root / ".doit.db.damaged").exists()
+    for task, action in predicted(listed, statuses).items():
+        assert statuses[task] in OUTCOMES[action], (task, action, statuses[task], out)
+
+    # damage sqlite cannot see: a row doit cannot decode (the run decodes every row to know)
+    import sqlite3
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("UPDATE doit SET task_data = '{\"truncated' WHERE task_id = 'pick:m1@cpu'")
+    conn.close()
+    again, out = explained(project)
+    assert again == listed, out

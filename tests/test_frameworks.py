@@ -250,13 +250,3 @@ def test_user_model_files_build_and_validate_on_cpu(project, tmp_path):
         assert any("symbolic batch dimension 'N' set to 1" in note
                    for note in validate["result"]["notes"]), validate["result"]
 
-
-def test_a_zero_size_dimension_is_static_not_dynamic():
-    from pipeline.stage import StageError
-    from stages.frameworks import seeded_inputs
-    # shapes=x:0x4 sizes a dynamic input to an empty one; a declared 0 needs no size at all
-    (given,) = seeded_inputs([("x", [None, 4], "float32")], {"x": [0, 4]}, 0, "m")
-    (declared,) = seeded_inputs([("x", [0, 4], "float32")], {}, 0, "m")
-    assert given.shape == declared.shape == (0, 4)
-    with pytest.raises(StageError, match="dynamic shape"):
-        seeded_inputs([("x", [-1, 4], "float32")], {}, 0, "m")

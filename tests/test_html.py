@@ -1,4 +1,4 @@
-"""build/report.html: pipeline/html.py on hand-made records (fast, no browser), and the page of
+"""build/report.html: pipeline/report/html.py on hand-made records (fast, no browser), and the page of
 a real run — the `frameworks` matrix plus one model that fails at legalize — opened in a real
 headless chromium (Debian's chromium + chromium-driver, driven by Selenium)."""
 from __future__ import annotations
@@ -15,15 +15,20 @@ from urllib.request import url2pathname
 
 import pytest
 
+import stages
 from pipeline.report import html
 
+# the roles kiln's stages declare, which the plan records in each entry
+ROLES = {stage.name: stage.role for stage in stages.pipeline()}
+FRONT_END = ("capture", "serialize", "import", "legalize", "emit")   # once per model
 
-# --- pipeline/html.py on hand-made records --------------------------------------------------
+
+# --- pipeline/report/html.py on hand-made records -------------------------------------------
 
 def _entry(stage, model, target, status="ran", seconds=1.0, **extra) -> dict:
     at = f"@{target}" if target else ""
     return {"task": f"{stage}:{model}{at}", "stage": stage, "model": model, "target": target,
-            "key": "k", "status": status, "seconds": seconds,
+            "role": ROLES[stage], "key": "k", "status": status, "seconds": seconds,
             "log": f"build/logs/{stage}.{model}{at}.log", **extra}
 
 
@@ -42,8 +47,8 @@ def _result(passed=True, abs_err=1e-6, timing=True) -> dict:
 def hand_made_record() -> dict:
     """m on a (passed, timed), b (failed at lower, with markup in its error), c (no device),
     d (passed, not timed); n compiled only, on a."""
-    tasks = [_entry(s, "m", None, status="cached", why=None) for s in html.FRONT_END]
-    tasks += [_entry(s, "n", None, status="up-to-date", seconds=0.0) for s in html.FRONT_END]
+    tasks = [_entry(s, "m", None, status="cached", why=None) for s in FRONT_END]
+    tasks += [_entry(s, "n", None, status="up-to-date", seconds=0.0) for s in FRONT_END]
     for target in ("a", "c", "d"):
         tasks += [_entry("lower", "m", target, why="changed params: flags"),
                   _entry("codegen", "m", target)]
@@ -128,6 +133,27 @@ def test_an_up_to_date_run_draws_no_time_chart_and_the_memo_keeps_only_used_char
     assert sorted(p.name.split("-")[0] for p in memo.glob("*.svg")) == ["errors", "latency"]
 
 
+def test_a_record_written_before_roles_gives_the_same_page():
+    old = hand_made_record()
+    for task in old["tasks"]:
+        del task["role"]
+    assert html.page(old) == html.page(hand_made_record())
+
+
+def test_the_time_chart_stacks_stages_in_the_order_they_run():
+    """A model that enters at legalize comes first in the record (as the plan's order may
+    list it beside the others' capture) and in the matrix: the chart still stacks capture
+    first."""
+    record = hand_made_record()
+    record["tasks"][:0] = [_entry(s, "l", None) for s in ("legalize", "emit")] + \
+        [_entry(s, "l", "a") for s in ("lower", "codegen")]
+    text = html.page(record)
+    marks = [text.index(f'id="times-mark-{stage}-0"') for stage in
+             ("capture", "serialize", "import", "legalize", "emit", "lower", "codegen")]
+    assert marks == sorted(marks)
+    assert "The stages that run once per model (capture … emit)" in text
+
+
 def test_an_old_record_without_timing_fields_says_not_timed():
     record = hand_made_record()
     for task in record["tasks"]:
@@ -144,7 +170,7 @@ print(" ".join(m for m in ("jinja2", "markupsafe", "matplotlib") if m in sys.mod
 
 def test_jinja2_loads_only_when_a_page_is_written(tmp_path):
     """The engine's start-up stays small: a run whose record is the last one's (a no-op run)
-    reuses the page, as pipeline/record.py publishes it, and never loads Jinja2; each run is a
+    reuses the page, as pipeline/report/record.py publishes it, and never loads Jinja2; each run is a
     fresh interpreter, as each doit invocation is."""
     def publish() -> list[str]:
         proc = subprocess.run([sys.executable, "-c", PUBLISH, str(tmp_path),

@@ -1,4 +1,4 @@
-"""The machine lock (pipeline/machine.py): stages share the machine, a measurement has it
+"""The machine lock (pipeline/run/machine.py): stages share the machine, a measurement has it
 alone. Real processes and threads on real lock files; no stage code."""
 from __future__ import annotations
 

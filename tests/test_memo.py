@@ -1,4 +1,4 @@
-"""The plan memo (pipeline/memo.py): a no-op run reuses the last task list without making
+"""The plan memo (pipeline/plan/memo.py): a no-op run reuses the last task list without making
 the plan, and any change to what the plan was made from makes it again."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from conftest import Project, copy_project
 from pipeline.cache import probes
 from pipeline.plan import memo
-from test_engine_cost import make_tool
+from test_probes import make_tool
 from test_mlir_files import matmul_mlir
 
 CONFIG = """targets:

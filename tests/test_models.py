@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 
-from conftest import needs_torch
+from conftest import needs_torch, seed_cache
 
 pytestmark = needs_torch
 
@@ -91,7 +91,8 @@ models:
     assert all(t["result"]["atol"] == 1e-5 for t in validates)
 
 
-def test_imported_mlir_enters_at_legalize_and_runs(project, tmp_path):
+def test_imported_mlir_enters_at_legalize_and_runs(project, tmp_path, mlp_built):
+    seed_cache(project, mlp_built["project"])   # mlp's import comes from the cache
     project.doit("compile", "model=mlp", "target=cpu")
     mlir = tmp_path / "net.mlirbc"
     shutil.copy(project.root / "build" / "mlp" / "import" / "imported.mlirbc", mlir)
@@ -108,7 +109,8 @@ def test_imported_mlir_enters_at_legalize_and_runs(project, tmp_path):
     assert validates["vulkan"]["result"]["max_abs_error"] < validates["vulkan"]["result"]["atol"]
 
 
-def test_framework_not_installed_fails_only_its_model(project):
+def test_framework_not_installed_fails_only_its_model(project, mlp_built):
+    seed_cache(project, mlp_built["project"])   # mlp comes from the cache
     (project.root / "stages" / "frameworks" / "absent_fw.py").write_text(
         "from pathlib import Path\nfrom . import Framework\n\n"
         "class Absent(Framework):\n    name = 'absent'\n    extra = 'absent'\n"

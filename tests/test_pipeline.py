@@ -6,16 +6,16 @@ import shutil
 
 import pytest
 
-from conftest import copy_project, needs_torch, Project
+from conftest import copy_project, needs_torch, Project, seed_cache
 
 pytestmark = needs_torch
 MLP_STAGES = {"capture", "serialize", "import", "legalize", "emit", "lower", "codegen", "validate",
               "pick"}
 
 
-def test_validate_mlp_on_cpu_and_vulkan_then_nothing_reruns(project):
-    project.doit("validate", "model=mlp", "target=cpu,vulkan")
-    record = project.record()
+def test_validate_mlp_on_cpu_and_vulkan_then_nothing_reruns(mlp_built):
+    """The session's first build of mlp (conftest's mlp_built), then the same command again."""
+    project, record = mlp_built["project"], mlp_built["record"]
     assert {t["stage"] for t in record} == MLP_STAGES
     assert all(t["status"] == "ran" for t in record), record
     validates = [t for t in record if t["stage"] == "validate"]
@@ -24,6 +24,10 @@ def test_validate_mlp_on_cpu_and_vulkan_then_nothing_reruns(project):
         result = t["result"]
         assert result["passed"] and result["max_abs_error"] < result["atol"]
         assert result["latency_ms"] > 0
+    # the framework is timed once for the model: the second target reports the first's figure
+    frameworks = [t["result"]["framework_latency"] for t in validates]
+    assert frameworks[0]["median_ms"] == frameworks[1]["median_ms"]
+    assert sum("measured once for this model in this run" in f["how"] for f in frameworks) == 1
     assert all(t["target"] is None for t in record if t["stage"] in {"capture", "emit"})
     vmfb = project.root / "build" / "mlp" / "vulkan" / "codegen" / "module.vmfb"
     assert vmfb.stat().st_size > 1000
@@ -36,7 +40,8 @@ def test_validate_mlp_on_cpu_and_vulkan_then_nothing_reruns(project):
     assert all(t["result"]["passed"] for t in project.record() if t["stage"] == "validate")
 
 
-def test_legalize_edit_reruns_only_legalize(project):
+def test_legalize_edit_reruns_only_legalize(project, mlp_built):
+    seed_cache(project, mlp_built["project"])
     project.doit("compile", "model=mlp", "target=cpu,vulkan")
     with open(project.root / "stages" / "legalize.py", "a") as f:
         f.write("\n# a comment changes the code fingerprint, not the output\n")
@@ -48,7 +53,8 @@ def test_legalize_edit_reruns_only_legalize(project):
     assert all(s == "up-to-date" for t, s in project.statuses().items() if t != "legalize:mlp")
 
 
-def test_changing_one_targets_flags_reruns_only_that_target(project):
+def test_changing_one_targets_flags_reruns_only_that_target(project, mlp_built):
+    seed_cache(project, mlp_built["project"])
     project.doit("validate", "model=mlp", "target=cpu,vulkan")
     config = project.root / "targets.yaml"
     config.write_text(config.read_text().replace(
@@ -59,25 +65,25 @@ def test_changing_one_targets_flags_reruns_only_that_target(project):
                    "pick:mlp@vulkan"}
 
 
-def test_fresh_clone_with_restored_cache_runs_nothing(project, tmp_path):
-    project.doit("validate", "model=mlp", "target=cpu,vulkan")
+def test_fresh_clone_with_restored_cache_runs_nothing(mlp_built, tmp_path):
+    project = mlp_built["project"]   # built from scratch in its own directory
     clone = Project(copy_project(tmp_path / "clone"))
     shutil.copytree(project.root / "cache", clone.root / "cache")
     clone.doit("validate", "model=mlp", "target=cpu,vulkan")
     assert set(clone.statuses().values()) == {"cached"}
-    first = {t["task"]: t["key"] for t in project.record()}
+    first = {t["task"]: t["key"] for t in mlp_built["record"]}
     assert {t["task"]: t["key"] for t in clone.record()} == first
     for rel in ["mlp/emit/model.mlirbc", "mlp/cpu/codegen/module.vmfb", "mlp/vulkan/codegen/module.vmfb"]:
         assert (clone.root / "build" / rel).read_bytes() == (project.root / "build" / rel).read_bytes()
 
 
-def test_rebuild_from_clean_cache_elsewhere_is_byte_identical(project, tmp_path):
-    project.doit("compile", "model=mlp", "target=cpu,vulkan")
+def test_rebuild_from_clean_cache_elsewhere_is_byte_identical(mlp_built, tmp_path):
+    project = mlp_built["project"]   # built from scratch in its own directory
     other = Project(copy_project(tmp_path / "elsewhere" / "deeper"))
     other.doit("compile", "model=mlp", "target=cpu,vulkan")
     assert set(other.statuses().values()) == {"ran"}
-    built = sorted(p.relative_to(project.root / "build")
-                   for p in (project.root / "build" / "mlp").rglob("*") if p.is_file())
+    built = sorted(p.relative_to(other.root / "build")
+                   for p in (other.root / "build" / "mlp").rglob("*") if p.is_file())
     assert len(built) >= 12
     for rel in built:
         assert (other.root / "build" / rel).read_bytes() == (project.root / "build" / rel).read_bytes(), rel
@@ -113,7 +119,8 @@ matrices:
 """
 
 
-def test_each_failure_stays_in_its_own_model_and_target(project):
+def test_each_failure_stays_in_its_own_model_and_target(project, mlp_built):
+    seed_cache(project, mlp_built["project"])   # mlp's front end comes from the cache
     for name, text in FAILING_MODELS.items():
         (project.root / "models" / name).write_text(text)
     project.write_config(FAILING_CONFIG)
@@ -151,9 +158,10 @@ def test_each_failure_stays_in_its_own_model_and_target(project):
     assert f"command: `{lower['command']}`" in markdown
 
 
-def test_target_without_a_device_compiles_and_reports_skipped(project):
+def test_target_without_a_device_compiles_and_reports_skipped(project, mlp_built):
     if any(d.startswith("cuda://") for d in _devices()):
         pytest.skip("this machine has a CUDA device")
+    seed_cache(project, mlp_built["project"])   # mlp's front end comes from the cache
     proc = project.doit("validate", "model=mlp", "target=cuda")
     by_task = {t["task"]: t for t in project.record()}
     assert by_task["codegen:mlp@cuda"]["status"] == "ran"
@@ -180,9 +188,10 @@ def test_prune_empties_an_unused_cache_and_keeps_the_record(project):
     assert set(project.statuses().values()) == {"ran"}
 
 
-def test_damaged_build_outputs_and_database_are_repaired(project):
+def test_damaged_build_outputs_and_database_are_repaired(project, mlp_built):
     """doit only checks that targets exist: kiln notices an output that no longer holds what
     its stage wrote, restores it from the cache (nothing recompiles), and says so."""
+    seed_cache(project, mlp_built["project"])
     project.doit("validate", "model=mlp", "target=cpu")
     vmfb = project.root / "build" / "mlp" / "cpu" / "codegen" / "module.vmfb"
     reference = project.root / "build" / "mlp" / "capture" / "reference.npz"

@@ -1,6 +1,7 @@
-"""Progress while stages run (pipeline/progress.py): the tracker with a fake clock, then real
-doit runs of a tiny project whose stage sleeps, piped (plain lines) and on a pseudo-terminal
-(a live block that leaves doit's lines and the summary table intact)."""
+"""Progress while stages run (pipeline/report/progress.py): the tracker with a fake clock,
+then real doit runs of test_reporter's tiny project whose stage sleeps, piped (plain lines)
+and on a pseudo-terminal (a live block that leaves doit's lines and the summary table
+intact)."""
 from __future__ import annotations
 
 import io
@@ -9,17 +10,13 @@ import re
 import select
 import signal
 import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
-
 import pytest
 
 from pipeline.report.table import table as summary_table
 from pipeline.report.progress import Progress, Settings, describe, elapsed_text, settings_from_env
-
-REPO = Path(__file__).resolve().parent.parent
+from test_reporter import DOIT, doit_env, make_project, run_record
 
 
 class FakeTask:
@@ -182,58 +179,7 @@ def test_a_live_block_on_a_terminal_is_drawn_then_erased():
 
 # --- real doit runs -----------------------------------------------------------------------
 
-DODO = '''"""A tiny project: stages that sleep, reported by kiln's reporter."""
-import atexit, sys, time
-from pathlib import Path
-sys.path.insert(0, {repo!r})
-from pipeline.driver.reporter import make_reporter
-from pipeline.report.record import RunLog
-
-RUN = RunLog()
-DOIT_CONFIG = {{"reporter": make_reporter(Path("build/run.json"), RUN), "backend": "sqlite3",
-               "dep_file": ".doit.db", "continue": True, "default_tasks": ["validate"]}}
-# what this run loaded: a piped run never loads rich, a no-op run not even pipeline.report.progress
-atexit.register(lambda: Path("loaded").write_text(
-    " ".join(m for m in ("rich", "pipeline.report.progress") if m in sys.modules)))
-STAGES = {{"slow": {slow}, "quick": 0.0, "later": 0.0, **({{"broken": -1}} if {broken} else {{}})}}
-
-
-def stage(model, target, seconds):
-    name = f"validate:{{model}}@{{target}}"
-    if seconds < 0:
-        RUN.entries[name] = {{"status": "failed", "error": "the device said no", "seconds": 0.1}}
-        return False
-    time.sleep(seconds)
-    Path(f"out-{{target}}").write_text("done")
-    RUN.entries[name] = {{"status": "ran", "seconds": seconds,
-                         "result": {{"passed": True, "max_abs_error": 0.0, "max_rel_error": 0.0}}}}
-
-
-def task_validate():
-    for target, seconds in STAGES.items():
-        yield {{"name": f"toy@{{target}}", "actions": [(stage, ["toy", target, seconds])],
-               "targets": [f"out-{{target}}"], "uptodate": [True],
-               "task_dep": ["validate:toy@quick"] if target == "later" else [],
-               "meta": {{"kiln": {{"stage": "validate", "model": "toy", "target": target,
-                                 "entry": "none.json"}}}}}}
-'''
-
-
-def make_project(tmp_path: Path, slow: float, broken: bool = False) -> Path:
-    """A project of validate:toy@slow (sleeps `slow` s), @quick, @later (after quick) and,
-    when broken, @broken (fails)."""
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    (tmp_path / "dodo.py").write_text(DODO.format(repo=str(REPO), slow=slow, broken=broken))
-    return tmp_path
-
-
-def doit_env(**extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
-    env.update(extra)
-    return env
-
-
-DOIT = [sys.executable, "-m", "doit", "-n", "2", "-P", "thread"]
+# the tiny project, and how to run doit on it: test_reporter's
 
 
 def test_piped_output_gets_plain_lines_and_a_no_op_run_never_loads_rich(tmp_path):
@@ -312,7 +258,7 @@ def test_a_terminal_shows_a_live_line_and_keeps_the_table_intact(tmp_path):
     assert ".  validate:toy@later\n" in text, shown
     assert "TaskFailed - taskid:validate:toy@broken\n" in shown
     # the summary table, byte for byte, after the live block was erased
-    table = summary_table(_record(root))
+    table = summary_table(run_record(root))
     assert "\n" + table + "\n" in shown, shown
     assert shown.index(table) > shown.rindex("\x1b[?25h") > shown.rindex("\x1b[?25l")
     assert (root / "loaded").read_text() == "rich pipeline.report.progress"
@@ -327,9 +273,3 @@ def test_ctrl_c_on_a_terminal_stops_promptly_and_gives_the_cursor_back(tmp_path)
     assert time.monotonic() - started < 20 and status != 0   # not the stage's 30 s
     assert "KeyboardInterrupt" in shown
     assert shown.rindex("\x1b[?25h") > shown.rindex("\x1b[?25l")
-
-
-def _record(root: Path) -> list[dict]:
-    import json
-    tasks = json.loads((root / "build" / "run.json").read_text())["tasks"]
-    return tasks

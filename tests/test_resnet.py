@@ -1,6 +1,8 @@
 """ResNet-18, the issue's headline commands, and a SIGKILL in the middle of a real compile.
 
-One test on purpose: capturing and importing ResNet-18 costs half a minute on 2 cores."""
+Capturing and importing ResNet-18 costs half a minute on 2 cores: done once for the session
+(conftest's resnet_front), whose cache each test starts from, so its first run restores the
+front end and compiles from lower on."""
 import json
 import os
 import signal
@@ -8,7 +10,7 @@ import subprocess
 import sys
 import time
 
-from conftest import needs_torch
+from conftest import needs_torch, seed_cache
 from pipeline.cache.digest import digest_file
 
 pytestmark = needs_torch
@@ -42,7 +44,9 @@ def start_and_stop_during_codegen(project, target, sig, process_group):
     proc.wait(timeout=120)
 
 
-def test_resnet_killed_mid_compile_resumes_then_compiles_for_vulkan_and_validates_on_cpu(project):
+def test_resnet_killed_mid_compile_resumes_then_compiles_for_vulkan_and_validates_on_cpu(
+        project, resnet_front):
+    seed_cache(project, resnet_front)
     start_and_stop_during_codegen(project, "cpu", signal.SIGKILL, process_group=True)
     assert not (project.root / "build" / "resnet" / "cpu" / "codegen" / "module.vmfb").exists()
     assert_cache_whole(project.root / "cache")
@@ -69,9 +73,10 @@ def test_resnet_killed_mid_compile_resumes_then_compiles_for_vulkan_and_validate
     assert validate["result"]["max_abs_error"] < 1e-4
 
 
-def test_sigterm_keeps_the_work_done_so_far(project):
+def test_sigterm_keeps_the_work_done_so_far(project, resnet_front):
     """doit saves its database only at the end of a run; kiln's SIGTERM handler turns the
     signal into a KeyboardInterrupt so the finished stages stay up to date in .doit.db."""
+    seed_cache(project, resnet_front)
     start_and_stop_during_codegen(project, "cpu", signal.SIGTERM, process_group=False)
     assert not (project.root / "build" / "resnet" / "cpu" / "codegen" / "module.vmfb").exists()
     assert not any(p.suffix == ".tmp" for p in (project.root / "cache").rglob("*"))

@@ -6,7 +6,11 @@ import os
 import pytest
 
 from pipeline.plan.layout import Layout
-from pipeline.run.runner import compute_key, execute
+from pipeline.plan.tasks import Job
+from pipeline.cache.store import Store
+from pipeline.run.decide import compute_key, decide
+from pipeline.run.entry import RESULT_TEXT, StageEntry
+from pipeline.run.runner import execute
 from pipeline.stage import ModelSpec, Node, Stage, StageError
 
 
@@ -62,19 +66,23 @@ def layout(tmp_path):
     return Layout(tmp_path, tmp_path / "build", tmp_path / "cache")
 
 
+def job(stage, node=None, upstream=None) -> Job:
+    return Job(node or Node(stage.name, "toy", None), stage, MODEL, None, upstream or {}, False)
+
+
 def run(stage, layout, upstream=None):
     node = Node(stage.name, "toy", None)
-    return execute(node, stage, MODEL, None, upstream or {}, layout, first=False), layout.node_dir(node)
+    return execute(job(stage, node, upstream), layout), layout.node_dir(node)
 
 
 def test_miss_runs_then_hit_restores_without_running(layout, tmp_path):
     source = Source()
     entry, out = run(source, layout)
-    assert entry["status"] == "ran" and source.calls == 1
+    assert entry.status == "ran" and source.calls == 1
     (out / "out.txt").unlink()
     entry2, _ = run(source, layout)
-    assert entry2["status"] == "cached" and source.calls == 1
-    assert entry2["key"] == entry["key"]
+    assert entry2.status == "cached" and source.calls == 1
+    assert entry2.key == entry.key
     assert (out / "out.txt").read_text() == "HEL"
 
 
@@ -84,7 +92,7 @@ def test_same_upstream_bytes_give_the_same_downstream_key(layout):
     key_before, _ = compute_key(upper, MODEL, None, {"source": (source, src_dir)}, False)
     source.text = "help"  # a different parameter, but the same output bytes ("HEL")
     entry, _ = run(source, layout)
-    assert entry["status"] == "ran"
+    assert entry.status == "ran"
     key_after, _ = compute_key(upper, MODEL, None, {"source": (source, src_dir)}, False)
     assert key_after == key_before
     source.text = "world"  # different bytes: a different downstream key
@@ -95,10 +103,10 @@ def test_same_upstream_bytes_give_the_same_downstream_key(layout):
 
 def test_failure_is_recorded_and_leaves_no_output(layout):
     entry, out = run(Broken(), layout)
-    assert entry["status"] == "failed"
-    assert entry["error"] == "compiler said no" and entry["command"] == "tool --flag < in"
+    assert entry.status == "failed"
+    assert entry.error == "compiler said no" and entry.command == "tool --flag < in"
     assert not (out / "never.txt").exists()
-    log = (layout.root / entry["log"]).read_text()
+    log = (layout.root / entry.log).read_text()
     assert "command: tool --flag < in" in log
     assert list((layout.cache).rglob("*.json")) == []
 
@@ -110,20 +118,20 @@ def test_corrupted_cache_blob_is_rebuilt(layout, caplog):
         if blob.is_file():
             blob.write_text("XYZ")
     entry2, _ = run(source, layout)
-    assert entry2["status"] == "ran" and source.calls == 2
+    assert entry2.status == "ran" and source.calls == 2
     assert (out / "out.txt").read_text() == "HEL"
     assert "corrupted" in caplog.text
-    assert "corrupted" in entry2["warnings"][0]
-    assert "warning: cache blob" in (layout.root / entry2["log"]).read_text()
+    assert "corrupted" in entry2.warnings[0]
+    assert "warning: cache blob" in (layout.root / entry2.log).read_text()
 
 
 def test_a_rerun_says_which_part_of_the_key_changed(layout):
     source = Source()
     entry, _ = run(source, layout)
-    assert entry["why"].startswith("no earlier build")
+    assert entry.why.startswith("no earlier build")
     source.text = "world"
     entry, _ = run(source, layout)
-    assert entry["status"] == "ran" and entry["why"] == "changed params: text"
+    assert entry.status == "ran" and entry.why == "changed params: text"
 
 
 class Escaping(Source):
@@ -143,12 +151,12 @@ def test_install_never_touches_anything_outside_its_output_directory(layout, tmp
     victim.mkdir()
     (victim / "keep.txt").write_text("mine")
     node = Node("source", "../../victim", None)
-    entry = execute(node, Source(), MODEL, None, {}, layout, first=False)
-    assert entry["status"] == "failed" and "refusing to write" in entry["error"]
+    entry = execute(job(Source(), node), layout)
+    assert entry.status == "failed" and "refusing to write" in entry.error
     assert (victim / "keep.txt").read_text() == "mine"
     assert sorted(p.name for p in victim.iterdir()) == ["keep.txt"]
     entry, _ = run(Escaping(), layout)
-    assert entry["status"] == "failed" and "outside" in entry["error"]
+    assert entry.status == "failed" and "outside" in entry.error
     assert not (layout.build / "toy" / "sibling.txt").exists()
 
 
@@ -161,9 +169,9 @@ def test_an_output_damaged_in_build_is_restored_with_a_warning(layout):
     (out / "out.txt").write_text("BAD")
     assert changed_outputs(out, recorded)[0] == ["out.txt"]
     entry, _ = run(source, layout)
-    assert entry["status"] == "cached" and source.calls == 1
+    assert entry.status == "cached" and source.calls == 1
     assert (out / "out.txt").read_text() == "HEL"
-    assert "build/toy/source/out.txt no longer matched what kiln wrote" in entry["warnings"][0]
+    assert "build/toy/source/out.txt no longer matched what kiln wrote" in entry.warnings[0]
 
 
 def test_touching_an_output_is_not_damage(layout):
@@ -184,9 +192,9 @@ class Big(Source):
 def test_a_full_build_disk_fails_the_stage_naming_path_and_errno(tmp_path, small_disk):
     disk = small_disk.mount("1m")
     layout = Layout(tmp_path, disk / "build", tmp_path / "cache")
-    entry = execute(Node("big", "toy", None), Big(), MODEL, None, {}, layout, first=False)
-    assert entry["status"] == "failed"
-    assert "No space left on device (ENOSPC)" in entry["error"] and str(disk) in entry["error"]
+    entry = execute(job(Big()), layout)
+    assert entry.status == "failed"
+    assert "No space left on device (ENOSPC)" in entry.error and str(disk) in entry.error
     assert not list((layout.build / ".tmp").iterdir())     # no half-written scratch left
 
 
@@ -196,5 +204,105 @@ def test_a_read_only_cache_builds_without_storing(tmp_path, small_disk):
     layout = Layout(tmp_path, tmp_path / "build", cache)
     source = Source()
     entry, out = run(source, layout)
-    assert entry["status"] == "ran" and (out / "out.txt").read_text() == "HEL"
-    assert len(entry["warnings"]) == 1 and "EROFS" in entry["warnings"][0]
+    assert entry.status == "ran" and (out / "out.txt").read_text() == "HEL"
+    assert len(entry.warnings) == 1 and "EROFS" in entry.warnings[0]
+
+
+# --- decide: what happens to a node, for the runner and `doit explain` alike ----------------
+
+class NoDevice(Source):
+    name = "nodevice"
+
+    def unavailable(self, model, target):
+        return "skipped: no toy device"
+
+
+def test_a_stage_that_cannot_run_here_is_skipped_without_running(layout):
+    stage = NoDevice()
+    assert decide(job(stage), layout, Store(layout.cache).find).action == "skip"
+    entry, out = run(stage, layout)
+    assert entry.status == "skipped" and entry.reason == "skipped: no toy device"
+    assert stage.calls == 0 and not out.exists()
+
+
+def test_an_absent_input_skips_unless_the_stage_takes_partial_inputs(layout):
+    source = Source()
+    upstream = {"source": (source, layout.node_dir(Node("source", "toy", None)))}
+    decision = decide(job(Upper(), upstream=upstream), layout, Store(layout.cache).find)
+    assert decision.action == "skip" and decision.why.startswith("skipped: source has no out.txt")
+
+    class Partial(Upper):
+        partial_inputs = True
+
+        def run(self, ctx):
+            (ctx.out / "up.txt").write_text("none")
+
+    decision = decide(job(Partial(), upstream=upstream), layout, Store(layout.cache).find)
+    assert decision.action == "run" and decision.parts["inputs"] == {"source/out.txt": "absent"}
+
+
+def test_a_key_that_cannot_be_computed_fails_the_stage_without_running_it(layout, tmp_path):
+    model = ModelSpec("toy", "none", {"model": tmp_path / "gone.onnx"})   # a model file gone
+    source = Source()
+    entry = execute(Job(Node("source", "toy", None), source, model, None, {}, True), layout)
+    assert entry.status == "failed" and source.calls == 0
+    assert entry.error.startswith("cannot compute its key: FileNotFoundError")
+    assert "Traceback" in (layout.root / entry.log).read_text()
+
+
+def test_decide_says_restore_with_the_entry_the_run_then_restores(layout):
+    source = Source()
+    first, out = run(source, layout)
+    (out / "out.txt").unlink()
+    decision = decide(job(source), layout, Store(layout.cache).find)
+    assert (decision.action, decision.why, decision.key) == ("restore", "key in the cache",
+                                                            first.key)
+    assert decision.found.where == "local" and set(decision.found.entry["outputs"]) == {"out.txt"}
+    source.text = "world"
+    decision = decide(job(source), layout, Store(layout.cache).find)
+    assert (decision.action, decision.why) == ("run", "changed params: text")
+    assert run(source, layout)[0].why == decision.why
+
+
+# --- the record entry -------------------------------------------------------------------
+
+def test_the_entry_file_reads_back_whole_and_the_record_leaves_out_the_private_parts(layout):
+    entry, _ = run(Source(), layout)
+    node = Node("source", "toy", None)
+    on_disk = json.loads(layout.entry_file(node).read_text())
+    assert StageEntry.load(layout.entry_file(node)) == entry and on_disk == entry.to_dict()
+    assert set(on_disk) == {"task", "stage", "model", "target", "key", "status", "why",
+                            "seconds", "log", "fingerprint", "outputs"}
+    assert on_disk["target"] is None    # (written even when None, as the key is)
+    # (and the stage's role, which the report reads: from the plan, null for none)
+    assert set(entry.to_record()) == set(on_disk) - {"fingerprint", "outputs"} | {"role"}
+    assert set(entry.to_dict(fingerprint=False)) == set(on_disk) - {"fingerprint"}
+
+
+def test_doits_values_keep_the_result_as_text_and_read_back_whole():
+    """doit decodes every task's row on every run: the result (validate's nested numbers)
+    is kept there as one string, read back only when the record needs it."""
+    node = Node("validate", "m", "cpu")
+    entry = StageEntry.of(node)
+    entry.status, entry.key = "ran", "k"
+    entry.result = {"passed": True, "outputs": [{"shape": [1, 2], "max_abs_error": 0.5}]}
+    saved = json.loads(json.dumps(entry.to_dict(fingerprint=False, result_text=True)))
+    assert "result" not in saved and json.loads(saved[RESULT_TEXT]) == entry.result
+    assert StageEntry.from_dict(saved, node) == entry
+    assert StageEntry.from_dict({**saved, RESULT_TEXT: "{"}, node).result is None   # damaged
+
+
+def test_an_older_or_damaged_entry_reads_as_what_it_still_says(tmp_path):
+    node = Node("lower", "m", "cpu")
+    older = {"task": "lower:m@cpu", "stage": "lower", "model": "m", "target": "cpu",
+             "status": "ran", "key": "k", "outputs": {"lowered.mlir": "ab" * 32},   # no stat
+             "retired_field": 1, "warnings": None}
+    entry = StageEntry.from_dict(older)
+    assert (entry.status, entry.key, entry.outputs, entry.warnings) == ("ran", "k", None, [])
+    assert StageEntry.from_dict({"status": "exploded"}, node) == StageEntry.of(node)
+    assert StageEntry.from_dict(["not", "an", "entry"]) is None
+    (tmp_path / "e.json").write_text("{")
+    assert StageEntry.load(tmp_path / "e.json") is None
+    assert StageEntry.load(tmp_path / "e.json", node).to_record() == {
+        "task": "lower:m@cpu", "stage": "lower", "model": "m", "target": "cpu", "key": None,
+        "role": None}

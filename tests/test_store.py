@@ -224,3 +224,29 @@ def test_full_cache_disk_says_so_and_leaves_no_temp_file(tmp_path, small_disk):
     assert store.save("3" * 64, src, outputs, {}) is False
     assert "ENOSPC" in store.warnings[0]
     assert [p for p in root.rglob("*") if p.is_file()] == []
+
+
+def test_read_only_mode_finds_without_marking_discarding_or_writing(tmp_path):
+    """`doit explain`'s store: the same answers, no write (pipeline.cache.files.read_only)."""
+    from pipeline.cache.files import set_read_only
+    store = Store(tmp_path / "cache")
+    src, outputs = make_outputs(tmp_path, {"a": b"x"})
+    store.save("c" * 64, src, outputs, {})
+    store.save("e" * 64, src, outputs, {})
+    entry_file = tmp_path / "cache" / "ac" / "cc" / ("c" * 64 + ".json")
+    os.utime(entry_file, (0, 0))
+    damaged = tmp_path / "cache" / "ac" / "ee" / ("e" * 64 + ".json")
+    damaged.write_text("{")
+    set_read_only()
+    try:
+        assert store.find("c" * 64, outputs).where == "local"
+        assert store.find("e" * 64, outputs) is None and damaged.read_text() == "{"
+        blob = store.blob_path(outputs["a"])
+        blob.write_bytes(b"y")                     # a bad blob: the run's restore rebuilds
+        assert store.find("c" * 64, outputs) is not None
+        assert store.find("c" * 64, outputs, verify=True) is None and blob.read_bytes() == b"y"
+        assert not store.save("f" * 64, src, outputs, {})
+        assert not (tmp_path / "cache" / "ac" / "ff").exists()
+    finally:
+        set_read_only(False)
+    assert entry_file.stat().st_mtime == 0 and store.prune(max_age_days=7).entries_removed >= 1

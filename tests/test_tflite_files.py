@@ -275,7 +275,7 @@ def test_int8_model_validates_within_two_quantization_steps(built):
 def _run_module(built, model: str) -> list[np.ndarray]:
     """The compiled module's outputs on capture's inputs, as validate runs it."""
     from stages.iree_tools import tool
-    from stages.params import SCOPE
+    from stages.weights import SCOPE
     build = built.project.root / "build" / model
     entry = json.loads((build / "emit" / "model.json").read_text())["entry"]
     args = [tool("iree-run-module"), "--device=local-task",

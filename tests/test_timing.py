@@ -70,6 +70,9 @@ def test_mlp_module_and_torch_are_timed_with_repetitions(validated):
     assert f"{threads()} (torch.set_num_threads)" in framework["how"]
     assert "framework_latency_why" not in result
     assert result["speed_ratio"] == pytest.approx(result["latency_ms"] / framework["median_ms"])
+    # how it was timed: the test suite's setting (conftest.TEST_SETTINGS), at most 3 repetitions
+    assert result["timing_setting"] == {"repetitions": 3, "set_by": "KILN_TIMING_REPETITIONS"}
+    assert result["latency"]["runs"] <= 3 and framework["runs"] <= 3
 
 
 @needs_torch
@@ -111,6 +114,31 @@ def test_mlir_file_has_no_framework_time_and_still_passes(project, tmp_path):
     assert_figure(result["latency"])
     assert result["framework_latency"] is None and result["speed_ratio"] is None
     assert "no framework" in result["framework_latency_why"]
+
+
+def test_the_repetitions_setting_enters_validates_key_and_a_bad_one_is_named(project, tmp_path):
+    """A figure of fewer repetitions never answers for one of more: the setting is in
+    validate's key; a value that is not a count fails validate, saying what is valid."""
+    model = tmp_path / "add.mlir"
+    model.write_text(ADD_MLIR)
+    args = ("validate", f"model={model}", "target=cpu")
+    project.doit(*args)
+    project.doit(*args, env_extra={"KILN_TIMING_REPETITIONS": "4"})
+    validate = next(t for t in project.record() if t["stage"] == "validate")
+    assert validate["status"] == "ran" and validate["why"] == "changed params: timing_repetitions"
+    assert validate["result"]["timing_setting"] == {"repetitions": 4,
+                                                    "set_by": "KILN_TIMING_REPETITIONS"}
+    proc = project.doit(*args, env_extra={"KILN_TIMING_REPETITIONS": "ten"}, check=False)
+    assert proc.returncode != 0
+    validate = next(t for t in project.record() if t["stage"] == "validate")
+    valid = (f"expected a whole number of timing repetitions from 1 to "
+             f"{timing.MAX_REPETITIONS} (default {timing.REPETITIONS})")
+    assert validate["error"] == f"KILN_TIMING_REPETITIONS='ten': {valid}"
+    for bad in ("0", "101", "2.5"):
+        with pytest.raises(ValueError) as err:
+            timing.repetitions_setting({"KILN_TIMING_REPETITIONS": bad})
+        assert str(err.value) == f"KILN_TIMING_REPETITIONS='{bad}': {valid}"
+    assert timing.repetitions_setting({}) == timing.REPETITIONS
 
 
 def test_spread_is_median_min_max_and_count():

@@ -1,4 +1,4 @@
-"""Flag variants per target (stages/targets.py, pipeline/graph.py, stages/pick.py): each is
+"""Flag variants per target (stages/targets.py, pipeline/plan/graph.py, stages/pick.py): each is
 compiled, validated and timed; the fastest that passes becomes the target's module."""
 from __future__ import annotations
 
@@ -148,33 +148,24 @@ def test_editing_one_variants_flags_reruns_only_that_variant(searched):
 
 
 def test_explain_says_what_a_search_will_redo(searched):
-    """After the runs above: only the failing variant is tried again, and explain says so."""
+    """After the runs above: only the failing variant is tried again, and explain says so:
+    it fails again (its last run failed with this same key), so the rest of it is skipped."""
     import shutil
     from conftest import REPO
-    from test_explain import of
+    from test_explain import explained, of
     project, _ = searched
     shutil.copy2(REPO / "pyproject.toml", project.root / "pyproject.toml")
-    listed, _ = _explain(project)
+    listed, _ = explained(project)
     assert of(listed, "run") == {"lower:m1@cpu~broken"}, listed
     assert "last run failed" in listed["lower:m1@cpu~broken"][1]
-    assert of(listed, "maybe") >= {"codegen:m1@cpu~broken", "validate:m1@cpu~broken"}
+    assert of(listed, "skip") >= {"codegen:m1@cpu~broken", "validate:m1@cpu~broken"}
     project.doit()
     statuses = project.statuses()
     did = {t for t, s in statuses.items() if s in ("ran", "failed")}
     assert did == of(listed, "run")
+    assert {t for t, s in statuses.items() if s == "skipped"} == of(listed, "skip")
     assert {t for t, s in statuses.items() if s != "up-to-date"} <= \
-        of(listed, "run") | of(listed, "maybe")
-
-
-def _explain(project):
-    proc = project.doit("explain")
-    listed = {}
-    for line in proc.stdout.splitlines():
-        action, _, rest = line.partition(" ")
-        if action in ("run", "restore", "maybe", "fail"):
-            task, _, why = rest.strip().partition("  ")
-            listed[task] = (action, why.strip())
-    return listed, proc.stdout
+        of(listed, "run") | of(listed, "skip") | of(listed, "maybe")
 
 
 def test_compile_only_counts_the_target_compiled_when_a_variant_did(searched):

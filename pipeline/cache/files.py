@@ -2,6 +2,10 @@
 
 Every file kiln writes under build/ or cache/ goes through here, so a killed run leaves no
 half-written file; a write that the disk refuses is described with its path and errno.
+
+Here too is the read-only switch (`doit explain` sets it, before dodo.py loads): each writer
+kiln has checks read_only() and leaves its write out; a write that still comes here is
+refused.
 """
 from __future__ import annotations
 
@@ -15,9 +19,21 @@ from pathlib import Path
 # errors that mean "this disk will not take the write", not "this entry is bad"
 UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
 
+_read_only = False
 
-# errors that mean "this disk will not take the write", not "this entry is bad"
-UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+
+def set_read_only(on: bool = True) -> None:
+    """Make this process write nothing of kiln's: not build/, not the cache, not .doit.db.
+    The probe cache, the plan memo, the failed-run record, the .doit.db repair, the store
+    (no last-use mark, no discarding a damaged entry) and the touched-output refresh check
+    read_only(); any other write that reaches this module raises an OSError (EROFS)."""
+    global _read_only
+    _read_only = on
+
+
+def read_only() -> bool:
+    """Whether this process writes nothing (see set_read_only)."""
+    return _read_only
 
 
 
@@ -38,6 +54,9 @@ def _mkstemp(directory: Path, name: str) -> tuple[int, str]:
 
     A concurrent prune may remove an empty directory between mkdir and mkstemp, so the pair
     is retried (prune only removes directories that are empty at that instant)."""
+    if _read_only:
+        raise OSError(errno.EROFS, "kiln writes nothing in this process (read-only mode)",
+                      str(directory / name))
     for attempt in range(5):
         try:
             # mkdir itself raises FileExistsError when the directory vanishes mid-call

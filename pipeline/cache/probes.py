@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from .digest import canonical
-from .files import atomic_write
+from .files import atomic_write, read_only
 
 
 def find_executable(name: str) -> str | None:
@@ -174,6 +174,8 @@ def _read_probes(path: Path) -> dict:
 
 
 def _write_probes(path: Path, entries: dict) -> None:
+    if read_only():   # `doit explain`: the tools are asked again next time, never wrongly
+        return
     try:
         atomic_write(path, json.dumps(entries, indent=1, sort_keys=True).encode())
     except OSError:

@@ -10,6 +10,8 @@ exactly the stage's declared outputs, every blob it names re-hashes to its name,
 result comes from a verified blob, never from the entry itself. Anything else is a miss: the
 entry is discarded with a warning and the stage is rebuilt. A cache that cannot be written
 (read-only, full) is read as usual and not written, with one warning naming the errno.
+In read-only mode (pipeline.cache.files.read_only: `doit explain`) a lookup neither marks the
+entry's last use nor discards a damaged one.
 """
 from __future__ import annotations
 
@@ -22,10 +24,11 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 from .digest import CHUNK, canonical, digest_bytes, digest_file
-from .files import UNWRITABLE, atomic_copy, atomic_write, describe_os_error, write_verified
+from .files import (UNWRITABLE, atomic_copy, atomic_write, describe_os_error, read_only,
+                    write_verified)
 from .remote import RemoteError, RemoteUnavailable
 
 log = logging.getLogger("kiln.store")
@@ -35,8 +38,14 @@ DIGEST = re.compile(r"[0-9a-f]{64}")
 TEMP_GRACE_S = 3600                       # a temp file younger than this may be a live run's
 
 
+class Found(NamedTuple):
+    """A whole cache entry for a key, and where it was found: "local" or "remote"."""
+    entry: dict
+    where: str
+
+
 class Store:
-    """The local cache, with an optional remote backend (pipeline.remote) behind it: local
+    """The local cache, with an optional remote backend (pipeline.cache.remote) behind it: local
     first, remote second; a remote hit fills the local cache, a save in write mode uploads."""
 
     def __init__(self, root: str | Path, remote=None):
@@ -53,7 +62,8 @@ class Store:
     def _entry(self, key: str) -> Path:
         return self.root / "ac" / key[:2] / f"{key}.json"
 
-    def _blob(self, digest: str) -> Path:
+    def blob_path(self, digest: str) -> Path:
+        """Where the local blob of digest lives (it may be absent)."""
         return self.root / "cas" / digest[:2] / digest
 
     def _discard(self, path: Path) -> None:
@@ -72,12 +82,38 @@ class Store:
         if isinstance(entry, dict) and entry.get("format") != FORMAT and "outputs" in entry:
             return self._lookup_remote(key, set(expected))   # another kiln version's: not damage
         if not _is_whole(entry, set(expected)):
-            self._warn(f"cache entry {key[:12]} is damaged or incomplete; discarded it and rebuilt")
-            self._discard(self._entry(key))
+            if not read_only():   # (in read-only mode the run that follows says so, and does it)
+                self._warn(f"cache entry {key[:12]} is damaged or incomplete; discarded it and "
+                           "rebuilt")
+                self._discard(self._entry(key))
             return self._lookup_remote(key, set(expected))
-        with contextlib.suppress(OSError):  # last use, for prune(); a read-only cache has none
-            os.utime(self._entry(key))
+        if not read_only():
+            with contextlib.suppress(OSError):  # last use, for prune(); a read-only cache has none
+                os.utime(self._entry(key))
         return entry
+
+    def find(self, key: str, expected: Iterable[str], verify: bool = False) -> Found | None:
+        """lookup, saying where the entry was found. verify: a local entry counts only if
+        its blobs hash to their names, as restore would find them (for a caller that will
+        not restore: a restore checks each blob as it copies it, and rebuilds on a bad one,
+        asking no remote)."""
+        entry = self.lookup(key, expected)
+        if entry is None:
+            return None
+        if key in self._from_remote:
+            return Found(entry, "remote")
+        if verify and not self.blobs_verify(entry):
+            return None
+        return Found(entry, "local")
+
+    def blobs_verify(self, entry: dict) -> bool:
+        """Whether every blob a whole local entry names is here and hashes to its name."""
+        if self._verified_meta(entry["meta"]) is None:
+            return False
+        try:
+            return all(digest_file(self.blob_path(d)) == d for d in entry["outputs"].values())
+        except OSError:
+            return False
 
     def _lookup_remote(self, key: str, expected: set[str]) -> dict | None:
         if self.remote is None:
@@ -108,7 +144,7 @@ class Store:
 
     def _fetched(self, digest: str) -> bool:
         """Make the local blob present, from the remote when the entry came from there."""
-        if self._blob(digest).is_file():
+        if self.blob_path(digest).is_file():
             return True
         return bool(self._remote_call(self._download, digest))
 
@@ -117,7 +153,7 @@ class Store:
         if response is None:
             return False
         with response:
-            if write_verified(self._blob(digest), response.iter_content(CHUNK), digest):
+            if write_verified(self.blob_path(digest), response.iter_content(CHUNK), digest):
                 return True
         self.remote.mark_bad(digest)
         self._warn(f"remote cache blob {digest[:12]} did not match its digest; ignored it "
@@ -147,12 +183,12 @@ class Store:
     def _damaged(self, key: str, digest: str, rel: str) -> None:
         self._warn(f"cache blob {digest[:12]} for {rel} is missing or corrupted; "
                    "discarded the entry and rebuilt")
-        self._discard(self._blob(digest))
+        self._discard(self.blob_path(digest))
         self._discard(self._entry(key))
 
     def _verified_meta(self, digest: str) -> dict | None:
         try:
-            data = self._blob(digest).read_bytes()
+            data = self.blob_path(digest).read_bytes()
             meta = json.loads(data) if digest_bytes(data) == digest else None
         except (OSError, ValueError):
             return None
@@ -160,7 +196,7 @@ class Store:
 
     def _copy_verified(self, digest: str, dst: Path) -> bool:
         try:
-            with open(self._blob(digest), "rb") as src:
+            with open(self.blob_path(digest), "rb") as src:
                 return write_verified(dst, iter(lambda: src.read(CHUNK), b""), digest)
         except FileNotFoundError:
             return False
@@ -168,7 +204,10 @@ class Store:
     def save(self, key: str, src: Path, outputs: dict[str, str], meta: dict) -> bool:
         """Store the files of src named in outputs (rel path -> digest) and meta, then the
         entry. Blobs go first and the entry last, so an entry never names a missing blob.
-        False (with one warning) when the cache cannot be written: the build goes on."""
+        False (with one warning) when the cache cannot be written: the build goes on; False
+        in read-only mode."""
+        if read_only():
+            return False
         meta_bytes = canonical(meta).encode()
         meta_digest = digest_bytes(meta_bytes)
         entry = {"format": FORMAT, "outputs": outputs, "meta": meta_digest}
@@ -201,7 +240,7 @@ class Store:
         return True
 
     def _put_blob(self, digest: str, write) -> None:
-        blob = self._blob(digest)
+        blob = self.blob_path(digest)
         with contextlib.suppress(FileNotFoundError):   # (a concurrent prune may remove it)
             if digest_file(blob) == digest:
                 # mark it fresh: prune keeps young unreferenced blobs while the entry is written

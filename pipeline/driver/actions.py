@@ -3,15 +3,14 @@ worker) and `doit prune`; the entry a stage leaves goes to the reporter and to d
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from doit.exceptions import TaskFailed
 
 from ..cache.store import Store, prune_scratch
 from ..plan.options import parse_days
-from ..plan.tasks import Plan, is_entry, upstream_of
-from ..report.record import RESULT_TEXT, RunLog
+from ..plan.tasks import Plan, upstream_of
+from ..report.record import RunLog
 from ..run.executor import DaskExecutor
 from ..run.runner import execute
 from ..run.uptodate import input_state
@@ -24,34 +23,23 @@ def stage_action(plan: Plan, executor: DaskExecutor | None, run: RunLog, task: s
     values, into doit's database, where the next run's up-to-date check finds it."""
     node = plan.nodes_by_task[task]
     data = plan.graph.nodes[node]
+    job = plan.job(node)
     delegate = None
     if executor is not None:
-        resources = data["stage"].resources(data["target"])
+        resources = job.stage.resources(job.target)
         delegate = lambda: executor.run(node.task_name, resources)  # noqa: E731
-    entry = execute(node, data["stage"], data["model"], data["target"], upstream_of(plan, node),
-                    plan.layout, first=is_entry(plan, node), delegate=delegate)
+    entry = execute(job, plan.layout, delegate=delegate)
     run.entries[node.task_name] = entry   # the reporter's copy, even where build/ is full
-    if entry["status"] == "failed" and not data["soft"]:
-        detail = f"\n  command: {entry['command']}" if entry.get("command") else ""
-        return TaskFailed(f"{node.task_name} failed at {node.stage}: {entry['error']}{detail}\n"
-                          f"  log: {entry['log']}")
-    values = {"entry": saved_entry(entry)}
+    if entry.status == "failed" and not data["soft"]:
+        detail = f"\n  command: {entry.command}" if entry.command else ""
+        return TaskFailed(f"{node.task_name} failed at {node.stage}: {entry.error}{detail}\n"
+                          f"  log: {entry.log}")
+    values = {"entry": entry.to_dict(fingerprint=False, result_text=True)}
     if soft_deps:   # what the session's check compares next time
-        values["soft_inputs"] = _soft_inputs(plan, node, entry.get("fingerprint"), soft_deps)
-    if entry["status"] not in ("failed", "skipped"):   # those run again next time
+        values["soft_inputs"] = _soft_inputs(plan, node, entry.fingerprint, soft_deps)
+    if entry.status not in ("failed", "skipped"):   # those run again next time
         values["watched"] = watched
     return values
-
-
-def saved_entry(entry: dict) -> dict:
-    """The entry as doit's database keeps it: without the key's parts (they stay in the entry
-    file, for `why`), the stage's result as JSON text (report.record.entry_of reads it back).
-    doit decodes every task's row on every run; the up-to-date check needs only the outputs,
-    and a validate result's nested fields were a third of a no-op's decoding."""
-    saved = {k: v for k, v in entry.items() if k not in ("fingerprint", "result")}
-    if entry.get("result") is not None:
-        saved[RESULT_TEXT] = json.dumps(entry["result"], separators=(",", ":"))
-    return saved
 
 
 def _soft_inputs(plan: Plan, node: Node, fingerprint: dict | None,

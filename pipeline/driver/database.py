@@ -11,6 +11,7 @@ import os
 import sqlite3
 from pathlib import Path
 
+from ..cache.files import atomic_write, read_only
 
 
 def identity(path: Path) -> list | None:
@@ -26,7 +27,6 @@ def identity(path: Path) -> list | None:
 def seal(dep_file: Path, seal: Path) -> None:
     """Remember the database as doit left it at the end of a run (the reporter's last step:
     doit has closed it), so the next run need not decode every row to trust it."""
-    from ..cache.files import atomic_write   # (only once a run ends)
     text = json.dumps(identity(dep_file))
     with contextlib.suppress(OSError):
         if seal.read_text() == text:
@@ -39,7 +39,20 @@ def seal(dep_file: Path, seal: Path) -> None:
 def set_aside_if_damaged(dep_file: Path, seal: Path | None = None) -> str | None:
     """doit stops every run (exit 3) on a damaged database until someone deletes it. Move it
     aside instead: the store turns the lost up-to-date state into cache hits, not compiles.
-    Returns the warning, or None when the file is absent or sound."""
+    Returns the warning, or None when the file is absent or sound. In read-only mode (`doit
+    explain`) it stays where it is: explain reads it as empty, as the run will find it."""
+    verdict = damage(dep_file, seal)
+    if verdict is None:
+        return None
+    if read_only():
+        return (f"{dep_file} is damaged ({verdict}); read as empty, as the next run will "
+                "(it moves it aside)")
+    return _set_aside(dep_file, verdict)
+
+
+def damage(dep_file: Path, seal: Path | None = None) -> str | None:
+    """What is wrong with the database (sqlite's words), or None when it is absent, sound, or
+    busy in another doit. Reads only. Without a seal every row is decoded."""
     now = identity(dep_file)
     if now is None:
         return None
@@ -58,12 +71,10 @@ def set_aside_if_damaged(dep_file: Path, seal: Path | None = None) -> str | None
             for (data,) in db.execute("SELECT task_data FROM doit") if has_table else ():
                 json.loads(data)
     except sqlite3.OperationalError as err:   # locked or busy (another doit): not damage
-        return None if "locked" in str(err) or "busy" in str(err) else \
-            _set_aside(dep_file, str(err))
+        return None if "locked" in str(err) or "busy" in str(err) else str(err)
     except (sqlite3.Error, ValueError, TypeError) as err:
         verdict = str(err)
-    return None if verdict == "ok" else _set_aside(dep_file, verdict)
-
+    return None if verdict == "ok" else verdict
 
 
 def _set_aside(dep_file: Path, verdict: str) -> str:

@@ -7,16 +7,19 @@ running, restoring or writing anything (not build/, not the cache, not .doit.db)
 A task does something in two layers, and explain asks both the way the run would:
 1. doit decides whether the task's action runs at all (file_dep content, params and tool
    versions, outputs intact, targets present, a recorded run): explain asks doit's own
-   Dependency.get_status, on a read-only copy of .doit.db, as `doit info` does.
-2. the action (runner.execute) restores the outputs when the stage's key is in the cache,
-   else runs the stage: explain computes the key with runner.compute_key and looks it up
-   without touching the store, and says why with runner.explain, the record's own words.
+   Dependency.get_status, on .doit.db opened read-only, as `doit info` does.
+2. the action (runner.execute) does what pipeline.run.decide decides: skip (no device for
+   it here, an input a failed stage left absent), restore (its key is in the cache) or run.
+   explain calls that same decide, with a lookup that only reads and the input digests it
+   predicts, and never acts; its "why" is the record's own words.
 
-Stages are judged in graph order. An upstream stage that stays up to date leaves its files as
-they are; one that would be restored leaves the bytes its cache entry names (known now); one
-that would run leaves bytes nobody knows yet: a stage downstream of it that has no reason of
-its own is a "maybe" ("waits on lower:mlp@cpu: runs if its outputs change"), kept apart from
-the definite list.
+Stages are judged in graph order. An upstream stage that stays up to date, is skipped, or
+fails again (its last run failed with this same key) leaves its files as they are; one that
+would be restored leaves the bytes its cache entry names (known now); one that would run
+leaves bytes nobody knows yet: a stage downstream of it that has no reason of its own is a
+"maybe" ("waits on lower:mlp@cpu: runs if its outputs change"), kept apart from the definite
+list. A stage whose file_dep a failing or skipped stage leaves absent is never run by doit:
+"skip" (the record says "an upstream stage failed").
 
 It is a doit command plugin (pyproject.toml, [tool.doit.plugins.command]) rather than a task:
 a task would be run by `doit run`, which saves its success in .doit.db and lists it among the
@@ -25,29 +28,28 @@ tasks; a command reads the same dodo.py and command-line variables and writes no
 from __future__ import annotations
 
 import contextlib
-import json
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import networkx as nx
 from doit.cmd_base import DoitCmdBase, check_tasks_exist
-from doit.dependency import Dependency, JsonDB, MD5Checker, SqliteDB, get_file_md5
+from doit.dependency import Dependency, JsonDB, MD5Checker, get_file_md5
 from doit.exceptions import InvalidCommand
 
-from ..cache import probes, remote
-from ..cache.digest import digest_file, stage_key
-from ..cache.store import Store, _is_whole
-from ..plan import memo, tasks as kiln_tasks
-from ..plan.layout import Layout
-from ..report import record
+from ..cache import remote
+from ..cache.digest import digest_file
+from ..cache.files import set_read_only
+from ..cache.store import Found, Store
+from ..plan.tasks import input_files
+from ..run.decide import Decision, decide, why_run
+from ..run.entry import StageEntry
 from ..run.intact import changed_outputs
-from ..run.runner import _previous_entry, compute_key, explain as why_ran
-from ..run.uptodate import CHECK_SIGNATURE, stage_check
-from ..stage import Node, read_files
-from .session import _Check
+from ..stage import Node
+from . import database
+from .session import StageCheck
 
-ACTIONS = ("run", "restore", "maybe", "fail")   # what explain lists; "up-to-date" it does not
+ACTIONS = ("run", "restore", "skip", "maybe", "fail")   # what explain lists; not "up-to-date"
 NO_RECORD = "no earlier run recorded"
 
 
@@ -55,12 +57,13 @@ NO_RECORD = "no earlier run recorded"
 class Verdict:
     """What the next run does to one stage task, and what its outputs will then hold."""
     task: str
-    action: str                          # run | restore | maybe | fail | up-to-date
+    action: str                          # run | restore | skip | maybe | fail | up-to-date
     why: str = ""
     known: bool = False     # the bytes its outputs will hold after the run are known now
     digests: dict[str, str] = field(default_factory=dict)   # rel -> sha256 a cache entry names
     files: dict[str, Path] = field(default_factory=dict)    # rel -> a file with those bytes
     # (for a stage that runs: its files now, which is what "if its outputs stay the same" means)
+    fails: bool = False     # it ends failed (doit then stops the stages that need its files)
 
 
 @dataclass
@@ -77,8 +80,8 @@ class Explanation:
         out = [f"{v.action:<8}{v.task:<{width}}  {v.why}"
                for v in sorted(shown, key=lambda v: order[v.action])]
         counts = {a: sum(v.action == a for v in self.verdicts) for a in (*ACTIONS, "up-to-date")}
-        words = {"run": "run", "restore": "restored from the cache", "maybe": "may run",
-                 "fail": "fail before running", "up-to-date": "up to date"}
+        words = {"run": "run", "restore": "restored from the cache", "skip": "skipped",
+                 "maybe": "may run", "fail": "fail before running", "up-to-date": "up to date"}
         out.append(", ".join(f"{counts[a]} {words[a]}" for a in words if counts[a])
                    + " (\"may run\": if what they wait on changes its outputs)"
                    * bool(counts["maybe"]))
@@ -87,37 +90,52 @@ class Explanation:
 
 # --- doit's layer, read-only ------------------------------------------------------------
 
-class ReadOnlySqliteDB(SqliteDB):
-    """doit's sqlite3 backend opened read-only: a missing file is an empty database (every
-    task has no recorded run), and nothing is ever written or created."""
+class ReadOnlySqliteDB:
+    """doit's sqlite3 backend, read-only: the table doit keeps (task_id -> the task's state as
+    JSON), opened with mode=ro. A missing file, one without that table, or a damaged one (as
+    pipeline.driver.database judges it: the run then moves it aside) reads as empty, every
+    task with no recorded run. Nothing is ever written or created."""
 
-    def _sqlite3(self, name):
-        def dict_factory(cursor, row):
-            return {col[0]: row[i] for i, col in enumerate(cursor.description)}
-        sqlite3.register_converter("json", lambda data: self.codec.decode(data.decode("utf-8")))
-        types = sqlite3.PARSE_DECLTYPES | sqlite3.PARSE_COLNAMES
-        conn = None
-        if Path(name).exists():
-            conn = sqlite3.connect(f"{Path(name).resolve().as_uri()}?mode=ro", uri=True,
-                                   detect_types=types)
-            if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'doit'").fetchone() is None:
+    def __init__(self, name, codec, *, module_name=None):
+        self.name, self.codec = name, codec
+        self._tasks: dict[str, dict] = {}   # task -> its state, read on first use
+        self._conn = None
+        path = Path(name)
+        if path.exists() and database.damage(path) is None:
+            conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'doit'").fetchone():
+                self._conn = conn
+            else:
                 conn.close()
-                conn = None
-        if conn is None:   # no runs recorded: an empty database in memory
-            conn = sqlite3.connect(":memory:", detect_types=types)
-            conn.execute("create table doit (task_id text not null primary key, task_data json)")
-        conn.row_factory = dict_factory
-        return conn
+
+    def _task(self, task_id: str) -> dict:
+        if task_id not in self._tasks:
+            row = None if self._conn is None else self._conn.execute(
+                "SELECT task_data FROM doit WHERE task_id = ?", (task_id,)).fetchone()
+            self._tasks[task_id] = self.codec.decode(row[0]) if row else {}
+        return self._tasks[task_id]
+
+    def get(self, task_id, dependency):
+        return self._task(task_id).get(dependency)
+
+    def in_(self, task_id) -> bool:
+        return bool(self._task(task_id))
 
     def set(self, task_id, dependency, value):   # get_status never saves; be sure of it
         pass
 
     def remove(self, task_id):
         # get_status forgets a task whose file checker changed: in memory only
-        self._cache[task_id] = {}
+        self._tasks[task_id] = {}
+
+    def remove_all(self):
+        self._tasks = {}
+        self.dump()
 
     def dump(self):
-        self._conn.close()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
 
 class ReadOnlyJsonDB(JsonDB):
@@ -135,57 +153,11 @@ def read_only_dependency(dep_file: str, backend: str, checker_cls, codec_cls) ->
                       codec_cls=codec_cls)
 
 
-def _check_read_only(task, values) -> bool | None:
-    """session's stage check without its writes (the touched-output refresh, the record)."""
-    return stage_check(task, values, refresh=False)
-
-
-_check_read_only.__signature__ = CHECK_SIGNATURE
-
-
-def _read_only_uptodate(task) -> None:
-    """Swap the stage task's check for the read-only one (this process runs nothing)."""
-    task.uptodate = [(_check_read_only, args, kwargs) if isinstance(utd, _Check)
-                     else (utd, args, kwargs) for utd, args, kwargs in task.uptodate]
-
-
-# --- the cache, read-only ---------------------------------------------------------------
-
-def lookup(layout: Layout, key: str, expected, notes: list[str]) -> tuple[str, dict | None]:
-    """Where the run would find key: ('local', entry) when the local entry is whole and its
-    blobs verify (as Store.lookup and Store.restore check them), ('remote', entry) when the
-    remote cache has a whole entry, else ('miss', None). Reads only: no last-use mark, no
-    discarding a damaged entry, no download of a blob."""
-    store = Store(layout.cache)
-    expected = set(expected)
-    try:
-        entry = json.loads(store._entry(key).read_text())
-    except (OSError, ValueError):
-        entry = None    # absent, or damaged: the run discards it and asks the remote
-    if _is_whole(entry, expected):
-        # a whole entry with a bad blob: the run discards it and builds (no remote asked)
-        return ("local", entry) if _blobs_verify(store, entry) else ("miss", None)
-    if layout.remote is None:   # (an entry of another format: the remote too, no warning)
-        return "miss", None
-    try:
-        entry = remote.connect(layout.remote).get_entry(key)
-    except (remote.RemoteUnavailable, remote.RemoteError) as err:
-        if str(err) not in notes:
-            notes.append(str(err))
-        return "miss", None
-    return ("remote", entry) if _is_whole(entry, expected) else ("miss", None)
-
-
-def _blobs_verify(store: Store, entry: dict) -> bool:
-    if store._verified_meta(entry["meta"]) is None:
-        return False
-    try:
-        return all(digest_file(store._blob(d)) == d for d in entry["outputs"].values())
-    except OSError:
-        return False
-
-
 # --- judging one stage ------------------------------------------------------------------
+
+class NotKnown(Exception):
+    """An input a stage reads is not there yet: a stage that runs first makes it."""
+
 
 class Judge:
     """Verdicts for a plan's stage tasks, in graph order (each needs its upstream's)."""
@@ -193,12 +165,20 @@ class Judge:
     def __init__(self, plan, tasks: dict, dep_manager: Dependency):
         self.plan, self.tasks, self.dep = plan, tasks, dep_manager
         self.verdicts: dict[Node, Verdict] = {}
-        self.notes: list[str] = []
+        layout = plan.layout
+        # the run's store, in read-only mode: no last-use mark, no discarding, no download
+        self.store = Store(layout.cache, remote.connect(layout.remote) if layout.remote else None)
 
     def explain(self, nodes) -> Explanation:
         for node in nx.topological_sort(self.plan.graph.subgraph(nodes)):
             self.verdicts[node] = self.judge(node)
-        return Explanation(list(self.verdicts.values()), self.notes)
+        # e.g. a remote cache that did not answer (said once, however many stages asked)
+        return Explanation(list(self.verdicts.values()), list(dict.fromkeys(self.store.warnings)))
+
+    def lookup(self, key: str, expected) -> Found | None:
+        """Where the run would find key: a local entry counts only if its blobs verify (the
+        run's restore would rebuild on a bad one)."""
+        return self.store.find(key, expected, verify=True)
 
     def _shown(self, path) -> str:
         path = Path(path)
@@ -207,15 +187,17 @@ class Judge:
 
     def judge(self, node: Node) -> Verdict:
         task = self.tasks[node.task_name]
-        _read_only_uptodate(task)
         reasons = self.dep.get_status(task, self.tasks, get_log=True).reasons
         from_up = {str(f): up for up in self.plan.graph.predecessors(node)
-                   for f in kiln_tasks._read_files(self.plan, node, up)}
+                   for f in input_files(self.plan, node, up)}
         waits = sorted({up.task_name for up in from_up.values() if not self.verdicts[up].known})
         missing = [f for f in reasons.get("missing_file_dep", []) if f not in from_up]
         if missing:
             return self._verdict(node, "fail", "missing file: " + ", ".join(
                 self._shown(f) for f in missing) + " (doit stops it)")
+        stopped = self._stopped(task, from_up)
+        if stopped:
+            return self._verdict(node, "skip", f"an upstream stage failed: {stopped}", known=True)
         own = self._own_reasons(task, reasons, from_up)
         changed_inputs = [f for f, up in from_up.items() if self.verdicts[up].known
                           and self._input_changes(task, f, up, reasons)]
@@ -229,29 +211,48 @@ class Judge:
         return self._runner_verdict(node, doit_why, waits)
 
     def _verdict(self, node: Node, action: str, why: str = "", known: bool = False,
-                 digests: dict | None = None, files: dict | None = None) -> Verdict:
+                 digests: dict | None = None, files: dict | None = None,
+                 fails: bool = False) -> Verdict:
         if files is None:   # its files in build/ now
             out_dir, data = self.plan.layout.node_dir(node), self.plan.graph.nodes[node]
             files = {rel: out_dir / rel for rel in data["stage"].outputs(data["model"])}
-        return Verdict(node.task_name, action, why, known, digests or {}, files)
+        return Verdict(node.task_name, action, why, known, digests or {}, files, fails)
+
+    def _stopped(self, task, from_up: dict[str, Node]) -> str | None:
+        """Why doit will not run the task at all: an upstream stage it depends on (by
+        file_dep, not a variant's) fails, or is skipped leaving no file the task reads. The
+        record then says "skipped" (an upstream stage failed)."""
+        soft = set(task.meta["kiln"].get("soft_deps") or ())
+        for dep, up in sorted(from_up.items()):
+            verdict = self.verdicts[up]
+            if dep in soft or not verdict.known:
+                continue
+            if verdict.fails:
+                return f"{up.task_name} fails ({verdict.why})"
+            rel = str(Path(dep).relative_to(self.plan.layout.node_dir(up)))
+            if self._holds(up, rel) is None:
+                return f"{up.task_name} leaves no {self._shown(dep)}"
+        return None
 
     def _own_reasons(self, task, reasons, from_up) -> list[str]:
         """doit's reasons that do not hang on what upstream stages do, in words."""
-        if self.dep._get(task.name, "deps:") is None:
+        if self.dep.backend.get(task.name, "deps:") is None:
             return [NO_RECORD]   # (then every file counts as changed: saying so adds nothing)
         words = []
         for utd, _, _ in reasons.get("uptodate_false", []):
             values = self.dep.get_values(task.name)
-            if utd is not _check_read_only:
+            if not isinstance(utd, StageCheck):
                 words.append(f"{utd!r} says it is not up to date")
             elif "watched" not in values:
-                words.append("no record of its params (its last run failed, or an older kiln "
-                             "ran it)")
+                words.append("no record of its params (its last run failed or was skipped, "
+                             "or an older kiln ran it)")
             elif values["watched"] != task.meta["kiln"]["watched"]:
                 words.append("changed params or tool versions")
             else:   # (inputs a variant leaves are judged with their stage: _input_changes)
                 out_dir = Path(task.meta["kiln"]["out_dir"])
-                recorded = (values.get("entry") or {}).get("outputs") or {}
+                entry = StageEntry.from_dict(values.get("entry"),
+                                             self.plan.nodes_by_task[task.name])
+                recorded = entry.outputs or {}
                 words += [f"output {self._shown(out_dir / rel)} no longer matches what kiln wrote"
                           for rel in changed_outputs(out_dir, recorded)[0]
                           if (out_dir / rel).exists()]
@@ -269,19 +270,13 @@ class Judge:
         once up is done, as MD5Checker.check_modified would judge it then; for an input a
         variant among several leaves (soft), as the session's check will: by digest."""
         verdict = self.verdicts[up]
+        rel = str(Path(dep).relative_to(self.plan.layout.node_dir(up)))
         if dep in (task.meta["kiln"].get("soft_deps") or ()):
             recorded = (self.dep.get_values(task.name).get("soft_inputs") or {}).get(dep)
-            rel = str(Path(dep).relative_to(self.plan.layout.node_dir(up)))
-            try:
-                now = self._digest(up, rel) if verdict.action != "up-to-date" or \
-                    Path(dep).exists() else None
-            except OSError:
-                now = None
-            return (recorded or [None])[0] != now
-        if verdict.action == "up-to-date":
+            return (recorded or [None])[0] != self._holds(up, rel)
+        if verdict.action != "restore":   # (up to date, skipped, failing: build/ as it is)
             return dep in reasons.get("changed_file_dep", [])
-        rel = str(Path(dep).relative_to(self.plan.layout.node_dir(up)))
-        state = self.dep._get(task.name, dep)
+        state = self.dep.backend.get(task.name, dep)
         if state is None or not isinstance(self.dep.checker, MD5Checker):
             return True   # (a restored file has a new mtime: a timestamp checker sees a change)
         blob = verdict.files.get(rel)
@@ -293,62 +288,77 @@ class Judge:
                 return digest_file(dep) != verdict.digests[rel]
         return True
 
-    def _digest(self, up: Node, rel: str) -> str:
-        """sha256 of what up's output rel will hold; for an upstream that runs first, what
-        it holds now. FileNotFoundError when there is nothing to go on."""
+    def _holds(self, up: Node, rel: str) -> str | None:
+        """The digest up's output rel will hold when a stage downstream reads it (None:
+        absent): a restored upstream's from its cache entry (no bytes fetched), else what
+        build/ holds now; NotKnown for an upstream that runs first and has left none yet."""
         verdict = self.verdicts[up]
-        return verdict.digests.get(rel) or digest_file(verdict.files[rel])
+        if rel in verdict.digests:
+            return verdict.digests[rel]
+        if verdict.files[rel].is_file():
+            return digest_file(verdict.files[rel])
+        if verdict.known:
+            return None
+        raise NotKnown(up.task_name)
 
-    def key(self, node: Node) -> tuple[str, dict]:
-        """runner.compute_key, with each upstream output's digest as it will be when node's
-        turn comes (a restored upstream's from its cache entry: no bytes are fetched)."""
-        data = self.plan.graph.nodes[node]
-        stage, model, target = data["stage"], data["model"], data["target"]
-        _, parts = compute_key(stage, model, target, {}, kiln_tasks.is_entry(self.plan, node))
-        by_dir = {self.plan.layout.node_dir(up): up for up in self.plan.graph.predecessors(node)}
-        for name, (up_stage, up_dir) in kiln_tasks.upstream_of(self.plan, node).items():
-            for rel in read_files(stage, model, target, name, up_stage):
-                parts["inputs"][f"{name}/{rel}"] = self._digest(by_dir[up_dir], rel)
-        return stage_key(stage.name, **parts), parts
+    def _digest_of(self, node: Node):
+        """decide's digest_of for node's inputs: each as it will be when node's turn comes."""
+        owners = {}   # an input's path -> (the upstream node, its output's name)
+        for up in self.plan.graph.predecessors(node):
+            up_dir = self.plan.layout.node_dir(up)
+            for path in input_files(self.plan, node, up):
+                owners[path] = (up, str(path.relative_to(up_dir)))
+        return lambda path: self._holds(*owners[path])
 
     def _runner_verdict(self, node: Node, doit_why: list[str], waits: list[str]) -> Verdict:
-        """doit runs the action: would the runner restore (key in the cache) or run?"""
-        stage = self.plan.graph.nodes[node]["stage"]
-        model = self.plan.graph.nodes[node]["model"]
-        previous = _previous_entry(self.plan.layout.entry_file(node))
+        """doit runs the action: what pipeline.run.decide says the runner then does."""
         try:
-            key, parts = self.key(node)
-        except FileNotFoundError as err:
-            # an input not there yet: it comes from a stage that runs first. Never built
-            # here, it runs (unless another checkout stored this very key meanwhile)
-            soft = [w for w in waits if self.plan.graph.nodes[self.plan.nodes_by_task[w]]["soft"]]
-            if soft:   # a variant's stage that may fail again, leaving nothing to read
-                return self._verdict(node, "maybe", f"{_waits(waits)}: runs if "
-                                     f"{'it makes' if len(waits) == 1 else 'they make'} its inputs")
-            if waits and not previous.get("fingerprint"):
-                return self._verdict(node, "run", f"{why_ran(None, {})} (after {', '.join(waits)})")
-            return self._verdict(node, "maybe", f"{_waits(waits)}: runs unless the cache has "
-                                 f"what it then reads" if waits else f"cannot read {err.filename}")
-        where, entry = lookup(self.plan.layout, key, stage.outputs(model), self.notes)
-        if where == "miss":
-            why = why_ran(previous.get("fingerprint"), parts, previous.get("status"))
-            if waits:
-                its = "its" if len(waits) == 1 else "their"
-                why += f" (and inputs, if {', '.join(waits)} change{'s' * (len(waits) == 1)} {its} outputs)"
-            return self._verdict(node, "run", why)
+            decision = decide(self.plan.job(node), self.plan.layout, self.lookup,
+                              self._digest_of(node))
+        except NotKnown:
+            return self._before_inputs(node, waits)
+        if decision.action in ("skip", "fail"):
+            return self._verdict(node, decision.action, decision.why, known=True,
+                                 fails=decision.action == "fail")
+        if decision.action == "run":
+            return self._run_verdict(node, decision, waits)
         if waits:
             return self._verdict(node, "maybe", f"{_waits(waits)}: restored from the cache if "
                                  f"{'its' if len(waits) == 1 else 'their'} outputs stay the "
                                  "same, else runs")
-        found = "key in the cache" if where == "local" else "key in the remote cache"
         # which part of the key differs from the last build here (a reverted flag), in the
         # record's words; else doit's reason (no recorded run, a damaged output)
-        changed = why_ran(previous.get("fingerprint"), parts) if previous.get("fingerprint") else ""
+        changed = decision.why_it_runs()
         why = changed if changed.startswith("changed ") else "; ".join(doit_why)
-        store = Store(self.plan.layout.cache)
-        return self._verdict(node, "restore", f"{found} ({why})", known=True,
-                             digests=dict(entry["outputs"]),
-                             files={rel: store._blob(d) for rel, d in entry["outputs"].items()})
+        outputs = decision.found.entry["outputs"]
+        return self._verdict(node, "restore", f"{decision.why} ({why})", known=True,
+                             digests=dict(outputs),
+                             files={rel: self.store.blob_path(d) for rel, d in outputs.items()})
+
+    def _run_verdict(self, node: Node, decision: Decision, waits: list[str]) -> Verdict:
+        """The stage runs. One whose last run here failed with this same key fails again
+        (a stage is a function of its key), leaving build/ as it is: that much is known."""
+        if waits:
+            its = "its" if len(waits) == 1 else "their"
+            return self._verdict(node, "run", f"{decision.why} (and inputs, if "
+                                 f"{', '.join(waits)} change{'s' * (len(waits) == 1)} {its} "
+                                 "outputs)")
+        fails = decision.fails_again()
+        return self._verdict(node, "run", decision.why, known=fails, fails=fails)
+
+    def _before_inputs(self, node: Node, waits: list[str]) -> Verdict:
+        """An input is not there yet: a stage that runs first makes it."""
+        graph, by_task = self.plan.graph, self.plan.nodes_by_task
+        if any(graph.nodes[by_task[w]]["soft"] for w in waits):
+            # a variant's stage that may fail again, leaving nothing to read
+            return self._verdict(node, "maybe", f"{_waits(waits)}: runs if "
+                                 f"{'it makes' if len(waits) == 1 else 'they make'} its inputs")
+        previous = StageEntry.load(self.plan.layout.entry_file(node))
+        if previous is None or not previous.fingerprint:
+            # never built here, it runs (unless another checkout stored this very key)
+            return self._verdict(node, "run", f"{why_run(None, {})} (after {', '.join(waits)})")
+        return self._verdict(node, "maybe", f"{_waits(waits)}: runs unless the cache has "
+                             "what it then reads")
 
 
 def _waits(waits: list[str]) -> str:
@@ -375,16 +385,6 @@ def selected_nodes(plan, tasks: dict, names: list[str]) -> set[Node]:
     return nodes
 
 
-def _write_nothing() -> None:
-    """What loading dodo.py writes, skipped in this process: remembered tool answers
-    (build/.kiln/tool-probes.json: without it tools are asked again, never wrongly), the plan
-    memo (the plan is made again next run) and the failed-run record a bad command line
-    leaves (the error still stops explain)."""
-    probes._write_probes = lambda path, entries: None
-    record.write_failed_run = lambda run_file, error: None
-    memo.save = lambda *args, **kwargs: None
-
-
 class _NotOpened:
     """Stands in for doit's dependency manager while the tasks load: DoitCmdBase would open
     .doit.db for writing (creating it when absent)."""
@@ -394,12 +394,15 @@ class Explain(DoitCmdBase):
     doc_purpose = "say what the next run would do to each stage and why, running nothing"
     doc_usage = "[TASK ...] [model=...] [target=...] [matrix=...]"
     doc_description = ("For each stage task: run (with the record's 'why'), restore (key in the "
-                       "cache), or maybe (waits on a stage that runs first). Writes nothing.")
+                       "cache), skip (cannot run here, or nothing to read), or maybe (waits on "
+                       "a stage that runs first). Writes nothing.")
     cmd_options = ()
 
     def execute(self, params, args):
+        # before dodo.py loads: the probe cache, the plan memo, a failed-run record, the
+        # .doit.db repair and the store then write nothing (pipeline.cache.files.read_only)
+        set_read_only()
         self.dep_manager = _NotOpened()
-        _write_nothing()
         return super().execute(params, args)
 
     def _execute(self, pos_args, dep_file, backend, check_file_uptodate, codec_cls):

@@ -15,114 +15,141 @@ from doit.reporter import ConsoleReporter
 from ..report.record import RunLog, entry_of, publish, reuse
 from . import collector
 
+# what a task that never ran because an upstream one failed did not do (its entry may be
+# the last run's, which did)
+NOT_RUN = {"status": "skipped", "seconds": 0.0, "reason": "an upstream stage failed",
+           "key": None, "error": None, "command": None, "result": None, "warnings": None,
+           "why": None, "remote": None, "worker": None}
+# what the last run of an up-to-date task did that this run did not
+NOT_THIS_RUN = {"status": "up-to-date", "seconds": 0.0, "warnings": None, "why": None,
+                "remote": None, "worker": None}
+# fields the record keeps even when None (an entry with no role: its stage declares none;
+# one without the field: a record written before stages declared roles)
+KEPT_EMPTY = ("target", "key", "role")
+
 
 def make_reporter(run_file: Path, run: RunLog, after: Callable[[], None] | None = None,
-                  made_from: tuple[dict, Callable[[], dict]] | None = None):
-    """made_from: what a record of up-to-date tasks is made from besides the task list (doit's
-    database, kiln's plan), as it was when the run started and a callable saying what it is
-    once doit has closed its database; with it, a no-op run after a no-op run reuses the last
-    summary without building its record (record.reuse)."""
-    fresh = run.entries
+                  made_from: tuple[dict, Callable[[], dict]] | None = None
+                  ) -> type[KilnReporter]:
+    """The reporter class for this run, for DOIT_CONFIG["reporter"]. doit makes the reporter
+    itself, from a class and (outstream, options) only (doit/cmd_run.py: anything not a class
+    it takes for a ready instance), so the run's own objects go in as class attributes of a
+    subclass made for it. made_from: what a record of up-to-date tasks is made from besides
+    the task list (doit's database, kiln's plan), as it was when the run started and a
+    callable saying what it is once doit has closed its database (KilnReporter._publish)."""
+    return type("KilnReporter", (KilnReporter,),
+                {"run_file": run_file, "run": run, "after": staticmethod(after),
+                 "made_from": made_from})
 
-    class KilnReporter(ConsoleReporter):
-        """doit's console output, plus progress while stages run, the run record and the
-        summary table."""
 
-        def __init__(self, outstream, options):
-            super().__init__(outstream, options)
-            self.progress = None   # set up when a task first runs: a no-op run never needs it
-            self._progress_lock = threading.Lock()   # -P thread starts tasks from workers
+class KilnReporter(ConsoleReporter):
+    """doit's console output, plus progress while stages run, the run record and the
+    summary table. Bound to a run by make_reporter."""
+    run_file: Path
+    run: RunLog
+    after: Callable[[], None] | None = None   # called last (the .doit.db seal)
+    made_from: tuple[dict, Callable[[], dict]] | None = None
 
-        def write(self, text):
+    def __init__(self, outstream, options):
+        super().__init__(outstream, options)
+        self.progress = None   # set up when a task first runs: a no-op run never needs it
+        self._progress_lock = threading.Lock()   # -P thread starts tasks from workers
+        # (stage task, what this run says of it): made into record rows only when the record
+        # is built, which a no-op run after a no-op run skips (_publish)
+        self.added: list[tuple] = []
+        self.order: dict[str, int] = {}
+
+    def write(self, text):
+        if self.progress is None:
+            self.outstream.write(text)
+        else:
+            self.progress.write(text)   # above the live progress lines while they show
+
+    def initialize(self, tasks, selected_tasks):
+        super().initialize(tasks, selected_tasks)
+        # the record lists tasks in the plan's order, not doit's (which varies between runs):
+        # an unchanged run gives the same bytes
+        self.order = {name: i for i, name in enumerate(tasks)}
+
+    def execute_task(self, task):
+        super().execute_task(task)
+        if not task.actions:   # a group task (validate, compile): nothing runs
+            return
+        collector.resume()   # work starts: real garbage from here on
+        with self._progress_lock:
             if self.progress is None:
-                self.outstream.write(text)
-            else:
-                self.progress.write(text)   # above the live progress lines while they show
+                self.progress = _progress(self.outstream)
+        self.progress.started(task)
 
-        def execute_task(self, task):
-            super().execute_task(task)
-            if not task.actions:   # a group task (validate, compile): nothing runs
-                return
-            collector.resume()   # work starts: real garbage from here on
-            with self._progress_lock:
-                if self.progress is None:
-                    self.progress = _progress(self.outstream)
-            self.progress.started(task)
+    def add_success(self, task):
+        self._finished(task)
+        super().add_success(task)
+        self._add(task)
 
-        def initialize(self, tasks, selected_tasks):
-            super().initialize(tasks, selected_tasks)
-            self.added = []   # (stage task, what this run says of it), made entries at the end
-            # the record lists tasks in the plan's order, not doit's (which varies between
-            # runs): an unchanged run gives the same bytes
-            self.order = {name: i for i, name in enumerate(tasks)}
+    def add_failure(self, task, fail):
+        self._finished(task)
+        super().add_failure(task, fail)
+        if isinstance(fail, (DependencyError, UnmetDependency)):
+            self._add(task, **NOT_RUN)
+        else:  # the runner's entry says why; if it never got to write one, doit's message
+            entry = self._entry(task) or {}
+            said = entry.get("status") == "failed"
+            self._add(task, status="failed", **({} if said else {"error": fail.get_msg().strip()}))
 
-        def _add(self, task, **override):
-            if (task.meta or {}).get("kiln") is not None:   # a stage's task, not a group
-                self.added.append((task, override))
+    def skip_uptodate(self, task):
+        if not task.actions:   # a group: silent, as when doit "ran" it (GROUP_UPTODATE)
+            return
+        super().skip_uptodate(task)
+        self._add(task, **NOT_THIS_RUN)
 
-        def add_success(self, task):
-            if self.progress is not None:
-                self.progress.finished(task)
-            super().add_success(task)
-            self._add(task)
+    def skip_ignore(self, task):
+        super().skip_ignore(task)
+        self._add(task, status="skipped", seconds=0.0, reason="ignored")
 
-        def add_failure(self, task, fail):
-            if self.progress is not None:
-                self.progress.finished(task)
-            super().add_failure(task, fail)
-            if isinstance(fail, (DependencyError, UnmetDependency)):
-                self._add(task, status="skipped", seconds=0.0, reason="an upstream stage failed",
-                          key=None, error=None, command=None, result=None, warnings=None,
-                          why=None, remote=None, worker=None)
-            else:  # the runner's entry says why; if it never got to write one, doit's message
-                entry = entry_of(task, fresh, run.previous) or {}
-                extra = {} if entry.get("status") == "failed" else {"error": fail.get_msg().strip()}
-                self._add(task, status="failed", **extra)
+    def complete_run(self):
+        if self.progress is not None:
+            self.progress.stop()   # the live lines go before the table (also after Ctrl-C)
+        if self.added:  # a run of no stage (doit prune) keeps the last build's record
+            self.outstream.write(self._publish())
+        super().complete_run()
+        if self.after is not None:
+            self.after()
 
-        def skip_uptodate(self, task):
-            if not task.actions:   # a group: silent, as when doit "ran" it (GROUP_UPTODATE)
-                return
-            super().skip_uptodate(task)
-            # what the last run did (its warnings, the remote, the worker) is not this run's
-            self._add(task, status="up-to-date", seconds=0.0, warnings=None, why=None,
-                      remote=None, worker=None)
+    def _finished(self, task) -> None:
+        if self.progress is not None:
+            self.progress.finished(task)
 
-        def skip_ignore(self, task):
-            super().skip_ignore(task)
-            self._add(task, status="skipped", seconds=0.0, reason="ignored")
+    def _entry(self, task) -> dict | None:
+        return entry_of(task, self.run.entries, self.run.previous)
 
-        def complete_run(self):
-            if self.progress is not None:
-                self.progress.stop()   # the live lines go before the table (also after Ctrl-C)
-            if self.added:  # a run of no stage (doit prune) keeps the last build's record
-                self.outstream.write(self._publish())
-            super().complete_run()
-            if after is not None:
-                after()
+    def _add(self, task, **override) -> None:
+        if (task.meta or {}).get("kiln") is not None:   # a stage's task, not a group
+            self.added.append((task, override))
 
-        def _publish(self) -> str:
-            added = sorted(self.added, key=lambda pair: self.order.get(pair[0].name, 0))
-            stamp = None
-            if made_from is not None and all(o.get("status") == "up-to-date" for _, o in added):
-                # every task up to date: the record is the last one's if the database its
-                # entries come from, the plan and the task list are
-                listed = hashlib.sha256(json.dumps([[task.name for task, _ in added],
-                                                    run.warnings]).encode()).hexdigest()
-                before, after_run = made_from
-                text = reuse(run_file, {**before, "tasks": listed})
-                if text is not None:
-                    return text
-                stamp = {**after_run(), "tasks": listed}
-            tasks = []
-            for task, override in added:
-                entry = entry_of(task, fresh, run.previous)
-                entry.update(override)
-                tasks.append({k: v for k, v in entry.items() if v is not None or k in ("target", "key")})
-            record = {"tasks": tasks, **({"warnings": run.warnings} if run.warnings else {})}
-            return publish(run_file, record, stamp)
+    def _publish(self) -> str:
+        """The summary: the last one as it is when every task was up to date over what the
+        last record of such a run was made from (record.reuse), else the record's, built."""
+        added = sorted(self.added, key=lambda pair: self.order.get(pair[0].name, 0))
+        stamp = None
+        if self.made_from is not None and all(o.get("status") == "up-to-date" for _, o in added):
+            listed = hashlib.sha256(json.dumps([[task.name for task, _ in added],
+                                                self.run.warnings]).encode()).hexdigest()
+            before, after_run = self.made_from
+            text = reuse(self.run_file, {**before, "tasks": listed})
+            if text is not None:
+                return text
+            stamp = {**after_run(), "tasks": listed}
+        warnings = {"warnings": self.run.warnings} if self.run.warnings else {}
+        return publish(self.run_file, {"tasks": self._record_tasks(added), **warnings}, stamp)
 
-    return KilnReporter
-
+    def _record_tasks(self, added: list[tuple]) -> list[dict]:
+        """The entries in plan order, without the fields this run left empty."""
+        rows = []
+        for task, override in added:
+            entry = self._entry(task)
+            entry.update(override)
+            rows.append({k: v for k, v in entry.items() if v is not None or k in KEPT_EMPTY})
+        return rows
 
 
 def _progress(outstream):
@@ -134,4 +161,3 @@ def _progress(outstream):
         outstream.write(f"kiln: warning: {err}; progress is off\n")
         settings = None
     return Progress(outstream, settings)
-

@@ -93,7 +93,7 @@ class Session:
 
     def tasks(self):
         """doit's task dicts: the specs with their actions and up-to-date check attached."""
-        check = _Check(self)
+        check = StageCheck(self)
         for spec in self.task_specs():
             task = {k: v for k, v in spec.items() if not k.startswith("kiln_")}
             kind = spec.get("kiln_action")
@@ -110,7 +110,7 @@ class Session:
         from .actions import stage_action
         outcome = stage_action(self.plan(), self.executor(), self.run, task, info["watched"],
                                info.get("soft_deps", []))
-        if isinstance(outcome, dict):   # saved by _Check's value saver, once doit has it
+        if isinstance(outcome, dict):   # saved by StageCheck's value saver, once doit has it
             self.saved[task] = outcome
             return None
         return outcome
@@ -151,7 +151,7 @@ class Session:
         }
 
 
-class _Check:
+class StageCheck:
     """A stage task's up-to-date check, and the saver of the values it checks against.
 
     The values reach doit's database through a value saver, not as the action's return

@@ -7,7 +7,7 @@ import dataclasses
 import tempfile
 from pathlib import Path
 
-from ..plan.tasks import Plan, is_entry, upstream_of
+from ..plan.tasks import Plan
 from ..run.runner import execute
 
 # run in the project directory by the worker: the plan exactly as doit loads it (dodo.py with
@@ -27,19 +27,18 @@ print("KILN-RESULT " + json.dumps(run_node(plan, spec["task"])))
 
 def run_node(plan: Plan, task_name: str) -> dict:
     """Worker side: run one node of the plan into a private build directory, the cache (and
-    the remote, in write mode) receiving its outputs. The entry comes back with its log."""
+    the remote, in write mode) receiving its outputs. The entry comes back (as
+    StageEntry.to_dict) with its log as "log_text"."""
     node = plan.nodes_by_task[task_name]
-    data = plan.graph.nodes[node]
     with tempfile.TemporaryDirectory(prefix="kiln-worker-") as tmp:
         layout = dataclasses.replace(plan.layout, root=Path(tmp), build=Path(tmp) / "build")
         previous = plan.layout.entry_file(node)   # for the 'why': this project's last build
         if previous.is_file():
             layout.entry_file(node).parent.mkdir(parents=True, exist_ok=True)
             layout.entry_file(node).write_bytes(previous.read_bytes())
-        entry = execute(node, data["stage"], data["model"], data["target"],
-                        upstream_of(plan, node), layout, first=is_entry(plan, node))
+        entry = execute(plan.job(node), layout)
         log = layout.log_file(node)
-        entry["log_text"] = log.read_text() if log.is_file() else ""
-    entry.pop("outputs", None)
-    return entry
+        log_text = log.read_text() if log.is_file() else ""
+    # (its outputs' stats are of the private build directory: the coordinator takes its own)
+    return {**entry.to_dict(outputs=False), "log_text": log_text}
 

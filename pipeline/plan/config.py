@@ -15,7 +15,7 @@ from ..stage import ConfigError, Target
 
 
 class _Yaml:
-    """PyYAML, imported on first use: a no-op run served by the plan memo (pipeline.memo)
+    """PyYAML, imported on first use: a no-op run served by the plan memo (pipeline.plan.memo)
     never reads targets.yaml, and importing yaml is a sixth of what such a run may cost."""
 
     def __getattr__(self, name):

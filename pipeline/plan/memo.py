@@ -25,7 +25,7 @@ from typing import Iterable
 
 from ..cache import probes
 from ..cache.digest import canonical
-from ..cache.files import atomic_write
+from ..cache.files import atomic_write, read_only
 
 FORMAT = 2
 # what kiln, iree-compile and the runtime read from the environment
@@ -100,7 +100,10 @@ def _probe_still(fact: dict) -> bool:
 
 def save(path: Path, ctx: dict, files: dict, probes: list[dict], tasks: list[dict],
          notices: list[str]) -> None:
-    """Remember the task list (never fatal: a read-only build/ just makes every plan)."""
+    """Remember the task list (never fatal: a read-only build/ just makes every plan; in
+    read-only mode, `doit explain`, nothing is written: the next run makes the plan)."""
+    if read_only():
+        return
     memo = {"context": ctx, "files": files, "probes": probes, "notices": notices,
             "tasks": tasks}
     try:

@@ -236,8 +236,8 @@ def from_config(config: Config, detect: Detect,
                               f">= 1, got {decl.params_threshold}")
         models[decl.name] = ModelSpec(
             decl.name, framework, sources, factory=factory, shapes=decl.shapes, atol=decl.atol,
-            rtol=decl.rtol, seed=decl.seed, params_mode=decl.params,
-            **({} if decl.params_threshold is None else {"params_threshold": decl.params_threshold}))
+            rtol=decl.rtol, seed=decl.seed, weights=decl.params,
+            **({} if decl.params_threshold is None else {"weights_threshold": decl.params_threshold}))
     return models
 
 

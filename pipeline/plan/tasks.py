@@ -21,7 +21,7 @@ from ..cache import remote
 from ..cache.digest import canonical, digest_bytes, digest_file, source_files
 from ..cache.probes import tool_version, use_probe_cache
 from ..names import task_subname, upstream_name
-from ..stage import ConfigError, ModelSpec, Node, Stage, read_files
+from ..stage import ConfigError, ModelSpec, Node, Stage, Target, read_files
 from . import models as model_registry
 from .config import Config, load_config
 from .graph import build_graph, shard
@@ -44,6 +44,25 @@ class Plan:
     @functools.cached_property
     def nodes_by_task(self) -> dict[str, Node]:
         return {node.task_name: node for node in self.graph}
+
+    def job(self, node: Node) -> Job:
+        """What the runner needs to decide and do node's work."""
+        data = self.graph.nodes[node]
+        return Job(node, data["stage"], data["model"], data["target"], upstream_of(self, node),
+                   is_entry(self, node))
+
+
+@dataclass(frozen=True)
+class Job:
+    """One stage node as the runner (pipeline.run) takes it: the node, its stage, model and
+    target, what it reads (upstream name -> (stage, directory)), and whether it is the stage
+    the model enters at (then the model's own files enter its key)."""
+    node: Node
+    stage: Stage
+    model: ModelSpec
+    target: Target | None
+    upstream: dict[str, tuple[Stage, Path]]
+    first: bool
 
 
 def _pick(names: tuple[str, ...] | None, valid: dict, default: tuple, what: str,
@@ -154,8 +173,9 @@ def _node_files(plan: Plan, node: Node, dirs: dict | None = None) -> list[Path]:
     return [node_dir / rel for rel in stage.outputs(model)]
 
 
-def _read_files(plan: Plan, node: Node, up: Node, dirs: dict | None = None) -> list[Path]:
-    """The files of upstream node up that node reads (its file_dep)."""
+def input_files(plan: Plan, node: Node, up: Node, dirs: dict | None = None) -> list[Path]:
+    """The files of upstream node up that node reads (its file_dep, or soft_deps where up is
+    a variant's or node takes partial inputs), as paths in build/."""
     data, up_stage = plan.graph.nodes[node], plan.graph.nodes[up]["stage"]
     up_dir = _node_dir(plan, up, dirs)
     return [up_dir / rel for rel in
@@ -214,7 +234,7 @@ def _code_digests(stage: Stage, model: ModelSpec, seen: dict) -> dict[str, str]:
 
 def task_specs(plan: Plan) -> list[dict]:
     """Every doit task of the plan as plain data ("kiln_action" names the action that
-    pipeline.session attaches): stage tasks in topological order, then the groups."""
+    pipeline.driver.session attaches): stage tasks in topological order, then the groups."""
     return [*_stage_groups(plan), *_stage_specs(plan), *_group_specs(plan)]
 
 
@@ -229,7 +249,7 @@ def _stage_specs(plan: Plan):
         # are checked by the session, not doit (which stops a task whose file is missing)
         deps, soft, after = [], [], []
         for up in plan.graph.predecessors(node):
-            files = [str(f) for f in _read_files(plan, node, up, dirs)]
+            files = [str(f) for f in input_files(plan, node, up, dirs)]
             if plan.graph.nodes[up]["soft"] or stage.partial_inputs:
                 soft += files
                 after.append(up.task_name)
@@ -250,6 +270,7 @@ def _stage_specs(plan: Plan):
                               "out_dir": str(_node_dir(plan, node, dirs)),
                               "watched": watched_digest(stage, model, target,
                                                         _code_digests(stage, model, code)),
+                              **({"role": stage.role} if stage.role else {}),
                               **({"soft_deps": soft} if soft else {}),
                               **({"soft": True} if data["soft"] else {})}},
             "doc": f"{node.stage} {model.name}" + (f" for {target.name}" if target else ""),
@@ -300,7 +321,7 @@ def _groups(plan: Plan) -> list[tuple[str, str, list[str]]]:
 
 
 def plan_inputs(plan: Plan) -> tuple[list[Path], list[Path]]:
-    """(files read, directories listed) in making the plan: what pipeline.memo re-checks.
+    """(files read, directories listed) in making the plan: what pipeline.plan.memo re-checks.
     Among the files, every stage's code: its digest is in the tasks (watched_digest)."""
     files, dirs = [plan.config.path], []
     for directory in plan.model_dirs:

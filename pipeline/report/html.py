@@ -4,10 +4,12 @@ A view of the record dict that build/run.json holds ({"tasks": [...], "warnings"
 the model x target matrix coloured by outcome (a failure's stage, error and log one click
 away), time per stage, the compiled module's latency against the framework's own, the
 numerical error against the tolerance, and what this run ran and what it reused, and why.
+It names no stage: what a cell's outcome rests on comes from the roles stages declare
+(table.rows), the stages' order from the record's.
 
 The page's markup is templates/report.html.j2 (Jinja2, autoescaped); this module computes
 what it shows (plain dicts and lists: the view model) and renders it. Jinja2 is imported
-only when a page is written: a no-op run reuses the last page (pipeline/record.py).
+only when a page is written: a no-op run reuses the last page (pipeline/report/record.py).
 
 Charts are matplotlib SVG inlined in the page (no script, no network, nothing to fetch). They
 are byte-stable (fixed id salt, no date), so a chart whose data did not change is taken from
@@ -17,8 +19,10 @@ second.
 from __future__ import annotations
 
 import functools
+import graphlib
 import hashlib
 import io
+import itertools
 import json
 import math
 import posixpath
@@ -29,8 +33,6 @@ from urllib.parse import quote
 from . import table
 from .units import duration
 
-FRONT_END = ("capture", "serialize", "import", "legalize", "emit")   # once per model
-STAGES = FRONT_END + ("lower", "codegen", "validate", "pick")   # a target's variants summed
 STATUSES = ("failed", "ran", "cached", "up-to-date", "skipped")      # the order they are listed
 KINDS = ("passed", "failed", "skipped", "compiled")                  # a matrix cell's outcome
 TEMPLATE = Path(__file__).with_name("templates") / "report.html.j2"
@@ -71,7 +73,7 @@ def _environment():
 def _cells(entries: list[dict]) -> list[dict]:
     """table.rows (the table's outcome and what it rests on) with the page's labels and
     the timings."""
-    return [{**row, "label": f"{row['model']} @ {row['target']}", "validate": row["verdict"],
+    return [{**row, "label": f"{row['model']} @ {row['target']}",
              **_timing(row["result"])} for row in table.rows(entries)]
 
 
@@ -158,21 +160,44 @@ def _matrix_cell(cell: dict, page_dir: str) -> dict:
         measured.append(f"abs err {cell['max_abs']:.1e}")
     if cell["iree_ms"] is not None:
         measured.append(duration(cell["iree_ms"]))
-    validate = cell["validate"]
-    last = validate if validate and validate.get("log") else \
+    verdict = cell["verdict"]
+    last = verdict if verdict and verdict.get("log") else \
         next((e for e in reversed(cell["chain"]) if e.get("log")), None)
     return {**view, "failed": None, "log": _href(last, page_dir), "sub": " · ".join(measured),
             "text": cell["kind"] if cell["kind"] != "skipped" else cell["outcome"]}
 
 
-def _times(cells: list[dict], charts: _Charts) -> str | None:
-    """The stacked chart of seconds per stage (None: nothing ran or was restored)."""
+def _times(cells: list[dict], charts: _Charts) -> dict | None:
+    """The stacked chart of seconds per stage, a target's variants summed, and the stages that
+    run once per model, as "first … last" (None: nothing ran or was restored)."""
+    stages = _stage_order(cells)
     seconds = [[sum(e.get("seconds") or 0.0 for e in c["chain"] if e["stage"] == stage)
-                for stage in STAGES] for c in cells]
+                for stage in stages] for c in cells]
     if not any(map(any, seconds)):
         return None
-    labels = [c["label"] for c in cells]
-    return charts.svg("times", {"labels": labels, "seconds": seconds}, _draw_times)
+    per_model = [s for s in stages if any(e["stage"] == s and e["target"] is None
+                                          for c in cells for e in c["chain"])]
+    data = {"labels": [c["label"] for c in cells], "stages": stages, "seconds": seconds}
+    return {"chart": charts.svg("times", data, _draw_times),
+            "per_model": " … ".join(dict.fromkeys(per_model[:1] + per_model[-1:]))}
+
+
+def _stage_order(cells: list[dict]) -> list[str]:
+    """The record's stages in the order they run. Each row's chain lists its entries in plan
+    order (a topological one), so each chain's stages, as they first appear, are in order;
+    the record as a whole need not be (a model that enters the pipeline further on lists that
+    stage beside the others' first). Stages whose order differs between rows (neither reads
+    the other) keep the order they first appear in."""
+    chains = [list(dict.fromkeys(e["stage"] for e in c["chain"])) for c in cells]
+    order = graphlib.TopologicalSorter()
+    for stages in chains:
+        order.add(stages[0])
+        for earlier, later in itertools.pairwise(stages):
+            order.add(later, earlier)
+    try:
+        return list(order.static_order())
+    except graphlib.CycleError:
+        return list(dict.fromkeys(stage for stages in chains for stage in stages))
 
 
 def _latency(cells: list[dict], charts: _Charts) -> dict | None:
@@ -353,12 +378,12 @@ def _rows_figure(Figure, n: int, width: float = 8.0, **kw):
 
 
 def _draw_times(Figure, data):
-    labels, seconds = data["labels"], data["seconds"]
+    labels, stages, seconds = data["labels"], data["stages"], data["seconds"]
     fig, ax = _rows_figure(Figure, len(labels))
     y = range(len(labels))
     left = [0.0] * len(labels)
-    colours = _colours(len(STAGES))
-    for i, stage in enumerate(STAGES):
+    colours = _colours(len(stages))
+    for i, stage in enumerate(stages):
         widths = [row[i] for row in seconds]
         if any(widths):
             _mark(f"times-mark-{stage}", ax.barh(y, widths, left=left, color=colours[i], label=stage,

@@ -13,44 +13,36 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-from ..cache.files import atomic_write, describe_os_error
+from ..cache.files import atomic_write, describe_os_error, read_only
+from ..run.entry import StageEntry
+from ..stage import Node
 
 
 @dataclass
 class RunLog:
     """What this doit invocation learns as it goes, for the reporter."""
-    entries: dict[str, dict] = field(default_factory=dict)   # stage entries, by task name
+    entries: dict[str, StageEntry] = field(default_factory=dict)   # this run's, by task
     warnings: list[str] = field(default_factory=list)        # run-level (a .doit.db moved aside)
-    previous: dict[str, dict] = field(default_factory=dict)  # up-to-date tasks' last entries
+    previous: dict[str, dict] = field(default_factory=dict)  # up-to-date tasks' last entries,
+    # as doit saved them (StageEntry.to_dict)
 
 
-RESULT_TEXT = "result_json"   # a saved entry's result, as text (driver.actions.saved_entry)
-
-
-def entry_of(task, fresh: dict[str, dict], previous: dict[str, dict]) -> dict | None:
-    """The task's entry from this run (in memory), else its last run's: as doit saved it
-    (read by the up-to-date check), else as the runner wrote it."""
+def entry_of(task, fresh: dict[str, StageEntry], previous: dict[str, dict]) -> dict | None:
+    """The task's record row (StageEntry.to_record): its entry from this run (in memory),
+    else its last run's: as doit saved it (read by the up-to-date check), else as the runner
+    wrote it. The key's parts and the outputs' stats stay in build/.kiln."""
     info = (task.meta or {}).get("kiln")
     if info is None:
         return None
-    entry = {"task": task.name, "stage": info["stage"], "model": info["model"],
-             "target": info["target"], "key": None}
-    if task.name in fresh:
-        entry.update(fresh[task.name])
-    elif task.name in previous:
-        entry.update(previous[task.name])
-    else:
-        try:
-            entry.update(json.loads(Path(info["entry"]).read_text()))
-        except (OSError, ValueError):
-            pass
-    if RESULT_TEXT in entry:   # as doit's database keeps it (driver.actions.saved_entry)
-        entry["result"] = json.loads(entry.pop(RESULT_TEXT))
-    # the key's parts (for the next 'why') and output stats (for the intact check) stay in
-    # build/.kiln; the record says what happened
-    for private in ("fingerprint", "outputs"):
-        entry.pop(private, None)
-    return entry
+    entry = fresh.get(task.name)
+    if entry is None:
+        node = Node(info["stage"], info["model"], info["target"])
+        if task.name in previous:
+            entry = StageEntry.from_dict(previous[task.name], node)
+        else:
+            entry = StageEntry.load(Path(info["entry"]), node)
+    entry.role = info.get("role")   # the plan's word (an entry older than roles has none)
+    return entry.to_record()
 
 
 def _summary(record: dict) -> str:
@@ -160,5 +152,8 @@ def _write_record(run_file: Path, record: dict) -> tuple[str, list[Path]]:
 
 def write_failed_run(run_file: Path, error: str) -> None:
     """A run stopped before any stage (a config or command-line error) still leaves a
-    record, so CI never publishes the previous run's results as this one's."""
+    record, so CI never publishes the previous run's results as this one's. Not in
+    read-only mode (`doit explain`: the error still stops it; it runs nothing)."""
+    if read_only():
+        return
     _write_record(run_file, {"tasks": [], "error": error})

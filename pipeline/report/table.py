@@ -1,5 +1,6 @@
 """The summary table: one row per model x target, saying how it ended, where it stopped and
-how fast the module runs against the framework itself (median times, stages/timing.py)."""
+how fast the module runs against the framework itself (median times, stages/timing.py).
+A row's outcome rests on the entries' roles (pipeline.stage.Stage.role), not stage names."""
 from __future__ import annotations
 
 from tabulate import tabulate
@@ -12,10 +13,23 @@ def _fmt(value, spec=".1e"):
     return "" if value is None else format(value, spec)
 
 
+# a record written before stages declared their roles (its entries have no "role" field)
+# is read by the names its stages had then: the one place the report reads a stage's name
+ROLES_BEFORE_ROLES = {"codegen": "module", "validate": "verdict", "pick": "choice"}
+
+
+def role(entry: dict) -> str | None:
+    """What the entry's stage is to the report (pipeline.stage.Stage.role): 'module',
+    'verdict', 'choice', or None for a step on the way."""
+    if "role" in entry:
+        return entry["role"]
+    return ROLES_BEFORE_ROLES.get(entry["stage"])
+
+
 def rows(entries: list[dict]) -> list[dict]:
     """Fold the run's stage entries into one row per model x target (its variants' stages
-    included), with what the row's verdict rests on: the pick among the target's variants
-    where there is one, else validate."""
+    included), with what the row's verdict rests on: the choice among the target's variants
+    where there is one, else the target's own verdict."""
     per_model = [e for e in entries if e["target"] is None]
     table = {}
     for e in entries:
@@ -25,39 +39,30 @@ def rows(entries: list[dict]) -> list[dict]:
             for (model, target), stage_entries in sorted(table.items())]
 
 
+def _ending(target: str, per_model: list[dict], stage_entries: list[dict]):
+    """(the entry the row failed at or None, the entry its verdict is or None)."""
+    chain = per_model + stage_entries
+    choice = next((e for e in stage_entries if role(e) == "choice"), None)
+    several = len({e["target"] for e in stage_entries}) > 1   # variants tried
+    if choice is not None and choice["status"] != "skipped":
+        # a variant may fail alone: what counts is the front end and the choice among them
+        return next((e for e in [*per_model, choice] if e["status"] == "failed"), None), choice
+    if choice is None and several and not any(role(e) == "verdict" for e in stage_entries):
+        # compiled only (doit compile): the target compiled when one of its variants did
+        compiled = any(role(e) == "module" and e["status"] in ("ran", "cached", "up-to-date")
+                       for e in stage_entries)
+        return next((e for e in (per_model if compiled else chain)
+                     if e["status"] == "failed"), None), None
+    return (next((e for e in chain if e["status"] == "failed"), None),
+            next((e for e in stage_entries if role(e) == "verdict" and e["target"] == target),
+                 None))
+
+
 def _row(model: str, target: str, per_model: list[dict], stage_entries: list[dict]) -> dict:
     chain = per_model + stage_entries
-    pick = next((e for e in stage_entries if e["stage"] == "pick"), None)
-    several = len({e["target"] for e in stage_entries}) > 1   # variants tried
-    if pick is not None and pick["status"] != "skipped":
-        # a variant may fail alone: what counts is the front end and the pick among them
-        failed = next((e for e in [*per_model, pick] if e["status"] == "failed"), None)
-        verdict = pick
-    elif pick is None and several and not any(e["stage"] == "validate" for e in stage_entries):
-        # compiled only (doit compile): the target compiled when one of its variants did
-        compiled = any(e["stage"] == "codegen" and e["status"] in ("ran", "cached", "up-to-date")
-                       for e in stage_entries)
-        failed = next((e for e in (per_model if compiled else chain)
-                       if e["status"] == "failed"), None)
-        verdict = None
-    else:
-        failed = next((e for e in chain if e["status"] == "failed"), None)
-        verdict = next((e for e in stage_entries if e["stage"] == "validate"
-                        and e["target"] == target), None)
+    failed, verdict = _ending(target, per_model, stage_entries)
     result = (verdict or {}).get("result") or (failed or {}).get("result") or {}
-    if failed:
-        kind, outcome = "failed", f"FAILED at {failed['stage']}: {failed.get('error', '')}"
-    elif verdict is None:
-        kind, outcome = "compiled", "compiled"
-    elif verdict["status"] == "skipped":
-        kind, outcome = "skipped", verdict.get("reason") or "skipped"
-    else:
-        kind = "passed" if result.get("passed") else "failed"
-        outcome = "passed" if result.get("passed") else "FAILED"
-        if result.get("variant") and len(result.get("variants") or ()) > 1:
-            outcome += f" (variant {result['variant']} of {len(result['variants'])})"
-        if result.get("checked"):
-            outcome += f" ({result['checked']})"
+    kind, outcome = _outcome(failed, verdict, result)
     counts = {}
     for e in chain:
         counts[e["status"]] = counts.get(e["status"], 0) + 1
@@ -69,6 +74,24 @@ def _row(model: str, target: str, per_model: list[dict], stage_entries: list[dic
             "ratio": result.get("speed_ratio"), "variant": result.get("variant"),
             "variants": result.get("variants") or [],
             "stages": " ".join(f"{n} {s}" for s, n in sorted(counts.items()))}
+
+
+def _outcome(failed: dict | None, verdict: dict | None, result: dict) -> tuple[str, str]:
+    """(the row's kind: passed, failed, skipped or compiled; the words the table shows)."""
+    if failed:
+        return "failed", f"FAILED at {failed['stage']}: {failed.get('error', '')}"
+    if verdict is None:
+        return "compiled", "compiled"
+    if verdict["status"] == "skipped":
+        return "skipped", verdict.get("reason") or "skipped"
+    if not result.get("passed"):
+        return "failed", "FAILED"
+    outcome = "passed"
+    if result.get("variant") and len(result.get("variants") or ()) > 1:
+        outcome += f" (variant {result['variant']} of {len(result['variants'])})"
+    if result.get("checked"):
+        outcome += f" ({result['checked']})"
+    return "passed", outcome
 
 
 def table(entries: list[dict], tablefmt: str = "simple", width: int | None = 90) -> str:

@@ -7,12 +7,12 @@ digest, size and mtime; a file whose stat differs is hashed, and only a differen
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from pathlib import Path
 
 from ..cache.digest import digest_file
-from ..cache.files import atomic_write
+from ..cache.files import atomic_write, read_only
+from .entry import StageEntry
 
 
 def output_stats(out_dir: Path, outputs: dict[str, str]) -> dict[str, list]:
@@ -53,23 +53,21 @@ def _same_stats(out_dir: str, recorded: dict) -> bool:
     return True
 
 
-def outputs_intact(out_dir: str, recorded: dict, entry_file: str, refresh: bool = True) -> bool:
+def outputs_intact(out_dir: str, recorded: dict, entry_file: str) -> bool:
     """recorded: the outputs doit saved with the task's last run. A stat that differs from it
     is first compared with the entry file's (refreshed when a touched file hashed equal,
-    unless refresh is False), then hashed; a touched file costs one hash, not one per run."""
+    except in read-only mode), then hashed; a touched file costs one hash, not one per run."""
     if _same_stats(out_dir, recorded):
         return True
-    try:
-        entry = json.loads(Path(entry_file).read_text())
-        if isinstance(entry.get("outputs"), dict) and _same_stats(out_dir, entry["outputs"]) \
-                and {r: v[0] for r, v in entry["outputs"].items()} == \
-                {r: v[0] for r, v in recorded.items()}:
-            return True
-    except (OSError, ValueError, AttributeError, TypeError):
-        entry = None
+    entry = StageEntry.load(Path(entry_file))
+    if entry is not None and entry.outputs is not None and _same_stats(out_dir, entry.outputs) \
+            and {r: v[0] for r, v in entry.outputs.items()} == \
+            {r: v[0] for r, v in recorded.items()}:
+        return True
     changed, stats = changed_outputs(Path(out_dir), recorded)
-    if not changed and refresh and isinstance(entry, dict):
+    if not changed and not read_only() and entry is not None:
         # same bytes, new stat (touched, copied): record it so the next check is a stat again
+        entry.outputs = stats
         with contextlib.suppress(OSError):
-            atomic_write(Path(entry_file), json.dumps({**entry, "outputs": stats}, indent=1).encode())
+            atomic_write(Path(entry_file), entry.to_json())
     return not changed

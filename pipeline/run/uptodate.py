@@ -9,6 +9,7 @@ import inspect
 import os
 
 from ..cache.digest import digest_file
+from .entry import is_output_stats
 from .intact import outputs_intact
 
 
@@ -17,19 +18,22 @@ CHECK_SIGNATURE = inspect.Signature(
 
 
 
-def stage_check(task, values, refresh: bool = True) -> bool | None:
+def stage_check(task, values) -> bool | None:
     """doit's check of a stage task, beside its file_dep: the params and tool versions are
     those its last run saw, the inputs a soft upstream left are the same, and its outputs
-    in build/ still hold what it wrote (refresh: record a touched output's new stat)."""
+    in build/ still hold what it wrote (a touched output's new stat is recorded)."""
     info = task.meta["kiln"]
     entry = values.get("entry")
     if values.get("watched") != info["watched"] or not isinstance(entry, dict):
         return False   # never ran here, last failed, or a param or tool changed
     if info.get("soft_deps") and not same_inputs(info["soft_deps"], values.get("soft_inputs")):
         return False   # what a variant among several left it (doit checks the others)
-    if not isinstance(entry.get("outputs"), dict):
+    outputs = entry.get("outputs")
+    if outputs is None:
         return None    # skipped: no outputs to check; doit's target check decides
-    return outputs_intact(info["out_dir"], entry["outputs"], info["entry"], refresh)
+    if not is_output_stats(outputs):
+        return False   # an older kiln's record: run (the runner restores it from the cache)
+    return outputs_intact(info["out_dir"], outputs, info["entry"])
 
 
 

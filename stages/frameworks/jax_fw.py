@@ -14,12 +14,13 @@ with all locations stripped. The reference is the exported artifact itself run b
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 from pipeline.stage import ModelSpec, StageError
 
-from . import Framework, build_model, model_inputs, save_arrays
+from .base import Framework, Traced
+from .factory import build_model
+from .inputs import model_inputs
 
 
 def _jax():
@@ -49,39 +50,39 @@ class Jax(Framework):
     captured = ("exported.jaxexport",)
     serialized = "model.jaxexport"
 
-    def capture(self, model: ModelSpec, out: Path) -> None:
+    def trace(self, model: ModelSpec) -> Traced:
         jax = _jax()
         if model.factory:
             function, inputs = build_model(model, callable, "function")
             specs = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in inputs]
             exported = jax.export.export(jax.jit(function))(*specs)
         else:  # a user's serialized export
-            exported = jax.export.deserialize(bytearray(Path(model.sources["model"]).read_bytes()))
+            exported = _deserialize(Path(model.sources["model"]))
             inputs = model_inputs(model, _signature(exported))
-        reference = exported.call(*inputs)
-        (out / "exported.jaxexport").write_bytes(bytes(exported.serialize()))
-        save_arrays(out / "inputs.npz", "arg", inputs)
-        save_arrays(out / "reference.npz", "out", _leaves(reference))
+        return Traced(artifact=bytes(exported.serialize()), inputs=inputs,
+                      reference=_leaves(exported.call(*inputs)))
 
-    def serialize(self, captured: Path, out: Path) -> None:
-        # the blob is already the interchange format; a copy under the fixed name
-        shutil.copyfile(captured / "exported.jaxexport", out / self.serialized)
+    # serialize: the blob is already the interchange format, copied under the fixed name
 
-    def import_mlir(self, serialized: Path, out: Path) -> None:
+    def import_mlir(self, serialized_file: Path, mlir_file: Path) -> None:
         from stages.mlir import parse, write_stripped
-        jax = _jax()
-        exported = jax.export.deserialize(bytearray(Path(serialized).read_bytes()))
-        write_stripped(parse(exported.mlir_module().encode()), out)
+        exported = _deserialize(serialized_file)
+        write_stripped(parse(exported.mlir_module().encode()), mlir_file)
 
     timing_threads = "XLA's own pool, not settable: one per core the process may use"
 
-    def runner(self, captured: Path, inputs: list, threads: int):
+    def runner(self, capture_dir: Path, inputs: list, threads: int):
         # the export capture ran for the reference, jitted; JAX dispatches asynchronously,
         # so a call is done only once its results are ready
         jax = _jax()
-        exported = jax.export.deserialize(bytearray((captured / "exported.jaxexport").read_bytes()))
+        exported = _deserialize(capture_dir / self.captured[0])
         call, arrays = jax.jit(exported.call), [jax.numpy.asarray(a) for a in inputs]
         return lambda: jax.block_until_ready(call(*arrays))
+
+
+def _deserialize(path: Path):
+    """The jax.export.Exported a .jaxexport file holds."""
+    return _jax().export.deserialize(bytearray(path.read_bytes()))
 
 
 def _signature(exported) -> list[tuple[str, list, str]]:

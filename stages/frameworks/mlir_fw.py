@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import Framework
+from .base import Framework
 
 
 class ImportedMlir(Framework):

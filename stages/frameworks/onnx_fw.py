@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +39,9 @@ import numpy as np
 from pipeline.stage import ConfigError
 from pipeline.stage import ModelSpec, StageError
 
-from . import Framework, build_model, model_inputs, save_arrays
+from .base import Framework, Traced
+from .factory import build_model
+from .inputs import model_inputs
 
 OPSET = 17
 # onnxruntime against a model's own test_data_set_*/output_*.pb: those files were written by
@@ -79,7 +80,7 @@ class Onnx(Framework):
             raise ConfigError(f"model {path}: {err}") from None
         return roles
 
-    def capture(self, model: ModelSpec, out: Path) -> dict:
+    def trace(self, model: ModelSpec) -> Traced:
         import onnx
         notes, test_outputs = [], None
         if model.factory:
@@ -90,31 +91,26 @@ class Onnx(Framework):
             proto = _load_with_data(path)
             inputs, test_outputs, notes = _file_inputs(model, proto, path.parent)
         names = [name for name, _, _ in _signature(proto)]
-        if len(names) != len(inputs):
-            raise StageError(f"model {model.name}: the graph takes {len(names)} inputs "
-                             f"({', '.join(names)}), build() gave {len(inputs)}")
+        self.check_input_count(model, "the graph", names, inputs)
         declared = _declared_outputs(proto)
         _require_one_file(proto, model.name)
         proto = _with_static_inputs(proto, dict(zip(names, inputs)))
         data = proto.SerializeToString(deterministic=True)
-        (out / "model.onnx").write_bytes(data)
         reference = _session(data).run(None, dict(zip(names, inputs)))
         if test_outputs is not None:
             notes.append(_check_test_outputs(model.name, reference, *test_outputs))
-        save_arrays(out / "inputs.npz", "arg", inputs)
-        save_arrays(out / "reference.npz", "out", reference)
-        return {"notes": notes, "declared_outputs": declared}
+        return Traced(artifact=data, inputs=inputs, reference=reference, notes=notes,
+                      declared_outputs=declared)
 
-    def serialize(self, captured: Path, out: Path) -> None:
-        shutil.copyfile(captured / "model.onnx", out / self.serialized)
+    # serialize: capture's model.onnx is the interchange file, copied under the fixed name
 
-    def import_mlir(self, serialized: Path, out: Path) -> None:
+    def import_mlir(self, serialized_file: Path, mlir_file: Path) -> None:
         import onnx
         from iree.compiler import ir
         from iree.compiler.extras import onnx_importer
 
         from stages.mlir import write_stripped
-        proto = onnx.load(str(serialized), load_external_data=False)
+        proto = onnx.load(str(serialized_file), load_external_data=False)
         if _opset(proto) < OPSET:
             proto = onnx.version_converter.convert_version(proto, OPSET)
         try:
@@ -126,14 +122,14 @@ class Onnx(Framework):
         module = info.create_module(context=ir.Context())
         onnx_importer.NodeImporter.define_function(info.main_graph, module.operation).import_all()
         module.operation.verify()
-        write_stripped(module, out)
+        write_stripped(module, mlir_file)
 
     timing_threads = "onnxruntime intra_op_num_threads, inter-op 1"
 
-    def runner(self, captured: Path, inputs: list, threads: int):
+    def runner(self, capture_dir: Path, inputs: list, threads: int):
         # onnxruntime's CPU provider, as for the reference, on capture's model.onnx
         import onnx
-        data = (captured / "model.onnx").read_bytes()
+        data = (capture_dir / self.captured[0]).read_bytes()
         names = [name for name, _, _ in _signature(onnx.load_from_string(data))]
         session, feeds = _session(data, threads), dict(zip(names, inputs))
         return lambda: session.run(None, feeds)

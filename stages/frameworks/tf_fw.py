@@ -27,48 +27,20 @@ signature is the module's only entry point.
 """
 from __future__ import annotations
 
-import functools
 import io
-import os
-import sys
 import tarfile
 import tempfile
 from pathlib import Path
 
 from pipeline.stage import ModelSpec, StageError
 
-from . import Framework, build_model, model_inputs, save_arrays
+from .base import Framework, Traced
+from .factory import build_model
+from .inputs import model_inputs
+from .tf_common import absl_safe, entry_function, load_tf
 
 ARCHIVE = "saved_model.tar"
 VOLATILE = {"fingerprint.pb"}
-
-
-def _tf():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
-    return tf
-
-
-def _absl_stream_fix() -> None:
-    """TF's absl log handler keeps the sys.stderr of the moment it was created: under doit that
-    is the task's capture object, which absl tries (and fails) to close at exit. Point it at the
-    process's real stderr instead."""
-    absl_logging = sys.modules.get("absl.logging")
-    if absl_logging is not None:
-        handler = absl_logging.get_absl_handler().python_handler
-        if handler.stream not in (sys.__stderr__, sys.__stdout__):
-            handler.stream = sys.__stderr__
-
-
-def absl_safe(method):
-    """Run a TF-loading adapter method, then put absl's log handler back on the real stderr."""
-    @functools.wraps(method)
-    def wrapper(*args, **kwargs):
-        try:
-            return method(*args, **kwargs)
-        finally:
-            _absl_stream_fix()
-    return wrapper
 
 
 class TensorFlow(Framework):
@@ -80,95 +52,71 @@ class TensorFlow(Framework):
     input_type = "stablehlo"
     captured = (ARCHIVE,)
     serialized = ARCHIVE
+    builds_on = ("tf_common",)
 
     def matches(self, path: Path) -> bool:
         return path.is_dir() and (path / "saved_model.pb").is_file()
 
     @absl_safe
-    def capture(self, model: ModelSpec, out: Path) -> None:
-        tf = _tf()
+    def trace(self, model: ModelSpec) -> Traced:
+        tf = load_tf()
         with tempfile.TemporaryDirectory() as tmp:
-            if model.factory:
-                module, inputs = build_model(model, lambda m: isinstance(m, tf.Module), "tf.Module")
-                attr, function = _entry_function(module, model.name)
-                saved = Path(tmp) / "saved_model"
-                signature_name = "serving_default" if attr == "__call__" else attr
-                tf.saved_model.save(module, str(saved),
-                                    signatures={signature_name: function.get_concrete_function()})
-            else:  # a user's SavedModel directory
-                saved, inputs = Path(model.sources["model"]), None
+            saved, inputs = _saved_model(model, Path(tmp))
             signature_name = _signature_name(saved)
             signature = tf.saved_model.load(str(saved)).signatures[signature_name]
             specs = signature.structured_input_signature[1]   # kwargs, definition order
             if inputs is None:
                 inputs = model_inputs(model, [(k, s.shape.as_list(), s.dtype.name)
                                               for k, s in specs.items()])
-            if len(inputs) != len(specs):
-                raise StageError(f"model {model.name}: signature '{signature_name}' takes "
-                                 f"{len(specs)} inputs ({', '.join(specs)}), build() gave "
-                                 f"{len(inputs)}")
-            feeds = dict(zip(specs, inputs))                   # positional -> signature keys
-            for key, spec in specs.items():
-                if not spec.is_compatible_with(tf.constant(feeds[key])):
-                    raise StageError(f"model {model.name}: input '{key}' of shape "
-                                     f"{feeds[key].shape} {feeds[key].dtype} does not fit "
-                                     f"the signature's {spec}")
+            self.check_input_count(model, f"signature '{signature_name}'", list(specs), inputs)
+            feeds = _feeds(model, specs, inputs)
             results = signature(**{k: tf.constant(a) for k, a in feeds.items()})
             in_keys, out_keys = _signature_order(saved, signature_name)
             if sorted(in_keys) != sorted(specs) or sorted(out_keys) != sorted(results):
                 raise StageError(f"model {model.name}: cannot match signature "
                                  f"'{signature_name}' to its converted function "
                                  f"({in_keys} -> {out_keys})")
-            (out / ARCHIVE).write_bytes(_pack(saved))
-        save_arrays(out / "inputs.npz", "arg", [feeds[k] for k in in_keys])
-        save_arrays(out / "reference.npz", "out", [results[k].numpy() for k in out_keys])
+            return Traced(artifact=_pack(saved), inputs=[feeds[k] for k in in_keys],
+                          reference=[results[k].numpy() for k in out_keys])
 
-    def serialize(self, captured: Path, out: Path) -> None:
+    def serialize(self, capture_dir: Path, out_dir: Path) -> None:
         # capture already wrote the canonical archive; re-pack to be sure of its form
         with tempfile.TemporaryDirectory() as tmp:
-            _unpack(captured / ARCHIVE, Path(tmp))
-            (out / self.serialized).write_bytes(_pack(Path(tmp)))
+            _unpack(capture_dir / ARCHIVE, Path(tmp))
+            (out_dir / self.serialized).write_bytes(_pack(Path(tmp)))
 
     @absl_safe
-    def import_mlir(self, serialized: Path, out: Path) -> None:
-        _tf()  # quiet TF's start-up logging before the importer loads it
-        from iree.compiler import ir
+    def import_mlir(self, serialized_file: Path, mlir_file: Path) -> None:
+        load_tf()  # quiet TF's start-up logging before the importer loads it
         from iree.tools.tf.scripts.iree_import_tf.__main__ import import_saved_model
 
         from stages.mlir import parse, write_stripped
         with tempfile.TemporaryDirectory() as tmp:
             saved = Path(tmp) / "saved_model"
-            _unpack(serialized, saved)
+            _unpack(serialized_file, saved)
             imported = Path(tmp) / "imported.mlirbc"
             import_saved_model(output_path=str(imported), saved_model_dir=str(saved),
                                exported_names=_signature_name(saved),
                                import_type="savedmodel_v1", tags="serve")
             module = parse(imported.read_bytes())
-        with module.context:
-            private = ir.StringAttr.get("private")
-            for op in module.body.operations:
-                op = op.operation
-                name = str(op.attributes["sym_name"]).strip('"') if "sym_name" in op.attributes else ""
-                if op.name == "ml_program.global" or (op.name.endswith(".func") and (
-                        name == "session_initializer" or name.startswith("global$"))):
-                    op.attributes["sym_visibility"] = private
-        write_stripped(module, out)
+        _make_private(module)
+        write_stripped(module, mlir_file)
 
     timing_threads = "tf.config.threading intra-op, inter-op 1"
 
     @absl_safe
-    def runner(self, captured: Path, inputs: list, threads: int):
+    def runner(self, capture_dir: Path, inputs: list, threads: int):
         # the reloaded SavedModel's signature, as capture ran it for the reference; inputs.npz
         # is in the converted function's order, fed back by signature key
-        tf = _tf()
+        tf = load_tf()
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(1)
         folder = tempfile.TemporaryDirectory()   # kept alive by run()
         saved = Path(folder.name) / "saved_model"
-        _unpack(captured / ARCHIVE, saved)
-        name = _signature_name(saved)
-        signature = tf.saved_model.load(str(saved)).signatures[name]
-        in_keys, _ = _signature_order(saved, name)
+        _unpack(capture_dir / ARCHIVE, saved)
+        signature_name = _signature_name(saved)
+        signature = tf.saved_model.load(str(saved)).signatures[signature_name]
+        in_keys, _ = _signature_order(saved, signature_name)
         feeds = {k: tf.constant(a) for k, a in zip(in_keys, inputs)}
 
         def run(keep=folder):
@@ -176,20 +124,46 @@ class TensorFlow(Framework):
         return run
 
 
-def _entry_function(module, name: str):
-    """(attribute name, tf.function) of the function to export: __call__ if there are several."""
-    candidates = {}
-    for attr in dir(type(module)):
-        value = getattr(module, attr, None)
-        if getattr(value, "input_signature", None) is not None:
-            candidates[attr] = value
-    if "__call__" in candidates:
-        return "__call__", candidates["__call__"]
-    if len(candidates) != 1:
-        raise StageError(f"model {name}: the tf.Module needs exactly one tf.function with an "
-                         f"input_signature (or one named __call__); found "
-                         f"{', '.join(sorted(candidates)) or 'none'}")
-    return next(iter(candidates.items()))
+def _saved_model(model: ModelSpec, tmp: Path) -> tuple[Path, list | None]:
+    """(SavedModel directory, build()'s inputs): a factory's tf.Module saved under tmp with
+    its entry function as the only signature, or the user's own directory (inputs None)."""
+    if not model.factory:
+        return Path(model.sources["model"]), None
+    tf = load_tf()
+    module, inputs = build_model(model, lambda m: isinstance(m, tf.Module), "tf.Module")
+    attr, function = entry_function(module, model.name)
+    saved = tmp / "saved_model"
+    signature_name = "serving_default" if attr == "__call__" else attr
+    tf.saved_model.save(module, str(saved),
+                        signatures={signature_name: function.get_concrete_function()})
+    return saved, inputs
+
+
+def _feeds(model: ModelSpec, specs: dict, inputs: list) -> dict:
+    """The inputs by signature key (positional -> keys in definition order), each checked to
+    fit its spec."""
+    tf = load_tf()
+    feeds = dict(zip(specs, inputs))
+    for key, spec in specs.items():
+        if not spec.is_compatible_with(tf.constant(feeds[key])):
+            raise StageError(f"model {model.name}: input '{key}' of shape "
+                             f"{feeds[key].shape} {feeds[key].dtype} does not fit "
+                             f"the signature's {spec}")
+    return feeds
+
+
+def _make_private(module) -> None:
+    """The importer's session_initializer, global$ accessors and ml_program.globals made
+    private: the signature is the module's only entry point."""
+    from iree.compiler import ir
+    with module.context:
+        private = ir.StringAttr.get("private")
+        for op in module.body.operations:
+            op = op.operation
+            name = str(op.attributes["sym_name"]).strip('"') if "sym_name" in op.attributes else ""
+            if op.name == "ml_program.global" or (op.name.endswith(".func") and (
+                    name == "session_initializer" or name.startswith("global$"))):
+                op.attributes["sym_visibility"] = private
 
 
 def _signature_name(saved: Path) -> str:

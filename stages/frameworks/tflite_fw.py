@@ -42,15 +42,16 @@ interpreter's input/output detail order used for inputs.npz and reference.npz.
 from __future__ import annotations
 
 import io
-import shutil
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.stage import ModelSpec, StageError
 
-from . import Framework, build_model, model_inputs, save_arrays
-from .tf_fw import _entry_function, _tf, absl_safe
+from .base import Framework, Traced
+from .factory import build_model
+from .inputs import model_inputs
+from .tf_common import absl_safe, entry_function, load_tf
 
 
 class TFLite(Framework):
@@ -62,17 +63,15 @@ class TFLite(Framework):
     input_type = "tosa"
     captured = ("model.tflite",)
     serialized = "model.tflite"
-
-    def code_files(self) -> tuple[Path, ...]:
-        return (*super().code_files(), Path(__file__).parent / "tf_fw.py")
+    builds_on = ("tf_common",)
 
     @absl_safe
-    def capture(self, model: ModelSpec, out: Path) -> dict:
+    def trace(self, model: ModelSpec) -> Traced:
         notes = []
         if model.factory:
-            module, inputs = build_model(model, lambda m: True, "tf.Module or .tflite bytes")
-            flatbuffer = bytes(module) if isinstance(module, (bytes, bytearray)) \
-                else _convert(module, model.name)
+            built, inputs = build_model(model, lambda m: True, "tf.Module or .tflite bytes")
+            flatbuffer = bytes(built) if isinstance(built, (bytes, bytearray)) \
+                else _convert(built, model.name)
         else:  # a user's .tflite file
             flatbuffer = Path(model.sources["model"]).read_bytes()
             inputs = None
@@ -80,42 +79,38 @@ class TFLite(Framework):
         details = interpreter.get_input_details()
         if inputs is None:
             inputs, notes = _file_inputs(model, details)
-        if len(inputs) != len(details):
-            raise StageError(f"model {model.name}: the flatbuffer takes {len(details)} inputs, "
-                             f"build() gave {len(inputs)}")
+        self.check_input_count(model, "the flatbuffer", [d["name"] for d in details], inputs)
         static = _with_static_inputs(flatbuffer, details, inputs)
         if static is not flatbuffer:  # LiteRT answers for exactly the file IREE imports
             flatbuffer, interpreter = static, _interpreter(static)
             details = interpreter.get_input_details()
         reference = _run(interpreter, details, inputs)
-        (out / "model.tflite").write_bytes(flatbuffer)
-        save_arrays(out / "inputs.npz", "arg", inputs)
-        save_arrays(out / "reference.npz", "out", reference)
         outputs = interpreter.get_output_details()
         tolerances = _output_tolerances(interpreter, outputs, reference)
         notes += _dynamic_range_notes(interpreter, outputs)
-        return {"notes": notes, "tolerances": tolerances if any(tolerances) else None,
-                "declared_outputs": [_dims(d["shape_signature"]) for d in outputs]}
+        return Traced(artifact=flatbuffer, inputs=inputs, reference=reference, notes=notes,
+                      tolerances=tolerances if any(tolerances) else None,
+                      declared_outputs=[_dims(d["shape_signature"]) for d in outputs])
 
-    def serialize(self, captured: Path, out: Path) -> None:
-        shutil.copyfile(captured / "model.tflite", out / self.serialized)
+    # serialize: capture's model.tflite is the interchange file, copied under the fixed name
 
     @absl_safe
-    def import_mlir(self, serialized: Path, out: Path) -> None:
+    def import_mlir(self, serialized_file: Path, mlir_file: Path) -> None:
         from tosa_converter_for_tflite import (TosaConverterDebugInfo, TosaConverterOutputFormat,
                                                tflite_flatbuffer_to_tosa_mlir)
 
         from stages.mlir import parse, write_stripped
         buffer = io.BytesIO()
-        tflite_flatbuffer_to_tosa_mlir(str(serialized), buffer, TosaConverterOutputFormat.Bytecode,
+        tflite_flatbuffer_to_tosa_mlir(str(serialized_file), buffer,
+                                       TosaConverterOutputFormat.Bytecode,
                                        TosaConverterDebugInfo.Disabled)
-        write_stripped(parse(buffer.getvalue()), out)
+        write_stripped(parse(buffer.getvalue()), mlir_file)
 
     timing_threads = "LiteRT Interpreter num_threads"
 
-    def runner(self, captured: Path, inputs: list, threads: int):
+    def runner(self, capture_dir: Path, inputs: list, threads: int):
         # the interpreter capture asked for the reference, on the same flatbuffer
-        interpreter = _interpreter((captured / "model.tflite").read_bytes(), threads)
+        interpreter = _interpreter((capture_dir / self.captured[0]).read_bytes(), threads)
         details = interpreter.get_input_details()
         return lambda: _run(interpreter, details, inputs)
 
@@ -125,8 +120,8 @@ def _convert(module, name: str) -> bytes:
     if importlib.util.find_spec("tensorflow") is None:
         raise StageError(f"model {name}: converting a tf.Module to .tflite needs TensorFlow: "
                          "install kiln[tf] (or return the .tflite bytes from build())")
-    tf = _tf()
-    _, function = _entry_function(module, name)
+    tf = load_tf()
+    _, function = entry_function(module, name)
     converter = tf.lite.TFLiteConverter.from_concrete_functions(
         [function.get_concrete_function()], module)
     return bytes(converter.convert())

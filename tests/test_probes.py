@@ -126,3 +126,10 @@ def test_the_cached_version_is_the_tools_own_text(tmp_path, monkeypatch):
         assert direct in json.loads((tmp_path / "probes.json").read_text()).values()
     finally:
         probes.tool_version.cache_clear()
+
+
+def test_tool_versions():
+    assert probes.tool_version("iree-compile").startswith("IREE")      # the full version line
+    assert "compiler version" in probes.tool_version("iree-compile")
+    assert probes.tool_version("iree-base-runtime")[0].isdigit()       # a distribution's version
+    assert probes.tool_version("no-such-tool-kiln") == "not installed"

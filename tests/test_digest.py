@@ -1,11 +1,4 @@
-from pipeline.cache import digest, probes
-
-
-def test_tool_versions():
-    assert probes.tool_version("iree-compile").startswith("IREE")      # the full version line
-    assert "compiler version" in probes.tool_version("iree-compile")
-    assert probes.tool_version("iree-base-runtime")[0].isdigit()       # a distribution's version
-    assert probes.tool_version("no-such-tool-kiln") == "not installed"
+from pipeline.cache import digest
 
 
 def test_key_changes_with_each_part():

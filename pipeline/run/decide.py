@@ -1,0 +1,151 @@
+"""What happens to one stage node, decided in one place.
+
+    skip     the stage cannot run on this machine (Stage.unavailable: no device for its
+             driver), or an upstream output it reads is absent (that stage failed or was
+             skipped), unless the stage runs with the inputs that exist (partial_inputs)
+    fail     its key cannot be computed (a tool that will not say its version, a model
+             file gone): it fails without running
+    restore  key = hash(stage, code, params, input digests, tool versions) is in the cache
+    run      otherwise; why: which part of its key differs from its last build here
+
+The runner (pipeline.run.runner) acts on the Decision. `doit explain` asks for the same
+Decision, with a lookup that reads only and the input digests it predicts for stages that
+have not run yet, and never acts: the two cannot disagree on what a stage will do.
+"""
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Literal
+
+from ..cache.digest import digest_file, digest_source, stage_key
+from ..cache.probes import tool_version
+from ..cache.store import Found
+from ..plan.layout import Layout
+from ..stage import ModelSpec, Stage, StageError, Target, read_files
+from .entry import StageEntry
+
+if TYPE_CHECKING:
+    from ..plan.tasks import Job
+
+Action = Literal["restore", "run", "skip", "fail"]
+ABSENT = "absent"   # an input's digest in the key where a failed variant left no file
+# key -> the whole cache entry and where it is, or None (Store.find)
+Lookup = Callable[[str, tuple[str, ...]], Found | None]
+# an upstream output -> the sha256 it holds (will hold) when the stage reads it; None: absent
+DigestOf = Callable[[Path], str | None]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What happens to one node and why, in the record's words."""
+    action: Action
+    why: str                     # why it runs / is skipped / fails; where a restore comes from
+    key: str | None = None
+    parts: dict | None = None    # the key's parts: the record's fingerprint, for the next why
+    found: Found | None = None   # the cache entry a restore reads
+    previous: StageEntry | None = None   # the node's last entry here
+    detail: str = ""             # for a fail: the traceback, for the log
+
+    def why_it_runs(self) -> str:
+        """Why it would run: which part of its key differs from its last build here (also
+        for a restore, whose blobs may turn out damaged, and for `doit explain`)."""
+        return why_run(self.previous, self.parts or {})
+
+    def fails_again(self) -> bool:
+        """It runs with the very key its last run here failed with (a stage is a function
+        of its key: `doit explain` expects the same failure)."""
+        return self.action == "run" and self.previous is not None and \
+            self.previous.status == "failed" and self.previous.key == self.key
+
+
+def on_disk(path: Path) -> str | None:
+    """The digest of an upstream output as build/ holds it now; None when it is absent."""
+    return digest_file(path) if path.is_file() else None
+
+
+def decide(job: Job, layout: Layout, lookup: Lookup, digest_of: DigestOf = on_disk) -> Decision:
+    """What the run does to job's node (see the module's docstring). Reads only: build/ as
+    it is (or as digest_of predicts it), the node's last entry and lookup's answer."""
+    previous = StageEntry.load(layout.entry_file(job.node))
+    stage, model, target = job.stage, job.model, job.target
+    unavailable = stage.unavailable(model, target)
+    if unavailable:
+        return Decision("skip", unavailable, previous=previous)
+    try:
+        inputs = input_digests(stage, model, target, job.upstream, job.first, digest_of)
+        absent = [name for name, digest in inputs.items() if digest == ABSENT]
+        if absent and not stage.partial_inputs:
+            upstream, _, rel = absent[0].partition("/")
+            return Decision("skip", f"skipped: {upstream} has no {rel} (it failed or was "
+                            "skipped)", previous=previous)
+        parts = key_parts(stage, model, target, inputs)
+    except (OSError, ValueError, StageError) as err:   # (not a bug's TypeError: the runner's)
+        return Decision("fail", f"cannot compute its key: {type(err).__name__}: {err}",
+                        previous=previous, detail=traceback.format_exc())
+    key = stage_key(stage.name, **parts)
+    found = lookup(key, stage.outputs(model))
+    if found is not None:
+        where = "key in the cache" if found.where == "local" else "key in the remote cache"
+        return Decision("restore", where, key, parts, found, previous)
+    return Decision("run", why_run(previous, parts), key, parts, None, previous)
+
+
+def code_fingerprint(files) -> dict[str, str]:
+    # keyed by 'dir/name', not the absolute path: a clone elsewhere must get the same key
+    return {f"{Path(f).parent.name}/{Path(f).name}": digest_file(f) for f in files}
+
+
+def input_digests(stage: Stage, model: ModelSpec, target: Target | None,
+                  upstream: dict[str, tuple[Stage, Path]], first: bool,
+                  digest_of: DigestOf = on_disk) -> dict[str, str]:
+    """'<upstream>/<rel>' -> the digest of each upstream output stage reads (ABSENT where
+    there is none), and, for the stage a model enters at, 'source:<role>' -> its files'."""
+    digests = {}
+    for name, (up_stage, up_dir) in sorted(upstream.items()):
+        for rel in read_files(stage, model, target, name, up_stage):
+            digests[f"{name}/{rel}"] = digest_of(up_dir / rel) or ABSENT
+    if first:  # the stage a model enters at reads the model's own files
+        for role, path in sorted(model.sources.items()):
+            digests[f"source:{role}"] = digest_source(path)
+    return digests
+
+
+def key_parts(stage: Stage, model: ModelSpec, target: Target | None,
+              inputs: dict[str, str]) -> dict:
+    """The parts of the key (the record's fingerprint), given the input digests."""
+    return {
+        "code": code_fingerprint(stage.code_files(model)),
+        "params": stage.params(model, target),
+        "inputs": inputs,
+        "tools": {t: tool_version(t) for t in stage.tools(model)},
+    }
+
+
+def compute_key(stage: Stage, model: ModelSpec, target: Target | None,
+                upstream: dict[str, tuple[Stage, Path]], first: bool,
+                digest_of: DigestOf = on_disk) -> tuple[str, dict]:
+    """(key, its parts) of a stage reading upstream's outputs."""
+    parts = key_parts(stage, model, target,
+                      input_digests(stage, model, target, upstream, first, digest_of))
+    return stage_key(stage.name, **parts), parts
+
+
+def why_run(previous: StageEntry | None, now: dict) -> str:
+    """Why a stage has to run: which part of its key (now: its parts) differs from its last
+    build here (previous: that run's entry)."""
+    before = previous.fingerprint if previous is not None else None
+    if not before:
+        return "no earlier build of this stage here and none in the cache"
+    changes = []
+    for part in ("code", "params", "inputs", "tools"):
+        old, new = before.get(part) or {}, now[part]
+        names = sorted(n for n in set(old) | set(new) if old.get(n) != new.get(n))
+        if names:
+            changes.append(f"{part}: {', '.join(names)}")
+    if changes:
+        return "changed " + "; ".join(changes)
+    if previous.status == "failed":
+        return "its last run failed with this same key (a failure is not cached)"
+    return "key unchanged but not in the cache (cleared, or another store)"

@@ -1,0 +1,126 @@
+"""The adapter base: what a framework adapter declares (its name, packages, files, input
+dialect), and the template its stages follow: capture() is the same for every framework but
+for trace(), serialize() copies capture's artifact, the input-count check is shared; an
+adapter supplies only what differs."""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+import shutil
+from pathlib import Path
+
+from pipeline.stage import ModelSpec, StageError
+
+from .arrays import save_arrays
+
+HERE = Path(__file__).parent
+# the modules of this package every adapter builds on: they fingerprint every adapter
+SHARED_MODULES = ("base", "factory", "inputs", "arrays")
+
+
+@dataclasses.dataclass
+class Traced:
+    """What an adapter's trace() gives capture(): the framework's artifact (what
+    write_artifact takes), the inputs the model ran on and its answer (a list of arrays, one
+    per output), and what validation should know, written to capture.json:
+      notes             what was chosen for the user (e.g. "batch dimension set to 1")
+      tolerances        per output, None (the target's) or {"atol": float, "rtol": float,
+                        "why": str}, e.g. from a quantized output's scale; None for all
+      declared_outputs  per output, None or the model's own dims (None for a dynamic one):
+                        an answer that contradicts them means the inputs do not fit
+    """
+    artifact: object
+    inputs: list
+    reference: list
+    notes: list[str] = dataclasses.field(default_factory=list)
+    tolerances: list[dict | None] | None = None
+    declared_outputs: list[list | None] | None = None
+
+    def info(self) -> dict:
+        """What validation should know, as capture() returns it to the capture stage."""
+        return {"notes": self.notes, "tolerances": self.tolerances,
+                "declared_outputs": self.declared_outputs}
+
+
+class Framework:
+    """A framework adapter: a subclass per framework states what differs (its trace(),
+    import_mlir(), runner(); write_artifact() and serialize() where the default does not
+    fit) and registers an instance as its module's ADAPTER."""
+    name = ""                        # what a model's FRAMEWORK says
+    extra = ""                       # pip extra that installs it: kiln[<extra>]
+    modules: tuple[str, ...] = ()    # import names that must be present
+    dists: tuple[str, ...] = ()      # distributions whose versions enter the keys
+    suffixes: tuple[str, ...] = ()   # model files it reads
+    input_type = ""                  # iree-compile --iree-input-type
+    captured: tuple[str, ...] = ()   # capture's framework artifacts (beside inputs/reference)
+    serialized = ""                  # serialize's interchange file (a fixed name)
+    first_stage = "capture"          # where its models enter the pipeline
+    has_reference = True
+    builds_on: tuple[str, ...] = ()  # other modules of this package the adapter imports
+
+    def code_files(self) -> tuple[Path, ...]:
+        """The adapter's source and every module of this package it builds on: part of the
+        keys of the stages that use it, so an edit to any of them re-runs those stages."""
+        own = Path(importlib.import_module(type(self).__module__).__file__)
+        return (own, *(HERE / f"{name}.py" for name in (*self.builds_on, *SHARED_MODULES)))
+
+    def require(self) -> None:
+        missing = [m for m in self.modules if importlib.util.find_spec(m) is None]
+        if missing:
+            raise StageError(f"framework '{self.name}' is not installed (missing "
+                             f"{', '.join(missing)}): install kiln[{self.extra}]")
+
+    def matches(self, path: Path) -> bool:
+        return path.suffix in self.suffixes
+
+    def companions(self, path: Path) -> dict[str, Path]:
+        """Files a model file reads besides itself (role -> path), e.g. ONNX external data:
+        their content enters the keys like the model's own."""
+        return {}
+
+    def capture(self, model: ModelSpec, out_dir: Path) -> dict:
+        """Capture's files, the same for every framework: trace the model (trace()), then
+        write its artifact as captured[0], the inputs as inputs.npz and the framework's
+        answer as reference.npz into out_dir. Returns what validation should know (notes,
+        tolerances, declared_outputs: see Traced)."""
+        traced = self.trace(model)
+        self.write_artifact(traced.artifact, out_dir / self.captured[0])
+        save_arrays(out_dir / "inputs.npz", "arg", traced.inputs)
+        save_arrays(out_dir / "reference.npz", "out", traced.reference)
+        return traced.info()
+
+    def trace(self, model: ModelSpec) -> Traced:
+        """The framework's part of capture: build or load the model, choose its inputs, run
+        it on them for the reference."""
+        raise NotImplementedError
+
+    def write_artifact(self, artifact, path: Path) -> None:
+        """Write trace()'s artifact; bytes unless the adapter says otherwise."""
+        path.write_bytes(artifact)
+
+    def check_input_count(self, model: ModelSpec, taker: str, names: list[str], inputs) -> None:
+        """build() gave one input per input the model takes (`taker`: what takes them, e.g.
+        "the graph"); else the framework fails later with a message that does not say why."""
+        if len(names) != len(inputs):
+            raise StageError(f"model {model.name}: {taker} takes {len(names)} inputs "
+                             f"({', '.join(names)}), build() gave {len(inputs)}")
+
+    def serialize(self, capture_dir: Path, out_dir: Path) -> None:
+        """Write the interchange file under its fixed name: capture's artifact is already in
+        that format for most frameworks, so it is copied."""
+        shutil.copyfile(capture_dir / self.captured[0], out_dir / self.serialized)
+
+    def import_mlir(self, serialized_file: Path, mlir_file: Path) -> None:
+        raise NotImplementedError
+
+    # what runner() pins to the given thread count, for the timing's "how"
+    timing_threads = ""
+
+    def runner(self, capture_dir: Path, inputs: list, threads: int):
+        """A zero-argument callable that runs the captured model (capture's artifacts in
+        capture_dir) once on inputs in the framework itself, computing with `threads` threads
+        where the framework lets itself be told; None where there is no framework to run.
+        stages/timing.py times it, in a process of its own."""
+        return None
+

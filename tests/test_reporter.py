@@ -1,0 +1,170 @@
+"""kiln's doit reporter (pipeline/driver/reporter.py) in real doit runs of a tiny project whose
+stages are pure Python: what the record says of each task, in which order, on a first run, an
+up-to-date one, an ignored task and a run of no stage. tests/test_progress.py runs the same
+project for the progress display."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+DODO = '''"""A tiny project: prepare:toy, then validate:toy@<target> stages that sleep, pass
+or fail, reported by kiln's reporter; toy.json says which targets there are and what each
+does."""
+import atexit, json, sys, time
+from pathlib import Path
+SETTINGS = json.loads(Path("toy.json").read_text())
+sys.path.insert(0, SETTINGS["repo"])
+from pipeline.driver.reporter import make_reporter
+from pipeline.report.record import RunLog
+from pipeline.run.entry import StageEntry
+
+RUN = RunLog()
+# the last thing the reporter does: what it finds then
+AFTER = lambda: Path("after").write_text(str(Path("build/run.json").exists()))
+DOIT_CONFIG = {"reporter": make_reporter(Path("build/run.json"), RUN, after=AFTER),
+               "backend": "sqlite3", "dep_file": ".doit.db", "continue": True,
+               "default_tasks": ["prepare", "validate"]}
+# what this run loaded: a piped run never loads rich, a no-op run not even pipeline.report.progress
+atexit.register(lambda: Path("loaded").write_text(
+    " ".join(m for m in ("rich", "pipeline.report.progress") if m in sys.modules)))
+AFTER_TASK = {"later": "quick", "doomed": "broken"}   # the target whose task must pass first
+
+
+def stage(model, target, does):
+    """As the runner does: the entry in memory for the reporter and in a file for later runs."""
+    name = f"validate:{model}@{target}"
+    if does == "raises":   # before the entry is written: the reporter has doit's message only
+        raise RuntimeError("the driver crashed")
+    entry = StageEntry(name, "validate", model, target)
+    if does == "fails":
+        entry.status, entry.error, entry.seconds = "failed", "the device said no", 0.1
+    else:
+        time.sleep(does)
+        Path(f"out-{target}").write_text("done")
+        entry.status, entry.seconds, entry.key = "ran", does, f"key-{target}"
+        entry.result = {"passed": True, "max_abs_error": 0.0, "max_rel_error": 0.0}
+        entry.warnings = ["a warning of this run"] if target == "quick" else []
+    RUN.entries[name] = entry
+    Path(f"entry-{target}.json").write_bytes(entry.to_json())
+    return entry.status != "failed"
+
+
+def prepare():
+    Path("out-prepare").write_text("done")
+    RUN.entries["prepare:toy"] = StageEntry("prepare:toy", "prepare", "toy", None, status="ran",
+                                            seconds=0.0)
+
+
+def task_prepare():
+    """A stage run once per model that declares no role."""
+    yield {"name": "toy", "actions": [prepare], "targets": ["out-prepare"], "uptodate": [True],
+           "meta": {"kiln": {"stage": "prepare", "model": "toy", "target": None,
+                             "entry": "entry-prepare.json"}}}
+
+
+def task_validate():
+    for target, does in SETTINGS["stages"].items():
+        yield {"name": f"toy@{target}", "actions": [(stage, ["toy", target, does])],
+               "targets": [f"out-{target}"], "uptodate": [True],
+               "task_dep": [f"validate:toy@{AFTER_TASK[target]}"] if target in AFTER_TASK else [],
+               "meta": {"kiln": {"stage": "validate", "model": "toy", "target": target,
+                                 "role": "verdict", "entry": f"entry-{target}.json"}}}
+
+
+def task_hello():
+    """A task that is no stage: a run of it alone keeps the last record."""
+    return {"actions": ["echo hello"], "verbosity": 2}
+'''
+
+
+def make_project(tmp_path: Path, slow: float, broken: bool = False) -> Path:
+    """A project of validate:toy@slow (sleeps `slow` s), @quick, @later (after quick) and,
+    when broken, @broken (fails, saying why), @crash (raises before it says anything) and
+    @doomed (after broken)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    stages = {"slow": slow, "quick": 0.0, "later": 0.0}
+    if broken:
+        stages.update(broken="fails", crash="raises", doomed=0.0)
+    (tmp_path / "toy.json").write_text(json.dumps({"repo": str(REPO), "stages": stages}))
+    (tmp_path / "dodo.py").write_text(DODO)
+    return tmp_path
+
+
+def doit_env(**extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
+    env.update(extra)
+    return env
+
+
+DOIT = [sys.executable, "-m", "doit", "-n", "2", "-P", "thread"]
+
+
+def doit(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(DOIT + list(args), cwd=root, env=doit_env(KILN_PROGRESS="0"),
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def run_record(root: Path) -> list[dict]:
+    return json.loads((root / "build" / "run.json").read_text())["tasks"]
+
+
+def test_the_record_says_what_each_task_did_in_plan_order(tmp_path):
+    root = make_project(tmp_path, slow=0.2, broken=True)
+    proc = doit(root)
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    prepare, *validate = run_record(root)
+    assert prepare["task"] == "prepare:toy" and prepare["status"] == "ran"
+    # the roles the plan put in each task's meta; a stage that declares none, null
+    assert prepare["role"] is None and {t["role"] for t in validate} == {"verdict"}
+    record = {t["task"].split("@")[1]: t for t in validate}
+    assert list(record) == ["slow", "quick", "later", "broken", "crash", "doomed"]
+    assert {t: e["status"] for t, e in record.items()} == {
+        "slow": "ran", "quick": "ran", "later": "ran", "broken": "failed", "crash": "failed",
+        "doomed": "skipped"}
+    assert record["broken"]["error"] == "the device said no"      # the stage's own words
+    assert "RuntimeError: the driver crashed" in record["crash"]["error"]   # doit's, at least
+    assert record["doomed"]["reason"] == "an upstream stage failed"
+    assert record["doomed"]["seconds"] == 0.0 and record["doomed"]["key"] is None
+    # the fields a task left empty are left out, but for the ones a reader always finds
+    assert "error" not in record["slow"] and record["broken"]["key"] is None
+    assert record["slow"]["key"] == "key-slow"
+    assert "warning: validate:toy@quick: a warning of this run" in proc.stdout
+    assert "run record: build/run.json" in proc.stdout
+    assert (root / "after").read_text() == "True"   # after the record was written
+
+
+def test_an_up_to_date_run_keeps_what_the_last_run_found_but_not_what_it_did(tmp_path):
+    root = make_project(tmp_path, slow=0.0)
+    assert doit(root).returncode == 0
+    proc = doit(root)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    record = [t for t in run_record(root) if t["stage"] == "validate"]
+    assert {t["status"] for t in record} == {"up-to-date"}
+    assert all(t["seconds"] == 0.0 and t["result"]["passed"] for t in record)
+    quick = next(t for t in record if t["task"] == "validate:toy@quick")
+    assert "warnings" not in quick and "a warning of this run" not in proc.stdout
+
+
+def test_an_ignored_task_is_recorded_as_skipped(tmp_path):
+    root = make_project(tmp_path, slow=0.0)
+    subprocess.run(DOIT[:3] + ["ignore", "validate:toy@quick"], cwd=root, env=doit_env(),
+                   check=True, capture_output=True)
+    assert doit(root, "validate:toy@quick").returncode == 0
+    (quick,) = run_record(root)
+    assert (quick["status"], quick["reason"], quick["seconds"]) == ("skipped", "ignored", 0.0)
+
+
+def test_a_run_of_no_stage_keeps_the_last_record(tmp_path):
+    root = make_project(tmp_path, slow=0.0)
+    assert doit(root).returncode == 0
+    run_json = root / "build" / "run.json"
+    before = (run_json.read_bytes(), run_json.stat().st_mtime_ns)
+    proc = doit(root, "hello")
+    assert proc.returncode == 0 and "hello" in proc.stdout
+    assert (run_json.read_bytes(), run_json.stat().st_mtime_ns) == before
+    assert "run record" not in proc.stdout and (root / "after").read_text() == "True"
