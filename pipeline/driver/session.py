@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Callable
 
 from ..names import task_name
 from ..plan import memo
-from ..plan.options import read_variables
+from ..plan.variables import read_variables
 from ..report.record import RunLog
 from ..run.uptodate import CHECK_SIGNATURE, stage_check
 from . import collector

@@ -2,14 +2,16 @@
 
     doit validate model=mlp,resnet target=cpu variants=default shapes=x:1x3x224x224 shard=2/4
 
-doit hands kiln its `key=value` words through get_var; `read_variables` takes them as given
-(what the plan memo compares and what a Dask worker is handed), `Options.parse` checks and
-types them (a bad value is a ConfigError naming the option and what is valid).
+doit hands kiln its `key=value` words through get_var; `read_variables` (pipeline.plan.variables)
+takes them as given (what the plan memo compares and what a Dask worker is handed),
+`Options.parse` checks and types them (a bad value is a ConfigError naming the option and
+what is valid).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+
+from .variables import VARIABLES, read_variables  # noqa: F401 (the options as given)
 
 
 def _bad(message: str) -> Exception:
@@ -18,26 +20,6 @@ def _bad(message: str) -> Exception:
     options as given and never parses them."""
     from ..stage import ConfigError
     return ConfigError(message)
-
-
-# every option kiln reads, with what it does (for `doit help`, errors and the plan memo)
-VARIABLES = {
-    "config": "the configuration file (default: targets.yaml, or KILN_CONFIG)",
-    "matrix": "a matrix of targets.yaml (default: 'default')",
-    "model": "models by name, comma-separated, 'all', or a path to a model file",
-    "target": "targets by name, comma-separated, or 'all'",
-    "variants": "the flag variants to try, e.g. variants=default (default: every variant)",
-    "shapes": "input shapes, e.g. shapes=x:1x3x224x224;y:4",
-    "inputs": "the one selected model's inputs: a .npz or .npy file",
-    "shard": "build the I-th of N shards of the selection, e.g. shard=2/4",
-    "executor": "run stages on Dask: local:N (a LocalCluster) or tcp://host:port",
-    "days": "doit prune: drop cache entries unused for this many days (default 30)",
-}
-
-
-def read_variables(get_var: Callable[[str], str | None]) -> dict[str, str]:
-    """The options given on the command line, as given (an absent one is left out)."""
-    return {name: value for name in VARIABLES if (value := get_var(name)) is not None}
 
 
 def _names(text: str | None) -> tuple[str, ...] | None:

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from ..cache.files import atomic_write, describe_os_error, read_only
 from ..run.entry import StageEntry
-from ..stage import Node
 
 
 @dataclass
@@ -34,6 +33,7 @@ def entry_of(task, fresh: dict[str, StageEntry], previous: dict[str, dict]) -> d
     info = (task.meta or {}).get("kiln")
     if info is None:
         return None
+    from ..stage import Node   # (here: a no-op run after a no-op run builds no record)
     entry = fresh.get(task.name)
     if entry is None:
         node = Node(info["stage"], info["model"], info["target"])

@@ -12,8 +12,10 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..stage import Node
+if TYPE_CHECKING:   # (only its attributes are read: pipeline.stage's dataclasses are a third
+    from ..stage import Node   # of what a no-op run would import of kiln, and it needs none)
 
 STATUSES = ("ran", "cached", "skipped", "failed", "up-to-date")
 # written even when None: a per-model stage has no target; a skipped one no key
