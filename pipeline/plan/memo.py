@@ -43,7 +43,8 @@ def context(variables: dict[str, str], root: Path) -> dict:
             "host": os.uname().nodename, "boot": probes.read_small(BOOT_ID)}
 
 
-def _stat(path: str) -> list | None:
+def stat_of(path: str) -> list | None:
+    """[size, mtime_ns] of a file or directory, None when absent."""
     try:
         st = os.stat(path)
     except OSError:
@@ -54,7 +55,7 @@ def _stat(path: str) -> list | None:
 def file_facts(files: Iterable[Path], listed_dirs: Iterable[Path]) -> dict[str, list | None]:
     """path -> [size, mtime_ns] (None: absent) for the files read and the directories listed
     (a directory's mtime changes when an entry is added, removed or renamed)."""
-    return {str(p): _stat(str(p)) for p in [*files, *listed_dirs]}
+    return {str(p): stat_of(str(p)) for p in [*files, *listed_dirs]}
 
 
 def code_facts(packages: Iterable[Path]) -> tuple[list[Path], list[Path]]:
@@ -118,7 +119,7 @@ def load(path: Path, ctx: dict) -> dict | None:
         memo = json.loads(path.read_bytes())
         if memo["context"] != json.loads(json.dumps(ctx, default=str)):
             return None
-        if any(_stat(p) != fact for p, fact in memo["files"].items()):
+        if any(stat_of(p) != fact for p, fact in memo["files"].items()):
             return None
         if not all(_probe_still(fact) for fact in memo["probes"]):
             return None

@@ -24,6 +24,7 @@ from ..names import task_subname, upstream_name
 from ..stage import ConfigError, ModelSpec, Node, Stage, Target, read_files
 from . import models as model_registry
 from .config import Config, load_config
+from .facts import FACTS_FILE, ModelFacts
 from .graph import build_graph, shard
 from .layout import Layout
 from .options import Options
@@ -108,7 +109,13 @@ def make_plan(options: Options, stages: list[Stage], detect: model_registry.Dete
                           f"{', '.join(config.matrices)}; see {config.path})")
     matrix = config.matrices[options.matrix]
     model_dirs = model_dirs + [config.root / "models"]
-    models, notices = _models(options, matrix, config, model_dirs, detect, companions)
+    # the stages' hooks read model files (ONNX: the whole protobuf): asked once per file stat
+    facts = ModelFacts(layout.build / ".kiln" / FACTS_FILE)
+    try:
+        models, notices = _models(options, matrix, config, model_dirs, facts.detect(detect),
+                                  facts.companions(companions))
+    finally:
+        facts.save()   # (what was learnt holds even when a selection is refused)
     model_registry.check_frameworks(models, stages, config)
     targets = [resolve_target(t) for t in
                _pick(options.targets, config.targets, matrix.targets, "target", config)]
