@@ -97,7 +97,9 @@ class KilnReporter(ConsoleReporter):
             self._add(task, status="failed", **({} if said else {"error": fail.get_msg().strip()}))
 
     def skip_uptodate(self, task):
-        if not task.actions:   # a group: silent, as when doit "ran" it (GROUP_UPTODATE)
+        # a group (the only up-to-date task that is no stage: GROUP_UPTODATE) stays silent,
+        # as when doit "ran" it; asked by its meta, as task.actions would build its actions
+        if (task.meta or {}).get("kiln") is None:
             return
         super().skip_uptodate(task)
         self._add(task, **NOT_THIS_RUN)

@@ -11,10 +11,13 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 
 from ..cache.files import atomic_write, describe_os_error, read_only
-from ..run.entry import StageEntry
+
+if TYPE_CHECKING:   # (loaded by entry_of: a no-op run after a no-op run builds no record)
+    from ..run.entry import StageEntry
 
 
 @dataclass
@@ -33,7 +36,8 @@ def entry_of(task, fresh: dict[str, StageEntry], previous: dict[str, dict]) -> d
     info = (task.meta or {}).get("kiln")
     if info is None:
         return None
-    from ..stage import Node   # (here: a no-op run after a no-op run builds no record)
+    from ..run.entry import StageEntry   # (here: a no-op run after a no-op run builds no
+    from ..stage import Node             # record, and defining them is a tenth of its imports)
     entry = fresh.get(task.name)
     if entry is None:
         node = Node(info["stage"], info["model"], info["target"])

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .intact import is_output_stats
+
 if TYPE_CHECKING:   # (only its attributes are read: pipeline.stage's dataclasses are a third
     from ..stage import Node   # of what a no-op run would import of kiln, and it needs none)
 
@@ -118,18 +120,6 @@ def _json_or_none(text: str):
 
 
 _FIELDS = frozenset(f.name for f in dataclasses.fields(StageEntry))
-
-
-def is_output_stats(outputs) -> bool:
-    """Whether outputs is what this kiln records: rel -> [digest, size, mtime_ns] (older
-    entries held bare digests). The up-to-date check asks this of doit's saved values without
-    building the entry (it runs for every task of a no-op run)."""
-    if not isinstance(outputs, dict):
-        return False
-    for stat in outputs.values():
-        if not (isinstance(stat, list) and len(stat) == 3):
-            return False
-    return True
 
 
 # what each part must look like to be believed (anything else: an older or damaged entry)
