@@ -91,7 +91,7 @@ def test_what_the_plan_was_made_from_makes_it_again(mlir, change):
     elif change == "new models file":
         (root / "models" / "extra.py").write_text("FRAMEWORK = 'torch'\n\ndef build(:\n")
     elif change == "damaged memo":
-        memo_file = root / "build" / ".kiln" / "plan-memo.json"
+        memo_file = root / "build" / ".kiln" / "plan-memo.marshal"
         memo_file.write_bytes(memo_file.read_bytes()[:100])
     after, planned = listed(mlir, *variables, env=env)
     assert planned, f"after a {change} change the plan was not made again"

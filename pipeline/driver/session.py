@@ -36,7 +36,7 @@ class Session:
         self.variables = read_variables(get_var)   # the command line's options, as given
         self.root = Path(root or os.getcwd()).resolve()
         self.build = self.root / "build"
-        self.memo_file = self.build / ".kiln" / "plan-memo.json"
+        self.memo_file = self.build / ".kiln" / "plan-memo.marshal"
         self.run = RunLog()
         self.code = code                # kiln's own files: dodo.py and its packages
         self._make_plan = make_plan
