@@ -197,3 +197,16 @@ def test_a_no_op_summary_is_reused_only_over_the_same_tasks_and_database(tmp_pat
     project.doit()
     assert set(project.statuses().values()) == {"up-to-date"}
     assert project.doit().stdout == first
+
+
+def test_a_run_in_processes_leaves_a_no_op(tmp_path):
+    """With -n (doit's child processes) the stage's values reach doit's database too: the
+    next run, -n or not, runs nothing (they used to be lost, and every -n run ran every
+    task again, restoring each from the cache)."""
+    project = mlir_project(tmp_path / "proj")
+    project.doit("-n", "2")
+    assert {"ran", "cached"} >= set(project.statuses().values())
+    project.doit("-n", "2")
+    assert set(project.statuses().values()) == {"up-to-date"}
+    project.doit()
+    assert set(project.statuses().values()) == {"up-to-date"}

@@ -44,7 +44,6 @@ class Session:
         self._specs = None
         self._executor = None
         self._lock = threading.Lock()   # stages run in threads (-P thread): one plan
-        self.saved: dict[str, dict] = {}   # task -> what its next up-to-date check compares
 
     def plan(self) -> Plan:
         """The plan of this invocation, made on first use (a bad option stops it here)."""
@@ -105,13 +104,18 @@ class Session:
                 task["actions"] = [(self.prune, [])]
             yield task
 
-    def run_stage(self, task: str, info: dict):
+    def run_stage(self, name: str, info: dict, task):
+        """A stage task's action. Its values (what the next up-to-date check compares) go
+        straight into doit's task (doit hands it in as `task`), not as the return value
+        (doit would store a returned dict twice, as result and values) nor through a value
+        saver (with -n, doit runs those in its main process, which never saw the action run:
+        every -n run ran every task again)."""
         collector.resume()   # (here too: with -n, stages run in doit's child processes)
         from .actions import stage_action
-        outcome = stage_action(self.plan(), self.executor(), self.run, task, info["watched"],
+        outcome = stage_action(self.plan(), self.executor(), self.run, name, info["watched"],
                                info.get("soft_deps", []))
-        if isinstance(outcome, dict):   # saved by StageCheck's value saver, once doit has it
-            self.saved[task] = outcome
+        if isinstance(outcome, dict):   # a child process sends task.values back with the task
+            task.values.update(outcome)
             return None
         return outcome
 
@@ -152,11 +156,10 @@ class Session:
 
 
 class StageCheck:
-    """A stage task's up-to-date check, and the saver of the values it checks against.
+    """A stage task's up-to-date check (against the values its action left: run_stage).
 
-    The values reach doit's database through a value saver, not as the action's return
-    value: doit would store a returned dict twice. The signature is stated because doit
-    works out each check's signature for every task: a fifth of a 600-task no-op otherwise."""
+    The signature is stated because doit works out each check's signature for every task: a
+    fifth of a 600-task no-op otherwise."""
     __signature__ = CHECK_SIGNATURE
 
     def __init__(self, session: Session):
@@ -164,8 +167,5 @@ class StageCheck:
 
     def __call__(self, task, values):
         return self.session.up_to_date(task, values)
-
-    def configure_task(self, task):
-        task.value_savers.append(lambda: self.session.saved.pop(task.name, {}))
 
 
