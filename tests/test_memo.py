@@ -91,7 +91,7 @@ def test_what_the_plan_was_made_from_makes_it_again(mlir, change):
     elif change == "new models file":
         (root / "models" / "extra.py").write_text("FRAMEWORK = 'torch'\n\ndef build(:\n")
     elif change == "damaged memo":
-        memo_file = root / "build" / ".kiln" / "plan-memo.json"
+        memo_file = root / "build" / ".kiln" / "plan-memo.marshal"
         memo_file.write_bytes(memo_file.read_bytes()[:100])
     after, planned = listed(mlir, *variables, env=env)
     assert planned, f"after a {change} change the plan was not made again"
@@ -173,3 +173,40 @@ def test_the_record_is_not_rewritten_by_a_no_op_run(tmp_path):
     run_json.unlink()                                      # a report gone is written again
     project.doit()
     assert json.loads(run_json.read_text())["tasks"]
+
+
+def test_a_no_op_summary_is_reused_only_over_the_same_tasks_and_database(tmp_path):
+    """A no-op run after a no-op run prints the last summary without building the record
+    (report.record.reuse); another selection, or a task that ran in between, builds it."""
+    project = mlir_project(tmp_path / "proj")
+    project.doit()
+    project.doit()
+    summary = project.root / "build" / ".kiln" / "summary.json"
+    assert json.loads(summary.read_text())["stamp"] is not None   # what the next reuse checks
+    first = project.doit().stdout
+    assert project.doit().stdout == first and "m2" in first
+    project.doit("model=m1")                                   # another task list
+    assert {t.split(":")[1].split("@")[0] for t in project.statuses()} == {"m1"}
+    assert project.doit().stdout == first
+    vmfb = project.root / "build" / "m2" / "cpu" / "codegen" / "module.vmfb"
+    damaged = bytearray(vmfb.read_bytes())
+    damaged[-1] ^= 0xFF
+    vmfb.write_bytes(bytes(damaged))                           # restored: its row changes
+    project.doit()
+    assert project.statuses()["codegen:m2@cpu"] == "cached"
+    project.doit()
+    assert set(project.statuses().values()) == {"up-to-date"}
+    assert project.doit().stdout == first
+
+
+def test_a_run_in_processes_leaves_a_no_op(tmp_path):
+    """With -n (doit's child processes) the stage's values reach doit's database too: the
+    next run, -n or not, runs nothing (they used to be lost, and every -n run ran every
+    task again, restoring each from the cache)."""
+    project = mlir_project(tmp_path / "proj")
+    project.doit("-n", "2")
+    assert {"ran", "cached"} >= set(project.statuses().values())
+    project.doit("-n", "2")
+    assert set(project.statuses().values()) == {"up-to-date"}
+    project.doit()
+    assert set(project.statuses().values()) == {"up-to-date"}

@@ -9,7 +9,7 @@ from pipeline.plan.layout import Layout
 from pipeline.plan.tasks import Job
 from pipeline.cache.store import Store
 from pipeline.run.decide import compute_key, decide
-from pipeline.run.entry import StageEntry
+from pipeline.run.entry import RESULT_TEXT, StageEntry
 from pipeline.run.runner import execute
 from pipeline.stage import ModelSpec, Node, Stage, StageError
 
@@ -277,6 +277,19 @@ def test_the_entry_file_reads_back_whole_and_the_record_leaves_out_the_private_p
     # (and the stage's role, which the report reads: from the plan, null for none)
     assert set(entry.to_record()) == set(on_disk) - {"fingerprint", "outputs"} | {"role"}
     assert set(entry.to_dict(fingerprint=False)) == set(on_disk) - {"fingerprint"}
+
+
+def test_doits_values_keep_the_result_as_text_and_read_back_whole():
+    """doit decodes every task's row on every run: the result (validate's nested numbers)
+    is kept there as one string, read back only when the record needs it."""
+    node = Node("validate", "m", "cpu")
+    entry = StageEntry.of(node)
+    entry.status, entry.key = "ran", "k"
+    entry.result = {"passed": True, "outputs": [{"shape": [1, 2], "max_abs_error": 0.5}]}
+    saved = json.loads(json.dumps(entry.to_dict(fingerprint=False, result_text=True)))
+    assert "result" not in saved and json.loads(saved[RESULT_TEXT]) == entry.result
+    assert StageEntry.from_dict(saved, node) == entry
+    assert StageEntry.from_dict({**saved, RESULT_TEXT: "{"}, node).result is None   # damaged
 
 
 def test_an_older_or_damaged_entry_reads_as_what_it_still_says(tmp_path):

@@ -13,9 +13,8 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from .digest import canonical
 from .files import atomic_write, read_only
@@ -85,11 +84,12 @@ def exe_identity(exe: str) -> list | None:
 
 
 
-@dataclass(frozen=True)
-class Watch:
+class Watch(NamedTuple):
     """What else an executable's answer depends on (a device list: the boot, the device
     nodes, the driver manifests, the selecting environment), as cheap checks: directories
-    whose mtime changes when an entry comes or goes, small files read whole, variables."""
+    whose mtime changes when an entry comes or goes, small files read whole, variables.
+    (A NamedTuple: every run imports this module, and a frozen dataclass costs more to
+    define than the rest of it.)"""
     places: tuple[str, ...] = ()
     files: tuple[str, ...] = ()
     env: tuple[str, ...] = ()

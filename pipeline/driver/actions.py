@@ -34,7 +34,7 @@ def stage_action(plan: Plan, executor: DaskExecutor | None, run: RunLog, task: s
         detail = f"\n  command: {entry.command}" if entry.command else ""
         return TaskFailed(f"{node.task_name} failed at {node.stage}: {entry.error}{detail}\n"
                           f"  log: {entry.log}")
-    values = {"entry": entry.to_dict(fingerprint=False)}
+    values = {"entry": entry.to_dict(fingerprint=False, result_text=True)}
     if soft_deps:   # what the session's check compares next time
         values["soft_inputs"] = _soft_inputs(plan, node, entry.fingerprint, soft_deps)
     if entry.status not in ("failed", "skipped"):   # those run again next time

@@ -14,7 +14,8 @@ from pathlib import Path
 from ..cache.files import atomic_write, read_only
 
 
-def _identity(path: Path) -> list | None:
+def identity(path: Path) -> list | None:
+    """(inode, size, mtime_ns) of a file, None when absent: any write changes it."""
     try:
         st = path.stat()
     except OSError:
@@ -26,8 +27,12 @@ def _identity(path: Path) -> list | None:
 def seal(dep_file: Path, seal: Path) -> None:
     """Remember the database as doit left it at the end of a run (the reporter's last step:
     doit has closed it), so the next run need not decode every row to trust it."""
+    text = json.dumps(identity(dep_file))
     with contextlib.suppress(OSError):
-        atomic_write(seal, json.dumps(_identity(dep_file)).encode())
+        if seal.read_text() == text:
+            return   # (a no-op run leaves the database as it was: nothing to write)
+    with contextlib.suppress(OSError):
+        atomic_write(seal, text.encode())
 
 
 
@@ -48,20 +53,22 @@ def set_aside_if_damaged(dep_file: Path, seal: Path | None = None) -> str | None
 def damage(dep_file: Path, seal: Path | None = None) -> str | None:
     """What is wrong with the database (sqlite's words), or None when it is absent, sound, or
     busy in another doit. Reads only. Without a seal every row is decoded."""
-    if not dep_file.exists():
+    now = identity(dep_file)
+    if now is None:
         return None
     try:
         sealed = json.loads(seal.read_text()) if seal else None
     except (OSError, ValueError):
         sealed = None
+    if sealed == now:  # the file the last run's doit left whole, untouched since: no
+        return None     # quick_check either (it reads every page, on every no-op run)
     try:
         with contextlib.closing(sqlite3.connect(f"file:{dep_file}?mode=ro", uri=True)) as db:
             verdict = db.execute("PRAGMA quick_check").fetchone()[0]
             has_table = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'doit'").fetchone()
             # sqlite keeps no checksums: a flipped byte in a row shows only when doit decodes
-            # it. Unless the file is the one the last run's doit left (same inode, size, mtime)
-            deep = has_table and sealed != _identity(dep_file)
-            for (data,) in db.execute("SELECT task_data FROM doit") if deep else ():
+            # it (the file is not the one the last run's doit left: see above)
+            for (data,) in db.execute("SELECT task_data FROM doit") if has_table else ():
                 json.loads(data)
     except sqlite3.OperationalError as err:   # locked or busy (another doit): not damage
         return None if "locked" in str(err) or "busy" in str(err) else str(err)

@@ -3,6 +3,8 @@ run record (pipeline.report.record) with its summary table.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
 from pathlib import Path
 from typing import Callable
@@ -10,7 +12,8 @@ from typing import Callable
 from doit.exceptions import DependencyError, UnmetDependency
 from doit.reporter import ConsoleReporter
 
-from ..report.record import RunLog, entry_of, publish
+from ..report.record import RunLog, entry_of, publish, reuse
+from . import collector
 
 # what a task that never ran because an upstream one failed did not do (its entry may be
 # the last run's, which did)
@@ -25,14 +28,18 @@ NOT_THIS_RUN = {"status": "up-to-date", "seconds": 0.0, "warnings": None, "why":
 KEPT_EMPTY = ("target", "key", "role")
 
 
-def make_reporter(run_file: Path, run: RunLog,
-                  after: Callable[[], None] | None = None) -> type[KilnReporter]:
+def make_reporter(run_file: Path, run: RunLog, after: Callable[[], None] | None = None,
+                  made_from: tuple[dict, Callable[[], dict]] | None = None
+                  ) -> type[KilnReporter]:
     """The reporter class for this run, for DOIT_CONFIG["reporter"]. doit makes the reporter
     itself, from a class and (outstream, options) only (doit/cmd_run.py: anything not a class
     it takes for a ready instance), so the run's own objects go in as class attributes of a
-    subclass made for it."""
+    subclass made for it. made_from: what a record of up-to-date tasks is made from besides
+    the task list (doit's database, kiln's plan), as it was when the run started and a
+    callable saying what it is once doit has closed its database (KilnReporter._publish)."""
     return type("KilnReporter", (KilnReporter,),
-                {"run_file": run_file, "run": run, "after": staticmethod(after)})
+                {"run_file": run_file, "run": run, "after": staticmethod(after),
+                 "made_from": made_from})
 
 
 class KilnReporter(ConsoleReporter):
@@ -41,12 +48,15 @@ class KilnReporter(ConsoleReporter):
     run_file: Path
     run: RunLog
     after: Callable[[], None] | None = None   # called last (the .doit.db seal)
+    made_from: tuple[dict, Callable[[], dict]] | None = None
 
     def __init__(self, outstream, options):
         super().__init__(outstream, options)
         self.progress = None   # set up when a task first runs: a no-op run never needs it
         self._progress_lock = threading.Lock()   # -P thread starts tasks from workers
-        self.entries: list[dict] = []
+        # (stage task, what this run says of it): made into record rows only when the record
+        # is built, which a no-op run after a no-op run skips (_publish)
+        self.added: list[tuple] = []
         self.order: dict[str, int] = {}
 
     def write(self, text):
@@ -65,6 +75,7 @@ class KilnReporter(ConsoleReporter):
         super().execute_task(task)
         if not task.actions:   # a group task (validate, compile): nothing runs
             return
+        collector.resume()   # work starts: real garbage from here on
         with self._progress_lock:
             if self.progress is None:
                 self.progress = _progress(self.outstream)
@@ -86,6 +97,10 @@ class KilnReporter(ConsoleReporter):
             self._add(task, status="failed", **({} if said else {"error": fail.get_msg().strip()}))
 
     def skip_uptodate(self, task):
+        # a group (the only up-to-date task that is no stage: GROUP_UPTODATE) stays silent,
+        # as when doit "ran" it; asked by its meta, as task.actions would build its actions
+        if (task.meta or {}).get("kiln") is None:
+            return
         super().skip_uptodate(task)
         self._add(task, **NOT_THIS_RUN)
 
@@ -96,10 +111,8 @@ class KilnReporter(ConsoleReporter):
     def complete_run(self):
         if self.progress is not None:
             self.progress.stop()   # the live lines go before the table (also after Ctrl-C)
-        tasks = self._record_tasks()
-        if tasks:  # a run of no stage (doit prune) keeps the last build's record
-            warnings = {"warnings": self.run.warnings} if self.run.warnings else {}
-            self.outstream.write(publish(self.run_file, {"tasks": tasks, **warnings}))
+        if self.added:  # a run of no stage (doit prune) keeps the last build's record
+            self.outstream.write(self._publish())
         super().complete_run()
         if self.after is not None:
             self.after()
@@ -112,15 +125,33 @@ class KilnReporter(ConsoleReporter):
         return entry_of(task, self.run.entries, self.run.previous)
 
     def _add(self, task, **override) -> None:
-        entry = self._entry(task)
-        if entry is not None:
-            entry.update(override)
-            self.entries.append(entry)
+        if (task.meta or {}).get("kiln") is not None:   # a stage's task, not a group
+            self.added.append((task, override))
 
-    def _record_tasks(self) -> list[dict]:
+    def _publish(self) -> str:
+        """The summary: the last one as it is when every task was up to date over what the
+        last record of such a run was made from (record.reuse), else the record's, built."""
+        added = sorted(self.added, key=lambda pair: self.order.get(pair[0].name, 0))
+        stamp = None
+        if self.made_from is not None and all(o.get("status") == "up-to-date" for _, o in added):
+            listed = hashlib.sha256(json.dumps([[task.name for task, _ in added],
+                                                self.run.warnings]).encode()).hexdigest()
+            before, after_run = self.made_from
+            text = reuse(self.run_file, {**before, "tasks": listed})
+            if text is not None:
+                return text
+            stamp = {**after_run(), "tasks": listed}
+        warnings = {"warnings": self.run.warnings} if self.run.warnings else {}
+        return publish(self.run_file, {"tasks": self._record_tasks(added), **warnings}, stamp)
+
+    def _record_tasks(self, added: list[tuple]) -> list[dict]:
         """The entries in plan order, without the fields this run left empty."""
-        ordered = sorted(self.entries, key=lambda e: self.order.get(e["task"], 0))
-        return [{k: v for k, v in e.items() if v is not None or k in KEPT_EMPTY} for e in ordered]
+        rows = []
+        for task, override in added:
+            entry = self._entry(task)
+            entry.update(override)
+            rows.append({k: v for k, v in entry.items() if v is not None or k in KEPT_EMPTY})
+        return rows
 
 
 def _progress(outstream):

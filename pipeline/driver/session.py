@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING, Callable
 
 from ..names import task_name
 from ..plan import memo
-from ..plan.options import read_variables
+from ..plan.variables import read_variables
 from ..report.record import RunLog
 from ..run.uptodate import CHECK_SIGNATURE, stage_check
-from .database import seal, set_aside_if_damaged
+from . import collector
+from .database import identity, seal, set_aside_if_damaged
 from .reporter import make_reporter
 
 if TYPE_CHECKING:   # (the plan's modules load only when a plan is made)
@@ -31,9 +32,11 @@ class Session:
     def __init__(self, get_var: Callable[[str], str | None],
                  make_plan: Callable[[dict[str, str]], Plan],
                  code: list[Path], root: Path | None = None):
+        collector.hold()   # (until a task runs: a no-op allocates only what it keeps)
         self.variables = read_variables(get_var)   # the command line's options, as given
         self.root = Path(root or os.getcwd()).resolve()
         self.build = self.root / "build"
+        self.memo_file = self.build / ".kiln" / "plan-memo.marshal"
         self.run = RunLog()
         self.code = code                # kiln's own files: dodo.py and its packages
         self._make_plan = make_plan
@@ -41,7 +44,6 @@ class Session:
         self._specs = None
         self._executor = None
         self._lock = threading.Lock()   # stages run in threads (-P thread): one plan
-        self.saved: dict[str, dict] = {}   # task -> what its next up-to-date check compares
 
     def plan(self) -> Plan:
         """The plan of this invocation, made on first use (a bad option stops it here)."""
@@ -71,9 +73,8 @@ class Session:
         return self._specs
 
     def _load_specs(self) -> list[dict]:
-        memo_file = self.build / ".kiln" / "plan-memo.json"
         context = memo.context(self.variables, self.root)
-        remembered = memo.load(memo_file, context) if os.environ.get(MEMO_ENV) != "0" else None
+        remembered = memo.load(self.memo_file, context) if os.environ.get(MEMO_ENV) != "0" else None
         if remembered is not None:
             notices, specs = remembered["notices"], remembered["tasks"]
         else:
@@ -84,7 +85,7 @@ class Session:
             code_files, code_dirs = memo.code_facts(p for p in self.code if p.is_dir())
             files = memo.file_facts([*read, *code_files, *(p for p in self.code if p.is_file())],
                                     [*listed, *code_dirs, *memo.distribution_dirs()])
-            memo.save(memo_file, context, files, memo.probe_facts(), specs, notices)
+            memo.save(self.memo_file, context, files, memo.probe_facts(), specs, notices)
         for notice in notices:
             print(notice, file=sys.stderr)
         return specs
@@ -103,16 +104,23 @@ class Session:
                 task["actions"] = [(self.prune, [])]
             yield task
 
-    def run_stage(self, task: str, info: dict):
+    def run_stage(self, name: str, info: dict, task):
+        """A stage task's action. Its values (what the next up-to-date check compares) go
+        straight into doit's task (doit hands it in as `task`), not as the return value
+        (doit would store a returned dict twice, as result and values) nor through a value
+        saver (with -n, doit runs those in its main process, which never saw the action run:
+        every -n run ran every task again)."""
+        collector.resume()   # (here too: with -n, stages run in doit's child processes)
         from .actions import stage_action
-        outcome = stage_action(self.plan(), self.executor(), self.run, task, info["watched"],
+        outcome = stage_action(self.plan(), self.executor(), self.run, name, info["watched"],
                                info.get("soft_deps", []))
-        if isinstance(outcome, dict):   # saved by StageCheck's value saver, once doit has it
-            self.saved[task] = outcome
+        if isinstance(outcome, dict):   # a child process sends task.values back with the task
+            task.values.update(outcome)
             return None
         return outcome
 
     def prune(self):
+        collector.resume()
         from .actions import prune
         cache = Path(os.environ.get("KILN_CACHE") or self.root / "cache").resolve()
         return prune(cache, self.build, self.variables.get("days"))
@@ -130,23 +138,28 @@ class Session:
         if warning:
             self.run.warnings.append(warning)
             print(f"kiln: warning: {warning}", file=sys.stderr)
+        default_tasks = list(dict.fromkeys(s["basename"] for s in self.task_specs()
+                                           if s.get("kiln_default")))
+        # what the record of a no-op run is made from: the database before doit opens it,
+        # the plan memo once the task list is read (a changed plan or kiln rewrites it)
+        plan_memo = identity(self.memo_file)
+        made_from = ({"db": identity(dep_file), "plan": plan_memo},
+                     lambda: {"db": identity(dep_file), "plan": plan_memo})
         return {
             "backend": "sqlite3",
             "dep_file": str(dep_file),
             "continue": True,           # one failing model x target never stops the others
-            "default_tasks": list(dict.fromkeys(s["basename"] for s in self.task_specs()
-                                                if s.get("kiln_default"))),
+            "default_tasks": default_tasks,
             "reporter": make_reporter(self.build / "run.json", self.run,
-                                      after=lambda: seal(dep_file, seal_file)),
+                                      after=lambda: seal(dep_file, seal_file), made_from=made_from),
         }
 
 
 class StageCheck:
-    """A stage task's up-to-date check, and the saver of the values it checks against.
+    """A stage task's up-to-date check (against the values its action left: run_stage).
 
-    The values reach doit's database through a value saver, not as the action's return
-    value: doit would store a returned dict twice. The signature is stated because doit
-    works out each check's signature for every task: a fifth of a 600-task no-op otherwise."""
+    The signature is stated because doit works out each check's signature for every task: a
+    fifth of a 600-task no-op otherwise."""
     __signature__ = CHECK_SIGNATURE
 
     def __init__(self, session: Session):
@@ -154,8 +167,5 @@ class StageCheck:
 
     def __call__(self, task, values):
         return self.session.up_to_date(task, values)
-
-    def configure_task(self, task):
-        task.value_savers.append(lambda: self.session.saved.pop(task.name, {}))
 
 

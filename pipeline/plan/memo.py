@@ -2,8 +2,8 @@
 
 Making the plan reads targets.yaml, discovers the models, asks the tools their versions and
 devices, builds the graph and computes every task's dependencies: on 600 tasks that is most
-of a no-op run. The memo (build/.kiln/plan-memo.json) holds the task list as data together
-with what it was made from, as checks that cost a stat each:
+of a no-op run. The memo (build/.kiln/plan-memo.marshal) holds the task list as data
+together with what it was made from, as checks that cost a stat each:
 
 - the command-line variables, the environment kiln and its tools read, the working
   directory, the interpreter, this machine and its boot;
@@ -14,10 +14,15 @@ with what it was made from, as checks that cost a stat each:
 
 Any difference and the plan is made again, then remembered. The memo decides only which tasks
 exist and what they depend on; whether a task is up to date is still doit's and the store's.
+
+It is JSON data written with marshal, the format of Python's own .pyc files (and as trusted
+as the __pycache__ beside kiln's code): every run reads it, and marshal reads 600 tasks'
+specs in half the time json does. A damaged or foreign file reads as no memo.
 """
 from __future__ import annotations
 
 import json
+import marshal
 import os
 import sys
 from pathlib import Path
@@ -27,7 +32,7 @@ from ..cache import probes
 from ..cache.digest import canonical
 from ..cache.files import atomic_write, read_only
 
-FORMAT = 2
+FORMAT = 3
 # what kiln, iree-compile and the runtime read from the environment
 ENV_PREFIXES = ("KILN_", "IREE_", "VK_", "CUDA_", "HIP_", "ROCR_")
 ENV_NAMES = ("PATH", "LD_LIBRARY_PATH", "PYTHONPATH", "VIRTUAL_ENV")
@@ -43,7 +48,8 @@ def context(variables: dict[str, str], root: Path) -> dict:
             "host": os.uname().nodename, "boot": probes.read_small(BOOT_ID)}
 
 
-def _stat(path: str) -> list | None:
+def stat_of(path: str) -> list | None:
+    """[size, mtime_ns] of a file or directory, None when absent."""
     try:
         st = os.stat(path)
     except OSError:
@@ -54,7 +60,7 @@ def _stat(path: str) -> list | None:
 def file_facts(files: Iterable[Path], listed_dirs: Iterable[Path]) -> dict[str, list | None]:
     """path -> [size, mtime_ns] (None: absent) for the files read and the directories listed
     (a directory's mtime changes when an entry is added, removed or renamed)."""
-    return {str(p): _stat(str(p)) for p in [*files, *listed_dirs]}
+    return {str(p): stat_of(str(p)) for p in [*files, *listed_dirs]}
 
 
 def code_facts(packages: Iterable[Path]) -> tuple[list[Path], list[Path]]:
@@ -107,7 +113,8 @@ def save(path: Path, ctx: dict, files: dict, probes: list[dict], tasks: list[dic
     memo = {"context": ctx, "files": files, "probes": probes, "notices": notices,
             "tasks": tasks}
     try:
-        atomic_write(path, json.dumps(memo, separators=(",", ":"), default=str).encode())
+        # (through JSON first: what is remembered is what json would read back, e.g. no tuples)
+        atomic_write(path, marshal.dumps(json.loads(json.dumps(memo, default=str))))
     except OSError:
         pass
 
@@ -115,14 +122,14 @@ def save(path: Path, ctx: dict, files: dict, probes: list[dict], tasks: list[dic
 def load(path: Path, ctx: dict) -> dict | None:
     """The memo when every fact it was made from still holds, else None."""
     try:
-        memo = json.loads(path.read_bytes())
+        memo = marshal.loads(path.read_bytes())
         if memo["context"] != json.loads(json.dumps(ctx, default=str)):
             return None
-        if any(_stat(p) != fact for p, fact in memo["files"].items()):
+        if any(stat_of(p) != fact for p, fact in memo["files"].items()):
             return None
         if not all(_probe_still(fact) for fact in memo["probes"]):
             return None
         memo["tasks"], memo["notices"]   # noqa: B018 (both present)
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, EOFError, KeyError, TypeError):
         return None
     return memo

@@ -2,35 +2,24 @@
 
     doit validate model=mlp,resnet target=cpu variants=default shapes=x:1x3x224x224 shard=2/4
 
-doit hands kiln its `key=value` words through get_var; `read_variables` takes them as given
-(what the plan memo compares and what a Dask worker is handed), `Options.parse` checks and
-types them (a bad value is a ConfigError naming the option and what is valid).
+doit hands kiln its `key=value` words through get_var; `read_variables` (pipeline.plan.variables)
+takes them as given (what the plan memo compares and what a Dask worker is handed),
+`Options.parse` checks and types them (a bad value is a ConfigError naming the option and
+what is valid).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
 
-from ..stage import ConfigError
-
-# every option kiln reads, with what it does (for `doit help`, errors and the plan memo)
-VARIABLES = {
-    "config": "the configuration file (default: targets.yaml, or KILN_CONFIG)",
-    "matrix": "a matrix of targets.yaml (default: 'default')",
-    "model": "models by name, comma-separated, 'all', or a path to a model file",
-    "target": "targets by name, comma-separated, or 'all'",
-    "variants": "the flag variants to try, e.g. variants=default (default: every variant)",
-    "shapes": "input shapes, e.g. shapes=x:1x3x224x224;y:4",
-    "inputs": "the one selected model's inputs: a .npz or .npy file",
-    "shard": "build the I-th of N shards of the selection, e.g. shard=2/4",
-    "executor": "run stages on Dask: local:N (a LocalCluster) or tcp://host:port",
-    "days": "doit prune: drop cache entries unused for this many days (default 30)",
-}
+from .variables import VARIABLES, read_variables  # noqa: F401 (the options as given)
 
 
-def read_variables(get_var: Callable[[str], str | None]) -> dict[str, str]:
-    """The options given on the command line, as given (an absent one is left out)."""
-    return {name: value for name in VARIABLES if (value := get_var(name)) is not None}
+def _bad(message: str) -> Exception:
+    """The ConfigError for a bad option value. pipeline.stage (a third of what a no-op run
+    imports of kiln, for its dataclasses) is imported only here: a no-op run reads its
+    options as given and never parses them."""
+    from ..stage import ConfigError
+    return ConfigError(message)
 
 
 def _names(text: str | None) -> tuple[str, ...] | None:
@@ -74,7 +63,7 @@ def parse_shapes(text: str | None) -> dict:
         try:
             shapes[name.strip()] = [int(d) for d in dims.lower().split("x")]
         except ValueError:
-            raise ConfigError(f"shapes={text}: expected 'input:1x3x224x224;other:4'") from None
+            raise _bad(f"shapes={text}: expected 'input:1x3x224x224;other:4'") from None
     return shapes
 
 
@@ -82,7 +71,7 @@ def parse_shard(text: str) -> tuple[int, int]:
     """'2/4' -> (2, 4): this CI job builds the second of four shards of the selection."""
     index, _, count = text.partition("/")
     if not (index.isdigit() and count.isdigit() and 1 <= int(index) <= int(count)):
-        raise ConfigError(f"shard={text}: expected I/N with 1 <= I <= N, e.g. shard=2/4")
+        raise _bad(f"shard={text}: expected I/N with 1 <= I <= N, e.g. shard=2/4")
     return int(index), int(count)
 
 
@@ -94,7 +83,7 @@ def parse_executor(text: str | None) -> int | str | None:
         return int(text[6:])
     if text.startswith("tcp://"):
         return text
-    raise ConfigError(f"executor={text}: expected local:N (a LocalCluster of N worker "
+    raise _bad(f"executor={text}: expected local:N (a LocalCluster of N worker "
                       "processes) or tcp://host:port (an existing Dask scheduler)")
 
 
@@ -102,4 +91,4 @@ def parse_days(text: str | None) -> float:
     try:
         return float(text if text is not None else 30)
     except ValueError:
-        raise ConfigError(f"days={text}: expected a number of days") from None
+        raise _bad(f"days={text}: expected a number of days") from None

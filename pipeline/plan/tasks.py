@@ -18,12 +18,13 @@ from typing import Callable
 import networkx as nx
 
 from ..cache import remote
-from ..cache.digest import canonical, digest_bytes, source_files
+from ..cache.digest import canonical, digest_bytes, digest_file, source_files
 from ..cache.probes import tool_version, use_probe_cache
 from ..names import task_subname, upstream_name
 from ..stage import ConfigError, ModelSpec, Node, Stage, Target, read_files
 from . import models as model_registry
 from .config import Config, load_config
+from .facts import FACTS_FILE, ModelFacts
 from .graph import build_graph, shard
 from .layout import Layout
 from .options import Options
@@ -108,7 +109,13 @@ def make_plan(options: Options, stages: list[Stage], detect: model_registry.Dete
                           f"{', '.join(config.matrices)}; see {config.path})")
     matrix = config.matrices[options.matrix]
     model_dirs = model_dirs + [config.root / "models"]
-    models, notices = _models(options, matrix, config, model_dirs, detect, companions)
+    # the stages' hooks read model files (ONNX: the whole protobuf): asked once per file stat
+    facts = ModelFacts(layout.build / ".kiln" / FACTS_FILE)
+    try:
+        models, notices = _models(options, matrix, config, model_dirs, facts.detect(detect),
+                                  facts.companions(companions))
+    finally:
+        facts.save()   # (what was learnt holds even when a selection is refused)
     model_registry.check_frameworks(models, stages, config)
     targets = [resolve_target(t) for t in
                _pick(options.targets, config.targets, matrix.targets, "target", config)]
@@ -204,12 +211,32 @@ def upstream_of(plan: Plan, node: Node) -> dict[str, tuple[Stage, Path]]:
             for up in plan.graph.predecessors(node)}
 
 
-def watched_digest(stage: Stage, model: ModelSpec, target) -> str:
-    """Params and tool versions, as one digest: a changed flag or compiler re-runs only the
-    tasks it reaches (doit compares it with the one the last run saved)."""
+def watched_digest(stage: Stage, model: ModelSpec, target, code: dict[str, str]) -> str:
+    """Params, tool versions and the stage's code (path -> digest), as one digest: a changed
+    flag, compiler or stage file re-runs only the tasks it reaches (doit compares it with the
+    one the last run saved).
+
+    The code files are not file_dep: doit would stat and compare each of them for every task
+    on every run (most of a no-op's file checks), and a touched but unchanged one would cost
+    a hash per task per run until the task ran again. The plan memo watches them instead
+    (plan_inputs): a changed one makes the plan, and so this digest, again."""
     return digest_bytes(canonical(
         {"params": stage.params(model, target),
-         "tools": {t: tool_version(t) for t in stage.tools(model)}}).encode())
+         "tools": {t: tool_version(t) for t in stage.tools(model)},
+         "code": code}).encode())
+
+
+def _code_digests(stage: Stage, model: ModelSpec, seen: dict) -> dict[str, str]:
+    """The stage's code files for this model, path -> sha256, each file hashed once a plan
+    (seen holds the digests by path and the answers by (stage, model))."""
+    key = (id(stage), id(model))
+    if key not in seen:
+        paths = [str(Path(f)) for f in stage.code_files(model)]
+        for path in paths:
+            if path not in seen:
+                seen[path] = digest_file(path)
+        seen[key] = (stage, model, {path: seen[path] for path in paths})   # (keeps the ids)
+    return seen[key][2]
 
 
 def task_specs(plan: Plan) -> list[dict]:
@@ -220,7 +247,7 @@ def task_specs(plan: Plan) -> list[dict]:
 
 def _stage_specs(plan: Plan):
     dirs: dict = {}     # node -> its directory, asked once per node
-    code: dict = {}     # (stage, model) -> its code files as text
+    code: dict = {}     # the code files' digests (_code_digests)
     for node in nx.topological_sort(plan.graph):
         data = plan.graph.nodes[node]
         stage, model, target = data["stage"], data["model"], data["target"]
@@ -235,10 +262,6 @@ def _stage_specs(plan: Plan):
                 after.append(up.task_name)
             else:
                 deps += files
-        code_key = (id(stage), id(model))
-        if code_key not in code:
-            code[code_key] = (stage, model, [str(Path(f)) for f in stage.code_files(model)])
-        deps += code[code_key][2]
         if is_entry(plan, node):
             deps += [str(f) for path in model.sources.values() for f in source_files(path)]
         yield {
@@ -252,12 +275,19 @@ def _stage_specs(plan: Plan):
             "meta": {"kiln": {"stage": node.stage, "model": node.model, "target": node.target,
                               "entry": str(plan.layout.entry_file(node)),
                               "out_dir": str(_node_dir(plan, node, dirs)),
-                              "watched": watched_digest(stage, model, target),
+                              "watched": watched_digest(stage, model, target,
+                                                        _code_digests(stage, model, code)),
                               **({"role": stage.role} if stage.role else {}),
                               **({"soft_deps": soft} if soft else {}),
                               **({"soft": True} if data["soft"] else {})}},
             "doc": f"{node.stage} {model.name}" + (f" for {target.name}" if target else ""),
         }
+
+
+# A group task has no action of its own: "up to date" only spares doit saving it to .doit.db
+# on every run (its members run or not on their own), so a no-op run leaves the database,
+# and the record memo keyed by it (pipeline.report.record.reuse), as they were.
+GROUP_UPTODATE = [True]
 
 
 def _group_specs(plan: Plan):
@@ -266,18 +296,25 @@ def _group_specs(plan: Plan):
     names = {s.name for s in plan.stages}
     for group, doc, members in _groups(plan):
         if group not in names:
-            yield {"basename": group, "actions": None, "task_dep": members, "doc": doc}
+            yield {"basename": group, "actions": None, "task_dep": members, "doc": doc,
+                   "uptodate": GROUP_UPTODATE}
     yield {"basename": "prune", "kiln_action": "prune", "uptodate": [False], "verbosity": 2,
            "doc": "drop cache entries unused for days= (default 30) and blobs nothing names"}
 
 
 def _stage_groups(plan: Plan) -> list[dict]:
-    """Groups named after a stage that other stages join (pick joins 'validate': `doit
-    validate` also picks each target's fastest variant). doit makes the group of a stage's
-    own tasks; this, yielded before them, adds the others'."""
-    names = {s.name for s in plan.stages}
-    return [{"basename": group, "name": None, "task_dep": members, "doc": doc}
-            for group, doc, members in _groups(plan) if group in names and members]
+    """The group of each stage's tasks, which doit makes; this, yielded before them, makes it
+    up to date (GROUP_UPTODATE) and adds the tasks of other stages that join it (pick joins
+    'validate': `doit validate` also picks each target's fastest variant)."""
+    joining = {group: (doc, members) for group, doc, members in _groups(plan)}
+    present = {node.stage for node in plan.graph}
+    specs = []
+    for stage in plan.stages:
+        doc, members = joining.get(stage.name, (None, []))
+        if stage.name in present or members:
+            specs.append({"basename": stage.name, "name": None, "task_dep": members,
+                          "uptodate": GROUP_UPTODATE, **({"doc": doc} if members else {})})
+    return specs
 
 
 def _groups(plan: Plan) -> list[tuple[str, str, list[str]]]:
@@ -291,7 +328,8 @@ def _groups(plan: Plan) -> list[tuple[str, str, list[str]]]:
 
 
 def plan_inputs(plan: Plan) -> tuple[list[Path], list[Path]]:
-    """(files read, directories listed) in making the plan: what pipeline.plan.memo re-checks."""
+    """(files read, directories listed) in making the plan: what pipeline.plan.memo re-checks.
+    Among the files, every stage's code: its digest is in the tasks (watched_digest)."""
     files, dirs = [plan.config.path], []
     for directory in plan.model_dirs:
         dirs.append(directory)
@@ -304,4 +342,7 @@ def plan_inputs(plan: Plan) -> tuple[list[Path], list[Path]]:
             if source.is_dir():
                 dirs += [source, *(p for p in source.rglob("*") if p.is_dir())]
             files += source_files(source)
+    code = {(id(d["stage"]), id(d["model"])): (d["stage"], d["model"])
+            for _, d in plan.graph.nodes(data=True)}
+    files += sorted({Path(f) for stage, model in code.values() for f in stage.code_files(model)})
     return files, dirs

@@ -11,11 +11,13 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 
 from ..cache.files import atomic_write, describe_os_error, read_only
-from ..run.entry import StageEntry
-from ..stage import Node
+
+if TYPE_CHECKING:   # (loaded by entry_of: a no-op run after a no-op run builds no record)
+    from ..run.entry import StageEntry
 
 
 @dataclass
@@ -34,6 +36,8 @@ def entry_of(task, fresh: dict[str, StageEntry], previous: dict[str, dict]) -> d
     info = (task.meta or {}).get("kiln")
     if info is None:
         return None
+    from ..run.entry import StageEntry   # (here: a no-op run after a no-op run builds no
+    from ..stage import Node             # record, and defining them is a tenth of its imports)
     entry = fresh.get(task.name)
     if entry is None:
         node = Node(info["stage"], info["model"], info["target"])
@@ -59,25 +63,54 @@ def _summary(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def publish(run_file: Path, record: dict) -> str:
+def publish(run_file: Path, record: dict, stamp: dict | None = None) -> str:
     """Write the record and its reports; return the summary to print. A record identical
-    to the last one (a no-op run) whose files are still as written reuses them."""
-    memo_file = run_file.parent / ".kiln" / "summary.json"
+    to the last one (a no-op run) whose files are still as written reuses them. stamp: what
+    an all-up-to-date record was made from, kept for the next run's reuse()."""
+    memo_file = _memo_file(run_file)
     # compact JSON for the comparison: the C encoder, several times faster than indent=1's
     digest = hashlib.sha256(json.dumps(record, separators=(",", ":")).encode()).hexdigest()
-    try:
-        memo = json.loads(memo_file.read_bytes())
-        if memo["record"] == digest and all(_stat(Path(f)) == st for f, st in memo["files"].items()):
-            return memo["text"]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        pass
+    memo = _intact_memo(memo_file)
+    if memo is not None and memo["record"] == digest:
+        if memo.get("stamp") != stamp:
+            _save_memo(memo_file, {**memo, "stamp": stamp})
+        return memo["text"]
     text = _summary(record)
     line, written = _write_record(run_file, record)
     if written:
-        with contextlib.suppress(OSError):
-            atomic_write(memo_file, json.dumps({"record": digest, "text": text + line + "\n",
-                                                "files": {str(f): _stat(f) for f in written}}).encode())
+        _save_memo(memo_file, {"record": digest, "text": text + line + "\n", "stamp": stamp,
+                               "files": {str(f): _stat(f) for f in written}})
     return text + line + "\n"
+
+
+def reuse(run_file: Path, stamp: dict) -> str | None:
+    """The last run's summary when its record was made from what stamp names (the same
+    task list and warnings over the same doit database: the same record) and its files are
+    as written, else None. A no-op run after a no-op run neither builds nor hashes its
+    record: with the results of a few hundred tasks that is a tenth of the run."""
+    memo = _intact_memo(_memo_file(run_file))
+    return memo["text"] if memo is not None and memo.get("stamp") == stamp else None
+
+
+def _memo_file(run_file: Path) -> Path:
+    return run_file.parent / ".kiln" / "summary.json"
+
+
+def _intact_memo(memo_file: Path) -> dict | None:
+    """The summary memo when the files it names are still as written, else None."""
+    try:
+        memo = json.loads(memo_file.read_bytes())
+        if all(_stat(Path(f)) == st for f, st in memo["files"].items()):
+            memo["record"], memo["text"]   # noqa: B018 (both present)
+            return memo
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    return None
+
+
+def _save_memo(memo_file: Path, memo: dict) -> None:
+    with contextlib.suppress(OSError):
+        atomic_write(memo_file, json.dumps(memo).encode())
 
 
 def _stat(path: Path) -> list | None:

@@ -12,12 +12,17 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..stage import Node
+from .intact import is_output_stats
+
+if TYPE_CHECKING:   # (only its attributes are read: pipeline.stage's dataclasses are a third
+    from ..stage import Node   # of what a no-op run would import of kiln, and it needs none)
 
 STATUSES = ("ran", "cached", "skipped", "failed", "up-to-date")
 # written even when None: a per-model stage has no target; a skipped one no key
 ALWAYS = ("target", "key")
+RESULT_TEXT = "result_json"   # the result as JSON text, in doit's values (to_dict)
 
 
 @dataclass
@@ -48,15 +53,21 @@ class StageEntry:
         """A node's entry before anything happened to it."""
         return cls(node.task_name, node.stage, node.model, node.target)
 
-    def to_dict(self, fingerprint: bool = True, outputs: bool = True) -> dict:
+    def to_dict(self, fingerprint: bool = True, outputs: bool = True,
+                result_text: bool = False) -> dict:
         """The entry as JSON-ready data, leaving out what is unset: the entry file keeps
-        everything; doit's values leave the fingerprint out; run.json's row both."""
+        everything; doit's values leave the fingerprint out; run.json's row both.
+        result_text: the result as JSON text (RESULT_TEXT), as doit's values keep it: doit
+        decodes every task's row on every run, the up-to-date check needs none of the
+        result, and a validate result's nested fields were a third of a no-op's decoding."""
         data = {name: value for name, value in vars(self).items()
                 if value is not None and value != [] or name in ALWAYS}
         if not fingerprint:
             data.pop("fingerprint", None)
         if not outputs:
             data.pop("outputs", None)
+        if result_text and "result" in data:
+            data[RESULT_TEXT] = json.dumps(data.pop("result"), separators=(",", ":"))
         return data
 
     def to_record(self) -> dict:
@@ -72,6 +83,8 @@ class StageEntry:
         (outputs as bare digests, from before they carried a stat) is left unset, which
         every reader takes as "not known"."""
         data = data if isinstance(data, dict) else {}
+        if isinstance(data.get(RESULT_TEXT), str):   # doit's values (to_dict(result_text=True))
+            data = {**data, "result": _json_or_none(data[RESULT_TEXT])}
         if node is not None:
             data = {"task": node.task_name, "stage": node.stage, "model": node.model,
                     "target": node.target, **data}
@@ -99,19 +112,14 @@ class StageEntry:
         return json.dumps(self.to_dict(), indent=1).encode()
 
 
+def _json_or_none(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None   # (a damaged row: the result is left unset, as from_dict does)
+
+
 _FIELDS = frozenset(f.name for f in dataclasses.fields(StageEntry))
-
-
-def is_output_stats(outputs) -> bool:
-    """Whether outputs is what this kiln records: rel -> [digest, size, mtime_ns] (older
-    entries held bare digests). The up-to-date check asks this of doit's saved values without
-    building the entry (it runs for every task of a no-op run)."""
-    if not isinstance(outputs, dict):
-        return False
-    for stat in outputs.values():
-        if not (isinstance(stat, list) and len(stat) == 3):
-            return False
-    return True
 
 
 # what each part must look like to be believed (anything else: an older or damaged entry)

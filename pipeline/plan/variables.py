@@ -1,0 +1,28 @@
+"""The command line's key=value options as given: every option kiln reads, and what doit
+handed in through get_var (what the plan memo compares and what a Dask worker is handed).
+
+Apart from pipeline.plan.options (which types them) because a no-op run needs only this: the
+Options dataclass costs more to define than the rest of what the run reads here.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+# every option kiln reads, with what it does (for `doit help`, errors and the plan memo)
+VARIABLES = {
+    "config": "the configuration file (default: targets.yaml, or KILN_CONFIG)",
+    "matrix": "a matrix of targets.yaml (default: 'default')",
+    "model": "models by name, comma-separated, 'all', or a path to a model file",
+    "target": "targets by name, comma-separated, or 'all'",
+    "variants": "the flag variants to try, e.g. variants=default (default: every variant)",
+    "shapes": "input shapes, e.g. shapes=x:1x3x224x224;y:4",
+    "inputs": "the one selected model's inputs: a .npz or .npy file",
+    "shard": "build the I-th of N shards of the selection, e.g. shard=2/4",
+    "executor": "run stages on Dask: local:N (a LocalCluster) or tcp://host:port",
+    "days": "doit prune: drop cache entries unused for this many days (default 30)",
+}
+
+
+def read_variables(get_var: Callable[[str], str | None]) -> dict[str, str]:
+    """The options given on the command line, as given (an absent one is left out)."""
+    return {name: value for name in VARIABLES if (value := get_var(name)) is not None}
