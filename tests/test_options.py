@@ -2,8 +2,8 @@
 every bad value named with what would be valid."""
 import pytest
 
-from pipeline.plan.options import (Options, parse_executor, parse_shapes, parse_shard,
-                                   read_variables)
+from pipeline.plan.options import Options, parse_executor, parse_shapes, parse_shard
+from pipeline.plan.variables import read_variables
 from pipeline.stage import ConfigError
 
 

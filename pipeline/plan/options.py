@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .variables import VARIABLES, read_variables  # noqa: F401 (the options as given)
-
 
 def _bad(message: str) -> Exception:
     """The ConfigError for a bad option value. pipeline.stage (a third of what a no-op run
