@@ -307,7 +307,8 @@ def run_tool(argv: list[str], ctx, notes: list[str]) -> tuple[str, float]:
     message = (proc.stderr.strip().splitlines() or ["no message"])[-1]
     again = f" (it lost its device on all {ATTEMPTS} runs)" if lost else ""
     raise StageError(f"{Path(argv[0]).name} exited with {proc.returncode}{again}: {message}",
-                     command=command)
+                     command=command, exit_code=proc.returncode,
+                     transient=f"the device was lost ({lost})" if lost else None)
 
 
 STAGE = Validate()
