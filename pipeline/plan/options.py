@@ -1,6 +1,7 @@
 """The command line's key=value options, parsed in one place into one typed object.
 
     doit validate model=mlp,resnet target=cpu variants=default shapes=x:1x3x224x224 shard=2/4
+    doit validate retry=failed
 
 doit hands kiln its `key=value` words through get_var; `read_variables` (pipeline.plan.variables)
 takes them as given (what the plan memo compares and what a Dask worker is handed),
@@ -37,6 +38,7 @@ class Options:
     shard: tuple[int, int] | None = None
     executor: int | str | None = None          # LocalCluster size or scheduler address
     days: float = 30.0
+    retry_failed: bool = False                 # retry=failed: run remembered failures again
 
     @classmethod
     def parse(cls, variables: dict[str, str]) -> Options:
@@ -45,7 +47,8 @@ class Options:
                    _names(get("model")), _names(get("target")), _names(get("variants")),
                    parse_shapes(get("shapes")), get("inputs"),
                    parse_shard(get("shard")) if get("shard") else None,
-                   parse_executor(get("executor")), parse_days(get("days")))
+                   parse_executor(get("executor")), parse_days(get("days")),
+                   parse_retry(get("retry")))
 
     def for_worker(self) -> dict[str, str]:
         """The options a Dask worker's kiln process is given: the same plan, run here."""
@@ -83,6 +86,16 @@ def parse_executor(text: str | None) -> int | str | None:
         return text
     raise _bad(f"executor={text}: expected local:N (a LocalCluster of N worker "
                       "processes) or tcp://host:port (an existing Dask scheduler)")
+
+
+def parse_retry(text: str | None) -> bool:
+    """retry=failed -> True: the stages whose failure is remembered run again."""
+    if text is None or text == "":
+        return False
+    if text.strip() != "failed":
+        raise _bad(f"retry={text}: expected retry=failed (run again the stages whose failure "
+                   "with the same key is remembered)")
+    return True
 
 
 def parse_days(text: str | None) -> float:

@@ -50,20 +50,22 @@ class Plan:
         """What the runner needs to decide and do node's work."""
         data = self.graph.nodes[node]
         return Job(node, data["stage"], data["model"], data["target"], upstream_of(self, node),
-                   is_entry(self, node))
+                   is_entry(self, node), self.options.retry_failed)
 
 
 @dataclass(frozen=True)
 class Job:
     """One stage node as the runner (pipeline.run) takes it: the node, its stage, model and
-    target, what it reads (upstream name -> (stage, directory)), and whether it is the stage
-    the model enters at (then the model's own files enter its key)."""
+    target, what it reads (upstream name -> (stage, directory)), whether it is the stage
+    the model enters at (then the model's own files enter its key), and whether a failure
+    remembered under its key runs again (retry=failed)."""
     node: Node
     stage: Stage
     model: ModelSpec
     target: Target | None
     upstream: dict[str, tuple[Stage, Path]]
     first: bool
+    retry_failed: bool = False
 
 
 def _pick(names: tuple[str, ...] | None, valid: dict, default: tuple, what: str,
