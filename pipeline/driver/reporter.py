@@ -92,9 +92,13 @@ class KilnReporter(ConsoleReporter):
         if isinstance(fail, (DependencyError, UnmetDependency)):
             self._add(task, **NOT_RUN)
         else:  # the runner's entry says why; if it never got to write one, doit's message
+            # (imported here: a no-op run defines no StageEntry)
+            from ..run.entry import FAILURES
             entry = self._entry(task) or {}
-            said = entry.get("status") == "failed"
-            self._add(task, status="failed", **({} if said else {"error": fail.get_msg().strip()}))
+            if entry.get("status") in FAILURES:   # (failed, or failed (cached))
+                self._add(task)
+            else:
+                self._add(task, status="failed", error=fail.get_msg().strip())
 
     def skip_uptodate(self, task):
         # a group (the only up-to-date task that is no stage: GROUP_UPTODATE) stays silent,

@@ -31,10 +31,12 @@ import re
 from pathlib import Path
 from urllib.parse import quote
 
+from ..run.entry import CACHED_FAILURE, FAILURES
 from . import table
 from .units import duration
 
-STATUSES = ("failed", "ran", "cached", "up-to-date", "skipped")      # the order they are listed
+# the order they are listed
+STATUSES = ("failed", CACHED_FAILURE, "ran", "cached", "up-to-date", "skipped")
 KINDS = ("passed", "failed", "skipped", "compiled")                  # a matrix cell's outcome
 # "off" leaves the charts out (matplotlib costs a second or two a page): for runs whose page
 # nobody looks at, such as the test suite's hundreds of small builds
@@ -129,7 +131,7 @@ def _summary(cells: list[dict], entries: list[dict]) -> dict:
     statuses = _count(e["status"] for e in entries)
     return {"cells": len(cells), "kinds": [(k, kinds[k]) for k in KINDS if k in kinds],
             "stages": len(entries),
-            "statuses": [(s, statuses[s]) for s in STATUSES if s in statuses]}
+            "statuses": [(s, css_class(s), statuses[s]) for s in STATUSES if s in statuses]}
 
 
 def _count(values) -> dict[str, int]:
@@ -167,7 +169,7 @@ def _matrix_cell(cell: dict, page_dir: str) -> dict:
     if failed:
         return {**view, "log": _href(failed, page_dir), "failed": {
             "stage": failed["stage"], "error": failed.get("error") or "no error recorded",
-            "command": failed.get("command")}}
+            "command": failed.get("command"), "cached": failed["status"] == CACHED_FAILURE}}
     measured = []
     if cell["max_abs"] is not None:
         measured.append(f"abs err {cell['max_abs']:.1e}")
@@ -282,7 +284,8 @@ def _sci(value) -> str:
 def _tasks(entries: list[dict], page_dir: str) -> list[dict]:
     """Every stage entry, failures first: what it did, in how long, why, where, its log."""
     order = {s: i for i, s in enumerate(STATUSES)}
-    return [{"name": e["task"], "status": e["status"], "seconds": f"{e.get('seconds') or 0:.2f}",
+    return [{"name": e["task"], "status": e["status"], "css": css_class(e["status"]),
+             "seconds": f"{e.get('seconds') or 0:.2f}",
              "why": _why(e), "log": _href(e, page_dir),
              "where": ", ".join(f"{k} {e[k]}" for k in ("remote", "worker") if e.get(k))}
             for e in sorted(entries, key=lambda e: (order.get(e["status"], len(order)), e["task"]))]
@@ -295,9 +298,14 @@ def _why(entry: dict) -> str:
         return why or "restored from the cache"
     if entry["status"] == "up-to-date":
         return why or "nothing it reads changed"
-    if entry["status"] == "failed":
+    if entry["status"] in FAILURES:
         return (why + ": " if why else "") + (entry.get("error") or "")
     return why
+
+
+def css_class(status: str) -> str:
+    """The page's class for a status: a failure taken from the cache is a failure."""
+    return "failed" if status in FAILURES else status
 
 
 # --- charts --------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 from tabulate import tabulate
 
 from ..names import base_target
+from ..run.entry import CACHED_FAILURE, FAILURES
 from .units import duration, times
 
 
@@ -46,14 +47,14 @@ def _ending(target: str, per_model: list[dict], stage_entries: list[dict]):
     several = len({e["target"] for e in stage_entries}) > 1   # variants tried
     if choice is not None and choice["status"] != "skipped":
         # a variant may fail alone: what counts is the front end and the choice among them
-        return next((e for e in [*per_model, choice] if e["status"] == "failed"), None), choice
+        return next((e for e in [*per_model, choice] if e["status"] in FAILURES), None), choice
     if choice is None and several and not any(role(e) == "verdict" for e in stage_entries):
         # compiled only (doit compile): the target compiled when one of its variants did
         compiled = any(role(e) == "module" and e["status"] in ("ran", "cached", "up-to-date")
                        for e in stage_entries)
         return next((e for e in (per_model if compiled else chain)
-                     if e["status"] == "failed"), None), None
-    return (next((e for e in chain if e["status"] == "failed"), None),
+                     if e["status"] in FAILURES), None), None
+    return (next((e for e in chain if e["status"] in FAILURES), None),
             next((e for e in stage_entries if role(e) == "verdict" and e["target"] == target),
                  None))
 
@@ -79,7 +80,7 @@ def _row(model: str, target: str, per_model: list[dict], stage_entries: list[dic
 def _outcome(failed: dict | None, verdict: dict | None, result: dict) -> tuple[str, str]:
     """(the row's kind: passed, failed, skipped or compiled; the words the table shows)."""
     if failed:
-        return "failed", f"FAILED at {failed['stage']}: {failed.get('error', '')}"
+        return "failed", f"FAILED at {failed['stage']}{_cached(failed)}: {failed.get('error', '')}"
     if verdict is None:
         return "compiled", "compiled"
     if verdict["status"] == "skipped":
@@ -92,6 +93,11 @@ def _outcome(failed: dict | None, verdict: dict | None, result: dict) -> tuple[s
     if result.get("checked"):
         outcome += f" ({result['checked']})"
     return "passed", outcome
+
+
+def _cached(failed: dict) -> str:
+    """' (cached)' for a failure remembered from an earlier run with the same key."""
+    return " (cached)" if failed["status"] == CACHED_FAILURE else ""
 
 
 def table(entries: list[dict], tablefmt: str = "simple", width: int | None = 90) -> str:
@@ -118,13 +124,16 @@ def markdown(record: dict) -> str:
     if any(r["ms"] is not None for r in rows(entries)):
         lines += [TIMES_NOTE, ""]
     lines += _variants_md(rows(entries))
-    failed = [e for e in entries if e["status"] == "failed"]
+    failed = [e for e in entries if e["status"] in FAILURES]
     if failed:
         lines += ["## Failures", ""]
         for e in failed:
-            lines.append(f"- `{e['task']}` at **{e['stage']}**: {e.get('error', '')}"
+            lines.append(f"- `{e['task']}` at **{e['stage']}**{_cached(e)}: {e.get('error', '')}"
                          + (f"  \n  command: `{e['command']}`" if e.get("command") else "")
                          + f"  \n  log: `{e.get('log', '')}`")
+        if any(e["status"] == CACHED_FAILURE for e in failed):
+            lines += ["", ("(cached): failed with the same key in an earlier run, so not run "
+                           "again (`retry=failed` runs them); the log is that run's.")]
     return "\n".join(lines) + "\n"
 
 
