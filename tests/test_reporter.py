@@ -41,8 +41,9 @@ def stage(model, target, does):
     if does == "raises":   # before the entry is written: the reporter has doit's message only
         raise RuntimeError("the driver crashed")
     entry = StageEntry(name, "validate", model, target)
-    if does == "fails":
-        entry.status, entry.error, entry.seconds = "failed", "the device said no", 0.1
+    if does in ("fails", "failed before"):   # (before: its failure remembered in the cache)
+        entry.status = "failed" if does == "fails" else "failed (cached)"
+        entry.error, entry.seconds = "the device said no", 0.1
     else:
         time.sleep(does)
         Path(f"out-{target}").write_text("done")
@@ -84,12 +85,12 @@ def task_hello():
 
 def make_project(tmp_path: Path, slow: float, broken: bool = False) -> Path:
     """A project of validate:toy@slow (sleeps `slow` s), @quick, @later (after quick) and,
-    when broken, @broken (fails, saying why), @crash (raises before it says anything) and
-    @doomed (after broken)."""
+    when broken, @broken (fails, saying why), @known (its failure from an earlier run),
+    @crash (raises before it says anything) and @doomed (after broken)."""
     tmp_path.mkdir(parents=True, exist_ok=True)
     stages = {"slow": slow, "quick": 0.0, "later": 0.0}
     if broken:
-        stages.update(broken="fails", crash="raises", doomed=0.0)
+        stages.update(broken="fails", known="failed before", crash="raises", doomed=0.0)
     (tmp_path / "toy.json").write_text(json.dumps({"repo": str(REPO), "stages": stages}))
     (tmp_path / "dodo.py").write_text(DODO)
     return tmp_path
@@ -122,10 +123,10 @@ def test_the_record_says_what_each_task_did_in_plan_order(tmp_path):
     # the roles the plan put in each task's meta; a stage that declares none, null
     assert prepare["role"] is None and {t["role"] for t in validate} == {"verdict"}
     record = {t["task"].split("@")[1]: t for t in validate}
-    assert list(record) == ["slow", "quick", "later", "broken", "crash", "doomed"]
+    assert list(record) == ["slow", "quick", "later", "broken", "known", "crash", "doomed"]
     assert {t: e["status"] for t, e in record.items()} == {
-        "slow": "ran", "quick": "ran", "later": "ran", "broken": "failed", "crash": "failed",
-        "doomed": "skipped"}
+        "slow": "ran", "quick": "ran", "later": "ran", "broken": "failed",
+        "known": "failed (cached)", "crash": "failed", "doomed": "skipped"}
     assert record["broken"]["error"] == "the device said no"      # the stage's own words
     assert "RuntimeError: the driver crashed" in record["crash"]["error"]   # doit's, at least
     assert record["doomed"]["reason"] == "an upstream stage failed"
