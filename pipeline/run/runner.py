@@ -162,18 +162,18 @@ def _run(job: Job, layout: Layout, key: str, log_lines: list[str],
     declared = stage.outputs(job.model)
     ran_from = len(log_lines)   # the lines of this run: what a remembered failure keeps
     with tempfile.TemporaryDirectory(dir=layout.scratch()) as tmp:
-        with machine.shared(layout.cache) as held:   # a timing elsewhere waits for this run
-            ctx = StageContext(job.model, job.target,
-                               {n: d for n, (_, d) in job.upstream.items()}, Path(tmp),
-                               log_lines, held)
-            try:
+        try:
+            with machine.shared(layout.cache) as held:   # a timing elsewhere waits for this run
+                ctx = StageContext(job.model, job.target,
+                                   {n: d for n, (_, d) in job.upstream.items()}, Path(tmp),
+                                   log_lines, held)
                 result = stage.run(ctx)
-                missing = [rel for rel in declared if not (ctx.out / rel).is_file()]
-                if missing:
-                    raise StageError(f"stage {stage.name} did not write {', '.join(missing)}")
-            except BaseException as err:
-                log_lines.append(_remember(store, key, err, log_lines[ran_from:]))
-                raise
+            missing = [rel for rel in declared if not (ctx.out / rel).is_file()]
+            if missing:
+                raise StageError(f"stage {stage.name} did not write {', '.join(missing)}")
+        except BaseException as err:
+            log_lines.append(_remember(store, key, err, log_lines[ran_from:]))
+            raise
         outputs = {rel: digest_file(ctx.out / rel) for rel in declared}
         meta = {"result": result}
         store.save(key, ctx.out, outputs, meta)
@@ -187,11 +187,12 @@ LOG_KEPT = 200_000
 
 def _remember(store: Store, key: str, err: BaseException, lines: list[str]) -> str:
     """Remember the failure of a stage's run under its key when it is a verdict on its
-    inputs; the line its log gets about it."""
-    log = "\n".join([*lines, getattr(err, "log", "") or ""]).strip()
+    inputs (replacing what the key held: a failure retry=failed ran again); the line its
+    log gets about it. A failure that is no verdict leaves the cache as it was."""
+    log = "\n".join([*lines, *([err.log] if isinstance(err, StageError) else [])]).strip()
     why_not = not_a_verdict(err, log)
     if why_not is not None:
-        return f"failure not remembered: {why_not}; the next run tries again"
+        return f"failure not remembered: {why_not}"
     if len(log) > LOG_KEPT:
         cut = len(log) - LOG_KEPT
         log = f"{log[:LOG_KEPT // 2]}\n[... {cut} characters left out ...]\n{log[-LOG_KEPT // 2:]}"
