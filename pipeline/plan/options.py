@@ -37,6 +37,9 @@ class Options:
     shard: tuple[int, int] | None = None
     executor: int | str | None = None          # LocalCluster size or scheduler address
     days: float = 30.0
+    timing: bool | None = None                 # None: the matrix's
+    xfail: str | None = None                   # None: the matrix's
+    strict: bool = False
 
     @classmethod
     def parse(cls, variables: dict[str, str]) -> Options:
@@ -45,11 +48,14 @@ class Options:
                    _names(get("model")), _names(get("target")), _names(get("variants")),
                    parse_shapes(get("shapes")), get("inputs"),
                    parse_shard(get("shard")) if get("shard") else None,
-                   parse_executor(get("executor")), parse_days(get("days")))
+                   parse_executor(get("executor")), parse_days(get("days")),
+                   parse_switch("timing", get("timing")), get("xfail"),
+                   bool(parse_switch("strict", get("strict"))))
 
     def for_worker(self) -> dict[str, str]:
         """The options a Dask worker's kiln process is given: the same plan, run here."""
-        return {k: v for k, v in self.variables.items() if k not in ("executor", "days")}
+        return {k: v for k, v in self.variables.items()
+                if k not in ("executor", "days", "xfail", "strict")}
 
 
 def parse_shapes(text: str | None) -> dict:
@@ -83,6 +89,19 @@ def parse_executor(text: str | None) -> int | str | None:
         return text
     raise _bad(f"executor={text}: expected local:N (a LocalCluster of N worker "
                       "processes) or tcp://host:port (an existing Dask scheduler)")
+
+
+SWITCH = {"on": True, "1": True, "true": True, "yes": True,
+          "off": False, "0": False, "false": False, "no": False}
+
+
+def parse_switch(name: str, text: str | None) -> bool | None:
+    """timing=off, strict=1: on/off, 1/0, true/false, yes/no (None when not given)."""
+    if text is None:
+        return None
+    if text.strip().lower() not in SWITCH:
+        raise _bad(f"{name}={text}: expected on or off (or 1/0, true/false, yes/no)")
+    return SWITCH[text.strip().lower()]
 
 
 def parse_days(text: str | None) -> float:

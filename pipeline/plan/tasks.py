@@ -119,6 +119,8 @@ def make_plan(options: Options, stages: list[Stage], detect: model_registry.Dete
     model_registry.check_frameworks(models, stages, config)
     targets = [resolve_target(t) for t in
                _pick(options.targets, config.targets, matrix.targets, "target", config)]
+    if not (matrix.timing if options.timing is None else options.timing):
+        targets = [dataclasses.replace(t, timing=False) for t in targets]
     graph = build_graph(stages, models, targets, _variants(options, matrix, targets, config))
     if options.shard:
         graph = shard(graph, *options.shard)

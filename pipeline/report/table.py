@@ -96,11 +96,17 @@ def _outcome(failed: dict | None, verdict: dict | None, result: dict) -> tuple[s
 
 def table(entries: list[dict], tablefmt: str = "simple", width: int | None = 90) -> str:
     body = [[r["model"], r["target"], r["outcome"][:width], _fmt(r["max_abs"]), _fmt(r["max_rel"]),
-             duration(r["ms"]), duration(r["framework_ms"]), times(r["ratio"]), r["stages"]]
+             duration(r["ms"]) or _untimed(r), duration(r["framework_ms"]), times(r["ratio"]),
+             r["stages"]]
             for r in rows(entries)]
     return tabulate(body, tablefmt=tablefmt,
                     headers=["model", "target", "outcome", "max abs err", "max rel err",
                              "IREE time/run", "framework time/run", "IREE/framework", "stages"])
+
+
+def _untimed(row: dict) -> str:
+    """The time cell of a row with no figure: why, where timing was off."""
+    return "timing off" if row["result"].get("timing") == "off" else ""
 
 
 TIMES_NOTE = ("Times per run are medians of several repetitions after a warm-up, on this "
