@@ -177,7 +177,7 @@ def test_a_run_of_no_stage_keeps_the_last_record(tmp_path):
 def test_the_exit_code_follows_unexpected_failures_only(tmp_path):
     """A failing case listed as expected (its tasks' meta "xfail") leaves doit's exit code 0
     and is xfail in the record's reports; an unexpected pass is named, and fails the run
-    under strict."""
+    under strict. (An unlisted failure fails the run: the test above.)"""
     xfail = {"broken": "a known bug", "quick": "flaky"}
     stages = {"quick": 0.0, "broken": "fails", "doomed": 0.0}
     root = make_project(tmp_path / "lenient", slow=0.0, stages=stages, xfail=xfail)
@@ -190,7 +190,6 @@ def test_the_exit_code_follows_unexpected_failures_only(tmp_path):
     assert {t["task"]: t.get("xfail") for t in run_record(root)}["validate:toy@broken"] == \
         "a known bug"
     assert "expected (xfail): a known bug" in (root / "build" / "report.md").read_text()
-    assert doit(root).returncode == 0   # the failure runs again, still expected
 
     strict = make_project(tmp_path / "strict", slow=0.0, stages={"quick": 0.0},
                           xfail={"quick": "flaky"}, strict=True)
@@ -199,7 +198,3 @@ def test_the_exit_code_follows_unexpected_failures_only(tmp_path):
     assert json.loads((strict / "build" / "run.json").read_text())["strict"] is True
     proc = doit(strict)   # a no-op run: the last summary, and its verdict
     assert proc.returncode == 1 and "strict=1: this fails the run" in proc.stdout
-
-    unlisted = make_project(tmp_path / "unlisted", slow=0.0, stages=stages,
-                            xfail={"quick": "flaky"})
-    assert doit(unlisted).returncode != 0   # broken failed unexpectedly
