@@ -111,7 +111,8 @@ def test_an_unexpected_pass_is_named_and_fails_only_under_strict():
     assert verdict.lines(found)[0] == "xpass: m@a passed, but is listed as expected to fail (flaky)"
     strict = verdict.verdict(record(listed, strict=True))
     assert strict.exit_code == 1 and "strict=1: this fails the run" in verdict.lines(strict)[0]
-    assert verdict.verdict(record(FAILING, strict=True)).exit_code == 0   # nothing passed unexpectedly
+    # nothing passed unexpectedly
+    assert verdict.verdict(record(FAILING, strict=True)).exit_code == 0
 
 
 def test_a_failure_no_case_holds_and_a_stopped_run_are_unexpected():
@@ -137,7 +138,8 @@ def test_junit_holds_every_case_with_its_failure_skip_and_time():
     failure = found["m@b"].find("failure")
     assert failure.get("type") == "lower"
     assert failure.get("message") == "failed at lower: bad flag <x> & ?[1m"   # no raw escape
-    assert "command: iree-compile --bad" in failure.text and "log: build/logs/lower.m@b.log" in failure.text
+    assert "command: iree-compile --bad" in failure.text
+    assert "log: build/logs/lower.m@b.log" in failure.text
     assert found["front@a"].find("failure").get("message") == "failed at capture: no torch"
     assert found["m@c"].find("skipped").get("message") == \
         "xfail: tolerance (failed at validate: max abs error 3)"
@@ -145,7 +147,8 @@ def test_junit_holds_every_case_with_its_failure_skip_and_time():
     assert list(found["m@a"]) and found["m@a"].find("system-out").text.startswith("xpass")
     # a case's time: its stages' seconds, the model's front end included
     assert float(found["m@a"].get("time")) == pytest.approx(4.5)
-    assert float(suite.get("time")) == pytest.approx(sum(float(c.get("time")) for c in found.values()))
+    total = sum(float(c.get("time")) for c in found.values())
+    assert float(suite.get("time")) == pytest.approx(total)
 
 
 def test_junit_fails_an_unexpected_pass_under_strict_and_says_why_a_run_stopped():

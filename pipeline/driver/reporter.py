@@ -150,9 +150,9 @@ class KilnReporter(ConsoleReporter):
             listed = hashlib.sha256(json.dumps([[task.name for task, _ in added],
                                                 self.run.warnings]).encode()).hexdigest()
             before, after_run = self.made_from
-            text = reuse(self.run_file, {**before, "tasks": listed})
-            if text is not None:
-                return text
+            reused = reuse(self.run_file, {**before, "tasks": listed})
+            if reused is not None:
+                return reused
             stamp = {**after_run(), "tasks": listed}
         settings = {**({"warnings": self.run.warnings} if self.run.warnings else {}),
                     **({"strict": True} if self.strict else {})}

@@ -70,12 +70,13 @@ def _row(model: str, target: str, per_model: list[dict], stage_entries: list[dic
     expected = next((e["xfail"] for e in stage_entries if e.get("xfail")), None)
     if expected and kind in EXPECTED:
         kind = EXPECTED[kind]
-        outcome = f"{kind}: {outcome}" + (" (listed as expected to fail)" if kind == "xpass" else "")
+        outcome = f"{kind}: {outcome}" + \
+            (" (listed as expected to fail)" if kind == "xpass" else "")
     counts = {}
     for e in chain:
         counts[e["status"]] = counts.get(e["status"], 0) + 1
-    return {"model": model, "target": target, "outcome": outcome, "kind": kind, "expected": expected,
-            "chain": chain, "failed": failed, "verdict": verdict, "result": result,
+    return {"model": model, "target": target, "outcome": outcome, "kind": kind,
+            "expected": expected, "chain": chain, "failed": failed, "verdict": verdict, "result": result,
             "max_abs": result.get("max_abs_error"), "max_rel": result.get("max_rel_error"),
             "ms": result.get("latency_ms"),   # the median (older records: one figure)
             "framework_ms": (result.get("framework_latency") or {}).get("median_ms"),
