@@ -37,6 +37,8 @@ class Target:
     variants: tuple[tuple[str, tuple[str, ...] | None], ...] = ()
     variant: str | None = None   # for a variant's own stages: which one (its flags are added)
     base: str | None = None      # for a variant's own stages: the target it is a variant of
+    timing: bool = True          # False (timing=off, a matrix's `timing: false`): validate
+    # checks the numbers only, timing neither the module nor the framework
 
 
 # a constant with at least this many elements is a weight: it goes to the parameter archive

@@ -50,6 +50,8 @@ def test_absent_options_take_their_defaults():
     ("days", "soon", "days=soon: expected a number of days"),
     ("shard", "3/2", "shard=3/2: expected I/N"),
     ("retry", "all", "retry=all: expected retry=failed"),
+    ("timing", "sometimes", "timing=sometimes: expected on or off"),
+    ("strict", "very", "strict=very: expected on or off"),
 ])
 def test_a_bad_option_names_itself_and_what_is_valid(name, value, expected):
     with pytest.raises(ConfigError, match=expected):
@@ -65,3 +67,13 @@ def test_executor_addresses():
 def test_only_known_options_are_read():
     given = {"model": "mlp", "unknown": "x", "target": None}
     assert read_variables(given.get) == {"model": "mlp"}
+
+
+def test_timing_and_strict_are_switches():
+    options = Options.parse({"timing": "off", "strict": "1", "xfail": "known.yaml"})
+    assert options.timing is False and options.strict is True and options.xfail == "known.yaml"
+    assert Options.parse({"timing": "ON"}).timing is True
+    absent = Options.parse({})
+    assert absent.timing is None and absent.strict is False and absent.xfail is None
+    # the expected failures are the reports' business: a worker never reads them
+    assert "xfail" not in options.for_worker() and options.for_worker()["timing"] == "off"

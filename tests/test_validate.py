@@ -74,3 +74,10 @@ def test_any_other_failure_is_not_run_again(tmp_path):
                           ctx, notes)
     assert runs(tmp_path) == 1 and notes == []
     assert "exited with 1: INVALID_ARGUMENT; bad input" in str(err.value)
+
+
+def test_timing_off_is_in_validates_key_in_place_of_the_repetitions():
+    from pipeline.stage import Target
+    cpu = Target("cpu", "llvm-cpu", "generic", "local-task", (), 1e-4, 1e-4)
+    assert validate._timing_params(cpu) == {"timing_repetitions": 3}   # TEST_SETTINGS
+    assert validate._timing_params(Target(**{**cpu.__dict__, "timing": False})) == {"timing": "off"}

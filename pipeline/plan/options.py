@@ -39,6 +39,9 @@ class Options:
     executor: int | str | None = None          # LocalCluster size or scheduler address
     days: float = 30.0
     retry_failed: bool = False                 # retry=failed: run remembered failures again
+    timing: bool | None = None                 # None: the matrix's
+    xfail: str | None = None                   # None: the matrix's
+    strict: bool = False
 
     @classmethod
     def parse(cls, variables: dict[str, str]) -> Options:
@@ -48,11 +51,13 @@ class Options:
                    parse_shapes(get("shapes")), get("inputs"),
                    parse_shard(get("shard")) if get("shard") else None,
                    parse_executor(get("executor")), parse_days(get("days")),
-                   parse_retry(get("retry")))
+                   parse_retry(get("retry")), parse_switch("timing", get("timing")),
+                   get("xfail"), bool(parse_switch("strict", get("strict"))))
 
     def for_worker(self) -> dict[str, str]:
         """The options a Dask worker's kiln process is given: the same plan, run here."""
-        return {k: v for k, v in self.variables.items() if k not in ("executor", "days")}
+        return {k: v for k, v in self.variables.items()
+                if k not in ("executor", "days", "xfail", "strict")}
 
 
 def parse_shapes(text: str | None) -> dict:
@@ -96,6 +101,19 @@ def parse_retry(text: str | None) -> bool:
         raise _bad(f"retry={text}: expected retry=failed (run again the stages whose failure "
                    "with the same key is remembered)")
     return True
+
+
+SWITCH = {"on": True, "1": True, "true": True, "yes": True,
+          "off": False, "0": False, "false": False, "no": False}
+
+
+def parse_switch(name: str, text: str | None) -> bool | None:
+    """timing=off, strict=1: on/off, 1/0, true/false, yes/no (None when not given)."""
+    if text is None:
+        return None
+    if text.strip().lower() not in SWITCH:
+        raise _bad(f"{name}={text}: expected on or off (or 1/0, true/false, yes/no)")
+    return SWITCH[text.strip().lower()]
 
 
 def parse_days(text: str | None) -> float:

@@ -22,6 +22,10 @@ VARIABLES = {
     "retry": "retry=failed: run again the stages whose failure with the same key is "
              "remembered (otherwise reported as 'failed (cached)' without running)",
     "days": "doit prune: drop cache entries unused for this many days (default 30)",
+    "timing": "timing=off: validate checks the numbers, timing neither module nor framework "
+              "(default: the matrix's timing:, else on)",
+    "xfail": "a YAML file of expected failures, {target: {model: reason}} ('*': any target)",
+    "strict": "strict=1: a listed expected failure that passes fails the run too",
 }
 
 

@@ -37,7 +37,8 @@ from .units import duration
 
 # the order they are listed
 STATUSES = ("failed", CACHED_FAILURE, "ran", "cached", "up-to-date", "skipped")
-KINDS = ("passed", "failed", "skipped", "compiled")                  # a matrix cell's outcome
+KINDS = ("passed", "failed", "xfail", "xpass", "skipped", "compiled")   # a matrix cell's outcome
+PASSED = ("passed", "xpass")                                         # the kinds that passed
 # "off" leaves the charts out (matplotlib costs a second or two a page): for runs whose page
 # nobody looks at, such as the test suite's hundreds of small builds
 CHARTS_ENV = "KILN_REPORT_CHARTS"
@@ -164,7 +165,7 @@ def _matrix(cells: list[dict], page_dir: str) -> dict:
 def _matrix_cell(cell: dict, page_dir: str) -> dict:
     """One model x target: its outcome, and either where it failed (stage, error, command,
     that stage's log) or what it measured and its last log."""
-    view = {key: cell[key] for key in ("model", "target", "kind", "outcome")}
+    view = {key: cell[key] for key in ("model", "target", "kind", "outcome", "expected")}
     failed = cell["failed"]
     if failed:
         return {**view, "log": _href(failed, page_dir), "failed": {
@@ -227,7 +228,7 @@ def _latency(cells: list[dict], charts: _Charts) -> dict | None:
              "framework": _spread(c, "fw"),
              "framework_how": c["fw_how"] if c["fw_ms"] is not None else c["fw_why"],
              "ratio": _ratio(c["ratio"])}
-            for c in cells if c["iree_ms"] is not None or c["kind"] == "passed"]
+            for c in cells if c["iree_ms"] is not None or c["kind"] in PASSED]
     return {"chart": charts.svg("latency", data, _draw_latency), "rows": rows}
 
 
@@ -268,7 +269,7 @@ def _errors(cells: list[dict], charts: _Charts) -> dict | None:
                or _number(c["result"].get("max_rel_error")) is not None]
     if not checked:
         return None
-    data = [[c["label"], c["kind"] == "passed"] + [_number(c["result"].get(k)) for k in
+    data = [[c["label"], c["kind"] in PASSED] + [_number(c["result"].get(k)) for k in
             ERROR_FIELDS] for c in checked]
     rows = [{"label": c["label"], "outcome": c["kind"],
              **{k: _sci(c["result"].get(k)) for k in ERROR_FIELDS}} for c in checked]
