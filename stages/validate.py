@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.cache.digest import digest_file
 from pipeline.names import parse_upstream
 from pipeline.stage import Stage, StageError
 from stages import frameworks, timing
@@ -85,7 +86,16 @@ class Validate(Stage):
         atol, rtol = self.tolerances(model, target)
         # the device it ran on is part of the answer: lavapipe's pass is not a GPU's
         return {"driver": target.driver, "device": device_for(target.driver), "atol": atol, "rtol": rtol,
-                **_timing_params(target)}
+                **_timing_params(target), **self._own_inputs(model)}
+
+    def _own_inputs(self, model) -> dict:
+        """Without a framework (imported MLIR) validate makes the inputs itself, from the
+        model's shapes, seed and input files: those are then part of its key (a run with
+        other shapes= is another answer, never the cached one)."""
+        if frameworks.get(model.framework).has_reference:
+            return {}
+        files = {role: digest_file(path) for role, path in sorted(model.input_files().items())}
+        return {"inputs": {"shapes": model.shapes, "seed": model.seed, "files": files}}
 
     def unavailable(self, model, target):
         return None if device_for(target.driver) else f"skipped: no {target.driver} device"
