@@ -39,6 +39,32 @@ def isolated_from_kiln_settings():
         yield
 
 
+# tests that share a built model run on one pytest-xdist worker (pyproject's addopts: -n with
+# --dist loadgroup), so each shared build happens once: a session fixture's users by the
+# fixture, a module fixture's users by their file; every other test goes wherever a worker
+# is free
+SHARED_BUILDS = ("frameworks_run", "mlp_built", "resnet_front")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        group = _build_group(item)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+def _build_group(item) -> str | None:
+    fixtures = getattr(item, "_fixtureinfo", None)
+    if fixtures is None:
+        return None
+    shared = [name for name in SHARED_BUILDS if name in fixtures.names_closure]
+    if shared:
+        return shared[0]
+    scopes = {defs[-1].scope for name, defs in fixtures.name2fixturedefs.items()
+              if defs and name != "isolated_from_kiln_settings"}
+    return item.path.name if scopes & {"module", "session"} else None
+
+
 def copy_project(dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     for name in PROJECT_FILES:
@@ -51,16 +77,22 @@ def copy_project(dest: Path) -> Path:
 
 
 class Project:
-    def __init__(self, root: Path, variants: str | None = "default"):
+    def __init__(self, root: Path, variants: str | None = "default", timing: str | None = "off"):
         self.root = root
         # the flag variants to try: the default flags only, unless a test is about the search
         # (tests/test_variants.py sets None: what the config says, every variant)
         self.variants = variants
+        # validate times the module and the framework only in tests about speed (timing=on;
+        # None: what the config says): a framework's timing process costs seconds per model,
+        # and the record says "timing": "off" where it was off
+        self.timing = timing
 
     def doit(self, *args: str, check: bool = True, timeout: int = 900,
              env_extra: dict | None = None) -> subprocess.CompletedProcess:
         if self.variants and not any(a.startswith("variants=") for a in args):
             args = (*args, f"variants={self.variants}")
+        if self.timing and not any(a.startswith("timing=") for a in args):
+            args = (*args, f"timing={self.timing}")
         env = {**without_kiln_settings(os.environ), **(env_extra or {})}
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         proc = subprocess.run([sys.executable, "-m", "doit", *args], cwd=self.root, env=env,
@@ -248,7 +280,8 @@ def frameworks_run(tmp_path_factory) -> dict:
     import yaml
     matrix = yaml.safe_load((REPO / "targets.yaml").read_text())["matrices"]["frameworks"]
     name, text = FAILING_MODEL
-    project = Project(copy_project(tmp_path_factory.mktemp("frameworks") / "proj"))
+    # timed: test_html's page draws the latency chart from it
+    project = Project(copy_project(tmp_path_factory.mktemp("frameworks") / "proj"), timing="on")
     (project.root / "models" / f"{name}.py").write_text(text)
     models, targets = [*matrix["models"], name], matrix["targets"]
     proc = project.doit("validate", f"model={','.join(models)}", f"target={','.join(targets)}",
@@ -269,7 +302,8 @@ def mlp_built(tmp_path_factory) -> dict:
     """`doit validate model=mlp target=cpu,vulkan` from scratch, once per session: its project
     (which tests read and copy from, never change: a run in it must find everything up to
     date) and the record of that first run."""
-    project = Project(copy_project(tmp_path_factory.mktemp("mlp_built") / "proj"))
+    # timed: test_pipeline checks its figures (the framework timed once for both targets)
+    project = Project(copy_project(tmp_path_factory.mktemp("mlp_built") / "proj"), timing="on")
     project.doit("validate", "model=mlp", "target=cpu,vulkan")
     return {"project": project, "record": project.record()}
 

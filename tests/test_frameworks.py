@@ -72,7 +72,9 @@ def examples(request, tmp_path_factory):
     first, first_record = run["project"], run["record"]
     first.doit(*args)
     second_record = first.record()
-    other = Project(copy_project(tmp_path_factory.mktemp("other") / "elsewhere" / "deeper"))
+    # timed as the frameworks run was: the same keys are expected
+    other = Project(copy_project(tmp_path_factory.mktemp("other") / "elsewhere" / "deeper"),
+                    timing="on")
     other.doit(*args)
     return {"first": first, "first_record": first_record, "second_record": second_record,
             "other": other, "other_record": other.record()}

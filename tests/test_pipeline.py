@@ -70,7 +70,7 @@ def test_changing_one_targets_flags_reruns_only_that_target(project, mlp_built):
 
 def test_fresh_clone_with_restored_cache_runs_nothing(mlp_built, tmp_path):
     project = mlp_built["project"]   # built from scratch in its own directory
-    clone = Project(copy_project(tmp_path / "clone"))
+    clone = Project(copy_project(tmp_path / "clone"), timing="on")   # as mlp_built ran
     shutil.copytree(project.root / "cache", clone.root / "cache")
     clone.doit("validate", "model=mlp", "target=cpu,vulkan")
     assert set(clone.statuses().values()) == {"cached"}

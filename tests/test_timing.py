@@ -30,12 +30,19 @@ def has_onnx() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
 
 
+@pytest.fixture
+def project(project):
+    """conftest's project, timed: every test here is about the figures."""
+    project.timing = "on"
+    return project
+
+
 @pytest.fixture(scope="module")
 def validated(tmp_path_factory):
     """mlp (and onnx_cnn) validated on cpu, once for the module."""
     if importlib.util.find_spec("torch") is None:
         pytest.skip("needs kiln[torch]")
-    project = Project(copy_project(tmp_path_factory.mktemp("timing") / "proj"))
+    project = Project(copy_project(tmp_path_factory.mktemp("timing") / "proj"), timing="on")
     models = "mlp,onnx_cnn" if has_onnx() else "mlp"
     project.doit("validate", f"model={models}", "target=cpu")
     # the target's default variant: it times the framework too
