@@ -104,3 +104,79 @@ def test_a_record_written_before_roles_reads_by_the_stage_names_of_then():
         e["role"] = None if e["stage"] in ("validate", "pick") else e["role"]
     (row,) = rows(new)
     assert (row["kind"], row["verdict"]) == ("compiled", None)
+
+
+# an int8 model: validate's own words when an output's quantization step sets its tolerance
+INT8_ERROR = ("outputs differ from the reference: max abs error 0.0072 (atol 0.0001), max rel "
+              "error 0.0313 (rtol 0.001); output 0: max abs error 0.0072 against its own atol "
+              "0.0006")
+FRAMEWORK = {"median_ms": 0.8, "min_ms": 0.7, "max_ms": 0.9, "runs": 3, "how": "onnxruntime"}
+NO_RESULT = "no result: its compile or validation failed (see its stages)"
+
+
+def int8_record(variants: tuple[str, ...] = ("default",)) -> list[dict]:
+    """What run.json holds of an int8 model on cpu whose every variant failed: each
+    validation failed with its own numbers (the default's with the framework's time, taken by
+    the default variant only), and pick, which saw no result of any, failed saying so."""
+    record = [entry("emit", None, None)]
+    for v in variants:
+        target = "cpu" if v == "default" else f"cpu~{v}"
+        record.append(entry("codegen", "module", target))
+        measured = {"passed": False, "max_abs_error": 0.0072, "max_rel_error": 0.0313,
+                    "latency_ms": 2.0, "latency": {**FRAMEWORK, "median_ms": 2.0},
+                    "framework_latency": FRAMEWORK if v == "default" else None}
+        record.append(entry("validate", "verdict", target, status="failed", error=INT8_ERROR,
+                            result=measured, log=f"build/m/{target}/validate/log.txt"))
+    summary = [{"variant": v, "flags": [], "outcome": NO_RESULT, "latency": None,
+                "speed_ratio": None} for v in variants]
+    record.append(entry("pick", "choice", "cpu", status="failed",
+                        error="no variant passed: " + "; ".join(f"{v}: {NO_RESULT}"
+                                                                for v in variants),
+                        result={"variants": summary}, log="build/m/cpu/pick/log.txt"))
+    return record
+
+
+def test_a_row_whose_every_variant_failed_says_why_in_its_own_words():
+    (row,) = rows(int8_record())
+    assert row["kind"] == "failed"
+    assert row["outcome"] == f"FAILED at validate: {INT8_ERROR}"
+    assert "no result" not in row["outcome"] and "against its own atol 0.0006" in row["outcome"]
+    # where it failed is the default variant's validation: its log, not pick's
+    assert row["failed"]["task"] == "validate:m@cpu"
+    assert row["failed"]["log"] == "build/m/cpu/validate/log.txt"
+    # the default's own figures, the framework's time among them
+    assert (row["max_abs"], row["framework_ms"]) == (0.0072, 0.8)
+    assert "0.8 ms" in table(int8_record())
+
+    (row,) = rows(int8_record(("default", "im2col")))
+    assert row["outcome"].startswith("FAILED in every variant: default at validate: outputs "
+                                     "differ")
+    assert "; im2col at validate: outputs differ" in row["outcome"]
+    assert [v["outcome"] for v in row["variants"]] == [f"failed at validate: {INT8_ERROR}"] * 2
+    assert row["framework_ms"] == 0.8
+    assert "  - im2col: failed at validate: outputs differ" in markdown({"tasks": int8_record(
+        ("default", "im2col"))})
+
+
+def test_a_passing_row_whose_default_variant_failed_still_has_the_framework_time():
+    record = int8_record(("default", "im2col"))
+    im2col = next(e for e in record if e["task"] == "validate:m@cpu~im2col")
+    im2col.update(status="ran", result={"passed": True, "latency": {"median_ms": 1.6}},
+                  error=None)
+    passed = {"passed": True, "latency": {"median_ms": 1.6}, "latency_ms": 1.6,
+              "framework_latency": None, "speed_ratio": None, "variant": "im2col",
+              "variants": [{"variant": "default", "outcome": NO_RESULT},
+                           {"variant": "im2col", "outcome": "passed"}]}
+    record[-1].update(status="ran", error=None, result=passed)
+    (row,) = rows(record)
+    assert row["kind"] == "passed" and row["outcome"] == "passed (variant im2col of 2)"
+    assert row["framework_ms"] == 0.8 and row["ratio"] == 1.6 / 0.8
+    assert row["variants"][0]["outcome"] == f"failed at validate: {INT8_ERROR}"
+
+
+def test_a_traceback_is_shown_by_its_last_line():
+    crashed = validate_entry({})
+    crashed.update(status="failed", error="PythonAction Error\nTraceback (most recent call "
+                   "last):\n  File \"x.py\", line 1\nRuntimeError: the driver crashed\n")
+    (row,) = rows([crashed])
+    assert row["outcome"] == "FAILED at validate: RuntimeError: the driver crashed"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from tabulate import tabulate
 
-from ..names import base_target
+from ..names import DEFAULT_VARIANT, base_target, variant_of
 from ..run.entry import CACHED_FAILURE, FAILURES
 from .units import duration, times
 
@@ -66,8 +66,19 @@ EXPECTED = {"failed": "xfail", "passed": "xpass"}
 def _row(model: str, target: str, per_model: list[dict], stage_entries: list[dict]) -> dict:
     chain = per_model + stage_entries
     failed, verdict = _ending(target, per_model, stage_entries)
+    variant_failed = _variant_failures(stage_entries)
+    every_variant = failed is not None and failed is verdict and role(failed) == "choice"
+    if every_variant:   # the choice failed for want of a variant that passed: say why they failed
+        failed = variant_failed.get(DEFAULT_VARIANT) or next(iter(variant_failed.values()), failed)
     result = (verdict or {}).get("result") or (failed or {}).get("result") or {}
+    if verdict is not None and role(verdict) == "choice":
+        result = _with_default_figures(result, verdict, target, stage_entries)
+    variants = _variant_outcomes(result.get("variants") or [], variant_failed)
     kind, outcome = _outcome(failed, verdict, result)
+    if every_variant and len(variant_failed) > 1:
+        outcome = "FAILED in every variant: " + "; ".join(
+            f"{v} at {e['stage']}{_cached(e)}: {short_error(e.get('error'))}"
+            for v, e in variant_failed.items())
     expected = next((e["xfail"] for e in stage_entries if e.get("xfail")), None)
     if expected and kind in EXPECTED:
         kind = EXPECTED[kind]
@@ -82,14 +93,54 @@ def _row(model: str, target: str, per_model: list[dict], stage_entries: list[dic
             "ms": result.get("latency_ms"),   # the median (older records: one figure)
             "framework_ms": (result.get("framework_latency") or {}).get("median_ms"),
             "ratio": result.get("speed_ratio"), "variant": result.get("variant"),
-            "variants": result.get("variants") or [],
+            "variants": variants,
             "stages": " ".join(f"{n} {s}" for s, n in sorted(counts.items()))}
+
+
+def _variant_failures(stage_entries: list[dict]) -> dict[str, dict]:
+    """variant -> the first of its own stages that failed (its compile or its validation),
+    default first: what a choice among variants cannot say of a variant that left nothing."""
+    found: dict[str, dict] = {}
+    for e in stage_entries:
+        if role(e) != "choice" and e["status"] in FAILURES:
+            found.setdefault(variant_of(e["target"]), e)
+    return dict(sorted(found.items(), key=lambda item: item[0] != DEFAULT_VARIANT))
+
+
+def _with_default_figures(result: dict, choice: dict, target: str,
+                          stage_entries: list[dict]) -> dict:
+    """The choice's result with what the target's default variant measured where the choice
+    has none. Every variant failed: the default's own figures (its errors, its time, the
+    framework's), with the variants. Another variant passed but the default failed its
+    validation: the framework's time, which only the default variant takes (the framework's
+    speed does not depend on IREE's flags), is in that failed validation's result."""
+    default = next((e for e in stage_entries
+                    if role(e) == "verdict" and e["target"] == target), None)
+    measured = (default or {}).get("result") or {}
+    if choice["status"] in FAILURES:
+        return {**measured, "variants": result.get("variants") or []}
+    framework = measured.get("framework_latency")
+    if result.get("framework_latency") or not framework or not framework.get("median_ms"):
+        return result
+    median = (result.get("latency") or {}).get("median_ms")
+    return {**result, "framework_latency": framework,
+            "speed_ratio": result.get("speed_ratio") or
+            (median / framework["median_ms"] if median else None)}
+
+
+def _variant_outcomes(variants: list[dict], failures: dict[str, dict]) -> list[dict]:
+    """The choice's word on each variant, where one failed in its own stages by what it
+    failed at and why (the choice saw only that it left no result)."""
+    return [{**v, "outcome": f"failed at {e['stage']}{_cached(e)}: {short_error(e.get('error'))}"}
+            if v.get("outcome") != "passed" and (e := failures.get(v.get("variant"))) else v
+            for v in variants]
 
 
 def _outcome(failed: dict | None, verdict: dict | None, result: dict) -> tuple[str, str]:
     """(the row's kind: passed, failed, skipped or compiled; the words the table shows)."""
     if failed:
-        return "failed", f"FAILED at {failed['stage']}{_cached(failed)}: {failed.get('error', '')}"
+        return "failed", (f"FAILED at {failed['stage']}{_cached(failed)}: "
+                          f"{short_error(failed.get('error'))}")
     if verdict is None:
         return "compiled", "compiled"
     if verdict["status"] == "skipped":
@@ -102,6 +153,17 @@ def _outcome(failed: dict | None, verdict: dict | None, result: dict) -> tuple[s
     if result.get("checked"):
         outcome += f" ({result['checked']})"
     return "passed", outcome
+
+
+def short_error(text: str | None) -> str:
+    """An error in one line, for a table cell or a console line: a Python traceback's last
+    line (the exception), else the first line. The whole text stays in the record."""
+    lines = [line.strip() for line in (text or "").strip().splitlines() if line.strip()]
+    if not lines:
+        return ""
+    if any(line.startswith("Traceback (most recent call last)") for line in lines):
+        return lines[-1]
+    return lines[0]
 
 
 def _cached(failed: dict) -> str:
