@@ -253,10 +253,13 @@ def test_a_terminal_shows_a_live_line_and_keeps_the_table_intact(tmp_path):
     assert status != 0, shown   # toy@broken fails
     text = _plain(shown)
     assert re.search(r"validate\s+toy@slow\s+1s", text), shown   # the live line, ticking
+    assert re.search(r"kiln\s+\d/7 cases done", text), shown        # above it, the count
     assert "still running" not in text                          # no log lines on a terminal
     # doit's own lines printed while the live line showed are whole lines
     assert ".  validate:toy@later\n" in text, shown
-    assert "TaskFailed - taskid:validate:toy@broken\n" in shown
+    assert "FAILED toy@broken at validate: the device said no  (log: build/logs/broken.log)\n" \
+        in text   # not doit's report
+    assert "TaskFailed" not in text
     # the summary table, byte for byte, after the live block was erased
     table = summary_table(run_record(root))
     assert "\n" + table + "\n" in shown, shown

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+from pipeline.driver.reporter import Cases
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -45,6 +48,7 @@ def stage(model, target, does):
     if does in ("fails", "failed before"):   # (before: its failure remembered in the cache)
         entry.status = "failed" if does == "fails" else "failed (cached)"
         entry.error, entry.seconds = "the device said no", 0.1
+        entry.log = f"build/logs/{target}.log"
     else:
         time.sleep(does)
         Path(f"out-{target}").write_text("done")
@@ -110,8 +114,8 @@ def doit_env(**extra: str) -> dict:
 DOIT = [sys.executable, "-m", "doit", "-n", "2", "-P", "thread"]
 
 
-def doit(root: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(DOIT + list(args), cwd=root, env=doit_env(KILN_PROGRESS="0"),
+def doit(root: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(DOIT + list(args), cwd=root, env=doit_env(**{"KILN_PROGRESS": "0", **env}),
                           capture_output=True, text=True, timeout=60, check=False)
 
 
@@ -142,6 +146,74 @@ def test_the_record_says_what_each_task_did_in_plan_order(tmp_path):
     assert "warning: validate:toy@quick: a warning of this run" in proc.stdout
     assert "run record: build/run.json" in proc.stdout
     assert (root / "after").read_text() == "True"   # after the record was written
+    _check_console(proc.stdout)
+
+
+# the console's end of the broken project's run: a line per failed case, then the counts
+FAILURE_LINES = [
+    "FAILED toy@broken at validate: the device said no  (log: build/logs/broken.log)",
+    "FAILED toy@crash at validate: RuntimeError: the driver crashed",
+    "FAILED toy@known at validate (cached): the device said no  (log: build/logs/known.log)"]
+SUMMARY = ("kiln: 7 cases: 3 passed, 3 failed, 1 skipped; 1 of the failures cached "
+           "(retry=failed runs it again)")
+
+
+def _check_console(out: str) -> None:
+    """None of doit's own failure reports but for the task that raised (a bug: its
+    traceback); the failures, each in a line, and the summary line last."""
+    lines = out.splitlines()
+    assert "TaskFailed" not in out and "UnmetDependency" not in out, out
+    assert not any(line.startswith("####") for line in lines), out
+    assert "<stdout>" not in out and "<stderr>" not in out
+    assert "TaskError - taskid:validate:toy@crash" in lines    # what raised still says so
+    assert [line for line in lines if line.startswith("FAILED")] == FAILURE_LINES
+    assert lines[-1] == SUMMARY
+
+
+def test_a_run_of_many_cases_shows_counts_failures_and_the_summary_only(tmp_path):
+    """Past KILN_CONSOLE_CASES cases: no line per task and no table (it is in report.md),
+    the cases done of the total while stages run, and the same failures and summary. A no-op
+    run after it says the same, in as few lines."""
+    root = make_project(tmp_path, slow=0.3, broken=True)
+    many = {"KILN_CONSOLE_CASES": "6", "KILN_PROGRESS": "1", "KILN_PROGRESS_AFTER": "0",
+            "KILN_PROGRESS_EVERY": "0.1"}
+    proc = subprocess.run(DOIT, cwd=root, env=doit_env(**many), capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert not [line for line in lines if line.startswith((".  ", "-- "))], proc.stdout
+    assert "model    target" not in proc.stdout   # no table
+    assert ("7 cases, more than KILN_CONSOLE_CASES=6: the table of every case is in "
+            "build/report.md (and report.html)") in lines
+    counts = [line for line in lines if re.fullmatch(r"kiln: \d/7 cases done.*", line)]
+    assert counts, proc.stdout                   # while the slow stage ran
+    _check_console(proc.stdout)
+
+    proc = doit(root, **many)                    # the failed tasks run again; others are up to date
+    assert not [line for line in proc.stdout.splitlines() if line.startswith("-- ")]
+    assert proc.stdout.splitlines()[-1] == SUMMARY
+    assert "| toy     | slow     | passed" in (root / "build" / "report.md").read_text()
+
+
+def test_cases_end_when_each_of_their_stages_has():
+    """A case is a model x target with its variants' stages; the per-model ones count
+    towards no case; a run without cases counts tasks."""
+    class Task:
+        def __init__(self, name, model, target, **meta):
+            self.name, self.meta = name, {"kiln": {"model": model, "target": target, **meta}}
+
+    tasks = [Task("capture:m", "m", None), Task("lower:m@cpu", "m", "cpu"),
+             Task("lower:m@cpu~fast", "m", "cpu~fast", soft=True), Task("lower:m@gpu", "m", "gpu")]
+    cases = Cases([(t.name, t.meta["kiln"]["model"], t.meta["kiln"]["target"]) for t in tasks])
+    assert (cases.total, cases.text()) == (2, "0/2 cases done")
+    cases.ended(tasks[0], failed=True)    # a front end's failure fails its cases
+    cases.ended(tasks[2], failed=True)    # a variant's does not
+    assert cases.text() == "0/2 cases done, 1 failed"
+    cases.ended(tasks[1])
+    assert cases.text() == "1/2 cases done, 1 failed"
+    front = Cases([("capture:m", "m", None), ("capture:n", "n", None)])
+    front.ended(tasks[0])
+    assert front.text() == "1/2 tasks done"
 
 
 def test_an_up_to_date_run_keeps_what_the_last_run_found_but_not_what_it_did(tmp_path):
@@ -187,7 +259,7 @@ def test_the_exit_code_follows_unexpected_failures_only(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "xpass: toy@quick passed, but is listed as expected to fail (flaky)" in proc.stdout
     # (doomed, whose task waits on broken's, is a case of its own here: skipped)
-    assert "expected failures: 1 xfail, 1 xpass; 0 failed unexpectedly" in proc.stdout
+    assert "kiln: 3 cases: 0 passed, 0 failed, 1 xfail, 1 xpass, 1 skipped" in proc.stdout
     assert "xfail: FAILED at validate: the device said no" in proc.stdout
     assert {t["task"]: t.get("xfail") for t in run_record(root)}["validate:toy@broken"] == \
         "a known bug"

@@ -1,5 +1,13 @@
-"""kiln's doit reporter: doit's console output, progress while stages run, and at the end the
-run record (pipeline.report.record) with its summary table.
+"""kiln's doit reporter: the console while stages run and at the end, and the run record
+(pipeline.report.record).
+
+Sized for hundreds of cases: doit's line per task (".  lower:mlp@cpu", "-- capture:mlp") only
+in a run of at most KILN_CONSOLE_CASES model x target cases (pipeline.report.console), the
+cases done of the total while stages run (pipeline.report.progress), and at the end the table
+(or where it is), one line per unexpected failure and a summary line, never doit's own
+failure reports (TaskFailed, UnmetDependency, the "####" dumps of a failed task's output):
+a stage's failure is in the record, its log and its line. A task that raised (a bug, not
+a verdict) still gets doit's report, traceback and all.
 """
 from __future__ import annotations
 
@@ -12,6 +20,8 @@ from typing import Callable
 from doit.exceptions import DependencyError, TaskFailed, UnmetDependency
 from doit.reporter import ConsoleReporter
 
+from ..names import base_target
+from ..report.console import case_limit
 from ..report.record import RunLog, Summary, entry_of, publish, reuse
 from . import collector
 
@@ -62,6 +72,14 @@ class KilnReporter(ConsoleReporter):
         self.order: dict[str, int] = {}
         # what doit's own exit code will say: a task failed; one raised (kiln's own error)
         self.failed = self.crashed = False
+        self.cases = Cases([])
+        self.limit = 0
+        self.quiet = False   # more cases than the limit: no line per task
+
+    def _say(self, text: str) -> None:
+        """doit's line about one task, in a run small enough for one."""
+        if not self.quiet:
+            self.write(text)
 
     def write(self, text):
         if self.progress is None:
@@ -74,27 +92,33 @@ class KilnReporter(ConsoleReporter):
         # the record lists tasks in the plan's order, not doit's (which varies between runs):
         # an unchanged run gives the same bytes
         self.order = {name: i for i, name in enumerate(tasks)}
+        self.cases = Cases(_stages_to_run(tasks, selected_tasks))
+        self.limit, warning = case_limit()
+        if warning:
+            self.outstream.write(f"kiln: warning: {warning}\n")
+        self.quiet = self.cases.total > self.limit and self.cases.unit == "cases"
 
     def execute_task(self, task):
-        super().execute_task(task)
+        if task.actions and task.name[0] != "_":
+            self._say(f".  {task.title()}\n")
         if not task.actions:   # a group task (validate, compile): nothing runs
             return
         collector.resume()   # work starts: real garbage from here on
         with self._progress_lock:
             if self.progress is None:
-                self.progress = _progress(self.outstream)
+                self.progress = _progress(self.outstream, self.cases.text)
         self.progress.started(task)
 
     def add_success(self, task):
         self._finished(task)
-        super().add_success(task)
         self._add(task)
 
     def add_failure(self, task, fail):
-        self._finished(task)
-        super().add_failure(task, fail)
+        self._finished(task, failed=not isinstance(fail, (DependencyError, UnmetDependency)))
         self.failed = True
-        self.crashed |= not isinstance(fail, (TaskFailed, DependencyError, UnmetDependency))
+        if not isinstance(fail, (TaskFailed, DependencyError, UnmetDependency)):
+            self.crashed = True   # kiln's own error: doit's report, with its traceback
+            self._write_failure({"task": task, "exception": fail})
         if isinstance(fail, (DependencyError, UnmetDependency)):
             self._add(task, **NOT_RUN)
         else:  # the runner's entry says why; if it never got to write one, doit's message
@@ -111,11 +135,13 @@ class KilnReporter(ConsoleReporter):
         # as when doit "ran" it; asked by its meta, as task.actions would build its actions
         if (task.meta or {}).get("kiln") is None:
             return
-        super().skip_uptodate(task)
+        self._say(f"-- {task.title()}\n")
+        self.cases.ended(task)
         self._add(task, **NOT_THIS_RUN)
 
     def skip_ignore(self, task):
-        super().skip_ignore(task)
+        self._say(f"!! {task.title()}\n")
+        self.cases.ended(task)
         self._add(task, status="skipped", seconds=0.0, reason="ignored")
 
     def complete_run(self):
@@ -125,7 +151,8 @@ class KilnReporter(ConsoleReporter):
         if self.added:  # a run of no stage (doit prune) keeps the last build's record
             summary = self._publish()
             self.outstream.write(summary.text)
-        super().complete_run()
+        if self.runtime_errors:   # doit's own (a task it could not run at all), as doit says them
+            self.write("#" * 40 + "\nExecution aborted.\n" + "\n".join(self.runtime_errors) + "\n")
         if self.after is not None:
             self.after()
         if summary is not None and not self.crashed and (summary.exit_code == 0) == self.failed:
@@ -134,7 +161,8 @@ class KilnReporter(ConsoleReporter):
             # fail. doit returns its own right after this call: nothing is left to run.
             raise SystemExit(summary.exit_code)
 
-    def _finished(self, task) -> None:
+    def _finished(self, task, failed: bool = False) -> None:
+        self.cases.ended(task, failed)
         if self.progress is not None:
             self.progress.finished(task)
 
@@ -154,13 +182,14 @@ class KilnReporter(ConsoleReporter):
             listed = hashlib.sha256(json.dumps([[task.name for task, _ in added],
                                                 self.run.warnings]).encode()).hexdigest()
             before, after_run = self.made_from
-            reused = reuse(self.run_file, {**before, "tasks": listed})
+            reused = reuse(self.run_file, {**before, "tasks": listed, "limit": self.limit})
             if reused is not None:
                 return reused
-            stamp = {**after_run(), "tasks": listed}
+            stamp = {**after_run(), "tasks": listed, "limit": self.limit}
         settings = {**({"warnings": self.run.warnings} if self.run.warnings else {}),
                     **({"strict": True} if self.strict else {})}
-        return publish(self.run_file, {"tasks": self._record_tasks(added), **settings}, stamp)
+        return publish(self.run_file, {"tasks": self._record_tasks(added), **settings}, stamp,
+                       self.limit)
 
     def _record_tasks(self, added: list[tuple]) -> list[dict]:
         """The entries in plan order, without the fields this run left empty."""
@@ -172,7 +201,7 @@ class KilnReporter(ConsoleReporter):
         return rows
 
 
-def _progress(outstream):
+def _progress(outstream, done: Callable[[], str]):
     """The progress display for this run's output, as the environment sets it."""
     from ..report.progress import Progress, settings_from_env   # only once a task runs
     try:
@@ -180,4 +209,58 @@ def _progress(outstream):
     except ValueError as err:
         outstream.write(f"kiln: warning: {err}; progress is off\n")
         settings = None
-    return Progress(outstream, settings)
+    return Progress(outstream, settings, done=done)
+
+
+def _stages_to_run(tasks: dict, selected: list[str]) -> list[tuple[str, str, str | None]]:
+    """(task, model, target) of each stage task this run will end, one way or another: the
+    selected tasks and what they depend on (doit's task_dep, which holds its implicit ones:
+    a file another task makes)."""
+    seen, stack = set(), list(selected or ())
+    while stack:
+        name = stack.pop()
+        if name in seen or name not in tasks:
+            continue
+        seen.add(name)
+        stack += tasks[name].task_dep
+        stack += tasks[name].setup_tasks
+    return [(name, info["model"], info["target"]) for name in seen
+            if (info := (tasks[name].meta or {}).get("kiln")) is not None]
+
+
+class Cases:
+    """How much of the run has ended, for its progress: a case (model x target, its variants'
+    stages included) ends when each of its stage tasks in this run has; a run that holds no
+    case (per-model stages only) counts its tasks. Thread-safe (-P thread)."""
+
+    def __init__(self, stages: list[tuple[str, str, str | None]]):
+        cased = [(name, (model, base_target(target))) for name, model, target in stages
+                 if target is not None]
+        self.unit = "cases" if cased else "tasks"
+        self._case_of = dict(cased) if cased else {name: name for name, _, _ in stages}
+        self._open: dict = {}
+        for name, case in self._case_of.items():
+            self._open.setdefault(case, set()).add(name)
+        self.total, self.done, self.failed = len(self._open), 0, 0
+        self._lock = threading.Lock()
+
+    def ended(self, task, failed: bool = False) -> None:
+        """task ended (ran, failed, up to date, skipped); failed: it failed itself (not for
+        want of an upstream one), where that fails its case (not a variant's own stage, nor
+        one listed as expected to fail)."""
+        info = (task.meta or {}).get("kiln") or {}
+        with self._lock:
+            self.failed += failed and not info.get("soft") and not info.get("xfail")
+            case = self._case_of.pop(task.name, None)
+            still = self._open.get(case)
+            if still is None:
+                return
+            still.discard(task.name)
+            if not still:
+                del self._open[case]
+                self.done += 1
+
+    def text(self) -> str:
+        """'37/412 cases done, 2 failed'."""
+        return f"{self.done}/{self.total} {self.unit} done" + \
+            (f", {self.failed} failed" if self.failed else "")

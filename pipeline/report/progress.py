@@ -1,10 +1,13 @@
-"""Progress while stages run: which stage, which model@target, and for how long so far.
+"""Progress while stages run: how many of the run's cases are done, which stage of which
+model@target is running, and for how long so far.
 
-The reporter tells a Progress when a task starts and when it ends. A daemon thread wakes up
-about twice a second and shows the tasks that have run longer than a threshold: on a terminal
-as a live, transient block of lines (rich), gone once they finish; elsewhere (CI logs) as a
-plain "still running" line per task every 30 s. All output of the reporter goes through
-write(), so doit's own lines land above the live block instead of through it.
+The reporter tells a Progress when a task starts and when it ends, and what the run has done
+so far (its `done` callable: "37/412 cases done, 2 failed"). A daemon thread wakes up about
+twice a second and shows the tasks that have run longer than a threshold, and, once the run
+itself has, that count: on a terminal as a live, transient block of lines (rich), gone once
+they finish; elsewhere (CI logs) as a plain "still running" line per task and a "cases done"
+line every 30 s. All output of the reporter goes through write(), so doit's own lines land
+above the live block instead of through it.
 
     KILN_PROGRESS=0            off
     KILN_PROGRESS_AFTER=2      seconds a task runs before it is shown
@@ -102,16 +105,22 @@ class Progress:
     settings: Settings | None                 # None: off (every method does nothing extra)
     live: bool | None = None                  # None: a live block when out is a terminal
     clock: Callable[[], float] = time.monotonic
+    done: Callable[[], str] | None = None     # what the run has done so far, in words
     _running: dict[str, _Running] = field(default_factory=dict, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)  # for _running
     _io: threading.RLock = field(default_factory=threading.RLock, init=False)  # one writer
     _stopped: threading.Event = field(default_factory=threading.Event, init=False)
     _thread: threading.Thread | None = field(default=None, init=False)
     _terminal: "_Terminal | None" = field(default=None, init=False)  # rich, once shown
+    _began: float = field(default=0.0, init=False)
+    _next_count: float = field(default=0.0, init=False)   # plain mode: when the next count line is
 
     def __post_init__(self):
         if self.live is None:
             self.live = _is_terminal(self.out)
+        self._began = self.clock()
+        if self.settings is not None:
+            self._next_count = max(self.settings.after, self.settings.every)
 
     # --- what the reporter calls -------------------------------------------------------
 
@@ -189,19 +198,28 @@ class Progress:
         else:
             self._note_due()
 
+    def _count(self) -> Slow | None:
+        """The run's count as a line of the block, once the run has lasted the threshold."""
+        elapsed = self.clock() - self._began
+        if self.done is None or elapsed < self.settings.after:
+            return None
+        return Slow("", "kiln", self.done(), elapsed)
+
     def _show(self, slow: list[Slow], refresh: bool = True) -> None:
         with self._io:
             if self._stopped.is_set():
                 return
+            count = self._count()
+            lines = [count, *slow] if count is not None else slow
             if self._terminal is None:
-                if not slow:
+                if not lines:
                     return   # nothing to show yet: rich stays unimported
                 self._terminal = _Terminal(self.out)
                 if not self._terminal.interactive:   # TERM=dumb and the like: plain lines
                     self._terminal, self.live = None, False
                     return
-            if slow:
-                self._terminal.show(slow, refresh)
+            if lines:
+                self._terminal.show(lines, refresh)
             else:
                 self._terminal.clear()
 
@@ -215,6 +233,10 @@ class Progress:
                     due.append(f"kiln: still running {r.name} ({elapsed_text(elapsed)})\n")
                     # the next multiple of `every`, even where a tick came late
                     r.next_note = (int(elapsed / every) + 1) * every if every > 0 else elapsed
+        elapsed = now - self._began
+        if self.done is not None and elapsed >= self._next_count:
+            due.append(f"kiln: {self.done()} ({elapsed_text(elapsed)})\n")
+            self._next_count = (int(elapsed / every) + 1) * every if every > 0 else elapsed
         if due:
             with self._io:
                 self.out.write("".join(due))

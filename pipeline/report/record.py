@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from ..cache.files import atomic_write, describe_os_error, read_only
+from .console import DEFAULT_CASES
 
 if TYPE_CHECKING:   # (loaded by entry_of: a no-op run after a no-op run builds no record)
     from ..run.entry import StageEntry
@@ -58,40 +59,44 @@ class Summary(NamedTuple):
     exit_code: int
 
 
-def _summary(record: dict) -> Summary:
-    """What the console shows at the end of a run: the table, the expected failures that
-    passed, each warning once, the remote; and the exit code."""
-    from . import table, verdict   # (tabulate: not needed when the summary is the last run's)
+def _summary(record: dict, limit: int, report_file: str) -> tuple[str, str, int]:
+    """What the console shows at the end of a run (pipeline.report.console): the table, or
+    past `limit` cases where it is, the unexpected failures and passes, each warning once,
+    the remote; the summary line; and the exit code."""
+    from . import console, verdict   # (tabulate: not needed when the summary is the last run's)
     tasks = record["tasks"]
     found = verdict.verdict(record)
-    lines = ["", table.table(tasks), *verdict.lines(found)]
+    lines, summary_line = console.lines(record, found, limit, report_file)
     for warning, names in _warnings(tasks).items():
         more = f" (and {len(names) - 1} more tasks)" if len(names) > 1 else ""
         lines.append(f"warning: {names[0]}{more}: {warning}")
     lines += [f"warning: {warning}" for warning in record.get("warnings", [])]
     if any("remote" in t for t in tasks):
         lines.append(_remote_line(tasks))
-    return Summary("\n".join(lines) + "\n", found.exit_code)
+    return "\n".join(lines) + "\n", summary_line + "\n", found.exit_code
 
 
-def publish(run_file: Path, record: dict, stamp: dict | None = None) -> Summary:
+def publish(run_file: Path, record: dict, stamp: dict | None = None,
+            limit: int = DEFAULT_CASES) -> Summary:
     """Write the record and its reports; return the summary to print. A record identical
-    to the last one (a no-op run) whose files are still as written reuses them. stamp: what
-    an all-up-to-date record was made from, kept for the next run's reuse()."""
+    to the last one (a no-op run) whose files are still as written, and shown with the same
+    limit of cases to a table, reuses them. stamp: what an all-up-to-date record was made
+    from, kept for the next run's reuse()."""
     memo_file = _memo_file(run_file)
     # compact JSON for the comparison: the C encoder, several times faster than indent=1's
-    digest = hashlib.sha256(json.dumps(record, separators=(",", ":")).encode()).hexdigest()
+    digest = hashlib.sha256(json.dumps([record, limit], separators=(",", ":")).encode()).hexdigest()
     memo = _intact_memo(memo_file)
     if memo is not None and memo["record"] == digest:
         if memo.get("stamp") != stamp:
             _save_memo(memo_file, {**memo, "stamp": stamp})
         return Summary(memo["text"], memo["exit"])
-    text, exit_code = _summary(record)
+    text, summary_line, exit_code = _summary(record, limit, str(run_file.with_name("report.md")))
     line, written = _write_record(run_file, record)
+    text += line + "\n" + summary_line
     if written:
-        _save_memo(memo_file, {"record": digest, "text": text + line + "\n", "stamp": stamp,
+        _save_memo(memo_file, {"record": digest, "text": text, "stamp": stamp,
                                "exit": exit_code, "files": {str(f): _stat(f) for f in written}})
-    return Summary(text + line + "\n", exit_code)
+    return Summary(text, exit_code)
 
 
 def reuse(run_file: Path, stamp: dict) -> Summary | None:

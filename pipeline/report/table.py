@@ -171,11 +171,13 @@ def _cached(failed: dict) -> str:
     return " (cached)" if failed["status"] == CACHED_FAILURE else ""
 
 
-def table(entries: list[dict], tablefmt: str = "simple", width: int | None = 90) -> str:
+def table(entries: list[dict], tablefmt: str = "simple", width: int | None = 90,
+          table_rows: list[dict] | None = None) -> str:
+    """The table of the entries' rows (table_rows: those rows, where already made)."""
     body = [[r["model"], r["target"], r["outcome"][:width], _fmt(r["max_abs"]), _fmt(r["max_rel"]),
              duration(r["ms"]) or _untimed(r), duration(r["framework_ms"]), times(r["ratio"]),
              r["stages"]]
-            for r in rows(entries)]
+            for r in (rows(entries) if table_rows is None else table_rows)]
     return tabulate(body, tablefmt=tablefmt,
                     headers=["model", "target", "outcome", "max abs err", "max rel err",
                              "IREE time/run", "framework time/run", "IREE/framework", "stages"])
