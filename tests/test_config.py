@@ -230,3 +230,28 @@ def test_misspelt_framework_in_a_models_file_names_the_file(tmp_path):
     message = str(err.value)
     assert message.startswith(f"{tmp_path / 'models' / 'typo.py'}:1: FRAMEWORK:"), message
     assert "'pytoch'" in message and "torch" in message, message
+
+
+# --- a selection that builds nothing ------------------------------------------------------
+
+@pytest.mark.parametrize("text, variables, words", [
+    (GOOD.replace("targets: [cpu]", "targets: []"), {},
+     ["targets.yaml: matrices.default selects no target: nothing to build", "valid targets: cpu"]),
+    (GOOD.replace("models: [mlp]", "models: []"), {},
+     ["targets.yaml: matrices.default selects no model: nothing to build"]),
+    (GOOD, {"model": ""}, ["model=: selects no model: nothing to build", "'all'"]),
+    (GOOD, {"target": ","}, ["target=,: selects no target: nothing to build"]),
+])
+def test_a_selection_of_nothing_is_refused_naming_what_is_empty(tmp_path, text, variables, words):
+    with pytest.raises(ConfigError) as err:
+        plan(tmp_path, text, **variables)
+    for word in words:
+        assert word in str(err.value), str(err.value)
+
+
+def test_an_empty_shard_says_so_but_is_no_error(tmp_path):
+    """CI jobs 1/N ... N/N share out the cases, however few: the last may get none."""
+    made = plan(tmp_path, shard="2/2")
+    assert not made.graph.nodes
+    assert made.notices == ["kiln: shard=2/2: this shard holds none of the 1 model x target "
+                            "cases selected: nothing to build"]

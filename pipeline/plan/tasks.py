@@ -124,14 +124,37 @@ def make_plan(options: Options, stages: list[Stage], detect: model_registry.Dete
     model_registry.check_frameworks(models, stages, config)
     targets = [resolve_target(t) for t in
                _pick(options.targets, config.targets, matrix.targets, "target", config)]
+    _refuse_an_empty_selection(options, matrix, config, models, targets)
     if not (matrix.timing if options.timing is None else options.timing):
         targets = [dataclasses.replace(t, timing=False) for t in targets]
     expected, expected_file = _expected(options, matrix, config)
     graph = build_graph(stages, models, targets, _variants(options, matrix, targets, config))
     if options.shard:
         graph = shard(graph, *options.shard)
+        if not any(node.target is not None for node in graph):
+            notices = [*notices, f"kiln: shard={options.variables['shard']}: this shard holds "
+                       f"none of the {len(models) * len(targets)} model x target cases "
+                       "selected: nothing to build"]
     return Plan(config, layout, graph, options, stages, model_dirs, notices, expected,
                 expected_file)
+
+
+def _refuse_an_empty_selection(options: Options, matrix, config: Config, models: list,
+                               targets: list) -> None:
+    """A selection of no model or no target (a matrix's `targets: []`, model= that names
+    none) would build nothing and say nothing: refused, naming what is empty. (An empty shard
+    of a selection is not refused: CI jobs 1/N ... N/N share out however many cases there
+    are; make_plan says so.)"""
+    for found, what in ((models, "model"), (targets, "target")):
+        if found:
+            continue
+        if what in options.variables:
+            raise ConfigError(f"{what}={options.variables[what]}: selects no {what}: nothing to "
+                              f"build (give a {what} name, several comma-separated, or 'all'"
+                              + (", or a path to a model file)" if what == "model" else ")"))
+        valid = f" (valid targets: {', '.join(config.targets)})" if what == "target" else ""
+        raise ConfigError(f"{config.path}: matrices.{matrix.name} selects no {what}: nothing "
+                          f"to build{valid}")
 
 
 def _expected(options: Options, matrix, config: Config) -> tuple[dict, Path | None]:
