@@ -135,6 +135,7 @@ class Stage:
     partial_inputs: bool = False         # runs with the inputs that exist (a failed variant's do not)
     group: str | None = None             # a doit group its tasks also make up (codegen: compile)
     group_doc: str = ""                  # what `doit list` says of that group
+    doc: str = ""                        # what `doit list` says of this stage's tasks: a line
     default: bool = False                # `doit` alone runs this stage's tasks (validate)
     # what the report reads this stage's entries as (None: a step on the way): 'module' (it
     # builds the deployable module: codegen), 'verdict' (it says whether a model x target

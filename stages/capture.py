@@ -11,6 +11,7 @@ from stages.frameworks import load_arrays
 
 class Capture(FrameworkStage):
     name = "capture"
+    doc = "run the model in its framework on seeded inputs: its answer is the reference"
 
     def outputs(self, model):
         return ("inputs.npz", "reference.npz", "capture.json", *self.adapter(model).captured)

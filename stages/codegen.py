@@ -8,6 +8,7 @@ from stages.targets import compile_flags
 
 class Codegen(Lower):
     name = "codegen"
+    doc = "compile each target's flow to its deployable module (.vmfb)"
     group = "compile"
     role = "module"
     group_doc = "compile the selected models for the selected targets (model=, target=)"

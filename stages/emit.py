@@ -18,6 +18,7 @@ HERE = Path(__file__).parent
 
 class Emit(Stage):
     name = "emit"
+    doc = "publish the MLIR every target starts from, its weights (.irpa) and model.json"
     inputs = ("legalize",)
     code = (HERE / "weights.py", HERE / "mlir.py")
 

@@ -11,6 +11,7 @@ MLIR = Path(__file__).parent / "mlir.py"
 
 class Import(FrameworkStage):
     name = "import"
+    doc = "import the interchange format to MLIR in the framework's input dialect"
     inputs = ("serialize",)
     code = FrameworkStage.code + (MLIR,)
 

@@ -25,6 +25,7 @@ ILLEGAL = re.compile(r"failed to legalize operation '([\w.]+)'(?:.*?<\{name = \"
 
 class Legalize(Stage):
     name = "legalize"
+    doc = "convert to IREE's input dialect (target-independent); name any op IREE cannot take"
     inputs = ("import",)
     code = (HERE / "iree_tools.py", HERE / "mlir.py")
 

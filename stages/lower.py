@@ -19,6 +19,7 @@ PHASE = "flow"
 
 class Lower(Stage):
     name = "lower"
+    doc = "iree-compile to flow with each target's (and each variant's) flags"
     per_target = True
     inputs = ("emit",)
     code = (HERE / "iree_tools.py", HERE / "targets.py", HERE / "weights.py")

@@ -30,6 +30,7 @@ NOISE_FLOOR = 0.05
 
 class Pick(Stage):
     name = "pick"
+    doc = "per target, keep the fastest variant that validated as its module"
     group = "validate"
     group_doc = "validate (and time) every variant; pick each target's fastest"
     # pick.json's "why" is worded with pipeline.report.units

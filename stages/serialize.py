@@ -6,6 +6,7 @@ from stages.framework_stage import FrameworkStage
 
 class Serialize(FrameworkStage):
     name = "serialize"
+    doc = "write the model in its framework's interchange format"
     inputs = ("capture",)
 
     def outputs(self, model):

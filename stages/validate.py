@@ -39,6 +39,7 @@ def device_for(driver: str) -> str | None:
 
 class Validate(Stage):
     name = "validate"
+    doc = "run each module on its device, compare with the framework's answer, time both"
     per_target = True
     default = True   # `doit` alone validates the default matrix
     role = "verdict"

@@ -132,9 +132,9 @@ def make_plan(options: Options, stages: list[Stage], detect: model_registry.Dete
     if options.shard:
         graph = shard(graph, *options.shard)
         if not any(node.target is not None for node in graph):
-            notices = [*notices, f"kiln: shard={options.variables['shard']}: this shard holds "
-                       f"none of the {len(models) * len(targets)} model x target cases "
-                       "selected: nothing to build"]
+            notices = [*notices, (f"kiln: shard={options.variables['shard']}: this shard "
+                                  f"holds none of the {len(models) * len(targets)} model x "
+                                  "target cases selected: nothing to build")]
     return Plan(config, layout, graph, options, stages, model_dirs, notices, expected,
                 expected_file)
 
@@ -363,9 +363,10 @@ def _stage_groups(plan: Plan) -> list[dict]:
     specs = []
     for stage in plan.stages:
         doc, members = joining.get(stage.name, (None, []))
+        doc = doc if members else stage.doc   # (the group's word, where stages join it)
         if stage.name in present or members:
             specs.append({"basename": stage.name, "name": None, "task_dep": members,
-                          "uptodate": GROUP_UPTODATE, **({"doc": doc} if members else {})})
+                          "uptodate": GROUP_UPTODATE, **({"doc": doc} if doc else {})})
     return specs
 
 

@@ -28,6 +28,10 @@ VARIABLES = {
     "strict": "strict=1: a listed expected failure that passes fails the run too",
 }
 
+# the options only some tasks read (every other option is read by every stage's tasks): what
+# `doit help <task>` lists (pipeline.driver.help)
+ONLY_FOR = {"days": ("prune",)}
+
 
 def read_variables(get_var: Callable[[str], str | None]) -> dict[str, str]:
     """The options given on the command line, as given (an absent one is left out)."""
