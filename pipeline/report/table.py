@@ -75,10 +75,12 @@ def _row(model: str, target: str, per_model: list[dict], stage_entries: list[dic
         result = _with_default_figures(result, verdict, target, stage_entries)
     variants = _variant_outcomes(result.get("variants") or [], variant_failed)
     kind, outcome = _outcome(failed, verdict, result)
-    if every_variant and len(variant_failed) > 1:
-        outcome = "FAILED in every variant: " + "; ".join(
-            f"{v} at {e['stage']}{_cached(e)}: {short_error(e.get('error'))}"
-            for v, e in variant_failed.items())
+    tried = len(result.get("variants") or variant_failed)
+    if every_variant and tried > 1 and failed in variant_failed.values():
+        # the default's words (each variant's own are in the variants' list: report.md)
+        variant = variant_of(failed["target"])
+        outcome = (f"FAILED in all {tried} variants; {variant} at {failed['stage']}"
+                   f"{_cached(failed)}: {short_error(failed.get('error'))}")
     expected = next((e["xfail"] for e in stage_entries if e.get("xfail")), None)
     if expected and kind in EXPECTED:
         kind = EXPECTED[kind]
@@ -118,7 +120,7 @@ def _with_default_figures(result: dict, choice: dict, target: str,
                     if role(e) == "verdict" and e["target"] == target), None)
     measured = (default or {}).get("result") or {}
     if choice["status"] in FAILURES:
-        return {**measured, "variants": result.get("variants") or []}
+        return {**measured, "variants": result.get("variants") or [], "why": "no variant passed"}
     framework = measured.get("framework_latency")
     if result.get("framework_latency") or not framework or not framework.get("median_ms"):
         return result
