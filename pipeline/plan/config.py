@@ -82,8 +82,8 @@ TARGET_FIELDS = {
 }
 MATRIX_FIELDS = {
     "models": ((list,), False, [], "a list of model names"),
-    "suite": ((str,), False, None, "a folder of models (model files, ONNX's test layout "
-              "<case>/model.onnx), relative to the config file"),
+    "suite": ((str,), False, None, ("a folder of models (model files, ONNX's test layout "
+                                    "<case>/model.onnx), relative to the config file")),
     "targets": ((list,), True, None, "a list of target names"),
     "variants": ((list,), False, None, "a list of variant names to try, e.g. [default] for "
                  "quick runs (default: every variant of each target)"),
