@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -25,7 +25,7 @@ from pipeline.names import parse_upstream
 from pipeline.stage import Stage, StageError
 from stages import frameworks, timing
 from stages.compare import compare
-from stages.iree_tools import devices, tool
+from stages.iree_tools import IDLE_S, devices, run_watched, tool
 from stages.lower import inline_weights
 from stages.weights import SCOPE
 
@@ -57,7 +57,7 @@ class Validate(Stage):
 
     def reads(self, upstream, outputs, model, target):
         if upstream == "capture":   # the framework's own artifacts too: its run is timed
-            return ("inputs.npz", "reference.npz", "capture.json",
+            return ("inputs.npz", "reference.npz", "expected.npz", "capture.json",
                     *frameworks.get(model.framework).captured)
         if upstream == "emit":      # the weights, where the module loads them at run time
             return ("model.json", *(() if inline_weights(model, target) else ("model.irpa",)))
@@ -124,14 +124,22 @@ class Answer:
     tolerances: list | None = None   # capture's per-output tolerances (quantized outputs)
     notes: list = field(default_factory=list)
     peer: str | None = None          # the target whose outputs are the reference
+    outputs: int | None = None       # how many the module returns (None: as the reference)
+    # a model's own expected outputs, compared with too (may be fewer than its outputs), and
+    # what the reference and they are, where not the framework's answer alone
+    expected: list | None = None
+    origin: dict = field(default_factory=dict)
 
 
 def _reference(ctx, info: dict) -> Answer:
     if "capture" in ctx.inputs:
-        captured = json.loads((ctx.inputs["capture"] / "capture.json").read_text())
-        return Answer(frameworks.load_arrays(ctx.inputs["capture"] / "inputs.npz"),
-                      frameworks.load_arrays(ctx.inputs["capture"] / "reference.npz"),
-                      captured.get("tolerances"), captured.get("notes", []))
+        captured = ctx.inputs["capture"]
+        said = json.loads((captured / "capture.json").read_text())
+        return Answer(frameworks.load_arrays(captured / "inputs.npz"),
+                      frameworks.load_arrays(captured / "reference.npz"),
+                      said.get("tolerances"), said.get("notes", []), outputs=said.get("model_outputs"),
+                      expected=frameworks.load_arrays(captured / "expected.npz") or None,
+                      origin={k: said[k] for k in ("reference_from", "expected_from") if k in said})
     peer = next((name for name in ctx.inputs if parse_upstream(name)[1]), None)
     return Answer(frameworks.model_inputs(ctx.model, info["inputs"]),
                   frameworks.load_arrays(ctx.inputs[peer] / "outputs.npz") if peer else None,
@@ -146,7 +154,7 @@ def _run_and_time(ctx, info: dict, parameters: Path | None, answer: Answer,
     with tempfile.TemporaryDirectory() as tmp:
         args = _module_args(Path(tmp), module, parameters, ctx.target.driver, info["entry"],
                             answer.inputs)
-        expected = None if answer.reference is None else len(answer.reference)
+        expected = answer.outputs or (None if answer.reference is None else len(answer.reference))
         outputs, wall_ms = _run_module(Path(tmp), args, expected, ctx, lost)
         speed = _speed(args, wall_ms, at_most, ctx, lost)
     return outputs, speed, lost
@@ -158,12 +166,34 @@ def _check(outputs: list, answer: Answer, model, atol: float, rtol: float) -> di
         return {"passed": True, "max_abs_error": None, "max_rel_error": None, "atol": atol,
                 "rtol": rtol, "checked": "runs only: no framework reference for an MLIR file"}
     per_output = _per_output_tolerances(answer.tolerances, model)
-    checked = compare(outputs, answer.reference, atol, rtol, per_output)
+    # a model's own expected outputs may be fewer than its outputs: the first ones (ONNX's
+    # runner's reading of output_N.pb), where they are the reference
+    partial = outputs[:len(answer.reference)] if answer.origin.get("reference_from") else outputs
+    checked = compare(partial, answer.reference, atol, rtol, per_output)
     if any(per_output or []):
         checked["tolerance_why"] = [t and t.get("why") for t in answer.tolerances]
     if answer.peer:
         checked["checked"] = f"against {answer.peer}'s outputs (no framework reference)"
+    if answer.origin:
+        _check_expected(checked, outputs, answer, atol, rtol, per_output)
     return checked
+
+
+def _check_expected(checked: dict, outputs: list, answer: Answer, atol: float, rtol: float,
+                    per_output) -> None:
+    """Into checked: the comparison with the model's own expected outputs too (the first
+    outputs, as many as it gives), and what the module was compared with."""
+    reference, expected = answer.origin.get("reference_from"), answer.origin.get("expected_from")
+    checked["checked"] = f"against {reference}" + (f" and {expected}" if expected else " alone")
+    if len(outputs) > len(answer.reference) and not expected:
+        checked["checked"] += f" (outputs {len(answer.reference)} to {len(outputs) - 1} unchecked)"
+    if expected:
+        also = compare(outputs[:len(answer.expected)], answer.expected, atol, rtol, per_output)
+        checked["expected"] = {"from": expected, **also}
+        checked["passed"] = checked["passed"] and also["passed"]
+        for key in ("max_abs_error", "max_rel_error"):   # the worse of the two
+            values = [checked[key], also[key]]
+            checked[key] = None if None in values else max(values)
 
 
 def timing_repetitions(checked: bool = True) -> int | str:
@@ -202,6 +232,11 @@ def _failure_message(result: dict, atol: float, rtol: float) -> str:
     nonfinite = sum((o.get("nonfinite_mismatch") or 0) for o in result.get("outputs", []))
     text += f"; {nonfinite} elements NaN/Inf on one side and not the same on the other" \
         if nonfinite else ""
+    expected = result.get("expected")
+    if expected and not expected["passed"]:
+        text += f"; against {expected['from']}: max abs error " + \
+            (f"{expected['max_abs_error']:.3g}" if expected["max_abs_error"] is not None
+             else "n/a (NaN/Inf where it has none)")
     failing = [o for o in result.get("outputs", []) if not o["passed"] and "atol" in o]
     # an output's error is None where NaN/Inf made it meaningless
     return text + "".join(f"; output {o['index']}: max abs error "
@@ -281,33 +316,51 @@ def _speed(args: list[str], wall_ms: float, at_most: int, ctx, lost: list[str]) 
 # loses it every time.
 DEVICE_LOST = ("VK_ERROR_DEVICE_LOST",)
 ATTEMPTS = 3
+RUN_TIMEOUT_S = 600
+# an IREE status in a runtime tool's message: "<file>:<line>: OUT_OF_RANGE; <what>"
+IREE_STATUS = re.compile(r"\b[A-Z][A-Z_]+; ")
 
 
 def run_tool(argv: list[str], ctx, notes: list[str]) -> tuple[str, float]:
-    """A runtime tool's stdout and the wall seconds of its run; a StageError with its last
-    words when it fails. A run that lost its device is repeated in a new process (up to
-    ATTEMPTS runs; the time is the run that answered), each loss logged and noted in
-    `notes`."""
-    command = shlex.join(argv)
+    """A runtime tool's stdout and the wall seconds of its run; a StageError with its words
+    when it fails. A run that lost its device, or hung (on a CPU driver: no CPU time used
+    for IDLE_S seconds), is repeated in a new process (up to ATTEMPTS runs; the time is the
+    run that answered), each repeat logged and noted in `notes`."""
+    command, name = shlex.join(argv), Path(argv[0]).name
+    device = next((a.split("=", 1)[1] for a in argv if a.startswith("--device=")), "")
+    idle_s = IDLE_S if device.startswith("local") else None
     for attempt in range(1, ATTEMPTS + 1):
         ctx.log(f"$ {command}")
         started = time.perf_counter()
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+        ran = run_watched(argv, RUN_TIMEOUT_S, idle_s)
         took = time.perf_counter() - started
-        if proc.stderr:
-            ctx.log(proc.stderr)
-        if proc.returncode == 0:
-            return proc.stdout, took
-        lost = next((m for m in DEVICE_LOST if m in proc.stderr), None)
-        if lost is None:
+        if ran.stderr:
+            ctx.log(ran.stderr)
+        if ran.returncode == 0:
+            return ran.stdout, took
+        if ran.stopped and not ran.stopped.startswith("hung"):
+            raise StageError(f"{name} {ran.stopped}", command=command)
+        again = ran.stopped or next((m for m in DEVICE_LOST if m in ran.stderr), None)
+        if again is None:
             break
-        note = f"{Path(argv[0]).name} lost its device ({lost}) on run {attempt} of {ATTEMPTS}"
+        note = f"{name} " + (ran.stopped if ran.stopped else f"lost its device ({again})") + \
+            f" on run {attempt} of {ATTEMPTS}"
         ctx.log(note + ("; running it again in a new process" if attempt < ATTEMPTS else ""))
         notes.append(note)
-    message = (proc.stderr.strip().splitlines() or ["no message"])[-1]
-    again = f" (it lost its device on all {ATTEMPTS} runs)" if lost else ""
-    raise StageError(f"{Path(argv[0]).name} exited with {proc.returncode}{again}: {message}",
+    if ran.stopped:
+        raise StageError(f"{name} {ran.stopped} on all {ATTEMPTS} runs", command=command)
+    lost = f" (it lost its device on all {ATTEMPTS} runs)" if again else ""
+    raise StageError(f"{name} exited with {ran.returncode}{lost}: {_runtime_error(ran.stderr)}",
                      command=command)
+
+
+def _runtime_error(stderr: str) -> str:
+    """The line of a runtime tool's stderr that says what went wrong: the one with IREE's
+    status (`...: OUT_OF_RANGE; buffer view byte length 24 exceeds ...`), not the call
+    stack printed after it; else the last line."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    status = next((line for line in lines if IREE_STATUS.search(line)), None)
+    return (status or (lines or ["no message"])[-1])[:500]
 
 
 STAGE = Validate()
