@@ -110,7 +110,8 @@ class Validate(Stage):
         np.savez(ctx.out / "outputs.npz", **{f"out{i}": o for i, o in enumerate(outputs)})
         (ctx.out / "result.json").write_text(json.dumps(result, indent=1, sort_keys=True))
         if not result["passed"]:
-            raise StageError(_failure_message(result, atol, rtol), result=result)
+            raise StageError(_failure_message(result, atol, rtol, _reference_name(answer)),
+                             result=result)
         return result
 
 
@@ -179,6 +180,12 @@ def _check(outputs: list, answer: Answer, model, atol: float, rtol: float) -> di
     return checked
 
 
+def _reference_name(answer: Answer) -> str:
+    named = answer.origin.get("reference_from")
+    return "the reference" if not named else \
+        f"{named}'s answer" if named == "onnxruntime" else named
+
+
 def _check_expected(checked: dict, outputs: list, answer: Answer, atol: float, rtol: float,
                     per_output) -> None:
     """Into checked: the comparison with the model's own expected outputs too (the first
@@ -224,21 +231,29 @@ def _per_output_tolerances(tolerances, model) -> list | None:
             for t in tolerances]
 
 
-def _failure_message(result: dict, atol: float, rtol: float) -> str:
-    abs_err, rel_err = result.get("max_abs_error"), result.get("max_rel_error")
-    text = "outputs differ from the reference: max abs error " + \
-        (f"{abs_err:.3g}" if abs_err is not None else "n/a") + f" (atol {atol:g}), max rel error " + \
-        (f"{rel_err:.3g}" if rel_err is not None else "n/a") + f" (rtol {rtol:g})"
-    nonfinite = sum((o.get("nonfinite_mismatch") or 0) for o in result.get("outputs", []))
+def _failure_message(result: dict, atol: float, rtol: float,
+                     reference: str = "the reference") -> str:
+    """Why the outputs failed: for the reference, and for the model's own expected outputs
+    where they were compared too, whichever differ."""
+    expected = result.get("expected")
+    checked = [(reference, result), *([(expected["from"], expected)] if expected else [])]
+    return "; ".join(_differs(name, comparison, atol, rtol)
+                     for name, comparison in checked if not comparison["passed"])
+
+
+def _differs(name: str, checked: dict, atol: float, rtol: float) -> str:
+    outputs = checked.get("outputs", [])
+
+    def worst(key: str) -> str:   # an output's error is None where NaN/Inf made it meaningless
+        values = [o[key] for o in outputs]
+        return "n/a" if None in values else f"{max(values, default=0.0):.3g}"
+
+    text = f"outputs differ from {name}: max abs error {worst('max_abs_error')} (atol {atol:g}), " \
+        f"max rel error {worst('max_rel_error')} (rtol {rtol:g})"
+    nonfinite = sum((o.get("nonfinite_mismatch") or 0) for o in outputs)
     text += f"; {nonfinite} elements NaN/Inf on one side and not the same on the other" \
         if nonfinite else ""
-    expected = result.get("expected")
-    if expected and not expected["passed"]:
-        text += f"; against {expected['from']}: max abs error " + \
-            (f"{expected['max_abs_error']:.3g}" if expected["max_abs_error"] is not None
-             else "n/a (NaN/Inf where it has none)")
-    failing = [o for o in result.get("outputs", []) if not o["passed"] and "atol" in o]
-    # an output's error is None where NaN/Inf made it meaningless
+    failing = [o for o in outputs if not o["passed"] and "atol" in o]
     return text + "".join(f"; output {o['index']}: max abs error "
                           + ("n/a" if o["max_abs_error"] is None else f"{o['max_abs_error']:.3g}")
                           + f" against its own atol {o['atol']:g}" for o in failing)

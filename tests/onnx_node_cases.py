@@ -18,18 +18,19 @@ def node_cases() -> list:
 
 
 def writable(case) -> bool:
-    """Whether the case's data are plain tensors (not sequences, optionals or None), which is
-    what the test layout's input_N.pb / output_N.pb hold as TensorProto files."""
+    """Whether the case's data are tensors (arrays, numpy scalars: not sequences, optionals
+    or None), which is what the test layout's input_N.pb / output_N.pb hold as TensorProto."""
     import numpy as np
     import onnx
     values = [v for inputs, outputs in case.data_sets for v in (*inputs, *outputs)]
-    return all(isinstance(v, (np.ndarray, onnx.TensorProto)) for v in values) and all(
+    return all(isinstance(v, (np.ndarray, np.generic, onnx.TensorProto)) for v in values) and all(
         value.type.HasField("tensor_type")
         for value in (*case.model.graph.input, *case.model.graph.output))
 
 
 def write_case(case, folder: Path) -> Path:
     """The case as <folder>/<case.name>/model.onnx + test_data_set_N/; returns its directory."""
+    import numpy as np
     import onnx
     from onnx import numpy_helper
     case_dir = folder / case.name
@@ -42,8 +43,9 @@ def write_case(case, folder: Path) -> Path:
         for kind, values, declared in (("input", inputs, graph.input),
                                        ("output", outputs, graph.output)):
             for i, value in enumerate(values):
+                name = declared[i].name if i < len(declared) else ""
                 tensor = value if isinstance(value, onnx.TensorProto) else \
-                    numpy_helper.from_array(value, declared[i].name if i < len(declared) else "")
+                    numpy_helper.from_array(np.asarray(value), name)   # (a numpy scalar: 0-d)
                 (data_dir / f"{kind}_{i}.pb").write_bytes(tensor.SerializeToString())
     return case_dir
 

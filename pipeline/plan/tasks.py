@@ -135,6 +135,8 @@ def _models(options: Options, matrix, config: Config, model_dirs: list[Path], de
     directories of every folder scanned (model=DIR, the matrix's suite) go into listed."""
 
     def folder(path: Path, what: str) -> list[ModelSpec]:
+        if not path.is_dir():
+            raise ConfigError(f"{what}: {path} is not a folder")
         scanned = scan(path)
         listed.extend(Path(d) for d in scanned["dirs"])
         return model_registry.from_folder(path, scanned, options.shapes, what, companions,
