@@ -20,6 +20,12 @@ EXTENDED = "__ml_dtypes__"   # {key: type name} of the arrays saved as their bit
 def save_arrays(path: Path, prefix: str, arrays) -> None:
     import numpy as np   # here, not at plan time
     arrays = {f"{prefix}{i}": np.asarray(a) for i, a in enumerate(arrays)}
+    strings = [i for i, a in enumerate(arrays.values()) if a.dtype.kind in "OUS"]
+    if strings:   # (.npz would pickle them, which nothing here reads back)
+        from pipeline.stage import StageError
+        what = {"arg": "input", "out": "output"}.get(prefix, prefix)
+        raise StageError(f"{what} {strings[0]} is a tensor of strings: IREE's modules take "
+                         "numbers only")
     named = {k: a.dtype.name for k, a in arrays.items() if a.dtype.type.__module__ == "ml_dtypes"}
     stored = {k: a.view(f"u{a.dtype.itemsize}") if k in named else a for k, a in arrays.items()}
     np.savez(path, **stored, **({EXTENDED: np.array(json.dumps(named))} if named else {}))
