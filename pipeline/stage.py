@@ -37,6 +37,8 @@ class Target:
     variants: tuple[tuple[str, tuple[str, ...] | None], ...] = ()
     variant: str | None = None   # for a variant's own stages: which one (its flags are added)
     base: str | None = None      # for a variant's own stages: the target it is a variant of
+    timing: bool = True          # False (timing=off, a matrix's `timing: false`): validate
+    # checks the numbers only, timing neither the module nor the framework
 
 
 # a constant with at least this many elements is a weight: it goes to the parameter archive
@@ -45,14 +47,21 @@ DEFAULT_WEIGHTS_THRESHOLD = 8
 
 class StageError(Exception):
     """A stage failed for a reason the user must see: the record and the log carry the
-    message, the command that failed (if any) and a result (e.g. the numbers that were off)."""
+    message, the command that failed (if any) and a result (e.g. the numbers that were off).
+
+    A StageError is a verdict on the stage's inputs, remembered under its key (the next run
+    reports it without running the stage: pipeline.run.decide.not_a_verdict), unless it
+    says otherwise: exit_code, the status a tool exited with (one killed by a signal is no
+    verdict), or transient, why this failure may not recur (a lost device)."""
 
     def __init__(self, message: str, command: str | None = None, result: dict | None = None,
-                 log: str = ""):
+                 log: str = "", exit_code: int | None = None, transient: str | None = None):
         super().__init__(message)
         self.command = command
         self.result = result
         self.log = log
+        self.exit_code = exit_code
+        self.transient = transient
 
 
 class StageSkipped(Exception):

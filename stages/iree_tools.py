@@ -32,7 +32,8 @@ def iree_compile(src: Path, out: Path, flags: list[str], ctx, timeout: int = 180
         ctx.log(stderr)
     if proc.returncode != 0:
         out.unlink(missing_ok=True)
-        raise StageError(f"iree-compile {_failure(proc.returncode, stderr)}", command=command)
+        raise StageError(f"iree-compile {_failure(proc.returncode, stderr)}", command=command,
+                         exit_code=proc.returncode)
 
 
 def compile_failure(src: Path, flags: list[str], timeout: int = 600) -> str | None:

@@ -50,13 +50,13 @@ class Legalize(Stage):
             illegal = sorted({b or a for a, b in ILLEGAL.findall("\n".join(ctx.log_lines))})
             if illegal:
                 raise StageError(f"ops IREE cannot legalize: {', '.join(illegal)}",
-                                 command=err.command) from None
+                                 command=err.command, exit_code=err.exit_code) from None
             # a crash, or a diagnostic at no location (imports strip them): find the op
             alone = _failing_alone(source, flags, ctx)
             if alone:
                 raise StageError(f"ops IREE cannot legalize: {', '.join(alone)} (each fails "
                                  f"compiled alone too, see the log); {err}",
-                                 command=err.command) from None
+                                 command=err.command, exit_code=err.exit_code) from None
             raise
         module = parse(out.read_bytes())
         ops = op_names(module)

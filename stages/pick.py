@@ -61,7 +61,10 @@ class Pick(Stage):
         order = [name for name, _ in ctx.target.variants]
         tried = _tried(ctx)
         results = {v: _result(ctx, tried[v]) for v in sorted(tried, key=order.index)}
-        passed = {v: r for v, r in results.items() if r and r.get("passed") and r.get("latency")}
+        # timing off (stages/validate.py): nothing to choose by, so the target's order decides
+        untimed = any(r and r.get("timing") == "off" for r in results.values())
+        passed = {v: r for v, r in results.items()
+                  if r and r.get("passed") and (untimed or r.get("latency"))}
         # the framework is timed once per target (with its default): every variant's ratio
         framework = next((r["framework_latency"] for r in results.values()
                           if r and r.get("framework_latency")), None)
@@ -70,7 +73,7 @@ class Pick(Stage):
         if not passed:
             raise StageError("no variant passed: " + "; ".join(
                 f"{s['variant']}: {s['outcome']}" for s in summary), result={"variants": summary})
-        winner, why = choose(passed, order)
+        winner, why = keep_first(passed, order) if untimed else choose(passed, order)
         shutil.copyfile(ctx.inputs[tried[winner]["codegen"]] / "module.vmfb",
                         ctx.out / "module.vmfb")
         picked = {"variant": winner, "why": why, "variants": summary}
@@ -116,6 +119,16 @@ def noise(a: dict, b: dict) -> float:
     spread = sum((m["max_ms"] - m["min_ms"]) / (2 * m["median_ms"]) for m in (a, b)
                  if m.get("median_ms"))
     return max(NOISE_FLOOR, spread)
+
+
+def keep_first(passed: dict[str, dict], order: list[str]) -> tuple[str, str]:
+    """(winner, why) without timings: the first passing variant in the target's order, its
+    default where that passed."""
+    first = min(passed, key=order.index)
+    if first == order[0]:
+        return first, f"timing off: kept the {first} variant"
+    return first, (f"timing off: kept {first}, the first variant in the target's order that "
+                   f"passed ({order[0]} did not)")
 
 
 def choose(passed: dict[str, dict], order: list[str]) -> tuple[str, str]:

@@ -83,17 +83,16 @@ class Validate(Stage):
 
     def params(self, model, target):
         atol, rtol = self.tolerances(model, target)
-        # the device it ran on is part of the answer: lavapipe's pass is not a GPU's; and the
-        # timing repetitions: a quick figure (the test suite's) never stands in for a full one
+        # the device it ran on is part of the answer: lavapipe's pass is not a GPU's
         return {"driver": target.driver, "device": device_for(target.driver), "atol": atol, "rtol": rtol,
-                "timing_repetitions": timing_repetitions(checked=False),
-                **({} if times_framework(target) else {"framework": "timed by the default variant"})}
+                **_timing_params(target)}
 
     def unavailable(self, model, target):
         return None if device_for(target.driver) else f"skipped: no {target.driver} device"
 
     def run(self, ctx):
-        at_most = timing_repetitions()   # a bad setting fails before anything runs
+        # a bad setting fails before anything runs; None: timing off
+        at_most = timing_repetitions() if ctx.target.timing else None
         emitted = ctx.inputs["emit"]
         info = json.loads((emitted / "model.json").read_text())
         answer = _reference(ctx, info)
@@ -147,9 +146,15 @@ def _reference(ctx, info: dict) -> Answer:
                   peer=parse_upstream(peer)[1] if peer else None)
 
 
+# the speed fields of a result with timing off: no figure rather than a wrong one
+UNTIMED = {"timing": "off", "latency_ms": None, "latency": None, "framework_latency": None,
+           "speed_ratio": None, "framework_latency_why": "timing off"}
+
+
 def _run_and_time(ctx, info: dict, parameters: Path | None, answer: Answer,
-                  at_most: int) -> tuple[list, dict, list[str]]:
-    """(outputs, speed figures, notes of runs repeated because the device was lost)."""
+                  at_most: int | None) -> tuple[list, dict, list[str]]:
+    """(outputs, speed figures, notes of runs repeated because the device was lost). With
+    timing off (at_most None) nothing is timed: no benchmark, no framework process."""
     lost: list[str] = []
     module = ctx.inputs["codegen"] / "module.vmfb"
     with tempfile.TemporaryDirectory() as tmp:
@@ -157,7 +162,7 @@ def _run_and_time(ctx, info: dict, parameters: Path | None, answer: Answer,
                             answer.inputs)
         expected = answer.outputs or (None if answer.reference is None else len(answer.reference))
         outputs, wall_ms = _run_module(Path(tmp), args, expected, ctx, lost)
-        speed = _speed(args, wall_ms, at_most, ctx, lost)
+        speed = dict(UNTIMED) if at_most is None else _speed(args, wall_ms, at_most, ctx, lost)
     return outputs, speed, lost
 
 
@@ -213,6 +218,15 @@ def timing_repetitions(checked: bool = True) -> int | str:
         if not checked:
             return os.environ[timing.REPETITIONS_ENV]
         raise StageError(str(err)) from None
+
+
+def _timing_params(target) -> dict:
+    """What of the timing enters the key: off, or the repetitions (a quick figure, the test
+    suite's, never stands in for a full one) and who times the framework."""
+    if not target.timing:
+        return {"timing": "off"}
+    return {"timing_repetitions": timing_repetitions(checked=False),
+            **({} if times_framework(target) else {"framework": "timed by the default variant"})}
 
 
 def times_framework(target) -> bool:
@@ -353,8 +367,9 @@ def run_tool(argv: list[str], ctx, notes: list[str]) -> tuple[str, float]:
             ctx.log(ran.stderr)
         if ran.returncode == 0:
             return ran.stdout, took
-        if ran.stopped and not ran.stopped.startswith("hung"):
-            raise StageError(f"{name} {ran.stopped}", command=command)
+        if ran.stopped and not ran.stopped.startswith("hung"):   # over time: no verdict either
+            raise StageError(f"{name} {ran.stopped}", command=command,
+                             transient=f"{name} {ran.stopped}")
         again = ran.stopped or next((m for m in DEVICE_LOST if m in ran.stderr), None)
         if again is None:
             break
@@ -362,11 +377,13 @@ def run_tool(argv: list[str], ctx, notes: list[str]) -> tuple[str, float]:
             f" on run {attempt} of {ATTEMPTS}"
         ctx.log(note + ("; running it again in a new process" if attempt < ATTEMPTS else ""))
         notes.append(note)
-    if ran.stopped:
-        raise StageError(f"{name} {ran.stopped} on all {ATTEMPTS} runs", command=command)
+    if ran.stopped:   # a hang is no verdict on the module: never remembered
+        raise StageError(f"{name} {ran.stopped} on all {ATTEMPTS} runs", command=command,
+                         transient=f"{name} {ran.stopped}")
     lost = f" (it lost its device on all {ATTEMPTS} runs)" if again else ""
     raise StageError(f"{name} exited with {ran.returncode}{lost}: {_runtime_error(ran.stderr)}",
-                     command=command)
+                     command=command, exit_code=ran.returncode,
+                     transient=f"the device was lost ({again})" if again else None)
 
 
 def _runtime_error(stderr: str) -> str:

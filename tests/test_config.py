@@ -37,6 +37,13 @@ def test_loads_targets_matrices_and_defaults(tmp_path):
     assert config.matrices["default"].models == ("mlp",)
 
 
+def test_a_matrix_turns_timing_off_and_names_its_expected_failures(tmp_path):
+    config = load_config(write(tmp_path, GOOD + "    timing: false\n    xfail: known/xfail.yaml\n"))
+    matrix = config.matrices["default"]
+    assert matrix.timing is False and matrix.xfail == tmp_path.resolve() / "known" / "xfail.yaml"
+    assert load_config(write(tmp_path, GOOD)).matrices["default"].timing is True
+
+
 def assert_config_error(tmp_path, text, line, words):
     """Loading text fails with a message that starts at file:line and holds every word."""
     path = write(tmp_path, text)
@@ -54,6 +61,9 @@ def assert_config_error(tmp_path, text, line, words):
     (GOOD.replace("    backend: llvm-cpu\n", ""), 3, ["targets.cpu", "missing field 'backend'"]),
     (GOOD.replace("targets: [cpu]", "targets: [gpu]"), 9, ["matrices.default.targets", "unknown target gpu", "valid: cpu"]),
     (GOOD.replace("atol: 1.0e-4", "flags: --x"), 5, ["targets.cpu.flags", "a list"]),
+    (GOOD + "    timing: maybe\n", 10, ["matrices.default.timing", "expected true or false", "'maybe'"]),
+    (GOOD + "    timing: 0\n", 10, ["matrices.default.timing", "expected true or false", "0"]),
+    (GOOD + "    xfail: [a]\n", 10, ["matrices.default.xfail", "YAML file of expected failures"]),
 ])
 def test_errors_name_file_line_and_field(tmp_path, bad, line, words):
     assert_config_error(tmp_path, bad, line, words)

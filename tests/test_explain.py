@@ -186,7 +186,10 @@ matrices:
 """
 # what each of explain's actions may end as in the next run's record
 OUTCOMES = {"run": {"ran", "failed"}, "restore": {"cached"}, "skip": {"skipped"},
-            "fail": {"failed"}, "up-to-date": {"up-to-date"}}
+            "fail": {"failed", "failed (cached)"}, "up-to-date": {"up-to-date"}}
+REMEMBERED = "failed with this same key before: its failure is remembered in the cache"
+RETRIED = ("retry=failed: it failed with this same key before (its failure is remembered in "
+           "the cache)")
 
 
 def predicted(listed: dict, tasks) -> dict[str, str]:
@@ -214,28 +217,38 @@ def test_explain_predicts_each_stage_of_a_matrix_with_a_failing_variant_and_no_d
         if action != "maybe":   # (what waits on the failing variant, before it ever ran)
             assert statuses[task] in OUTCOMES[action], (task, action, statuses[task], out)
 
-    # the next run: every stage predicted, none a "maybe"
-    for _ in range(2):
-        listed, out = explained(project)
-        project.doit(check=False)
+    # the next runs: every stage predicted, none a "maybe". iree-compile's rejection of the
+    # broken variant is remembered: reported "failed (cached)" without running iree-compile,
+    # until retry=failed runs it (and nothing else) again
+    for retry in ((), ("retry=failed",)):
+        listed, out = explained(project, *retry)
+        project.doit(*retry, check=False)
         statuses = project.statuses()
         assert not of(listed, "maybe") and set(listed) <= set(statuses), out
         for task, action in predicted(listed, statuses).items():
             assert statuses[task] in OUTCOMES[action], (task, action, statuses[task], out)
-        assert listed["lower:m1@cpu~broken"] == (
-            "run", "its last run failed with this same key (a failure is not cached)")
-        assert statuses["lower:m1@cpu~broken"] == "failed"
+        log = (project.root / "build" / "logs" / "lower.m1@cpu~broken.log").read_text()
+        assert "Unknown command line argument '--iree-no-such-flag'" in log
+        if retry:
+            assert listed["lower:m1@cpu~broken"] == ("run", RETRIED)
+            assert statuses["lower:m1@cpu~broken"] == "failed"
+        else:
+            assert listed["lower:m1@cpu~broken"] == (
+                "fail", f"{REMEMBERED} (retry=failed runs it again)")
+            assert statuses["lower:m1@cpu~broken"] == "failed (cached)"
+            assert "status: failed (cached)\n" in log and f"failed (cached): {REMEMBERED}" in log
         assert of(listed, "skip") == {"codegen:m1@cpu~broken", "validate:m1@cpu~broken",
                                       "validate:m1@cuda", "pick:m1@cuda"}
         assert "pick:m1@cpu" not in listed and statuses["pick:m1@cpu"] == "up-to-date"
+        assert with_status(statuses, "ran") == set()
 
     # a damaged .doit.db: explain leaves it where it is and reads it as empty, as the run
     # will (it moves it aside); every stage that can be is restored from the cache
     db = project.root / ".doit.db"
     db.write_bytes(b"not a database" * 100)
     listed, out = explained(project)
-    assert of(listed, "restore") == set(statuses) - of(listed, "run") - of(listed, "skip"), out
-    assert of(listed, "run") == {"lower:m1@cpu~broken"}
+    assert of(listed, "restore") == set(statuses) - of(listed, "fail") - of(listed, "skip"), out
+    assert of(listed, "fail") == {"lower:m1@cpu~broken"} and of(listed, "run") == set()
     project.doit(check=False)
     statuses = project.statuses()
     assert (project.root / ".doit.db.damaged").exists()

@@ -74,3 +74,21 @@ def test_noise_is_the_floor_or_the_measurements_own_spread():
     assert pick.noise(latency(10.0), latency(10.0)) == pick.NOISE_FLOOR
     wide = {"median_ms": 10.0, "min_ms": 8.0, "max_ms": 12.0}   # +-20% around the median
     assert pick.noise(wide, latency(10.0)) == pytest.approx(0.2)
+
+
+UNTIMED = {"passed": True, "timing": "off", "latency": None, "framework_latency": None}
+
+
+def test_with_timing_off_the_default_variant_is_kept_and_says_why(tmp_path):
+    ctx = context(tmp_path, {"default": UNTIMED, "im2col": UNTIMED})
+    result = pick.STAGE.run(ctx)
+    assert result["variant"] == "default" and result["why"] == "timing off: kept the default variant"
+    assert (ctx.out / "module.vmfb").read_bytes() == b"default" and result["speed_ratio"] is None
+
+
+def test_with_timing_off_and_the_default_failed_the_first_that_passed_is_kept(tmp_path):
+    ctx = context(tmp_path, {"default": None, "im2col": {**UNTIMED, "passed": False},
+                             "mmt4d": UNTIMED})
+    result = pick.STAGE.run(ctx)
+    assert result["variant"] == "mmt4d" and "timing off: kept mmt4d" in result["why"]
+    assert "(default did not)" in result["why"]

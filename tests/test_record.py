@@ -31,7 +31,7 @@ def hand_made_record() -> dict:
 
 def test_the_summary_is_the_table_each_warning_once_and_the_remote(tmp_path):
     record = hand_made_record()
-    text = run_record.publish(tmp_path / "build" / "run.json", record)
+    text = run_record.publish(tmp_path / "build" / "run.json", record).text
     lines = text.splitlines()
     assert "\n" + table(record["tasks"]) + "\n" in text
     assert [line for line in lines if line.startswith("warning:")] == [
@@ -44,24 +44,24 @@ def test_the_summary_is_the_table_each_warning_once_and_the_remote(tmp_path):
 
 def test_no_remote_line_when_no_stage_asked_one(tmp_path):
     record = {"tasks": [_entry("validate", "a", result={"passed": True})]}
-    text = run_record.publish(tmp_path / "run.json", record)
+    text = run_record.publish(tmp_path / "run.json", record).text
     assert "remote cache" not in text and "warning" not in text
 
 
 def test_publish_writes_the_record_and_its_reports_then_reuses_them(tmp_path):
     run_file = tmp_path / "build" / "run.json"
     files = [run_file, run_file.with_name("report.md"), run_file.with_name("report.html")]
-    text = run_record.publish(run_file, hand_made_record())
+    text = run_record.publish(run_file, hand_made_record()).text
     assert json.loads(run_file.read_text()) == hand_made_record()
     assert "# kiln run" in files[1].read_text() and "## Failures" in files[1].read_text()
     assert "<table class='matrix'>" in files[2].read_text()
 
     stamps = [f.stat().st_mtime_ns for f in files]
-    assert run_record.publish(run_file, hand_made_record()) == text   # the same record: as is
+    assert run_record.publish(run_file, hand_made_record()).text == text   # the same record: as is
     assert [f.stat().st_mtime_ns for f in files] == stamps
 
     files[2].unlink()   # a report gone is written again
-    assert run_record.publish(run_file, hand_made_record()) == text
+    assert run_record.publish(run_file, hand_made_record()).text == text
     assert files[2].is_file()
 
     changed = hand_made_record()
@@ -74,10 +74,10 @@ def test_publish_writes_the_record_and_its_reports_then_reuses_them(tmp_path):
 def test_a_record_that_cannot_be_written_says_so_and_is_written_next_time(tmp_path):
     (tmp_path / "build").write_text("a file where the build directory should be")
     run_file = tmp_path / "build" / "run.json"
-    text = run_record.publish(run_file, hand_made_record())
+    text = run_record.publish(run_file, hand_made_record()).text
     assert text.splitlines()[-1].startswith("kiln: the run record was not written: ")
     (tmp_path / "build").unlink()
-    assert run_record.publish(run_file, hand_made_record()).splitlines()[-1] == \
+    assert run_record.publish(run_file, hand_made_record()).text.splitlines()[-1] == \
         f"run record: {run_file}"
     assert json.loads(run_file.read_text()) == hand_made_record()
 

@@ -110,6 +110,36 @@ def test_signed_entries_reject_unsigned_and_forged_ones(tmp_path, cache_server):
     assert wrong_key.lookup(KEY, outputs) is None
 
 
+def test_a_remembered_failure_travels_through_the_remote_like_any_entry(tmp_path, cache_server):
+    """CI (write mode) remembers a failure on the remote; a clone (read mode) reports it
+    'failed (cached)' without running the stage, and puts none of its own failures there."""
+    from test_runner import Failing, job
+    from pipeline.plan.layout import Layout
+    from pipeline.run.runner import execute
+    from pipeline.stage import StageError
+
+    def layout(name, mode):
+        connect.cache_clear()
+        return Layout(tmp_path / name, tmp_path / name / "build", tmp_path / name / "cache",
+                      RemoteSettings(cache_server.url, mode, cache_server.token))
+
+    stage = Failing(StageError("compiler said no", command="tool < in", exit_code=1))
+    first = execute(job(stage), layout("ci", "write"))
+    assert (first.status, first.remote) == ("failed", "stored")
+    assert [p.name for p in cache_server.files("ac")] == [first.key]
+    clone = layout("clone", "read")
+    again = execute(job(stage), clone)
+    assert (again.status, again.remote, stage.calls) == ("failed (cached)", "hit", 1)
+    assert (again.error, again.command) == (first.error, first.command)
+    assert "the tool said: no" in (clone.root / again.log).read_text()   # CI's log
+
+    puts = cache_server.requests("PUT")
+    stage.text = "another key"
+    assert execute(job(stage), clone).status == "failed" and stage.calls == 2
+    assert cache_server.requests("PUT") == puts        # a reader writes nothing there
+    assert execute(job(stage), clone).status == "failed (cached)" and stage.calls == 2   # local
+
+
 def test_settings_environment_wins_over_the_config():
     config = {"url": "http://config:1", "mode": "write"}
     assert settings(config, {}) == RemoteSettings("http://config:1", "write")

@@ -1,15 +1,17 @@
 """The runner with small pure-Python stages: restore-or-run, early cutoff, failures."""
 
+import errno
 import json
 import os
+import subprocess
 
 import pytest
 
 from pipeline.plan.layout import Layout
 from pipeline.plan.tasks import Job
 from pipeline.cache.store import Store
-from pipeline.run.decide import compute_key, decide
-from pipeline.run.entry import RESULT_TEXT, StageEntry
+from pipeline.run.decide import compute_key, decide, not_a_verdict
+from pipeline.run.entry import CACHED_FAILURE, RESULT_TEXT, StageEntry
 from pipeline.run.runner import execute
 from pipeline.stage import ModelSpec, Node, Stage, StageError
 
@@ -66,8 +68,9 @@ def layout(tmp_path):
     return Layout(tmp_path, tmp_path / "build", tmp_path / "cache")
 
 
-def job(stage, node=None, upstream=None) -> Job:
-    return Job(node or Node(stage.name, "toy", None), stage, MODEL, None, upstream or {}, False)
+def job(stage, node=None, upstream=None, retry_failed=False) -> Job:
+    return Job(node or Node(stage.name, "toy", None), stage, MODEL, None, upstream or {}, False,
+               retry_failed)
 
 
 def run(stage, layout, upstream=None):
@@ -108,7 +111,9 @@ def test_failure_is_recorded_and_leaves_no_output(layout):
     assert not (out / "never.txt").exists()
     log = (layout.root / entry.log).read_text()
     assert "command: tool --flag < in" in log
-    assert list((layout.cache).rglob("*.json")) == []
+    # what the cache keeps of it: a failure entry naming no output (tests below)
+    (cached,) = [json.loads(p.read_text()) for p in layout.cache.rglob("*.json")]
+    assert cached["failed"] is True and cached["outputs"] == {}
 
 
 def test_corrupted_cache_blob_is_rebuilt(layout, caplog):
@@ -262,6 +267,122 @@ def test_decide_says_restore_with_the_entry_the_run_then_restores(layout):
     decision = decide(job(source), layout, Store(layout.cache).find)
     assert (decision.action, decision.why) == ("run", "changed params: text")
     assert run(source, layout)[0].why == decision.why
+
+
+# --- failures remembered under their key ---------------------------------------------------
+
+class Failing(Source):
+    """Logs what its tool said, then raises `error` (None: writes its output and passes)."""
+    name = "failing"
+
+    def __init__(self, error):
+        super().__init__()
+        self.error = error
+
+    def run(self, ctx):
+        self.calls += 1
+        ctx.log("the tool said: no")
+        if self.error is not None:
+            raise self.error
+        (ctx.out / "out.txt").write_text("ok")
+
+
+def log_of(layout, entry) -> str:
+    return (layout.root / entry.log).read_text()
+
+
+def test_a_failure_is_remembered_and_the_next_run_reports_it_without_running(layout):
+    stage = Failing(StageError("compiler said no", command="tool < in", exit_code=1,
+                               result={"passed": False}))
+    first, out = run(stage, layout)
+    assert first.status == "failed" and "failure remembered under its key" in log_of(layout, first)
+    decision = decide(job(stage), layout, Store(layout.cache).find)
+    assert decision.action == "fail" and decision.remembered and decision.key == first.key
+    assert decision.why == ("failed with this same key before: its failure is remembered in the "
+                            "cache (retry=failed runs it again)")
+    again, _ = run(stage, layout)
+    assert stage.calls == 1 and again.status == CACHED_FAILURE == "failed (cached)"
+    assert (again.error, again.command, again.result, again.key) == \
+        (first.error, first.command, first.result, first.key)
+    assert again.why == decision.why and not out.exists()
+    log = log_of(layout, again)   # that run's log, under this run's header
+    assert "status: failed (cached)" in log and "the tool said: no" in log
+    assert StageEntry.load(layout.entry_file(Node("failing", "toy", None))) == again
+
+
+@pytest.mark.parametrize("error", [
+    OSError(errno.ENOSPC, "No space left on device"),
+    OSError(errno.EROFS, "Read-only file system"),
+    subprocess.TimeoutExpired("iree-compile", 1800),
+    MemoryError(),
+    ValueError("a bug in a stage"),
+    StageError("iree-compile exited with -9", exit_code=-9),            # killed
+    StageError("iree-compile exited with 247", exit_code=247),          # its launcher's -9
+    StageError("iree-run-module exited with 1 (it lost its device on all 3 runs)", exit_code=1,
+               transient="the device was lost (VK_ERROR_DEVICE_LOST)"),
+    StageError("iree-compile exited with 1: LLVM ERROR: out of memory", exit_code=1),
+    StageError("cannot write out.txt: No space left on device (ENOSPC)"),
+], ids=["ENOSPC", "EROFS", "timeout", "MemoryError", "bug", "signal", "launcher-signal",
+        "device-lost", "tool-out-of-memory", "disk-full-message"])
+def test_a_failure_that_is_no_verdict_on_the_inputs_is_never_remembered(layout, error):
+    stage = Failing(error)
+    for calls in (1, 2):
+        entry, _ = run(stage, layout)
+        assert entry.status == "failed" and stage.calls == calls
+    assert "failure not remembered" in log_of(layout, entry)
+    assert not list(layout.cache.rglob("*.json"))
+    assert entry.why.startswith("its last run failed with this same key, and the cache "
+                                "remembers no failure for it")
+
+
+def test_what_is_a_verdict_on_the_inputs():
+    assert not_a_verdict(StageError("outputs differ from the reference", result={})) is None
+    assert not_a_verdict(StageError("iree-compile exited with 1: 'x' op illegal",
+                                    exit_code=1)) is None
+    assert not_a_verdict(StageError("x", exit_code=1), log="VK_ERROR_DEVICE_LOST") is not None
+    assert not_a_verdict(KeyboardInterrupt()) == "KeyboardInterrupt is no verdict on the " \
+                                                 "stage's inputs"
+
+
+def test_an_interrupted_stage_is_not_remembered(layout):
+    with pytest.raises(KeyboardInterrupt):
+        run(Failing(KeyboardInterrupt()), layout)
+    assert not list(layout.cache.rglob("*.json"))
+
+
+def test_retry_failed_runs_a_remembered_failure_again_and_keeps_the_new_outcome(layout):
+    stage = Failing(StageError("compiler said no", exit_code=1))
+    run(stage, layout)
+    # without retry=failed a stage that did not fail is restored as ever, not run
+    source = Source()
+    run(source, layout)
+    (layout.node_dir(Node("source", "toy", None)) / "out.txt").unlink()
+    assert execute(job(source, retry_failed=True), layout).status == "cached"
+    assert source.calls == 1
+    # it fails again: the new failure replaces the one remembered
+    stage.error = StageError("compiler said no again", exit_code=1)
+    entry = execute(job(stage, retry_failed=True), layout)
+    assert entry.status == "failed" and stage.calls == 2
+    assert entry.why.startswith("retry=failed: it failed with this same key before")
+    entry, _ = run(stage, layout)
+    assert (entry.status, entry.error, stage.calls) == (CACHED_FAILURE, "compiler said no again", 2)
+    # it passes (a fixed machine): its outputs replace the failure, and are restored after
+    stage.error = None
+    entry = execute(job(stage, retry_failed=True), layout)
+    assert entry.status == "ran" and stage.calls == 3
+    (layout.node_dir(Node("failing", "toy", None)) / "out.txt").unlink()
+    assert run(stage, layout)[0].status == "cached" and stage.calls == 3
+
+
+def test_a_damaged_remembered_failure_runs_the_stage(layout):
+    stage = Failing(StageError("compiler said no"))
+    run(stage, layout)
+    for blob in (layout.cache / "cas").rglob("*"):
+        if blob.is_file():
+            blob.write_text("XYZ")
+    entry, _ = run(stage, layout)
+    assert entry.status == "failed" and stage.calls == 2
+    assert "missing or corrupted" in entry.warnings[0]
 
 
 # --- the record entry -------------------------------------------------------------------

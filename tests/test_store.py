@@ -94,6 +94,27 @@ def test_prune_drops_unused_entries_and_their_blobs_only(tmp_path):
     assert (tmp_path / "dest" / "shared").read_bytes() == b"both use me"
 
 
+def test_a_failure_entry_names_no_output_and_lives_like_any_entry(tmp_path, caplog):
+    store = Store(tmp_path / "cache")
+    failure = {"error": "no", "command": "tool < in", "result": None, "log": "tool: no"}
+    assert store.remember_failure("e" * 64, failure)
+    found = store.find("e" * 64, ["out.txt"], verify=True)   # whatever the stage declares
+    assert found.failed and found.entry["outputs"] == {}
+    assert store.recall_failure("e" * 64, found.entry) == failure
+    assert store.prune(max_age_days=7).blobs_removed == 0           # its blob is named
+    assert store.recall_failure("e" * 64, store.lookup("e" * 64, [])) == failure
+    # a success later under the same key replaces it
+    src, outputs = make_outputs(tmp_path, {"out.txt": b"ok"})
+    store.save("e" * 64, src, outputs, {})
+    assert not store.find("e" * 64, ["out.txt"]).failed
+    # an entry that says failed but names outputs, or says it oddly, is damage
+    entry_file = tmp_path / "cache" / "ac" / "ee" / ("e" * 64 + ".json")
+    for odd in ({"failed": True}, {"failed": "yes", "outputs": {}}):
+        store.save("e" * 64, src, outputs, {})
+        entry_file.write_text(json.dumps({**json.loads(entry_file.read_text()), **odd}))
+        assert store.lookup("e" * 64, ["out.txt"]) is None and "damaged" in caplog.text
+
+
 def test_lookup_marks_an_entry_as_used(tmp_path):
     store = Store(tmp_path / "cache")
     src, outputs = make_outputs(tmp_path, {"a": b"x"})

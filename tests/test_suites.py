@@ -3,8 +3,8 @@ model under a folder, each case named by its own folder (ONNX's test layout,
 <case>/model.onnx) or its file's stem, and compared with its own expected outputs.
 
 The planning tests make the plan in-process with the stages' real hooks wrapped to count
-what they are asked (nothing is compiled). ONE `doit validate` runs a handful of ONNX's own
-node test cases, written from the installed onnx package in ONNX's layout."""
+what they are asked (nothing is compiled). ONE `doit validate ... timing=off` runs a handful
+of ONNX's own node test cases, written from the installed onnx package in ONNX's layout."""
 from __future__ import annotations
 
 import json
@@ -169,7 +169,7 @@ def node_suite(tmp_path_factory):
     (root / "fewer" / "test_dropout_default_mask").rename(fewer)
     (fewer / "test_data_set_0" / "output_1.pb").unlink()
     project = Project(copy_project(root / "proj"))
-    proc = project.doit("validate", f"model={folder}", "target=cpu", check=False)
+    proc = project.doit("validate", f"model={folder}", "target=cpu", "timing=off", check=False)
     return {"proc": proc, "record": {t["task"]: t for t in project.record()},
             "build": project.root / "build"}
 

@@ -76,6 +76,20 @@ def test_compiled_only_the_target_compiled_when_one_of_its_variants_did():
     assert row["kind"] == "failed" and row["outcome"] == "FAILED at build: no such flag"
 
 
+def test_a_failure_from_the_cache_is_a_failure_marked_cached():
+    from pipeline.report import html
+    record = [e for e in searched_record() if e["role"] in (None, "module")]
+    for variant in record[1:]:   # (neither variant compiles)
+        variant.update(status="failed (cached)", error="no such flag", log="logs/build.log")
+    (row,) = rows(record)
+    assert row["kind"] == "failed" and row["outcome"] == "FAILED at build (cached): no such flag"
+    assert row["stages"] == "2 failed (cached) 1 ran"
+    assert "`build:m@cpu` at **build** (cached): no such flag" in markdown({"tasks": record})
+    page = html.page({"tasks": record}, draw_charts=False)
+    assert "failed at build (cached)" in page and "<span class='failed'>2 failed (cached)" in page
+    assert "<tr class='failed'><td>build:m@cpu</td><td>failed (cached)</td>" in page
+
+
 def test_a_record_written_before_roles_reads_by_the_stage_names_of_then():
     old = searched_record(("emit", "codegen", "validate", "pick"))
     for e in old:

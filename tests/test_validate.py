@@ -103,3 +103,10 @@ def test_a_hung_run_is_killed_with_what_it_started_and_run_again(tmp_path, monke
     child = int((tmp_path / "child").read_text())
     assert not Path(f"/proc/{child}").exists() or \
         Path(f"/proc/{child}/stat").read_text().split(")")[1].split()[0] == "Z"
+
+
+def test_timing_off_is_in_validates_key_in_place_of_the_repetitions():
+    from pipeline.stage import Target
+    cpu = Target("cpu", "llvm-cpu", "generic", "local-task", (), 1e-4, 1e-4)
+    assert validate._timing_params(cpu) == {"timing_repetitions": 3}   # TEST_SETTINGS
+    assert validate._timing_params(Target(**{**cpu.__dict__, "timing": False})) == {"timing": "off"}

@@ -1,7 +1,10 @@
 """The content-addressed store under cache/.
 
     cache/ac/<key>.json   action cache: key -> {relative output path: digest, ...} and the
-                          digest of the stage's result (the numbers the record reports)
+                          digest of the stage's result (the numbers the record reports);
+                          or, for a stage that failed with this key, a failure entry: no
+                          outputs, "failed": true, its metadata blob holding the error,
+                          command, result and log (pipeline.run.decide says which failures)
     cache/cas/<digest>    blob store: the bytes, named by their sha256
 
 Every write goes to a temporary file in the same directory and is renamed into place, so a
@@ -43,6 +46,11 @@ class Found(NamedTuple):
     entry: dict
     where: str
 
+    @property
+    def failed(self) -> bool:
+        """A failure entry: the stage failed with this key (recall_failure reads why)."""
+        return self.entry.get("failed") is True
+
 
 class Store:
     """The local cache, with an optional remote backend (pipeline.cache.remote) behind it: local
@@ -72,7 +80,8 @@ class Store:
 
     def lookup(self, key: str, expected: Iterable[str]) -> dict | None:
         """The entry saved under key if it is whole (names exactly the expected outputs, by
-        well-formed digests), else None. A damaged entry is discarded with a warning."""
+        well-formed digests, or is a failure entry), else None. A damaged entry is discarded
+        with a warning."""
         try:
             entry = json.loads(self._entry(key).read_text())
         except FileNotFoundError:
@@ -163,7 +172,8 @@ class Store:
     def restore(self, key: str, entry: dict, dest: Path) -> dict | None:
         """Copy the entry's outputs into dest, each hashed as it is copied (so what lands is
         what was verified, whatever happens to the blob meanwhile); return the stage's result
-        metadata read from its verified blob. None on any damage: the entry is discarded."""
+        metadata read from its verified blob. None on any damage: the entry is discarded.
+        (A failure entry has no outputs: dest is never written.)"""
         remote = key in self._from_remote
         if remote and not all(self._fetched(d) for d in [entry["meta"], *entry["outputs"].values()]):
             self.remote_outcome = self.remote_outcome or "miss"   # a blob missing or bad there
@@ -179,6 +189,18 @@ class Store:
             with contextlib.suppress(OSError):
                 atomic_write(self._entry(key), json.dumps(entry, indent=1, sort_keys=True).encode())
         return meta
+
+    def recall_failure(self, key: str, entry: dict) -> dict | None:
+        """The failure a failure entry remembers ({"error", "command", "result", "log"}), read
+        from its verified metadata blob (fetched from the remote, like a restore's, when the
+        entry came from there); None when that blob is missing or damaged (the entry is
+        discarded, with a warning, and the stage runs)."""
+        meta = self.restore(key, entry, self.root)   # (no outputs: nothing is copied)
+        failure = (meta or {}).get("failure")
+        if meta is not None and not (isinstance(failure, dict)
+                                     and isinstance(failure.get("error"), str)):
+            return self._damaged(key, entry["meta"], "(failure)")
+        return failure
 
     def _damaged(self, key: str, digest: str, rel: str) -> None:
         self._warn(f"cache blob {digest[:12]} for {rel} is missing or corrupted; "
@@ -201,20 +223,29 @@ class Store:
         except FileNotFoundError:
             return False
 
-    def save(self, key: str, src: Path, outputs: dict[str, str], meta: dict) -> bool:
+    def save(self, key: str, src: Path, outputs: dict[str, str], meta: dict,
+             failed: bool = False) -> bool:
         """Store the files of src named in outputs (rel path -> digest) and meta, then the
         entry. Blobs go first and the entry last, so an entry never names a missing blob.
         False (with one warning) when the cache cannot be written: the build goes on; False
-        in read-only mode."""
+        in read-only mode. failed: a failure entry (remember_failure)."""
         if read_only():
             return False
         meta_bytes = canonical(meta).encode()
         meta_digest = digest_bytes(meta_bytes)
-        entry = {"format": FORMAT, "outputs": outputs, "meta": meta_digest}
+        entry = {"format": FORMAT, "outputs": outputs, "meta": meta_digest,
+                 **({"failed": True} if failed else {})}
         stored = self._save_local(key, src, outputs, meta_bytes, entry)
         if self.remote is not None and self.remote.writes:
             self._remote_call(self._upload, key, src, outputs, meta_bytes, entry)
         return stored
+
+    def remember_failure(self, key: str, failure: dict) -> bool:
+        """Store that the stage failed with key: an entry naming no outputs, marked failed,
+        whose metadata blob holds failure (error, command, result, log). It replaces what
+        the key held and goes to the remote in write mode, as save does (save replaces it in
+        turn when the stage later succeeds with this key)."""
+        return self.save(key, self.root, {}, {"failure": failure}, failed=True)
 
     def _upload(self, key, src, outputs, meta_bytes, entry) -> None:
         """Blobs first, the entry last: a reader never sees an entry whose blobs are missing."""
@@ -311,10 +342,17 @@ def _files_in_shards(kind_dir: Path) -> list[Path]:
 
 
 def _is_whole(entry, expected: set[str]) -> bool:
-    return (isinstance(entry, dict) and entry.get("format") == FORMAT
-            and isinstance(entry.get("outputs"), dict) and set(entry["outputs"]) == expected
-            and all(isinstance(d, str) and DIGEST.fullmatch(d)
-                    for d in [*entry["outputs"].values(), entry.get("meta")]))
+    """Names exactly the expected outputs (a failure entry: none), by well-formed digests."""
+    if not (isinstance(entry, dict) and entry.get("format") == FORMAT
+            and isinstance(entry.get("outputs"), dict)):
+        return False
+    if entry.get("failed", False) is not False:
+        if entry["failed"] is not True or entry["outputs"]:
+            return False
+    elif set(entry["outputs"]) != expected:
+        return False
+    return all(isinstance(d, str) and DIGEST.fullmatch(d)
+               for d in [*entry["outputs"].values(), entry.get("meta")])
 
 
 def _mtime(path: Path, default: float) -> float:

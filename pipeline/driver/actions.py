@@ -30,14 +30,16 @@ def stage_action(plan: Plan, executor: DaskExecutor | None, run: RunLog, task: s
         delegate = lambda: executor.run(node.task_name, resources)  # noqa: E731
     entry = execute(job, plan.layout, delegate=delegate)
     run.entries[node.task_name] = entry   # the reporter's copy, even where build/ is full
-    if entry.status == "failed" and not data["soft"]:
+    if entry.failed and not data["soft"]:
         detail = f"\n  command: {entry.command}" if entry.command else ""
-        return TaskFailed(f"{node.task_name} failed at {node.stage}: {entry.error}{detail}\n"
-                          f"  log: {entry.log}")
+        again = "" if entry.status == "failed" else "\n  (its failure with this same key, " \
+            "from the cache: retry=failed runs it again)"
+        return TaskFailed(f"{node.task_name} {entry.status} at {node.stage}: {entry.error}"
+                          f"{detail}\n  log: {entry.log}{again}")
     values = {"entry": entry.to_dict(fingerprint=False, result_text=True)}
     if soft_deps:   # what the session's check compares next time
         values["soft_inputs"] = _soft_inputs(plan, node, entry.fingerprint, soft_deps)
-    if entry.status not in ("failed", "skipped"):   # those run again next time
+    if not entry.failed and entry.status != "skipped":   # those come back to the runner
         values["watched"] = watched
     return values
 

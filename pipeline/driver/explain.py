@@ -9,12 +9,14 @@ A task does something in two layers, and explain asks both the way the run would
    versions, outputs intact, targets present, a recorded run): explain asks doit's own
    Dependency.get_status, on .doit.db opened read-only, as `doit info` does.
 2. the action (runner.execute) does what pipeline.run.decide decides: skip (no device for
-   it here, an input a failed stage left absent), restore (its key is in the cache) or run.
+   it here, an input a failed stage left absent), restore (its key is in the cache), fail
+   (its failure with this key is remembered in the cache, or its key cannot be computed)
+   or run.
    explain calls that same decide, with a lookup that only reads and the input digests it
    predicts, and never acts; its "why" is the record's own words.
 
 Stages are judged in graph order. An upstream stage that stays up to date, is skipped, or
-fails again (its last run failed with this same key) leaves its files as they are; one that
+fails (again: its last run failed with this same key) leaves its files as they are; one that
 would be restored leaves the bytes its cache entry names (known now); one that would run
 leaves bytes nobody knows yet: a stage downstream of it that has no reason of its own is a
 "maybe" ("waits on lower:mlp@cpu: runs if its outputs change"), kept apart from the definite
@@ -394,7 +396,8 @@ class Explain(DoitCmdBase):
     doc_purpose = "say what the next run would do to each stage and why, running nothing"
     doc_usage = "[TASK ...] [model=...] [target=...] [matrix=...]"
     doc_description = ("For each stage task: run (with the record's 'why'), restore (key in the "
-                       "cache), skip (cannot run here, or nothing to read), or maybe (waits on "
+                       "cache), skip (cannot run here, or nothing to read), fail (its failure "
+                       "with this key is in the cache: 'failed (cached)'), or maybe (waits on "
                        "a stage that runs first). Writes nothing.")
     cmd_options = ()
 

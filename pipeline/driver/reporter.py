@@ -9,10 +9,10 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from doit.exceptions import DependencyError, UnmetDependency
+from doit.exceptions import DependencyError, TaskFailed, UnmetDependency
 from doit.reporter import ConsoleReporter
 
-from ..report.record import RunLog, entry_of, publish, reuse
+from ..report.record import RunLog, Summary, entry_of, publish, reuse
 from . import collector
 
 # what a task that never ran because an upstream one failed did not do (its entry may be
@@ -29,17 +29,18 @@ KEPT_EMPTY = ("target", "key", "role")
 
 
 def make_reporter(run_file: Path, run: RunLog, after: Callable[[], None] | None = None,
-                  made_from: tuple[dict, Callable[[], dict]] | None = None
-                  ) -> type[KilnReporter]:
+                  made_from: tuple[dict, Callable[[], dict]] | None = None,
+                  strict: bool = False) -> type[KilnReporter]:
     """The reporter class for this run, for DOIT_CONFIG["reporter"]. doit makes the reporter
     itself, from a class and (outstream, options) only (doit/cmd_run.py: anything not a class
     it takes for a ready instance), so the run's own objects go in as class attributes of a
     subclass made for it. made_from: what a record of up-to-date tasks is made from besides
     the task list (doit's database, kiln's plan), as it was when the run started and a
-    callable saying what it is once doit has closed its database (KilnReporter._publish)."""
+    callable saying what it is once doit has closed its database (KilnReporter._publish).
+    strict: an unexpected pass fails the run (strict=1; the record says so)."""
     return type("KilnReporter", (KilnReporter,),
                 {"run_file": run_file, "run": run, "after": staticmethod(after),
-                 "made_from": made_from})
+                 "made_from": made_from, "strict": strict})
 
 
 class KilnReporter(ConsoleReporter):
@@ -49,6 +50,7 @@ class KilnReporter(ConsoleReporter):
     run: RunLog
     after: Callable[[], None] | None = None   # called last (the .doit.db seal)
     made_from: tuple[dict, Callable[[], dict]] | None = None
+    strict: bool = False
 
     def __init__(self, outstream, options):
         super().__init__(outstream, options)
@@ -58,6 +60,8 @@ class KilnReporter(ConsoleReporter):
         # is built, which a no-op run after a no-op run skips (_publish)
         self.added: list[tuple] = []
         self.order: dict[str, int] = {}
+        # what doit's own exit code will say: a task failed; one raised (kiln's own error)
+        self.failed = self.crashed = False
 
     def write(self, text):
         if self.progress is None:
@@ -89,12 +93,18 @@ class KilnReporter(ConsoleReporter):
     def add_failure(self, task, fail):
         self._finished(task)
         super().add_failure(task, fail)
+        self.failed = True
+        self.crashed |= not isinstance(fail, (TaskFailed, DependencyError, UnmetDependency))
         if isinstance(fail, (DependencyError, UnmetDependency)):
             self._add(task, **NOT_RUN)
         else:  # the runner's entry says why; if it never got to write one, doit's message
+            # (imported here: a no-op run defines no StageEntry)
+            from ..run.entry import FAILURES
             entry = self._entry(task) or {}
-            said = entry.get("status") == "failed"
-            self._add(task, status="failed", **({} if said else {"error": fail.get_msg().strip()}))
+            if entry.get("status") in FAILURES:   # (failed, or failed (cached))
+                self._add(task)
+            else:
+                self._add(task, status="failed", error=fail.get_msg().strip())
 
     def skip_uptodate(self, task):
         # a group (the only up-to-date task that is no stage: GROUP_UPTODATE) stays silent,
@@ -111,11 +121,18 @@ class KilnReporter(ConsoleReporter):
     def complete_run(self):
         if self.progress is not None:
             self.progress.stop()   # the live lines go before the table (also after Ctrl-C)
+        summary = None
         if self.added:  # a run of no stage (doit prune) keeps the last build's record
-            self.outstream.write(self._publish())
+            summary = self._publish()
+            self.outstream.write(summary.text)
         super().complete_run()
         if self.after is not None:
             self.after()
+        if summary is not None and not self.crashed and (summary.exit_code == 0) == self.failed:
+            # doit's exit code counts every failed task, kiln's follows the cases' verdict
+            # (pipeline.report.verdict): expected failures pass, strict unexpected passes
+            # fail. doit returns its own right after this call: nothing is left to run.
+            raise SystemExit(summary.exit_code)
 
     def _finished(self, task) -> None:
         if self.progress is not None:
@@ -128,7 +145,7 @@ class KilnReporter(ConsoleReporter):
         if (task.meta or {}).get("kiln") is not None:   # a stage's task, not a group
             self.added.append((task, override))
 
-    def _publish(self) -> str:
+    def _publish(self) -> Summary:
         """The summary: the last one as it is when every task was up to date over what the
         last record of such a run was made from (record.reuse), else the record's, built."""
         added = sorted(self.added, key=lambda pair: self.order.get(pair[0].name, 0))
@@ -137,12 +154,13 @@ class KilnReporter(ConsoleReporter):
             listed = hashlib.sha256(json.dumps([[task.name for task, _ in added],
                                                 self.run.warnings]).encode()).hexdigest()
             before, after_run = self.made_from
-            text = reuse(self.run_file, {**before, "tasks": listed})
-            if text is not None:
-                return text
+            reused = reuse(self.run_file, {**before, "tasks": listed})
+            if reused is not None:
+                return reused
             stamp = {**after_run(), "tasks": listed}
-        warnings = {"warnings": self.run.warnings} if self.run.warnings else {}
-        return publish(self.run_file, {"tasks": self._record_tasks(added), **warnings}, stamp)
+        settings = {**({"warnings": self.run.warnings} if self.run.warnings else {}),
+                    **({"strict": True} if self.strict else {})}
+        return publish(self.run_file, {"tasks": self._record_tasks(added), **settings}, stamp)
 
     def _record_tasks(self, added: list[tuple]) -> list[dict]:
         """The entries in plan order, without the fields this run left empty."""

@@ -151,8 +151,17 @@ class Session:
             "continue": True,           # one failing model x target never stops the others
             "default_tasks": default_tasks,
             "reporter": make_reporter(self.build / "run.json", self.run,
-                                      after=lambda: seal(dep_file, seal_file), made_from=made_from),
+                                      after=lambda: seal(dep_file, seal_file), made_from=made_from,
+                                      strict=self._strict()),
         }
+
+    def _strict(self) -> bool:
+        """strict=1: an unexpected pass fails the run. Its value was checked when the plan was
+        made (a plan memo is only ever saved by a run whose options parsed)."""
+        if "strict" not in self.variables:
+            return False
+        from ..plan.options import parse_switch
+        return bool(parse_switch("strict", self.variables["strict"]))
 
 
 class StageCheck:

@@ -49,6 +49,8 @@ class Matrix:
     models: tuple[str, ...]
     targets: tuple[str, ...]
     variants: tuple[str, ...] | None = None   # the variants to try (None: every one)
+    timing: bool = True                       # false: validate times nothing (a quick run)
+    xfail: Path | None = None                 # its expected failures (pipeline.plan.xfail)
     suite: str | None = None   # a folder of models, relative to the config's directory
     suite_at: str = field(default="", compare=False)   # "targets.yaml:12", for errors
 
@@ -87,6 +89,10 @@ MATRIX_FIELDS = {
     "targets": ((list,), True, None, "a list of target names"),
     "variants": ((list,), False, None, "a list of variant names to try, e.g. [default] for "
                  "quick runs (default: every variant of each target)"),
+    "timing": ((bool,), False, True, ("true or false (false: validate checks the numbers and "
+                                      "times neither the module nor the framework)")),
+    "xfail": ((str,), False, None, ("a YAML file of expected failures, {target: {model: "
+                                    "reason}}, relative to the config file")),
 }
 MODEL_FIELDS = {
     "framework": ((str,), False, None, "a framework name (torch, jax, tf, tflite, onnx, mlir)"),
@@ -192,7 +198,7 @@ def _check_fields(path, node, what, schema) -> dict:
         types, _, _, valid = schema[key]
         _check_nested_mappings(path, value_node, f"{what}.{key}")
         value = yaml.safe_load(yaml.serialize(value_node))
-        if isinstance(value, bool) or not isinstance(value, types):
+        if isinstance(value, bool) is not (bool in types) or not isinstance(value, types):
             raise ConfigError(f"{_where(path, value_node)}: {what}.{key}: expected {valid}, "
                               f"got {value!r}")
         if isinstance(value, list) and not all(isinstance(v, str) for v in value):
@@ -303,6 +309,8 @@ def _matrices(path: Path, section: yaml.Node, targets: dict, reserved) -> dict[s
         suite_node = given.get("suite", node)
         matrices[name] = Matrix(name, tuple(v["models"]), tuple(v["targets"]),
                                 None if v["variants"] is None else tuple(v["variants"]),
+                                v["timing"],
+                                None if v["xfail"] is None else path.resolve().parent / v["xfail"],
                                 v["suite"], _where(path, suite_node))
     if "default" not in matrices:
         raise ConfigError(f"{path}: matrices: missing the 'default' matrix")

@@ -1,6 +1,7 @@
 """The command line's key=value options, parsed in one place into one typed object.
 
     doit validate model=mlp,resnet target=cpu variants=default shapes=x:1x3x224x224 shard=2/4
+    doit validate retry=failed
 
 doit hands kiln its `key=value` words through get_var; `read_variables` (pipeline.plan.variables)
 takes them as given (what the plan memo compares and what a Dask worker is handed),
@@ -37,6 +38,10 @@ class Options:
     shard: tuple[int, int] | None = None
     executor: int | str | None = None          # LocalCluster size or scheduler address
     days: float = 30.0
+    retry_failed: bool = False                 # retry=failed: run remembered failures again
+    timing: bool | None = None                 # None: the matrix's
+    xfail: str | None = None                   # None: the matrix's
+    strict: bool = False
 
     @classmethod
     def parse(cls, variables: dict[str, str]) -> Options:
@@ -45,11 +50,14 @@ class Options:
                    _names(get("model")), _names(get("target")), _names(get("variants")),
                    parse_shapes(get("shapes")), get("inputs"),
                    parse_shard(get("shard")) if get("shard") else None,
-                   parse_executor(get("executor")), parse_days(get("days")))
+                   parse_executor(get("executor")), parse_days(get("days")),
+                   parse_retry(get("retry")), parse_switch("timing", get("timing")),
+                   get("xfail"), bool(parse_switch("strict", get("strict"))))
 
     def for_worker(self) -> dict[str, str]:
         """The options a Dask worker's kiln process is given: the same plan, run here."""
-        return {k: v for k, v in self.variables.items() if k not in ("executor", "days")}
+        return {k: v for k, v in self.variables.items()
+                if k not in ("executor", "days", "xfail", "strict")}
 
 
 def parse_shapes(text: str | None) -> dict:
@@ -83,6 +91,29 @@ def parse_executor(text: str | None) -> int | str | None:
         return text
     raise _bad(f"executor={text}: expected local:N (a LocalCluster of N worker "
                       "processes) or tcp://host:port (an existing Dask scheduler)")
+
+
+def parse_retry(text: str | None) -> bool:
+    """retry=failed -> True: the stages whose failure is remembered run again."""
+    if text is None or text == "":
+        return False
+    if text.strip() != "failed":
+        raise _bad(f"retry={text}: expected retry=failed (run again the stages whose failure "
+                   "with the same key is remembered)")
+    return True
+
+
+SWITCH = {"on": True, "1": True, "true": True, "yes": True,
+          "off": False, "0": False, "false": False, "no": False}
+
+
+def parse_switch(name: str, text: str | None) -> bool | None:
+    """timing=off, strict=1: on/off, 1/0, true/false, yes/no (None when not given)."""
+    if text is None:
+        return None
+    if text.strip().lower() not in SWITCH:
+        raise _bad(f"{name}={text}: expected on or off (or 1/0, true/false, yes/no)")
+    return SWITCH[text.strip().lower()]
 
 
 def parse_days(text: str | None) -> float:

@@ -20,9 +20,10 @@ import networkx as nx
 from ..cache import remote
 from ..cache.digest import canonical, digest_bytes, digest_file, source_files
 from ..cache.probes import tool_version, use_probe_cache
-from ..names import task_subname, upstream_name
+from ..names import base_target, task_subname, upstream_name
 from ..stage import ConfigError, ModelSpec, Node, Stage, Target, read_files
 from . import models as model_registry
+from . import xfail
 from .config import Config, load_config
 from .facts import FACTS_FILE, ModelFacts
 from .graph import build_graph, shard
@@ -41,7 +42,9 @@ class Plan:
     stages: list[Stage]
     model_dirs: list[Path] = dataclasses.field(default_factory=list)   # where models were found
     notices: list[str] = dataclasses.field(default_factory=list)       # printed at every run
-    listed: list[Path] = dataclasses.field(default_factory=list)       # folders scanned for models
+    expected: dict = dataclasses.field(default_factory=dict)   # expected failures (plan.xfail)
+    expected_file: Path | None = None                          # where they were read from
+    listed: list[Path] = dataclasses.field(default_factory=list)   # folders scanned for models
 
     @functools.cached_property
     def nodes_by_task(self) -> dict[str, Node]:
@@ -51,20 +54,22 @@ class Plan:
         """What the runner needs to decide and do node's work."""
         data = self.graph.nodes[node]
         return Job(node, data["stage"], data["model"], data["target"], upstream_of(self, node),
-                   is_entry(self, node))
+                   is_entry(self, node), self.options.retry_failed)
 
 
 @dataclass(frozen=True)
 class Job:
     """One stage node as the runner (pipeline.run) takes it: the node, its stage, model and
-    target, what it reads (upstream name -> (stage, directory)), and whether it is the stage
-    the model enters at (then the model's own files enter its key)."""
+    target, what it reads (upstream name -> (stage, directory)), whether it is the stage
+    the model enters at (then the model's own files enter its key), and whether a failure
+    remembered under its key runs again (retry=failed)."""
     node: Node
     stage: Stage
     model: ModelSpec
     target: Target | None
     upstream: dict[str, tuple[Stage, Path]]
     first: bool
+    retry_failed: bool = False
 
 
 def _pick(names: tuple[str, ...] | None, valid: dict, default: tuple, what: str,
@@ -123,10 +128,26 @@ def make_plan(options: Options, stages: list[Stage], detect: model_registry.Dete
     model_registry.check_frameworks(models, stages, config)
     targets = [resolve_target(t) for t in
                _pick(options.targets, config.targets, matrix.targets, "target", config)]
+    if not (matrix.timing if options.timing is None else options.timing):
+        targets = [dataclasses.replace(t, timing=False) for t in targets]
+    expected, expected_file = _expected(options, matrix, config)
     graph = build_graph(stages, models, targets, _variants(options, matrix, targets, config))
     if options.shard:
         graph = shard(graph, *options.shard)
-    return Plan(config, layout, graph, options, stages, model_dirs, notices, listed)
+    return Plan(config, layout, graph, options, stages, model_dirs, notices, expected,
+                expected_file, listed)
+
+
+def _expected(options: Options, matrix, config: Config) -> tuple[dict, Path | None]:
+    """The expected failures and their file: xfail= (relative to the working directory),
+    else the matrix's `xfail:` (relative to the config file), else none."""
+    if options.xfail is not None:
+        path, what = Path(options.xfail).resolve(), f"xfail={options.xfail}"
+    elif matrix.xfail is not None:
+        path, what = matrix.xfail, f"{config.path}: matrices.{matrix.name}.xfail"
+    else:
+        return {}, None
+    return xfail.load(path, what, config.targets), path
 
 
 def _models(options: Options, matrix, config: Config, model_dirs: list[Path], detect,
@@ -303,9 +324,17 @@ def _stage_specs(plan: Plan):
                                                         _code_digests(stage, model, code)),
                               **({"role": stage.role} if stage.role else {}),
                               **({"soft_deps": soft} if soft else {}),
-                              **({"soft": True} if data["soft"] else {})}},
+                              **({"soft": True} if data["soft"] else {}),
+                              **_expected_meta(plan, node)}},
             "doc": f"{node.stage} {model.name}" + (f" for {target.name}" if target else ""),
         }
+
+
+def _expected_meta(plan: Plan, node: Node) -> dict:
+    """{"xfail": reason} for a task of a model x target expected to fail (the report reads
+    it from the task's meta: pipeline.report.record.entry_of), else {}."""
+    reason = node.target and xfail.reason(plan.expected, node.model, base_target(node.target))
+    return {"xfail": reason} if reason else {}
 
 
 # A group task has no action of its own: "up to date" only spares doit saving it to .doit.db
@@ -354,7 +383,7 @@ def _groups(plan: Plan) -> list[tuple[str, str, list[str]]]:
 def plan_inputs(plan: Plan) -> tuple[list[Path], list[Path]]:
     """(files read, directories listed) in making the plan: what pipeline.plan.memo re-checks.
     Among the files, every stage's code: its digest is in the tasks (watched_digest)."""
-    files, dirs = [plan.config.path], []
+    files, dirs = [plan.config.path, *filter(None, [plan.expected_file])], []
     for directory in plan.model_dirs:
         dirs.append(directory)
         files += sorted(directory.glob("*.py")) if directory.is_dir() else []

@@ -19,7 +19,13 @@ VARIABLES = {
     "inputs": "the one selected model's inputs: a .npz or .npy file",
     "shard": "build the I-th of N shards of the selection, e.g. shard=2/4",
     "executor": "run stages on Dask: local:N (a LocalCluster) or tcp://host:port",
+    "retry": "retry=failed: run again the stages whose failure with the same key is "
+             "remembered (otherwise reported as 'failed (cached)' without running)",
     "days": "doit prune: drop cache entries unused for this many days (default 30)",
+    "timing": "timing=off: validate checks the numbers, timing neither module nor framework "
+              "(default: the matrix's timing:, else on)",
+    "xfail": "a YAML file of expected failures, {target: {model: reason}} ('*': any target)",
+    "strict": "strict=1: a listed expected failure that passes fails the run too",
 }
 
 

@@ -31,11 +31,14 @@ import re
 from pathlib import Path
 from urllib.parse import quote
 
+from ..run.entry import CACHED_FAILURE, FAILURES
 from . import table
 from .units import duration
 
-STATUSES = ("failed", "ran", "cached", "up-to-date", "skipped")      # the order they are listed
-KINDS = ("passed", "failed", "skipped", "compiled")                  # a matrix cell's outcome
+# the order they are listed
+STATUSES = ("failed", CACHED_FAILURE, "ran", "cached", "up-to-date", "skipped")
+KINDS = ("passed", "failed", "xfail", "xpass", "skipped", "compiled")   # a matrix cell's outcome
+PASSED = ("passed", "xpass")                                         # the kinds that passed
 # "off" leaves the charts out (matplotlib costs a second or two a page): for runs whose page
 # nobody looks at, such as the test suite's hundreds of small builds
 CHARTS_ENV = "KILN_REPORT_CHARTS"
@@ -129,7 +132,7 @@ def _summary(cells: list[dict], entries: list[dict]) -> dict:
     statuses = _count(e["status"] for e in entries)
     return {"cells": len(cells), "kinds": [(k, kinds[k]) for k in KINDS if k in kinds],
             "stages": len(entries),
-            "statuses": [(s, statuses[s]) for s in STATUSES if s in statuses]}
+            "statuses": [(s, css_class(s), statuses[s]) for s in STATUSES if s in statuses]}
 
 
 def _count(values) -> dict[str, int]:
@@ -162,12 +165,12 @@ def _matrix(cells: list[dict], page_dir: str) -> dict:
 def _matrix_cell(cell: dict, page_dir: str) -> dict:
     """One model x target: its outcome, and either where it failed (stage, error, command,
     that stage's log) or what it measured and its last log."""
-    view = {key: cell[key] for key in ("model", "target", "kind", "outcome")}
+    view = {key: cell[key] for key in ("model", "target", "kind", "outcome", "expected")}
     failed = cell["failed"]
     if failed:
         return {**view, "log": _href(failed, page_dir), "failed": {
             "stage": failed["stage"], "error": failed.get("error") or "no error recorded",
-            "command": failed.get("command")}}
+            "command": failed.get("command"), "cached": failed["status"] == CACHED_FAILURE}}
     measured = []
     if cell["max_abs"] is not None:
         measured.append(f"abs err {cell['max_abs']:.1e}")
@@ -225,7 +228,7 @@ def _latency(cells: list[dict], charts: _Charts) -> dict | None:
              "framework": _spread(c, "fw"),
              "framework_how": c["fw_how"] if c["fw_ms"] is not None else c["fw_why"],
              "ratio": _ratio(c["ratio"])}
-            for c in cells if c["iree_ms"] is not None or c["kind"] == "passed"]
+            for c in cells if c["iree_ms"] is not None or c["kind"] in PASSED]
     return {"chart": charts.svg("latency", data, _draw_latency), "rows": rows}
 
 
@@ -266,7 +269,7 @@ def _errors(cells: list[dict], charts: _Charts) -> dict | None:
                or _number(c["result"].get("max_rel_error")) is not None]
     if not checked:
         return None
-    data = [[c["label"], c["kind"] == "passed"] + [_number(c["result"].get(k)) for k in
+    data = [[c["label"], c["kind"] in PASSED] + [_number(c["result"].get(k)) for k in
             ERROR_FIELDS] for c in checked]
     rows = [{"label": c["label"], "outcome": c["kind"],
              **{k: _sci(c["result"].get(k)) for k in ERROR_FIELDS}} for c in checked]
@@ -282,7 +285,8 @@ def _sci(value) -> str:
 def _tasks(entries: list[dict], page_dir: str) -> list[dict]:
     """Every stage entry, failures first: what it did, in how long, why, where, its log."""
     order = {s: i for i, s in enumerate(STATUSES)}
-    return [{"name": e["task"], "status": e["status"], "seconds": f"{e.get('seconds') or 0:.2f}",
+    return [{"name": e["task"], "status": e["status"], "css": css_class(e["status"]),
+             "seconds": f"{e.get('seconds') or 0:.2f}",
              "why": _why(e), "log": _href(e, page_dir),
              "where": ", ".join(f"{k} {e[k]}" for k in ("remote", "worker") if e.get(k))}
             for e in sorted(entries, key=lambda e: (order.get(e["status"], len(order)), e["task"]))]
@@ -295,9 +299,14 @@ def _why(entry: dict) -> str:
         return why or "restored from the cache"
     if entry["status"] == "up-to-date":
         return why or "nothing it reads changed"
-    if entry["status"] == "failed":
+    if entry["status"] in FAILURES:
         return (why + ": " if why else "") + (entry.get("error") or "")
     return why
+
+
+def css_class(status: str) -> str:
+    """The page's class for a status: a failure taken from the cache is a failure."""
+    return "failed" if status in FAILURES else status
 
 
 # --- charts --------------------------------------------------------------------------------

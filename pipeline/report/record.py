@@ -11,8 +11,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
-
+from typing import TYPE_CHECKING, NamedTuple
 
 from ..cache.files import atomic_write, describe_os_error, read_only
 
@@ -46,24 +45,36 @@ def entry_of(task, fresh: dict[str, StageEntry], previous: dict[str, dict]) -> d
         else:
             entry = StageEntry.load(Path(info["entry"]), node)
     entry.role = info.get("role")   # the plan's word (an entry older than roles has none)
-    return entry.to_record()
+    row = entry.to_record()
+    if info.get("xfail"):   # the plan's too: why this model x target is expected to fail
+        row["xfail"] = info["xfail"]
+    return row
 
 
-def _summary(record: dict) -> str:
-    """What the console shows at the end of a run: the table, each warning once, the remote."""
-    from . import table   # (tabulate: not needed when the summary is the last run's)
+class Summary(NamedTuple):
+    """What a run ends with: the text to print and the exit code its verdict calls for
+    (pipeline.report.verdict)."""
+    text: str
+    exit_code: int
+
+
+def _summary(record: dict) -> Summary:
+    """What the console shows at the end of a run: the table, the expected failures that
+    passed, each warning once, the remote; and the exit code."""
+    from . import table, verdict   # (tabulate: not needed when the summary is the last run's)
     tasks = record["tasks"]
-    lines = ["", table.table(tasks)]
+    found = verdict.verdict(record)
+    lines = ["", table.table(tasks), *verdict.lines(found)]
     for warning, names in _warnings(tasks).items():
         more = f" (and {len(names) - 1} more tasks)" if len(names) > 1 else ""
         lines.append(f"warning: {names[0]}{more}: {warning}")
     lines += [f"warning: {warning}" for warning in record.get("warnings", [])]
     if any("remote" in t for t in tasks):
         lines.append(_remote_line(tasks))
-    return "\n".join(lines) + "\n"
+    return Summary("\n".join(lines) + "\n", found.exit_code)
 
 
-def publish(run_file: Path, record: dict, stamp: dict | None = None) -> str:
+def publish(run_file: Path, record: dict, stamp: dict | None = None) -> Summary:
     """Write the record and its reports; return the summary to print. A record identical
     to the last one (a no-op run) whose files are still as written reuses them. stamp: what
     an all-up-to-date record was made from, kept for the next run's reuse()."""
@@ -74,22 +85,23 @@ def publish(run_file: Path, record: dict, stamp: dict | None = None) -> str:
     if memo is not None and memo["record"] == digest:
         if memo.get("stamp") != stamp:
             _save_memo(memo_file, {**memo, "stamp": stamp})
-        return memo["text"]
-    text = _summary(record)
+        return Summary(memo["text"], memo["exit"])
+    text, exit_code = _summary(record)
     line, written = _write_record(run_file, record)
     if written:
         _save_memo(memo_file, {"record": digest, "text": text + line + "\n", "stamp": stamp,
-                               "files": {str(f): _stat(f) for f in written}})
-    return text + line + "\n"
+                               "exit": exit_code, "files": {str(f): _stat(f) for f in written}})
+    return Summary(text + line + "\n", exit_code)
 
 
-def reuse(run_file: Path, stamp: dict) -> str | None:
+def reuse(run_file: Path, stamp: dict) -> Summary | None:
     """The last run's summary when its record was made from what stamp names (the same
     task list and warnings over the same doit database: the same record) and its files are
     as written, else None. A no-op run after a no-op run neither builds nor hashes its
     record: with the results of a few hundred tasks that is a tenth of the run."""
     memo = _intact_memo(_memo_file(run_file))
-    return memo["text"] if memo is not None and memo.get("stamp") == stamp else None
+    return Summary(memo["text"], memo["exit"]) \
+        if memo is not None and memo.get("stamp") == stamp else None
 
 
 def _memo_file(run_file: Path) -> Path:
@@ -101,7 +113,7 @@ def _intact_memo(memo_file: Path) -> dict | None:
     try:
         memo = json.loads(memo_file.read_bytes())
         if all(_stat(Path(f)) == st for f, st in memo["files"].items()):
-            memo["record"], memo["text"]   # noqa: B018 (both present)
+            memo["record"], memo["text"], memo["exit"]   # noqa: B018 (all present)
             return memo
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass
@@ -139,10 +151,11 @@ def _remote_line(tasks: list[dict]) -> str:
 
 
 def _write_record(run_file: Path, record: dict) -> tuple[str, list[Path]]:
-    """Write run.json, report.md and report.html: (the line to print about it, the files
-    written)."""
-    from . import html, table   # (tabulate, and matplotlib where a chart is drawn)
-    written = [run_file, run_file.with_name("report.md"), run_file.with_name("report.html")]
+    """Write run.json, report.md, report.html and junit.xml: (the line to print about it,
+    the files written)."""
+    from . import html, junit, table   # (tabulate, and matplotlib where a chart is drawn)
+    written = [run_file, run_file.with_name("report.md"), run_file.with_name("report.html"),
+               run_file.with_name("junit.xml")]
     try:
         atomic_write(run_file, json.dumps(record, indent=1).encode())
         atomic_write(written[1], table.markdown(record).encode())
@@ -150,6 +163,7 @@ def _write_record(run_file: Path, record: dict) -> tuple[str, list[Path]]:
         page = html.page(record, memo=run_file.parent / ".kiln" / "charts",
                          draw_charts=html.charts_wanted())
         atomic_write(written[2], page.encode())
+        atomic_write(written[3], junit.xml(record))
     except OSError as err:
         return f"kiln: the run record was not written: {describe_os_error(err)}", []
     return f"run record: {run_file}", written

@@ -6,6 +6,7 @@ from __future__ import annotations
 from tabulate import tabulate
 
 from ..names import base_target
+from ..run.entry import CACHED_FAILURE, FAILURES
 from .units import duration, times
 
 
@@ -46,16 +47,20 @@ def _ending(target: str, per_model: list[dict], stage_entries: list[dict]):
     several = len({e["target"] for e in stage_entries}) > 1   # variants tried
     if choice is not None and choice["status"] != "skipped":
         # a variant may fail alone: what counts is the front end and the choice among them
-        return next((e for e in [*per_model, choice] if e["status"] == "failed"), None), choice
+        return next((e for e in [*per_model, choice] if e["status"] in FAILURES), None), choice
     if choice is None and several and not any(role(e) == "verdict" for e in stage_entries):
         # compiled only (doit compile): the target compiled when one of its variants did
         compiled = any(role(e) == "module" and e["status"] in ("ran", "cached", "up-to-date")
                        for e in stage_entries)
         return next((e for e in (per_model if compiled else chain)
-                     if e["status"] == "failed"), None), None
-    return (next((e for e in chain if e["status"] == "failed"), None),
+                     if e["status"] in FAILURES), None), None
+    return (next((e for e in chain if e["status"] in FAILURES), None),
             next((e for e in stage_entries if role(e) == "verdict" and e["target"] == target),
                  None))
+
+
+# a listed expected failure (its tasks' "xfail": pipeline.plan.xfail) that failed, or passed
+EXPECTED = {"failed": "xfail", "passed": "xpass"}
 
 
 def _row(model: str, target: str, per_model: list[dict], stage_entries: list[dict]) -> dict:
@@ -63,11 +68,16 @@ def _row(model: str, target: str, per_model: list[dict], stage_entries: list[dic
     failed, verdict = _ending(target, per_model, stage_entries)
     result = (verdict or {}).get("result") or (failed or {}).get("result") or {}
     kind, outcome = _outcome(failed, verdict, result)
+    expected = next((e["xfail"] for e in stage_entries if e.get("xfail")), None)
+    if expected and kind in EXPECTED:
+        kind = EXPECTED[kind]
+        outcome = f"{kind}: {outcome}" + \
+            (" (listed as expected to fail)" if kind == "xpass" else "")
     counts = {}
     for e in chain:
         counts[e["status"]] = counts.get(e["status"], 0) + 1
     return {"model": model, "target": target, "outcome": outcome, "kind": kind,
-            "chain": chain, "failed": failed, "verdict": verdict, "result": result,
+            "expected": expected, "chain": chain, "failed": failed, "verdict": verdict, "result": result,
             "max_abs": result.get("max_abs_error"), "max_rel": result.get("max_rel_error"),
             "ms": result.get("latency_ms"),   # the median (older records: one figure)
             "framework_ms": (result.get("framework_latency") or {}).get("median_ms"),
@@ -79,7 +89,7 @@ def _row(model: str, target: str, per_model: list[dict], stage_entries: list[dic
 def _outcome(failed: dict | None, verdict: dict | None, result: dict) -> tuple[str, str]:
     """(the row's kind: passed, failed, skipped or compiled; the words the table shows)."""
     if failed:
-        return "failed", f"FAILED at {failed['stage']}: {failed.get('error', '')}"
+        return "failed", f"FAILED at {failed['stage']}{_cached(failed)}: {failed.get('error', '')}"
     if verdict is None:
         return "compiled", "compiled"
     if verdict["status"] == "skipped":
@@ -94,13 +104,24 @@ def _outcome(failed: dict | None, verdict: dict | None, result: dict) -> tuple[s
     return "passed", outcome
 
 
+def _cached(failed: dict) -> str:
+    """' (cached)' for a failure remembered from an earlier run with the same key."""
+    return " (cached)" if failed["status"] == CACHED_FAILURE else ""
+
+
 def table(entries: list[dict], tablefmt: str = "simple", width: int | None = 90) -> str:
     body = [[r["model"], r["target"], r["outcome"][:width], _fmt(r["max_abs"]), _fmt(r["max_rel"]),
-             duration(r["ms"]), duration(r["framework_ms"]), times(r["ratio"]), r["stages"]]
+             duration(r["ms"]) or _untimed(r), duration(r["framework_ms"]), times(r["ratio"]),
+             r["stages"]]
             for r in rows(entries)]
     return tabulate(body, tablefmt=tablefmt,
                     headers=["model", "target", "outcome", "max abs err", "max rel err",
                              "IREE time/run", "framework time/run", "IREE/framework", "stages"])
+
+
+def _untimed(row: dict) -> str:
+    """The time cell of a row with no figure: why, where timing was off."""
+    return "timing off" if row["result"].get("timing") == "off" else ""
 
 
 TIMES_NOTE = ("Times per run are medians of several repetitions after a warm-up, on this "
@@ -114,18 +135,38 @@ def markdown(record: dict) -> str:
     if record.get("error"):
         return f"# kiln run\n\n**The run stopped before building anything:** {record['error']}\n"
     entries = record["tasks"]
+    table_rows = rows(entries)
     lines = ["# kiln run", "", table(entries, "github", width=None), ""]
-    if any(r["ms"] is not None for r in rows(entries)):
+    if any(r["ms"] is not None for r in table_rows):
         lines += [TIMES_NOTE, ""]
-    lines += _variants_md(rows(entries))
-    failed = [e for e in entries if e["status"] == "failed"]
+    lines += _variants_md(table_rows)
+    failed = [e for e in entries if e["status"] in FAILURES]
+    expected = _expected_failures(table_rows)
     if failed:
         lines += ["## Failures", ""]
         for e in failed:
-            lines.append(f"- `{e['task']}` at **{e['stage']}**: {e.get('error', '')}"
+            lines.append(f"- `{e['task']}` at **{e['stage']}**{_cached(e)}: {e.get('error', '')}"
                          + (f"  \n  command: `{e['command']}`" if e.get("command") else "")
-                         + f"  \n  log: `{e.get('log', '')}`")
+                         + f"  \n  log: `{e.get('log', '')}`"
+                         + (f"  \n  expected (xfail): {expected[e['task']]}"
+                            if e["task"] in expected else ""))
+        if any(e["status"] == CACHED_FAILURE for e in failed):
+            lines += ["", ("(cached): failed with the same key in an earlier run, so not run "
+                           "again (`retry=failed` runs them); the log is that run's.")]
+    xpass = [r for r in table_rows if r["kind"] == "xpass"]
+    if xpass:
+        lines += ["", "## Unexpected passes (xpass)", ""]
+        lines += [f"- **{r['model']} @ {r['target']}** passed; it is listed as expected to fail: "
+                  f"{r['expected']}" for r in xpass]
     return "\n".join(lines) + "\n"
+
+
+def _expected_failures(table_rows: list[dict]) -> dict[str, str]:
+    """task -> why it was expected to fail, for the tasks of expected failures (xfail rows)
+    that no other row holds."""
+    others = {e["task"] for r in table_rows if r["kind"] != "xfail" for e in r["chain"]}
+    return {e["task"]: r["expected"] for r in table_rows if r["kind"] == "xfail"
+            for e in r["chain"] if e["task"] not in others}
 
 
 def _variants_md(table: list[dict]) -> list[str]:

@@ -4,9 +4,15 @@
              driver), or an upstream output it reads is absent (that stage failed or was
              skipped), unless the stage runs with the inputs that exist (partial_inputs)
     fail     its key cannot be computed (a tool that will not say its version, a model
-             file gone): it fails without running
+             file gone): it fails without running; or it failed with this very key before
+             and the cache remembers that failure (a "failed (cached)" stage: the failure,
+             not the tool, is what the run reports), unless retry=failed runs it again
     restore  key = hash(stage, code, params, input digests, tool versions) is in the cache
     run      otherwise; why: which part of its key differs from its last build here
+
+Which failures are remembered is decided here too (not_a_verdict): only those that are a
+verdict on the stage's inputs, never a lost device, a timeout, a killed process, or a machine
+out of memory or disk.
 
 The runner (pipeline.run.runner) acts on the Decision. `doit explain` asks for the same
 Decision, with a lookup that reads only and the input digests it predicts for stages that
@@ -14,6 +20,7 @@ have not run yet, and never acts: the two cannot disagree on what a stage will d
 """
 from __future__ import annotations
 
+import re
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,16 +55,22 @@ class Decision:
     previous: StageEntry | None = None   # the node's last entry here
     detail: str = ""             # for a fail: the traceback, for the log
 
+    @property
+    def remembered(self) -> bool:
+        """It fails as it failed before with this key: found is the cache's failure entry."""
+        return self.action == "fail" and self.found is not None
+
     def why_it_runs(self) -> str:
         """Why it would run: which part of its key differs from its last build here (also
         for a restore, whose blobs may turn out damaged, and for `doit explain`)."""
         return why_run(self.previous, self.parts or {})
 
     def fails_again(self) -> bool:
-        """It runs with the very key its last run here failed with (a stage is a function
-        of its key: `doit explain` expects the same failure)."""
+        """It runs with the very key its last run here failed with: a failure the cache does
+        not remember (no verdict, or not stored), or one retry=failed runs again. A stage is
+        a function of its key: `doit explain` expects the same failure."""
         return self.action == "run" and self.previous is not None and \
-            self.previous.status == "failed" and self.previous.key == self.key
+            self.previous.failed and self.previous.key == self.key
 
 
 def on_disk(path: Path) -> str | None:
@@ -86,10 +99,51 @@ def decide(job: Job, layout: Layout, lookup: Lookup, digest_of: DigestOf = on_di
                         previous=previous, detail=traceback.format_exc())
     key = stage_key(stage.name, **parts)
     found = lookup(key, stage.outputs(model))
+    cache = "the cache" if found is None or found.where == "local" else "the remote cache"
+    if found is not None and found.failed:
+        if job.retry_failed:
+            return Decision("run", f"retry=failed: it failed with this same key before (its "
+                            f"failure is remembered in {cache})", key, parts, None, previous)
+        return Decision("fail", f"failed with this same key before: its failure is remembered "
+                        f"in {cache} (retry=failed runs it again)", key, parts, found, previous)
     if found is not None:
-        where = "key in the cache" if found.where == "local" else "key in the remote cache"
-        return Decision("restore", where, key, parts, found, previous)
+        return Decision("restore", f"key in {cache}", key, parts, found, previous)
     return Decision("run", why_run(previous, parts), key, parts, None, previous)
+
+
+# what a tool or the system says when the machine, not the input, failed a stage
+MACHINE_TROUBLE = re.compile(r"out of memory|cannot allocate memory|bad_alloc|no space left on "
+                             r"device|disk quota exceeded|read-only file system|device[ _]?lost",
+                             re.IGNORECASE)
+
+
+def not_a_verdict(error: BaseException, log: str = "") -> str | None:
+    """Why a stage's failure says nothing about its inputs, so that it is never remembered
+    (the next run tries again), or None when it is a verdict on them: the runner remembers
+    it under the stage's key. Only a positive signal makes a verdict; the unknown is not one:
+
+    - a StageError is a verdict (the stage said why: a wrong answer, an input it refuses, a
+      tool that exited with a normal status and said why), unless
+      - the stage marks it transient (StageError.transient: validate's lost device);
+      - the tool did not exit normally (StageError.exit_code): killed by a signal (below
+        0), or 128 and above (a shell's 128+N; a launcher's 256-N for its child's -N:
+        iree-compile's Python launcher exits 247 when the OOM killer's SIGKILL hits it);
+      - its message or log says the machine failed it (MACHINE_TROUBLE: out of memory, no
+        space left, a read-only file system, a lost device);
+    - nothing else is: a timeout (subprocess.TimeoutExpired), MemoryError, an OSError (a full
+      disk, a read-only file system), KeyboardInterrupt or SIGTERM, a bug's exception.
+
+    (A key that cannot be computed, and a skip, never get here: neither runs the stage.)"""
+    if not isinstance(error, StageError):
+        return f"{type(error).__name__} is no verdict on the stage's inputs"
+    if error.transient:
+        return error.transient
+    if error.exit_code is not None and not 0 < error.exit_code < 128:
+        return f"the tool was killed (exit status {error.exit_code})"
+    trouble = MACHINE_TROUBLE.search(f"{error}\n{log}")
+    if trouble:
+        return f"the machine failed it ({trouble.group(0)})"
+    return None
 
 
 def code_fingerprint(files) -> dict[str, str]:
@@ -146,6 +200,7 @@ def why_run(previous: StageEntry | None, now: dict) -> str:
             changes.append(f"{part}: {', '.join(names)}")
     if changes:
         return "changed " + "; ".join(changes)
-    if previous.status == "failed":
-        return "its last run failed with this same key (a failure is not cached)"
+    if previous.failed:
+        return ("its last run failed with this same key, and the cache remembers no failure "
+                "for it (a timeout, a lost device, no memory or disk: no verdict on its inputs)")
     return "key unchanged but not in the cache (cleared, or another store)"

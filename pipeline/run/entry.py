@@ -19,7 +19,10 @@ from .intact import is_output_stats
 if TYPE_CHECKING:   # (only its attributes are read: pipeline.stage's dataclasses are a third
     from ..stage import Node   # of what a no-op run would import of kiln, and it needs none)
 
-STATUSES = ("ran", "cached", "skipped", "failed", "up-to-date")
+# failed with this same key before: the failure came from the cache, the stage did not run
+CACHED_FAILURE = "failed (cached)"
+FAILURES = ("failed", CACHED_FAILURE)   # the statuses of a stage that failed
+STATUSES = ("ran", "cached", "skipped", "failed", CACHED_FAILURE, "up-to-date")
 # written even when None: a per-model stage has no target; a skipped one no key
 ALWAYS = ("target", "key")
 RESULT_TEXT = "result_json"   # the result as JSON text, in doit's values (to_dict)
@@ -37,7 +40,7 @@ class StageEntry:
     status: str | None = None        # one of STATUSES once the run decided
     why: str | None = None           # why it ran: which part of its key changed
     reason: str | None = None        # why it was skipped
-    error: str | None = None         # why it failed
+    error: str | None = None         # why it failed (failed (cached): why it failed then)
     command: str | None = None       # the command that failed, if one did
     result: dict | None = None       # what the stage returned (validate's numbers)
     remote: str | None = None        # the remote cache: hit, miss, error or stored
@@ -47,6 +50,11 @@ class StageEntry:
     log: str | None = None           # its log, relative to the project
     fingerprint: dict | None = None  # the key's parts (the entry file only)
     outputs: dict[str, list] | None = None   # rel -> [digest, size, mtime_ns] (not run.json)
+
+    @property
+    def failed(self) -> bool:
+        """It failed: in this run, or before with the same key (CACHED_FAILURE)."""
+        return self.status in FAILURES
 
     @classmethod
     def of(cls, node: Node) -> StageEntry:

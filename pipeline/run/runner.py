@@ -4,11 +4,13 @@
     run     -> run the stage in a fresh temp dir, store, install  status "ran"
     skip    -> nothing                                            status "skipped"
     fail    -> nothing (its key could not be computed)            status "failed"
+               or its failure with this key, from the cache       status "failed (cached)"
 
 Outputs reach build/ by rename only after the stage succeeded, so build/ never holds a
 half-written file; the store is written the same way. The entry records each output's digest
 and stat, so an output damaged or edited in build/ later is noticed (pipeline.run.intact)
-and brought back here, with a warning.
+and brought back here, with a warning. A stage whose run fails with a verdict on its inputs
+(decide.not_a_verdict) is remembered under its key: its error, command, result and log.
 """
 from __future__ import annotations
 
@@ -26,8 +28,8 @@ from ..cache.store import Store
 from ..plan.layout import Layout
 from ..stage import Node, StageContext, StageError, StageSkipped
 from . import machine
-from .decide import Decision, decide
-from .entry import StageEntry
+from .decide import Decision, decide, not_a_verdict
+from .entry import CACHED_FAILURE, StageEntry
 from .intact import changed_outputs, output_stats
 
 if TYPE_CHECKING:   # (the plan's modules: loaded by whoever made the job)
@@ -52,7 +54,8 @@ def execute(job: Job, layout: Layout, delegate: Callable[[], dict] | None = None
     except StageSkipped as skip:
         entry.status, entry.reason = "skipped", str(skip)
     except StageError as err:
-        entry.status, entry.error, entry.command = "failed", str(err), err.command
+        entry.status = CACHED_FAILURE if isinstance(err, FailedBefore) else "failed"
+        entry.error, entry.command = str(err), err.command
         entry.result = err.result if err.result is not None else entry.result
         log_lines += [err.log] if err.log else []
     except OSError as err:  # a disk that will not take the write: say which path and why
@@ -74,23 +77,30 @@ def execute(job: Job, layout: Layout, delegate: Callable[[], dict] | None = None
 
 def _carry_out(decision: Decision, job: Job, layout: Layout, store: Store, entry: StageEntry,
                log_lines: list[str], delegate: Callable[[], dict] | None) -> None:
-    """Do what was decided: a skip or a failure raises (execute records it); a restore
-    whose blobs turn out damaged runs instead."""
+    """Do what was decided: a skip or a failure raises (execute records it); a restore, or
+    a remembered failure, whose blobs turn out damaged runs instead."""
     if decision.action == "skip":
         raise StageSkipped(decision.why)
-    if decision.action == "fail":
+    if decision.action == "fail" and not decision.remembered:
         raise StageError(decision.why, log=decision.detail)
     key = decision.key
     entry.key, entry.fingerprint = key, decision.parts
+    if decision.remembered:
+        failure = store.recall_failure(key, decision.found.entry)
+        if failure is not None:
+            entry.why = decision.why
+            log_lines.append(f"{CACHED_FAILURE}: {decision.why}; the log of that run:")
+            raise FailedBefore(failure["error"], failure.get("command"), failure.get("result"),
+                               log=failure.get("log") or "")
     out_dir = layout.node_dir(job.node)
     damaged = _damaged_outputs(decision.previous, key, out_dir)
-    found = decision.found
+    found = decision.found if decision.action == "restore" else None
     meta = _restore(store, key, found.entry, out_dir, layout) if found is not None else None
     if meta is not None:
         entry.status, entry.result = "cached", meta.get("result")
         outputs = found.entry["outputs"]
     else:
-        entry.why = decision.why_it_runs()
+        entry.why = decision.why if decision.action == "run" else decision.why_it_runs()
         log_lines.append(f"why: {entry.why}")
         if delegate is None:
             meta, outputs = _run(job, layout, key, log_lines, store)
@@ -138,20 +148,32 @@ def _restore(store: Store, key: str, cached: dict, out_dir: Path, layout: Layout
     return meta
 
 
+class FailedBefore(StageError):
+    """The stage failed with this same key before: that failure (error, command, result,
+    log), remembered in the cache, raised instead of running it."""
+
+
 def _run(job: Job, layout: Layout, key: str, log_lines: list[str],
          store: Store) -> tuple[dict, dict]:
-    """Run the stage in a fresh temp dir, store its outputs, install them: (meta, outputs)."""
+    """Run the stage in a fresh temp dir, store its outputs, install them: (meta, outputs).
+    A failure of the stage's own run is remembered under key when it is a verdict on its
+    inputs (decide.not_a_verdict)."""
     stage = job.stage
+    declared = stage.outputs(job.model)
+    ran_from = len(log_lines)   # the lines of this run: what a remembered failure keeps
     with tempfile.TemporaryDirectory(dir=layout.scratch()) as tmp:
-        with machine.shared(layout.cache) as held:   # a timing elsewhere waits for this run
-            ctx = StageContext(job.model, job.target,
-                               {n: d for n, (_, d) in job.upstream.items()}, Path(tmp),
-                               log_lines, held)
-            result = stage.run(ctx)
-        declared = stage.outputs(job.model)
-        missing = [rel for rel in declared if not (ctx.out / rel).is_file()]
-        if missing:
-            raise StageError(f"stage {stage.name} did not write {', '.join(missing)}")
+        try:
+            with machine.shared(layout.cache) as held:   # a timing elsewhere waits for this run
+                ctx = StageContext(job.model, job.target,
+                                   {n: d for n, (_, d) in job.upstream.items()}, Path(tmp),
+                                   log_lines, held)
+                result = stage.run(ctx)
+            missing = [rel for rel in declared if not (ctx.out / rel).is_file()]
+            if missing:
+                raise StageError(f"stage {stage.name} did not write {', '.join(missing)}")
+        except BaseException as err:
+            log_lines.append(_remember(store, key, err, log_lines[ran_from:]))
+            raise
         outputs = {rel: digest_file(ctx.out / rel) for rel in declared}
         meta = {"result": result}
         store.save(key, ctx.out, outputs, meta)
@@ -159,11 +181,33 @@ def _run(job: Job, layout: Layout, key: str, log_lines: list[str],
     return meta, outputs
 
 
+# a remembered failure keeps at most this much of its log: its start and its end
+LOG_KEPT = 200_000
+
+
+def _remember(store: Store, key: str, err: BaseException, lines: list[str]) -> str:
+    """Remember the failure of a stage's run under its key when it is a verdict on its
+    inputs (replacing what the key held: a failure retry=failed ran again); the line its
+    log gets about it. A failure that is no verdict leaves the cache as it was."""
+    log = "\n".join([*lines, *([err.log] if isinstance(err, StageError) else [])]).strip()
+    why_not = not_a_verdict(err, log)
+    if why_not is not None:
+        return f"failure not remembered: {why_not}"
+    if len(log) > LOG_KEPT:
+        cut = len(log) - LOG_KEPT
+        log = f"{log[:LOG_KEPT // 2]}\n[... {cut} characters left out ...]\n{log[-LOG_KEPT // 2:]}"
+    failure = {"error": str(err), "command": err.command, "result": err.result, "log": log}
+    if not store.remember_failure(key, failure):
+        return "failure not remembered: the cache was not written"
+    return ("failure remembered under its key: the next run reports it without running the "
+            "stage (retry=failed runs it again)")
+
+
 def _delegated(delegate: Callable[[], dict], job: Job, key: str, layout: Layout, store: Store,
                entry: StageEntry, log_lines: list[str]) -> tuple[dict, dict]:
     """The stage ran on a worker: take its verdict (its entry, with its log as "log_text"),
     and its outputs from the cache (verified like any restore). A failure there is this
-    stage's failure, never retried."""
+    stage's failure, never retried (the worker remembered it, or not: its runner decides)."""
     report = delegate()
     theirs = StageEntry.from_dict(report, job.node)
     entry.worker = theirs.worker
@@ -172,8 +216,9 @@ def _delegated(delegate: Callable[[], dict], job: Job, key: str, layout: Layout,
     store.remote_outcome = theirs.remote or store.remote_outcome   # the worker stored it
     if theirs.status == "skipped":
         raise StageSkipped(theirs.reason or "skipped on the worker")
-    if theirs.status == "failed":
-        raise StageError(theirs.error or "failed on the worker", theirs.command, theirs.result)
+    if theirs.failed:   # (a failure it found remembered stays "failed (cached)" here)
+        failure = FailedBefore if theirs.status == CACHED_FAILURE else StageError
+        raise failure(theirs.error or "failed on the worker", theirs.command, theirs.result)
     if theirs.key != key:
         raise StageError(f"the worker computed key {str(theirs.key)[:12]}, this machine "
                          f"{key[:12]}: it does not see the same code, inputs or tools (workers "

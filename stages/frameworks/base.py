@@ -14,6 +14,10 @@ from pipeline.stage import ModelSpec, StageError
 
 from .arrays import save_arrays
 
+# why a failure to import something is never remembered under a stage's key (StageError's
+# transient): what this machine has installed decides it, and installing it must be enough
+NOT_INSTALLED = "a module this machine does not have installed"
+
 HERE = Path(__file__).parent
 # the modules of this package every adapter builds on: they fingerprint every adapter
 SHARED_MODULES = ("base", "factory", "inputs", "arrays")
@@ -78,7 +82,8 @@ class Framework:
         missing = [m for m in self.modules if importlib.util.find_spec(m) is None]
         if missing:
             raise StageError(f"framework '{self.name}' is not installed (missing "
-                             f"{', '.join(missing)}): install kiln[{self.extra}]")
+                             f"{', '.join(missing)}): install kiln[{self.extra}]",
+                             transient=NOT_INSTALLED)
 
     def matches(self, path: Path) -> bool:
         return path.suffix in self.suffixes

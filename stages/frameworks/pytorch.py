@@ -24,7 +24,7 @@ from pathlib import Path
 
 from pipeline.stage import ModelSpec, StageError
 
-from .base import Framework, Traced
+from .base import NOT_INSTALLED, Framework, Traced
 from .factory import load_factory
 from .inputs import model_inputs
 from .pt2_safety import loading_as_data, refuse_code
@@ -70,7 +70,7 @@ def load_program(path: Path):
         if missing in imported:   # its module imported fine yet did not register it
             raise StageError(f"{path.name}: importing the module of pytree class {missing} did not "
                              "register it; import the module that calls register_pytree_node / "
-                             "register_dataclass for it") from None
+                             "register_dataclass for it", transient=NOT_INSTALLED) from None
         _import_module_of(missing, path)
         imported.add(missing)
 
@@ -119,15 +119,17 @@ def _import_module_of(class_name: str, path: Path) -> None:
             if err.name and not (module + ".").startswith(err.name + "."):
                 # the module exists but one of its own imports is missing
                 raise StageError(f"{path.name}: the program uses {class_name}; importing {module} "
-                                 f"failed: no module named {err.name!r} (install it)") from None
+                                 f"failed: no module named {err.name!r} (install it)",
+                                 transient=NOT_INSTALLED) from None
         except Exception as err:   # the module is there but fails to import
             raise StageError(f"{path.name}: the program uses {class_name}; importing {module} "
-                             f"failed: {type(err).__name__}: {err}") from None
+                             f"failed: {type(err).__name__}: {err}",
+                             transient=NOT_INSTALLED) from None
     module_path = ".".join(parts[:-1]) or class_name
     raise StageError(f"{path.name}: the program uses the pytree class {class_name}, which only its "
                      f"own package registers, and {module_path} cannot be imported: install the "
                      f"package that provides {parts[0]!r} (e.g. pip install {parts[0]}) or put its "
-                     "folder on PYTHONPATH")
+                     "folder on PYTHONPATH", transient=NOT_INSTALLED)
 
 
 # torch 2.13's own pytree code trips this deprecation when a .pt2 is loaded; it is noise

@@ -48,7 +48,7 @@ import numpy as np
 
 from pipeline.stage import ModelSpec, StageError
 
-from .base import Framework, Traced
+from .base import NOT_INSTALLED, Framework, Traced
 from .factory import build_model
 from .inputs import model_inputs
 from .tf_common import absl_safe, entry_function, load_tf
@@ -119,7 +119,8 @@ def _convert(module, name: str) -> bytes:
     import importlib.util
     if importlib.util.find_spec("tensorflow") is None:
         raise StageError(f"model {name}: converting a tf.Module to .tflite needs TensorFlow: "
-                         "install kiln[tf] (or return the .tflite bytes from build())")
+                         "install kiln[tf] (or return the .tflite bytes from build())",
+                         transient=NOT_INSTALLED)
     tf = load_tf()
     _, function = entry_function(module, name)
     converter = tf.lite.TFLiteConverter.from_concrete_functions(

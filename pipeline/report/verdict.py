@@ -1,0 +1,56 @@
+"""The run's verdict: which model x target cases failed or passed against what was expected
+(pipeline.plan.xfail), and the exit code that follows from it.
+
+A pure function of the run record, so the console, the exit code and the tests agree: doit
+exits non-zero exactly when some case failed unexpectedly, or, with strict=1 (the record's
+"strict"), passed unexpectedly. A listed case that failed is `xfail`, one that passed
+`xpass` (pipeline.report.table.rows decides each row's kind).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import table
+
+
+@dataclass(frozen=True)
+class Verdict:
+    failed: tuple[str, ...]           # cases that failed unexpectedly ('model@target')
+    xfail: tuple[str, ...]            # listed cases that failed, as expected
+    xpass: tuple[tuple[str, str], ...]   # listed cases that passed: (case, why it was listed)
+    strict: bool = False              # an unexpected pass fails the run too
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed or (self.strict and self.xpass) else 0
+
+
+def verdict(record: dict) -> Verdict:
+    """The record's verdict. A failed task that no case holds (a model's front end where
+    no target was selected) is an unexpected failure under its task's name; so is a run
+    stopped before any stage (the record's "error")."""
+    tasks = record.get("tasks", [])
+    rows = table.rows(tasks)
+    named = {kind: tuple(f"{r['model']}@{r['target']}" for r in rows if r["kind"] == kind)
+             for kind in ("failed", "xfail")}
+    in_cases = {r["model"] for r in rows}
+    stray = tuple(t["task"] for t in tasks
+                  if t["status"].startswith("failed") and t["model"] not in in_cases)
+    stopped = ("the run (stopped before any stage)",) if record.get("error") else ()
+    xpass = tuple((f"{r['model']}@{r['target']}", r["expected"]) for r in rows
+                  if r["kind"] == "xpass")
+    return Verdict(named["failed"] + stray + stopped, named["xfail"], xpass,
+                   bool(record.get("strict")))
+
+
+def lines(found: Verdict) -> list[str]:
+    """What the console says of the expectations (nothing where none was listed): each
+    unexpected pass by name, then the counts."""
+    if not (found.xfail or found.xpass):
+        return []
+    said = [f"xpass: {case} passed, but is listed as expected to fail ({why})"
+            + (" - strict=1: this fails the run" if found.strict else "")
+            for case, why in found.xpass]
+    counts = (f"expected failures: {len(found.xfail)} xfail, {len(found.xpass)} xpass; "
+              f"{len(found.failed)} failed unexpectedly")
+    return [*said, counts]
