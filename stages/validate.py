@@ -83,9 +83,12 @@ class Validate(Stage):
 
     def params(self, model, target):
         atol, rtol = self.tolerances(model, target)
-        # the device it ran on is part of the answer: lavapipe's pass is not a GPU's
+        # the device it ran on is part of the answer: lavapipe's pass is not a GPU's; a model
+        # without capture (an MLIR file) is run here on inputs made from its shapes and seed
+        seeded = {} if frameworks.get(model.framework).first_stage == "capture" else \
+            {"inputs": {"shapes": model.shapes, "seed": model.seed}}
         return {"driver": target.driver, "device": device_for(target.driver), "atol": atol, "rtol": rtol,
-                **_timing_params(target)}
+                **_timing_params(target), **seeded}
 
     def unavailable(self, model, target):
         return None if device_for(target.driver) else f"skipped: no {target.driver} device"
