@@ -262,13 +262,18 @@ def from_path(path: Path, detect: Detect, shapes: dict, inputs: str | None = Non
 
 def scan_folder(folder: Path, detect: Detect) -> dict:
     """Every model under folder, as {"models": [[path, framework, is a directory], ...],
-    "dirs": [...]}: a file or directory a framework reads (detect), sorted by path; other directories are
-    searched, hidden ones and a model directory's insides (a SavedModel's) not. "dirs" lists
-    every directory looked in: the answer holds while none of them changed (pipeline.plan.facts
-    remembers it by their stats, so a second plan of a 1,000-case folder lists nothing)."""
+    "dirs": [...]}: each file or directory a framework reads (detect), sorted by path. Other
+    directories are searched (a linked one once), hidden ones and a model directory's insides
+    (a SavedModel's) not. "dirs" lists every directory looked in: the answer holds while none
+    of them changed (pipeline.plan.facts keeps it by their stats, so a second plan of a
+    1,000-case folder lists nothing)."""
     found, dirs, pending = [], [], [Path(os.path.abspath(folder))]
+    seen = set()
     while pending:
         directory = pending.pop()
+        if os.path.realpath(directory) in seen:   # a link back up the tree
+            continue
+        seen.add(os.path.realpath(directory))
         dirs.append(str(directory))
         try:
             entries = sorted(os.scandir(directory), key=lambda e: e.name)
