@@ -12,7 +12,7 @@ from typing import Callable
 VARIABLES = {
     "config": "the configuration file (default: targets.yaml, or KILN_CONFIG)",
     "matrix": "a matrix of targets.yaml (default: 'default')",
-    "model": "models by name, comma-separated, 'all', or a path to a model file",
+    "model": "models by name, comma-separated, 'all', or a path to a model file or a folder of them",
     "target": "targets by name, comma-separated, or 'all'",
     "variants": "the flag variants to try, e.g. variants=default (default: every variant)",
     "shapes": "input shapes, e.g. shapes=x:1x3x224x224;y:4",
