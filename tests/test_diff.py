@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from pipeline.report import diff
+from pipeline.report import diff, html, table
 from pipeline.stage import ConfigError
 
 # --- hand-made records ----------------------------------------------------------------------
@@ -147,6 +147,31 @@ def test_cases_one_side_lacks_and_a_baseline_that_built_nothing():
     stopped = diff.compare({"tasks": [], "error": "bad targets.yaml"}, _record(_case("a")))
     assert diff.notes(stopped)[0] == \
         "the baseline run stopped before building anything: bad targets.yaml"
+
+
+def _flag_change() -> dict:
+    before = _record(_case("mlp", latency=_latency(1.0)), _case("mlp", "vulkan"))
+    after = _record(_case("mlp", failed_at="validate", abs_err=0.002, latency=_latency(2.0),
+                          error="max abs error 0.002 <b>"), _case("mlp", "vulkan"))
+    return {**after, "diff": diff.compare(before, after, name="base/run.json")}
+
+
+def test_console_markdown_and_page_say_the_same():
+    record = _flag_change()
+    said = diff.lines(record["diff"])
+    assert said[0] == "since the baseline base/run.json: 1 of 2 cases changed (1 worse)"
+    assert said[1].startswith("  worse   mlp@cpu  passed → failed at validate (max abs error "
+                              "0.002 <b>); error 2000× larger against the tolerance: max abs 0.002 = 20× atol "
+                              "0.0001, was 1e-06 = 0.01×")
+    assert "; 2× slower: 2 ms" in said[1]
+    md = table.markdown(record, after_table=diff.markdown(record["diff"]))
+    assert md.index("## Changes since the baseline") < md.index("## Failures")
+    assert "| mlp@cpu | **worse** | passed → failed at validate" in md
+    page = html.page(record, draw_charts=False)
+    assert "<h2 id='changes'>Changes since the baseline</h2>" in page
+    assert "data-verdict='worse' data-model='mlp' data-target='cpu'" in page
+    assert "0.002 &lt;b&gt;" in page and "0.002 <b>" not in page   # escaped
+    assert "Changes since the baseline" not in html.page(_record(_case("mlp")), draw_charts=False)
 
 
 # --- baseline= and factor= ------------------------------------------------------------------
