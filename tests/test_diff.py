@@ -5,8 +5,10 @@ flags_diff: the second build demotes matmul inputs to bf16, which fails validati
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
+from conftest import REPO, Project, copy_project
 
 from pipeline.report import diff, html, table
 from pipeline.stage import ConfigError
@@ -201,3 +203,77 @@ def test_factor_is_a_number_above_one():
     for bad in ("1", "0.5", "x", "nan", "inf"):
         with pytest.raises(ConfigError, match=rf"^factor={bad}: expected a number above 1"):
             diff.parse_factor(bad)
+
+
+# --- two real builds whose iree-compile flags differ ----------------------------------------
+
+def test_doit_validate_with_a_baseline_names_what_changed(flags_diff):
+    """The second build's own run (doit validate ... baseline=): the console, run.json and
+    report.md name mlp@cpu, which now fails at validate with a larger error; mlp@vulkan,
+    restored from the cache, did not change."""
+    out, record = flags_diff["validate"].stdout, flags_diff["record"]
+    found = record["diff"]
+    assert found["compared"] == 2 and [c["case"] for c in found["changes"]] == ["mlp@cpu"]
+    change = found["changes"][0]
+    assert change["verdict"] == "worse"
+    assert change["outcome"]["text"].startswith("passed → failed at validate (outputs differ")
+    assert change["error"]["verdict"] == "worse" and change["error"]["after"] > 1
+    if change["latency"]:   # bf16 may well change the speed: then beyond both spreads
+        before, after = change["latency"]["before"], change["latency"]["after"]
+        assert after["min_ms"] > before["max_ms"] or after["max_ms"] < before["min_ms"]
+    assert "since the baseline " in out and "1 of 2 cases changed (1 worse)" in out
+    assert "  worse   mlp@cpu  passed → failed at validate" in out
+    assert flags_diff["validate"].returncode != 0   # a case failed: the verdict gates, as ever
+    md = flags_diff["markdown"]
+    assert "| mlp@cpu | **worse** | passed → failed at validate" in md
+
+
+def test_doit_diff_compares_the_last_run_with_a_baseline(flags_diff):
+    """`doit diff` alone: the same changes, from the two records only (no dodo.py, no stage),
+    into the console, run.json, report.md and report.html (a diff the record held is
+    replaced)."""
+    project = flags_diff["project"]
+    build = project.root / "build"
+    out = project.doit("diff", f"baseline={flags_diff['baseline']}", "factor=3").stdout
+    assert out.splitlines()[0].endswith("1 of 2 cases changed (1 worse)")
+    assert out.splitlines()[1].startswith("  worse   mlp@cpu  passed → failed at validate")
+    record = json.loads((build / "run.json").read_text())
+    assert record["diff"]["factor"] == 3 and record["tasks"] == flags_diff["record"]["tasks"]
+    assert "<h2 id='changes'>" in (build / "report.html").read_text()
+    assert "## Changes since the baseline" in (build / "report.md").read_text()
+
+
+def test_doit_diff_says_what_is_wrong_with_its_input(flags_diff, tmp_path):
+    project = flags_diff["project"]
+    missing = project.doit("diff", "baseline=nowhere/run.json", check=False)
+    assert missing.returncode == 3 and "baseline=nowhere/run.json: no such file or directory" \
+        in missing.stderr
+    assert "baseline=PATH" in project.doit("diff", check=False).stderr
+    bad = project.doit("diff", f"baseline={flags_diff['baseline']}", "factor=1", check=False)
+    assert bad.returncode == 3 and "factor=1: expected a number above 1" in bad.stderr
+    never_built = Project(copy_project(tmp_path / "proj"))
+    shutil.copy2(REPO / "pyproject.toml", never_built.root / "pyproject.toml")
+    proc = never_built.doit("diff", f"baseline={flags_diff['baseline']}", check=False)
+    assert proc.returncode == 3 and \
+        f"no run record {never_built.root / 'build' / 'run.json'}" in proc.stderr
+
+
+def test_a_no_op_run_says_what_changed_since_the_baseline_as_it_is_now(flags_diff, tmp_path):
+    """Runs whose every stage is up to date reuse the last summary unless the baseline
+    changed: an edited baseline is compared again. (Last here: it rewrites the build's
+    record.)"""
+    project = flags_diff["project"]
+    baseline = tmp_path / "run.json"
+    shutil.copyfile(flags_diff["baseline"], baseline)
+    args = ("validate", "model=mlp", "target=vulkan", f"baseline={baseline}")
+    first, again = project.doit(*args).stdout, project.doit(*args).stdout
+    assert "0 of 1 cases changed" in first and "only in the baseline (not in this run): " \
+        "mlp@cpu" in first and again == first
+    record = json.loads(baseline.read_text())
+    pick = next(t for t in record["tasks"] if t["task"] == "pick:mlp@vulkan")
+    pick["result"]["latency"] = {k: v / 10 for k, v in pick["result"]["latency"].items()
+                                 if k.endswith("_ms")}   # the baseline ran 10x faster
+    baseline.write_text(json.dumps(record))
+    out = project.doit(*args).stdout
+    assert "1 of 1 cases changed (1 worse)" in out and "  worse   mlp@vulkan  10× slower" in out
+    assert json.loads((project.root / "build" / "run.json").read_text())["diff"]["changes"]
