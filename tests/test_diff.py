@@ -256,6 +256,14 @@ def test_doit_diff_says_what_is_wrong_with_its_input(flags_diff, tmp_path):
     proc = never_built.doit("diff", f"baseline={flags_diff['baseline']}", check=False)
     assert proc.returncode == 3 and \
         f"no run record {never_built.root / 'build' / 'run.json'}" in proc.stderr
+    # a run given a wrong baseline stops before it builds anything, and its record says why
+    proc = never_built.doit("validate", "model=mlp", "target=cpu", "baseline=main/build",
+                            check=False)
+    assert proc.returncode == 1 and proc.stderr.strip() == \
+        "kiln: baseline=main/build: no such file or directory; give an earlier run's run.json " \
+        "or its build directory"
+    record = json.loads((never_built.root / "build" / "run.json").read_text())
+    assert record["tasks"] == [] and record["error"].startswith("baseline=main/build: ")
 
 
 def test_a_no_op_run_says_what_changed_since_the_baseline_as_it_is_now(flags_diff, tmp_path):

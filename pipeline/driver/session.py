@@ -133,6 +133,7 @@ class Session:
         return verdict
 
     def doit_config(self) -> dict:
+        baseline = self._baseline()   # (first: a wrong baseline= stops the run before a plan)
         dep_file = self.root / ".doit.db"
         seal_file = self.build / ".kiln" / "doit-db.json"
         warning = set_aside_if_damaged(dep_file, seal_file)
@@ -141,7 +142,6 @@ class Session:
             print(f"kiln: warning: {warning}", file=sys.stderr)
         default_tasks = list(dict.fromkeys(s["basename"] for s in self.task_specs()
                                            if s.get("kiln_default")))
-        baseline = self._baseline()
         # what the record of a no-op run is made from: the database before doit opens it,
         # the plan memo once the task list is read (a changed plan or kiln rewrites it), and
         # the baseline it is compared with
