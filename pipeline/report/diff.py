@@ -284,7 +284,7 @@ def rule(found: dict) -> str:
     """What counts as a change, in a sentence (the reports' footnote)."""
     return (f"A change: the outcome; the error against the tolerance (max abs error / atol) "
             f"grown or shrunk more than {found['factor']:g}× (factor=) and at least "
-            f"{ERROR_FLOOR:g}× the tolerance; the time per call when the two runs' min–max "
+            f"{ERROR_FLOOR:.0%} of the tolerance; the time per call when the two runs' min–max "
             f"ranges do not overlap and the median moved more than {LATENCY_NOISE:.0%}.")
 
 
