@@ -14,7 +14,8 @@ class Capture(FrameworkStage):
     doc = "run the model in its framework on seeded inputs: its answer is the reference"
 
     def outputs(self, model):
-        return ("inputs.npz", "reference.npz", "capture.json", *self.adapter(model).captured)
+        return ("inputs.npz", "reference.npz", "expected.npz", "capture.json",
+                *self.adapter(model).captured)
 
     def work(self, adapter, ctx):
         info = adapter.capture(ctx.model, ctx.out)
@@ -22,8 +23,13 @@ class Capture(FrameworkStage):
         _check_declared(ctx.model, info["declared_outputs"], reference)
         for note in info["notes"]:
             ctx.log(f"note: {note}")
+        declared = info["declared_outputs"]
+        # what the reference and expected.npz are, where not the framework's answer alone, and
+        # how many outputs the model has (a model's own expected outputs may give fewer)
+        origin = {k: info[k] for k in ("reference_from", "expected_from") if info.get(k)}
         (ctx.out / "capture.json").write_text(json.dumps(
-            {"notes": info["notes"], "tolerances": info["tolerances"],
+            {"notes": info["notes"], "tolerances": info["tolerances"], **origin,
+             "model_outputs": len(reference) if declared is None else len(declared),
              "outputs": [{"shape": list(r.shape), "dtype": r.dtype.name} for r in reference]},
             indent=1, sort_keys=True))
         return {"notes": info["notes"]} if info["notes"] else None

@@ -68,7 +68,8 @@ class Legalize(Stage):
         if not entries:
             raise StageError("the imported module has no public function to run")
         (ctx.out / "legalize.json").write_text(json.dumps(
-            {"entry": entries[0], "functions": entries, "inputs": entry_inputs(module, entries[0]),
+            {"entry": entries[0], "functions": entries,
+             "inputs": entry_inputs(module, entries[0], lambda: parse(source.read_bytes())),
              "ops": dict(sorted(ops.items()))},
             indent=1, sort_keys=True))
 

@@ -1,7 +1,8 @@
 """MLIR helpers on IREE's own Python bindings: strip debug info, write, walk.
 
 entry_inputs reads an entry function's inputs from a framework importer's hal.tensor.import
-ABI wrapper, or, for MLIR written by hand (a plain func.func taking ranked tensors, e.g.
+ABI wrapper (and the module before legalize, for an argument no import reads), or, for MLIR
+written by hand (a plain func.func taking ranked tensors, e.g.
 tensor<?x8xf32>, with no wrapper), from the function's own signature."""
 from __future__ import annotations
 
@@ -52,24 +53,34 @@ def public_functions(module) -> list[str]:
 
 _DTYPES = {"f16": "float16", "bf16": "bfloat16", "f32": "float32", "f64": "float64",
            "i1": "bool", "i8": "int8", "si8": "int8", "ui8": "uint8", "i16": "int16",
-           "si16": "int16", "i32": "int32", "si32": "int32", "ui32": "uint32", "i64": "int64",
-           "si64": "int64"}
+           "si16": "int16", "ui16": "uint16", "i32": "int32", "si32": "int32", "ui32": "uint32",
+           "i64": "int64", "si64": "int64", "ui64": "uint64"}
 
 
-def entry_inputs(module, entry: str) -> list[tuple[str, list, str]]:
+def entry_inputs(module, entry: str, source=None) -> list[tuple[str, list, str]]:
     """(name, dims, dtype) of each input of a legalized entry function, named input0, input1, ...
 
-    Read from its hal.tensor.import ops where it has them (a framework's importer wraps each
-    tensor argument in one); else, for MLIR written by hand with a plain func.func (legalize
-    turns it into a util.func of the same signature), from the function's argument types."""
-    functions = _functions_named(module, (entry, f"{entry}$async"))
-    # the coarse-fences variant ($async), where there is one, holds the imports
-    for function in functions:
-        imported = _imported_types(function)
-        if imported:
-            return _typed_inputs(imported)
-    plain = [f for f in functions if _symbol(f) == entry]
-    return _typed_inputs(_argument_types(plain[0])) if plain else []
+    Each !hal.buffer_view argument is typed by the hal.tensor.import that reads it (a
+    framework's importer wraps each tensor argument in one; the coarse-fences variant,
+    `$async`, holds them). An argument no import reads (one the model returns as it is, or
+    never uses: IREE folds its import away) is typed from the same argument of the entry in
+    source(), the module before legalize (`!torch.vtensor<[3,4],si8>`, `tensor<3x4xi8>`). MLIR
+    written by hand with a plain func.func (legalize makes it a util.func of the same
+    signature) takes ranked tensors: its argument types are its inputs."""
+    functions = {_symbol(f): f for f in _functions_named(module, (entry, f"{entry}$async"))}
+    function = functions.get(f"{entry}$async") or functions.get(entry)
+    if function is None:
+        return []
+    imported = _imported_by_argument(function)
+    types, original = [], None
+    for index, text in enumerate(_argument_types(function)):
+        if text == "!hal.fence":     # the coarse-fences variant's wait and signal fences
+            continue
+        if text == "!hal.buffer_view" and index not in imported:
+            original = original if original is not None else _source_arguments(source, entry)
+            text = original[index] if index < len(original) else text
+        types.append(imported.get(index, text))
+    return _typed_inputs(types)
 
 
 def _symbol(op) -> str | None:
@@ -81,13 +92,17 @@ def _functions_named(module, names) -> list:
     return [op for op in module.body.operations if _symbol(op) in names]
 
 
-def _imported_types(function) -> list[str]:
+def _imported_by_argument(function) -> dict[int, str]:
+    """Argument position -> the tensor type the hal.tensor.import reading it yields."""
     from iree.compiler import ir
-    types = []
+    types: dict[int, str] = {}
 
     def visit(inner):
-        if inner.name == "hal.tensor.import":
-            types.append(str(inner.results[0].type))
+        read = inner.operands[0] if inner.name == "hal.tensor.import" else None
+        # a block argument of the function's own body (not of a region inside it)
+        if read is not None and isinstance(read.owner, ir.Block) \
+                and read.owner.owner == function.operation:
+            types.setdefault(ir.BlockArgument(read).arg_number, str(inner.results[0].type))
         return ir.WalkResult.ADVANCE
 
     function.operation.walk(visit)
@@ -98,6 +113,26 @@ def _argument_types(function) -> list[str]:
     from iree.compiler import ir
     signature = ir.FunctionType(ir.TypeAttr(function.operation.attributes["function_type"]).value)
     return [str(t) for t in signature.inputs]
+
+
+_VTENSOR = re.compile(r"!torch\.vtensor<\[([-\d,]*)\],(\w+)>")
+
+
+def _source_arguments(source, entry: str) -> list[str]:
+    """The entry's argument types in the module before legalize (source(): that module, or
+    None), torch's value tensors written as builtin tensors: [] when there is none."""
+    module = source() if source is not None else None
+    found = _functions_named(module, (entry,)) if module is not None else []
+    if not found:
+        return []
+    types = []
+    for text in _argument_types(found[0]):
+        match = _VTENSOR.fullmatch(text)
+        if match:   # [3,-1] si8 -> tensor<3x?xsi8>; [] -> a 0-d tensor<si8>
+            dims = ["?" if d == "-1" else d for d in match.group(1).split(",") if d]
+            text = f"tensor<{''.join(d + 'x' for d in dims)}{match.group(2)}>"
+        types.append(text)
+    return types
 
 
 _TENSOR = re.compile(r"tensor<(?:([\d?x]*)x)?(\w+)>")

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -26,7 +26,7 @@ from pipeline.names import parse_upstream
 from pipeline.stage import Stage, StageError
 from stages import frameworks, timing
 from stages.compare import compare
-from stages.iree_tools import devices, tool
+from stages.iree_tools import IDLE_S, devices, run_watched, tool
 from stages.lower import inline_weights
 from stages.weights import SCOPE
 
@@ -59,7 +59,7 @@ class Validate(Stage):
 
     def reads(self, upstream, outputs, model, target):
         if upstream == "capture":   # the framework's own artifacts too: its run is timed
-            return ("inputs.npz", "reference.npz", "capture.json",
+            return ("inputs.npz", "reference.npz", "expected.npz", "capture.json",
                     *frameworks.get(model.framework).captured)
         if upstream == "emit":      # the weights, where the module loads them at run time
             return ("model.json", *(() if inline_weights(model, target) else ("model.irpa",)))
@@ -120,7 +120,8 @@ class Validate(Stage):
         np.savez(ctx.out / "outputs.npz", **{f"out{i}": o for i, o in enumerate(outputs)})
         (ctx.out / "result.json").write_text(json.dumps(result, indent=1, sort_keys=True))
         if not result["passed"]:
-            raise StageError(_failure_message(result, atol, rtol), result=result)
+            raise StageError(_failure_message(result, atol, rtol, _reference_name(answer)),
+                             result=result)
         return result
 
 
@@ -134,14 +135,22 @@ class Answer:
     tolerances: list | None = None   # capture's per-output tolerances (quantized outputs)
     notes: list = field(default_factory=list)
     peer: str | None = None          # the target whose outputs are the reference
+    outputs: int | None = None       # how many the module returns (None: as the reference)
+    # a model's own expected outputs, compared with too (may be fewer than its outputs), and
+    # what the reference and they are, where not the framework's answer alone
+    expected: list | None = None
+    origin: dict = field(default_factory=dict)
 
 
 def _reference(ctx, info: dict) -> Answer:
     if "capture" in ctx.inputs:
-        captured = json.loads((ctx.inputs["capture"] / "capture.json").read_text())
-        return Answer(frameworks.load_arrays(ctx.inputs["capture"] / "inputs.npz"),
-                      frameworks.load_arrays(ctx.inputs["capture"] / "reference.npz"),
-                      captured.get("tolerances"), captured.get("notes", []))
+        captured = ctx.inputs["capture"]
+        said = json.loads((captured / "capture.json").read_text())
+        return Answer(frameworks.load_arrays(captured / "inputs.npz"),
+                      frameworks.load_arrays(captured / "reference.npz"),
+                      said.get("tolerances"), said.get("notes", []), outputs=said.get("model_outputs"),
+                      expected=frameworks.load_arrays(captured / "expected.npz") or None,
+                      origin={k: said[k] for k in ("reference_from", "expected_from") if k in said})
     peer = next((name for name in ctx.inputs if parse_upstream(name)[1]), None)
     return Answer(frameworks.model_inputs(ctx.model, info["inputs"]),
                   frameworks.load_arrays(ctx.inputs[peer] / "outputs.npz") if peer else None,
@@ -162,7 +171,7 @@ def _run_and_time(ctx, info: dict, parameters: Path | None, answer: Answer,
     with tempfile.TemporaryDirectory() as tmp:
         args = _module_args(Path(tmp), module, parameters, ctx.target.driver, info["entry"],
                             answer.inputs)
-        expected = None if answer.reference is None else len(answer.reference)
+        expected = answer.outputs or (None if answer.reference is None else len(answer.reference))
         outputs, wall_ms = _run_module(Path(tmp), args, expected, ctx, lost)
         speed = dict(UNTIMED) if at_most is None else _speed(args, wall_ms, at_most, ctx, lost)
     return outputs, speed, lost
@@ -174,12 +183,40 @@ def _check(outputs: list, answer: Answer, model, atol: float, rtol: float) -> di
         return {"passed": True, "max_abs_error": None, "max_rel_error": None, "atol": atol,
                 "rtol": rtol, "checked": "runs only: no framework reference for an MLIR file"}
     per_output = _per_output_tolerances(answer.tolerances, model)
-    checked = compare(outputs, answer.reference, atol, rtol, per_output)
+    # a model's own expected outputs may be fewer than its outputs: the first ones (ONNX's
+    # runner's reading of output_N.pb), where they are the reference
+    partial = outputs[:len(answer.reference)] if answer.origin.get("reference_from") else outputs
+    checked = compare(partial, answer.reference, atol, rtol, per_output)
     if any(per_output or []):
         checked["tolerance_why"] = [t and t.get("why") for t in answer.tolerances]
     if answer.peer:
         checked["checked"] = f"against {answer.peer}'s outputs (no framework reference)"
+    if answer.origin:
+        _check_expected(checked, outputs, answer, atol, rtol, per_output)
     return checked
+
+
+def _reference_name(answer: Answer) -> str:
+    named = answer.origin.get("reference_from")
+    return "the reference" if not named else \
+        f"{named}'s answer" if named == "onnxruntime" else named
+
+
+def _check_expected(checked: dict, outputs: list, answer: Answer, atol: float, rtol: float,
+                    per_output) -> None:
+    """Into checked: the comparison with the model's own expected outputs too (the first
+    outputs, as many as it gives), and what the module was compared with."""
+    reference, expected = answer.origin.get("reference_from"), answer.origin.get("expected_from")
+    checked["checked"] = f"against {reference}" + (f" and {expected}" if expected else " alone")
+    if len(outputs) > len(answer.reference) and not expected:
+        checked["checked"] += f" (outputs {len(answer.reference)} to {len(outputs) - 1} unchecked)"
+    if expected:
+        also = compare(outputs[:len(answer.expected)], answer.expected, atol, rtol, per_output)
+        checked["expected"] = {"from": expected, **also}
+        checked["passed"] = checked["passed"] and also["passed"]
+        for key in ("max_abs_error", "max_rel_error"):   # the worse of the two
+            values = [checked[key], also[key]]
+            checked[key] = None if None in values else max(values)
 
 
 def timing_repetitions(checked: bool = True) -> int | str:
@@ -219,16 +256,29 @@ def _per_output_tolerances(tolerances, model) -> list | None:
             for t in tolerances]
 
 
-def _failure_message(result: dict, atol: float, rtol: float) -> str:
-    abs_err, rel_err = result.get("max_abs_error"), result.get("max_rel_error")
-    text = "outputs differ from the reference: max abs error " + \
-        (f"{abs_err:.3g}" if abs_err is not None else "n/a") + f" (atol {atol:g}), max rel error " + \
-        (f"{rel_err:.3g}" if rel_err is not None else "n/a") + f" (rtol {rtol:g})"
-    nonfinite = sum((o.get("nonfinite_mismatch") or 0) for o in result.get("outputs", []))
+def _failure_message(result: dict, atol: float, rtol: float,
+                     reference: str = "the reference") -> str:
+    """Why the outputs failed: for the reference, and for the model's own expected outputs
+    where they were compared too, whichever differ."""
+    expected = result.get("expected")
+    checked = [(reference, result), *([(expected["from"], expected)] if expected else [])]
+    return "; ".join(_differs(name, comparison, atol, rtol)
+                     for name, comparison in checked if not comparison["passed"])
+
+
+def _differs(name: str, checked: dict, atol: float, rtol: float) -> str:
+    outputs = checked.get("outputs", [])
+
+    def worst(key: str) -> str:   # an output's error is None where NaN/Inf made it meaningless
+        values = [o[key] for o in outputs]
+        return "n/a" if None in values else f"{max(values, default=0.0):.3g}"
+
+    text = f"outputs differ from {name}: max abs error {worst('max_abs_error')} (atol {atol:g}), " \
+        f"max rel error {worst('max_rel_error')} (rtol {rtol:g})"
+    nonfinite = sum((o.get("nonfinite_mismatch") or 0) for o in outputs)
     text += f"; {nonfinite} elements NaN/Inf on one side and not the same on the other" \
         if nonfinite else ""
-    failing = [o for o in result.get("outputs", []) if not o["passed"] and "atol" in o]
-    # an output's error is None where NaN/Inf made it meaningless
+    failing = [o for o in outputs if not o["passed"] and "atol" in o]
     return text + "".join(f"; output {o['index']}: max abs error "
                           + ("n/a" if o["max_abs_error"] is None else f"{o['max_abs_error']:.3g}")
                           + f" against its own atol {o['atol']:g}" for o in failing)
@@ -306,34 +356,54 @@ def _speed(args: list[str], wall_ms: float, at_most: int, ctx, lost: list[str]) 
 # loses it every time.
 DEVICE_LOST = ("VK_ERROR_DEVICE_LOST",)
 ATTEMPTS = 3
+RUN_TIMEOUT_S = 600
+# an IREE status in a runtime tool's message: "<file>:<line>: OUT_OF_RANGE; <what>"
+IREE_STATUS = re.compile(r"\b[A-Z][A-Z_]+; ")
 
 
 def run_tool(argv: list[str], ctx, notes: list[str]) -> tuple[str, float]:
-    """A runtime tool's stdout and the wall seconds of its run; a StageError with its last
-    words when it fails. A run that lost its device is repeated in a new process (up to
-    ATTEMPTS runs; the time is the run that answered), each loss logged and noted in
-    `notes`."""
-    command = shlex.join(argv)
+    """A runtime tool's stdout and the wall seconds of its run; a StageError with its words
+    when it fails. A run that lost its device, or hung (on a CPU driver: no CPU time used
+    for IDLE_S seconds), is repeated in a new process (up to ATTEMPTS runs; the time is the
+    run that answered), each repeat logged and noted in `notes`."""
+    command, name = shlex.join(argv), Path(argv[0]).name
+    device = next((a.split("=", 1)[1] for a in argv if a.startswith("--device=")), "")
+    idle_s = IDLE_S if device.startswith("local") else None
     for attempt in range(1, ATTEMPTS + 1):
         ctx.log(f"$ {command}")
         started = time.perf_counter()
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+        ran = run_watched(argv, RUN_TIMEOUT_S, idle_s)
         took = time.perf_counter() - started
-        if proc.stderr:
-            ctx.log(proc.stderr)
-        if proc.returncode == 0:
-            return proc.stdout, took
-        lost = next((m for m in DEVICE_LOST if m in proc.stderr), None)
-        if lost is None:
+        if ran.stderr:
+            ctx.log(ran.stderr)
+        if ran.returncode == 0:
+            return ran.stdout, took
+        if ran.stopped and not ran.stopped.startswith("hung"):   # over time: no verdict either
+            raise StageError(f"{name} {ran.stopped}", command=command,
+                             transient=f"{name} {ran.stopped}")
+        again = ran.stopped or next((m for m in DEVICE_LOST if m in ran.stderr), None)
+        if again is None:
             break
-        note = f"{Path(argv[0]).name} lost its device ({lost}) on run {attempt} of {ATTEMPTS}"
+        note = f"{name} " + (ran.stopped if ran.stopped else f"lost its device ({again})") + \
+            f" on run {attempt} of {ATTEMPTS}"
         ctx.log(note + ("; running it again in a new process" if attempt < ATTEMPTS else ""))
         notes.append(note)
-    message = (proc.stderr.strip().splitlines() or ["no message"])[-1]
-    again = f" (it lost its device on all {ATTEMPTS} runs)" if lost else ""
-    raise StageError(f"{Path(argv[0]).name} exited with {proc.returncode}{again}: {message}",
-                     command=command, exit_code=proc.returncode,
-                     transient=f"the device was lost ({lost})" if lost else None)
+    if ran.stopped:   # a hang is no verdict on the module: never remembered
+        raise StageError(f"{name} {ran.stopped} on all {ATTEMPTS} runs", command=command,
+                         transient=f"{name} {ran.stopped}")
+    lost = f" (it lost its device on all {ATTEMPTS} runs)" if again else ""
+    raise StageError(f"{name} exited with {ran.returncode}{lost}: {_runtime_error(ran.stderr)}",
+                     command=command, exit_code=ran.returncode,
+                     transient=f"the device was lost ({again})" if again else None)
+
+
+def _runtime_error(stderr: str) -> str:
+    """The line of a runtime tool's stderr that says what went wrong: the one with IREE's
+    status (`...: OUT_OF_RANGE; buffer view byte length 24 exceeds ...`), not the call
+    stack printed after it; else the last line."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    status = next((line for line in lines if IREE_STATUS.search(line)), None)
+    return (status or (lines or ["no message"])[-1])[:500]
 
 
 STAGE = Validate()

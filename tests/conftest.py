@@ -321,3 +321,35 @@ def seed_cache(project: Project, built: Project) -> None:
     """Give project a copy of built's cache: what built ran, project's first run restores
     (status "cached") instead of building; what differs (an edit, another target) runs."""
     shutil.copytree(built.root / "cache", project.root / "cache")
+
+
+# --- two builds of the mlp whose cpu flags differ, compared -----------------------------------
+
+# matmul inputs demoted to bf16: the mlp's outputs then differ from torch's beyond cpu's atol
+BF16_FLAGS = ("    flags: [--iree-global-opt-demote-contraction-inputs-type=bf16, "
+              "--iree-global-opt-demote-contraction-inputs-operations=matmul]\n")
+
+
+@pytest.fixture(scope="session")
+def flags_diff(tmp_path_factory, mlp_built) -> dict:
+    """mlp_built's record as the baseline, and a second build of the mlp on cpu and vulkan with
+    BF16_FLAGS on cpu: `doit validate ... baseline=` (the front end and vulkan come from
+    mlp_built's cache; cpu's lower, codegen and validate run). Its report.html is kept as
+    build/report.diff.html (test_html opens it in chromium)."""
+    root = tmp_path_factory.mktemp("flags_diff")
+    baseline = root / "baseline-run.json"   # (mlp_built's own run.json is rewritten by its runs)
+    shutil.copyfile(mlp_built["project"].root / "build" / "run.json", baseline)
+    project = Project(copy_project(root / "proj"))
+    seed_cache(project, mlp_built["project"])
+    shutil.copy2(REPO / "pyproject.toml", project.root / "pyproject.toml")   # doit diff's plugin
+    config = project.root / "targets.yaml"
+    config.write_text(config.read_text().replace("    arch: host\n", "    arch: host\n" + BF16_FLAGS, 1))
+    proc = project.doit("validate", "model=mlp", "target=cpu,vulkan", f"baseline={baseline}",
+                        check=False)
+    build = project.root / "build"
+    assert (build / "run.json").exists(), proc.stdout[-4000:] + proc.stderr[-4000:]
+    page = build / "report.diff.html"
+    shutil.copyfile(build / "report.html", page)
+    return {"project": project, "baseline": baseline, "validate": proc, "page": page,
+            "record": json.loads((build / "run.json").read_text()),
+            "markdown": (build / "report.md").read_text()}

@@ -45,7 +45,9 @@ def test_capture_writes_the_artifact_inputs_and_reference(tmp_path):
     inputs = frameworks.load_arrays(tmp_path / "inputs.npz")
     reference = frameworks.load_arrays(tmp_path / "reference.npz")
     assert np.array_equal(reference[0], inputs[0] * 2)
-    assert info == {"notes": ["doubled"], "tolerances": None, "declared_outputs": None}
+    assert info == {"notes": ["doubled"], "tolerances": None, "declared_outputs": None,
+                    "reference_from": None, "expected_from": None}
+    assert frameworks.load_arrays(tmp_path / "expected.npz") == []   # none: written empty
 
 
 def test_serialize_copies_the_artifact_under_the_fixed_name(tmp_path):

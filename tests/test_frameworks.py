@@ -60,14 +60,14 @@ def files_under(root: Path) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def examples(request, tmp_path_factory):
+def examples(frameworks_run, tmp_path_factory):
     """Every installed example built on cpu and vulkan (the session's frameworks run), run
     again, and rebuilt elsewhere."""
     models = [m for m, (_, modules) in EXAMPLES.items() if installed(modules)]
     if not models:
         pytest.skip("no framework besides torch is installed (kiln[jax,tf,tflite,onnx])")
     args = ("validate", f"model={','.join(models)}", f"target={','.join(TARGETS)}")
-    run = request.getfixturevalue("frameworks_run")
+    run = frameworks_run
     assert set(models) <= set(run["models"]) and set(TARGETS) <= set(run["targets"]), run
     first, first_record = run["project"], run["record"]
     first.doit(*args)

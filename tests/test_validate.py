@@ -76,6 +76,35 @@ def test_any_other_failure_is_not_run_again(tmp_path):
     assert "exited with 1: INVALID_ARGUMENT; bad input" in str(err.value)
 
 
+def test_a_hung_run_is_killed_with_what_it_started_and_run_again(tmp_path, monkeypatch):
+    """IREE's local-task driver now and then deadlocks reporting a failed call, using no CPU
+    from then on: a run idle for IDLE_S is killed, its whole process group with it (the
+    venv's tools are wrappers around the real binary), and run again."""
+    monkeypatch.setattr(validate, "IDLE_S", 1.0)
+    script = tmp_path / "iree-run-module"
+    script.write_text(
+        f"#!{sys.executable}\nimport subprocess, sys, time\nfrom pathlib import Path\n"
+        f"count = Path({str(tmp_path / 'runs')!r})\n"
+        "runs = int(count.read_text()) if count.exists() else 0\n"
+        "count.write_text(str(runs + 1))\n"
+        "if runs == 0:\n"
+        "    child = subprocess.Popen(['sleep', '300'])\n"
+        f"    Path({str(tmp_path / 'child')!r}).write_text(str(child.pid))\n"
+        "    time.sleep(300)\n"
+        "print('OUT_OF_RANGE; the answer', file=sys.stderr)\n"
+        "sys.exit(1)\n")
+    script.chmod(0o755)
+    ctx, notes = Ctx(), []
+    with pytest.raises(StageError) as err:
+        validate.run_tool([str(script), "--device=local-task"], ctx, notes)
+    assert runs(tmp_path) == 2
+    assert notes == [f"iree-run-module hung: no CPU time used for 1 s on run 1 of {validate.ATTEMPTS}"]
+    assert "exited with 1: OUT_OF_RANGE; the answer" in str(err.value)
+    child = int((tmp_path / "child").read_text())
+    assert not Path(f"/proc/{child}").exists() or \
+        Path(f"/proc/{child}/stat").read_text().split(")")[1].split()[0] == "Z"
+
+
 def test_timing_off_is_in_validates_key_in_place_of_the_repetitions():
     from pipeline.stage import Target
     cpu = Target("cpu", "llvm-cpu", "generic", "local-task", (), 1e-4, 1e-4)

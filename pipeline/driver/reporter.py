@@ -15,7 +15,7 @@ import hashlib
 import json
 import threading
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from doit.exceptions import DependencyError, TaskFailed, UnmetDependency
 from doit.reporter import ConsoleReporter
@@ -24,6 +24,9 @@ from ..names import base_target
 from ..report.console import case_limit
 from ..report.record import RunLog, Summary, entry_of, publish, reuse
 from . import collector
+
+if TYPE_CHECKING:   # (loaded only when baseline= is given)
+    from ..report.diff import Baseline
 
 # what a task that never ran because an upstream one failed did not do (its entry may be
 # the last run's, which did)
@@ -40,17 +43,18 @@ KEPT_EMPTY = ("target", "key", "role")
 
 def make_reporter(run_file: Path, run: RunLog, after: Callable[[], None] | None = None,
                   made_from: tuple[dict, Callable[[], dict]] | None = None,
-                  strict: bool = False) -> type[KilnReporter]:
+                  strict: bool = False, baseline: Baseline | None = None) -> type[KilnReporter]:
     """The reporter class for this run, for DOIT_CONFIG["reporter"]. doit makes the reporter
     itself, from a class and (outstream, options) only (doit/cmd_run.py: anything not a class
     it takes for a ready instance), so the run's own objects go in as class attributes of a
     subclass made for it. made_from: what a record of up-to-date tasks is made from besides
     the task list (doit's database, kiln's plan), as it was when the run started and a
     callable saying what it is once doit has closed its database (KilnReporter._publish).
-    strict: an unexpected pass fails the run (strict=1; the record says so)."""
+    strict: an unexpected pass fails the run (strict=1; the record says so). baseline: the
+    earlier run the record says what changed since (baseline=; its "diff")."""
     return type("KilnReporter", (KilnReporter,),
                 {"run_file": run_file, "run": run, "after": staticmethod(after),
-                 "made_from": made_from, "strict": strict})
+                 "made_from": made_from, "strict": strict, "baseline": baseline})
 
 
 class KilnReporter(ConsoleReporter):
@@ -61,6 +65,7 @@ class KilnReporter(ConsoleReporter):
     after: Callable[[], None] | None = None   # called last (the .doit.db seal)
     made_from: tuple[dict, Callable[[], dict]] | None = None
     strict: bool = False
+    baseline: Baseline | None = None
 
     def __init__(self, outstream, options):
         super().__init__(outstream, options)
@@ -188,8 +193,10 @@ class KilnReporter(ConsoleReporter):
             stamp = {**after_run(), "tasks": listed, "limit": self.limit}
         settings = {**({"warnings": self.run.warnings} if self.run.warnings else {}),
                     **({"strict": True} if self.strict else {})}
-        return publish(self.run_file, {"tasks": self._record_tasks(added), **settings}, stamp,
-                       self.limit)
+        record = {"tasks": self._record_tasks(added), **settings}
+        if self.baseline is not None:
+            record["diff"] = self.baseline.compare(record)
+        return publish(self.run_file, record, stamp, self.limit)
 
     def _record_tasks(self, added: list[tuple]) -> list[dict]:
         """The entries in plan order, without the fields this run left empty."""

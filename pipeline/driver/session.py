@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Callable
 
 from ..names import task_name
 from ..plan import memo
-from ..plan.variables import read_variables
-from ..report.record import RunLog
+from ..plan.variables import plan_variables, read_variables
+from ..report.record import RunLog, write_failed_run
 from ..run.uptodate import CHECK_SIGNATURE, stage_check
 from . import collector
 from .database import identity, seal, set_aside_if_damaged
@@ -24,6 +24,7 @@ from .reporter import make_reporter
 
 if TYPE_CHECKING:   # (the plan's modules load only when a plan is made)
     from ..plan.tasks import Plan
+    from ..report.diff import Baseline
 
 MEMO_ENV = "KILN_PLAN_MEMO"   # "0": always make the plan (a check that the memo is not wrong)
 
@@ -49,7 +50,7 @@ class Session:
         """The plan of this invocation, made on first use (a bad option stops it here)."""
         with self._lock:
             if self._plan is None:
-                self._plan = self._make_plan(self.variables)
+                self._plan = self._make_plan(plan_variables(self.variables))
             return self._plan
 
     def executor(self):
@@ -73,7 +74,7 @@ class Session:
         return self._specs
 
     def _load_specs(self) -> list[dict]:
-        context = memo.context(self.variables, self.root)
+        context = memo.context(plan_variables(self.variables), self.root)
         remembered = memo.load(self.memo_file, context) if os.environ.get(MEMO_ENV) != "0" else None
         if remembered is not None:
             notices, specs = remembered["notices"], remembered["tasks"]
@@ -132,6 +133,7 @@ class Session:
         return verdict
 
     def doit_config(self) -> dict:
+        baseline = self._baseline()   # (first: a wrong baseline= stops the run before a plan)
         dep_file = self.root / ".doit.db"
         seal_file = self.build / ".kiln" / "doit-db.json"
         warning = set_aside_if_damaged(dep_file, seal_file)
@@ -141,10 +143,13 @@ class Session:
         default_tasks = list(dict.fromkeys(s["basename"] for s in self.task_specs()
                                            if s.get("kiln_default")))
         # what the record of a no-op run is made from: the database before doit opens it,
-        # the plan memo once the task list is read (a changed plan or kiln rewrites it)
+        # the plan memo once the task list is read (a changed plan or kiln rewrites it), and
+        # the baseline it is compared with
         plan_memo = identity(self.memo_file)
-        made_from = ({"db": identity(dep_file), "plan": plan_memo},
-                     lambda: {"db": identity(dep_file), "plan": plan_memo})
+        compared = {} if baseline is None else \
+            {"baseline": [identity(baseline.path), baseline.factor]}
+        made_from = ({"db": identity(dep_file), "plan": plan_memo, **compared},
+                     lambda: {"db": identity(dep_file), "plan": plan_memo, **compared})
         return {
             "backend": "sqlite3",
             "dep_file": str(dep_file),
@@ -152,8 +157,21 @@ class Session:
             "default_tasks": default_tasks,
             "reporter": make_reporter(self.build / "run.json", self.run,
                                       after=lambda: seal(dep_file, seal_file), made_from=made_from,
-                                      strict=self._strict()),
+                                      strict=self._strict(), baseline=baseline),
         }
+
+    def _baseline(self) -> Baseline | None:
+        """baseline= (and factor=): the earlier run this run's reports say what changed
+        since, read now, so that a wrong path stops the run before it builds anything."""
+        if "baseline" not in self.variables:
+            return None
+        from ..report.diff import load
+        from ..stage import ConfigError
+        try:
+            return load(self.variables["baseline"], self.variables.get("factor"), self.root)
+        except ConfigError as err:
+            write_failed_run(self.build / "run.json", str(err))   # never a stale record
+            sys.exit(f"kiln: {err}")
 
     def _strict(self) -> bool:
         """strict=1: an unexpected pass fails the run. Its value was checked when the plan was

@@ -51,6 +51,8 @@ class Matrix:
     variants: tuple[str, ...] | None = None   # the variants to try (None: every one)
     timing: bool = True                       # false: validate times nothing (a quick run)
     xfail: Path | None = None                 # its expected failures (pipeline.plan.xfail)
+    suite: str | None = None   # a folder of models, relative to the config's directory
+    suite_at: str = field(default="", compare=False)   # "targets.yaml:12", for errors
 
 
 @dataclass
@@ -81,7 +83,9 @@ TARGET_FIELDS = {
                  "flags (or null to drop a built-in variant)"),
 }
 MATRIX_FIELDS = {
-    "models": ((list,), True, None, "a list of model names"),
+    "models": ((list,), False, [], "a list of model names"),
+    "suite": ((str,), False, None, ("a folder of models (model files, ONNX's test layout "
+                                    "<case>/model.onnx), relative to the config file")),
     "targets": ((list,), True, None, "a list of target names"),
     "variants": ((list,), False, None, "a list of variant names to try, e.g. [default] for "
                  "quick runs (default: every variant of each target)"),
@@ -298,10 +302,16 @@ def _matrices(path: Path, section: yaml.Node, targets: dict, reserved) -> dict[s
             targets_node = next(val for key, val in node.value if key.value == "targets")
             raise ConfigError(f"{_where(path, targets_node)}: {what}.targets: unknown target "
                               f"{', '.join(unknown)} (valid: {', '.join(targets)})")
+        given = {key.value: val for key, val in node.value}
+        if "models" not in given and "suite" not in given:
+            raise ConfigError(f"{_where(path, node)}: {what}: missing field 'models' (a list "
+                              "of model names) or 'suite' (a folder of models); or give both")
+        suite_node = given.get("suite", node)
         matrices[name] = Matrix(name, tuple(v["models"]), tuple(v["targets"]),
                                 None if v["variants"] is None else tuple(v["variants"]),
                                 v["timing"],
-                                None if v["xfail"] is None else path.resolve().parent / v["xfail"])
+                                None if v["xfail"] is None else path.resolve().parent / v["xfail"],
+                                v["suite"], _where(path, suite_node))
     if "default" not in matrices:
         raise ConfigError(f"{path}: matrices: missing the 'default' matrix")
     return matrices

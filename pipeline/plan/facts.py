@@ -12,6 +12,9 @@ was made from, and the hook is asked again only when that changed:
 - the directory holding the model and each companion: the names in it (a file appearing
   beside the model, e.g. a test-data set), compared only when the directory's mtime moved.
 
+A folder of models (model=DIR, a matrix's `suite:`) is scanned once the same way: the list
+of models found is kept while every directory looked in keeps its stat.
+
 The engine knows nothing of what a hook reads beyond these: every framework's hooks go
 through here alike. Errors are never remembered. A failed write (a read-only build/) only
 means asking again next time.
@@ -109,6 +112,12 @@ class ModelFacts:
                                 lambda roles: [Path(p) for p in roles.values()])
             return {role: Path(p) for role, p in roles.items()}
         return remembered
+
+    def folder(self, scan: Callable[[Path], dict]) -> Callable[[Path], dict]:
+        """scan (pipeline.plan.models.scan_folder), asked again only when a directory it
+        looked in changed (an entry added, removed or renamed moves a directory's mtime)."""
+        return lambda path: self.answer("folder", path, lambda: scan(path),
+                                        lambda found: [Path(d) for d in found["dirs"]])
 
     def save(self) -> None:
         """Write the answers when one is new (not in read-only mode), without those about

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import os
 import re
 import sys
 from pathlib import Path
@@ -255,6 +256,86 @@ def from_path(path: Path, detect: Detect, shapes: dict, inputs: str | None = Non
     sources = {"model": path.absolute(), **companions(framework, path.absolute()),
                **input_sources(inputs, Path.cwd(), "inputs=")}
     return ModelSpec(name, framework, sources, shapes=shapes)
+
+
+# --- a folder of models: model=DIR, a matrix's `suite: DIR` -------------------------------
+
+def scan_folder(folder: Path, detect: Detect) -> dict:
+    """Every model under folder, as {"models": [[path, framework, is a directory], ...],
+    "dirs": [...]}: each file or directory a framework reads (detect), sorted by path. Other
+    directories are searched (a linked one once), hidden ones and a model directory's insides
+    (a SavedModel's) not. "dirs" lists every directory looked in: the answer holds while none
+    of them changed (pipeline.plan.facts keeps it by their stats, so a second plan of a
+    1,000-case folder lists nothing)."""
+    found, dirs, pending = [], [], [Path(os.path.abspath(folder))]
+    seen = set()
+    while pending:
+        directory = pending.pop()
+        if os.path.realpath(directory) in seen:   # a link back up the tree
+            continue
+        seen.add(os.path.realpath(directory))
+        dirs.append(str(directory))
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError as err:
+            raise ConfigError(f"{directory}: cannot list the folder: {err.strerror}") from None
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            framework = detect(Path(entry.path))
+            if framework:
+                found.append([entry.path, framework, entry.is_dir()])
+            elif entry.is_dir():
+                pending.append(Path(entry.path))
+    return {"models": sorted(found), "dirs": sorted(dirs)}
+
+
+def case_name(path: Path, is_dir: bool, reserved: frozenset[str]) -> str:
+    """A folder case's model name: its folder's for a file named model.* (ONNX's test layout,
+    <case>/model.onnx), else the file's stem (a SavedModel: its directory's name); characters
+    a task name cannot hold become '_', a name the build tree uses gets a trailing '_'."""
+    name = path.name if is_dir else (path.parent.name if path.stem == "model" else path.stem)
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".") or "_"
+    return f"{name}_" if name in reserved else name
+
+
+def from_folder(folder: Path, scanned: dict, shapes: dict, what: str,
+                companions: Companions = no_companions,
+                reserved: frozenset[str] = frozenset()) -> list[ModelSpec]:
+    """The models scan_folder found under folder, each named by case_name: a clash between
+    two of them is an error naming both paths, as is a folder without a model."""
+    models, where = [], {}
+    for path, framework, is_dir in scanned["models"]:
+        path = Path(path)
+        name = case_name(path, is_dir, reserved)
+        if name in where:
+            raise ConfigError(f"{what}: {where[name]} and {path} would both be named '{name}'; "
+                              "rename one of them (a case is named by its folder when its file "
+                              "is model.*, else by the file's stem)")
+        where[name] = path
+        models.append(ModelSpec(name, framework, {"model": path, **companions(framework, path)},
+                                shapes=shapes))
+    if not models:
+        raise ConfigError(f"{what}: no model in {folder} (kiln reads .pt2, .onnx, .tflite, .mlir, "
+                          ".mlirbc and .jaxexport files and SavedModel directories, in the "
+                          "folder or below it; ONNX's test layout: <case>/model.onnx)")
+    return models
+
+
+def unique(models: list[ModelSpec]) -> list[ModelSpec]:
+    """models, each once; two different models of one name (a folder case and a models/ file,
+    two files of one name) are an error naming where each comes from."""
+    seen: dict[str, ModelSpec] = {}
+    for model in models:
+        other = seen.setdefault(model.name, model)
+        if other is not model and other != model:
+            raise ConfigError(f"two selected models are named '{model.name}': {_origin(other)} "
+                              f"and {_origin(model)}; select one, or rename one")
+    return list(seen.values())
+
+
+def _origin(model: ModelSpec) -> str:
+    return str(model.sources.get("model") or model.factory or model.name)
 
 
 def available(config: Config, model_dirs: list[Path], detect: Detect,

@@ -44,6 +44,7 @@ class Plan:
     notices: list[str] = dataclasses.field(default_factory=list)       # printed at every run
     expected: dict = dataclasses.field(default_factory=dict)   # expected failures (plan.xfail)
     expected_file: Path | None = None                          # where they were read from
+    listed: list[Path] = dataclasses.field(default_factory=list)   # folders scanned for models
 
     @functools.cached_property
     def nodes_by_task(self) -> dict[str, Node]:
@@ -92,7 +93,8 @@ def _pick(names: tuple[str, ...] | None, valid: dict, default: tuple, what: str,
         elif resolve_path and (os.sep in name or Path(name).suffix):
             if not Path(name).exists():
                 raise ConfigError(f"{what}={name}: no such file or directory")
-            picked.append(resolve_path(name))
+            found = resolve_path(name)   # a folder: every model in it
+            picked += found if isinstance(found, list) else [found]
         else:
             raise ConfigError(f"{what}={name}: unknown {what} (valid: {', '.join(sorted(valid))}"
                               + (", or a path to a model file" if resolve_path else "")
@@ -116,9 +118,11 @@ def make_plan(options: Options, stages: list[Stage], detect: model_registry.Dete
     model_dirs = model_dirs + [config.root / "models"]
     # the stages' hooks read model files (ONNX: the whole protobuf): asked once per file stat
     facts = ModelFacts(layout.build / ".kiln" / FACTS_FILE)
+    # a folder of models is scanned with the bare detect (it reads no file: a suffix, a stat)
+    scan, listed = facts.folder(lambda path: model_registry.scan_folder(path, detect)), []
     try:
         models, notices = _models(options, matrix, config, model_dirs, facts.detect(detect),
-                                  facts.companions(companions))
+                                  facts.companions(companions), scan, listed)
     finally:
         facts.save()   # (what was learnt holds even when a selection is refused)
     model_registry.check_frameworks(models, stages, config)
@@ -136,7 +140,7 @@ def make_plan(options: Options, stages: list[Stage], detect: model_registry.Dete
                                   f"holds none of the {len(models) * len(targets)} model x "
                                   "target cases selected: nothing to build")]
     return Plan(config, layout, graph, options, stages, model_dirs, notices, expected,
-                expected_file)
+                expected_file, listed)
 
 
 def _refuse_an_empty_selection(options: Options, matrix, config: Config, models: list,
@@ -151,7 +155,7 @@ def _refuse_an_empty_selection(options: Options, matrix, config: Config, models:
         if what in options.variables:
             raise ConfigError(f"{what}={options.variables[what]}: selects no {what}: nothing to "
                               f"build (give a {what} name, several comma-separated, or 'all'"
-                              + (", or a path to a model file)" if what == "model" else ")"))
+                              + (", or a path to a model file or folder)" if what == "model" else ")"))
         valid = f" (valid targets: {', '.join(config.targets)})" if what == "target" else ""
         raise ConfigError(f"{config.path}: matrices.{matrix.name} selects no {what}: nothing "
                           f"to build{valid}")
@@ -170,8 +174,25 @@ def _expected(options: Options, matrix, config: Config) -> tuple[dict, Path | No
 
 
 def _models(options: Options, matrix, config: Config, model_dirs: list[Path], detect,
-            companions) -> tuple[list[ModelSpec], list[str]]:
-    """The selected models, and notices of the models/ files left out as unreadable."""
+            companions, scan, listed: list[Path]) -> tuple[list[ModelSpec], list[str]]:
+    """The selected models, and notices of the models/ files left out as unreadable. The
+    directories of every folder scanned (model=DIR, the matrix's suite) go into listed."""
+
+    def folder(path: Path, what: str) -> list[ModelSpec]:
+        if not path.is_dir():
+            raise ConfigError(f"{what}: {path} is not a folder")
+        scanned = scan(path)
+        listed.extend(Path(d) for d in scanned["dirs"])
+        return model_registry.from_folder(path, scanned, options.shapes, what, companions,
+                                          config.reserved)
+
+    def from_path(text: str) -> ModelSpec | list[ModelSpec]:
+        path = Path(text)
+        if path.is_dir() and detect(path) is None:
+            return folder(path, f"model={text}")
+        return model_registry.from_path(path, detect, options.shapes, None, companions,
+                                        config.reserved)
+
     known = model_registry.available(config, model_dirs, detect, companions)
     unreadable = model_registry.unreadable(model_dirs, known)
     unknown = [m for m in matrix.models if m not in known and m not in unreadable]
@@ -182,12 +203,15 @@ def _models(options: Options, matrix, config: Config, model_dirs: list[Path], de
     if broken:   # the matrix is what is selected
         raise ConfigError(f"{config.path}: matrices.{matrix.name}: model {broken[0]}: "
                           f"{unreadable[broken[0]]}")
-    models = _pick(options.models, known, matrix.models, "model", config,
-                   lambda p: model_registry.from_path(Path(p), detect, options.shapes, None,
-                                                      companions, config.reserved),
-                   unreadable)
+    suite = folder(config.root / matrix.suite, f"{matrix.suite_at}: matrices.{matrix.name}.suite") \
+        if matrix.suite else []
+    # a suite's cases are selectable by name too (a models/ or config model of the name wins)
+    valid = {**{m.name: m for m in suite}, **known}
+    models = [known[n] for n in matrix.models] + suite if options.models is None else \
+        _pick(options.models, valid, (), "model", config, from_path, unreadable)
     # none of the unreadable is selected (_pick refuses those): they are only noticed
-    return _with_inputs(models, options.inputs), model_registry.left_out(unreadable)
+    return (_with_inputs(model_registry.unique(models), options.inputs),
+            model_registry.left_out(unreadable))
 
 
 def _variants(options: Options, matrix, targets, config: Config) -> tuple[str, ...] | None:
@@ -387,6 +411,7 @@ def plan_inputs(plan: Plan) -> tuple[list[Path], list[Path]]:
     for directory in plan.model_dirs:
         dirs.append(directory)
         files += sorted(directory.glob("*.py")) if directory.is_dir() else []
+    dirs += plan.listed   # a case added to a folder of models makes the plan again
     models = {plan.graph.nodes[n]["model"].name: plan.graph.nodes[n]["model"] for n in plan.graph}
     for model in models.values():
         for source in model.sources.values():

@@ -12,7 +12,7 @@ from typing import Callable
 VARIABLES = {
     "config": "the configuration file (default: targets.yaml, or KILN_CONFIG)",
     "matrix": "a matrix of targets.yaml (default: 'default')",
-    "model": "models by name, comma-separated, 'all', or a path to a model file",
+    "model": "models by name, comma-separated, 'all', or a path to a model file or a folder of them",
     "target": "targets by name, comma-separated, or 'all'",
     "variants": "the flag variants to try, e.g. variants=default (default: every variant)",
     "shapes": "input shapes, e.g. shapes=x:1x3x224x224;y:4",
@@ -26,7 +26,14 @@ VARIABLES = {
               "(default: the matrix's timing:, else on)",
     "xfail": "a YAML file of expected failures, {target: {model: reason}} ('*': any target)",
     "strict": "strict=1: a listed expected failure that passes fails the run too",
+    "baseline": "an earlier run's run.json or build directory: the run's reports (and doit "
+                "diff) say which model x target changed outcome, error or speed since it",
+    "factor": "with baseline=: how many times an error against its tolerance must grow (or "
+              "shrink) to count as a change (default 2)",
 }
+# options only the run's reports read (pipeline.report.diff): no part of the plan, so a new
+# baseline neither makes the plan again nor reaches a Dask worker
+REPORT_ONLY = ("baseline", "factor")
 
 # the options only some tasks read (every other option is read by every stage's tasks): what
 # `doit help <task>` lists (pipeline.driver.help)
@@ -36,3 +43,8 @@ ONLY_FOR = {"days": ("prune",)}
 def read_variables(get_var: Callable[[str], str | None]) -> dict[str, str]:
     """The options given on the command line, as given (an absent one is left out)."""
     return {name: value for name in VARIABLES if (value := get_var(name)) is not None}
+
+
+def plan_variables(variables: dict[str, str]) -> dict[str, str]:
+    """The options the plan is made from: all but REPORT_ONLY."""
+    return {name: value for name, value in variables.items() if name not in REPORT_ONLY}

@@ -32,7 +32,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from ..run.entry import CACHED_FAILURE, FAILURES
-from . import table
+from . import diff, table
 from .units import duration
 
 # the order they are listed
@@ -64,6 +64,7 @@ def page(record: dict, memo: Path | None = None, page_dir: str = "build",
     cells = _cells(entries)
     charts = _Charts(memo, draw_charts)
     view = {"summary": _summary(cells, entries), "warnings": _warnings(record, entries),
+            "changes": _changes(record.get("diff")),
             "matrix": _matrix(cells, page_dir), "times": _times(cells, charts),
             "latency": _latency(cells, charts), "variants": _variants(cells),
             "errors": _errors(cells, charts), "tasks": _tasks(entries, page_dir)}
@@ -151,6 +152,22 @@ def _warnings(record: dict, entries: list[dict]) -> list[str]:
             seen.setdefault(warning, []).append(e["task"])
     return lines + [f"{tasks[0]}{f' (and {len(tasks) - 1} more)' if len(tasks) > 1 else ''}: {w}"
                     for w, tasks in seen.items()]
+
+
+def _changes(found: dict | None) -> dict | None:
+    """What changed since the baseline (pipeline.report.diff): the headline, a row per changed
+    case (its verdict, and what changed in its outcome, error and time), the notes, the rule
+    (None: no baseline was given)."""
+    if not found:
+        return None
+    rows = [{"case": c["case"], "model": c["model"], "target": c["target"],
+             "verdict": c["verdict"],
+             **{aspect: (c[aspect] or {}).get("text", "") for aspect in diff.ASPECTS},
+             **{f"{aspect}_verdict": (c[aspect] or {}).get("verdict", "")
+                for aspect in diff.ASPECTS}}
+            for c in found["changes"]]
+    return {"headline": diff.headline(found), "rows": rows, "notes": diff.notes(found),
+            "rule": diff.rule(found)}
 
 
 def _matrix(cells: list[dict], page_dir: str) -> dict:

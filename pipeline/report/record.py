@@ -67,6 +67,9 @@ def _summary(record: dict, limit: int, report_file: str) -> tuple[str, str, int]
     tasks = record["tasks"]
     found = verdict.verdict(record)
     lines, summary_line = console.lines(record, found, limit, report_file)
+    if record.get("diff"):   # baseline=: what changed since that run (pipeline.report.diff)
+        from . import diff
+        lines += diff.lines(record["diff"])
     for warning, names in _warnings(tasks).items():
         more = f" (and {len(names) - 1} more tasks)" if len(names) > 1 else ""
         lines.append(f"warning: {names[0]}{more}: {warning}")
@@ -158,12 +161,13 @@ def _remote_line(tasks: list[dict]) -> str:
 def _write_record(run_file: Path, record: dict) -> tuple[str, list[Path]]:
     """Write run.json, report.md, report.html and junit.xml: (the line to print about it,
     the files written)."""
-    from . import html, junit, table   # (tabulate, and matplotlib where a chart is drawn)
+    from . import diff, html, junit, table   # (tabulate; matplotlib where a chart is drawn)
     written = [run_file, run_file.with_name("report.md"), run_file.with_name("report.html"),
                run_file.with_name("junit.xml")]
+    changes = diff.markdown(record["diff"]) if record.get("diff") else []
     try:
         atomic_write(run_file, json.dumps(record, indent=1).encode())
-        atomic_write(written[1], table.markdown(record).encode())
+        atomic_write(written[1], table.markdown(record, after_table=changes).encode())
         # charts whose data did not change come from the memo: a no-op run draws nothing
         page = html.page(record, memo=run_file.parent / ".kiln" / "charts",
                          draw_charts=html.charts_wanted())
@@ -172,6 +176,13 @@ def _write_record(run_file: Path, record: dict) -> tuple[str, list[Path]]:
     except OSError as err:
         return f"kiln: the run record was not written: {describe_os_error(err)}", []
     return f"run record: {run_file}", written
+
+
+def rewrite(run_file: Path, record: dict) -> str:
+    """Write a record and its reports again, as they are (`doit diff` adds to the last run's
+    what changed since a baseline): the line saying where, or why they were not written. The
+    summary memo then no longer matches its files: the next run writes them again."""
+    return _write_record(run_file, record)[0]
 
 
 def write_failed_run(run_file: Path, error: str) -> None:

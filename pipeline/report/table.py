@@ -196,8 +196,9 @@ TIMES_NOTE = ("Times per run are medians of several repetitions after a warm-up,
               "`framework_latency.how` in build/run.json.")
 
 
-def markdown(record: dict) -> str:
-    """The same table for a CI summary or a pull request, with the failures spelled out."""
+def markdown(record: dict, after_table: list[str] = ()) -> str:
+    """The same table for a CI summary or a pull request, with the failures spelled out.
+    after_table: lines of a section to put right below it (what changed since a baseline)."""
     if record.get("error"):
         return f"# kiln run\n\n**The run stopped before building anything:** {record['error']}\n"
     entries = record["tasks"]
@@ -205,7 +206,7 @@ def markdown(record: dict) -> str:
     lines = ["# kiln run", "", table(entries, "github", width=None), ""]
     if any(r["ms"] is not None for r in table_rows):
         lines += [TIMES_NOTE, ""]
-    lines += _variants_md(table_rows)
+    lines += [*after_table, *_variants_md(table_rows)]
     failed = [e for e in entries if e["status"] in FAILURES]
     expected = _expected_failures(table_rows)
     if failed:

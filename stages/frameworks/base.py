@@ -33,6 +33,11 @@ class Traced:
                         "why": str}, e.g. from a quantized output's scale; None for all
       declared_outputs  per output, None or the model's own dims (None for a dynamic one):
                         an answer that contradicts them means the inputs do not fit
+      reference_from    what the reference is, where not the framework's answer (e.g. a
+                        model's own expected outputs, where the framework cannot run it)
+      expected          a second answer every target is compared with too (a model's own
+                        expected outputs, maybe fewer than its outputs), and expected_from
+                        what it is
     """
     artifact: object
     inputs: list
@@ -40,11 +45,15 @@ class Traced:
     notes: list[str] = dataclasses.field(default_factory=list)
     tolerances: list[dict | None] | None = None
     declared_outputs: list[list | None] | None = None
+    reference_from: str | None = None
+    expected: list | None = None
+    expected_from: str | None = None
 
     def info(self) -> dict:
         """What validation should know, as capture() returns it to the capture stage."""
         return {"notes": self.notes, "tolerances": self.tolerances,
-                "declared_outputs": self.declared_outputs}
+                "declared_outputs": self.declared_outputs, "reference_from": self.reference_from,
+                "expected_from": self.expected_from}
 
 
 class Framework:
@@ -86,13 +95,14 @@ class Framework:
 
     def capture(self, model: ModelSpec, out_dir: Path) -> dict:
         """Capture's files, the same for every framework: trace the model (trace()), then
-        write its artifact as captured[0], the inputs as inputs.npz and the framework's
-        answer as reference.npz into out_dir. Returns what validation should know (notes,
-        tolerances, declared_outputs: see Traced)."""
+        write its artifact as captured[0], the inputs as inputs.npz, the framework's
+        answer as reference.npz and a second answer, where there is one, as expected.npz
+        (else empty) into out_dir. Returns what validation should know (see Traced)."""
         traced = self.trace(model)
         self.write_artifact(traced.artifact, out_dir / self.captured[0])
         save_arrays(out_dir / "inputs.npz", "arg", traced.inputs)
         save_arrays(out_dir / "reference.npz", "out", traced.reference)
+        save_arrays(out_dir / "expected.npz", "out", traced.expected or [])
         return traced.info()
 
     def trace(self, model: ModelSpec) -> Traced:

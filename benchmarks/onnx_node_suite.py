@@ -1,0 +1,195 @@
+"""ONNX's own node test cases through kiln, each failure checked against IREE's own tools.
+
+    .venv/bin/python benchmarks/onnx_node_suite.py [--sample 50] [--cases a,b] [--keep DIR]
+
+Writes every node test case the installed onnx generates (onnx.backend.test.case.node) in
+ONNX's test layout (<case>/model.onnx, test_data_set_0/input_N.pb, output_N.pb) into one
+folder, and validates the folder with one command in a throw-away copy of this project:
+
+    doit validate model=<folder> target=cpu variants=default [timing=off]
+
+Then each case kiln did not pass is run through IREE's tools directly, as a user would
+without kiln: iree-import-onnx, iree-compile for llvm-cpu on this machine's CPU,
+iree-run-module on the test data's inputs, its outputs compared with output_N.pb within the
+cpu target's atol/rtol. A case that fails there too is IREE's (or, where kiln stopped at
+onnxruntime's answer, onnxruntime's); a case that passes there is kiln's own failure. It
+prints the three counts, then every case that did not pass through kiln, with its stage and
+error and the direct commands. Cases whose data are sequences or optionals (which the test
+layout's TensorProto files cannot hold) are counted apart, not run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+from conftest import copy_project  # noqa: E402
+from onnx_node_cases import node_cases, writable, write_case  # noqa: E402
+
+ENV = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
+ENV["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+ENV["KILN_REPORT_CHARTS"] = "off"
+BIN = Path(sys.executable).parent
+DIRECT_TIMEOUT_S = 120
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+def choose(cases: list, sample: int | None, names: list[str] | None, seed: int) -> list:
+    if names:
+        by_name = {c.name: c for c in cases}
+        return [by_name[n] for n in names]
+    return sorted(random.Random(seed).sample(cases, sample), key=lambda c: c.name) \
+        if sample and sample < len(cases) else cases
+
+
+def run_kiln(project: Path, folder: Path, jobs: int) -> tuple[dict, float]:
+    """kiln's verdict per case (its validate and pick entries), and the run's seconds."""
+    from pipeline.plan.variables import VARIABLES
+    args = [sys.executable, "-m", "doit", *(["-n", str(jobs), "-P", "thread"] if jobs > 1 else []),
+            "validate", f"model={folder}", "target=cpu", "variants=default",
+            *(["timing=off"] if "timing" in VARIABLES else [])]
+    print("$", shlex.join(args), flush=True)
+    started = time.perf_counter()
+    proc = subprocess.run(args, cwd=project, env=ENV, capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - started
+    record = project / "build" / "run.json"
+    if not record.exists():
+        sys.exit(f"kiln wrote no record:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return verdicts(json.loads(record.read_text())["tasks"]), seconds
+
+
+def verdicts(tasks: list[dict]) -> dict:
+    """case -> (passed, stage it failed at, error, result of validate)."""
+    by_model: dict[str, list[dict]] = {}
+    for task in tasks:
+        by_model.setdefault(task["model"], []).append(task)
+    found = {}
+    for model, entries in by_model.items():
+        validate = next((t for t in entries if t["stage"] == "validate"), {})
+        failed = next((t for t in entries if t["status"] == "failed"), None)
+        passed = validate.get("status") in ("ran", "cached", "up-to-date") and failed is None
+        found[model] = (passed, failed and failed["stage"],
+                        failed and (failed.get("error") or "")[:300], validate.get("result"))
+    return found
+
+
+def direct(case_dir: Path, work: Path) -> tuple[bool, str, list[str]]:
+    """(passed, what happened, the commands): the case through IREE's own tools."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from pipeline.stage import StageError
+    from stages.compare import compare
+    model = onnx.load(str(case_dir / "model.onnx"))
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
+    mlir, vmfb = work / "model.mlir", work / "model.vmfb"
+    data = case_dir / "test_data_set_0"
+    inputs = sorted(data.glob("input_*.pb"), key=lambda p: int(p.stem.split("_")[1]))
+    expected = sorted(data.glob("output_*.pb"), key=lambda p: int(p.stem.split("_")[1]))
+    for i, pb in enumerate(inputs):
+        np.save(work / f"in{i}.npy", numpy_helper.to_array(onnx.load_tensor(str(pb))))
+    outs = [work / f"out{i}.npy" for i in range(len(model.graph.output))]
+    steps = [
+        [str(BIN / "iree-import-onnx"), str(case_dir / "model.onnx"),
+         *(["--opset-version", "17"] if opset < 17 else []), "-o", str(mlir)],
+        [str(BIN / "iree-compile"), str(mlir), "--iree-hal-target-device=local",
+         "--iree-hal-local-target-device-backends=llvm-cpu", "--iree-llvmcpu-target-cpu=host",
+         "-o", str(vmfb)],
+        [str(BIN / "iree-run-module"), "--device=local-sync", f"--module={vmfb}",
+         f"--function={model.graph.name}", *(f"--input=@{work / f'in{i}.npy'}"
+                                            for i in range(len(inputs))),
+         *(f"--output=@{o}" for o in outs)]]
+    commands = [shlex.join(s) for s in steps]
+    for step in steps:
+        try:
+            proc = subprocess.run(step, capture_output=True, text=True, check=False,
+                                  timeout=DIRECT_TIMEOUT_S, start_new_session=True)
+        except subprocess.TimeoutExpired:
+            return False, f"{Path(step[0]).name} did not end in {DIRECT_TIMEOUT_S} s", commands
+        if proc.returncode:
+            last = [line for line in proc.stderr.splitlines() if line.strip()]
+            said = next((line for line in last if "error" in line.lower() or "; " in line),
+                        last[-1] if last else "")
+            return False, f"{Path(step[0]).name} exited {proc.returncode}: {said[:200]}", commands
+    want = [numpy_helper.to_array(onnx.load_tensor(str(pb))) for pb in expected]
+    got = [np.load(o) for o in outs[:len(want)]]
+    try:
+        checked = compare(got, want, 1e-4, 1e-3)   # targets.yaml's cpu atol and rtol
+    except StageError as err:   # a shape or count mismatch
+        return False, f"outputs differ from output_*.pb: {err}", commands
+    if not checked["passed"]:
+        return False, (f"outputs differ from output_*.pb: max abs error "
+                       f"{checked['max_abs_error']}"), commands
+    return True, "passes", commands
+
+
+def onnxruntimes(result: dict | None) -> bool:
+    """Whether kiln's failure was only against onnxruntime's answer (the expected outputs
+    matched)."""
+    return bool(result and result.get("expected", {}).get("passed")
+                and result.get("checked", "").startswith("against onnxruntime"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sample", type=int, help="a seeded random sample of this many cases")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cases", help="these cases, comma-separated")
+    parser.add_argument("--jobs", type=int, default=1, help="doit -n (stages in parallel)")
+    parser.add_argument("--keep", type=Path, help="work here and keep it (default: a temp dir)")
+    args = parser.parse_args()
+
+    cases = node_cases()
+    runnable = [c for c in cases if writable(c)]
+    chosen = choose(runnable, args.sample, args.cases and args.cases.split(","), args.seed)
+    root = args.keep or Path(tempfile.mkdtemp(prefix="onnx-node-suite-"))
+    folder, project = root / "cases", root / "proj"
+    shutil.rmtree(folder, ignore_errors=True)
+    for case in chosen:
+        write_case(case, folder)
+    if not project.exists():
+        copy_project(project)
+    print(f"{len(cases)} node test cases in onnx, {len(cases) - len(runnable)} with sequence "
+          f"or optional data (not run); {len(chosen)} written to {folder}", flush=True)
+
+    found, seconds = run_kiln(project, folder, args.jobs)
+    rows, counts = [], {"passed through kiln": 0, "IREE's (or onnxruntime's)": 0, "kiln's own": 0}
+    for case in chosen:
+        passed, stage, error, result = found.get(case.name, (False, "plan", "not in the run", None))
+        if passed:
+            counts["passed through kiln"] += 1
+            continue
+        with tempfile.TemporaryDirectory() as work:
+            ok, what, commands = direct(folder / case.name, Path(work))
+        whose = "kiln's own" if ok and not onnxruntimes(result) else "IREE's (or onnxruntime's)"
+        counts[whose] += 1
+        rows.append((whose, case.name, stage, error, what, commands))
+    print(f"\nkiln: {len(chosen)} cases in {seconds:.0f} s ({len(chosen) / seconds * 60:.1f} cases "
+          f"per minute), {time.strftime('%Y-%m-%d')}, {cpu_name()}, {os.cpu_count()} cores")
+    for name, count in counts.items():
+        print(f"  {name}: {count}")
+    for whose, name, stage, error, what, commands in sorted(rows):
+        print(f"\n[{whose}] {name}: kiln failed at {stage}: {error}\n  directly: {what}")
+        for command in commands:
+            print(f"    {command}")
+
+
+if __name__ == "__main__":
+    main()
