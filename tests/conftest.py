@@ -339,7 +339,7 @@ def flags_diff(tmp_path_factory, mlp_built) -> dict:
     root = tmp_path_factory.mktemp("flags_diff")
     baseline = root / "baseline-run.json"   # (mlp_built's own run.json is rewritten by its runs)
     shutil.copyfile(mlp_built["project"].root / "build" / "run.json", baseline)
-    project = Project(copy_project(root / "proj"))
+    project = Project(copy_project(root / "proj"), timing="on")   # as mlp_built: vulkan restores
     seed_cache(project, mlp_built["project"])
     shutil.copy2(REPO / "pyproject.toml", project.root / "pyproject.toml")   # doit diff's plugin
     config = project.root / "targets.yaml"
