@@ -54,7 +54,10 @@ def test_remembered_failures_make_no_plan_until_their_key_changes(tmp_path):
     third = doit(root, env={"PYTHONPROFILEIMPORTTIME": "1"})
     assert not made_a_plan(third), "a run over remembered failures made the plan"
     assert statuses(root) == was and third.returncode == first.returncode
-    assert third.stdout == doit(root).stdout   # the same summary, reused
+    record = (root / "build" / "run.json").stat().st_mtime_ns
+    assert third.stdout == doit(root).stdout   # the same summary, reused: no record built
+    assert json.loads((root / "build" / ".kiln" / "summary.json").read_text())["stamp"]
+    assert (root / "build" / "run.json").stat().st_mtime_ns == record
     row = next(t for t in json.loads((root / "build" / "run.json").read_text())["tasks"]
                if t["task"] == "prepare:c0000")
     assert row["why"].startswith("failed with this same key before") and row["seconds"] == 0.0

@@ -145,6 +145,7 @@ class Session:
         if known.log is not None:
             self._write_settled(Path(info["entry"]), known)
         self.run.entries[entry.task] = entry
+        self.run.settled.add(entry.task)
         if entry.failed and not info.get("soft"):
             return TaskFailed(entry.failure_message())
         return {"entry": entry.to_dict(fingerprint=False, result_text=True)}
