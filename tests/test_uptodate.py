@@ -119,7 +119,8 @@ def test_a_remembered_failure_is_settled_as_a_cached_one(failed):
 
 
 @pytest.mark.parametrize("change", ["watched", "input", "input appears", "cache entry replaced",
-                                    "cache entry gone", "another cache", "log damaged"])
+                                    "cache entry gone", "another cache", "log damaged",
+                                    "entry file damaged"])
 def test_anything_it_was_a_verdict_on_changed_unsettles_it(failed, change):
     entry_file, watch, cache = failed
     source, absent = (Path(f) for f in watch.files)
@@ -136,6 +137,10 @@ def test_anything_it_was_a_verdict_on_changed_unsettles_it(failed, change):
         remembered.write_text('{"outputs": {}}')
     elif change == "cache entry gone":
         remembered.unlink()
+    elif change == "entry file damaged":   # (not what this kiln writes: no outcome, no error)
+        data = json.loads(entry_file.read_text())
+        data["verdict_on"]["cache"] = {"entry": "garbage", "meta": 3}
+        entry_file.write_text(json.dumps(data))
     elif change == "log damaged":   # (the runner would discard the entry, and run)
         blob = Path(Store(cache).failure_files("k" * 64)["meta"][0])
         os.chmod(blob, 0o644)

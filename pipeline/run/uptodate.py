@@ -110,8 +110,6 @@ def same_inputs(paths: list[str], recorded: dict | None) -> bool:
     return True
 
 
-
-
 class Watch(NamedTuple):
     """What a stage task's key is made of, as the session sees it without a plan: the task's
     watched digest (its params, tool versions and code) and every file its key reads (its
@@ -175,10 +173,12 @@ def settled(entry_file: Path, watch: Watch, cache_root: Path) -> Settled | None:
 
 
 def _still_there(files, cache_root: Path) -> bool:
-    """Whether each (path, identity) is a file of cache_root that is as it was."""
+    """Whether each [path, identity] is a file of cache_root that is as it was (an entry
+    file of another shape, damaged or older: not)."""
     inside = f"{cache_root}{os.sep}"
-    return all(isinstance(path, str) and path.startswith(inside) and file_identity(path) == known
-               for path, known in files)
+    return all(isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)
+               and item[0].startswith(inside) and file_identity(item[0]) == item[1]
+               for item in files)
 
 
 def _remembered_log(meta_blob: str) -> str | None:
