@@ -4,8 +4,8 @@ The runner fills one in; it is written to build/.kiln/tasks/<task>.json (with th
 parts, for the next run's "why", each output's stat, for the intact check, and what a settled
 outcome was a verdict on, for pipeline.run.uptodate.settled), saved by doit as the task's
 values (without the key's parts and the verdict's makings), sent back by a Dask worker, and
-becomes one row of build/run.json (without any of them). to_dict is the one serializer for all of them;
-from_dict reads any of them back, entries older kilns wrote included.
+becomes one row of build/run.json (without any of them). to_dict is the one serializer for
+all of them; from_dict reads any of them back, entries older kilns wrote included.
 """
 from __future__ import annotations
 
@@ -29,12 +29,12 @@ REMEMBERED_WHY = ("failed with this same key before: its failure is remembered i
 STATUSES = ("ran", "cached", "skipped", "failed", CACHED_FAILURE, "up-to-date")
 # written even when None: a per-model stage has no target; a skipped one no key
 ALWAYS = ("target", "key")
-RESULT_TEXT = "result_json"
+RESULT_TEXT = "result_json"   # the result as JSON text, in doit's values (to_dict)
 
 
 def remembered_lines(why: str, log: str) -> list[str]:
     """The log lines of a CACHED_FAILURE: why, then the log of the run that failed."""
-    return [f"{CACHED_FAILURE}: {why}; the log of that run:", *([log] if log else [])]   # the result as JSON text, in doit's values (to_dict)
+    return [f"{CACHED_FAILURE}: {why}; the log of that run:", *([log] if log else [])]
 
 
 @dataclass
