@@ -1,6 +1,7 @@
 """ONNX's own node test cases through kiln, each failure checked against IREE's own tools.
 
     .venv/bin/python benchmarks/onnx_node_suite.py [--sample 50] [--cases a,b] [--keep DIR]
+        [--jobs N] [--rate-only]
 
 Writes every node test case the installed onnx generates (onnx.backend.test.case.node) in
 ONNX's test layout (<case>/model.onnx, test_data_set_0/input_N.pb, output_N.pb) into one
@@ -15,7 +16,9 @@ cpu target's atol/rtol. A case that fails there too is IREE's (or, where kiln st
 onnxruntime's answer, onnxruntime's); a case that passes there is kiln's own failure. It
 prints the three counts, then every case that did not pass through kiln, with its stage and
 error and the direct commands. Cases whose data are sequences or optionals (which the test
-layout's TensorProto files cannot hold) are counted apart, not run.
+layout's TensorProto files cannot hold) are counted apart, not run. --rate-only stops after
+kiln's run (its rate in cases per minute, and how many passed): benchmarks/bench_suite.py
+times a cold suite so.
 """
 from __future__ import annotations
 
@@ -147,19 +150,14 @@ def onnxruntimes(result: dict | None) -> bool:
                 and result.get("checked", "").startswith("against onnxruntime"))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sample", type=int, help="a seeded random sample of this many cases")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cases", help="these cases, comma-separated")
-    parser.add_argument("--jobs", type=int, default=1, help="doit -n (stages in parallel)")
-    parser.add_argument("--keep", type=Path, help="work here and keep it (default: a temp dir)")
-    args = parser.parse_args()
-
+def kiln_suite(sample: int | None, names: list[str] | None, seed: int, jobs: int,
+               root: Path) -> tuple[list, Path, dict, float]:
+    """Write the chosen cases under root/cases and validate them in one run of a copy of
+    this project at root/proj (its cache is empty unless root is kept from an earlier run):
+    (the cases, their folder, kiln's verdicts, the run's seconds)."""
     cases = node_cases()
     runnable = [c for c in cases if writable(c)]
-    chosen = choose(runnable, args.sample, args.cases and args.cases.split(","), args.seed)
-    root = args.keep or Path(tempfile.mkdtemp(prefix="onnx-node-suite-"))
+    chosen = choose(runnable, sample, names, seed)
     folder, project = root / "cases", root / "proj"
     shutil.rmtree(folder, ignore_errors=True)
     for case in chosen:
@@ -168,8 +166,34 @@ def main() -> None:
         copy_project(project)
     print(f"{len(cases)} node test cases in onnx, {len(cases) - len(runnable)} with sequence "
           f"or optional data (not run); {len(chosen)} written to {folder}", flush=True)
+    found, seconds = run_kiln(project, folder, jobs)
+    return chosen, folder, found, seconds
 
-    found, seconds = run_kiln(project, folder, args.jobs)
+
+def rate_line(cases: int, seconds: float, jobs: int) -> str:
+    return (f"kiln: {cases} cases in {seconds:.0f} s ({cases / seconds * 60:.1f} cases per "
+            f"minute, doit -n {jobs}), {time.strftime('%Y-%m-%d')}, {cpu_name()}, "
+            f"{os.cpu_count()} cores")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sample", type=int, help="a seeded random sample of this many cases")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cases", help="these cases, comma-separated")
+    parser.add_argument("--jobs", type=int, default=1, help="doit -n (stages in parallel)")
+    parser.add_argument("--keep", type=Path, help="work here and keep it (default: a temp dir)")
+    parser.add_argument("--rate-only", action="store_true",
+                        help="stop after kiln's run: its rate and passes, no direct IREE check")
+    args = parser.parse_args()
+
+    root = args.keep or Path(tempfile.mkdtemp(prefix="onnx-node-suite-"))
+    chosen, folder, found, seconds = kiln_suite(args.sample, args.cases and args.cases.split(","),
+                                                args.seed, args.jobs, root)
+    if args.rate_only:
+        print(f"\n{rate_line(len(chosen), seconds, args.jobs)}\n  passed through kiln: "
+              f"{sum(found.get(c.name, (False,))[0] for c in chosen)} of {len(chosen)}")
+        return
     rows, counts = [], {"passed through kiln": 0, "IREE's (or onnxruntime's)": 0, "kiln's own": 0}
     for case in chosen:
         passed, stage, error, result = found.get(case.name, (False, "plan", "not in the run", None))
@@ -181,8 +205,7 @@ def main() -> None:
         whose = "kiln's own" if ok and not onnxruntimes(result) else "IREE's (or onnxruntime's)"
         counts[whose] += 1
         rows.append((whose, case.name, stage, error, what, commands))
-    print(f"\nkiln: {len(chosen)} cases in {seconds:.0f} s ({len(chosen) / seconds * 60:.1f} cases "
-          f"per minute), {time.strftime('%Y-%m-%d')}, {cpu_name()}, {os.cpu_count()} cores")
+    print(f"\n{rate_line(len(chosen), seconds, args.jobs)}")
     for name, count in counts.items():
         print(f"  {name}: {count}")
     for whose, name, stage, error, what, commands in sorted(rows):

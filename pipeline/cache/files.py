@@ -37,6 +37,16 @@ def read_only() -> bool:
 
 
 
+def file_identity(path: str | Path) -> list | None:
+    """[inode, size] of a file, None when absent: what replacing it (every write here is a
+    rename) or removing it changes, and reading it or marking its last use (utime) does not."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_ino, st.st_size]
+
+
 def _file_mode() -> int:
     # mkstemp creates 0600 files; kiln's files get what open() would give: 0666 less the umask
     mask = os.umask(0o022)

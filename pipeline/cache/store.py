@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Iterable, NamedTuple
 
 from .digest import CHUNK, canonical, digest_bytes, digest_file
-from .files import (UNWRITABLE, atomic_copy, atomic_write, describe_os_error, read_only,
-                    write_verified)
+from .files import (UNWRITABLE, atomic_copy, atomic_write, describe_os_error, file_identity,
+                    read_only, write_verified)
 from .remote import RemoteError, RemoteUnavailable
 
 log = logging.getLogger("kiln.store")
@@ -201,6 +201,22 @@ class Store:
                                      and isinstance(failure.get("error"), str)):
             return self._damaged(key, entry["meta"], "(failure)")
         return failure
+
+    def failure_files(self, key: str) -> dict[str, list] | None:
+        """The local files a failure entry under key is, {"entry": [path, identity], "meta":
+        [path, identity]} (its metadata blob holds the failure; identity: files.file_identity,
+        which a lookup's last-use mark leaves as it is): what tells, by a stat, that the
+        failure is still remembered as it was (pipeline.run.uptodate.settled). None when the
+        local cache holds no failure entry for key."""
+        try:
+            entry = json.loads(self._entry(key).read_text())
+        except (OSError, ValueError):
+            return None
+        if not (_is_whole(entry, set()) and entry.get("failed") is True):
+            return None
+        files = {"entry": self._entry(key), "meta": self.blob_path(entry["meta"])}
+        found = {role: [str(path), file_identity(path)] for role, path in files.items()}
+        return None if any(identity is None for _, identity in found.values()) else found
 
     def _damaged(self, key: str, digest: str, rel: str) -> None:
         self._warn(f"cache blob {digest[:12]} for {rel} is missing or corrupted; "

@@ -13,14 +13,15 @@ from ..plan.tasks import Plan, upstream_of
 from ..report.record import RunLog
 from ..run.executor import DaskExecutor
 from ..run.runner import execute
-from ..run.uptodate import input_state
+from ..run.uptodate import Watch, input_state
 from ..stage import ConfigError, Node
 
 
 def stage_action(plan: Plan, executor: DaskExecutor | None, run: RunLog, task: str,
-                 watched: str, soft_deps: list[str] = ()):
+                 watch: Watch, soft_deps: list[str] = ()):
     """A stage task's action: the runner's entry goes to the reporter and, as the task's
-    values, into doit's database, where the next run's up-to-date check finds it."""
+    values, into doit's database, where the next run's up-to-date check finds it. watch:
+    what the task's key is made of (uptodate.Watch)."""
     node = plan.nodes_by_task[task]
     data = plan.graph.nodes[node]
     job = plan.job(node)
@@ -28,19 +29,15 @@ def stage_action(plan: Plan, executor: DaskExecutor | None, run: RunLog, task: s
     if executor is not None:
         resources = job.stage.resources(job.target)
         delegate = lambda: executor.run(node.task_name, resources)  # noqa: E731
-    entry = execute(job, plan.layout, delegate=delegate)
+    entry = execute(job, plan.layout, delegate=delegate, watch=watch)
     run.entries[node.task_name] = entry   # the reporter's copy, even where build/ is full
     if entry.failed and not data["soft"]:
-        detail = f"\n  command: {entry.command}" if entry.command else ""
-        again = "" if entry.status == "failed" else "\n  (its failure with this same key, " \
-            "from the cache: retry=failed runs it again)"
-        return TaskFailed(f"{node.task_name} {entry.status} at {node.stage}: {entry.error}"
-                          f"{detail}\n  log: {entry.log}{again}")
+        return TaskFailed(entry.failure_message())
     values = {"entry": entry.to_dict(fingerprint=False, result_text=True)}
     if soft_deps:   # what the session's check compares next time
         values["soft_inputs"] = _soft_inputs(plan, node, entry.fingerprint, soft_deps)
     if not entry.failed and entry.status != "skipped":   # those come back to the runner
-        values["watched"] = watched
+        values["watched"] = watch.watched
     return values
 
 

@@ -14,6 +14,9 @@ A task does something in two layers, and explain asks both the way the run would
    or run.
    explain calls that same decide, with a lookup that only reads and the input digests it
    predicts, and never acts; its "why" is the record's own words.
+   Before the runner, the session reports a settled outcome as it stands (a failure the
+   cache remembers, a skip for an absent input, with nothing they were a verdict on
+   changed: pipeline.run.uptodate.settled); explain asks the session that same question.
 
 Stages are judged in graph order. An upstream stage that stays up to date, is skipped, or
 fails (again: its last run failed with this same key) leaves its files as they are; one that
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +51,7 @@ from ..plan.tasks import input_files
 from ..run.decide import Decision, decide, why_run
 from ..run.entry import StageEntry
 from ..run.intact import changed_outputs
+from ..run.uptodate import Settled
 from ..stage import Node
 from . import database
 from .session import StageCheck
@@ -162,10 +167,13 @@ class NotKnown(Exception):
 
 
 class Judge:
-    """Verdicts for a plan's stage tasks, in graph order (each needs its upstream's)."""
+    """Verdicts for a plan's stage tasks, in graph order (each needs its upstream's).
+    settled: the session's own question, asked before the runner's (Session.settled)."""
 
-    def __init__(self, plan, tasks: dict, dep_manager: Dependency):
+    def __init__(self, plan, tasks: dict, dep_manager: Dependency,
+                 settled: Callable[[object], Settled | None] = lambda task: None):
         self.plan, self.tasks, self.dep = plan, tasks, dep_manager
+        self.settled = settled
         self.verdicts: dict[Node, Verdict] = {}
         layout = plan.layout
         # the run's store, in read-only mode: no last-use mark, no discarding, no download
@@ -210,7 +218,7 @@ class Judge:
             return self._verdict(node, "up-to-date", known=True)
         doit_why = own if own == [NO_RECORD] else \
             own + [f"changed file: {self._shown(f)}" for f in changed_inputs]
-        return self._runner_verdict(node, doit_why, waits)
+        return self._settled_verdict(node, task) or self._runner_verdict(node, doit_why, waits)
 
     def _verdict(self, node: Node, action: str, why: str = "", known: bool = False,
                  digests: dict | None = None, files: dict | None = None,
@@ -219,6 +227,22 @@ class Judge:
             out_dir, data = self.plan.layout.node_dir(node), self.plan.graph.nodes[node]
             files = {rel: out_dir / rel for rel in data["stage"].outputs(data["model"])}
         return Verdict(node.task_name, action, why, known, digests or {}, files, fails)
+
+    def _settled_verdict(self, node: Node, task) -> Verdict | None:
+        """doit runs the action, and the session reports a settled outcome as it stands
+        (pipeline.run.uptodate.settled), without the runner: when build/ will be as it is now
+        at the task's turn (no stage upstream of it is restored or runs first), as the run's
+        session will find it."""
+        if any(self.verdicts[up].action not in ("up-to-date", "skip", "fail")
+               for up in self.plan.graph.predecessors(node)):
+            return None
+        known = self.settled(task)
+        if known is None:
+            return None
+        entry = known.entry
+        if entry.failed:
+            return self._verdict(node, "fail", entry.why or "", known=True, fails=True)
+        return self._verdict(node, "skip", entry.reason or "", known=True)
 
     def _stopped(self, task, from_up: dict[str, Node]) -> str | None:
         """Why doit will not run the task at all: an upstream stage it depends on (by
@@ -419,7 +443,7 @@ class Explain(DoitCmdBase):
             tasks = {t.name: t for t in self.task_list}
             check_tasks_exist(tasks, self.sel_tasks)
             nodes = selected_nodes(plan, tasks, list(self.sel_tasks or []))
-            explanation = Judge(plan, tasks, dep).explain(nodes)
+            explanation = Judge(plan, tasks, dep, session.settled).explain(nodes)
         finally:
             with contextlib.suppress(sqlite3.Error):
                 dep.close()

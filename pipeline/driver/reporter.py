@@ -24,6 +24,7 @@ from ..names import base_target
 from ..report.console import case_limit
 from ..report.record import RunLog, Summary, entry_of, publish, reuse
 from . import collector
+from .database import identity
 
 if TYPE_CHECKING:   # (loaded only when baseline= is given)
     from ..report.diff import Baseline
@@ -179,13 +180,13 @@ class KilnReporter(ConsoleReporter):
             self.added.append((task, override))
 
     def _publish(self) -> Summary:
-        """The summary: the last one as it is when every task was up to date over what the
-        last record of such a run was made from (record.reuse), else the record's, built."""
+        """The summary: the last one as it is when the run ran nothing (every task up to
+        date, or settled: _listed) over what the last record of such a run was made from
+        (record.reuse), else the record's, built."""
         added = sorted(self.added, key=lambda pair: self.order.get(pair[0].name, 0))
         stamp = None
-        if self.made_from is not None and all(o.get("status") == "up-to-date" for _, o in added):
-            listed = hashlib.sha256(json.dumps([[task.name for task, _ in added],
-                                                self.run.warnings]).encode()).hexdigest()
+        listed = self._listed(added)
+        if self.made_from is not None and listed is not None:
             before, after_run = self.made_from
             reused = reuse(self.run_file, {**before, "tasks": listed, "limit": self.limit})
             if reused is not None:
@@ -197,6 +198,25 @@ class KilnReporter(ConsoleReporter):
         if self.baseline is not None:
             record["diff"] = self.baseline.compare(record)
         return publish(self.run_file, record, stamp, self.limit)
+
+    def _listed(self, added: list[tuple]) -> str | None:
+        """What the record of a run that ran nothing is made of besides doit's database and
+        the plan (their identities are the rest of the stamp record.reuse compares): each
+        task's name, and for one not up to date what it was and its entry file's identity
+        (its row comes from there): a settled outcome (pipeline.run.uptodate.settled), or a
+        task not run after one; and the warnings. None when a task ran or was restored, or
+        failed or was skipped anew: that record is built."""
+        rows = []
+        for task, override in added:
+            if override.get("status") == "up-to-date":
+                rows.append(task.name)
+                continue
+            kind = "settled" if not override and task.name in self.run.settled else \
+                "not run" if override == NOT_RUN else None
+            if kind is None:
+                return None
+            rows.append([task.name, kind, identity(Path(task.meta["kiln"]["entry"]))])
+        return hashlib.sha256(json.dumps([rows, self.run.warnings]).encode()).hexdigest()
 
     def _record_tasks(self, added: list[tuple]) -> list[dict]:
         """The entries in plan order, without the fields this run left empty."""

@@ -7,17 +7,21 @@ stage, no graph library and no YAML parser.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from doit.exceptions import TaskFailed
+
+from ..cache.files import atomic_write, read_only
 from ..names import task_name
 from ..plan import memo
 from ..plan.variables import plan_variables, read_variables
 from ..report.record import RunLog, write_failed_run
-from ..run.uptodate import CHECK_SIGNATURE, stage_check
+from ..run.uptodate import CHECK_SIGNATURE, Settled, Watch, settled, stage_check
 from . import collector
 from .database import identity, seal, set_aside_if_damaged
 from .reporter import make_reporter
@@ -110,21 +114,64 @@ class Session:
         straight into doit's task (doit hands it in as `task`), not as the return value
         (doit would store a returned dict twice, as result and values) nor through a value
         saver (with -n, doit runs those in its main process, which never saw the action run:
-        every -n run ran every task again)."""
+        every -n run ran every task again). A task whose last outcome is settled (a failure
+        the cache remembers, a skip for an absent input: pipeline.run.uptodate.settled) is
+        reported as it stands, with no plan made and no key computed."""
         collector.resume()   # (here too: with -n, stages run in doit's child processes)
-        from .actions import stage_action
-        outcome = stage_action(self.plan(), self.executor(), self.run, name, info["watched"],
-                               info.get("soft_deps", []))
+        watch = Watch.of(task)
+        known = self.settled(task, watch)
+        if known is not None:
+            outcome = self._report_settled(info, known)
+        else:
+            from .actions import stage_action
+            outcome = stage_action(self.plan(), self.executor(), self.run, name, watch,
+                                   info.get("soft_deps", []))
         if isinstance(outcome, dict):   # a child process sends task.values back with the task
             task.values.update(outcome)
             return None
         return outcome
 
+    def settled(self, task, watch: Watch | None = None) -> Settled | None:
+        """The stage task's settled outcome, as this run reports it (uptodate.settled), or
+        None; always None with retry= (retry=failed runs remembered failures again; another
+        value is an error the plan reports). `doit explain` asks it too."""
+        if "retry" in self.variables:
+            return None
+        return settled(Path(task.meta["kiln"]["entry"]), watch or Watch.of(task), self.cache)
+
+    def _report_settled(self, info: dict, known: Settled):
+        """A settled outcome, reported as stage_action reports one: a failure fails the task
+        (a variant's soft one does not), a skip leaves its entry in the task's values."""
+        entry = known.entry
+        if known.log is not None:
+            self._write_settled(Path(info["entry"]), known)
+        self.run.entries[entry.task] = entry
+        self.run.settled.add(entry.task)
+        if entry.failed and not info.get("soft"):
+            return TaskFailed(entry.failure_message())
+        return {"entry": entry.to_dict(fingerprint=False, result_text=True)}
+
+    def _write_settled(self, entry_file: Path, known: Settled) -> None:
+        """The outcome's log and entry file, as the runner writes them for it: the first run
+        that reports it so (a run after it finds them saying so, and writes nothing); with -n
+        the record reads a child process's entry from its file."""
+        if read_only():
+            return
+        entry = known.entry
+        with contextlib.suppress(OSError):   # (the record still has it, from memory)
+            if entry.log:
+                atomic_write(self.root / entry.log, entry.log_text(known.log))
+            atomic_write(entry_file, entry.to_json())
+
+    @property
+    def cache(self) -> Path:
+        """The local cache this run uses, as the plan's layout has it."""
+        return Path(os.environ.get("KILN_CACHE") or self.root / "cache").resolve()
+
     def prune(self):
         collector.resume()
         from .actions import prune
-        cache = Path(os.environ.get("KILN_CACHE") or self.root / "cache").resolve()
-        return prune(cache, self.build, self.variables.get("days"))
+        return prune(self.cache, self.build, self.variables.get("days"))
 
     def up_to_date(self, task, values) -> bool | None:
         verdict = stage_check(task, values)

@@ -27,6 +27,8 @@ class RunLog:
     warnings: list[str] = field(default_factory=list)        # run-level (a .doit.db moved aside)
     previous: dict[str, dict] = field(default_factory=dict)  # up-to-date tasks' last entries,
     # as doit saved them (StageEntry.to_dict)
+    settled: set[str] = field(default_factory=set)   # tasks reported as their settled outcome
+    # (pipeline.run.uptodate.settled): their entries are their entry files'
 
 
 def entry_of(task, fresh: dict[str, StageEntry], previous: dict[str, dict]) -> dict | None:

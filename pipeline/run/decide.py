@@ -31,7 +31,7 @@ from ..cache.probes import tool_version
 from ..cache.store import Found
 from ..plan.layout import Layout
 from ..stage import ModelSpec, Stage, StageError, Target, read_files
-from .entry import StageEntry
+from .entry import REMEMBERED_WHY, StageEntry
 
 if TYPE_CHECKING:
     from ..plan.tasks import Job
@@ -54,6 +54,8 @@ class Decision:
     found: Found | None = None   # the cache entry a restore reads
     previous: StageEntry | None = None   # the node's last entry here
     detail: str = ""             # for a fail: the traceback, for the log
+    absent: str | None = None    # for a skip: the input ('<upstream>/<rel>') an upstream left
+    # absent (a skip that, like a remembered failure, holds while the inputs do)
 
     @property
     def remembered(self) -> bool:
@@ -92,7 +94,7 @@ def decide(job: Job, layout: Layout, lookup: Lookup, digest_of: DigestOf = on_di
         if absent and not stage.partial_inputs:
             upstream, _, rel = absent[0].partition("/")
             return Decision("skip", f"skipped: {upstream} has no {rel} (it failed or was "
-                            "skipped)", previous=previous)
+                            "skipped)", previous=previous, absent=absent[0])
         parts = key_parts(stage, model, target, inputs)
     except (OSError, ValueError, StageError) as err:   # (not a bug's TypeError: the runner's)
         return Decision("fail", f"cannot compute its key: {type(err).__name__}: {err}",
@@ -104,8 +106,7 @@ def decide(job: Job, layout: Layout, lookup: Lookup, digest_of: DigestOf = on_di
         if job.retry_failed:
             return Decision("run", f"retry=failed: it failed with this same key before (its "
                             f"failure is remembered in {cache})", key, parts, None, previous)
-        return Decision("fail", f"failed with this same key before: its failure is remembered "
-                        f"in {cache} (retry=failed runs it again)", key, parts, found, previous)
+        return Decision("fail", REMEMBERED_WHY.format(cache=cache), key, parts, found, previous)
     if found is not None:
         return Decision("restore", f"key in {cache}", key, parts, found, previous)
     return Decision("run", why_run(previous, parts), key, parts, None, previous)

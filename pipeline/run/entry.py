@@ -1,10 +1,11 @@
 """A stage task's record entry: what one run did to one stage node, typed.
 
 The runner fills one in; it is written to build/.kiln/tasks/<task>.json (with the key's
-parts, for the next run's "why", and each output's stat, for the intact check), saved by doit
-as the task's values (without the key's parts), sent back by a Dask worker, and becomes one
-row of build/run.json (without either). to_dict is the one serializer for all of them;
-from_dict reads any of them back, entries older kilns wrote included.
+parts, for the next run's "why", each output's stat, for the intact check, and what a settled
+outcome was a verdict on, for pipeline.run.uptodate.settled), saved by doit as the task's
+values (without the key's parts and the verdict's makings), sent back by a Dask worker, and
+becomes one row of build/run.json (without any of them). to_dict is the one serializer for
+all of them; from_dict reads any of them back, entries older kilns wrote included.
 """
 from __future__ import annotations
 
@@ -22,10 +23,18 @@ if TYPE_CHECKING:   # (only its attributes are read: pipeline.stage's dataclasse
 # failed with this same key before: the failure came from the cache, the stage did not run
 CACHED_FAILURE = "failed (cached)"
 FAILURES = ("failed", CACHED_FAILURE)   # the statuses of a stage that failed
+# why a stage is CACHED_FAILURE (cache: "the cache" or "the remote cache")
+REMEMBERED_WHY = ("failed with this same key before: its failure is remembered in {cache} "
+                  "(retry=failed runs it again)")
 STATUSES = ("ran", "cached", "skipped", "failed", CACHED_FAILURE, "up-to-date")
 # written even when None: a per-model stage has no target; a skipped one no key
 ALWAYS = ("target", "key")
 RESULT_TEXT = "result_json"   # the result as JSON text, in doit's values (to_dict)
+
+
+def remembered_lines(why: str, log: str) -> list[str]:
+    """The log lines of a CACHED_FAILURE: why, then the log of the run that failed."""
+    return [f"{CACHED_FAILURE}: {why}; the log of that run:", *([log] if log else [])]
 
 
 @dataclass
@@ -50,6 +59,9 @@ class StageEntry:
     log: str | None = None           # its log, relative to the project
     fingerprint: dict | None = None  # the key's parts (the entry file only)
     outputs: dict[str, list] | None = None   # rel -> [digest, size, mtime_ns] (not run.json)
+    # a settled outcome's makings, {"watched", "inputs", "cache"}: while they hold, the next
+    # run reports it again without a plan (pipeline.run.uptodate.settled; the entry file only)
+    verdict_on: dict | None = None
 
     @property
     def failed(self) -> bool:
@@ -64,7 +76,8 @@ class StageEntry:
     def to_dict(self, fingerprint: bool = True, outputs: bool = True,
                 result_text: bool = False) -> dict:
         """The entry as JSON-ready data, leaving out what is unset: the entry file keeps
-        everything; doit's values leave the fingerprint out; run.json's row both.
+        everything; doit's values leave the fingerprint (and verdict_on: both are what the
+        key was made of) out; run.json's row the outputs too.
         result_text: the result as JSON text (RESULT_TEXT), as doit's values keep it: doit
         decodes every task's row on every run, the up-to-date check needs none of the
         result, and a validate result's nested fields were a third of a no-op's decoding."""
@@ -72,6 +85,7 @@ class StageEntry:
                 if value is not None and value != [] or name in ALWAYS}
         if not fingerprint:
             data.pop("fingerprint", None)
+            data.pop("verdict_on", None)
         if not outputs:
             data.pop("outputs", None)
         if result_text and "result" in data:
@@ -119,6 +133,23 @@ class StageEntry:
         """The entry file's bytes."""
         return json.dumps(self.to_dict(), indent=1).encode()
 
+    def log_text(self, lines: list[str]) -> bytes:
+        """Its log file: what happened (task, status, key, error, command), then lines."""
+        head = [f"task: {self.task}", f"status: {self.status}", f"key: {self.key}"]
+        if self.error:
+            head.append(f"error: {self.error}")
+        if self.command:
+            head.append(f"command: {self.command}")
+        return ("\n".join(head + [""] + lines) + "\n").encode()
+
+    def failure_message(self) -> str:
+        """What doit's TaskFailed says of a failed stage: its error, command and log."""
+        detail = f"\n  command: {self.command}" if self.command else ""
+        again = "\n  (its failure with this same key, from the cache: retry=failed runs it " \
+            "again)" if self.status == CACHED_FAILURE else ""
+        return f"{self.task} {self.status} at {self.stage}: {self.error}{detail}\n  log: " \
+            f"{self.log}{again}"
+
 
 def _json_or_none(text: str):
     try:
@@ -134,6 +165,7 @@ _FIELDS = frozenset(f.name for f in dataclasses.fields(StageEntry))
 _VALID = {
     "status": lambda v: v in STATUSES,
     "fingerprint": lambda v: isinstance(v, dict),
+    "verdict_on": lambda v: isinstance(v, dict),
     "outputs": is_output_stats,
     "warnings": lambda v: isinstance(v, list),
     "result": lambda v: isinstance(v, dict),

@@ -29,28 +29,36 @@ from ..plan.layout import Layout
 from ..stage import Node, StageContext, StageError, StageSkipped
 from . import machine
 from .decide import Decision, decide, not_a_verdict
-from .entry import CACHED_FAILURE, StageEntry
+from .entry import CACHED_FAILURE, StageEntry, remembered_lines
 from .intact import changed_outputs, output_stats
+from .uptodate import Watch, verdict_on
 
 if TYPE_CHECKING:   # (the plan's modules: loaded by whoever made the job)
     from ..plan.tasks import Job
 
 
-def execute(job: Job, layout: Layout, delegate: Callable[[], dict] | None = None) -> StageEntry:
+def execute(job: Job, layout: Layout, delegate: Callable[[], dict] | None = None,
+            watch: Watch | None = None) -> StageEntry:
     """Bring job's outputs into build/ (restored or built), as pipeline.run.decide decides,
     and write its record entry.
 
     On a miss the stage runs here, or, given a delegate (pipeline.executor), elsewhere: the
     delegate returns the worker's entry and the outputs come back through the cache.
+    watch: what the doit task's key is made of; an outcome settled by it (a failure the cache
+    remembers, a skip for an absent input) records it, so that the next run reports that
+    outcome without a plan (pipeline.run.uptodate.settled).
     Returns the entry (status failed when the stage failed)."""
     started = time.perf_counter()
     node = job.node
     entry = StageEntry.of(node)
     log_lines: list[str] = []
     store = Store(layout.cache, remote.connect(layout.remote) if layout.remote else None)
+    # the inputs as the key will read them (stat first: a file edited meanwhile is a change)
+    inputs = watch.stats() if watch is not None else None
+    decision = None
     try:
-        _carry_out(decide(job, layout, store.find), job, layout, store, entry, log_lines,
-                   delegate)
+        decision = decide(job, layout, store.find)
+        _carry_out(decision, job, layout, store, entry, log_lines, delegate)
     except StageSkipped as skip:
         entry.status, entry.reason = "skipped", str(skip)
     except StageError as err:
@@ -71,8 +79,23 @@ def execute(job: Job, layout: Layout, delegate: Callable[[], dict] | None = None
     log_lines += [f"warning: {w}" for w in store.warnings]
     entry.seconds = round(time.perf_counter() - started, 3)
     entry.log = str(layout.log_file(node).relative_to(layout.root))
+    if watch is not None and decision is not None:
+        entry.verdict_on = _settled_on(watch, inputs, decision, entry, store)
     _write_entry(layout, node, entry, log_lines)
     return entry
+
+
+def _settled_on(watch: Watch, inputs: dict, decision: Decision, entry: StageEntry,
+                store: Store) -> dict | None:
+    """StageEntry.verdict_on for an outcome the key's makings settle: a failure the local
+    cache remembers under the key (whether this run found it there or remembered it), or a
+    skip for an input an upstream left absent; None for any other."""
+    if entry.status == "skipped" and decision.absent:
+        return verdict_on(watch, inputs)
+    if entry.failed and entry.key is not None:
+        cache = store.failure_files(entry.key)
+        return verdict_on(watch, inputs, cache) if cache else None
+    return None
 
 
 def _carry_out(decision: Decision, job: Job, layout: Layout, store: Store, entry: StageEntry,
@@ -89,9 +112,8 @@ def _carry_out(decision: Decision, job: Job, layout: Layout, store: Store, entry
         failure = store.recall_failure(key, decision.found.entry)
         if failure is not None:
             entry.why = decision.why
-            log_lines.append(f"{CACHED_FAILURE}: {decision.why}; the log of that run:")
-            raise FailedBefore(failure["error"], failure.get("command"), failure.get("result"),
-                               log=failure.get("log") or "")
+            log_lines += remembered_lines(decision.why, failure.get("log") or "")
+            raise FailedBefore(failure["error"], failure.get("command"), failure.get("result"))
     out_dir = layout.node_dir(job.node)
     damaged = _damaged_outputs(decision.previous, key, out_dir)
     found = decision.found if decision.action == "restore" else None
@@ -255,9 +277,4 @@ def _install(src: Path, rels: list[str], out_dir: Path, layout: Layout) -> None:
 
 
 def _write_log(path: Path, entry: StageEntry, lines: list[str]) -> None:
-    head = [f"task: {entry.task}", f"status: {entry.status}", f"key: {entry.key}"]
-    if entry.error:
-        head.append(f"error: {entry.error}")
-    if entry.command:
-        head.append(f"command: {entry.command}")
-    atomic_write(path, ("\n".join(head + [""] + lines) + "\n").encode())
+    atomic_write(path, entry.log_text(lines))
