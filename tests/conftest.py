@@ -39,30 +39,25 @@ def isolated_from_kiln_settings():
         yield
 
 
-# tests that share a built model run on one pytest-xdist worker (pyproject's addopts: -n with
-# --dist loadgroup), so each shared build happens once: a session fixture's users by the
-# fixture, a module fixture's users by their file; every other test goes wherever a worker
-# is free
-SHARED_BUILDS = ("frameworks_run", "mlp_built", "resnet_front")
+# pytest-xdist (pyproject's addopts: -n 2) hands out whole files, so that a module fixture's
+# build happens once, and the files whose tests share a session-built model as one unit: the
+# frameworks run (test_frameworks, test_html) and mlp_built (test_models, test_pipeline,
+# test_diff). (pytest 9.2 ignores xdist_group marks: xdist 3.8 renames the node ids.)
+SHARED_BUILD_FILES = {"test_frameworks.py": "frameworks_run", "test_html.py": "frameworks_run",
+                      "test_models.py": "mlp_built", "test_pipeline.py": "mlp_built",
+                      "test_diff.py": "mlp_built"}
 
 
-def pytest_collection_modifyitems(items):
-    for item in items:
-        group = _build_group(item)
-        if group:
-            item.add_marker(pytest.mark.xdist_group(group))
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
 
+    class SharedBuildScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            file = nodeid.split("::")[0].rsplit("/", 1)[-1]
+            return SHARED_BUILD_FILES.get(file, file)
 
-def _build_group(item) -> str | None:
-    fixtures = getattr(item, "_fixtureinfo", None)
-    if fixtures is None:
-        return None
-    shared = [name for name in SHARED_BUILDS if name in fixtures.names_closure]
-    if shared:
-        return shared[0]
-    scopes = {defs[-1].scope for name, defs in fixtures.name2fixturedefs.items()
-              if defs and name != "isolated_from_kiln_settings"}
-    return item.path.name if scopes & {"module", "session"} else None
+    return SharedBuildScheduling(config, log)
 
 
 def copy_project(dest: Path) -> Path:
