@@ -10,6 +10,10 @@ cd "$(dirname "$0")"
 packages=()
 if command -v vulkaninfo >/dev/null 2>&1 && vulkaninfo --summary >/dev/null 2>&1; then
     echo "setup: a Vulkan driver is present"
+elif dpkg -s mesa-vulkan-drivers libvulkan1 >/dev/null 2>&1; then
+    # (vulkaninfo is in vulkan-tools, which kiln does not install: ask dpkg instead of
+    # installing the driver again on every run)
+    echo "setup: lavapipe (mesa-vulkan-drivers) is installed"
 else
     packages+=(mesa-vulkan-drivers libvulkan1)
 fi
