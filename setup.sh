@@ -41,5 +41,7 @@ fi
 PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[all]"
+# --no-compile: pip would byte-compile every file of torch, TensorFlow and JAX (half a minute);
+# Python compiles what is imported, when it is first imported
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-compile -e ".[all]"
 echo "setup: ready (.venv)"

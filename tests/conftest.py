@@ -348,3 +348,32 @@ def flags_diff(tmp_path_factory, mlp_built) -> dict:
     return {"project": project, "baseline": baseline, "validate": proc, "page": page,
             "record": json.loads((build / "run.json").read_text()),
             "markdown": (build / "report.md").read_text()}
+
+
+# --- a real browser for report.html (test_html, test_diff) ---------------------------------
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless chromium through chromedriver, both Debian's (found on PATH, so Selenium
+    Manager never goes to the network)."""
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        pytest.skip("selenium is not installed (pip install -e '.[test]')")
+    chromium = next(filter(None, map(shutil.which, ("chromium", "chromium-browser"))), None)
+    driver = shutil.which("chromedriver")
+    if not chromium or not driver:
+        pytest.skip("no chromium and chromedriver on PATH (setup.sh installs Debian's chromium "
+                    "and chromium-driver with apt when it runs as root)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1280,1000"):
+        options.add_argument(arg)
+    if os.geteuid() == 0:
+        options.add_argument("--no-sandbox")   # chromium refuses to run as root with it
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    chrome = webdriver.Chrome(service=Service(executable_path=driver), options=options)
+    yield chrome
+    chrome.quit()

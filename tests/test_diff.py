@@ -285,3 +285,36 @@ def test_a_no_op_run_says_what_changed_since_the_baseline_as_it_is_now(flags_dif
     out = project.doit(*args).stdout
     assert "1 of 1 cases changed (1 worse)" in out and "  worse   mlp@vulkan  10× slower" in out
     assert json.loads((project.root / "build" / "run.json").read_text())["diff"]["changes"]
+
+
+# --- the diff's page in a real browser (conftest's browser) ---------------------------------
+
+CHANGES_JS = """return Array.from(document.querySelectorAll('table.changes tr.change'), tr => (
+    {model: tr.dataset.model, target: tr.dataset.target, verdict: tr.dataset.verdict,
+     cells: Array.from(tr.querySelectorAll('td'), td => td.innerText),
+     colour: getComputedStyle(tr.querySelector('td.kind')).backgroundColor}))"""
+
+
+def test_what_changed_since_the_baseline_in_a_real_browser(flags_diff, browser):
+    """The page of the mlp built again with cpu's matmul inputs demoted to bf16 (doit validate
+    ... baseline=, tests/conftest.py's flags_diff): its first section names mlp@cpu, worse,
+    with the stage it now fails at and its error against the tolerance; mlp@vulkan, which did
+    not change, has no row."""
+    from selenium.webdriver.common.by import By
+
+    browser.get(flags_diff["page"].as_uri())
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
+    headings = [h.text for h in browser.find_elements(By.TAG_NAME, "h2")]
+    assert headings[:2] == ["Changes since the baseline", "Outcome per model × target"]
+    headline = browser.find_element(By.CSS_SELECTOR, "p.headline").text
+    assert headline.endswith("1 of 2 cases changed (1 worse)")
+    (row,) = browser.execute_script(CHANGES_JS)
+    assert (row["model"], row["target"], row["verdict"]) == ("mlp", "cpu", "worse")
+    case, verdict, outcome, error, latency = row["cells"]
+    assert (case, verdict) == ("mlp@cpu", "worse")
+    assert outcome.startswith("passed → failed at validate (outputs differ from the reference")
+    assert error.startswith("error ") and "larger against the tolerance" in error
+    assert latency == (flags_diff["record"]["diff"]["changes"][0]["latency"] or {}).get("text", "")
+    assert row["colour"] == "rgb(248, 211, 211)"   # .worse
+    cell = browser.find_element(By.CSS_SELECTOR, "td.cell[data-model='mlp'][data-target='cpu']")
+    assert "failed" in cell.get_attribute("class").split()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -13,7 +12,6 @@ from pathlib import Path
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
-import pytest
 
 import stages
 from pipeline.report import html
@@ -186,33 +184,6 @@ def test_jinja2_loads_only_when_a_page_is_written(tmp_path):
 
 # --- the real run's page in a real browser --------------------------------------------------
 
-@pytest.fixture(scope="module")
-def browser():
-    """Headless chromium through chromedriver, both Debian's (found on PATH, so Selenium
-    Manager never goes to the network)."""
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        pytest.skip("selenium is not installed (pip install -e '.[test]')")
-    chromium = next(filter(None, map(shutil.which, ("chromium", "chromium-browser"))), None)
-    driver = shutil.which("chromedriver")
-    if not chromium or not driver:
-        pytest.skip("no chromium and chromedriver on PATH (setup.sh installs Debian's chromium "
-                    "and chromium-driver with apt when it runs as root)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for arg in ("--headless=new", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1280,1000"):
-        options.add_argument(arg)
-    if os.geteuid() == 0:
-        options.add_argument("--no-sandbox")   # chromium refuses to run as root with it
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    chrome = webdriver.Chrome(service=Service(executable_path=driver), options=options)
-    yield chrome
-    chrome.quit()
-
-
 CELLS_JS = """return Array.from(document.querySelectorAll('table.matrix td.cell'), td => (
     {model: td.dataset.model, target: td.dataset.target, classes: td.className.split(' '),
      text: td.innerText, log: (td.querySelector('a.log') || {}).href || null}))"""
@@ -275,34 +246,3 @@ def test_charts_off_leaves_each_chart_out_and_says_so(tmp_path):
     assert "<svg" not in text and text.count("chart not drawn (KILN_REPORT_CHARTS=off)") == 3
     assert "<table class='matrix'>" in text and not (tmp_path / "charts").exists()
     assert html.charts_wanted({}) and not html.charts_wanted({"KILN_REPORT_CHARTS": "off"})
-
-
-CHANGES_JS = """return Array.from(document.querySelectorAll('table.changes tr.change'), tr => (
-    {model: tr.dataset.model, target: tr.dataset.target, verdict: tr.dataset.verdict,
-     cells: Array.from(tr.querySelectorAll('td'), td => td.innerText),
-     colour: getComputedStyle(tr.querySelector('td.kind')).backgroundColor}))"""
-
-
-def test_what_changed_since_the_baseline_in_a_real_browser(flags_diff, browser):
-    """The page of the mlp built again with cpu's matmul inputs demoted to bf16 (doit validate
-    ... baseline=, tests/conftest.py's flags_diff): its first section names mlp@cpu, worse,
-    with the stage it now fails at and its error against the tolerance; mlp@vulkan, which did
-    not change, has no row."""
-    from selenium.webdriver.common.by import By
-
-    browser.get(flags_diff["page"].as_uri())
-    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
-    headings = [h.text for h in browser.find_elements(By.TAG_NAME, "h2")]
-    assert headings[:2] == ["Changes since the baseline", "Outcome per model × target"]
-    headline = browser.find_element(By.CSS_SELECTOR, "p.headline").text
-    assert headline.endswith("1 of 2 cases changed (1 worse)")
-    (row,) = browser.execute_script(CHANGES_JS)
-    assert (row["model"], row["target"], row["verdict"]) == ("mlp", "cpu", "worse")
-    case, verdict, outcome, error, latency = row["cells"]
-    assert (case, verdict) == ("mlp@cpu", "worse")
-    assert outcome.startswith("passed → failed at validate (outputs differ from the reference")
-    assert error.startswith("error ") and "larger against the tolerance" in error
-    assert latency == (flags_diff["record"]["diff"]["changes"][0]["latency"] or {}).get("text", "")
-    assert row["colour"] == "rgb(248, 211, 211)"   # .worse
-    cell = browser.find_element(By.CSS_SELECTOR, "td.cell[data-model='mlp'][data-target='cpu']")
-    assert "failed" in cell.get_attribute("class").split()

@@ -1,6 +1,5 @@
 """The shared cache against a real server: nginx with its DAV module on loopback, speaking
 the Bazel HTTP cache protocol. The store talks to it through pipeline.cache.remote."""
-import json
 
 import pytest
 

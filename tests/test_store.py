@@ -206,7 +206,7 @@ def test_prune_and_builds_on_one_cache_both_succeed(tmp_path):
             try:
                 while not stop.is_set():
                     fn()
-            except Exception as err:   # the test's point: nothing may escape either loop
+            except Exception:   # the test's point: nothing may escape either loop
                 errors.append(traceback.format_exc())
                 stop.set()
         return loop
