@@ -41,7 +41,7 @@ fi
 PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-# --no-compile: pip would byte-compile every file of torch, TensorFlow and JAX (half a minute);
-# Python compiles what is imported, when it is first imported
-.venv/bin/python -m pip install -q --disable-pip-version-check --no-compile -e ".[all]"
+# (not --no-compile: where PYTHONDONTWRITEBYTECODE is set, as on the CI machines, every
+# process would then compile torch and TensorFlow from source: the suite took half again)
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[all]"
 echo "setup: ready (.venv)"
