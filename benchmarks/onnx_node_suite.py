@@ -39,18 +39,13 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 from conftest import copy_project  # noqa: E402
 from onnx_node_cases import node_cases, writable, write_case  # noqa: E402
 
+from bench_engine import cpu_name  # noqa: E402  (this script's own folder is on sys.path)
+
 ENV = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
 ENV["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 ENV["KILN_REPORT_CHARTS"] = "off"
 BIN = Path(sys.executable).parent
 DIRECT_TIMEOUT_S = 120
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def choose(cases: list, sample: int | None, names: list[str] | None, seed: int) -> list:
