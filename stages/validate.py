@@ -1,7 +1,13 @@
 """Stage 8, validate: load the .vmfb on the target's driver in a fresh process (a Vulkan
 device created in doit's own process hangs forked workers), run the reference inputs,
-compare with the framework's answer within the target's atol/rtol, and time the module and
-the framework's own run of the model on the same inputs and threads (stages/timing.py).
+compare with the framework's answer, and time the module and the framework's own run of the
+model on the same inputs and threads (stages/timing.py).
+
+A float output the framework also computed in float64 (capture's reference64.npz) is judged
+by the noise rule (stages/compare.py): its error vs float64 at most FACTOR times the
+framework's own f32 error. Other outputs, and every output of a model with its own atol/rtol
+(an override), are judged within atol + rtol * |reference|; that comparison is recorded for
+every output, informational where the noise rule decided.
 
 The framework is timed here rather than in a stage of its own: its figure then sits beside
 the module's, measured under the same lock in the same run on the same machine, and a
@@ -25,7 +31,7 @@ from pipeline.cache.digest import digest_file
 from pipeline.names import parse_upstream
 from pipeline.stage import Stage, StageError
 from stages import frameworks, timing
-from stages.compare import compare
+from stages.compare import compare, describe_noise, noise_rule
 from stages.iree_tools import IDLE_S, devices, run_watched, tool
 from stages.lower import inline_weights
 from stages.weights import SCOPE
@@ -59,7 +65,7 @@ class Validate(Stage):
 
     def reads(self, upstream, outputs, model, target):
         if upstream == "capture":   # the framework's own artifacts too: its run is timed
-            return ("inputs.npz", "reference.npz", "expected.npz", "capture.json",
+            return ("inputs.npz", "reference.npz", "reference64.npz", "expected.npz", "capture.json",
                     *frameworks.get(model.framework).captured)
         if upstream == "emit":      # the weights, where the module loads them at run time
             return ("model.json", *(() if inline_weights(model, target) else ("model.irpa",)))
@@ -140,6 +146,10 @@ class Answer:
     # what the reference and they are, where not the framework's answer alone
     expected: list | None = None
     origin: dict = field(default_factory=dict)
+    # the framework's float64 answer (None: none) and capture's "f64" record (why, and its own
+    # f32 error per output)
+    reference64: list | None = None
+    f64: dict = field(default_factory=dict)
 
 
 def _reference(ctx, info: dict) -> Answer:
@@ -150,7 +160,9 @@ def _reference(ctx, info: dict) -> Answer:
                       frameworks.load_arrays(captured / "reference.npz"),
                       said.get("tolerances"), said.get("notes", []), outputs=said.get("model_outputs"),
                       expected=frameworks.load_arrays(captured / "expected.npz") or None,
-                      origin={k: said[k] for k in ("reference_from", "expected_from") if k in said})
+                      origin={k: said[k] for k in ("reference_from", "expected_from") if k in said},
+                      reference64=frameworks.load_arrays(captured / "reference64.npz") or None,
+                      f64=said.get("f64", {}))
     peer = next((name for name in ctx.inputs if parse_upstream(name)[1]), None)
     return Answer(frameworks.model_inputs(ctx.model, info["inputs"]),
                   frameworks.load_arrays(ctx.inputs[peer] / "outputs.npz") if peer else None,
@@ -187,6 +199,7 @@ def _check(outputs: list, answer: Answer, model, atol: float, rtol: float) -> di
     # runner's reading of output_N.pb), where they are the reference
     partial = outputs[:len(answer.reference)] if answer.origin.get("reference_from") else outputs
     checked = compare(partial, answer.reference, atol, rtol, per_output)
+    _judge_by_noise(checked, partial, answer, model)
     if any(per_output or []):
         checked["tolerance_why"] = [t and t.get("why") for t in answer.tolerances]
     if answer.peer:
@@ -194,6 +207,34 @@ def _check(outputs: list, answer: Answer, model, atol: float, rtol: float) -> di
     if answer.origin:
         _check_expected(checked, outputs, answer, atol, rtol, per_output)
     return checked
+
+
+def _judge_by_noise(checked: dict, outputs: list, answer: Answer, model) -> None:
+    """Into checked: each float output with a float64 answer judged by the noise rule (its
+    verdict replaces atol/rtol's, which stays as tolerance_passed), the rule each output was
+    judged by, and the summary's rule, errors and factor (the output nearest its limit)."""
+    errors = answer.f64.get("framework_error") or []
+    override = model.atol is not None or model.rtol is not None
+    judged = []
+    for output in checked["outputs"]:
+        index = output["index"]
+        framework_error = errors[index] if index < len(errors) else None
+        if override or answer.reference64 is None or framework_error is None:
+            output["rule"] = "atol/rtol"
+            continue
+        verdict = noise_rule(outputs[index], answer.reference64[index], framework_error,
+                             np.asarray(answer.reference[index]).dtype)
+        output.update(tolerance_passed=output["passed"], **verdict)
+        judged.append(output)
+    checked["passed"] = all(o["passed"] for o in checked["outputs"])
+    if not judged:
+        checked["rule"] = "atol/rtol"
+        checked["rule_why"] = "the model's own atol/rtol" if override else \
+            answer.f64.get("why") or "no float64 answer"
+        return
+    nearest = max(judged, key=lambda o: float("inf") if o["factor"] is None else o["factor"])
+    checked.update(rule="f64-noise", **{k: nearest[k] for k in
+                                        ("framework_error", "target_error", "factor", "factor_allowed")})
 
 
 def _reference_name(answer: Answer) -> str:
@@ -273,6 +314,15 @@ def _differs(name: str, checked: dict, atol: float, rtol: float) -> str:
         values = [o[key] for o in outputs]
         return "n/a" if None in values else f"{max(values, default=0.0):.3g}"
 
+    noisy = [o for o in outputs if o.get("rule") == "f64-noise"]
+    if noisy:   # judged by the noise rule: say so output by output
+        failing = [o for o in noisy if not o["passed"]]
+        words = [f"output {o['index']}: {describe_noise(o)}" for o in failing]
+        others = [o for o in outputs if o not in noisy and not o["passed"]]
+        if not others:
+            return f"outputs differ from {name}: " + "; ".join(words)
+        words.append(_differs(name, {**checked, "outputs": others}, atol, rtol))
+        return "; ".join(words)
     text = f"outputs differ from {name}: max abs error {worst('max_abs_error')} (atol {atol:g}), " \
         f"max rel error {worst('max_rel_error')} (rtol {rtol:g})"
     nonfinite = sum((o.get("nonfinite_mismatch") or 0) for o in outputs)

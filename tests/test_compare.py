@@ -1,5 +1,6 @@
 """Validation's comparison for every dtype: NaN/Inf, wide integers, bools, empty shapes,
-per-output (quantized) tolerances, and the failure message built from it. Pure numpy: the
+per-output (quantized) tolerances, the float64 noise rule, and the failure message built
+from them. Pure numpy: the
 numbers are the test."""
 import json
 
@@ -7,8 +8,9 @@ import numpy as np
 import pytest
 
 from pipeline.stage import StageError
-from stages.compare import compare
-from stages.validate import _failure_message
+from stages.compare import (FACTOR, FLOOR_ULPS, compare, describe_noise, float64_error,
+                            judged_by_float64, noise_floor, noise_rule)
+from stages.validate import _check, _failure_message
 
 
 def one(got, want, atol=1e-4, rtol=1e-4, tolerances=None):
@@ -125,3 +127,106 @@ def test_failure_message_names_nonfinite_mismatches_without_a_number():
     message = _failure_message(result, 1e-4, 1e-4)
     assert "max abs error n/a" in message and "1 elements NaN/Inf" in message
     assert "output 0: max abs error n/a against its own atol 0.5" in message
+
+
+# --- the float64 noise rule -----------------------------------------------------------------
+
+def deep_answers(noise: float, seed: int = 0):
+    """(float64 answer, the framework's f32 answer `noise` off it, its error)."""
+    rng = np.random.default_rng(seed)
+    exact = rng.standard_normal(64)
+    framework = (exact + rng.uniform(-noise, noise, 64)).astype(np.float32)
+    return exact, framework, float(np.abs(framework.astype(np.float64) - exact).max())
+
+
+def test_a_target_as_noisy_as_the_framework_passes_where_a_fixed_tolerance_fails():
+    exact, framework, framework_error = deep_answers(noise=5e-2)
+    target = (exact + np.random.default_rng(1).uniform(-5e-2, 5e-2, 64)).astype(np.float32)
+    judged = noise_rule(target, exact, framework_error)
+    assert judged["passed"] and judged["rule"] == "f64-noise"
+    assert judged["factor"] < 2.5 and judged["factor_allowed"] == FACTOR
+    assert judged["target_error"] == pytest.approx(float(np.abs(target - exact).max()))
+    assert judged["framework_error"] == framework_error
+    assert not one(target, framework)["passed"]   # atol 1e-4 / rtol 1e-4 flips on the noise
+
+
+def test_a_target_far_beyond_the_framework_noise_fails_and_says_by_how_much():
+    exact, _, framework_error = deep_answers(noise=1e-5)
+    target = (exact + 20 * FACTOR * framework_error).astype(np.float32)
+    judged = noise_rule(target, exact, framework_error)
+    assert not judged["passed"] and judged["factor"] > FACTOR
+    words = describe_noise(judged)
+    assert f"x the framework's own f32 error {framework_error:.2g}" in words
+    assert f"(allowed {FACTOR:g}x)" in words
+
+
+def test_an_exactly_right_framework_still_allows_a_few_ulps():
+    exact = np.linspace(-4, 4, 32)
+    framework = exact.astype(np.float32)   # 1 rounding: error ~ half an ulp of 4
+    target = (exact + 8 * np.finfo(np.float32).eps * 4).astype(np.float32)
+    judged = noise_rule(target, exact, framework_error=0.0)
+    assert judged["passed"] and judged["floor"] == noise_floor(exact, np.float32)
+    assert judged["floor"] == pytest.approx(FLOOR_ULPS * np.finfo(np.float32).eps * 4)
+    # ...and not a gross error
+    assert not noise_rule(framework + 1e-3, exact, framework_error=0.0)["passed"]
+
+
+def test_nan_in_the_target_where_float64_has_a_number_fails_the_rule():
+    exact, framework, framework_error = deep_answers(noise=1e-3)
+    target = framework.copy()
+    target[3] = np.nan
+    judged = noise_rule(target, exact, framework_error)
+    assert not judged["passed"] and judged["target_error"] is None
+    assert "NaN/Inf" in describe_noise(judged)
+
+
+def test_only_unquantized_float_outputs_are_judged_by_float64():
+    assert judged_by_float64(np.zeros(2, np.float32), quantized=False)
+    assert not judged_by_float64(np.zeros(2, np.float32), quantized=True)
+    assert not judged_by_float64(np.zeros(2, np.int8), quantized=False)
+    assert not judged_by_float64(np.zeros(2, bool), quantized=False)
+    assert float64_error(np.array([1.0, np.inf], np.float32), np.array([1.5, np.inf])) == 0.5
+    assert float64_error(np.array([1.0, np.inf], np.float32), np.array([1.5, 2.0])) is None
+
+
+class Model:
+    atol = rtol = None
+
+
+def answer_with_float64(reference, reference64, framework_error):
+    from stages.validate import Answer
+    return Answer(inputs=[], reference=[reference], reference64=[reference64],
+                  f64={"available": True, "why": "", "framework_error": [framework_error]})
+
+
+def test_validate_judges_by_float64_and_keeps_the_tolerance_verdict_in_the_record():
+    exact, framework, framework_error = deep_answers(noise=5e-2)
+    answer = answer_with_float64(framework, exact, framework_error)
+    result = _check([framework + np.float32(1e-2)], answer, Model(), 1e-4, 1e-3)
+    output = result["outputs"][0]
+    assert result["passed"] and result["rule"] == output["rule"] == "f64-noise"
+    assert output["tolerance_passed"] is False   # atol/rtol alone would have failed it
+    assert {"framework_error", "target_error", "factor", "factor_allowed"} <= result.keys()
+    json.dumps(result)
+
+
+def test_a_genuinely_wrong_target_fails_validate_with_the_factor_in_words():
+    exact, framework, framework_error = deep_answers(noise=1e-5)
+    answer = answer_with_float64(framework, exact, framework_error)
+    wrong = framework + np.float32(2e-3)   # a bf16-sized error
+    result = _check([wrong], answer, Model(), 1e-4, 1e-3)
+    assert not result["passed"] and result["factor"] > 100
+    message = _failure_message(result, 1e-4, 1e-3)
+    assert message.startswith("outputs differ from the reference: output 0: error vs float64 ")
+    assert "x the framework's own f32 error" in message and "(allowed 8x)" in message
+
+
+def test_a_model_with_its_own_tolerance_is_judged_by_it_alone():
+    exact, framework, framework_error = deep_answers(noise=5e-2)
+    answer = answer_with_float64(framework, exact, framework_error)
+
+    class Strict:
+        atol, rtol = 1e-4, None
+    result = _check([framework + np.float32(1e-2)], answer, Strict(), 1e-4, 1e-3)
+    assert not result["passed"] and result["rule"] == "atol/rtol"
+    assert result["rule_why"] == "the model's own atol/rtol"

@@ -16,13 +16,13 @@ from pathlib import Path
 from pipeline.stage import StageError
 
 from .arrays import load_arrays, save_arrays
-from .base import Framework, Traced
+from .base import Framework, NoFloat64, Traced
 from .factory import build_model, load_factory
 from .inputs import INT_INPUT_HIGH, model_inputs, seeded_inputs
 
 HERE = Path(__file__).parent
 
-__all__ = ["get", "companions", "detect", "Framework", "Traced", "load_arrays",
+__all__ = ["get", "companions", "detect", "Framework", "NoFloat64", "Traced", "load_arrays",
            "save_arrays", "build_model", "load_factory", "model_inputs", "seeded_inputs",
            "INT_INPUT_HIGH"]
 

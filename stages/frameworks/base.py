@@ -38,6 +38,8 @@ class Traced:
       expected          a second answer every target is compared with too (a model's own
                         expected outputs, maybe fewer than its outputs), and expected_from
                         what it is
+      source            what the adapter's reference64() re-runs in float64 (e.g. the
+                        nn.Module a factory built), where the artifact alone is not it
     """
     artifact: object
     inputs: list
@@ -48,12 +50,40 @@ class Traced:
     reference_from: str | None = None
     expected: list | None = None
     expected_from: str | None = None
+    source: object = None
 
     def info(self) -> dict:
         """What validation should know, as capture() returns it to the capture stage."""
         return {"notes": self.notes, "tolerances": self.tolerances,
                 "declared_outputs": self.declared_outputs, "reference_from": self.reference_from,
                 "expected_from": self.expected_from}
+
+
+# a float64 answer further than this (relative to the output's largest value) from the f32
+# one computes something else (another evaluator's reading of an op), not the same model
+# with less rounding: it is not used
+DISAGREE_RTOL = 1e-2
+
+
+def _disagreement(answer: list, reference: list) -> str | None:
+    """Why the float64 answer is not the model's answer in float64, or None."""
+    import numpy as np
+    for index, (wide, narrow) in enumerate(zip(answer, reference)):
+        wide, narrow = np.asarray(wide), np.asarray(narrow)
+        if narrow.dtype.kind != "f":
+            continue
+        both = np.isfinite(wide) & np.isfinite(narrow)
+        scale = float(np.abs(wide[both]).max(initial=0.0))
+        off = float(np.abs(wide[both].astype(np.float64) - narrow[both]).max(initial=0.0))
+        if off > DISAGREE_RTOL * scale + 1e-6:
+            return (f"the float64 run's output {index} is {off:.3g} from the reference (more "
+                    f"than {DISAGREE_RTOL:g} of its scale {scale:.3g}): not the same "
+                    "computation, so not used")
+    return None
+
+
+class NoFloat64(Exception):
+    """An adapter cannot compute this model's answer in float64; the message says why."""
 
 
 class Framework:
@@ -103,7 +133,36 @@ class Framework:
         save_arrays(out_dir / "inputs.npz", "arg", traced.inputs)
         save_arrays(out_dir / "reference.npz", "out", traced.reference)
         save_arrays(out_dir / "expected.npz", "out", traced.expected or [])
-        return traced.info()
+        answer64, why = self._float64_answer(model, traced)
+        save_arrays(out_dir / "reference64.npz", "out", answer64 or [])
+        return {**traced.info(), "f64": {"available": answer64 is not None, "why": why}}
+
+    def _float64_answer(self, model: ModelSpec, traced: Traced) -> tuple[list | None, str]:
+        """(the model's answer computed in float64, or None; why not, or how it was run). It
+        is what validate measures errors against: the framework's own f32 error against it
+        says how much f32 rounding noise this model has (stages/compare.py's noise rule)."""
+        try:
+            answer = self.reference64(model, traced)
+        except NoFloat64 as err:
+            return None, str(err)
+        if len(answer) != len(traced.reference):
+            return None, (f"the float64 run returned {len(answer)} outputs, the reference has "
+                          f"{len(traced.reference)}")
+        shapes = [(list(a.shape), list(r.shape)) for a, r in zip(answer, traced.reference)]
+        differing = next((i for i, (a, r) in enumerate(shapes) if a != r), None)
+        if differing is not None:
+            return None, (f"the float64 run's output {differing} has shape "
+                          f"{shapes[differing][0]}, the reference's {shapes[differing][1]}")
+        disagreement = _disagreement(answer, traced.reference)
+        if disagreement:
+            return None, disagreement
+        return answer, f"{self.name} run in float64"
+
+    def reference64(self, model: ModelSpec, traced: Traced) -> list:
+        """The model's outputs on traced.inputs computed in float64 (float inputs, weights
+        and arithmetic), as numpy arrays in the reference's order; NoFloat64(why) where the
+        framework cannot run this model so."""
+        raise NoFloat64(f"{self.name} models are not run in float64 by kiln")
 
     def trace(self, model: ModelSpec) -> Traced:
         """The framework's part of capture: build or load the model, choose its inputs, run

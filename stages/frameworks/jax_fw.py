@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pipeline.stage import ModelSpec, StageError
 
-from .base import Framework, Traced
+from .base import Framework, NoFloat64, Traced
 from .factory import build_model
 from .inputs import model_inputs
 
@@ -60,7 +60,28 @@ class Jax(Framework):
             exported = _deserialize(Path(model.sources["model"]))
             inputs = model_inputs(model, _signature(exported))
         return Traced(artifact=bytes(exported.serialize()), inputs=inputs,
-                      reference=_leaves(exported.call(*inputs)))
+                      reference=_leaves(exported.call(*inputs)),
+                      source=function if model.factory else None)
+
+    def reference64(self, model: ModelSpec, traced: Traced) -> list:
+        """A models/ function re-run under jax's x64 mode on the inputs cast to float64
+        (weights it closes over as numpy float32 stay float32 unless it makes them from its
+        inputs' dtype); an exported .jaxexport has its dtypes fixed: none."""
+        import numpy as np
+        if traced.source is None:
+            raise NoFloat64("a .jaxexport's dtypes are fixed at export: no float64 run")
+        jax = _jax()
+        inputs = [a.astype(np.float64) if a.dtype == np.float32 else a for a in traced.inputs]
+        try:
+            with jax.enable_x64(True):   # (jax.experimental's before jax 0.8)
+                answer = _leaves(traced.source(*inputs))
+        except Exception as err:   # a function that insists on its own dtypes
+            raise NoFloat64(f"the function does not run in float64: {type(err).__name__}: "
+                            f"{(str(err).splitlines() or [''])[0][:300]}") from None
+        if not any(a.dtype == np.float64 for a in answer):
+            raise NoFloat64("the function computed in float32 under x64 mode (its weights or "
+                            "casts fix the dtype): no float64 answer")
+        return answer
 
     # serialize: the blob is already the interchange format, copied under the fixed name
 

@@ -40,7 +40,7 @@ import numpy as np
 from pipeline.stage import ConfigError
 from pipeline.stage import ModelSpec, StageError
 
-from .base import Framework, Traced
+from .base import Framework, NoFloat64, Traced
 from .factory import build_model
 from .inputs import model_inputs
 
@@ -104,6 +104,38 @@ class Onnx(Framework):
         return Traced(data, inputs, notes=notes, declared_outputs=declared,
                       **_answers(model.name, data, feeds, len(declared), *test_outputs, notes))
 
+    def reference64(self, model: ModelSpec, traced: Traced) -> list:
+        """onnxruntime on a float64 copy of the graph (float weights, inputs, outputs, value
+        types and casts made double), from a temporary file, on the inputs cast to float64;
+        where onnxruntime refuses it, onnx's reference evaluator on that copy."""
+        import tempfile
+
+        import onnx
+        if traced.reference_from not in (None, "onnxruntime"):
+            raise NoFloat64(f"the reference is {traced.reference_from}, not onnxruntime's run")
+        proto = onnx.load_from_string(traced.artifact)
+        _graph_to_double(proto.graph)
+        names = [name for name, _, _ in _signature(proto)]
+        feeds = {name: a.astype(np.float64) if a.dtype == np.float32 else a
+                 for name, a in zip(names, traced.inputs)}
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model64.onnx"
+            onnx.save(proto, str(path))
+            try:
+                session = _session(str(path))
+                return [np.asarray(a) for a in session.run(None, feeds)]
+            except _onnxruntime_errors() as err:
+                refused = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        # onnxruntime's CPU kernels lack float64 for common ops (Conv): onnx's own reference
+        # evaluator (numpy, slower) computes every op in the graph's types
+        from onnx.reference import ReferenceEvaluator
+        try:
+            return [np.asarray(a) for a in ReferenceEvaluator(proto).run(None, feeds)]
+        except Exception as err:   # an op the evaluator lacks
+            raise NoFloat64(f"onnxruntime cannot run the float64 copy of the graph "
+                            f"({refused[:200]}), nor can onnx's reference evaluator "
+                            f"({type(err).__name__}: {str(err)[:200]})") from None
+
     # serialize: capture's model.onnx is the interchange file, copied under the fixed name
 
     def import_mlir(self, serialized_file: Path, mlir_file: Path) -> None:
@@ -137,11 +169,40 @@ class Onnx(Framework):
         return lambda: session.run(None, feeds)
 
 
+def _graph_to_double(graph) -> None:
+    """Make a graph (and its subgraphs) compute in float64 in place: FLOAT initializers,
+    Constant values, graph inputs/outputs/value types and Cast/ConstantOfShape targets become
+    DOUBLE. Other float types (float16, bfloat16) are left as they are."""
+    from onnx import AttributeProto, TensorProto
+    for index, tensor in enumerate(graph.initializer):
+        if tensor.data_type == TensorProto.FLOAT:
+            graph.initializer[index].CopyFrom(_double_tensor(tensor))
+    for value in (*graph.input, *graph.output, *graph.value_info):
+        if value.type.tensor_type.elem_type == TensorProto.FLOAT:
+            value.type.tensor_type.elem_type = TensorProto.DOUBLE
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type == AttributeProto.TENSOR and attribute.t.data_type == TensorProto.FLOAT:
+                attribute.t.CopyFrom(_double_tensor(attribute.t))
+            elif attribute.type == AttributeProto.GRAPH:
+                _graph_to_double(attribute.g)
+            elif attribute.type == AttributeProto.GRAPHS:
+                for subgraph in attribute.graphs:
+                    _graph_to_double(subgraph)
+            elif attribute.name in ("to", "dtype") and attribute.i == TensorProto.FLOAT:
+                attribute.i = TensorProto.DOUBLE
+
+
+def _double_tensor(tensor):
+    from onnx import numpy_helper
+    return numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float64), tensor.name)
+
+
 def _opset(proto) -> int:
     return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), OPSET)
 
 
-def _session(data: bytes, threads: int = 1):
+def _session(data: bytes | str, threads: int = 1):
     import onnxruntime as ort
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads

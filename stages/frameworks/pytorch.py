@@ -24,7 +24,7 @@ from pathlib import Path
 
 from pipeline.stage import ModelSpec, StageError
 
-from .base import NOT_INSTALLED, Framework, Traced
+from .base import NOT_INSTALLED, Framework, NoFloat64, Traced
 from .factory import load_factory
 from .inputs import model_inputs
 from .pt2_safety import loading_as_data, refuse_code
@@ -166,7 +166,26 @@ class PyTorch(Framework):
             with torch.no_grad():
                 reference = program.module()(*inputs)
         return Traced(artifact=program, inputs=[t.numpy() for t in inputs],
-                      reference=_flatten(reference))
+                      reference=_flatten(reference), source=module if model.factory else None)
+
+    def reference64(self, model: ModelSpec, traced: Traced) -> list:
+        """A factory's nn.Module .double(), or the exported program's module moved to float64
+        (a .pt2), run on the inputs with the float ones cast to float64."""
+        import copy
+
+        import torch
+        try:
+            # a copy: .double() converts parameters in place, and the exported program shares them
+            module = copy.deepcopy(traced.source).double() if traced.source is not None \
+                else traced.artifact.module().to(torch.float64)
+            inputs = [torch.from_numpy(a) for a in traced.inputs]
+            with torch.no_grad():
+                answer = module(*(t.double() if t.is_floating_point() else t for t in inputs))
+            return _flatten(answer)
+        except Exception as err:   # an op without a float64 kernel, a graph with fixed dtypes
+            raise NoFloat64(f"torch could not run the model in float64: "
+                            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                            ) from None
 
     def write_artifact(self, program, path: Path) -> None:
         import torch
