@@ -154,6 +154,9 @@ def _outcome(failed: dict | None, verdict: dict | None, result: dict) -> tuple[s
         outcome += f" (variant {result['variant']} of {len(result['variants'])})"
     if result.get("checked"):
         outcome += f" ({result['checked']})"
+    if result.get("rule") == "f64-noise" and result.get("factor") is not None:
+        # judged by its error vs float64 against the framework's own (stages/compare.py)
+        outcome += f" (f64 noise {result['factor']:.2g}x of {result['factor_allowed']:g}x)"
     return "passed", outcome
 
 
