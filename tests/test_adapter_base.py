@@ -46,8 +46,36 @@ def test_capture_writes_the_artifact_inputs_and_reference(tmp_path):
     reference = frameworks.load_arrays(tmp_path / "reference.npz")
     assert np.array_equal(reference[0], inputs[0] * 2)
     assert info == {"notes": ["doubled"], "tolerances": None, "declared_outputs": None,
-                    "reference_from": None, "expected_from": None}
+                    "reference_from": None, "expected_from": None,
+                    "f64": {"available": False,
+                            "why": "doubler models are not run in float64 by kiln"}}
     assert frameworks.load_arrays(tmp_path / "expected.npz") == []   # none: written empty
+    assert frameworks.load_arrays(tmp_path / "reference64.npz") == []
+
+
+class Doubler64(Doubler):
+    """The doubler, also run in float64; `off` it computes something else there."""
+    name = "doubler64"
+
+    def __init__(self, off: float = 0.0):
+        self.off = off
+
+    def reference64(self, model, traced):
+        return [traced.inputs[0].astype(np.float64) * 2 + self.off]
+
+
+def test_capture_writes_the_float64_answer_where_the_adapter_gives_one(tmp_path):
+    info = Doubler64().capture(_model(), tmp_path)
+    assert info["f64"] == {"available": True, "why": "doubler64 run in float64"}
+    answer64 = frameworks.load_arrays(tmp_path / "reference64.npz")
+    assert answer64[0].dtype == np.float64 and np.array_equal(answer64[0], np.arange(6.).reshape(2, 3) * 2)
+
+
+def test_a_float64_answer_that_is_another_computation_is_not_used(tmp_path):
+    info = Doubler64(off=1.0).capture(_model(), tmp_path)
+    assert not info["f64"]["available"]
+    assert "not the same computation" in info["f64"]["why"]
+    assert frameworks.load_arrays(tmp_path / "reference64.npz") == []
 
 
 def test_serialize_copies_the_artifact_under_the_fixed_name(tmp_path):
