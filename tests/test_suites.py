@@ -191,6 +191,9 @@ def test_each_case_is_compared_with_its_own_expected_outputs(node_suite):
         assert result["checked"] == "against onnxruntime and test_data_set_0/output_*.pb"
         assert result["expected"]["passed"], (case, result)
         assert len(result["expected"]["outputs"]) == len(result["outputs"]), (case, result)
+        # a case's own answer is its verdict, within atol/rtol: no float64 run of every case
+        assert result["rule"] == "atol/rtol", (case, result)
+        assert "brings its own expected outputs" in result["rule_why"], (case, result)
     # where onnxruntime cannot run the case, the expected outputs alone, and the record says so
     alone = record["validate:test_min_int16@cpu"]["result"]
     assert alone["checked"] == "against test_data_set_0/output_*.pb alone", alone
