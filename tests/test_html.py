@@ -246,3 +246,16 @@ def test_charts_off_leaves_each_chart_out_and_says_so(tmp_path):
     assert "<svg" not in text and text.count("chart not drawn (KILN_REPORT_CHARTS=off)") == 3
     assert "<table class='matrix'>" in text and not (tmp_path / "charts").exists()
     assert html.charts_wanted({}) and not html.charts_wanted({"KILN_REPORT_CHARTS": "off"})
+
+
+def test_the_error_table_says_what_judged_each_row():
+    record = hand_made_record()
+    judged = next(t for t in record["tasks"] if t["task"] == "validate:m@a")["result"]
+    judged.update(rule="f64-noise", factor=0.081, factor_allowed=8.0, target_error=7e-8,
+                  framework_error=4.9e-8)
+    fixed = next(t for t in record["tasks"] if t["task"] == "validate:m@d")["result"]
+    fixed.update(rule="atol/rtol", rule_why="the model's own atol/rtol")
+    text = html.page(record)
+    assert "float64 noise: 0.081× of 8× allowed (error vs float64 7.00e-08, framework&#39;s " \
+        "f32 4.90e-08)" in text
+    assert "atol/rtol (the model&#39;s own atol/rtol)" in text

@@ -288,9 +288,22 @@ def _errors(cells: list[dict], charts: _Charts) -> dict | None:
         return None
     data = [[c["label"], c["kind"] in PASSED] + [_number(c["result"].get(k)) for k in
             ERROR_FIELDS] for c in checked]
-    rows = [{"label": c["label"], "outcome": c["kind"],
+    rows = [{"label": c["label"], "outcome": c["kind"], "rule": _rule(c["result"]),
              **{k: _sci(c["result"].get(k)) for k in ERROR_FIELDS}} for c in checked]
     return {"chart": charts.svg("errors", data, _draw_errors), "rows": rows}
+
+
+def _rule(result: dict) -> str:
+    """What judged the outputs: the float64 noise rule (the target's error vs float64, the
+    framework's own f32 error, the factor measured and allowed) or atol/rtol, and why."""
+    if result.get("rule") != "f64-noise":
+        why = result.get("rule_why")
+        return "atol/rtol" + (f" ({why})" if why else "")
+    factor = result.get("factor")
+    measured = "unbounded" if factor is None else f"{factor:.2g}×"
+    return f"float64 noise: {measured} of {result['factor_allowed']:g}× allowed (error vs " \
+        f"float64 {_sci(result.get('target_error'))}, framework's f32 " \
+        f"{_sci(result.get('framework_error'))})"
 
 
 def _sci(value) -> str:
