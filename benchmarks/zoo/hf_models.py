@@ -228,9 +228,11 @@ _MAKERS: dict[str, Callable] = {
     "hf_wav2vec2": _wav2vec2,
 }
 
-# ONNX twins of some of the above (onnxruntime is their reference and latency baseline)
-_ONNX = ("hf_bert_base", "hf_resnet50", "hf_roberta", "hf_gpt2", "hf_vit", "hf_mobilenet_v2",
-         "hf_t5")
+# ONNX twins of some of the above (onnxruntime is their reference and latency baseline).
+# Not hf_gpt2: the legacy exporter fails on its attention mask ("Exporting the operator
+# 'aten::diff' to ONNX opset version 17 is not supported").
+_ONNX = ("hf_bert_base", "hf_resnet50", "hf_roberta", "hf_distilbert", "hf_vit",
+         "hf_mobilenet_v2", "hf_t5")
 # BERT-base's 440 MB of weights beside the graph, as big models are shipped
 _EXTERNAL_DATA = ("hf_bert_base",)
 
