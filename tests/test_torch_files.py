@@ -76,6 +76,25 @@ program = torch.export.export(model.eval(), (ids,), strict=False)
 torch.export.save(program, path)
 """
 
+# what Swin and wav2vec2 bring, in a few lines: a buffer inside an op's list argument (an
+# index tensor in aten.index's indices) and a weight-normalized convolution (aten._weight_norm)
+LIST_AND_WEIGHT_NORM_SCRIPT = """
+import sys, torch
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("order", torch.tensor([3, 0, 2, 1, 5, 4]))
+        self.conv = torch.nn.utils.parametrizations.weight_norm(
+            torch.nn.Conv1d(4, 4, 3, padding=1), dim=2)
+
+    def forward(self, x):
+        return self.conv(x[:, :, self.order])
+
+torch.manual_seed(0)
+torch.export.save(torch.export.export(Net().eval(), (torch.randn(1, 4, 6),)), sys.argv[1])
+"""
+
 
 @pytest.fixture(scope="module")
 def dataclass_pt2(tmp_path_factory):
@@ -152,3 +171,11 @@ def test_hf_gpt2_with_ops_only_decompositions_legalize_validates(project, tmp_pa
     project.doit("validate", f"model={_hf_pt2('gpt2', tmp_path)}", "target=cpu")
     result = by_stage(project)["validate"]["result"]
     assert result["passed"] and result["max_abs_error"] < 1e-4
+
+
+def test_buffer_in_a_list_and_weight_norm_validate(project, tmp_path):
+    model = tmp_path / "listed.pt2"
+    subprocess.run([sys.executable, "-c", LIST_AND_WEIGHT_NORM_SCRIPT, str(model)], check=True)
+    project.doit("validate", f"model={model}", "target=cpu")
+    result = by_stage(project)["validate"]["result"]
+    assert result["passed"] and result["max_abs_error"] < 1e-5

@@ -21,8 +21,8 @@ in the report of the branch that wrote this file).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 SEQ = 16
 VOCAB = 100

@@ -13,8 +13,10 @@ Import order matters: without turbine's decomposition table ResNet leaves ops IR
 (relu_, _native_batch_norm_legit_no_training); a few ops only core ATen decomposes are added
 to it (GPT-2's aten.diff). A non-persistent buffer (BERT's position_ids) sits among the
 program's constants, where FxImporter does not look for buffers: it is moved into the state
-dict before import. FxImporter mutates the program it imports, so
-the .pt2 is loaded afresh for each import.
+dict before import. Two graph rewrites before import avoid what FxImporter and torch-mlir
+cannot handle in Hugging Face models: a weight inside an op's list argument, and attention
+masks combined from a constant bool tensor with `&`. FxImporter mutates the program it
+imports, so the .pt2 is loaded afresh for each import.
 """
 from __future__ import annotations
 
@@ -187,6 +189,7 @@ class PyTorch(Framework):
         program = load_program(serialized_file).run_decompositions(_import_decompositions())
         _buffers_into_state_dict(program)
         _drop_constant_mask_identities(program)
+        _weights_out_of_lists(program)
         importer = FxImporter(hooks=_state_dict_names(program))
         importer.import_frozen_program(program)
         write_stripped(importer.module, mlir_file)
@@ -208,9 +211,10 @@ class PyTorch(Framework):
 
 
 # ops IREE has no lowering for, which turbine's table leaves alone and torch's core-ATen table
-# decomposes (GPT-2's attention mask calls aten.diff). Only these are taken from core ATen:
-# its whole table would also break up scaled_dot_product_attention, which IREE lowers whole.
-_CORE_ATEN_ONLY = ("diff",)
+# decomposes (GPT-2's attention mask calls aten.diff, wav2vec2's positional conv
+# _weight_norm). Only these are taken from core ATen: its whole table would also break up
+# scaled_dot_product_attention, which IREE lowers whole.
+_CORE_ATEN_ONLY = ("diff", "_weight_norm", "_weight_norm_interface")
 
 
 def _import_decompositions() -> dict:
@@ -239,10 +243,34 @@ def _buffers_into_state_dict(program) -> None:
             state_dict[name] = program.constants[name]
 
 
-def _bitwise_ops() -> dict:
+def _weights_out_of_lists(program) -> None:
+    """Pass a weight or buffer that an op takes inside a list (Swin's relative_position_index
+    in aten.index's indices) through aten.clone. FxImporter puts the tensor itself in the
+    placeholder's place, and a list holding a tensor rather than a graph value fails to import
+    ('Heterogeneous lists are not supported: expected vtensor, got torch.Tensor')."""
     import torch
-    aten = torch.ops.aten
-    return {aten.__and__.Tensor: aten.bitwise_and.Tensor, aten.__or__.Tensor: aten.bitwise_or.Tensor}
+    signature = program.graph_signature
+    lifted = {*signature.inputs_to_buffers, *signature.inputs_to_parameters,
+              *signature.inputs_to_lifted_tensor_constants}
+    graph = program.graph
+    for node in list(graph.nodes):
+        for position, arg in enumerate(node.args):
+            if not isinstance(arg, (list, tuple)):
+                continue
+            if not any(isinstance(a, torch.fx.Node) and a.name in lifted for a in arg):
+                continue
+            with graph.inserting_before(node):
+                items = [_cloned(graph, a) if isinstance(a, torch.fx.Node) and a.name in lifted
+                         else a for a in arg]
+            node.update_arg(position, type(arg)(items))
+    program.graph_module.recompile()
+
+
+def _cloned(graph, value):
+    import torch
+    clone = graph.call_function(torch.ops.aten.clone.default, (value,))
+    clone.meta["val"] = value.meta["val"]
+    return clone
 
 
 def _drop_constant_mask_identities(program) -> None:
@@ -254,10 +282,11 @@ def _drop_constant_mask_identities(program) -> None:
     so GPT-2, Llama and kin fail at legalize without this."""
     import torch
     aten = torch.ops.aten
+    bitwise = {aten.__and__.Tensor: aten.bitwise_and.Tensor,
+               aten.__or__.Tensor: aten.bitwise_or.Tensor}
     identity_of = {aten.__and__.Tensor: True, aten.bitwise_and.Tensor: True,
                    aten.logical_and.default: True, aten.__or__.Tensor: False,
                    aten.bitwise_or.Tensor: False, aten.logical_or.default: False}
-    bitwise = _bitwise_ops()
     graph = program.graph
     for node in list(graph.nodes):
         identity = identity_of.get(node.target)
@@ -273,23 +302,20 @@ def _drop_constant_mask_identities(program) -> None:
     program.graph_module.recompile()
 
 
-def _constant_bool(node):
+def _constant_bool(node) -> bool | None:
     """True/False where node makes a bool tensor filled with that value, else None."""
     import torch
     aten = torch.ops.aten
     if not isinstance(node, torch.fx.Node) or node.op != "call_function":
         return None
-    if node.kwargs.get("dtype") != torch.bool and node.meta.get("val", None) is None:
-        return None
-    value = getattr(node.meta.get("val"), "dtype", None)
-    if value != torch.bool:
+    if getattr(node.meta.get("val"), "dtype", None) != torch.bool:
         return None
     fills = {aten.new_ones.default: True, aten.ones.default: True,
              aten.new_zeros.default: False, aten.zeros.default: False}
     if node.target in fills:
         return fills[node.target]
     if node.target in (aten.full.default, aten.new_full.default):
-        fill = node.args[-1] if node.target is aten.full.default else node.args[2]
+        fill = node.args[1] if node.target is aten.full.default else node.args[2]
         return bool(fill) if isinstance(fill, (bool, int, float)) else None
     return None
 
