@@ -10,8 +10,13 @@ unpickle beyond plain tensors, evaluate as Python or load as native code is refu
 (pt2_safety.py).
 
 Import order matters: without turbine's decomposition table ResNet leaves ops IREE rejects
-(relu_, _native_batch_norm_legit_no_training). FxImporter mutates the program it imports, so
-the .pt2 is loaded afresh for each import.
+(relu_, _native_batch_norm_legit_no_training); a few ops only core ATen decomposes are added
+to it (GPT-2's aten.diff). A non-persistent buffer (BERT's position_ids) sits among the
+program's constants, where FxImporter does not look for buffers: it is moved into the state
+dict before import. Two graph rewrites before import avoid what FxImporter and torch-mlir
+cannot handle in Hugging Face models: a weight inside an op's list argument, and attention
+masks combined from a constant bool tensor with `&`. FxImporter mutates the program it
+imports, so the .pt2 is loaded afresh for each import.
 """
 from __future__ import annotations
 
@@ -198,10 +203,12 @@ class PyTorch(Framework):
 
     def import_mlir(self, serialized_file: Path, mlir_file: Path) -> None:
         from iree.compiler.extras.fx_importer import FxImporter
-        from iree.turbine.aot import current_aot_decompositions
 
         from stages.mlir import write_stripped
-        program = load_program(serialized_file).run_decompositions(current_aot_decompositions())
+        program = load_program(serialized_file).run_decompositions(_import_decompositions())
+        _buffers_into_state_dict(program)
+        _drop_constant_mask_identities(program)
+        _weights_out_of_lists(program)
         importer = FxImporter(hooks=_state_dict_names(program))
         importer.import_frozen_program(program)
         write_stripped(importer.module, mlir_file)
@@ -220,6 +227,127 @@ class PyTorch(Framework):
             with torch.no_grad():
                 return module(*tensors)
         return run
+
+
+# ops IREE has no lowering for, which turbine's table leaves alone and torch's core-ATen table
+# decomposes (GPT-2's attention mask calls aten.diff, wav2vec2's positional conv
+# _weight_norm). Only these are taken from core ATen: its whole table would also break up
+# scaled_dot_product_attention, which IREE lowers whole.
+_CORE_ATEN_ONLY = ("diff", "_weight_norm", "_weight_norm_interface")
+
+
+def _import_decompositions() -> dict:
+    """turbine's AOT decomposition table plus core ATen's decompositions of _CORE_ATEN_ONLY."""
+    import torch
+    from iree.turbine.aot import current_aot_decompositions
+    table = dict(current_aot_decompositions())
+    core_aten = torch.export.default_decompositions()
+    for name in _CORE_ATEN_ONLY:
+        packet = getattr(torch.ops.aten, name)
+        for overload in packet.overloads():
+            op = getattr(packet, overload)
+            if op in core_aten:
+                table[op] = core_aten[op]
+    return table
+
+
+def _buffers_into_state_dict(program) -> None:
+    """Put the program's non-persistent buffers (BERT's position_ids) into its state dict.
+    torch.export keeps them among the program's constants, but FxImporter looks up every
+    buffer in the state dict and fails with 'Could not find state mapping for buffer'. The
+    program is the one loaded for this import only (FxImporter mutates it anyway)."""
+    state_dict = program.state_dict
+    for name in program.graph_signature.inputs_to_buffers.values():
+        if name not in state_dict and name in program.constants:
+            state_dict[name] = program.constants[name]
+
+
+def _weights_out_of_lists(program) -> None:
+    """Pass a weight or buffer that an op takes inside a list (Swin's relative_position_index
+    in aten.index's indices) through aten.clone. FxImporter puts the tensor itself in the
+    placeholder's place, and a list holding a tensor rather than a graph value fails to import
+    ('Heterogeneous lists are not supported: expected vtensor, got torch.Tensor')."""
+    import torch
+    signature = program.graph_signature
+    lifted = {*signature.inputs_to_buffers, *signature.inputs_to_parameters,
+              *signature.inputs_to_lifted_tensor_constants}
+    graph = program.graph
+    for node in list(graph.nodes):
+        for position, arg in enumerate(node.args):
+            if not isinstance(arg, (list, tuple)):
+                continue
+            if not any(isinstance(a, torch.fx.Node) and a.name in lifted for a in arg):
+                continue
+            with graph.inserting_before(node):
+                items = [_cloned(graph, a) if isinstance(a, torch.fx.Node) and a.name in lifted
+                         else a for a in arg]
+            node.update_arg(position, type(arg)(items))
+    program.graph_module.recompile()
+
+
+def _cloned(graph, value):
+    import torch
+    clone = graph.call_function(torch.ops.aten.clone.default, (value,))
+    clone.meta["val"] = value.meta["val"]
+    return clone
+
+
+def _drop_constant_mask_identities(program) -> None:
+    """Rewrite `all-true & mask` to `mask` and `all-false | mask` to `mask`, and the other
+    `&` / `|` of tensors to bitwise_and / bitwise_or. Hugging Face's masking utilities seed
+    their combined attention mask with new_ones((), dtype=bool) and combine masks with `&`;
+    torch-mlir folds the seed into a bool literal it cannot lower ('failed to legalize
+    torch.vtensor.literal', llvm/torch-mlir#4625) and has no lowering for aten.__and__.Tensor,
+    so GPT-2, Llama and kin fail at legalize without this."""
+    import torch
+    aten = torch.ops.aten
+    bitwise = {aten.__and__.Tensor: aten.bitwise_and.Tensor,
+               aten.__or__.Tensor: aten.bitwise_or.Tensor}
+    identity_of = {aten.__and__.Tensor: True, aten.bitwise_and.Tensor: True,
+                   aten.logical_and.default: True, aten.__or__.Tensor: False,
+                   aten.bitwise_or.Tensor: False, aten.logical_or.default: False}
+    graph = program.graph
+    for node in list(graph.nodes):
+        identity = identity_of.get(node.target)
+        if identity is None or len(node.args) != 2:
+            continue
+        for constant, other in (node.args, node.args[::-1]):
+            if _constant_bool(constant) is identity and isinstance(other, torch.fx.Node):
+                _replace_by(graph, node, other)
+                break
+        else:
+            node.target = bitwise.get(node.target, node.target)
+    graph.eliminate_dead_code()
+    program.graph_module.recompile()
+
+
+def _constant_bool(node) -> bool | None:
+    """True/False where node makes a bool tensor filled with that value, else None."""
+    import torch
+    aten = torch.ops.aten
+    if not isinstance(node, torch.fx.Node) or node.op != "call_function":
+        return None
+    if getattr(node.meta.get("val"), "dtype", None) != torch.bool:
+        return None
+    fills = {aten.new_ones.default: True, aten.ones.default: True,
+             aten.new_zeros.default: False, aten.zeros.default: False}
+    if node.target in fills:
+        return fills[node.target]
+    if node.target in (aten.full.default, aten.new_full.default):
+        fill = node.args[1] if node.target is aten.full.default else node.args[2]
+        return bool(fill) if isinstance(fill, (bool, int, float)) else None
+    return None
+
+
+def _replace_by(graph, node, value) -> None:
+    """Replace node's uses by value, broadcast to node's shape where it is smaller."""
+    import torch
+    shape = list(node.meta["val"].shape)
+    if list(value.meta["val"].shape) != shape:
+        with graph.inserting_before(node):
+            value = graph.call_function(torch.ops.aten.expand.default, (value, shape))
+            value.meta["val"] = node.meta["val"]
+    node.replace_all_uses_with(value)
 
 
 def _state_dict_names(program):
