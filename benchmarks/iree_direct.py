@@ -43,8 +43,8 @@ def first_error(stderr: str) -> str:
                 lines[-1] if lines else "")
 
 
-def outputs_match(got: list, want: list, atol: float, rtol: float,
-                  tolerances: list | None = None, against: str = "the reference") -> tuple[bool, str]:
+def outputs_match(got: list, want: list, atol: float, rtol: float, tolerances: list | None = None,
+                  against: str = "the reference") -> tuple[bool, str]:
     """(matched, what happened) by kiln's comparison: a shape or count mismatch fails too."""
     from pipeline.stage import StageError
     from stages.compare import compare

@@ -87,7 +87,7 @@ def build_one(module: str, name: str, out: Path) -> tuple[str, str]:
         try:
             proc = subprocess.run([sys.executable, __file__, "--child", module, name, str(work)],
                                   capture_output=True, text=True, timeout=BUILD_TIMEOUT_S,
-                                  cwd=REPO)
+                                  cwd=REPO, check=False)
         except subprocess.TimeoutExpired:
             return "failed", f"did not finish in {BUILD_TIMEOUT_S} s"
         if proc.returncode:

@@ -16,8 +16,8 @@ its path (benchmarks/zoo/build.py runs each in a process of its own)."""
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 SEED = 0
 SIZE = 96              # the smallest side every application here takes with weights=None

@@ -48,14 +48,15 @@ from iree_direct import commands, outputs_match, run_steps, tool  # noqa: E402
 
 # the stages where an IREE tool runs on the model (iree-compile, iree-run-module)
 IREE_STAGES = ("legalize", "lower", "codegen", "validate", "pick")
-# whose code raised, by the package of a traceback's innermost frame
-OWNERS = (("iree/turbine", "IREE's (turbine importer)"), ("iree/tools/tf", "IREE's (TF importer)"),
-          ("iree/compiler/extras", "IREE's (importer)"), ("iree/compiler", "IREE's (MLIR bindings)"),
-          ("tosa_converter", "Arm's TFLite-to-TOSA converter"),
-          ("torch/", "the framework's"), ("tensorflow/", "the framework's"),
-          ("keras/", "the framework's"), ("jax/", "the framework's"), ("jaxlib/", "the framework's"),
-          ("onnxruntime/", "the framework's"), ("onnx/", "the framework's"),
-          ("ai_edge_litert/", "the framework's"), ("transformers/", "the framework's"))
+# whose code raised, by the package of a traceback's innermost frame (first match wins)
+IMPORTERS = (("iree/turbine", "IREE's (turbine importer)"),
+             ("iree/tools/tf", "IREE's (TF importer)"),
+             ("iree/compiler/extras", "IREE's (importer)"),
+             ("iree/compiler", "IREE's (MLIR bindings)"),
+             ("tosa_converter", "Arm's TFLite-to-TOSA converter"))
+FRAMEWORK_PACKAGES = ("torch", "tensorflow", "keras", "jax", "jaxlib", "onnxruntime", "onnx",
+                      "ai_edge_litert", "transformers")
+OWNERS = (*IMPORTERS, *((f"{package}/", "the framework's") for package in FRAMEWORK_PACKAGES))
 FRAME = re.compile(r'^\s*File "([^"]+)", line \d+')
 
 
@@ -139,7 +140,8 @@ def owner_from_log(log: Path) -> str:
     return next((who for package, who in OWNERS if f"/{package}" in innermost), "kiln's own")
 
 
-def check_directly(case: Case, project: Path, config: Path, work: Path) -> tuple[bool, str, list[str]]:
+def check_directly(case: Case, project: Path, config: Path,
+                   work: Path) -> tuple[bool, str, list[str]]:
     """(passed, what happened, the commands): the MLIR kiln handed iree-compile, compiled and
     run with IREE's own tools."""
     from stages import frameworks
@@ -162,7 +164,8 @@ def check_directly(case: Case, project: Path, config: Path, work: Path) -> tuple
     captured = built / "capture"
     entry = json.loads((emitted / "model.json").read_text())["entry"]
     said = json.loads((captured / "capture.json").read_text())
-    inputs, reference = load_arrays(captured / "inputs.npz"), load_arrays(captured / "reference.npz")
+    inputs = load_arrays(captured / "inputs.npz")
+    reference = load_arrays(captured / "reference.npz")
     import numpy as np
     for i, array in enumerate(inputs):
         np.save(work / f"in{i}.npy", array)
@@ -225,16 +228,18 @@ def times(value: float | None) -> str:
 
 
 def report(cases: list[Case], record: Path, walls: dict | None = None) -> str:
-    lines = [f"Model zoo through kiln: {record}; {cpu_name()}, {os.cpu_count()} cores, "
-             f"{time.strftime('%Y-%m-%d')}.", ""]
+    lines = [(f"Model zoo through kiln: {record}; {cpu_name()}, {os.cpu_count()} cores, "
+              f"{time.strftime('%Y-%m-%d')}."), ""]
     if walls:
-        lines += [f"`{walls['command']}`: cold {walls['cold']:.0f} s, no-op {walls['noop']:.2f} s.", ""]
+        lines += [(f"`{walls['command']}`: cold {walls['cold']:.0f} s, "
+                   f"no-op {walls['noop']:.2f} s."), ""]
     lines += ["| framework | target | cases | passed | pass rate | IREE/framework (geomean) |",
               "|---|---|---|---|---|---|"]
     targets = sorted({c.target for c in cases})
     groups = sorted({(c.framework, c.target) for c in cases})
     for framework, target in [*groups, *(("all", t) for t in targets), ("all", "all")]:
-        chosen = [c for c in cases if framework in ("all", c.framework) and target in ("all", c.target)]
+        chosen = [c for c in cases
+                  if framework in ("all", c.framework) and target in ("all", c.target)]
         passed = sum(c.kind == "passed" for c in chosen)
         lines.append(f"| {framework} | {target} | {len(chosen)} | {passed} | "
                      f"{100 * passed / len(chosen):.0f}% | {times(geomean(ratios(chosen)))} |")
@@ -248,7 +253,8 @@ def report(cases: list[Case], record: Path, walls: dict | None = None) -> str:
         lines += [f"| {stage} | {whose} | {n} |" for (stage, whose), n in sorted(stages.items())]
     against_ort = onnxruntime_ratios(cases)
     if against_ort:
-        lines += ["", "| model | target | IREE / onnxruntime on its `_onnx` export |", "|---|---|---|"]
+        lines += ["", "| model | target | IREE / onnxruntime on its `_onnx` export |",
+                  "|---|---|---|"]
         lines += [f"| {m} | {t} | {times(r)} |" for (m, t), r in sorted(against_ort.items())]
         lines.append(f"| geometric mean | | {times(geomean(list(against_ort.values())))} |")
     failures = [c for c in cases if c.kind == "failed"]
