@@ -76,17 +76,17 @@ def test_who_raised_before_iree_is_read_from_the_logs_innermost_frame(tmp_path):
 def test_the_tables_count_rates_stages_and_latency_ratios(run):
     cases = run["cases"]
     text = passrate.report(cases, run["root"] / "build" / "run.json")
-    assert "| torch | cpu | 2 | 1 | 50% |" in text
-    assert "| all | all | 12 | 10 | 83% |" in text
+    assert "| torch | cpu | 2 | 1 | 50% | 0 |" in text
+    assert "| all | all | 12 | 10 | 83% | 0 |" in text
     assert "| legalize | IREE's | 2 |" in text
     assert "iree-compile " in text and "imported.mlirbc" in text
     # the geometric mean of the passing cases' IREE/framework ratios
     passed = [c for c in cases if c.kind == "passed"]
     assert all(c.ms and c.framework_ms for c in passed)
     expected = passrate.geomean([c.ms / c.framework_ms for c in passed])
-    assert f"| all | all | 12 | 10 | 83% | {expected:.3g}× |" in text
+    assert f"| all | all | 12 | 10 | 83% | 0 | {expected:.3g}× |" in text
     cpu = passrate.geomean([c.ms / c.framework_ms for c in passed if c.target == "cpu"])
-    assert f"| all | cpu | 6 | 5 | 83% | {cpu:.3g}× |" in text
+    assert f"| all | cpu | 6 | 5 | 83% | 0 | {cpu:.3g}× |" in text
 
 
 def test_a_model_with_an_onnx_partner_is_timed_against_onnxruntime(run):

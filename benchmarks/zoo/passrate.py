@@ -155,6 +155,8 @@ def check_directly(case: Case, project: Path, config: Path,
     flags = compile_flags(target)
     if case.stage == "legalize":   # the importer's MLIR, which legalize could not take
         source = built / "import" / "imported.mlirbc"
+        if not source.exists():   # an .mlir model file enters at legalize: no import
+            return False, f"no {source} to compile", []
         input_type = frameworks.get(case.framework).input_type
         step = [tool("iree-compile"), str(source), f"--iree-input-type={input_type}", *flags,
                 "-o", str(vmfb)]
@@ -233,19 +235,22 @@ def report(cases: list[Case], record: Path, walls: dict | None = None) -> str:
     if walls:
         lines += [(f"`{walls['command']}`: cold {walls['cold']:.0f} s, "
                    f"no-op {walls['noop']:.2f} s."), ""]
-    lines += ["| framework | target | cases | passed | pass rate | IREE/framework (geomean) |",
-              "|---|---|---|---|---|---|"]
+    lines += ["| framework | target | cases | passed | pass rate | skipped | "
+              "IREE/framework (geomean) |", "|---|---|---|---|---|---|---|"]
     targets = sorted({c.target for c in cases})
     groups = sorted({(c.framework, c.target) for c in cases})
     for framework, target in [*groups, *(("all", t) for t in targets), ("all", "all")]:
         chosen = [c for c in cases
                   if framework in ("all", c.framework) and target in ("all", c.target)]
         passed = sum(c.kind == "passed" for c in chosen)
-        lines.append(f"| {framework} | {target} | {len(chosen)} | {passed} | "
-                     f"{100 * passed / len(chosen):.0f}% | {times(geomean(ratios(chosen)))} |")
+        skipped = sum(c.kind == "skipped" for c in chosen)   # no device: not in the rate
+        ran = len(chosen) - skipped
+        rate = f"{100 * passed / ran:.0f}%" if ran else ""
+        lines.append(f"| {framework} | {target} | {len(chosen)} | {passed} | {rate} | "
+                     f"{skipped} | {times(geomean(ratios(chosen)))} |")
     stages: dict[tuple[str, str], int] = {}
     for case in cases:
-        if case.kind != "passed":
+        if case.kind not in ("passed", "skipped"):
             key = (case.stage or case.kind, case.whose or case.kind)
             stages[key] = stages.get(key, 0) + 1
     if stages:
@@ -318,6 +323,9 @@ def main() -> None:
         args.project, walls = timed_run(args.config, Path(tempfile.mkdtemp(prefix="zoo-run-")))
         args.config = args.project / args.config.resolve().relative_to(REPO)
     record = args.record or args.project / "build" / "run.json"
+    if not record.is_file():
+        sys.exit(f"{record}: no run record; run `doit validate config=benchmarks/zoo/zoo.yaml "
+                 "matrix=zoo target=cpu` first, or give --record / --project")
     cases = read_cases(record, args.project)
     with tempfile.TemporaryDirectory() as temporary:
         work = args.keep or Path(temporary)
