@@ -60,17 +60,21 @@ def test_a_case_iree_runs_and_matches_directly_would_be_kilns_own(run, tmp_path)
     assert "--device=local-task" in run_module and "--parameters=model=" in run_module
 
 
-def test_who_raised_before_iree_is_read_from_the_logs_innermost_frame(tmp_path):
+def test_who_failed_before_iree_is_read_from_the_log(tmp_path):
+    """A Python exception: the package of its innermost frame (here JAX's own, raised for
+    real); a failure kiln words itself: the importer's at import, else kiln's own."""
     import jax.numpy as jnp
     try:
         jnp.ones(2) @ jnp.ones(3)
     except TypeError:
         framework_log = tmp_path / "capture.x.log"
-        framework_log.write_text("$ capture\n" + traceback.format_exc())
-    kiln_log = tmp_path / "serialize.x.log"
-    kiln_log.write_text("serialize: model x: cannot match signature 'serving_default'\n")
-    assert passrate.owner_from_log(framework_log) == "the framework's"
-    assert passrate.owner_from_log(kiln_log) == "kiln's own"
+        framework_log.write_text("task: capture:x\nstatus: failed\n" + traceback.format_exc())
+    worded = tmp_path / "worded.log"
+    worded.write_text("task: import:x\nstatus: failed\nerror: TF ops IREE's TF importer did not "
+                      "convert to StableHLO: tf_device.cluster_func\n")
+    assert passrate.owner_from_log(framework_log, "capture", "jax") == "the framework's"
+    assert passrate.owner_from_log(worded, "import", "tf") == "IREE's (TF importer)"
+    assert passrate.owner_from_log(worded, "capture", "tf") == "kiln's own"
 
 
 def test_the_tables_count_rates_stages_and_latency_ratios(run):

@@ -3,7 +3,13 @@ random seeded weights, written as a user brings them to kiln.
 
 Each application is built with `weights=None` at a small input size (96x96, which every
 application below accepts without pretrained weights) after `keras.utils.set_random_seed`,
-and written four ways:
+returning logits (`classifier_activation=None`: a softmax over 1,000 classes gives outputs
+near 1e-3, which a tolerance of 1e-4 barely tells apart). Freshly initialised, MobileNetV2,
+MobileNetV3 and EfficientNet give logits of 1e-8 to 1e-11 (their activations vanish through
+the layers), which any module would match: so each BatchNormalization's moving mean and
+variance are set, layer by layer, to the statistics of its input on seeded images (as
+training would leave them), which keeps activations of order one (logits' std 0.25 to 5).
+It is written four ways:
 - `keras_<app>_savedmodel`: `model.export(dir)`, Keras 3's SavedModel with one
   'serving_default' signature (kiln's TF adapter takes the only signature);
 - `keras_<app>_tflite`: float TFLite, TFLiteConverter.from_keras_model;
@@ -42,10 +48,30 @@ def _keras():
 
 
 def _application(app: str):
-    """The application with fresh seeded weights (same seed, same weights)."""
+    """The application with fresh seeded weights (same seed, same weights), its batch
+    normalizations calibrated."""
     keras = _keras()
     keras.utils.set_random_seed(SEED)
-    return getattr(keras.applications, APPS[app])(weights=None, input_shape=(SIZE, SIZE, 3))
+    model = getattr(keras.applications, APPS[app])(weights=None, input_shape=(SIZE, SIZE, 3),
+                                                   classifier_activation=None)
+    _calibrate_batch_norms(model)
+    return model
+
+
+def _calibrate_batch_norms(model) -> None:
+    """Each BatchNormalization's moving statistics := its input's mean and variance per
+    channel on seeded images, in layer order (each sees the ones before it calibrated)."""
+    import numpy as np
+    keras = _keras()
+    images = np.random.default_rng(SEED + 1).standard_normal((4, SIZE, SIZE, 3)).astype(np.float32)
+    for layer in model.layers:
+        if not isinstance(layer, keras.layers.BatchNormalization):
+            continue
+        seen = np.asarray(keras.Model(model.input, layer.input)(images))
+        axis = (layer.axis[0] if isinstance(layer.axis, (list, tuple)) else layer.axis) % seen.ndim
+        others = tuple(i for i in range(seen.ndim) if i != axis)
+        layer.moving_mean.assign(seen.mean(axis=others))
+        layer.moving_variance.assign(seen.var(axis=others))
 
 
 def savedmodel(app: str, folder: Path) -> Path:

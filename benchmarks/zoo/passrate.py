@@ -17,7 +17,8 @@ and prints, as markdown to paste into the README:
   Failing so too, it is IREE's, printed with its direct commands; passing, kiln's own.
   Before any IREE tool (capture, serialize, import, emit), the innermost frame of the
   stage log's traceback says whose code raised: the framework's, an importer's (IREE's or
-  Arm's TFLite-to-TOSA converter), or kiln's own;
+  Arm's TFLite-to-TOSA converter), or kiln's own; a failure kiln words itself is the
+  framework's importer's at import, else kiln's own;
 - the geometric mean of IREE's latency over the framework's on every passing case, over
   all and per framework, and over onnxruntime's for every model X whose `X_onnx` partner
   (the same model exported to ONNX) has a framework latency: onnxruntime's;
@@ -57,6 +58,11 @@ IMPORTERS = (("iree/turbine", "IREE's (turbine importer)"),
 FRAMEWORK_PACKAGES = ("torch", "tensorflow", "keras", "jax", "jaxlib", "onnxruntime", "onnx",
                       "ai_edge_litert", "transformers")
 OWNERS = (*IMPORTERS, *((f"{package}/", "the framework's") for package in FRAMEWORK_PACKAGES))
+# who turns each framework's model into MLIR at import: a failure kiln words (no traceback)
+# there is theirs
+IMPORTER_OF = {"tf": "IREE's (TF importer)", "onnx": "IREE's (ONNX importer)",
+               "torch": "IREE's (turbine importer)", "tflite": "Arm's TFLite-to-TOSA converter",
+               "jax": "the framework's (its StableHLO export)"}
 FRAME = re.compile(r'^\s*File "([^"]+)", line \d+')
 
 
@@ -115,7 +121,8 @@ def classify(case: Case, project: Path, config: Path, work: Path, direct: bool =
     """Set case.whose (and, for a failure in an IREE tool, the direct check's finding and
     commands)."""
     if case.stage not in IREE_STAGES:
-        case.whose = owner_from_log(project / case.log) if case.log else "kiln's own (no log)"
+        case.whose = owner_from_log(project / case.log, case.stage, case.framework) \
+            if case.log else "kiln's own (no log)"
         return
     if not direct:
         case.whose = "an IREE tool's (not checked directly)"
@@ -124,18 +131,19 @@ def classify(case: Case, project: Path, config: Path, work: Path, direct: bool =
     case.whose = "kiln's own" if passed else "IREE's"
 
 
-def owner_from_log(log: Path) -> str:
-    """Whose code raised the stage's exception: the innermost frame's package of the log's
-    last traceback; none (kiln's own error, in words), or a frame in no package listed, is
-    kiln's own. (A kiln error that re-words the framework's, raised `from None`, reads as
-    kiln's: the log's words say more.)"""
+def owner_from_log(log: Path, stage: str, framework: str) -> str:
+    """Whose code failed, before any IREE tool ran. A Python exception (the log's last
+    traceback): the package of its innermost frame, kiln's own where that is no package
+    listed. A failure kiln put in words (no traceback, a verdict kiln checked): at import,
+    the framework's importer's (e.g. TF ops IREE's TF importer left unconverted), else kiln's
+    own (e.g. a dynamic shape it asks a size for)."""
     try:
         text = log.read_text(errors="replace")
     except OSError:
         return "kiln's own (no log)"
     frames = [m.group(1) for line in text.splitlines() if (m := FRAME.match(line))]
-    if not frames:   # kiln's own StageError, said in words
-        return "kiln's own"
+    if not frames:
+        return IMPORTER_OF.get(framework, "kiln's own") if stage == "import" else "kiln's own"
     innermost = frames[-1].replace(os.sep, "/")
     return next((who for package, who in OWNERS if f"/{package}" in innermost), "kiln's own")
 
