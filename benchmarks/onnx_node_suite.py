@@ -40,11 +40,11 @@ from conftest import copy_project  # noqa: E402
 from onnx_node_cases import node_cases, writable, write_case  # noqa: E402
 
 from bench_engine import cpu_name  # noqa: E402  (this script's own folder is on sys.path)
+from iree_direct import commands, outputs_match, run_steps, tool  # noqa: E402
 
 ENV = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
 ENV["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 ENV["KILN_REPORT_CHARTS"] = "off"
-BIN = Path(sys.executable).parent
 DIRECT_TIMEOUT_S = 120
 
 
@@ -93,8 +93,6 @@ def direct(case_dir: Path, work: Path) -> tuple[bool, str, list[str]]:
     import onnx
     from onnx import numpy_helper
 
-    from pipeline.stage import StageError
-    from stages.compare import compare
     model = onnx.load(str(case_dir / "model.onnx"))
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
     mlir, vmfb = work / "model.mlir", work / "model.vmfb"
@@ -105,37 +103,23 @@ def direct(case_dir: Path, work: Path) -> tuple[bool, str, list[str]]:
         np.save(work / f"in{i}.npy", numpy_helper.to_array(onnx.load_tensor(str(pb))))
     outs = [work / f"out{i}.npy" for i in range(len(model.graph.output))]
     steps = [
-        [str(BIN / "iree-import-onnx"), str(case_dir / "model.onnx"),
+        [tool("iree-import-onnx"), str(case_dir / "model.onnx"),
          *(["--opset-version", "17"] if opset < 17 else []), "-o", str(mlir)],
-        [str(BIN / "iree-compile"), str(mlir), "--iree-hal-target-device=local",
+        [tool("iree-compile"), str(mlir), "--iree-hal-target-device=local",
          "--iree-hal-local-target-device-backends=llvm-cpu", "--iree-llvmcpu-target-cpu=host",
          "-o", str(vmfb)],
-        [str(BIN / "iree-run-module"), "--device=local-sync", f"--module={vmfb}",
+        [tool("iree-run-module"), "--device=local-sync", f"--module={vmfb}",
          f"--function={model.graph.name}", *(f"--input=@{work / f'in{i}.npy'}"
                                             for i in range(len(inputs))),
          *(f"--output=@{o}" for o in outs)]]
-    commands = [shlex.join(s) for s in steps]
-    for step in steps:
-        try:
-            proc = subprocess.run(step, capture_output=True, text=True, check=False,
-                                  timeout=DIRECT_TIMEOUT_S, start_new_session=True)
-        except subprocess.TimeoutExpired:
-            return False, f"{Path(step[0]).name} did not end in {DIRECT_TIMEOUT_S} s", commands
-        if proc.returncode:
-            last = [line for line in proc.stderr.splitlines() if line.strip()]
-            said = next((line for line in last if "error" in line.lower() or "; " in line),
-                        last[-1] if last else "")
-            return False, f"{Path(step[0]).name} exited {proc.returncode}: {said[:200]}", commands
+    ran, what = run_steps(steps, DIRECT_TIMEOUT_S)
+    if not ran:
+        return False, what, commands(steps)
     want = [numpy_helper.to_array(onnx.load_tensor(str(pb))) for pb in expected]
     got = [np.load(o) for o in outs[:len(want)]]
-    try:
-        checked = compare(got, want, 1e-4, 1e-3)   # targets.yaml's cpu atol and rtol
-    except StageError as err:   # a shape or count mismatch
-        return False, f"outputs differ from output_*.pb: {err}", commands
-    if not checked["passed"]:
-        return False, (f"outputs differ from output_*.pb: max abs error "
-                       f"{checked['max_abs_error']}"), commands
-    return True, "passes", commands
+    # targets.yaml's cpu atol and rtol
+    matched, what = outputs_match(got, want, 1e-4, 1e-3, against="output_*.pb")
+    return matched, what, commands(steps)
 
 
 def onnxruntimes(result: dict | None) -> bool:

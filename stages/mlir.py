@@ -22,9 +22,11 @@ def write_stripped(module, path: Path, bytecode: bool = True) -> None:
         path.write_text(module.operation.get_asm(enable_debug_info=False))
 
 
-def parse(data: bytes):
+def parse(data: bytes, unregistered: bool = False):
+    """The module; unregistered: ops of dialects IREE does not know are kept (to name them)."""
     from iree.compiler import ir
     context = ir.Context()
+    context.allow_unregistered_dialects = unregistered
     return ir.Module.parse(data, context)
 
 

@@ -189,7 +189,9 @@ def _jax_file(path: Path) -> None:
 
 
 def _savedmodel_dir(path: Path) -> None:
-    """Two inputs and three outputs whose keys TF's importer reorders (by a hash of the key)."""
+    """Two inputs and four outputs whose keys TF's importer reorders (by a hash of the key);
+    the batch dimension is dynamic, as Keras's model.export() leaves it, and one output is
+    reshaped by it (a tf.Reshape IREE's TF importer converts only once the shape is static)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
@@ -198,10 +200,11 @@ def _savedmodel_dir(path: Path) -> None:
             super().__init__()
             self.w = tf.Variable(np.random.default_rng(10).standard_normal((4, 4)).astype(np.float32))
 
-        @tf.function(input_signature=[tf.TensorSpec([3, 4], tf.float32, name="zed"),
-                                      tf.TensorSpec([3, 4], tf.float32, name="alpha")])
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="zed"),
+                                      tf.TensorSpec([None, 4], tf.float32, name="alpha")])
         def __call__(self, zed, alpha):
-            return {"b_sum": zed + alpha, "a_diff": zed @ self.w - alpha, "c": tf.nn.relu(zed) * 3}
+            return {"b_sum": zed + alpha, "a_diff": zed @ self.w - alpha, "c": tf.nn.relu(zed) * 3,
+                    "d": tf.reshape(alpha, [tf.shape(alpha)[0], 2, 2])}
 
     module = Pair()
     tf.saved_model.save(module, str(path), signatures={"serving_default": module.__call__})
@@ -217,7 +220,8 @@ USER_FILES = {  # file name -> (writer, modules it needs to write and to build i
 
 def test_user_model_files_build_and_validate_on_cpu(project, tmp_path):
     """model=PATH for each installed framework's file format; the ONNX file's dynamic batch
-    is sized with shapes=, and the same file without it takes batch 1 and says so."""
+    is sized with shapes=, and the same file without it takes batch 1 and says so, as the
+    SavedModel's does."""
     if not (installed(USER_FILES["user_mlp.onnx"][1]) or installed(USER_FILES["user_conv.tflite"][1])):
         pytest.skip("needs kiln[onnx] or kiln[tflite]")
     files = tmp_path / "user models"  # a space: paths must survive the command line
@@ -243,6 +247,12 @@ def test_user_model_files_build_and_validate_on_cpu(project, tmp_path):
     if installed(USER_FILES["user_fn.jaxexport"][1]):
         with np.load(project.root / "build" / "user_fn.jaxexport" / "capture" / "reference.npz") as ref:
             assert [ref[k].shape for k in sorted(ref.files)] == [(2, 3), (4,)]
+    if installed(USER_FILES["user_savedmodel"][1]):   # its dynamic batch is 1, with a note
+        with np.load(project.root / "build" / "user_savedmodel" / "capture" / "inputs.npz") as given:
+            assert [given[k].shape for k in sorted(given.files)] == [(1, 4), (1, 4)]
+        validate = next(t for t in project.record() if t["task"] == "validate:user_savedmodel@cpu")
+        assert "input 'zed': dynamic batch dimension set to 1; give shapes=zed:8x4 to choose" \
+            in validate["result"]["notes"], validate["result"]
 
     # without shapes=, a symbolic batch dimension is 1, with a note in the record
     if installed(USER_FILES["user_mlp.onnx"][1]):

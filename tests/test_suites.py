@@ -1,6 +1,7 @@
 """Suites from a folder (issue 17, item 1): model=DIR and a matrix's `suite: DIR` take every
 model under a folder, each case named by its own folder (ONNX's test layout,
-<case>/model.onnx) or its file's stem, and compared with its own expected outputs.
+<case>/model.onnx; <case>/model/ as a SavedModel) or its file's stem, and compared with its
+own expected outputs.
 
 The planning tests make the plan in-process with the stages' real hooks wrapped to count
 what they are asked (nothing is compiled). ONE `doit validate ... timing=off` runs a handful
@@ -106,6 +107,17 @@ def test_a_second_plan_of_the_folder_asks_no_hook_and_a_new_case_only_its_own(tm
         [("companions", str(suite / "nested" / "test_new" / "model.onnx"))]
     # the plan memo watches every folder the scan looked in
     assert suite / "nested" / "test_new" in made.listed and suite / "zoo" in made.listed
+
+
+def test_a_savedmodel_directory_named_model_is_named_by_its_folder(tmp_path, suite):
+    """<case>/model/ as a SavedModel, like <case>/model.onnx: the case is <case> (a model zoo
+    writes one folder per model); a SavedModel under another name keeps its own."""
+    write(suite / "keras_net" / "model" / "saved_model.pb")
+    write(suite / "keras_net" / "model" / "variables" / "model.onnx")   # inside: not a case
+    write(suite / "other" / "model.v2" / "saved_model.pb")
+    made = plan(tmp_path / "proj", model=str(suite))
+    assert models_of(made)["keras_net"] == "tf" and models_of(made)["model.v2"] == "tf"
+    assert "model" not in models_of(made)
 
 
 def test_two_cases_of_one_name_are_an_error_naming_both(tmp_path, suite):

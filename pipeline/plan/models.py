@@ -292,9 +292,11 @@ def scan_folder(folder: Path, detect: Detect) -> dict:
 
 def case_name(path: Path, is_dir: bool, reserved: frozenset[str]) -> str:
     """A folder case's model name: its folder's for a file named model.* (ONNX's test layout,
-    <case>/model.onnx), else the file's stem (a SavedModel: its directory's name); characters
-    a task name cannot hold become '_', a name the build tree uses gets a trailing '_'."""
-    name = path.name if is_dir else (path.parent.name if path.stem == "model" else path.stem)
+    <case>/model.onnx) or a SavedModel directory named model (<case>/model/saved_model.pb),
+    else the file's stem (a SavedModel: its directory's name); characters a task name cannot
+    hold become '_', a name the build tree uses gets a trailing '_'."""
+    named_model = path.name == "model" if is_dir else path.stem == "model"
+    name = path.parent.name if named_model else (path.name if is_dir else path.stem)
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".") or "_"
     return f"{name}_" if name in reserved else name
 

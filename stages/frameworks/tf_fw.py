@@ -7,7 +7,12 @@ in that function's argument order. It is saved with that function as its only si
 named after the method ('__call__' is saved as 'serving_default'). build() seeds its own
 weights and inputs (numpy default_rng). A user's model is a SavedModel directory (one holding
 saved_model.pb); the signature used is its only one, else 'serving_default', else the first
-by name; inputs are seeded from that signature.
+by name; inputs are seeded from that signature, an unknown leading (batch) dimension as 1
+(with a note; shapes= sizes it), as Keras's model.export() leaves every input's batch.
+
+A signature with a dynamic dimension is saved again by capture, traced for the captured
+shapes: IREE's TF importer leaves ops of dynamic shape (a Keras model's tf.Reshape)
+unconverted in the 'tf' dialect.
 
 Stage outputs must be single files, so capture packs the SavedModel into an uncompressed tar
 with sorted members, zero mtimes, uid/gid 0 and no owner names, and WITHOUT fingerprint.pb
@@ -65,19 +70,27 @@ class TensorFlow(Framework):
             signature_name = _signature_name(saved)
             signature = tf.saved_model.load(str(saved)).signatures[signature_name]
             specs = signature.structured_input_signature[1]   # kwargs, definition order
+            notes = []
             if inputs is None:
-                inputs = model_inputs(model, [(k, s.shape.as_list(), s.dtype.name)
-                                              for k, s in specs.items()])
+                declared = [(k, s.shape.as_list(), s.dtype.name) for k, s in specs.items()]
+                if not model.input_files():
+                    declared, notes = _batch_of_one(declared, model.shapes)
+                inputs = model_inputs(model, declared)
             self.check_input_count(model, f"signature '{signature_name}'", list(specs), inputs)
             feeds = _feeds(model, specs, inputs)
             results = signature(**{k: tf.constant(a) for k, a in feeds.items()})
+            if any(s.shape.rank is None or None in s.shape.as_list() for s in specs.values()):
+                saved = _static(saved, signature_name, feeds, Path(tmp) / "static")
+                notes.append(f"signature '{signature_name}' saved again with the captured "
+                             "input shapes: IREE's TF importer leaves ops of dynamic shape "
+                             "(tf.Reshape) unconverted")
             in_keys, out_keys = _signature_order(saved, signature_name)
             if sorted(in_keys) != sorted(specs) or sorted(out_keys) != sorted(results):
                 raise StageError(f"model {model.name}: cannot match signature "
                                  f"'{signature_name}' to its converted function "
                                  f"({in_keys} -> {out_keys})")
             return Traced(artifact=_pack(saved), inputs=[feeds[k] for k in in_keys],
-                          reference=[results[k].numpy() for k in out_keys])
+                          reference=[results[k].numpy() for k in out_keys], notes=notes)
 
     def serialize(self, capture_dir: Path, out_dir: Path) -> None:
         # capture already wrote the canonical archive; re-pack to be sure of its form
@@ -98,6 +111,7 @@ class TensorFlow(Framework):
             import_saved_model(output_path=str(imported), saved_model_dir=str(saved),
                                exported_names=_signature_name(saved),
                                import_type="savedmodel_v1", tags="serve")
+            _check_converted(imported.read_bytes())
             module = parse(imported.read_bytes())
         _make_private(module)
         write_stripped(module, mlir_file)
@@ -137,6 +151,53 @@ def _saved_model(model: ModelSpec, tmp: Path) -> tuple[Path, list | None]:
     tf.saved_model.save(module, str(saved),
                         signatures={signature_name: function.get_concrete_function()})
     return saved, inputs
+
+
+def _check_converted(data: bytes) -> None:
+    """The importer leaves TF ops it could not convert to StableHLO in the 'tf' dialect,
+    which IREE cannot parse: name them, rather than a parse error of an unknown dialect."""
+    from stages.mlir import op_names, parse
+    left = sorted(n for n in op_names(parse(data, unregistered=True))
+                  if n.split(".", 1)[0] in ("tf", "tf_executor", "tf_device"))
+    if left:
+        raise StageError(f"TF ops IREE's TF importer did not convert to StableHLO: "
+                         f"{', '.join(left)}")
+
+
+def _static(saved: Path, signature_name: str, feeds: dict, out: Path) -> Path:
+    """The SavedModel saved again at out with its signature traced for the feeds' shapes
+    (same keys and outputs; the loaded model's variables kept): what capture passes on, as
+    TFLite's capture fixes a dynamic input to the captured shape."""
+    tf = load_tf()
+    loaded = tf.saved_model.load(str(saved))
+    signature = loaded.signatures[signature_name]
+    keys = list(feeds)
+    specs = [tf.TensorSpec(a.shape, tf.as_dtype(a.dtype), name=k) for k, a in feeds.items()]
+
+    @tf.function(input_signature=specs)
+    def static(*args):
+        return signature(**dict(zip(keys, args)))
+
+    holder = tf.Module()
+    holder.loaded = loaded   # tracks the variables the signature reads
+    tf.saved_model.save(holder, str(out),
+                        signatures={signature_name: static.get_concrete_function()})
+    return out
+
+
+def _batch_of_one(signature: list, shapes: dict) -> tuple[list, list[str]]:
+    """(signature, notes): an unknown leading (batch) dimension that shapes= does not size
+    is 1, with a note (as Keras's model.export() leaves every input's batch); any other
+    unknown dimension is left for model_inputs to ask for."""
+    sized, notes = [], []
+    for name, dims, dtype in signature:
+        if name not in shapes and dims and dims[0] is None:
+            example = "x".join(["8", *("D" if d is None else str(d) for d in dims[1:])])
+            notes.append(f"input '{name}': dynamic batch dimension set to 1; give "
+                         f"shapes={name}:{example} to choose")
+            dims = [1, *dims[1:]]
+        sized.append((name, dims, dtype))
+    return sized, notes
 
 
 def _feeds(model: ModelSpec, specs: dict, inputs: list) -> dict:

@@ -1,0 +1,61 @@
+"""IREE's own tools called directly, as a user would without kiln: the check that tells a
+failure of IREE itself from kiln's own. benchmarks/onnx_node_suite.py (ONNX's node tests)
+and benchmarks/zoo/passrate.py (the model zoo) build their command lines and run them here.
+
+A step is one argv; run_steps runs them in order and stops at the first that fails, saying
+which tool failed and its first error line. outputs_match compares what iree-run-module
+wrote with the expected arrays by kiln's own comparison (stages.compare)."""
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+TIMEOUT_S = 120
+
+
+def tool(name: str) -> str:
+    return str(BIN / name)
+
+
+def run_steps(steps: list[list[str]], timeout: float = TIMEOUT_S) -> tuple[bool, str]:
+    """(all ran, what happened): each step's argv run in turn, stopping at the first that
+    fails or runs past timeout seconds (its process group killed)."""
+    for step in steps:
+        try:
+            proc = subprocess.run(step, capture_output=True, text=True, check=False,
+                                  timeout=timeout, start_new_session=True)
+        except subprocess.TimeoutExpired:
+            return False, f"{Path(step[0]).name} did not end in {timeout:g} s"
+        if proc.returncode:
+            return False, (f"{Path(step[0]).name} exited {proc.returncode}: "
+                           f"{first_error(proc.stderr)[:200]}")
+    return True, "ran"
+
+
+def first_error(stderr: str) -> str:
+    """The line that says what went wrong: the first naming an error (or IREE's
+    'STATUS; message' form), else the last line."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    return next((line for line in lines if "error" in line.lower() or "; " in line),
+                lines[-1] if lines else "")
+
+
+def outputs_match(got: list, want: list, atol: float, rtol: float, tolerances: list | None = None,
+                  against: str = "the reference") -> tuple[bool, str]:
+    """(matched, what happened) by kiln's comparison: a shape or count mismatch fails too."""
+    from pipeline.stage import StageError
+    from stages.compare import compare
+    try:
+        checked = compare(got, want, atol, rtol, tolerances)
+    except StageError as err:
+        return False, f"outputs differ from {against}: {err}"
+    if not checked["passed"]:
+        return False, f"outputs differ from {against}: max abs error {checked['max_abs_error']}"
+    return True, "passes"
+
+
+def commands(steps: list[list[str]]) -> list[str]:
+    return [shlex.join(step) for step in steps]

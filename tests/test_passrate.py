@@ -1,0 +1,103 @@
+"""benchmarks/zoo/passrate.py on a real run: the session's `frameworks` run (conftest's
+frameworks_run: one model per framework on cpu and vulkan, timed, plus `bessel`, whose op
+IREE cannot legalize). Its rows are folded as kiln's summary folds them, each failure is
+checked again with IREE's own tools on the MLIR kiln built, and the tables aggregate them."""
+from __future__ import annotations
+
+import dataclasses
+import sys
+import traceback
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks" / "zoo"))
+import passrate  # noqa: E402
+
+FRAMEWORKS = {"mlp": "torch", "bessel": "torch", "jax_mlp": "jax", "tf_mlp": "tf",
+              "tflite_cnn": "tflite", "onnx_cnn": "onnx"}
+
+
+@pytest.fixture(scope="module")
+def run(frameworks_run, tmp_path_factory) -> dict:
+    """The run's cases, each failure classified (its direct commands run once here)."""
+    root = frameworks_run["project"].root
+    cases = passrate.read_cases(root / "build" / "run.json", root)
+    work = tmp_path_factory.mktemp("direct")
+    for case in cases:
+        if case.kind == "failed":
+            passrate.classify(case, root, root / "targets.yaml", work)
+    return {"root": root, "cases": cases, "by": {(c.model, c.target): c for c in cases}}
+
+
+def test_every_case_is_a_row_with_its_framework(run, frameworks_run):
+    assert sorted(run["by"]) == sorted((m, t) for m in frameworks_run["models"]
+                                       for t in frameworks_run["targets"])
+    assert {c.model: c.framework for c in run["cases"]} == FRAMEWORKS
+
+
+def test_a_legalize_failure_that_iree_compile_repeats_is_irees_with_its_command(run):
+    bessel = run["by"][("bessel", "cpu")]
+    assert (bessel.kind, bessel.stage, bessel.whose) == ("failed", "legalize", "IREE's")
+    assert bessel.direct.startswith("iree-compile exited 1")
+    [command] = bessel.commands
+    imported = run["root"] / "build" / "bessel" / "import" / "imported.mlirbc"
+    assert f"iree-compile {imported} --iree-input-type=torch" in command
+    assert "--iree-llvmcpu-target-cpu=" in command
+    assert {c.whose for c in run["cases"] if c.kind == "failed"} == {"IREE's"}
+
+
+def test_a_case_iree_runs_and_matches_directly_would_be_kilns_own(run, tmp_path):
+    """The passing mlp, taken as failed at validate: compiled from emit's MLIR, run on
+    capture's inputs with its weights and compared with reference.npz, it passes: so a
+    failure there would have been kiln's."""
+    case = dataclasses.replace(run["by"][("mlp", "cpu")], kind="failed", stage="validate")
+    passrate.classify(case, run["root"], run["root"] / "targets.yaml", tmp_path)
+    assert (case.whose, case.direct) == ("kiln's own", "passes")
+    compile_, run_module = case.commands
+    assert "emit/model.mlirbc --compile-from=input" in compile_
+    assert "--device=local-task" in run_module and "--parameters=model=" in run_module
+
+
+def test_who_failed_before_iree_is_read_from_the_log(tmp_path):
+    """A Python exception: the package of its innermost frame (here JAX's own, raised for
+    real); a failure kiln words itself: the importer's at import, else kiln's own."""
+    import jax.numpy as jnp
+    try:
+        jnp.ones(2) @ jnp.ones(3)
+    except TypeError:
+        framework_log = tmp_path / "capture.x.log"
+        framework_log.write_text("task: capture:x\nstatus: failed\n" + traceback.format_exc())
+    worded = tmp_path / "worded.log"
+    worded.write_text("task: import:x\nstatus: failed\nerror: TF ops IREE's TF importer did not "
+                      "convert to StableHLO: tf_device.cluster_func\n")
+    assert passrate.owner_from_log(framework_log, "capture", "jax") == "the framework's"
+    assert passrate.owner_from_log(worded, "import", "tf") == "IREE's (TF importer)"
+    assert passrate.owner_from_log(worded, "capture", "tf") == "kiln's own"
+
+
+def test_the_tables_count_rates_stages_and_latency_ratios(run):
+    cases = run["cases"]
+    text = passrate.report(cases, run["root"] / "build" / "run.json")
+    assert "| torch | cpu | 2 | 1 | 50% | 0 |" in text
+    assert "| all | all | 12 | 10 | 83% | 0 |" in text
+    assert "| legalize | IREE's | 2 |" in text
+    assert "iree-compile " in text and "imported.mlirbc" in text
+    # the geometric mean of the passing cases' IREE/framework ratios
+    passed = [c for c in cases if c.kind == "passed"]
+    assert all(c.ms and c.framework_ms for c in passed)
+    expected = passrate.geomean([c.ms / c.framework_ms for c in passed])
+    assert f"| all | all | 12 | 10 | 83% | 0 | {expected:.3g}× |" in text
+    cpu = passrate.geomean([c.ms / c.framework_ms for c in passed if c.target == "cpu"])
+    assert f"| all | cpu | 6 | 5 | 83% | 0 | {cpu:.3g}× |" in text
+
+
+def test_a_model_with_an_onnx_partner_is_timed_against_onnxruntime(run):
+    """onnx_cnn's measured onnxruntime latency, as the partner `mlp_onnx` of the mlp."""
+    cases = run["cases"]
+    partner = dataclasses.replace(run["by"][("onnx_cnn", "cpu")], model="mlp_onnx")
+    mlp = run["by"][("mlp", "cpu")]
+    found = passrate.onnxruntime_ratios([*cases, partner])
+    assert found == {("mlp", "cpu"): mlp.ms / partner.framework_ms}
+    assert "| mlp | cpu | " in passrate.report([*cases, partner], Path("run.json"))
