@@ -36,11 +36,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
-from conftest import copy_project  # noqa: E402
-from onnx_node_cases import node_cases, writable, write_case  # noqa: E402
-
 from bench_engine import cpu_name  # noqa: E402  (this script's own folder is on sys.path)
+from conftest import copy_project  # noqa: E402
 from iree_direct import commands, outputs_match, run_steps, tool  # noqa: E402
+from onnx_node_cases import node_cases, writable, write_case  # noqa: E402
 
 ENV = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
 ENV["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"

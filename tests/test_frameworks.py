@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import Project, copy_project
 
 STAGES = {"capture", "serialize", "import", "legalize", "emit", "lower", "codegen", "validate",

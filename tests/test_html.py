@@ -12,7 +12,6 @@ from pathlib import Path
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
-
 import stages
 from pipeline.report import html
 

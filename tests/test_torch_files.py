@@ -12,7 +12,6 @@ import sys
 import textwrap
 
 import pytest
-
 from conftest import Project, copy_project, needs_torch
 
 pytestmark = needs_torch

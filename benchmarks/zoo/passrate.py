@@ -1,7 +1,7 @@
 """kiln's pass rate on the model zoo, from a run's record, and whose each failure is.
 
     .venv/bin/python benchmarks/zoo/passrate.py [--record build/run.json] [--project .]
-        [--config benchmarks/zoo/zoo.yaml] [--no-direct] [--time]
+        [--config benchmarks/zoo/zoo.yaml] [--no-direct] [--time [--jobs N]]
 
 Reads the record of `doit validate config=benchmarks/zoo/zoo.yaml matrix=zoo target=...`
 (one row per model x target, as kiln's own summary table folds it: pipeline.report.table)
@@ -289,7 +289,7 @@ def cell(text: str, width: int = 160) -> str:
 
 # --- --time: the run itself, cold and no-op ---------------------------------------------------
 
-def timed_run(config: Path, root: Path) -> tuple[Path, dict]:
+def timed_run(config: Path, root: Path, jobs: int) -> tuple[Path, dict]:
     """The zoo validated cold in a copy of this project at root (an empty cache; build/zoo is
     a link to this project's), then again: (the copy, the command and both walls)."""
     sys.path.insert(0, str(REPO / "tests"))
@@ -302,7 +302,9 @@ def timed_run(config: Path, root: Path) -> tuple[Path, dict]:
     (project / "build" / "zoo").symlink_to(REPO / "build" / "zoo")
     env = without_kiln_settings(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    args = ["validate", f"config={relative}", "matrix=zoo", "target=cpu"]
+    # (stages in parallel: kiln still times one module or framework at a time)
+    parallel = ["-n", str(jobs), "-P", "thread"] if jobs > 1 else []
+    args = [*parallel, "validate", f"config={relative}", "matrix=zoo", "target=cpu"]
     walls = {"command": f"doit {' '.join(args)}"}
     for run in ("cold", "noop"):
         started = time.perf_counter()
@@ -322,13 +324,16 @@ def main() -> None:
                         help="do not check failures with IREE's tools directly")
     parser.add_argument("--time", action="store_true",
                         help="make the run first, cold and no-op, and print both walls")
+    parser.add_argument("--jobs", type=int, default=1, help="with --time: doit -n (stages in "
+                        "parallel)")
     parser.add_argument("--keep", type=Path,
                         help="keep the direct checks' modules and arrays here (default: a "
                              "temporary folder, so the printed commands' files are gone)")
     args = parser.parse_args()
     walls = None
     if args.time:
-        args.project, walls = timed_run(args.config, Path(tempfile.mkdtemp(prefix="zoo-run-")))
+        args.project, walls = timed_run(args.config, Path(tempfile.mkdtemp(prefix="zoo-run-")),
+                                          args.jobs)
         args.config = args.project / args.config.resolve().relative_to(REPO)
     record = args.record or args.project / "build" / "run.json"
     if not record.is_file():

@@ -37,8 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.stage import ConfigError
-from pipeline.stage import ModelSpec, StageError
+from pipeline.stage import ConfigError, ModelSpec, StageError
 
 from .base import Framework, NoFloat64, Traced
 from .factory import build_model
