@@ -182,7 +182,7 @@ class PyTorch(Framework):
         try:
             # a copy: .double() converts parameters in place, and the exported program shares them
             module = copy.deepcopy(traced.source).double() if traced.source is not None \
-                else traced.artifact.module().to(torch.float64)
+                else _graph_in_float64(traced.artifact.module().to(torch.float64))
             inputs = [torch.from_numpy(a) for a in traced.inputs]
             with torch.no_grad():
                 answer = module(*(t.double() if t.is_floating_point() else t for t in inputs))
@@ -227,6 +227,21 @@ class PyTorch(Framework):
             with torch.no_grad():
                 return module(*tensors)
         return run
+
+
+def _graph_in_float64(module):
+    """An exported program's module, its weights already float64, with every float32 its
+    graph names (dtype= of a mask or a cast, as Hugging Face's attention masks are made)
+    made float64: .to(float64) moves only the weights, and the graph's own float32 tensors
+    then meet float64 ones ('Tensor dtype mismatch')."""
+    import torch
+    for node in module.graph.nodes:
+        if node.kwargs.get("dtype") is torch.float32:
+            node.kwargs = {**node.kwargs, "dtype": torch.float64}
+        if any(arg is torch.float32 for arg in node.args):
+            node.args = tuple(torch.float64 if arg is torch.float32 else arg for arg in node.args)
+    module.recompile()
+    return module
 
 
 # ops IREE has no lowering for, which turbine's table leaves alone and torch's core-ATen table

@@ -101,9 +101,13 @@ class TFLite(Framework):
 
         from stages.mlir import parse, write_stripped
         buffer = io.BytesIO()
-        tflite_flatbuffer_to_tosa_mlir(str(serialized_file), buffer,
-                                       TosaConverterOutputFormat.Bytecode,
-                                       TosaConverterDebugInfo.Disabled)
+        try:
+            tflite_flatbuffer_to_tosa_mlir(str(serialized_file), buffer,
+                                           TosaConverterOutputFormat.Bytecode,
+                                           TosaConverterDebugInfo.Disabled)
+        except RuntimeError as err:   # the converter's verdict on this file: deterministic
+            raise StageError(f"Arm's TFLite-to-TOSA converter (tosa-converter-for-tflite) "
+                             f"cannot convert the model: {err}") from None
         write_stripped(parse(buffer.getvalue()), mlir_file)
 
     timing_threads = "LiteRT Interpreter num_threads"
