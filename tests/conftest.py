@@ -287,8 +287,13 @@ def frameworks_run(tmp_path_factory) -> dict:
     # the page stays in build/ (its log links are relative) under a name later runs keep
     page = build / "report.frameworks.html"
     shutil.copyfile(build / "report.html", page)
+    # and its record, which test_passrate reads as a file (test_frameworks' later runs in the
+    # project write build/run.json again)
+    record_file = build / "run.frameworks.json"
+    shutil.copyfile(build / "run.json", record_file)
     return {"project": project, "proc": proc, "models": models, "targets": targets,
-            "failing": name, "record": project.record(), "page": page}
+            "failing": name, "record": project.record(), "page": page,
+            "record_file": record_file}
 
 
 # --- models built once per session, for tests whose first build is only their setting -------

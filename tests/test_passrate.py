@@ -23,7 +23,7 @@ FRAMEWORKS = {"mlp": "torch", "bessel": "torch", "jax_mlp": "jax", "tf_mlp": "tf
 def run(frameworks_run, tmp_path_factory) -> dict:
     """The run's cases, each failure classified (its direct commands run once here)."""
     root = frameworks_run["project"].root
-    cases = passrate.read_cases(root / "build" / "run.json", root)
+    cases = passrate.read_cases(frameworks_run["record_file"], root)
     work = tmp_path_factory.mktemp("direct")
     for case in cases:
         if case.kind == "failed":

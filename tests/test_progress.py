@@ -272,7 +272,8 @@ def test_ctrl_c_on_a_terminal_stops_promptly_and_gives_the_cursor_back(tmp_path)
     started = time.monotonic()
     status, shown = run_on_pty(DOIT[:3] + ["validate:toy@slow"], root,
                                doit_env(KILN_PROGRESS_AFTER="0.1"),
-                               interrupt_on=re.compile(r"validate\s+toy@slow\s+1s"))
+                               # (any second: on a busy machine the live block may skip 1s)
+                               interrupt_on=re.compile(r"validate\s+toy@slow\s+\d+s"))
     assert time.monotonic() - started < 20 and status != 0   # not the stage's 30 s
     assert "KeyboardInterrupt" in shown
     assert shown.rindex("\x1b[?25h") > shown.rindex("\x1b[?25l")
