@@ -23,7 +23,7 @@ class Capture(FrameworkStage):
 
     def outputs(self, model):
         return ("inputs.npz", "reference.npz", "reference64.npz", "expected.npz",
-                "capture.json", *self.adapter(model).captured)
+                "alternative.npz", "capture.json", *self.adapter(model).captured)
 
     def work(self, adapter, ctx):
         info = adapter.capture(ctx.model, ctx.out)
@@ -39,7 +39,9 @@ class Capture(FrameworkStage):
             {"notes": info["notes"], "tolerances": info["tolerances"], **origin,
              "model_outputs": len(reference) if declared is None else len(declared),
              "outputs": [{"shape": list(r.shape), "dtype": r.dtype.name} for r in reference],
-             "f64": _float64_record(info, reference, load_arrays(ctx.out / "reference64.npz"))},
+             "f64": _float64_record(info, reference, load_arrays(ctx.out / "reference64.npz")),
+             "alternative": _alternative_record(info, reference,
+                                                load_arrays(ctx.out / "alternative.npz"))},
             indent=1, sort_keys=True))
         return {"notes": info["notes"]} if info["notes"] else None
 
@@ -56,6 +58,16 @@ def _float64_record(info: dict, reference: list, reference64: list) -> dict:
                 r, quantized=i < len(tolerances) and tolerances[i] is not None) else None
             for i, (r, r64) in enumerate(zip(reference, reference64))]
     return record
+
+
+def _alternative_record(info: dict, reference: list, alternative: list) -> dict | None:
+    """capture.json's "alternative": what the framework's second answer is, and per output
+    its spread from the reference (max abs; None where NaN/Inf differ), the framework's own
+    noise where it has no float64 answer."""
+    if not alternative:
+        return None
+    return {"from": info["alternative_from"],
+            "spread": [float64_error(r, a) for r, a in zip(reference, alternative)]}
 
 
 def _check_declared(model: ModelSpec, declared, reference) -> None:

@@ -175,29 +175,36 @@ def noise_floor(reference64: np.ndarray, dtype) -> float:
 
 
 def noise_rule(got: np.ndarray, reference64: np.ndarray, framework_error: float,
-               dtype=np.float32, factor: float = FACTOR) -> dict:
+               dtype=np.float32, factor: float = FACTOR, rule: str = "f64-noise") -> dict:
     """Judge one output by the float64 noise rule: its error vs the float64 answer must be
     at most `factor` times the framework's own f32 error (framework_error, from capture),
-    that error taken as at least noise_floor(). The fields validate records per output."""
+    that error taken as at least noise_floor(). The fields validate records per output.
+    rule="spread": where the framework has no float64 answer, the same bound with the
+    reference itself in reference64's place and, as framework_error, the spread between
+    the framework's own two implementations (LiteRT's XNNPACK and reference kernels)."""
     target_error = float64_error(got, reference64)
     allowed_error = max(framework_error, noise_floor(reference64, dtype))
     measured = None if target_error is None else \
         _finite_or_none(target_error / allowed_error) if allowed_error > 0 else \
         (0.0 if target_error == 0 else None)
     passed = target_error is not None and target_error <= factor * allowed_error
-    return {"rule": "f64-noise", "passed": passed, "framework_error": float(framework_error),
+    return {"rule": rule, "passed": passed, "framework_error": float(framework_error),
             "target_error": target_error, "floor": allowed_error if allowed_error > framework_error
             else None, "factor": measured, "factor_allowed": float(factor)}
 
 
 def describe_noise(judged: dict) -> str:
     """The noise rule's verdict on an output in words, for a failure message."""
+    spread = judged.get("rule") == "spread"
+    against = "the reference" if spread else "float64"
     if judged["target_error"] is None:
-        return "NaN/Inf where the float64 answer has none (or the other way round)"
-    base = f"the framework's own f32 error {judged['framework_error']:.2g}"
+        return f"NaN/Inf where {against} has none (or the other way round)"
+    own = "the spread between the framework's own kernels" if spread else \
+        "the framework's own f32 error"
+    base = f"{own} {judged['framework_error']:.2g}"
     if judged.get("floor") is not None:
         base = f"the floor {judged['floor']:.2g} ({FLOOR_ULPS} ulps of the output's scale; " \
-            f"the framework's own f32 error is {judged['framework_error']:.2g})"
+            f"{own} is {judged['framework_error']:.2g})"
     factor = "an unbounded number of" if judged["factor"] is None else f"{judged['factor']:.3g}x"
-    return f"error vs float64 {judged['target_error']:.2g} is {factor} {base} " \
+    return f"error vs {against} {judged['target_error']:.2g} is {factor} {base} " \
         f"(allowed {judged['factor_allowed']:g}x)"

@@ -65,7 +65,8 @@ class Validate(Stage):
 
     def reads(self, upstream, outputs, model, target):
         if upstream == "capture":   # the framework's own artifacts too: its run is timed
-            return ("inputs.npz", "reference.npz", "reference64.npz", "expected.npz", "capture.json",
+            return ("inputs.npz", "reference.npz", "reference64.npz", "expected.npz",
+                    "alternative.npz", "capture.json",
                     *frameworks.get(model.framework).captured)
         if upstream == "emit":      # the weights, where the module loads them at run time
             return ("model.json", *(() if inline_weights(model, target) else ("model.irpa",)))
@@ -150,6 +151,10 @@ class Answer:
     # f32 error per output)
     reference64: list | None = None
     f64: dict = field(default_factory=dict)
+    # the framework's answer by another implementation of its own, and capture's record of
+    # it (what it is, its spread from the reference per output)
+    alternative: list | None = None
+    alternative_record: dict | None = None
 
 
 def _reference(ctx, info: dict) -> Answer:
@@ -162,7 +167,9 @@ def _reference(ctx, info: dict) -> Answer:
                       expected=frameworks.load_arrays(captured / "expected.npz") or None,
                       origin={k: said[k] for k in ("reference_from", "expected_from") if k in said},
                       reference64=frameworks.load_arrays(captured / "reference64.npz") or None,
-                      f64=said.get("f64", {}))
+                      f64=said.get("f64", {}),
+                      alternative=frameworks.load_arrays(captured / "alternative.npz") or None,
+                      alternative_record=said.get("alternative"))
     peer = next((name for name in ctx.inputs if parse_upstream(name)[1]), None)
     return Answer(frameworks.model_inputs(ctx.model, info["inputs"]),
                   frameworks.load_arrays(ctx.inputs[peer] / "outputs.npz") if peer else None,
@@ -200,6 +207,7 @@ def _check(outputs: list, answer: Answer, model, atol: float, rtol: float) -> di
     partial = outputs[:len(answer.reference)] if answer.origin.get("reference_from") else outputs
     checked = compare(partial, answer.reference, atol, rtol, per_output)
     _judge_by_noise(checked, partial, answer, model)
+    _match_alternative(checked, partial, answer, per_output)
     if any(per_output or []):
         checked["tolerance_why"] = [t and t.get("why") for t in answer.tolerances]
     if answer.peer:
@@ -214,16 +222,26 @@ def _judge_by_noise(checked: dict, outputs: list, answer: Answer, model) -> None
     verdict replaces atol/rtol's, which stays as tolerance_passed), the rule each output was
     judged by, and the summary's rule, errors and factor (the output nearest its limit)."""
     errors = answer.f64.get("framework_error") or []
+    spreads = (answer.alternative_record or {}).get("spread") or []
+    quantized = answer.tolerances or []
     override = model.atol is not None or model.rtol is not None
     judged = []
     for output in checked["outputs"]:
         index = output["index"]
         framework_error = errors[index] if index < len(errors) else None
-        if override or answer.reference64 is None or framework_error is None:
+        spread = spreads[index] if index < len(spreads) and not (
+            index < len(quantized) and quantized[index]) else None
+        dtype = np.asarray(answer.reference[index]).dtype
+        if override or dtype.kind != "f" or (framework_error is None and spread is None):
             output["rule"] = "atol/rtol"
             continue
-        verdict = noise_rule(outputs[index], answer.reference64[index], framework_error,
-                             np.asarray(answer.reference[index]).dtype)
+        if answer.reference64 is not None and framework_error is not None:
+            verdict = noise_rule(outputs[index], answer.reference64[index], framework_error,
+                                 dtype)
+        else:   # no float64: the spread of the framework's own two implementations
+            verdict = noise_rule(outputs[index], answer.reference[index], spread, dtype,
+                                 rule="spread")
+            verdict["spread_from"] = answer.alternative_record["from"]
         output.update(tolerance_passed=output["passed"], **verdict)
         judged.append(output)
     checked["passed"] = all(o["passed"] for o in checked["outputs"])
@@ -233,8 +251,34 @@ def _judge_by_noise(checked: dict, outputs: list, answer: Answer, model) -> None
             answer.f64.get("why") or "no float64 answer"
         return
     nearest = max(judged, key=lambda o: float("inf") if o["factor"] is None else o["factor"])
-    checked.update(rule="f64-noise", **{k: nearest[k] for k in
-                                        ("framework_error", "target_error", "factor", "factor_allowed")})
+    checked.update({k: nearest[k] for k in ("rule", "framework_error", "target_error", "factor",
+                                            "factor_allowed")})
+
+
+# the rules that judge an output by the framework's own noise (stages/compare.py's noise_rule)
+NOISE_RULES = ("f64-noise", "spread")
+
+
+def _match_alternative(checked: dict, outputs: list, answer: Answer, per_output) -> None:
+    """A quantized output that misses the reference within its steps passes where it matches
+    the framework's other implementation within them (LiteRT's reference kernels, where its
+    XNNPACK kernels round otherwise): recorded as `matched`, with that comparison."""
+    if answer.alternative is None or not per_output:
+        return
+    for output in checked["outputs"]:
+        index = output["index"]
+        given = per_output[index] if index < len(per_output) else None
+        if output["passed"] or given is None or index >= len(answer.alternative):
+            continue
+        other = compare([outputs[index]], [answer.alternative[index]], *given, [given])
+        if other["passed"]:
+            output.update(passed=True, matched=answer.alternative_record["from"],
+                          matched_max_abs_error=other["max_abs_error"])
+    checked["passed"] = all(o["passed"] for o in checked["outputs"])
+    matched = [o["index"] for o in checked["outputs"] if o.get("matched")]
+    if matched:
+        checked["matched"] = f"outputs {matched} match {answer.alternative_record['from']} " \
+            "within their steps, not the default kernels"
 
 
 def _reference_name(answer: Answer) -> str:
@@ -314,7 +358,7 @@ def _differs(name: str, checked: dict, atol: float, rtol: float) -> str:
         values = [o[key] for o in outputs]
         return "n/a" if None in values else f"{max(values, default=0.0):.3g}"
 
-    noisy = [o for o in outputs if o.get("rule") == "f64-noise"]
+    noisy = [o for o in outputs if o.get("rule") in NOISE_RULES]
     if noisy:   # judged by the noise rule: say so output by output
         failing = [o for o in noisy if not o["passed"]]
         words = [f"output {o['index']}: {describe_noise(o)}" for o in failing]

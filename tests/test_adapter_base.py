@@ -46,10 +46,11 @@ def test_capture_writes_the_artifact_inputs_and_reference(tmp_path):
     reference = frameworks.load_arrays(tmp_path / "reference.npz")
     assert np.array_equal(reference[0], inputs[0] * 2)
     assert info == {"notes": ["doubled"], "tolerances": None, "declared_outputs": None,
-                    "reference_from": None, "expected_from": None,
+                    "reference_from": None, "expected_from": None, "alternative_from": None,
                     "f64": {"available": False,
                             "why": "doubler models are not run in float64 by kiln"}}
     assert frameworks.load_arrays(tmp_path / "expected.npz") == []   # none: written empty
+    assert frameworks.load_arrays(tmp_path / "alternative.npz") == []
     assert frameworks.load_arrays(tmp_path / "reference64.npz") == []
 
 

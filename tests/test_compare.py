@@ -230,3 +230,41 @@ def test_a_model_with_its_own_tolerance_is_judged_by_it_alone():
     result = _check([framework + np.float32(1e-2)], answer, Strict(), 1e-4, 1e-3)
     assert not result["passed"] and result["rule"] == "atol/rtol"
     assert result["rule_why"] == "the model's own atol/rtol"
+
+
+# --- no float64, but the framework's own second implementation (LiteRT's reference kernels) --
+
+def answer_with_alternative(reference, alternative, tolerances=None):
+    from stages.validate import Answer
+    from stages.compare import float64_error
+    spread = [None if tolerances and tolerances[0] else float64_error(reference, alternative)]
+    return Answer(inputs=[], reference=[reference], tolerances=tolerances,
+                  alternative=[alternative],
+                  alternative_record={"from": "LiteRT's reference kernels", "spread": spread})
+
+
+def test_without_float64_the_spread_of_the_frameworks_own_kernels_is_its_noise():
+    rng = np.random.default_rng(0)
+    xnnpack = rng.normal(0, 5, 1000).astype(np.float32)
+    reference_kernels = xnnpack + np.float32(2.5e-4)   # LiteRT against itself
+    answer = answer_with_alternative(xnnpack, reference_kernels)
+    near = _check([xnnpack + np.float32(2e-4)], answer, Model(), 1e-4, 1e-3)
+    assert near["passed"] and near["rule"] == "spread", near
+    assert near["outputs"][0]["tolerance_passed"] is False   # atol 1e-4 alone fails it
+    assert near["outputs"][0]["spread_from"] == "LiteRT's reference kernels"
+    far = _check([xnnpack + np.float32(0.1)], answer, Model(), 1e-4, 1e-3)
+    assert not far["passed"] and far["factor"] > 8
+    assert "the spread between the framework's own kernels" in _failure_message(far, 1e-4, 1e-3)
+
+
+def test_a_quantized_output_matching_the_reference_kernels_passes_and_says_so():
+    xnnpack = np.array([10, -3, 40], np.int8)
+    reference_kernels = np.array([10, -3, 6], np.int8)   # XNNPACK rounds 34 steps otherwise
+    steps = [{"atol": 2.0, "rtol": 0.0, "why": "2 steps"}]
+    answer = answer_with_alternative(xnnpack, reference_kernels, steps)
+    matching = _check([reference_kernels.copy()], answer, Model(), 1e-4, 1e-3)
+    assert matching["passed"] and matching["outputs"][0]["matched"] == \
+        "LiteRT's reference kernels", matching
+    assert "match LiteRT's reference kernels" in matching["matched"]
+    neither = _check([np.array([10, -3, 20], np.int8)], answer, Model(), 1e-4, 1e-3)
+    assert not neither["passed"] and "matched" not in neither["outputs"][0]

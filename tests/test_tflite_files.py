@@ -229,6 +229,18 @@ def test_embedding_model_with_a_dynamic_batch_validates(built):
     assert 0 <= tokens.min() and tokens.max() < 10   # valid ids for any vocabulary
 
 
+def test_litert_reference_kernels_are_a_second_answer_whose_spread_is_the_noise(built):
+    # LiteRT has no float64: its reference kernels' answer beside its default (XNNPACK) one
+    model = _model(built, "embedding")
+    capture = json.loads((built.project.root / "build" / model / "capture" / "capture.json")
+                         .read_text())
+    assert capture["alternative"]["from"] == "LiteRT's reference kernels"
+    assert capture["alternative"]["spread"][0] is not None
+    result = _validated(built, model)
+    assert result["rule"] == "spread" and result["factor"] <= result["factor_allowed"], result
+    assert result["framework_error"] == capture["alternative"]["spread"][0]
+
+
 # --- 2. quantized files --------------------------------------------------------------------
 
 def _steps_why(detail, dtype: str) -> str:

@@ -296,14 +296,19 @@ def _errors(cells: list[dict], charts: _Charts) -> dict | None:
 def _rule(result: dict) -> str:
     """What judged the outputs: the float64 noise rule (the target's error vs float64, the
     framework's own f32 error, the factor measured and allowed) or atol/rtol, and why."""
-    if result.get("rule") != "f64-noise":
+    matched = f"; {result['matched']}" if result.get("matched") else ""
+    if result.get("rule") not in ("f64-noise", "spread"):
         why = result.get("rule_why")
-        return "atol/rtol" + (f" ({why})" if why else "")
+        return "atol/rtol" + (f" ({why})" if why else "") + matched
     factor = result.get("factor")
     measured = "unbounded" if factor is None else f"{factor:.2g}×"
+    if result["rule"] == "spread":
+        return f"the framework's kernel spread: {measured} of {result['factor_allowed']:g}× " \
+            f"allowed (error {_sci(result.get('target_error'))}, the spread between its own " \
+            f"kernels {_sci(result.get('framework_error'))}){matched}"
     return f"float64 noise: {measured} of {result['factor_allowed']:g}× allowed (error vs " \
         f"float64 {_sci(result.get('target_error'))}, framework's f32 " \
-        f"{_sci(result.get('framework_error'))})"
+        f"{_sci(result.get('framework_error'))}){matched}"
 
 
 def _sci(value) -> str:

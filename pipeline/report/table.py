@@ -154,9 +154,13 @@ def _outcome(failed: dict | None, verdict: dict | None, result: dict) -> tuple[s
         outcome += f" (variant {result['variant']} of {len(result['variants'])})"
     if result.get("checked"):
         outcome += f" ({result['checked']})"
-    if result.get("rule") == "f64-noise" and result.get("factor") is not None:
-        # judged by its error vs float64 against the framework's own (stages/compare.py)
-        outcome += f" (f64 noise {result['factor']:.2g}x of {result['factor_allowed']:g}x)"
+    if result.get("rule") in ("f64-noise", "spread") and result.get("factor") is not None:
+        # judged against the framework's own noise (stages/compare.py): its f32 error vs
+        # float64, or the spread between its own two implementations
+        noise = "f64 noise" if result["rule"] == "f64-noise" else "kernel spread"
+        outcome += f" ({noise} {result['factor']:.2g}x of {result['factor_allowed']:g}x)"
+    if result.get("matched"):
+        outcome += f" ({result['matched']})"
     return "passed", outcome
 
 

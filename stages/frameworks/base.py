@@ -40,6 +40,10 @@ class Traced:
                         what it is
       source            what the adapter's reference64() re-runs in float64 (e.g. the
                         nn.Module a factory built), where the artifact alone is not it
+      alternative       the framework's answer by another implementation of its own (LiteRT's
+                        reference kernels beside its default XNNPACK ones), and
+                        alternative_from what it is: where the framework cannot run in float64,
+                        the spread between its own two answers is its own noise
     """
     artifact: object
     inputs: list
@@ -51,12 +55,14 @@ class Traced:
     expected: list | None = None
     expected_from: str | None = None
     source: object = None
+    alternative: list | None = None
+    alternative_from: str | None = None
 
     def info(self) -> dict:
         """What validation should know, as capture() returns it to the capture stage."""
         return {"notes": self.notes, "tolerances": self.tolerances,
                 "declared_outputs": self.declared_outputs, "reference_from": self.reference_from,
-                "expected_from": self.expected_from}
+                "expected_from": self.expected_from, "alternative_from": self.alternative_from}
 
 
 # a float64 answer further than this (relative to the output's largest value) from the f32
@@ -133,6 +139,7 @@ class Framework:
         save_arrays(out_dir / "inputs.npz", "arg", traced.inputs)
         save_arrays(out_dir / "reference.npz", "out", traced.reference)
         save_arrays(out_dir / "expected.npz", "out", traced.expected or [])
+        save_arrays(out_dir / "alternative.npz", "out", traced.alternative or [])
         answer64, why = self._float64_answer(model, traced)
         save_arrays(out_dir / "reference64.npz", "out", answer64 or [])
         return {**traced.info(), "f64": {"available": answer64 is not None, "why": why}}
