@@ -101,3 +101,13 @@ def test_a_model_with_an_onnx_partner_is_timed_against_onnxruntime(run):
     found = passrate.onnxruntime_ratios([*cases, partner])
     assert found == {("mlp", "cpu"): mlp.ms / partner.framework_ms}
     assert "| mlp | cpu | " in passrate.report([*cases, partner], Path("run.json"))
+
+
+def test_a_failure_the_frameworks_own_kernels_share_is_no_ones():
+    import numpy as np
+    reference = [np.array([1.0, 5.0, -2.0], np.float32)]
+    iree = [np.array([1.0, 6.7, -2.0], np.float32)]           # 1.7 off
+    shared = passrate.own_spread(iree, reference, [np.array([1.0, 6.5, -2.0], np.float32)])
+    assert shared == "the framework's own two kernel sets differ by 1.5 on output 0, IREE by 1.7"
+    assert passrate.own_spread(iree, reference, [reference[0] + np.float32(1e-3)]) == ""
+    assert passrate.own_spread(iree, reference, []) == ""   # no second implementation
