@@ -75,14 +75,14 @@ class Case:
     kind: str                      # passed, failed, skipped, ...
     stage: str | None = None       # where it failed
     error: str = ""
-    # where the framework's own two implementations differ as much as IREE does from it
-    implementation_defined: str = ""
     log: str | None = None         # the failed stage's log, relative to the project
     ms: float | None = None        # IREE's median latency
     framework_ms: float | None = None
     whose: str | None = None       # for a failure: IREE's, kiln's own, the framework's, ...
     direct: str = ""               # what the direct check found
     commands: list[str] = field(default_factory=list)
+    # where the framework's own two implementations differ as much as IREE does from it
+    implementation_defined: str = ""
 
 
 # --- the record, as kiln folds it ------------------------------------------------------------
