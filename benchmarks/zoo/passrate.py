@@ -94,11 +94,11 @@ def read_cases(record: Path, project: Path) -> list[Case]:
     cases = []
     for row in rows(entries):
         failed = row["failed"] or {}
-        cases.append(Case(row["model"], row["target"], frameworks.get(row["model"], "unknown"),
-                          row["kind"], failed.get("stage") or (None if row["kind"] == "passed"
-                                                               else "validate"),
-                          short_error(failed.get("error")) if failed else row["outcome"],
-                          failed.get("log"), row["ms"], row["framework_ms"]))
+        cases.append(Case(
+            row["model"], row["target"], frameworks.get(row["model"], "unknown"), row["kind"],
+            stage=failed.get("stage") or (None if row["kind"] == "passed" else "validate"),
+            error=short_error(failed.get("error")) if failed else row["outcome"],
+            log=failed.get("log"), ms=row["ms"], framework_ms=row["framework_ms"]))
     return cases
 
 

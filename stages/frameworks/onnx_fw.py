@@ -178,17 +178,10 @@ def _check_model(proto) -> None:
     is onnx's fault, not the model's, so the structural check alone decides then."""
     import onnx
     try:
-        onnx.checker.check_model(proto, full_check=True)
-    except onnx.shape_inference.InferenceError:
-        _check_structure(proto)
-    except onnx.checker.ValidationError as err:
-        raise StageError(f"the ONNX model is invalid: {str(err).splitlines()[0]}") from None
-
-
-def _check_structure(proto) -> None:
-    import onnx
-    try:
-        onnx.checker.check_model(proto)
+        try:
+            onnx.checker.check_model(proto, full_check=True)
+        except onnx.shape_inference.InferenceError:
+            onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as err:
         raise StageError(f"the ONNX model is invalid: {str(err).splitlines()[0]}") from None
 
