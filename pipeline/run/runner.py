@@ -7,7 +7,8 @@
                or its failure with this key, from the cache       status "failed (cached)"
 
 Outputs reach build/ by rename only after the stage succeeded, so build/ never holds a
-half-written file; the store is written the same way. The entry records each output's digest
+half-written file; the store is written the same way. A node that fails leaves none of its
+outputs in build/, not even an earlier build's. The entry records each output's digest
 and stat, so an output damaged or edited in build/ later is noticed (pipeline.run.intact)
 and brought back here, with a warning. A stage whose run fails with a verdict on its inputs
 (decide.not_a_verdict) is remembered under its key: its error, command, result and log.
@@ -45,8 +46,9 @@ def execute(job: Job, layout: Layout, delegate: Callable[[], dict] | None = None
     On a miss the stage runs here, or, given a delegate (pipeline.executor), elsewhere: the
     delegate returns the worker's entry and the outputs come back through the cache.
     watch: what the doit task's key is made of; an outcome settled by it (a failure the cache
-    remembers, a skip for an absent input) records it, so that the next run reports that
-    outcome without a plan (pipeline.run.uptodate.settled).
+    remembers, a skip for an absent input or for an upstream outcome it need not diagnose)
+    records it, so that the next run reports that outcome without a plan
+    (pipeline.run.uptodate.settled).
     Returns the entry (status failed when the stage failed)."""
     started = time.perf_counter()
     node = job.node
@@ -74,6 +76,8 @@ def execute(job: Job, layout: Layout, delegate: Callable[[], dict] | None = None
     except Exception as err:  # a bug or a framework error: keep the traceback in the log
         entry.status, entry.error, entry.command = "failed", f"{type(err).__name__}: {err}", None
         log_lines.append(traceback.format_exc())
+    if entry.failed:
+        _withdraw(layout, job)
     entry.remote = store.remote_outcome
     entry.warnings = store.warnings
     log_lines += [f"warning: {w}" for w in store.warnings]
@@ -89,8 +93,9 @@ def _settled_on(watch: Watch, inputs: dict, decision: Decision, entry: StageEntr
                 store: Store) -> dict | None:
     """StageEntry.verdict_on for an outcome the key's makings settle: a failure the local
     cache remembers under the key (whether this run found it there or remembered it), or a
-    skip for an input an upstream left absent; None for any other."""
-    if entry.status == "skipped" and decision.absent:
+    skip for an input an upstream left absent or for an upstream outcome the stage need not
+    diagnose (Decision.settles); None for any other."""
+    if entry.status == "skipped" and decision.settles:
         return verdict_on(watch, inputs)
     if entry.failed and entry.key is not None:
         cache = store.failure_files(entry.key)
@@ -133,6 +138,18 @@ def _carry_out(decision: Decision, job: Job, layout: Layout, store: Store, entry
     done = "restored it from the cache" if entry.status == "cached" else "rebuilt it"
     store.warnings += [f"{_shown(out_dir / rel, layout)} no longer matched what kiln wrote; "
                        f"{done}" for rel in damaged]
+
+
+def _withdraw(layout: Layout, job: Job) -> None:
+    """A failed node's outputs from an earlier build leave build/: what reads them where
+    they exist (a pick among variants, a stage that follows a failure) must not take an
+    earlier success for this run's (the cache still holds them under their own key)."""
+    out_dir = layout.node_dir(job.node)
+    for rel in job.stage.outputs(job.model):
+        try:
+            (out_dir / rel).unlink(missing_ok=True)
+        except OSError:   # (a directory, or a disk that refuses: the entry still says failed)
+            pass
 
 
 def _write_entry(layout: Layout, node: Node, entry: StageEntry, log_lines: list[str]) -> None:
