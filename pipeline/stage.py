@@ -39,6 +39,11 @@ class Target:
     base: str | None = None      # for a variant's own stages: the target it is a variant of
     timing: bool = True          # False (timing=off, a matrix's `timing: false`): validate
     # checks the numbers only, timing neither the module nor the framework
+    # the targets this one's build is compared with where its numbers are off (a stage that
+    # diagnoses a failure: bisect): every other target declared, in order, unless chosen
+    # (against= on the command line names the one to use)
+    compare_with: tuple["Target", ...] = field(default=(), compare=False, repr=False)
+    compare_with_chosen: bool = field(default=False, compare=False, repr=False)
 
 
 # a constant with at least this many elements is a weight: it goes to the parameter archive
@@ -133,6 +138,9 @@ class Stage:
     per_target: bool = False
     across_variants: bool = False        # once per target, reading each of its variants' nodes
     partial_inputs: bool = False         # runs with the inputs that exist (a failed variant's do not)
+    # the upstream stage whose failure this stage diagnoses (bisect: validate's): its node runs
+    # only where that one failed in a way it explains (needed), which then does not stop it
+    follows: str | None = None
     group: str | None = None             # a doit group its tasks also make up (codegen: compile)
     group_doc: str = ""                  # what `doit list` says of that group
     doc: str = ""                        # what `doit list` says of this stage's tasks: a line
@@ -181,6 +189,12 @@ class Stage:
         """Why this stage cannot run on this machine (e.g. no device for the target's
         driver), or None when it can. Asked before its key: the node is then skipped, never
         run, restored or failed, and `doit explain` says so beforehand."""
+        return None
+
+    def needed(self, status: str | None, result: dict | None) -> str | None:
+        """For a stage that follows another's failure: None where that stage's outcome (its
+        status and result) is one this stage diagnoses, else why it has nothing to do (the
+        node is then skipped: "validate passed: nothing to bisect")."""
         return None
 
     def applies_to(self, model: ModelSpec) -> bool:

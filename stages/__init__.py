@@ -12,7 +12,7 @@ from stages.frameworks import companions, detect
 from stages.targets import resolve as resolve_target
 
 ORDER = ("capture", "serialize", "importer", "legalize", "emit", "lower", "codegen", "validate",
-         "pick")
+         "pick", "bisect")
 
 
 def pipeline() -> list:

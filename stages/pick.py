@@ -32,7 +32,7 @@ class Pick(Stage):
     name = "pick"
     doc = "per target, keep the fastest variant that validated as its module"
     group = "validate"
-    group_doc = "validate (and time) every variant; pick each target's fastest"
+    group_doc = "validate (and time) every variant; pick each target's fastest; bisect what is off"
     # pick.json's "why" is worded with pipeline.report.units
     code = (Path(__file__).parent / "timing.py",
             Path(__file__).parent.parent / "pipeline" / "report" / "units.py")

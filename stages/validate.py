@@ -113,13 +113,13 @@ class Validate(Stage):
         at_most = timing_repetitions() if ctx.target.timing else None
         emitted = ctx.inputs["emit"]
         info = json.loads((emitted / "model.json").read_text())
-        answer = _reference(ctx, info)
+        answer = answer_for(ctx, info)
         archive = emitted / "model.irpa"
         parameters = archive if not inline_weights(ctx.model, ctx.target) \
             and archive.stat().st_size else None
         outputs, speed, lost = _run_and_time(ctx, info, parameters, answer, at_most)
         atol, rtol = self.tolerances(ctx.model, ctx.target)
-        result = {**_check(outputs, answer, ctx.model, atol, rtol), **speed,
+        result = {**judge(outputs, answer, ctx.model, atol, rtol), **speed,
                   "device": device_for(ctx.target.driver),
                   "parameters": str(archive.relative_to(emitted.parent.parent)) if parameters else None}
         if answer.notes or lost:
@@ -157,7 +157,7 @@ class Answer:
     alternative_record: dict | None = None
 
 
-def _reference(ctx, info: dict) -> Answer:
+def answer_for(ctx, info: dict) -> Answer:
     if "capture" in ctx.inputs:
         captured = ctx.inputs["capture"]
         said = json.loads((captured / "capture.json").read_text())
@@ -196,7 +196,7 @@ def _run_and_time(ctx, info: dict, parameters: Path | None, answer: Answer,
     return outputs, speed, lost
 
 
-def _check(outputs: list, answer: Answer, model, atol: float, rtol: float) -> dict:
+def judge(outputs: list, answer: Answer, model, atol: float, rtol: float) -> dict:
     """The comparison's verdict and errors (passed, max abs/rel error, tolerances used)."""
     if answer.reference is None:
         return {"passed": True, "max_abs_error": None, "max_rel_error": None, "atol": atol,

@@ -42,11 +42,11 @@ def isolated_from_kiln_settings():
 # pytest-xdist (pyproject's addopts: -n 2) hands out whole files, so that a module fixture's
 # build happens once, and the files whose tests share a session-built model as one unit: the
 # frameworks run (test_frameworks, test_html, test_passrate) and mlp_built (test_models,
-# test_pipeline, test_diff). (pytest 9.2 ignores xdist_group marks: xdist 3.8 renames the node ids.)
+# test_pipeline, test_diff, test_bisect: flags_diff builds on it). (pytest 9.2 ignores xdist_group marks: xdist 3.8 renames the node ids.)
 SHARED_BUILD_FILES = {"test_frameworks.py": "frameworks_run", "test_html.py": "frameworks_run",
                       "test_passrate.py": "frameworks_run",
                       "test_models.py": "mlp_built", "test_pipeline.py": "mlp_built",
-                      "test_diff.py": "mlp_built"}
+                      "test_diff.py": "mlp_built", "test_bisect.py": "mlp_built"}
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -98,14 +98,23 @@ class Project:
                                  f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
         return proc
 
-    def record(self) -> list[dict]:
-        return json.loads((self.root / "build" / "run.json").read_text())["tasks"]
+    def record(self, everything: bool = False) -> list[dict]:
+        """The last run's tasks, less the diagnoses that had nothing to do (bisect where
+        validate passed: skipped as "not needed" in every run), unless everything."""
+        tasks = json.loads((self.root / "build" / "run.json").read_text())["tasks"]
+        return tasks if everything else [t for t in tasks if not unneeded(t)]
 
     def statuses(self) -> dict[str, str]:
         return {t["task"]: t["status"] for t in self.record()}
 
     def write_config(self, text: str) -> None:
         (self.root / "targets.yaml").write_text(text)
+
+
+def unneeded(task: dict) -> bool:
+    """A diagnosing stage's task skipped because there was nothing to diagnose."""
+    from pipeline.run.decide import NOT_NEEDED
+    return task["status"] == "skipped" and (task.get("reason") or "").startswith(NOT_NEEDED)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 from pipeline.stage import StageError
 from stages.compare import (FACTOR, FLOOR_ULPS, compare, describe_noise, float64_error,
                             judged_by_float64, noise_floor, noise_rule)
-from stages.validate import _check, _failure_message
+from stages.validate import _failure_message, judge
 
 
 def one(got, want, atol=1e-4, rtol=1e-4, tolerances=None):
@@ -202,7 +202,7 @@ def answer_with_float64(reference, reference64, framework_error):
 def test_validate_judges_by_float64_and_keeps_the_tolerance_verdict_in_the_record():
     exact, framework, framework_error = deep_answers(noise=5e-2)
     answer = answer_with_float64(framework, exact, framework_error)
-    result = _check([framework + np.float32(1e-2)], answer, Model(), 1e-4, 1e-3)
+    result = judge([framework + np.float32(1e-2)], answer, Model(), 1e-4, 1e-3)
     output = result["outputs"][0]
     assert result["passed"] and result["rule"] == output["rule"] == "f64-noise"
     assert output["tolerance_passed"] is False   # atol/rtol alone would have failed it
@@ -214,7 +214,7 @@ def test_a_genuinely_wrong_target_fails_validate_with_the_factor_in_words():
     exact, framework, framework_error = deep_answers(noise=1e-5)
     answer = answer_with_float64(framework, exact, framework_error)
     wrong = framework + np.float32(2e-3)   # a bf16-sized error
-    result = _check([wrong], answer, Model(), 1e-4, 1e-3)
+    result = judge([wrong], answer, Model(), 1e-4, 1e-3)
     assert not result["passed"] and result["factor"] > 100
     message = _failure_message(result, 1e-4, 1e-3)
     assert message.startswith("outputs differ from the reference: output 0: error vs float64 ")
@@ -227,7 +227,7 @@ def test_a_model_with_its_own_tolerance_is_judged_by_it_alone():
 
     class Strict:
         atol, rtol = 1e-4, None
-    result = _check([framework + np.float32(1e-2)], answer, Strict(), 1e-4, 1e-3)
+    result = judge([framework + np.float32(1e-2)], answer, Strict(), 1e-4, 1e-3)
     assert not result["passed"] and result["rule"] == "atol/rtol"
     assert result["rule_why"] == "the model's own atol/rtol"
 
@@ -248,11 +248,11 @@ def test_without_float64_the_spread_of_the_frameworks_own_kernels_is_its_noise()
     xnnpack = rng.normal(0, 5, 1000).astype(np.float32)
     reference_kernels = xnnpack + np.float32(2.5e-4)   # LiteRT against itself
     answer = answer_with_alternative(xnnpack, reference_kernels)
-    near = _check([xnnpack + np.float32(2e-4)], answer, Model(), 1e-4, 1e-3)
+    near = judge([xnnpack + np.float32(2e-4)], answer, Model(), 1e-4, 1e-3)
     assert near["passed"] and near["rule"] == "spread", near
     assert near["outputs"][0]["tolerance_passed"] is False   # atol 1e-4 alone fails it
     assert near["outputs"][0]["spread_from"] == "LiteRT's reference kernels"
-    far = _check([xnnpack + np.float32(0.1)], answer, Model(), 1e-4, 1e-3)
+    far = judge([xnnpack + np.float32(0.1)], answer, Model(), 1e-4, 1e-3)
     assert not far["passed"] and far["factor"] > 8
     assert "the spread between the framework's own kernels" in _failure_message(far, 1e-4, 1e-3)
 
@@ -262,9 +262,9 @@ def test_a_quantized_output_matching_the_reference_kernels_passes_and_says_so():
     reference_kernels = np.array([10, -3, 6], np.int8)   # XNNPACK rounds 34 steps otherwise
     steps = [{"atol": 2.0, "rtol": 0.0, "why": "2 steps"}]
     answer = answer_with_alternative(xnnpack, reference_kernels, steps)
-    matching = _check([reference_kernels.copy()], answer, Model(), 1e-4, 1e-3)
+    matching = judge([reference_kernels.copy()], answer, Model(), 1e-4, 1e-3)
     assert matching["passed"] and matching["outputs"][0]["matched"] == \
         "LiteRT's reference kernels", matching
     assert "match LiteRT's reference kernels" in matching["matched"]
-    neither = _check([np.array([10, -3, 20], np.int8)], answer, Model(), 1e-4, 1e-3)
+    neither = judge([np.array([10, -3, 20], np.int8)], answer, Model(), 1e-4, 1e-3)
     assert not neither["passed"] and "matched" not in neither["outputs"][0]

@@ -275,8 +275,9 @@ def test_a_no_op_run_says_what_changed_since_the_baseline_as_it_is_now(flags_dif
     shutil.copyfile(flags_diff["baseline"], baseline)
     args = ("validate", "model=mlp", "target=vulkan", f"baseline={baseline}")
     first, again = project.doit(*args).stdout, project.doit(*args).stdout
+    summary = lambda out: out.split("\n\n", 1)[1]   # noqa: E731 (doit's task lines vary: DESIGN §10)
     assert "0 of 1 cases changed" in first and "only in the baseline (not in this run): " \
-        "mlp@cpu" in first and again == first
+        "mlp@cpu" in first and summary(again) == summary(first)
     record = json.loads(baseline.read_text())
     pick = next(t for t in record["tasks"] if t["task"] == "pick:mlp@vulkan")
     # the baseline ran 100x faster: beyond even a min-max spread of 10x, which lavapipe's
@@ -320,3 +321,16 @@ def test_what_changed_since_the_baseline_in_a_real_browser(flags_diff, browser):
     assert row["colour"] == "rgb(248, 211, 211)"   # .worse
     cell = browser.find_element(By.CSS_SELECTOR, "td.cell[data-model='mlp'][data-target='cpu']")
     assert "failed" in cell.get_attribute("class").split()
+    # the failing cell says what bisect found and links to its section (stages/bisect.py)
+    first = next(t for t in flags_diff["record"]["tasks"]
+                 if t["task"] == "bisect:mlp@cpu")["result"]["first_bad_dispatch"]
+    link = cell.find_element(By.CSS_SELECTOR, "div.diagnosis a")
+    assert first["symbol"] in cell.find_element(By.CSS_SELECTOR, "div.diagnosis").text
+    link.click()
+    section = browser.find_element(By.ID, "diagnosis-mlp-cpu")
+    assert browser.execute_script("return location.hash") == "#diagnosis-mlp-cpu"
+    cells = [td.text for td in section.find_elements(By.CSS_SELECTOR, "table tr:nth-child(2) td")]
+    assert cells[:3] == ["first bad", str(first["ordinal"]), first["symbol"]]
+    files = [a.get_attribute("href") for a in section.find_elements(By.CSS_SELECTOR, "a.file")]
+    assert any(f.endswith("/build/mlp/cpu/bisect/dispatch.failing.mlir") for f in files), files
+    assert (flags_diff["page"].parent / "mlp/cpu/bisect/dispatch.failing.mlir").is_file()

@@ -85,7 +85,8 @@ def test_explain_agrees_with_the_next_run(built):
         f.write("\n# a comment changes the code fingerprint, not the output\n")
     listed, _ = explain(project)
     assert listed["lower:mlp@cpu"] == ("run", "changed code: stages/lower.py")
-    assert of(listed, "maybe") == {"codegen:mlp@cpu", "validate:mlp@cpu", "pick:mlp@cpu"}
+    assert of(listed, "maybe") == {"codegen:mlp@cpu", "validate:mlp@cpu", "pick:mlp@cpu",
+                                   "bisect:mlp@cpu"}   # (bisect: if validate fails)
     assert "waits on lower:mlp@cpu" in listed["codegen:mlp@cpu"][1]
     statuses = run(project)
     assert with_status(statuses, "ran") == of(listed, "run")
@@ -238,7 +239,7 @@ def test_explain_predicts_each_stage_of_a_matrix_with_a_failing_variant_and_no_d
             assert statuses["lower:m1@cpu~broken"] == "failed (cached)"
             assert "status: failed (cached)\n" in log and f"failed (cached): {REMEMBERED}" in log
         assert of(listed, "skip") == {"codegen:m1@cpu~broken", "validate:m1@cpu~broken",
-                                      "validate:m1@cuda", "pick:m1@cuda"}
+                                      "validate:m1@cuda", "pick:m1@cuda", "bisect:m1@cuda"}
         assert "pick:m1@cpu" not in listed and statuses["pick:m1@cpu"] == "up-to-date"
         assert with_status(statuses, "ran") == set()
 

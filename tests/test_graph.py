@@ -13,19 +13,23 @@ GPU = Target("vulkan", "vulkan-spirv", "llvmpipe", "vulkan", (), 1e-4, 1e-4)
 def test_per_model_stages_are_shared_by_targets():
     models = [ModelSpec("a", "torch", {}), ModelSpec("b", "torch", {})]
     graph = build_graph(pipeline(), models, [CPU, GPU])
-    # 5 per-model stages x 2 models + 4 per-target stages (lower, codegen, validate, pick)
-    # x 2 models x 2 targets (unresolved targets: no variants but themselves)
-    assert graph.number_of_nodes() == 5 * 2 + 4 * 2 * 2
+    # 5 per-model stages x 2 models + 5 per-target stages (lower, codegen, validate, pick,
+    # bisect) x 2 models x 2 targets (unresolved targets: no variants but themselves)
+    assert graph.number_of_nodes() == 5 * 2 + 5 * 2 * 2
     assert set(graph.successors(Node("emit", "a", None))) == {
-        Node(stage, "a", t) for stage in ("lower", "validate") for t in ("cpu", "vulkan")}
+        Node(stage, "a", t) for stage in ("lower", "validate", "bisect") for t in ("cpu", "vulkan")}
     assert set(graph.predecessors(Node("validate", "a", "cpu"))) == {
         Node("capture", "a", None), Node("emit", "a", None), Node("codegen", "a", "cpu")}
+    # bisect reads validate's outcome; validate's failure stops nothing (it is "followed")
+    assert Node("validate", "a", "cpu") in set(graph.predecessors(Node("bisect", "a", "cpu")))
+    assert graph.nodes[Node("validate", "a", "cpu")]["followed"]
+    assert not graph.nodes[Node("lower", "a", "cpu")]["followed"]
 
 
 def test_what_a_legalize_change_can_reach():
     graph = build_graph(pipeline(), [ModelSpec("a", "torch", {})], [CPU, GPU])
     reach = nx.descendants(graph, Node("legalize", "a", None))
-    assert {n.stage for n in reach} == {"emit", "lower", "codegen", "validate", "pick"}
+    assert {n.stage for n in reach} == {"emit", "lower", "codegen", "validate", "pick", "bisect"}
     assert Node("capture", "a", None) not in reach
 
 

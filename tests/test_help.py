@@ -15,7 +15,10 @@ def test_doit_list_describes_every_stage_in_a_line(project):
     proc = project.doit("list")
     listed = dict(line.split(None, 1) for line in proc.stdout.splitlines())
     # a stage whose group others join (pick joins validate) is listed by the group's words
-    joined = {s.group: s.group_doc for s in stages.pipeline() if s.group}
+    joined = {}
+    for stage in stages.pipeline():   # (the first stage to name a group says its words)
+        if stage.group:
+            joined.setdefault(stage.group, stage.group_doc)
     for stage in stages.pipeline():
         assert stage.doc, stage.name
         assert listed[stage.name] == joined.get(stage.name, stage.doc), proc.stdout
@@ -27,7 +30,8 @@ def test_doit_help_lists_every_option_a_task_takes_with_an_example(project):
     shutil.copy2(REPO / "pyproject.toml", project.root / "pyproject.toml")
     out = project.doit("help", "validate").stdout
     lines = out.splitlines()
-    assert lines[0] == "validate  validate (and time) every variant; pick each target's fastest"
+    assert lines[0] == ("validate  validate (and time) every variant; pick each target's fastest; "
+                        "bisect what is off")
     assert any(line.split()[:1] == ["pick"] for line in lines)   # the stages it runs
     assert "usage: doit validate [key=value ...]" in lines
     example = next(line for line in lines if line.startswith("  e.g. doit validate "))
@@ -36,7 +40,7 @@ def test_doit_help_lists_every_option_a_task_takes_with_an_example(project):
         listed = any(line.startswith(f"  {name}=") for line in lines)
         assert listed == (name != "days"), (name, out)   # days= is prune's alone
     for option in ("model", "target", "variants", "inputs", "shapes", "executor", "shard",
-                   "timing", "xfail", "retry", "strict"):
+                   "timing", "xfail", "retry", "strict", "against"):
         assert f"  {option}=" in out
     prune = project.doit("help", "prune").stdout
     assert "  days=" in prune and "  model=" not in prune and "e.g. doit prune days=7" in prune

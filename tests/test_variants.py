@@ -69,7 +69,7 @@ def test_the_pick_reads_every_variant_and_only_their_stages_are_soft():
         Node("validate", "m", "cpu"), Node("validate", "m", "cpu~im2col"),
         Node("codegen", "m", "cpu"), Node("codegen", "m", "cpu~im2col")}
     soft = {n for n in graph if graph.nodes[n]["soft"]}
-    assert soft == {Node(s, "m", t) for s in ("lower", "codegen", "validate")
+    assert soft == {Node(s, "m", t) for s in ("lower", "codegen", "validate", "bisect")
                     for t in ("cpu", "cpu~im2col")}
     one = build_graph(all_stages(), [model], [resolve(CPU)], ("default",))
     assert not any(one.nodes[n]["soft"] for n in one)   # one variant: failures stop the target

@@ -48,7 +48,7 @@ from ..cache.digest import digest_file
 from ..cache.files import set_read_only
 from ..cache.store import Found, Store
 from ..plan.tasks import input_files
-from ..run.decide import Decision, decide, why_run
+from ..run.decide import NOT_NEEDED, Decision, decide, why_run
 from ..run.entry import StageEntry
 from ..run.intact import changed_outputs
 from ..run.uptodate import Settled
@@ -197,6 +197,10 @@ class Judge:
 
     def judge(self, node: Node) -> Verdict:
         task = self.tasks[node.task_name]
+        followed = self._followed(node)
+        if followed is not None and self.verdicts[followed].action in ("run", "restore", "maybe"):
+            return self._verdict(node, "maybe", f"waits on {followed.task_name}: runs if it "
+                                 "fails in a way this stage diagnoses")
         reasons = self.dep.get_status(task, self.tasks, get_log=True).reasons
         from_up = {str(f): up for up in self.plan.graph.predecessors(node)
                    for f in input_files(self.plan, node, up)}
@@ -242,7 +246,15 @@ class Judge:
         entry = known.entry
         if entry.failed:
             return self._verdict(node, "fail", entry.why or "", known=True, fails=True)
+        if (entry.reason or "").startswith(NOT_NEEDED):   # nothing to diagnose: nothing to do
+            return self._verdict(node, "up-to-date", known=True)
         return self._verdict(node, "skip", entry.reason or "", known=True)
+
+    def _followed(self, node: Node) -> Node | None:
+        """The upstream node whose failure node's stage diagnoses (Stage.follows), if any."""
+        follows = self.plan.graph.nodes[node]["stage"].follows
+        return next((up for up in self.plan.graph.predecessors(node) if up.stage == follows),
+                    None)
 
     def _stopped(self, task, from_up: dict[str, Node]) -> str | None:
         """Why doit will not run the task at all: an upstream stage it depends on (by
@@ -343,6 +355,8 @@ class Judge:
                               self._digest_of(node))
         except NotKnown:
             return self._before_inputs(node, waits)
+        if decision.unneeded:
+            return self._verdict(node, "up-to-date", known=True)
         if decision.action in ("skip", "fail"):
             return self._verdict(node, decision.action, decision.why, known=True,
                                  fails=decision.action == "fail")

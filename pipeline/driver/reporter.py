@@ -116,7 +116,10 @@ class KilnReporter(ConsoleReporter):
         self.progress.started(task)
 
     def add_success(self, task):
-        self._finished(task)
+        # a failure another stage diagnoses is no failure to doit (plan.graph: "followed")
+        followed = ((task.meta or {}).get("kiln") or {}).get("followed")
+        self._finished(task, failed=bool(followed) and
+                       (self._entry(task) or {}).get("status", "").startswith("failed"))
         self._add(task)
 
     def add_failure(self, task, fail):

@@ -7,7 +7,9 @@ choose among a target's variants (pick) once per model x target, reading every v
 A target's variants are its named flag sets. The variant named 'default' keeps the target's
 name (its nodes, paths and keys are the target's own); another is the target 'cpu~im2col'.
 Where a target tries more than one, its variants' nodes are "soft": one that fails is
-recorded, and the others, and the pick among them, still run.
+recorded, and the others, and the pick among them, still run. A node of a stage another
+diagnoses (Stage.follows: bisect follows validate) is "followed": its failure is recorded
+and fails its case, and the stage that diagnoses it still runs.
 """
 from __future__ import annotations
 
@@ -44,6 +46,8 @@ def build_graph(stages: list[Stage], models: list[ModelSpec], targets: list[Targ
     by_name = {s.name: s for s in stages}
     expanded = {t.name: variant_targets(t, variants) for t in targets}
     tried = [v for vs in expanded.values() for v in vs]
+    # stages whose failure another diagnoses (Stage.follows): their failure stops nothing
+    followed = {s.follows for s in stages if s.follows}
     for model in models:
         present = {s.name for s in stages if s.applies_to(model)}
         for stage in stages:
@@ -59,7 +63,8 @@ def build_graph(stages: list[Stage], models: list[ModelSpec], targets: list[Targ
                 node = Node(stage.name, model.name, target.name if target else None)
                 soft = bool(target and not stage.across_variants
                             and len(expanded[target.base or target.name]) > 1)
-                graph.add_node(node, stage=stage, model=model, target=target, soft=soft)
+                graph.add_node(node, stage=stage, model=model, target=target, soft=soft,
+                               followed=stage.name in followed)
                 for peer in stage.peers(model, target, tried):
                     graph.add_edge(Node(stage.name, model.name, peer), node)
                 for upstream in stage.inputs:

@@ -42,6 +42,7 @@ class Options:
     timing: bool | None = None                 # None: the matrix's
     xfail: str | None = None                   # None: the matrix's
     strict: bool = False
+    against: str | None = None                 # bisect's reference target (None: its choice)
 
     @classmethod
     def parse(cls, variables: dict[str, str]) -> Options:
@@ -52,7 +53,7 @@ class Options:
                    parse_shard(get("shard")) if get("shard") else None,
                    parse_executor(get("executor")), parse_days(get("days")),
                    parse_retry(get("retry")), parse_switch("timing", get("timing")),
-                   get("xfail"), bool(parse_switch("strict", get("strict"))))
+                   get("xfail"), bool(parse_switch("strict", get("strict"))), get("against"))
 
     def for_worker(self) -> dict[str, str]:
         """The options a Dask worker's kiln process is given: the same plan, run here."""

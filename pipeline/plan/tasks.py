@@ -128,6 +128,7 @@ def make_plan(options: Options, stages: list[Stage], detect: model_registry.Dete
     model_registry.check_frameworks(models, stages, config)
     targets = [resolve_target(t) for t in
                _pick(options.targets, config.targets, matrix.targets, "target", config)]
+    targets = _compared_with(targets, options, config, resolve_target)
     _refuse_an_empty_selection(options, matrix, config, models, targets)
     if not (matrix.timing if options.timing is None else options.timing):
         targets = [dataclasses.replace(t, timing=False) for t in targets]
@@ -141,6 +142,27 @@ def make_plan(options: Options, stages: list[Stage], detect: model_registry.Dete
                                   "target cases selected: nothing to build")]
     return Plan(config, layout, graph, options, stages, model_dirs, notices, expected,
                 expected_file, listed)
+
+
+def _compared_with(targets: list[Target], options: Options, config: Config,
+                   resolve_target: Callable) -> list[Target]:
+    """Each target with the targets its build is compared with where its numbers are off
+    (Target.compare_with): the one against= names, else every other one declared."""
+    if options.against is not None:
+        if options.against not in config.targets:
+            raise ConfigError(f"against={options.against}: unknown target (valid: "
+                              f"{', '.join(config.targets)}; see {config.path})")
+        chosen = resolve_target(config.targets[options.against])
+        return [dataclasses.replace(t, compare_with=(chosen,), compare_with_chosen=True)
+                for t in targets]
+    declared = []
+    for target in config.targets.values():
+        try:
+            declared.append(resolve_target(target))
+        except ConfigError:   # an unselected target this machine cannot resolve: not one
+            continue
+    return [dataclasses.replace(t, compare_with=tuple(d for d in declared if d.name != t.name))
+            for t in targets]
 
 
 def _refuse_an_empty_selection(options: Options, matrix, config: Config, models: list,
@@ -321,10 +343,14 @@ def _stage_specs(plan: Plan):
         stage, model, target = data["stage"], data["model"], data["target"]
         # a soft upstream (a variant among several) may fail, and one a stage reads only if it
         # is there (partial_inputs) may leave nothing, without stopping this node: its files
-        # are checked by the session, not doit (which stops a task whose file is missing)
+        # are checked by the session, not doit (which stops a task whose file is missing);
+        # so is the record entry of an upstream whose failure the stage diagnoses
         deps, soft, after = [], [], []
         for up in plan.graph.predecessors(node):
             files = [str(f) for f in input_files(plan, node, up, dirs)]
+            if stage.follows == up.stage:   # its outcome is what this node reads
+                soft.append(str(plan.layout.entry_file(up)))
+                after.append(up.task_name)
             if plan.graph.nodes[up]["soft"] or stage.partial_inputs:
                 soft += files
                 after.append(up.task_name)
@@ -348,6 +374,7 @@ def _stage_specs(plan: Plan):
                               **({"role": stage.role} if stage.role else {}),
                               **({"soft_deps": soft} if soft else {}),
                               **({"soft": True} if data["soft"] else {}),
+                              **({"followed": True} if data["followed"] else {}),
                               **_expected_meta(plan, node)}},
             "doc": f"{node.stage} {model.name}" + (f" for {target.name}" if target else ""),
         }

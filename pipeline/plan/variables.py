@@ -19,6 +19,8 @@ VARIABLES = {
     "inputs": "the one selected model's inputs: a .npz or .npy file",
     "shard": "build the I-th of N shards of the selection, e.g. shard=2/4",
     "executor": "run stages on Dask: local:N (a LocalCluster) or tcp://host:port",
+    "against": "the target bisect compares a failing target's build with (default: the "
+               "first llvm-cpu or vmvx target declared whose build matches the framework)",
     "retry": "retry=failed: run again the stages whose failure with the same key is "
              "remembered (otherwise reported as 'failed (cached)' without running)",
     "days": "doit prune: drop cache entries unused for this many days (default 30)",

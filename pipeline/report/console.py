@@ -60,8 +60,11 @@ def failure_lines(tasks: list[dict], table_rows: list[dict], found: Verdict) -> 
     """One line per unexpected failure: each failed case, then each failed task no case
     holds (a model's front end where no target was selected)."""
     from .table import short_error
-    said = [_line(f"{r['model']}@{r['target']}", r["outcome"], r["failed"])
-            for r in table_rows if r["kind"] == "failed"]
+    said = []
+    for r in table_rows:
+        if r["kind"] == "failed":
+            said.append(_line(f"{r['model']}@{r['target']}", r["outcome"], r["failed"]))
+            said += [_diagnosis_line(r["diagnosis"])] if r["diagnosis"] else []
     stray = set(found.failed)
     for task in tasks:
         if task["task"] in stray:
@@ -76,6 +79,13 @@ def _line(what: str, outcome: str, failed: dict | None) -> str:
         said = said[:LINE_WIDTH - 1] + "…"
     log = f"  (log: {failed['log']})" if failed and failed.get("log") else ""
     return f"FAILED {what}" + (f" {said}" if said else "") + log
+
+
+def _diagnosis_line(found: dict) -> str:
+    """The line under a failure that says what its diagnosis found (bisect's first bad
+    dispatch), and where its files are."""
+    files = f" ({', '.join(found['files'])})" if found["files"] else ""
+    return f"  {found['stage']}: {found['summary']}{files}"
 
 
 def _cached(entry: dict) -> str:

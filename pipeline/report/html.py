@@ -65,7 +65,8 @@ def page(record: dict, memo: Path | None = None, page_dir: str = "build",
     charts = _Charts(memo, draw_charts)
     view = {"summary": _summary(cells, entries), "warnings": _warnings(record, entries),
             "changes": _changes(record.get("diff")),
-            "matrix": _matrix(cells, page_dir), "times": _times(cells, charts),
+            "matrix": _matrix(cells, page_dir), "diagnoses": _diagnoses(cells, page_dir),
+            "times": _times(cells, charts),
             "latency": _latency(cells, charts), "variants": _variants(cells),
             "errors": _errors(cells, charts), "tasks": _tasks(entries, page_dir)}
     charts.forget_unused()
@@ -183,6 +184,9 @@ def _matrix_cell(cell: dict, page_dir: str) -> dict:
     """One model x target: its outcome, and either where it failed (stage, error, command,
     that stage's log) or what it measured and its last log."""
     view = {key: cell[key] for key in ("model", "target", "kind", "outcome", "expected")}
+    found = cell["diagnosis"]
+    view["diagnosis"] = found and {"stage": found["stage"], "summary": found["summary"],
+                                   "anchor": _anchor(cell)}
     failed = cell["failed"]
     if failed:
         return {**view, "log": _href(failed, page_dir), "failed": {
@@ -198,6 +202,32 @@ def _matrix_cell(cell: dict, page_dir: str) -> dict:
         next((e for e in reversed(cell["chain"]) if e.get("log")), None)
     return {**view, "failed": None, "log": _href(last, page_dir), "sub": " · ".join(measured),
             "text": cell["kind"] if cell["kind"] != "skipped" else cell["outcome"]}
+
+
+def _anchor(cell: dict) -> str:
+    return f"diagnosis-{cell['model']}-{cell['target']}"
+
+
+def _diagnoses(cells: list[dict], page_dir: str) -> list[dict]:
+    """What the stages that explain failures said, per failing cell (its matrix cell links
+    here): the summary, their table (as the stage's result gives it) and files."""
+    shown = []
+    for cell in cells:
+        found = cell["diagnosis"]
+        if not found:
+            continue
+        columns = list(found["rows"][0]) if found["rows"] else []
+        shown.append({"anchor": _anchor(cell), "label": f"{cell['model']} @ {found['target']}",
+                      "stage": found["stage"], "summary": found["summary"], "columns": columns,
+                      "rows": [[_sci(v) if isinstance(v, float) else v for v in row.values()]
+                               for row in found["rows"]],
+                      "files": [(_file_href(path, page_dir), path) for path in found["files"]],
+                      "log": _href(found, page_dir)})
+    return shown
+
+
+def _file_href(path: str, page_dir: str) -> str:
+    return quote(posixpath.relpath(Path(path).as_posix(), page_dir))
 
 
 def _times(cells: list[dict], charts: _Charts) -> dict | None:

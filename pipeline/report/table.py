@@ -21,7 +21,8 @@ ROLES_BEFORE_ROLES = {"codegen": "module", "validate": "verdict", "pick": "choic
 
 def role(entry: dict) -> str | None:
     """What the entry's stage is to the report (pipeline.stage.Stage.role): 'module',
-    'verdict', 'choice', or None for a step on the way."""
+    'verdict', 'choice', 'diagnosis' (it explains a failure: never the row's outcome), or
+    None for a step on the way."""
     if "role" in entry:
         return entry["role"]
     return ROLES_BEFORE_ROLES.get(entry["stage"])
@@ -64,7 +65,10 @@ EXPECTED = {"failed": "xfail", "passed": "xpass"}
 
 
 def _row(model: str, target: str, per_model: list[dict], stage_entries: list[dict]) -> dict:
-    chain = per_model + stage_entries
+    diagnoses = [e for e in stage_entries if role(e) == "diagnosis"]
+    stage_entries = [e for e in stage_entries if role(e) != "diagnosis"]
+    # (a diagnosis that had nothing to explain is no part of the row)
+    chain = per_model + stage_entries + [e for e in diagnoses if e["status"] != "skipped"]
     failed, verdict = _ending(target, per_model, stage_entries)
     variant_failed = _variant_failures(stage_entries)
     every_variant = failed is not None and failed is verdict and role(failed) == "choice"
@@ -95,8 +99,24 @@ def _row(model: str, target: str, per_model: list[dict], stage_entries: list[dic
             "ms": result.get("latency_ms"),   # the median (older records: one figure)
             "framework_ms": (result.get("framework_latency") or {}).get("median_ms"),
             "ratio": result.get("speed_ratio"), "variant": result.get("variant"),
-            "variants": variants,
+            "variants": variants, "diagnosis": diagnosis(diagnoses, target),
             "stages": " ".join(f"{n} {s}" for s, n in sorted(counts.items()))}
+
+
+def diagnosis(entries: list[dict], target: str) -> dict | None:
+    """What a stage that explains a failure said of the row (its target's own, else a
+    variant's): its summary, table and files (as any diagnosis result has them), or why it
+    failed; None where none ran."""
+    said = [e for e in entries if e["status"] != "skipped"]
+    entry = next((e for e in said if e["target"] == target), None) or next(iter(said), None)
+    if entry is None:
+        return None
+    result = entry.get("result") or {}
+    summary = result.get("summary") if entry["status"] not in FAILURES else \
+        f"{entry['stage']} failed: {short_error(entry.get('error'))}"
+    return {"stage": entry["stage"], "target": entry["target"], "status": entry["status"],
+            "summary": summary or "", "rows": result.get("rows") or [],
+            "files": result.get("files") or [], "log": entry.get("log")}
 
 
 def _variant_failures(stage_entries: list[dict]) -> dict[str, dict]:
@@ -213,7 +233,7 @@ def markdown(record: dict, after_table: list[str] = ()) -> str:
     lines = ["# kiln run", "", table(entries, "github", width=None), ""]
     if any(r["ms"] is not None for r in table_rows):
         lines += [TIMES_NOTE, ""]
-    lines += [*after_table, *_variants_md(table_rows)]
+    lines += [*after_table, *_variants_md(table_rows), *_diagnoses_md(table_rows)]
     failed = [e for e in entries if e["status"] in FAILURES]
     expected = _expected_failures(table_rows)
     if failed:
@@ -241,6 +261,29 @@ def _expected_failures(table_rows: list[dict]) -> dict[str, str]:
     others = {e["task"] for r in table_rows if r["kind"] != "xfail" for e in r["chain"]}
     return {e["task"]: r["expected"] for r in table_rows if r["kind"] == "xfail"
             for e in r["chain"] if e["task"] not in others}
+
+
+def _diagnoses_md(table_rows: list[dict]) -> list[str]:
+    """What the diagnosing stages said of each failing row (bisect: its first bad dispatch),
+    with their table and files."""
+    said = [r for r in table_rows if r["diagnosis"]]
+    if not said:
+        return []
+    lines = ["## Diagnoses", ""]
+    for r in said:
+        found = r["diagnosis"]
+        lines += [f"- **{r['model']} @ {found['target']}**, {found['stage']}: {found['summary']}"]
+        lines += [f"  - `{path}`" for path in found["files"]]
+        lines += [f"  - log: `{found['log']}`"] if found.get("log") else []
+        if found["rows"]:
+            body = [[_cell(v) for v in row.values()] for row in found["rows"]]
+            lines += ["", *("  " + line for line in tabulate(
+                body, headers=list(found["rows"][0]), tablefmt="github").splitlines()), ""]
+    return lines + [""]
+
+
+def _cell(value) -> str:
+    return format(value, ".3g") if isinstance(value, float) else str(value)
 
 
 def _variants_md(table: list[dict]) -> list[str]:

@@ -2,7 +2,9 @@
 
     skip     the stage cannot run on this machine (Stage.unavailable: no device for its
              driver), or an upstream output it reads is absent (that stage failed or was
-             skipped), unless the stage runs with the inputs that exist (partial_inputs)
+             skipped), unless the stage runs with the inputs that exist (partial_inputs),
+             or it diagnoses an upstream's failure (Stage.follows) and that upstream's
+             outcome, as its record entry says, is none it diagnoses (Stage.needed)
     fail     its key cannot be computed (a tool that will not say its version, a model
              file gone): it fails without running; or it failed with this very key before
              and the cache remembers that failure (a "failed (cached)" stage: the failure,
@@ -30,7 +32,7 @@ from ..cache.digest import digest_file, digest_source, stage_key
 from ..cache.probes import tool_version
 from ..cache.store import Found
 from ..plan.layout import Layout
-from ..stage import ModelSpec, Stage, StageError, Target, read_files
+from ..stage import ModelSpec, Node, Stage, StageError, Target, read_files
 from .entry import REMEMBERED_WHY, StageEntry
 
 if TYPE_CHECKING:
@@ -56,6 +58,13 @@ class Decision:
     detail: str = ""             # for a fail: the traceback, for the log
     absent: str | None = None    # for a skip: the input ('<upstream>/<rel>') an upstream left
     # absent (a skip that, like a remembered failure, holds while the inputs do)
+    unneeded: bool = False       # for a skip: the upstream it follows did not fail in a way it
+    # diagnoses (a skip that holds while that upstream's entry and the inputs do)
+
+    @property
+    def settles(self) -> bool:
+        """A skip that holds while what it was decided from does (pipeline.run.uptodate)."""
+        return self.action == "skip" and (self.absent is not None or self.unneeded)
 
     @property
     def remembered(self) -> bool:
@@ -88,6 +97,10 @@ def decide(job: Job, layout: Layout, lookup: Lookup, digest_of: DigestOf = on_di
     unavailable = stage.unavailable(model, target)
     if unavailable:
         return Decision("skip", unavailable, previous=previous)
+    if stage.follows:
+        why_not = _not_needed(job, layout)
+        if why_not:
+            return Decision("skip", why_not, previous=previous, unneeded=True)
     try:
         inputs = input_digests(stage, model, target, job.upstream, job.first, digest_of)
         absent = [name for name, digest in inputs.items() if digest == ABSENT]
@@ -110,6 +123,21 @@ def decide(job: Job, layout: Layout, lookup: Lookup, digest_of: DigestOf = on_di
     if found is not None:
         return Decision("restore", f"key in {cache}", key, parts, found, previous)
     return Decision("run", why_run(previous, parts), key, parts, None, previous)
+
+
+# how the reason of a skip for an outcome a stage need not diagnose begins
+NOT_NEEDED = "not needed: "
+
+
+def _not_needed(job: Job, layout: Layout) -> str | None:
+    """Why a stage that diagnoses an upstream's failure has nothing to do: that upstream's
+    last outcome here (its record entry, written before this node runs) is no failure it
+    diagnoses; None when it is one."""
+    followed = Node(job.stage.follows, job.node.model, job.node.target)
+    entry = StageEntry.load(layout.entry_file(followed))
+    why = f"{followed.task_name} has no outcome here" if entry is None else \
+        job.stage.needed(entry.status, entry.result)
+    return None if why is None else NOT_NEEDED + why
 
 
 # what a tool or the system says when the machine, not the input, failed a stage

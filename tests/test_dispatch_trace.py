@@ -1,0 +1,118 @@
+"""stages/dispatch_trace.py: reading a dispatch trace and pairing two builds' dispatches by
+their values. The traces here are written as iree-run-module prints them (DESIGN §8); the
+real ones come from tests/test_bisect.py."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stages.dispatch_trace import Values, parse, steps
+
+
+def tensor_line(array: np.ndarray, dtype: str = "f32") -> str:
+    rows = "".join("[" + " ".join(f"{v:.6g}" for v in row) + "]" for row in array.reshape(
+        array.shape[0], -1)) if array.ndim > 1 else " ".join(f"{v:.6g}" for v in array)
+    return f"{'x'.join(map(str, array.shape))}x{dtype}={rows}"
+
+
+def trace(*dispatches) -> list[str]:
+    """Lines of a trace: each dispatch is (executable, symbol, inputs, outputs), tensors as
+    (array, dtype)."""
+    lines = ["EXEC @main"]
+    for executable, symbol, inputs, outputs in dispatches:
+        for side, tensors in (("inputs", inputs), ("outputs", outputs)):
+            lines.append(f"=== {executable}::{symbol} {side} ===")
+            lines += [tensor_line(a, d) for a, d in tensors] + [""]
+    return lines + ["result[0]: hal.buffer_view", "2x8xf32=[1 2 3 4 5 6 7 8][1 2 3 4 5 6 7 8]"]
+
+
+def bf16(array: np.ndarray) -> np.ndarray:
+    """array rounded to bfloat16 (round to nearest even), as float32."""
+    bits = array.astype(np.float32).view(np.uint32)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return bits.astype(np.uint32).view(np.float32)
+
+
+RNG = np.random.default_rng(0)
+X = RNG.standard_normal((2, 16)).astype(np.float32)
+W1 = (RNG.standard_normal((32, 16)) * 0.2).astype(np.float32)
+W2 = (RNG.standard_normal((8, 32)) * 0.2).astype(np.float32)
+H = np.maximum(X @ W1.T, 0)
+Y = H @ W2.T
+
+
+def reference_trace() -> list[str]:
+    return trace(("main$async_dispatch_0", "main$async_dispatch_0_matmul_2x32x16_f32",
+                  [(X, "f32"), (W1, "f32")], [(H, "f32")]),
+                 ("main$async_dispatch_1", "main$async_dispatch_1_matmul_2x8x32_f32",
+                  [(H, "f32"), (W2, "f32")], [(Y, "f32")]))
+
+
+def demoted_trace(error: float) -> list[str]:
+    """The bf16 build: a weight converted by an initializer, the input converted (as a flat
+    32-element tensor: a reshape), a first matmul off by `error`, the second on its output."""
+    h = H + np.float32(error) * (H != 0)
+    return trace(("_initializer_0_dispatch_0", "_initializer_0_dispatch_0_elementwise_512_f32xbf16",
+                  [(W1.ravel(), "f32")], [(bf16(W1).ravel(), "bf16")]),
+                 ("main$async_dispatch_0", "main$async_dispatch_0_elementwise_32_f32xbf16",
+                  [(X.ravel(), "f32")], [(bf16(X), "bf16")]),
+                 ("main$async_dispatch_1", "main$async_dispatch_1_matmul_2x32x16_bf16xbf16xf32",
+                  [(bf16(X), "bf16"), (bf16(W1), "bf16")], [(h, "f32")]),
+                 ("main$async_dispatch_2", "main$async_dispatch_2_matmul_2x8x32_f32",
+                  [(h, "f32"), (W2, "f32")], [(h @ W2.T, "f32")]))
+
+
+def reference_values(atol=1e-4, rtol=1e-3) -> Values:
+    values = Values(atol, rtol)
+    for dispatch in parse(reference_trace()):
+        values.add(dispatch)
+    return values
+
+
+def test_parse_reads_each_dispatch_and_skips_the_results():
+    dispatches = list(parse(demoted_trace(0.0)))
+    assert [d.position for d in dispatches] == [0, 1, 2, 3]
+    assert dispatches[0].initializer and not dispatches[2].initializer
+    assert dispatches[2].symbol == "main$async_dispatch_1_matmul_2x32x16_bf16xbf16xf32"
+    assert [t.type for t in dispatches[2].inputs] == ["2x16xbf16", "32x16xbf16"]
+    np.testing.assert_allclose(dispatches[3].inputs[1].values.reshape(8, 32), W2, rtol=1e-5)
+    # a tensor printed again is one value (the output of one dispatch, the input of the next)
+    assert dispatches[2].outputs[0] is dispatches[3].inputs[0]
+
+
+def test_the_first_dispatch_whose_inputs_agree_and_outputs_do_not_is_found():
+    found = list(steps(reference_values(), parse(demoted_trace(0.01))))
+    agree = [s.outputs_agree for s in found]
+    assert agree == [True, True, False, False]   # conversions to bf16 agree with f32 values
+    first = found[2]
+    assert first.inputs_agree and not first.outputs_agree
+    described = first.describe()
+    assert described["symbol"].endswith("matmul_2x32x16_bf16xbf16xf32")
+    assert described["partner"] == "main$async_dispatch_0_matmul_2x32x16_f32"
+    assert described["max_abs_error"] == pytest.approx(0.01, abs=1e-5)
+    # the next one's input is the bad output: its inputs do not agree
+    assert not found[3].inputs_agree
+    assert found[3].describe()["partner"] == "main$async_dispatch_1_matmul_2x8x32_f32"
+
+
+def test_a_build_that_agrees_everywhere_has_no_bad_dispatch():
+    found = list(steps(reference_values(), parse(demoted_trace(0.0))))
+    assert all(s.outputs_agree and s.inputs_agree for s in found)
+
+
+def test_a_tensor_with_no_value_of_its_size_is_unpaired():
+    odd = trace(("main$async_dispatch_0", "main$async_dispatch_0_generic_7_f32",
+                 [(X, "f32")], [(np.arange(7, dtype=np.float32), "f32")]))
+    (step,) = steps(reference_values(), parse(odd))
+    assert step.inputs[0].paired and step.inputs[0].agrees
+    assert not step.paired and step.describe()["max_abs_error"] is None
+
+
+def test_within_allows_one_step_of_the_less_precise_dtype_and_no_more():
+    values = reference_values(atol=0.0, rtol=0.0)
+    (rounded,) = [d for d in parse(trace(("e", "e_elementwise_512_f32xbf16", [],
+                                          [(bf16(W1), "bf16")])))]
+    assert values.match(rounded.outputs[0]).agrees             # a bf16 rounding: one step
+    (off,) = [d for d in parse(trace(("e", "e_elementwise_512_f32xbf16", [],
+                                      [(bf16(W1 * 1.03), "bf16")])))]
+    assert not values.match(off.outputs[0]).agrees             # 3% is many bf16 steps
