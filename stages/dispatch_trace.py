@@ -39,6 +39,7 @@ MANTISSA_BITS = {"f64": 52, "f32": 23, "f16": 10, "bf16": 7}
 SAMPLE = 64
 SHORTLIST = 3
 TINY = 1e-30
+BRACKETS = str.maketrans("[]", "  ")
 # how many of the tensors last read parse keeps, to read a tensor printed again only once
 RECENT = 16
 
@@ -106,10 +107,10 @@ def parse(lines: Iterable[str]) -> Iterator[Dispatch]:
 
 def _tensor(type_text: str, text: str, digest: str) -> Tensor:
     *dims, dtype = type_text.split("x")
-    flat = text.replace("[", " ").replace("]", " ")
+    flat = text.translate(BRACKETS)
     if dtype == "i1":
         flat = flat.replace("true", "1").replace("false", "0")
-    values = np.array(flat.split(), dtype=np.float32)
+    values = np.fromstring(flat, dtype=np.float32, sep=" ")   # (text mode: not deprecated)
     return Tensor(tuple(int(d) for d in dims), dtype, values, digest)
 
 
