@@ -139,7 +139,8 @@ class Stage:
     across_variants: bool = False        # once per target, reading each of its variants' nodes
     partial_inputs: bool = False         # runs with the inputs that exist (a failed variant's do not)
     # the upstream stage whose failure this stage diagnoses (bisect: validate's): its node runs
-    # only where that one failed in a way it explains (needed), which then does not stop it
+    # only where that one failed in a way it explains (needed), which then does not stop it;
+    # it runs on the machine doit runs on (it reads that node's record entry in build/)
     follows: str | None = None
     group: str | None = None             # a doit group its tasks also make up (codegen: compile)
     group_doc: str = ""                  # what `doit list` says of that group

@@ -312,14 +312,20 @@ class Search:
 def _summary(result: dict, differing: dict | None) -> str:
     first, reference = result["first_bad_dispatch"], result["reference_target"]
     if first is not None:
-        return (f"first bad dispatch #{first['ordinal']} {first['symbol']}: max abs error "
-                f"{first['max_abs_error']:.3g} against {reference}'s "
-                f"{first['partner'] or 'value'}; {first['agreeing_before']} agree before it")
+        return (f"first bad dispatch #{first['ordinal']} {first['symbol']}: {_error(first)} "
+                f"against {reference}'s {first['partner'] or 'value'}; "
+                f"{first['agreeing_before']} agree before it")
     if differing is not None:
         return (f"no dispatch's inputs agree where its outputs differ; the first that differs "
                 f"is #{differing['ordinal']} {differing['symbol']}")
     return (f"every paired dispatch agrees with {reference}'s within atol/rtol: the error "
             "builds up below the per-dispatch tolerance")
+
+
+def _error(dispatch: dict) -> str:
+    if dispatch["nonfinite"]:
+        return f"NaN/Inf in {dispatch['nonfinite']} elements where the reference has none"
+    return f"max abs error {dispatch['max_abs_error']:.3g}"
 
 
 def _shown(result: dict) -> dict:
@@ -328,7 +334,8 @@ def _shown(result: dict) -> dict:
     first = result["first_bad_dispatch"] or result.get("first_differing_dispatch")
     rows = [{"": "first bad" if i == 0 and result["first_bad_dispatch"] else "",
              "#": d["ordinal"], "dispatch": d["symbol"],
-             "max abs error": d["max_abs_error"], "max rel error": d["max_rel_error"],
+             "max abs error": d["max_abs_error"] if not d["nonfinite"] else
+             f"NaN/Inf x{d['nonfinite']}", "max rel error": d["max_rel_error"],
              f"{result['reference_target']}'s dispatch": d["partner"] or ""}
             for i, d in enumerate([first, *result["after"]] if first else [])]
     files = list((first or {}).get("sources", {}).values()) if first else []

@@ -121,8 +121,9 @@ class Match:
     # model input or weight the reference only consumed), when there is a partner at all
     paired: bool                    # a reference value of its size was found
     agrees: bool                    # within tolerance of that value
-    max_abs_error: float | None = None
+    max_abs_error: float | None = None   # None where NaN/Inf make it meaningless
     max_rel_error: float | None = None
+    nonfinite: int = 0              # elements NaN/Inf on one side and not the same on the other
 
 
 class Values:
@@ -150,41 +151,52 @@ class Values:
             (tensor, _sample(tensor.values), producer))
 
     def match(self, tensor: Tensor) -> Match:
-        """The reference value nearest to tensor (of the same element count), and whether tensor agrees with it within the tolerance."""
+        """The reference value nearest to tensor (of the same element count), and whether
+        tensor agrees with it within the tolerance."""
         candidates = self.by_size.get(tensor.values.size) or []
         if not candidates:
             return Match(None, False, False)
         sample = _sample(tensor.values)
-        scale = lambda v: float(np.max(np.abs(v))) + TINY   # noqa: E731
         # by values, not shape: a dispatch may see a tensor reshaped (2x16 as 32)
-        by_sample = sorted(candidates, key=lambda c: (float(np.max(np.abs(sample - c[1])))
-                                                      / scale(c[1]), c[0].shape != tensor.shape)
-                           )[:SHORTLIST]
-        best = min(by_sample, key=lambda c: float(np.max(np.abs(tensor.values - c[0].values),
-                                                         initial=0.0)) / scale(c[0].values))
+        by_sample = sorted(candidates, key=lambda c: (_distance(sample, c[1]),
+                                                      c[0].shape != tensor.shape))[:SHORTLIST]
+        best = min(by_sample, key=lambda c: _distance(tensor.values, c[0].values))
         reference, _, producer = best
         return Match(producer, True, *self.within(tensor, reference))
 
-    def within(self, got: Tensor, want: Tensor) -> tuple[bool, float, float]:
-        """(agrees, max abs error, max rel error) of got against want: within atol + rtol *
-        |want|, plus what printing rounds, plus one step of the less precise dtype."""
+    def within(self, got: Tensor, want: Tensor) -> tuple[bool, float | None, float | None, int]:
+        """(agrees, max abs error, max rel error, NaN/Inf mismatches) of got against want:
+        within atol + rtol * |want|, plus what printing rounds, plus one step of the less
+        precise dtype. The errors are None where a NaN/Inf mismatch makes them meaningless
+        (JSON-safe, as stages/compare.py's)."""
         a, b = got.values, want.values
         diff = np.abs(a - b)
         finite = np.isfinite(a) & np.isfinite(b)
         same_nonfinite = ~finite & ((a == b) | (np.isnan(a) & np.isnan(b)))
         allowed = self.atol + (self.rtol + PRINTED_RTOL) * np.abs(b) + _step(b, got.dtype, want.dtype)
         agrees = bool(np.all((finite & (diff <= allowed)) | same_nonfinite))
-        if not np.all(finite | same_nonfinite):
-            return agrees, float("inf"), float("inf")
+        mismatched = int(np.count_nonzero(~(finite | same_nonfinite)))
+        if mismatched:
+            return agrees, None, None, mismatched
         diff = np.where(finite, diff, 0.0)
         rel = diff / np.maximum(np.abs(b), TINY)
-        return agrees, float(diff.max(initial=0.0)), float(rel.max(initial=0.0))
+        return agrees, float(diff.max(initial=0.0)), float(rel.max(initial=0.0)), 0
+
+
+def _distance(a: np.ndarray, b: np.ndarray) -> tuple[int, float]:
+    """How far a is from b: elements where one is NaN/Inf and the other is not, then the
+    largest difference elsewhere relative to b's scale."""
+    finite_a, finite_b = np.isfinite(a), np.isfinite(b)
+    both = finite_a & finite_b
+    scale = float(np.max(np.abs(b[finite_b]), initial=0.0)) + TINY
+    return (int(np.count_nonzero(finite_a != finite_b)),
+            float(np.max(np.abs(a[both] - b[both]), initial=0.0)) / scale)
 
 
 def _sample(values: np.ndarray) -> np.ndarray:
     if values.size <= SAMPLE:
-        return np.nan_to_num(values)
-    return np.nan_to_num(values[np.linspace(0, values.size - 1, SAMPLE).astype(np.int64)])
+        return values
+    return values[np.linspace(0, values.size - 1, SAMPLE).astype(np.int64)]
 
 
 def _step(values: np.ndarray, *dtypes: str) -> np.ndarray | float:
@@ -217,20 +229,21 @@ class Step:
 
     def worst(self, key: str) -> float | None:
         errors = [getattr(m, key) for m in self.outputs if m.paired]
-        return max(errors) if errors else None
+        return None if not errors or None in errors else max(errors)
 
     def partner(self) -> Dispatch | None:
         """The reference dispatch that computed this one's (worst) output."""
         paired = [m for m in self.outputs if m.paired and m.partner is not None]
         if not paired:
             return None
-        return max(paired, key=lambda m: m.max_abs_error or 0.0).partner
+        return max(paired, key=lambda m: (m.nonfinite, m.max_abs_error or 0.0)).partner
 
     def describe(self) -> dict:
         partner = self.partner()
         return {"ordinal": self.dispatch.position, "executable": self.dispatch.executable,
                 "symbol": self.dispatch.symbol, "max_abs_error": self.worst("max_abs_error"),
                 "max_rel_error": self.worst("max_rel_error"),
+                "nonfinite": sum(m.nonfinite for m in self.outputs),
                 "outputs": [t.type for t in self.dispatch.outputs],
                 "partner": partner and partner.symbol,
                 "partner_executable": partner and partner.executable,

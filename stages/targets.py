@@ -67,8 +67,28 @@ def host_cpu() -> str:
     return llvm.get_host_cpu_name()
 
 
+# iree-compile's input phase runs once per model in kiln (legalize, target-independent): a
+# target's flag for it would silently do nothing, since lower compiles from that phase on
+# (`--iree-input-demote-f32-to-f16` left the mlp's module as it was: DESIGN §10)
+INPUT_PHASE = "--iree-input-"
+
+
+def _refuse_input_phase_flags(target: Target) -> None:
+    declared = [("flags", target.flags),
+                *((f"variants.{name}", flags) for name, flags in target.variants if flags)]
+    for field_name, flags in declared:
+        flag = next((f for f in flags if f.startswith(INPUT_PHASE)), None)
+        if flag is not None:
+            raise ConfigError(
+                f"{target.where}: targets.{target.name}.{field_name}: {flag.split('=')[0]} acts in "
+                "iree-compile's input phase, which kiln runs once per model (legalize) before "
+                "any target's flags: it would have no effect (for f16/bf16 numerics use "
+                "--iree-global-opt-demote-contraction-inputs-type=f16|bf16)")
+
+
 def resolve(target: Target) -> Target:
     """Fill in the arch and driver defaults and resolve 'host'; reject what cannot work."""
+    _refuse_input_phase_flags(target)
     if target.backend not in BACKENDS:
         raise ConfigError(f"{target.where}: targets.{target.name}.backend: unknown backend "
                           f"'{target.backend}' (valid: {', '.join(BACKENDS)})")

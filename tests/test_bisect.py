@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import Project, copy_project, seed_cache
+from conftest import Project, copy_project, needs_torch, seed_cache
 from pipeline.run.decide import NOT_NEEDED
 
 
@@ -83,3 +83,45 @@ def test_a_bisect_is_restored_and_a_reference_that_cannot_be_built_is_said(flags
     assert "  bisect: bisect failed: no reference could be built" in proc.stdout
     unknown = project.doit("bisect", "model=mlp", "target=cpu", "against=nosuch", check=False)
     assert unknown.returncode != 0 and "against=nosuch: unknown target" in unknown.stderr
+
+
+# a model whose first op scales its input past float16's largest value (65504)
+SCALED = '''FRAMEWORK = "torch"
+
+
+def build():
+    import torch
+
+    class Scaled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.first = torch.nn.Linear(16, 32)
+            self.second = torch.nn.Linear(32, 8)
+
+        def forward(self, x):
+            return self.second(torch.relu(self.first(x * 1.0e5)) * 1.0e-5)
+
+    return Scaled(), (torch.randn(2, 16),)
+'''
+F16_TARGET = ("  cpu-f16:\n    backend: llvm-cpu\n    arch: host\n"
+              "    flags: [--iree-global-opt-demote-contraction-inputs-type=f16, "
+              "--iree-global-opt-demote-contraction-inputs-operations=matmul]\n")
+
+
+@needs_torch
+def test_an_early_op_that_overflows_f16_is_named_with_its_infinity(project):
+    (project.root / "models" / "scaled.py").write_text(SCALED)
+    config = project.root / "targets.yaml"
+    config.write_text(config.read_text().replace("  cuda:\n", F16_TARGET + "  cuda:\n", 1))
+    proc = project.doit("validate", "model=scaled", "target=cpu-f16", check=False)
+    assert proc.returncode != 0 and "NaN/Inf" in proc.stdout
+    found = bisect_of(project.record(), "scaled@cpu-f16")["result"]
+    first = found["first_bad_dispatch"]
+    # the conversion of the scaled input to f16 is where infinity appears, not the matmul
+    assert first["symbol"].endswith("_elementwise_32_f32xf16"), found["summary"]
+    assert first["nonfinite"] > 0 and first["max_abs_error"] is None   # (JSON-safe)
+    assert first["agreeing_before"] >= 1
+    assert found["reference_target"] == "cpu" and first["partner"].endswith("_f32")
+    assert f"NaN/Inf in {first['nonfinite']} elements where the reference has none" in \
+        found["summary"]
+    assert "Infinity" not in (project.root / "build" / "run.json").read_text()

@@ -116,3 +116,19 @@ def test_within_allows_one_step_of_the_less_precise_dtype_and_no_more():
     (off,) = [d for d in parse(trace(("e", "e_elementwise_512_f32xbf16", [],
                                       [(bf16(W1 * 1.03), "bf16")])))]
     assert not values.match(off.outputs[0]).agrees             # 3% is many bf16 steps
+
+
+def test_an_infinity_where_the_reference_has_none_disagrees_with_no_error_figure():
+    overflowed = X * np.float32(1e5)
+    overflowed[0, 0] = np.inf
+    bad = trace(("main$async_dispatch_0", "main$async_dispatch_0_elementwise_32_f32xf16",
+                 [(X.ravel(), "f32")], [(overflowed, "f16")]))
+    values = reference_values()
+    for dispatch in parse(trace(("s", "s_elementwise_32_f32", [(X, "f32")],
+                                 [(X * np.float32(1e5), "f32")]))):
+        values.add(dispatch)
+    (step,) = steps(values, parse(bad))
+    assert step.inputs_agree and not step.outputs_agree
+    described = step.describe()
+    assert described["nonfinite"] == 1 and described["max_abs_error"] is None
+    assert described["partner"] == "s_elementwise_32_f32"   # the nearest by its finite values

@@ -30,6 +30,13 @@ def test_defaults_and_extra_flags():
     (target("vulkan-spirv", "rdna9"), ["targets.t.arch", "'rdna9'", "llvmpipe", "rdna3"]),
     (target("cuda", "sm_90"), ["targets.t.arch", "'sm_90'", "sm_89"]),
     (target("vmvx", "x"), ["backend vmvx takes no arch"]),
+    # an input-phase flag would do nothing: kiln's lower compiles from after that phase
+    (target("llvm-cpu", flags=["--iree-input-demote-f32-to-f16"]),
+     ["targets.yaml:7", "targets.t.flags", "--iree-input-demote-f32-to-f16", "input phase",
+      "no effect", "--iree-global-opt-demote-contraction-inputs-type=f16|bf16"]),
+    (Target("t", "llvm-cpu", None, None, (), 1e-4, 1e-4, "targets.yaml:7",
+            variants=(("half", ("--iree-input-demote-f32-to-f16",)),)),
+     ["targets.t.variants.half", "input phase"]),
 ])
 def test_bad_targets_are_named(bad, words):
     with pytest.raises(ConfigError) as err:

@@ -26,7 +26,9 @@ def stage_action(plan: Plan, executor: DaskExecutor | None, run: RunLog, task: s
     data = plan.graph.nodes[node]
     job = plan.job(node)
     delegate = None
-    if executor is not None:
+    # a stage that follows another's failure reads that node's record entry, which only
+    # this machine's build/ is sure to hold: it runs here
+    if executor is not None and not job.stage.follows:
         resources = job.stage.resources(job.target)
         delegate = lambda: executor.run(node.task_name, resources)  # noqa: E731
     entry = execute(job, plan.layout, delegate=delegate, watch=watch)
