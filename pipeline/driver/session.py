@@ -141,7 +141,8 @@ class Session:
 
     def _report_settled(self, info: dict, known: Settled):
         """A settled outcome, reported as stage_action reports one: a failure fails the task
-        (a variant's soft one, or one another stage diagnoses, does not), a skip leaves its entry in the task's values."""
+        (a variant's soft one, or one another stage diagnoses, does not), a skip leaves its
+        entry in the task's values."""
         entry = known.entry
         if known.log is not None:
             self._write_settled(Path(info["entry"]), known)
