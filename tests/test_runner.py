@@ -427,3 +427,63 @@ def test_an_older_or_damaged_entry_reads_as_what_it_still_says(tmp_path):
     assert StageEntry.load(tmp_path / "e.json", node).to_record() == {
         "task": "lower:m@cpu", "stage": "lower", "model": "m", "target": "cpu", "key": None,
         "role": None}
+
+
+def test_a_stage_that_fails_after_passing_leaves_no_earlier_output(layout):
+    """A stage that built its output once and now fails must not leave that output behind
+    for what reads it where it exists (a pick among variants took an earlier validate's
+    result.json for this run's)."""
+    source = Source()
+    _, out = run(source, layout)
+    assert (out / "out.txt").read_text() == "HEL"
+
+    class NowBroken(Source):
+        def run(self, ctx):
+            raise StageError("now it fails")
+
+    broken = NowBroken()
+    broken.text = "other"   # another key: it runs, and fails
+    entry, _ = run(broken, layout)
+    assert entry.status == "failed" and not (out / "out.txt").exists()
+
+
+class Diagnose(Stage):
+    """Follows source's failure, as bisect follows validate's."""
+    name = "diagnose"
+    inputs = ("source",)
+    follows = "source"
+
+    def outputs(self, model):
+        return ("why.txt",)
+
+    def reads(self, upstream, outputs, model, target):
+        return ()   # its outcome, none of its files
+
+    def needed(self, status, result):
+        return None if status == "failed" else f"source {status}, nothing to diagnose"
+
+    def run(self, ctx):
+        (ctx.out / "why.txt").write_text("found it")
+
+
+def test_a_stage_that_follows_a_failure_runs_only_after_one(layout):
+    from pipeline.run.decide import NOT_NEEDED
+    source_dir = layout.node_dir(Node("source", "toy", None))
+    upstream = {"source": (Source(), source_dir)}
+    diagnose = Diagnose()
+    decision = decide(job(diagnose, upstream=upstream), layout, Store(layout.cache).find)
+    assert decision.action == "skip" and decision.unneeded and decision.settles
+    assert decision.why == NOT_NEEDED + "source:toy has no outcome here"
+    run(Source(), layout)   # passed: nothing to diagnose
+    decision = decide(job(diagnose, upstream=upstream), layout, Store(layout.cache).find)
+    assert decision.why == NOT_NEEDED + "source ran, nothing to diagnose"
+
+    class Failing(Source):
+        def run(self, ctx):
+            raise StageError("wrong numbers", result={"passed": False})
+
+    failing = Failing()
+    failing.text = "off"   # another key: it runs, and fails
+    assert run(failing, layout)[0].status == "failed"
+    entry, out = run(diagnose, layout, upstream)
+    assert entry.status == "ran" and (out / "why.txt").read_text() == "found it"
