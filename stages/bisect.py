@@ -27,6 +27,7 @@ import signal
 import subprocess
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from pipeline.stage import Stage, StageError
@@ -100,12 +101,16 @@ class Bisect(Stage):
         info = json.loads((ctx.inputs["emit"] / "model.json").read_text())
         answer = answer_for(ctx, info)
         atol, rtol = VALIDATE.tolerances(ctx.model, ctx.target)
-        with tempfile.TemporaryDirectory() as tmp:
+        # (the pool exits first: a compile still running ends before its directory goes)
+        with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(2) as pool:
             build = Builds(Path(tmp), ctx, info, answer)
+            # the first reference compiles beside the failing build (two iree-compiles)
+            ahead = {c.name: pool.submit(build.compile, f"reference-{c.name}", c)
+                     for c in references(ctx.target)[:1]}
             failing = build.compile("failing", ctx.target)
             if isinstance(failing, str):
                 raise StageError(f"the failing target's build cannot be traced: {failing}")
-            reference, values, tried = build.reference(ctx.target, atol, rtol)
+            reference, values, tried = build.reference(ctx.target, atol, rtol, ahead)
             found = Search(values)
             build.run(failing, ctx.target.driver, found.step)
             result = {**found.result(reference.name, atol, rtol), "references_tried": tried}
@@ -157,18 +162,19 @@ class Builds:
             return str(err)
         return module
 
-    def reference(self, target, atol: float, rtol: float):
+    def reference(self, target, atol: float, rtol: float, ahead: dict):
         """(the reference target, its traced values, what was tried): the first candidate
         that builds and whose outputs match the framework's answer (its own tolerances),
         else the first that built, as the record says; a StageError naming each one's
-        failure where none built."""
+        failure where none built. ahead: candidates' compiles already under way."""
         tried, built = [], None
         candidates = references(target)
         if not candidates:
             raise StageError(f"no reference target to compare {target.name} with: declare an "
                              "llvm-cpu or vmvx target in targets.yaml, or name one with against=")
         for candidate in candidates:
-            module = self.compile(f"reference-{candidate.name}", candidate)
+            module = ahead[candidate.name].result() if candidate.name in ahead else \
+                self.compile(f"reference-{candidate.name}", candidate)
             if isinstance(module, str):
                 tried.append({"target": candidate.name, "outcome": f"not built: {module}"})
                 continue

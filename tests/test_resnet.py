@@ -85,3 +85,19 @@ def test_sigterm_keeps_the_work_done_so_far(project, resnet_front):
     assert {statuses[f"{s}:resnet"] for s in ("capture", "serialize", "import", "legalize", "emit")} \
         | {statuses["lower:resnet@cpu"]} == {"up-to-date"}
     assert statuses["codegen:resnet@cpu"] == "ran"
+
+
+def test_resnet_on_bf16_matmuls_is_bisected_to_its_classifier(project, resnet_front):
+    """The issue's vehicle at ResNet size: cpu-bf16 (targets.yaml) demotes matmul inputs to
+    bf16; validate fails and bisect names the one matmul, after the convolutions agree.
+    (Its cost is benchmarks/bench_bisect.py's.)"""
+    seed_cache(project, resnet_front)
+    proc = project.doit("validate", "model=resnet", "target=cpu-bf16", check=False)
+    assert proc.returncode != 0
+    record = {t["task"]: t for t in project.record()}
+    assert record["validate:resnet@cpu-bf16"]["status"] == "failed"
+    found = record["bisect:resnet@cpu-bf16"]["result"]
+    first = found["first_bad_dispatch"]
+    assert first["symbol"].endswith("_matmul_1x1000x512_bf16xbf16xf32"), found["summary"]
+    assert first["agreeing_before"] > 50 and first["reference_target"] == "cpu"
+    assert found["unpaired"]["failing_count"] == 0 and not found["after"]
