@@ -13,8 +13,8 @@ The result names the first dispatch whose inputs agree with the reference's valu
 outputs do not (within the target's atol/rtol), how many agreed before it, how the error
 grows over the next few, the dispatches that had no partner, and the two executables'
 sources (dispatch.failing.mlir, dispatch.reference.mlir). kiln's MLIR carries no source
-locations (emit drops them, so that moving a line of the model recompiles nothing): the
-source op is not named.
+locations (from import on it holds only loc(unknown): DESIGN §10): the source op is not
+named.
 """
 from __future__ import annotations
 
@@ -274,15 +274,15 @@ class Search:
         self.first_differing: dict | None = None   # where no dispatch's inputs agreed
         self.after: list[dict] = []
         self.unpaired: list[str] = []
-        self.partners: set[int] = set()
+        self.partners: set[int] = set()   # reference dispatches whose values were matched
         self.count = 0
 
     def step(self, dispatch) -> None:
         self.count += 1
         step = next(dispatch_trace.steps(self.values, [dispatch]))
-        partner = step.partner()
-        if partner is not None:
-            self.partners.add(partner.position)
+        # a reference dispatch is paired once any value it produced is matched here
+        self.partners |= {m.partner.position for m in (*step.inputs, *step.outputs)
+                          if m.partner is not None}
         if not step.paired:
             self.unpaired.append(dispatch.symbol)
         elif self.first is not None:
@@ -308,7 +308,8 @@ class Search:
                   "dispatches": {"failing": self.count, "reference": len(self.values.dispatches)},
                   "unpaired": {"failing": self.unpaired[:NAMED], "failing_count": len(self.unpaired),
                                "reference": never[:NAMED], "reference_count": len(never)},
-                  "source_op_why": "kiln's MLIR carries no source locations (emit drops them)"}
+                  "source_op_why": "kiln's MLIR carries no source locations (loc(unknown) from "
+                                   "import on)"}
         result["summary"] = _summary(result, self.first_differing)
         if first is None and self.first_differing is not None:
             result["first_differing_dispatch"] = self.first_differing
