@@ -173,3 +173,36 @@ def test_hf_gpt2_with_ops_only_decompositions_legalize_validates(folder_run):
 
 def test_buffer_in_a_list_and_weight_norm_validate(folder_run):
     assert passed(folder_run["listed"], 1e-5), folder_run["listed"]
+
+
+@needs_torch
+def test_a_pt2_whose_graph_makes_float32_tensors_itself_still_runs_in_float64():
+    """OPT's and DeBERTa-v2's .pt2 files fell back to atol/rtol: their graphs make tensors
+    of torch's default dtype (`aten.ones([1, 16])`, no dtype) and hold constant tensors
+    (`lifted_tensor_0`) that moving the module to float64 leaves float32."""
+    import numpy as np
+    import torch
+
+    from pipeline.stage import ModelSpec
+    from stages.frameworks.base import Traced
+    from stages.frameworks.pytorch import ADAPTER
+
+    class Untyped(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(4, 4)
+
+        def forward(self, x):
+            # as Hugging Face's masks: made, then cast to the dtype the model runs in (the
+            # graph asserts the tensor's dtype before each cast)
+            scale = torch.sqrt(torch.tensor(3.0) * 1).to(torch.float32)   # a lifted constant
+            return self.linear(x) * torch.ones(1, 4).to(torch.float32) / scale
+
+    inputs = [np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)]
+    program = torch.export.export(Untyped(), (torch.from_numpy(inputs[0]),))
+    with torch.no_grad():
+        answer = program.module()(torch.from_numpy(inputs[0])).numpy()
+    traced = Traced(artifact=program, inputs=inputs, reference=[answer])
+    (answer64,) = ADAPTER.reference64(ModelSpec("untyped", "torch", {}), traced)
+    assert answer64.dtype == np.float64
+    np.testing.assert_allclose(answer64, answer, rtol=1e-5, atol=1e-6)

@@ -184,7 +184,7 @@ class PyTorch(Framework):
             module = copy.deepcopy(traced.source).double() if traced.source is not None \
                 else _graph_in_float64(traced.artifact.module().to(torch.float64))
             inputs = [torch.from_numpy(a) for a in traced.inputs]
-            with torch.no_grad():
+            with torch.no_grad(), _default_dtype(torch.float64):
                 answer = module(*(t.double() if t.is_floating_point() else t for t in inputs))
             return _flatten(answer)
         except Exception as err:   # an op without a float64 kernel, a graph with fixed dtypes
@@ -229,6 +229,20 @@ class PyTorch(Framework):
         return run
 
 
+@contextlib.contextmanager
+def _default_dtype(dtype):
+    """torch's default float dtype set for the block: a graph's factory ops that name none
+    (OPT's and DeBERTa-v2's `aten.ones([1, 16])`) make float64 tensors in a float64 run, not
+    float32 ones that then meet float64 ('Tensor dtype mismatch')."""
+    import torch
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
 def _graph_in_float64(module):
     """An exported program's module, its weights already float64, with every float32 its
     graph names (dtype= of a mask or a cast, as Hugging Face's attention masks are made)
@@ -236,12 +250,24 @@ def _graph_in_float64(module):
     then meet float64 ones ('Tensor dtype mismatch')."""
     import torch
     for node in module.graph.nodes:
+        if node.op == "get_attr":   # a constant the graph holds (DeBERTa-v2's lifted_tensor_0):
+            _constant_in_float64(module, node.target)   # .to() moves no plain attribute
         if node.kwargs.get("dtype") is torch.float32:
             node.kwargs = {**node.kwargs, "dtype": torch.float64}
         if any(arg is torch.float32 for arg in node.args):
             node.args = tuple(torch.float64 if arg is torch.float32 else arg for arg in node.args)
     module.recompile()
     return module
+
+
+def _constant_in_float64(module, target: str) -> None:
+    import torch
+    owner, _, name = target.rpartition(".")
+    holder = module.get_submodule(owner) if owner else module
+    value = getattr(holder, name)
+    if isinstance(value, torch.Tensor) and not isinstance(value, torch.nn.Parameter) \
+            and value.dtype == torch.float32:
+        setattr(holder, name, value.to(torch.float64))
 
 
 # ops IREE has no lowering for, which turbine's table leaves alone and torch's core-ATen table
