@@ -374,3 +374,29 @@ def test_doit_stops_at_a_refused_location_with_the_reason(built, tmp_path):
     assert proc.returncode != 0
     assert "kiln: model" in proc.stderr and "not a file beside the model" in proc.stderr, \
         proc.stderr[-2000:]
+
+
+def test_a_float64_answer_where_onnxruntime_lacks_a_kernel_and_gather_elements_is_narrower():
+    """BERT-base's and RoBERTa's ONNX exports fell back to atol/rtol: onnxruntime has no
+    float64 Erf, and onnx's reference evaluator then failed on GatherElements whose indices
+    are narrower than its data (position ids: data 1x64, indices 1x16), which ONNX allows;
+    its Erf rounds to float32 (the answer must be float64's to 1e-12)."""
+    from stages.frameworks.base import Traced
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])
+    table = numpy_helper.from_array(np.linspace(-2, 2, 64, dtype=np.float32).reshape(1, 64), "table")
+    ids = numpy_helper.from_array(np.arange(2, 18, dtype=np.int64).reshape(1, 16), "ids")
+    graph = helper.make_graph(
+        [helper.make_node("GatherElements", ["table", "ids"], ["picked"], axis=1),
+         helper.make_node("Add", ["x", "picked"], ["summed"]),
+         helper.make_node("Erf", ["summed"], ["y"])],
+        "narrow", [x], [y], [table, ids])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    inputs = [np.random.default_rng(0).standard_normal((1, 16)).astype(np.float32)]
+    traced = Traced(artifact=model.SerializeToString(), inputs=inputs, reference=[])
+    (answer,) = ADAPTER.reference64(ModelSpec("narrow", "onnx", {}), traced)
+    from math import erf
+    table64 = np.linspace(-2, 2, 64, dtype=np.float32).astype(np.float64).reshape(1, 64)
+    expected = [erf(v) for v in (inputs[0].astype(np.float64) + table64[:, 2:18]).ravel()]
+    assert answer.dtype == np.float64
+    np.testing.assert_allclose(answer.ravel(), expected, rtol=1e-12, atol=1e-14)

@@ -134,7 +134,8 @@ class Onnx(Framework):
         # evaluator (numpy, slower) computes every op in the graph's types
         from onnx.reference import ReferenceEvaluator
         try:
-            return [np.asarray(a) for a in ReferenceEvaluator(proto).run(None, feeds)]
+            evaluator = ReferenceEvaluator(proto, new_ops=_exact_reference_ops())
+            return [np.asarray(a) for a in evaluator.run(None, feeds)]
         except Exception as err:   # an op the evaluator lacks
             raise NoFloat64(f"onnxruntime cannot run the float64 copy of the graph "
                             f"({refused[:200]}), nor can onnx's reference evaluator "
@@ -595,6 +596,34 @@ def _compare(got: np.ndarray, want: np.ndarray) -> tuple[float, bool]:
     error = float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64)), initial=0.0))
     return error, bool(np.allclose(got, want, atol=TEST_DATA_ATOL, rtol=TEST_DATA_RTOL,
                                    equal_nan=True))
+
+
+
+def _exact_reference_ops() -> list:
+    """Two ops of onnx 1.23's reference evaluator, as a float64 answer needs them:
+    - GatherElements: onnx's reshapes its answer wrongly where the indices are smaller than
+      the data along the other axes (RoBERTa's and BERT-base's position ids: data 1x64,
+      indices 1x16, "cannot reshape array of size 1"), which ONNX allows and onnxruntime
+      runs; numpy's take_along_axis is the op itself;
+    - Erf: onnx's rounds every value to float32 (np.vectorize(erf, otypes=["f"])), which
+      would make each GELU of a float64 run a float32 one."""
+    from math import erf
+
+    from onnx.reference.op_run import OpRun
+
+    class GatherElements(OpRun):   # (the evaluator matches an op by its class name)
+        def _run(self, data, indices, axis=None):
+            axis = (axis or 0) % data.ndim
+            indices = np.where(indices < 0, indices + data.shape[axis], indices)
+            sliced = data[tuple(slice(0, n) if d != axis else slice(None)
+                                for d, n in enumerate(indices.shape))]
+            return (np.take_along_axis(sliced, indices, axis=axis),)
+
+    class Erf(OpRun):
+        def _run(self, x):
+            return (np.vectorize(erf, otypes=[np.float64])(x).astype(x.dtype),)
+
+    return [GatherElements, Erf]
 
 
 ADAPTER = Onnx()
