@@ -45,17 +45,19 @@ def test_a_target_extends_overrides_and_drops_built_in_variants():
     target = resolve(Target(**{**CPU.__dict__, "variants": (
         ("mine", ("--iree-opt-level=O3",)), ("im2col", ("--x",)), ("channels-last", None))}))
     names = [name for name, _ in target.variants]
-    assert names == ["default", "im2col", "im2col-mmt4d", "mine"]
+    assert names == ["default", "im2col", "im2col-mmt4d", "decomposed-attention", "mine"]
     assert dict(target.variants)["im2col"] == ("--x",)
     with pytest.raises(ConfigError, match="every variant is dropped"):
-        resolve(Target(**{**CPU.__dict__, "variants": (("default", None), ("channels-last", None),
-                                                       ("im2col", None), ("im2col-mmt4d", None))}))
+        resolve(Target(**{**CPU.__dict__, "variants": (
+            ("default", None), ("channels-last", None), ("im2col", None), ("im2col-mmt4d", None),
+            ("decomposed-attention", None))}))
 
 
 def test_variants_become_targets_of_their_own_with_the_default_keeping_the_name():
     target = resolve(CPU)
     tried = variant_targets(target)
-    assert [t.name for t in tried] == ["cpu", "cpu~channels-last", "cpu~im2col", "cpu~im2col-mmt4d"]
+    assert [t.name for t in tried] == ["cpu", "cpu~channels-last", "cpu~im2col", "cpu~im2col-mmt4d",
+                                       "cpu~decomposed-attention"]
     assert tried[0].flags == () and tried[2].flags[-1] == "--iree-global-opt-use-im2col-for-convs"
     assert [t.name for t in variant_targets(target, ("default",))] == ["cpu"]
     assert [t.name for t in variant_targets(target, ("im2col",))] == ["cpu~im2col"]
