@@ -42,7 +42,8 @@ def isolated_from_kiln_settings():
 # pytest-xdist (pyproject's addopts: -n 2) hands out whole files, so that a module fixture's
 # build happens once, and the files whose tests share a session-built model as one unit: the
 # frameworks run (test_frameworks, test_html, test_passrate) and mlp_built (test_models,
-# test_pipeline, test_diff, test_bisect: flags_diff builds on it). (pytest 9.2 ignores xdist_group marks: xdist 3.8 renames the node ids.)
+# test_pipeline, test_diff, test_bisect: flags_diff builds on it). (pytest 9.2 ignores
+# xdist_group marks: xdist 3.8 renames the node ids.)
 SHARED_BUILD_FILES = {"test_frameworks.py": "frameworks_run", "test_html.py": "frameworks_run",
                       "test_passrate.py": "frameworks_run",
                       "test_models.py": "mlp_built", "test_pipeline.py": "mlp_built",
