@@ -268,3 +268,29 @@ def test_a_quantized_output_matching_the_reference_kernels_passes_and_says_so():
     assert "match LiteRT's reference kernels" in matching["matched"]
     neither = judge([np.array([10, -3, 20], np.int8)], answer, Model(), 1e-4, 1e-3)
     assert not neither["passed"] and "matched" not in neither["outputs"][0]
+
+
+def test_a_dynamic_range_output_whose_kernels_differ_beyond_its_steps_is_judged_by_their_spread():
+    from stages.compare import float64_error
+    from stages.validate import Answer
+    rng = np.random.default_rng(1)
+    xnnpack = rng.normal(0, 5, 1000).astype(np.float32)
+    steps = [{"atol": 0.1, "rtol": 0.0, "why": "2 int8 steps of the output"}]
+
+    def answer(reference_kernels):
+        return Answer(inputs=[], reference=[xnnpack], tolerances=steps,
+                      alternative=[reference_kernels],
+                      alternative_record={"from": "LiteRT's reference kernels",
+                                          "spread": [float64_error(xnnpack, reference_kernels)]})
+    # LiteRT's two kernel sets 1.5 apart, IREE 1.7 off: past the steps, within their noise
+    noisy = answer(xnnpack + np.float32(1.5))
+    within = judge([xnnpack - np.float32(1.7)], noisy, Model(), 1e-4, 1e-3)
+    assert within["passed"] and within["rule"] == "spread", within
+    assert within["outputs"][0]["tolerance_passed"] is False
+    assert "more than this output's steps allow" in within["outputs"][0]["spread_why"]
+    beyond = judge([xnnpack - np.float32(20.0)], noisy, Model(), 1e-4, 1e-3)
+    assert not beyond["passed"] and beyond["factor"] > 8
+    # kernels that agree within the steps leave the steps to decide
+    agreeing = answer(xnnpack + np.float32(0.05))
+    stepped = judge([xnnpack - np.float32(0.3)], agreeing, Model(), 1e-4, 1e-3)
+    assert not stepped["passed"] and stepped["rule"] == "atol/rtol", stepped
