@@ -60,6 +60,34 @@ def test_a_case_iree_runs_and_matches_directly_would_be_kilns_own(run, tmp_path)
     assert "--device=local-task" in run_module and "--parameters=model=" in run_module
 
 
+@pytest.mark.parametrize("model, importer", [("tflite_cnn", "tosa-converter-for-tflite"),
+                                             ("tf_mlp", "iree-import-tf")])
+def test_an_import_the_importers_own_command_passes_would_be_kilns_own(run, tmp_path, model,
+                                                                         importer):
+    """The passing TFLite and TF models, taken as failed at import: serialize's file through
+    the importer's command and iree-compile passes, so such a failure would be kiln's."""
+    case = dataclasses.replace(run["by"][(model, "cpu")], kind="failed", stage="import")
+    passrate.classify(case, run["root"], run["root"] / "targets.yaml", tmp_path)
+    assert (case.whose, case.direct) == ("kiln's own", "imports and compiles"), case
+    assert any(f"/{importer} " in command for command in case.commands), case.commands
+    assert f"build/{model}/serialize/" in " ".join(case.commands)
+    assert "--iree-input-type=" in case.commands[-1]
+
+
+def test_an_import_the_converter_refuses_directly_too_is_the_converters(run, tmp_path):
+    """A .tflite the converter cannot read, as serialize would have left it: its own command
+    fails too, so the failure is the converter's, printed with that command."""
+    project = tmp_path / "project"
+    serialized = project / "build" / "broken" / "serialize" / "model.tflite"
+    serialized.parent.mkdir(parents=True)
+    serialized.write_bytes(b"TFL3" + bytes(60))
+    case = passrate.Case("broken", "cpu", "tflite", "failed", stage="import")
+    passrate.classify(case, project, run["root"] / "targets.yaml", tmp_path / "work")
+    assert case.whose == "Arm's TFLite-to-TOSA converter"
+    assert case.direct.startswith("tosa-converter-for-tflite exited"), case.direct
+    assert str(serialized) in case.commands[0]
+
+
 def test_who_failed_before_iree_is_read_from_the_log(tmp_path):
     """A Python exception: the package of its innermost frame (here JAX's own, raised for
     real); a failure kiln words itself: the importer's at import, else kiln's own."""

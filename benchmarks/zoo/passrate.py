@@ -15,7 +15,11 @@ and prints, as markdown to paste into the README:
   inputs.npz and its weights (emit/model.irpa), and compared with capture's reference.npz
   within the target's tolerances (and capture's per-output ones, for quantized outputs).
   Failing so too, it is IREE's, printed with its direct commands; passing, kiln's own.
-  Before any IREE tool (capture, serialize, import, emit), the innermost frame of the
+  At import, a TFLite or TF model's file (serialize's output, what kiln's import was given)
+  goes through the importer's own command (tosa-converter-for-tflite; tar and
+  iree-import-tf) and iree-compile: failing so too, it is the importer's, with those
+  commands; passing, kiln's own.
+  Before any IREE tool otherwise (capture, serialize, import, emit), the innermost frame of the
   stage log's traceback says whose code raised: the framework's, an importer's (IREE's or
   Arm's TFLite-to-TOSA converter), or kiln's own; a failure kiln words itself is the
   framework's importer's at import, else kiln's own;
@@ -122,6 +126,10 @@ def frameworks_of(models: set[str], project: Path) -> dict[str, str]:
 def classify(case: Case, project: Path, config: Path, work: Path, direct: bool = True) -> None:
     """Set case.whose (and, for a failure in an IREE tool, the direct check's finding and
     commands)."""
+    if case.stage == "import" and case.framework in DIRECT_IMPORTERS and direct:
+        passed, case.direct, case.commands = check_import_directly(case, project, config, work)
+        case.whose = "kiln's own" if passed else IMPORTER_OF[case.framework]
+        return
     if case.stage not in IREE_STAGES:
         case.whose = owner_from_log(project / case.log, case.stage, case.framework) \
             if case.log else "kiln's own (no log)"
@@ -151,6 +159,52 @@ def owner_from_log(log: Path, stage: str, framework: str) -> str:
         return IMPORTER_OF.get(framework, "kiln's own") if stage == "import" else "kiln's own"
     innermost = frames[-1].replace(os.sep, "/")
     return next((who for package, who in OWNERS if f"/{package}" in innermost), "kiln's own")
+
+
+def _tflite_import(serialized: Path, work: Path) -> tuple[list[list[str]], Path]:
+    imported = work / "imported.mlirbc"
+    return [[tool("tosa-converter-for-tflite"), str(serialized), "--bytecode", "-o",
+             str(imported)]], imported
+
+
+def _tf_import(serialized: Path, work: Path) -> tuple[list[list[str]], Path]:
+    """The SavedModel kiln's import was given (serialize's tar), unpacked and imported by
+    iree-import-tf with the signature and type kiln's import asks for."""
+    from stages.frameworks.tf_fw import _signature_name
+    saved, imported = work / "saved_model", work / "imported.mlir"
+    unpack = [["mkdir", "-p", str(saved)], ["tar", "-xf", str(serialized), "-C", str(saved)]]
+    ran, what = run_steps(unpack)   # (the signature's name is read from the unpacked model)
+    name = _signature_name(saved) if ran else "serving_default"
+    return [*unpack, [tool("iree-import-tf"), "--tf-import-type=savedmodel_v1",
+                      f"--tf-savedmodel-exported-names={name}", "--tf-savedmodel-tags=serve",
+                      str(saved), "-o", str(imported)]], imported
+
+
+# framework -> its importer as a command (serialize's file, work) -> (steps, the MLIR written):
+# the importers kiln runs in-process that have a command of their own
+DIRECT_IMPORTERS = {"tflite": _tflite_import, "tf": _tf_import}
+
+
+def check_import_directly(case: Case, project: Path, config: Path,
+                          work: Path) -> tuple[bool, str, list[str]]:
+    """(passed, what happened, the commands): the file kiln's import was given (serialize's
+    output), imported by the importer's own command and compiled by iree-compile with the
+    target's flags. Failing so too, the failure is the importer's (or, where only the
+    compile fails, the importer's MLIR that IREE cannot take); passing, kiln's own."""
+    from stages import frameworks
+    from stages.targets import compile_flags
+    adapter = frameworks.get(case.framework)
+    serialized = project / "build" / case.model / "serialize" / adapter.serialized
+    if not serialized.exists():
+        return False, f"no {serialized} to import", []
+    work = work / f"{case.model}.{case.target}"
+    work.mkdir(parents=True, exist_ok=True)
+    steps, imported = DIRECT_IMPORTERS[case.framework](serialized, work)
+    steps.append([tool("iree-compile"), str(imported), f"--iree-input-type={adapter.input_type}",
+                  *compile_flags(resolved_target(config, case.target)),
+                  "-o", str(work / "module.vmfb")])
+    ran, what = run_steps(steps, COMPILE_TIMEOUT_S)
+    return ran, ("imports and compiles" if ran else what), commands(steps)
 
 
 def check_directly(case: Case, project: Path, config: Path,
