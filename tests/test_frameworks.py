@@ -104,6 +104,50 @@ def test_example_validates_on_cpu_and_vulkan(examples, model):
         assert (build / target / "codegen" / "module.vmfb").stat().st_size > 1000
 
 
+def test_a_tf_model_is_judged_by_its_float64_answer(examples):
+    """TF runs the SavedModel's frozen graph in float64: capture keeps that answer and TF's
+    own f32 error against it, and validate judges by the float64 rule."""
+    require(EXAMPLES["tf_mlp"][1])
+    captured = json.loads((examples["first"].root / "build" / "tf_mlp" / "capture" /
+                           "capture.json").read_text())
+    assert captured["f64"]["available"], captured["f64"]
+    assert 0 < captured["f64"]["framework_error"][0] < 1e-5, captured["f64"]
+    results = [t["result"] for t in examples["first_record"]
+               if t["model"] == "tf_mlp" and t["stage"] == "validate"]
+    assert results and all(r["rule"] == "f64-noise" and r["factor"] < 8 for r in results), results
+
+
+def test_a_tf_op_without_a_float64_kernel_leaves_atol_rtol_and_says_which(tmp_path):
+    """FusedBatchNormV3 has no double kernel in TF: capture still answers, without float64,
+    and says why, naming the op."""
+    require(EXAMPLES["tf_mlp"][1])
+    import tensorflow as tf
+
+    from pipeline.plan.models import from_path
+    from stages import detect
+    from stages.frameworks import get
+
+    class Norm(tf.Module):
+        def __init__(self):
+            self.scale = tf.Variable(np.linspace(0.5, 2, 4, dtype=np.float32))
+
+        @tf.function(input_signature=[tf.TensorSpec([1, 2, 2, 4], tf.float32)])
+        def __call__(self, x):
+            y, _, _ = tf.compat.v1.nn.fused_batch_norm(
+                x, self.scale, tf.zeros(4), mean=tf.zeros(4), variance=tf.ones(4),
+                is_training=False)
+            return y
+    tf.saved_model.save(Norm(), str(tmp_path / "norm"))
+    out = tmp_path / "capture"
+    out.mkdir()
+    info = get("tf").capture(from_path(tmp_path / "norm", detect, {}), out)
+    assert not info["f64"]["available"]
+    assert info["f64"]["why"].startswith("TF cannot run the signature's graph in float64: ")
+    assert "(op FusedBatchNormV3)" in info["f64"]["why"], info["f64"]
+    with np.load(out / "reference.npz") as reference:
+        assert reference["out0"].shape == (1, 2, 2, 4)
+
+
 @pytest.mark.parametrize("model", list(EXAMPLES))
 def test_second_run_is_all_up_to_date(examples, model):
     require(EXAMPLES[model][1])

@@ -26,6 +26,11 @@ tf_saved_model.index_path names) and writes inputs.npz / reference.npz in it; th
 the reloaded SavedModel's signature run by TF. A build() model's inputs are matched to the
 signature's keys in definition order (its input_signature order).
 
+The float64 answer (the noise rule's, stages/compare.py) is the signature's graph with its
+variables frozen to constants and every float32 made float64, run by TF: Keras applications
+(Conv2D, MatMul, batch norm as Mul/Add/Rsqrt) run so; an op without a double kernel
+(FusedBatchNormV3) leaves the model judged by atol/rtol, capture.json's f64.why naming it.
+
 The importer leaves a public session_initializer function and one public ml_program.global per
 variable (which IREE would export as global$... accessors): all are made private, so the
 signature is the module's only entry point.
@@ -33,13 +38,16 @@ signature is the module's only entry point.
 from __future__ import annotations
 
 import io
+import re
 import tarfile
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from pipeline.stage import ModelSpec, StageError
 
-from .base import Framework, Traced
+from .base import Framework, NoFloat64, Traced
 from .factory import build_model
 from .inputs import model_inputs
 from .tf_common import absl_safe, entry_function, load_tf
@@ -90,7 +98,32 @@ class TensorFlow(Framework):
                                  f"'{signature_name}' to its converted function "
                                  f"({in_keys} -> {out_keys})")
             return Traced(artifact=_pack(saved), inputs=[feeds[k] for k in in_keys],
-                          reference=[results[k].numpy() for k in out_keys], notes=notes)
+                          reference=[results[k].numpy() for k in out_keys], notes=notes,
+                          source={"signature": signature_name, "inputs": in_keys,
+                                  "outputs": out_keys})
+
+    @absl_safe
+    def reference64(self, model: ModelSpec, traced: Traced) -> list:
+        """The signature's graph with its variables frozen to constants and every float32
+        (constants, op types, casts) made float64, run by TF on the inputs cast to float64:
+        TF's kernels take double where they take float (Conv2D, MatMul, Keras' batch norm as
+        Mul/Add/Rsqrt); where one does not, NoFloat64 with TF's words."""
+        tf = load_tf()
+        with tempfile.TemporaryDirectory() as tmp:
+            saved = Path(tmp) / "saved_model"
+            _unpack_bytes(traced.artifact, saved)
+            loaded = tf.saved_model.load(str(saved))   # (alive while its variables are read)
+            try:
+                run64 = _float64_function(tf, loaded.signatures[traced.source["signature"]],
+                                          traced.source)
+                feeds = [tf.constant(a.astype(np.float64) if a.dtype == np.float32 else a)
+                         for a in traced.inputs]
+                return [np.asarray(a) for a in run64(*feeds)]
+            except Exception as err:   # an op without a double kernel, a graph TF cannot freeze
+                said = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                op = re.search(r"Op<name=(\w+)", str(err))
+                raise NoFloat64(f"TF cannot run the signature's graph in float64: "
+                                f"{said[:200]}" + (f" (op {op[1]})" if op else "")) from None
 
     def serialize(self, capture_dir: Path, out_dir: Path) -> None:
         # capture already wrote the canonical archive; re-pack to be sure of its form
@@ -280,6 +313,55 @@ def _pack(directory: Path) -> bytes:
             with open(path, "rb") as f:
                 tar.addfile(info, f)
     return buffer.getvalue()
+
+
+def _float64_function(tf, signature, source: dict):
+    """A callable: the signature's frozen graph made float64, taking its inputs in
+    source["inputs"]'s order and giving its outputs in source["outputs"]'s."""
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2)
+    frozen = convert_variables_to_constants_v2(signature)
+    graph = frozen.graph.as_graph_def()
+    for node in graph.node:
+        _attributes_to_double(node)
+    # a signature's flat inputs and outputs are its keys in sorted order (tf.nest); the
+    # frozen function keeps that order (and drops the structure)
+    in_keys, out_keys = sorted(signature.structured_input_signature[1]), \
+        sorted(signature.structured_outputs)
+    if (len(in_keys), len(out_keys)) != (len(frozen.inputs), len(frozen.outputs)):
+        raise ValueError(f"the frozen graph has {len(frozen.inputs)} inputs and "
+                         f"{len(frozen.outputs)} outputs, the signature {in_keys} -> {out_keys}")
+    in_names = dict(zip(in_keys, (t.name for t in frozen.inputs)))
+    out_names = dict(zip(out_keys, (t.name for t in frozen.outputs)))
+
+    def imported():
+        tf.compat.v1.import_graph_def(graph, name="")
+    wrapped = tf.compat.v1.wrap_function(imported, [])
+    tensor = wrapped.graph.get_tensor_by_name
+    return wrapped.prune([tensor(in_names[k]) for k in source["inputs"]],
+                         [tensor(out_names[k]) for k in source["outputs"]])
+
+
+def _attributes_to_double(node) -> None:
+    """A GraphDef node's float32 made float64: type and type-list attributes, and constant
+    tensors' values."""
+    from tensorflow.core.framework import types_pb2
+    from tensorflow.python.framework import tensor_util
+    single, double = types_pb2.DT_FLOAT, types_pb2.DT_DOUBLE
+    for value in node.attr.values():
+        if value.HasField("type") and value.type == single:
+            value.type = double
+        elif value.HasField("list") and value.list.type:
+            value.list.type[:] = [double if t == single else t for t in value.list.type]
+        elif value.HasField("tensor") and value.tensor.dtype == single:
+            wide = tensor_util.MakeNdarray(value.tensor).astype(np.float64)
+            value.tensor.CopyFrom(tensor_util.make_tensor_proto(wide))
+
+
+def _unpack_bytes(archive: bytes, directory: Path) -> None:
+    packed = directory.parent / ARCHIVE
+    packed.write_bytes(archive)
+    _unpack(packed, directory)
 
 
 def _unpack(archive: Path, directory: Path) -> None:
