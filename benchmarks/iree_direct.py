@@ -7,6 +7,7 @@ which tool failed and its first error line. outputs_match compares what iree-run
 wrote with the expected arrays by kiln's own comparison (stages.compare)."""
 from __future__ import annotations
 
+import re
 import shlex
 import subprocess
 import sys
@@ -35,12 +36,26 @@ def run_steps(steps: list[list[str]], timeout: float = TIMEOUT_S) -> tuple[bool,
     return True, "ran"
 
 
+# a frame of LLVM's crash backtrace: "#4 0x00007f... namespace::function(args) File.cpp:0:0"
+CRASH_FRAME = re.compile(r"^\s*#\d+ 0x[0-9a-f]+ (\S.*?)(?: \S+:\d+:\d+)?$")
+# the frames of the crash handler itself, above where the tool crashed
+HANDLER_FRAMES = ("llvm::sys::", "SignalHandler", "(")
+
+
 def first_error(stderr: str) -> str:
     """The line that says what went wrong: the first naming an error (or IREE's
-    'STATUS; message' form), else the last line."""
+    'STATUS; message' form); for a crash with only a backtrace, the function it crashed
+    in; else the last line."""
     lines = [line for line in stderr.splitlines() if line.strip()]
-    return next((line for line in lines if "error" in line.lower() or "; " in line),
-                lines[-1] if lines else "")
+    named = next((line for line in lines if "error" in line.lower() and
+                  not CRASH_FRAME.match(line)), None)
+    if named:
+        return named
+    frames = [m[1] for line in lines if (m := CRASH_FRAME.match(line))]
+    crashed = next((f for f in frames if not f.startswith(HANDLER_FRAMES)), None)
+    if crashed:
+        return f"crashed in {crashed.split('(')[0]}"
+    return next((line for line in lines if "; " in line), lines[-1] if lines else "")
 
 
 def outputs_match(got: list, want: list, atol: float, rtol: float, tolerances: list | None = None,

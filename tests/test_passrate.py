@@ -139,3 +139,24 @@ def test_a_failure_the_frameworks_own_kernels_share_is_no_ones():
     assert shared == "the framework's own two kernel sets differ by 1.5 on output 0, IREE by 1.7"
     assert passrate.own_spread(iree, reference, [reference[0] + np.float32(1e-3)]) == ""
     assert passrate.own_spread(iree, reference, []) == ""   # no second implementation
+
+
+def test_a_direct_tool_that_crashes_is_named_by_the_function_it_crashed_in():
+    """iree-compile on the ConvNeXt SavedModel's import crashes with a backtrace and no error
+    line (its stderr's shape, shortened): the finding names where, not the last frame."""
+    from iree_direct import first_error
+    crash = ("Please report issues to https://github.com/iree-org/iree/issues and include the "
+             "crash backtrace.\n"
+             " #0 0x00007f85b4b5a0ab llvm::sys::PrintStackTrace(llvm::raw_ostream&, int) "
+             "Signals.cpp:0:0\n"
+             " #2 0x00007f85b4b5ac10 SignalHandler(int, siginfo_t*, void*) Signals.cpp:0:0\n"
+             " #3 0x00007f85aec5a050 (/lib/x86_64-linux-gnu/libc.so.6+0x3c050)\n"
+             " #4 0x00007f85b6994f70 mlir::iree_compiler::DispatchCreation::"
+             "decideFusableLinalgOps(mlir::Region&) FormDispatchRegions.cpp:0:0\n"
+             " #5 0x00007f85b5109731 mlir::detail::OpToOpPassAdaptor::run(mlir::Pass*) "
+             "Pass.cpp:0:0\n")
+    assert first_error(crash) == \
+        "crashed in mlir::iree_compiler::DispatchCreation::decideFusableLinalgOps"
+    assert first_error("note: x\n<unknown>:0: error: 'linalg.generic' op inferred\n") == \
+        "<unknown>:0: error: 'linalg.generic' op inferred"
+    assert first_error("INVALID_ARGUMENT; bad input\nlast") == "INVALID_ARGUMENT; bad input"
