@@ -74,9 +74,15 @@ class Listed(torch.nn.Module):
     def forward(self, x):
         return self.conv(x[:, :, self.order])
 
+class Bicubic(torch.nn.Module):   # as YOLOS resizes its position embeddings
+    def forward(self, x):
+        return torch.nn.functional.interpolate(x, size=(7, 5), mode="bicubic",
+                                               align_corners=False)
+
 torch.manual_seed(0)
 save("dict", Dict(), torch.randn(1, 4, 6))
 save("listed", Listed(), torch.randn(1, 4, 6))
+save("bicubic", Bicubic(), torch.randn(1, 2, 4, 3))
 ids = torch.randint(0, 100, (1, 8))
 save("bert", transformers.BertModel(transformers.BertConfig(
     vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
@@ -144,7 +150,7 @@ def folder_run(tmp_path_factory) -> dict[str, dict]:
     project = Project(copy_project(root / "proj"))
     proc = project.doit("validate", f"model={folder}", "target=cpu", check=False)
     record = {t["model"]: t for t in project.record() if t["stage"] == "validate"}
-    assert set(record) == {"dict", "listed", "bert", "gpt2"}, proc.stdout[-3000:]
+    assert set(record) == {"dict", "listed", "bicubic", "bert", "gpt2"}, proc.stdout[-3000:]
     return record
 
 
@@ -173,6 +179,12 @@ def test_hf_gpt2_with_ops_only_decompositions_legalize_validates(folder_run):
 
 def test_buffer_in_a_list_and_weight_norm_validate(folder_run):
     assert passed(folder_run["listed"], 1e-5), folder_run["listed"]
+
+
+def test_bicubic_upsampling_is_decomposed_and_validates(folder_run):
+    # aten.upsample_bicubic2d (YOLOS's position embeddings): IREE has no lowering for it,
+    # torch's core-ATen decomposition (gathers and arithmetic) does
+    assert passed(folder_run["bicubic"], 1e-5), folder_run["bicubic"]
 
 
 @needs_torch

@@ -11,9 +11,9 @@ unpickle beyond plain tensors, evaluate as Python or load as native code is refu
 
 Import order matters: without turbine's decomposition table ResNet leaves ops IREE rejects
 (relu_, _native_batch_norm_legit_no_training); a few ops only core ATen decomposes are added
-to it (GPT-2's aten.diff). A non-persistent buffer (BERT's position_ids) sits among the
-program's constants, where FxImporter does not look for buffers: it is moved into the state
-dict before import. Two graph rewrites before import avoid what FxImporter and torch-mlir
+to it (GPT-2's aten.diff, YOLOS's upsample_bicubic2d). A non-persistent buffer (BERT's
+position_ids) sits among the program's constants, where FxImporter does not look for
+buffers: it is moved into the state dict before import. Two graph rewrites before import avoid what FxImporter and torch-mlir
 cannot handle in Hugging Face models: a weight inside an op's list argument, and attention
 masks combined from a constant bool tensor with `&`. FxImporter mutates the program it
 imports, so the .pt2 is loaded afresh for each import.
@@ -272,9 +272,10 @@ def _constant_in_float64(module, target: str) -> None:
 
 # ops IREE has no lowering for, which turbine's table leaves alone and torch's core-ATen table
 # decomposes (GPT-2's attention mask calls aten.diff, wav2vec2's positional conv
-# _weight_norm). Only these are taken from core ATen: its whole table would also break up
+# _weight_norm, YOLOS resizes its position embeddings with upsample_bicubic2d). Only these
+# are taken from core ATen: its whole table would also break up
 # scaled_dot_product_attention, which IREE lowers whole.
-_CORE_ATEN_ONLY = ("diff", "_weight_norm", "_weight_norm_interface")
+_CORE_ATEN_ONLY = ("diff", "_weight_norm", "_weight_norm_interface", "upsample_bicubic2d")
 
 
 def _import_decompositions() -> dict:
