@@ -163,6 +163,41 @@ def _vision(class_name, config_name, field="logits", size=IMAGE, **config):
     return lambda: (_model(class_name, config_name, field, **config), (_image(size),))
 
 
+def _detection(class_name, config_name, **config):
+    """An object detector returning its class logits and boxes (both heads are checked)."""
+    def make():
+        import torch
+        model = _model(class_name, config_name, None, **config)
+
+        class Detections(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.model = model
+
+            def forward(self, pixel_values):
+                found = self.model(pixel_values)
+                return found.logits, found.pred_boxes
+
+        return Detections().eval(), (_image(),)
+    return make
+
+
+def _detr_backbone():
+    """DETR's ResNet backbone from transformers itself (no timm, nothing pretrained)."""
+    import transformers
+    return transformers.ResNetConfig(embedding_size=16, hidden_sizes=[16, 32, 64, 128],
+                                     depths=[1, 1, 1, 1], layer_type="basic",
+                                     out_features=["stage4"])
+
+
+def _detr():
+    return _detection("DetrForObjectDetection", "DetrConfig", use_timm_backbone=False,
+                      use_pretrained_backbone=False, backbone_config=_detr_backbone(),
+                      d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
+                      decoder_attention_heads=2, encoder_ffn_dim=128, decoder_ffn_dim=128,
+                      num_queries=10, num_labels=5)()
+
+
 def _whisper_encoder():
     import torch
     import transformers
@@ -253,6 +288,11 @@ _MAKERS: dict[str, Callable] = {
     "hf_segformer": _vision("SegformerForSemanticSegmentation", "SegformerConfig",
                             hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1],
                             decoder_hidden_size=64),
+    # detection: class logits and boxes
+    "hf_detr": _detr,
+    "hf_yolos": _detection("YolosForObjectDetection", "YolosConfig",
+                           **{**_VIT_LIKE, "image_size": [IMAGE, IMAGE]},
+                           num_detection_tokens=10, num_labels=5),
     # audio
     "hf_whisper_encoder": _whisper_encoder,
     "hf_wav2vec2": _wav2vec2,
