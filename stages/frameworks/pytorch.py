@@ -13,10 +13,10 @@ Import order matters: without turbine's decomposition table ResNet leaves ops IR
 (relu_, _native_batch_norm_legit_no_training); a few ops only core ATen decomposes are added
 to it (GPT-2's aten.diff, YOLOS's upsample_bicubic2d). A non-persistent buffer (BERT's
 position_ids) sits among the program's constants, where FxImporter does not look for
-buffers: it is moved into the state dict before import. Two graph rewrites before import avoid what FxImporter and torch-mlir
-cannot handle in Hugging Face models: a weight inside an op's list argument, and attention
-masks combined from a constant bool tensor with `&`. FxImporter mutates the program it
-imports, so the .pt2 is loaded afresh for each import.
+buffers: it is moved into the state dict before import. Two graph rewrites before import
+avoid what FxImporter and torch-mlir cannot handle in Hugging Face models: a weight inside an
+op's list argument, and attention masks combined from a constant bool tensor with `&`.
+FxImporter mutates the program it imports, so the .pt2 is loaded afresh for each import.
 """
 from __future__ import annotations
 
