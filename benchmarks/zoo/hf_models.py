@@ -42,19 +42,22 @@ _VIT_LIKE = dict(image_size=IMAGE, patch_size=8, hidden_size=64, num_hidden_laye
                  num_attention_heads=2, intermediate_size=128)
 
 
-def _returning(model, field: str):
-    """model wrapped to return one field of its ModelOutput: a plain tensor."""
+def _returning(model, *fields: str):
+    """model wrapped to return fields of its ModelOutput: a plain tensor for one field, a
+    tuple of them for several."""
     import torch
 
-    class Field(torch.nn.Module):
+    class Fields(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.model = model
 
         def forward(self, *args):
-            return getattr(self.model(*args), field)
+            found = self.model(*args)
+            picked = tuple(getattr(found, field) for field in fields)
+            return picked[0] if len(picked) == 1 else picked
 
-    return Field().eval()
+    return Fields().eval()
 
 
 def _model(class_name: str, config_name: str, field: str | None, **config):
@@ -165,21 +168,8 @@ def _vision(class_name, config_name, field="logits", size=IMAGE, **config):
 
 def _detection(class_name, config_name, **config):
     """An object detector returning its class logits and boxes (both heads are checked)."""
-    def make():
-        import torch
-        model = _model(class_name, config_name, None, **config)
-
-        class Detections(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.model = model
-
-            def forward(self, pixel_values):
-                found = self.model(pixel_values)
-                return found.logits, found.pred_boxes
-
-        return Detections().eval(), (_image(),)
-    return make
+    return lambda: (_returning(_model(class_name, config_name, None, **config), "logits",
+                               "pred_boxes"), (_image(),))
 
 
 def _detr_backbone():
