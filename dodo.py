@@ -4,20 +4,15 @@
     doit validate model=mlp target=cpu,vulkan
     doit                                       # the default matrix: compile, validate, report
 """
-import signal
 import sys
 from pathlib import Path
 
 from doit import get_var
 
+from pipeline import process
 from pipeline.driver.session import Session
 
 HERE = Path(__file__).parent
-
-
-def _interrupt(signum, frame):
-    # doit saves its database only at the end of a run; a KeyboardInterrupt lets it save
-    raise KeyboardInterrupt
 
 
 def make_plan(variables: dict[str, str]):
@@ -37,7 +32,9 @@ def make_plan(variables: dict[str, str]):
         sys.exit(f"kiln: {err}")
 
 
-signal.signal(signal.SIGTERM, _interrupt)
+# Ctrl-C and SIGTERM kill every tool kiln started, then end the run as doit ends one on a
+# KeyboardInterrupt: its database saved, the stopped run's record written
+process.stop_on_signals()
 SESSION = Session(get_var, make_plan, [HERE / "dodo.py", HERE / "pipeline", HERE / "stages"])
 DOIT_CONFIG = SESSION.doit_config()
 

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import re
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
-BIN = Path(sys.executable).parent
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from pipeline import process  # noqa: E402
+# the real binaries, as kiln runs them (the scripts that build command lines import it here)
+from stages.iree_tools import tool  # noqa: E402,F401
+
 TIMEOUT_S = 120
-
-
-def tool(name: str) -> str:
-    return str(BIN / name)
 
 
 def run_steps(steps: list[list[str]], timeout: float = TIMEOUT_S) -> tuple[bool, str]:
@@ -26,12 +25,11 @@ def run_steps(steps: list[list[str]], timeout: float = TIMEOUT_S) -> tuple[bool,
     fails or runs past timeout seconds (its process group killed)."""
     for step in steps:
         try:
-            proc = subprocess.run(step, capture_output=True, text=True, check=False,
-                                  timeout=timeout, start_new_session=True)
-        except subprocess.TimeoutExpired:
+            proc = process.run(step, timeout)
+        except process.ToolTimeout:
             return False, f"{Path(step[0]).name} did not end in {timeout:g} s"
         if proc.returncode:
-            return False, (f"{Path(step[0]).name} exited {proc.returncode}: "
+            return False, (f"{Path(step[0]).name} {process.exit_words(proc.returncode)}: "
                            f"{first_error(proc.stderr)[:200]}")
     return True, "ran"
 

@@ -19,17 +19,16 @@ named.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
-import os
 import shlex
 import shutil
-import signal
 import subprocess
 import tempfile
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from pipeline import process
 from pipeline.stage import Stage, StageError
 from stages import dispatch_trace
 from stages.iree_tools import iree_compile, tool
@@ -105,7 +104,9 @@ class Bisect(Stage):
         with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(2) as pool:
             build = Builds(Path(tmp), ctx, info, answer)
             # the first reference compiles beside the failing build (two iree-compiles)
-            ahead = {c.name: pool.submit(build.compile, f"reference-{c.name}", c)
+            # (in this context: its tool time is the stage's)
+            ahead = {c.name: pool.submit(contextvars.copy_context().run, build.compile,
+                                         f"reference-{c.name}", c)
                      for c in references(ctx.target)[:1]}
             failing = build.compile("failing", ctx.target)
             if isinstance(failing, str):
@@ -233,11 +234,9 @@ def _streamed(argv: list[str], ctx):
                 said.append(line.rstrip("\n"))
             yield line
 
-    with tempfile.TemporaryFile() as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.PIPE, text=True,
-                                errors="replace", start_new_session=True)
-        timer = threading.Timer(RUN_TIMEOUT_S, lambda: _kill(proc))
-        timer.start()
+    with tempfile.TemporaryFile() as out, \
+            process.started(argv, RUN_TIMEOUT_S, stdout=out, stderr=subprocess.PIPE,
+                            text=True) as proc:
         try:
             stream = lines(proc.stderr)
             yield stream
@@ -245,22 +244,13 @@ def _streamed(argv: list[str], ctx):
                 pass
             returncode = proc.wait()
         finally:
-            timer.cancel()
-            _kill(proc)
             proc.stderr.close()
     stderr = "\n".join(line for line in said if line.strip())
     if stderr:
         ctx.log(stderr)
     if returncode != 0:
-        raise StageError(f"{Path(argv[0]).name} exited with {returncode}: "
+        raise StageError(f"{Path(argv[0]).name} {process.exit_words(returncode)}: "
                          f"{_runtime_error(stderr)}", command=command, exit_code=returncode)
-
-
-def _kill(proc) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 class Search:

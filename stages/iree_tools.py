@@ -1,58 +1,98 @@
-"""Calling IREE's command-line tools the way every stage must: input on stdin (a file path
-given to iree-compile ends up inside the artifact), errors raised with the exact command; a
+"""Calling IREE's command-line tools the way every stage must: the real executables the
+installed packages ship, never the venv's Python launchers (docs/DESIGN.md §9.1); each in a
+process group of its own under a timeout (pipeline.process); input on stdin (a file path
+given to iree-compile ends up inside the artifact); errors raised with the exact command; a
 runtime tool watched for a hang (run_watched)."""
 from __future__ import annotations
 
 import functools
 import os
 import shlex
-import signal
-import subprocess
-import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.cache.probes import Watch, find_executable, probe
+from pipeline import process
+from pipeline.cache.probes import Watch, find_executable, probe, register_executable
 from pipeline.stage import StageError
 
+# the compiler package's tools (iree.compiler.tools.binaries knows where each one is)
+COMPILER_TOOLS = ("iree-compile", "iree-opt", "iree-link")
+# the runtime package's tools: all in iree/_runtime_libs/
+RUNTIME_TOOLS = ("iree-run-module", "iree-benchmark-module", "iree-benchmark-executable",
+                 "iree-dump-module", "iree-cpuinfo", "iree-convert-parameters",
+                 "iree-create-parameters", "iree-dump-parameters")
 
+COMPILE_TIMEOUT_S = 1800
+DEVICES_TIMEOUT_S = 60
+
+
+def _compiler_tool(name: str) -> str | None:
+    """Where iree-base-compiler's own launcher would find it (IREE_TOOL_PATH first)."""
+    try:
+        from iree.compiler.tools.binaries import find_tool
+        return os.path.normpath(find_tool(name))
+    except (ImportError, ValueError):
+        return None
+
+
+def _runtime_tool(name: str) -> str | None:
+    """iree-base-runtime's launchers start iree/_runtime_libs/<name> (IREE_PY_RUNTIME picks
+    another variant, as there)."""
+    try:
+        from iree._runtime import libs
+    except ImportError:
+        return None
+    path = os.path.join(libs.library_path, name)
+    return path if os.access(path, os.X_OK) else None
+
+
+for _name in COMPILER_TOOLS:
+    register_executable(_name, functools.partial(_compiler_tool, _name))
+for _name in RUNTIME_TOOLS:
+    register_executable(_name, functools.partial(_runtime_tool, _name))
+
+
+@functools.lru_cache(maxsize=None)
 def tool(name: str) -> str:
+    """The executable to start for an IREE tool: the real binary its package ships."""
     return find_executable(name) or name
 
 
-def iree_compile(src: Path, out: Path, flags: list[str], ctx, timeout: int = 1800) -> None:
+def iree_compile(src: Path, out: Path, flags: list[str], ctx,
+                 timeout: float = COMPILE_TIMEOUT_S) -> None:
     argv = [tool("iree-compile"), "-", *flags, "-o", str(out)]
     command = f"{shlex.join(argv)} < {shlex.quote(str(src))}"
     ctx.log(f"$ {command}")
-    with open(src, "rb") as stdin:
-        proc = subprocess.run(argv, stdin=stdin, capture_output=True, timeout=timeout)
-    stderr = proc.stderr.decode(errors="replace")
-    if stderr:
-        ctx.log(stderr)
-    if proc.returncode != 0:
+    try:
+        done = process.run(argv, timeout, tool="iree-compile", stdin=src)
+    except StageError as err:   # (a timeout, a stop) with the command as a user types it
         out.unlink(missing_ok=True)
-        raise StageError(f"iree-compile {_failure(proc.returncode, stderr)}", command=command,
-                         exit_code=proc.returncode)
+        err.command = command
+        raise
+    if done.stderr:
+        ctx.log(done.stderr)
+    if done.returncode != 0:
+        out.unlink(missing_ok=True)
+        raise StageError(f"iree-compile {failure(done.returncode, done.stderr)}",
+                         command=command, exit_code=done.returncode)
 
 
-def compile_failure(src: Path, flags: list[str], timeout: int = 600) -> str | None:
+def compile_failure(src: Path, flags: list[str], timeout: float = 600) -> str | None:
     """How iree-compile fails on src, worded as iree_compile would, or None when it compiles
     (the output discarded): for probing which part of a module it cannot take."""
     argv = [tool("iree-compile"), "-", *flags, "-o", "/dev/null"]
-    with open(src, "rb") as stdin:
-        proc = subprocess.run(argv, stdin=stdin, capture_output=True, timeout=timeout)
-    return _failure(proc.returncode, proc.stderr.decode(errors="replace")) if proc.returncode else None
+    done = process.run(argv, timeout, tool="iree-compile", stdin=src)
+    return failure(done.returncode, done.stderr) if done.returncode else None
 
 
-def _failure(returncode: int, stderr: str) -> str:
+def failure(returncode: int, stderr: str) -> str:
+    """How a tool failed, for an error message: its exit (a signal by name) and its words."""
     # LLVM's crash handler prints only a stack dump: its first line is no diagnostic
     if "Stack dump:" in stderr and "error:" not in stderr:
-        return f"crashed (exit {returncode}: a stack dump, no diagnostic)"
-    return f"exited with {returncode}: {_first_error(stderr)}"
+        return f"crashed ({process.exit_words(returncode)}: a stack dump, no diagnostic)"
+    return f"{process.exit_words(returncode)}: {first_error(stderr)}"
 
 
-def _first_error(stderr: str) -> str:
+def first_error(stderr: str) -> str:
     """The diagnostic a user needs first: the first 'error:' line, else the first line
     (e.g. "Unknown command line argument '--x'", before a "Did you mean" hint)."""
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
@@ -70,9 +110,8 @@ def devices() -> tuple[str, ...]:
     exe = tool("iree-run-module")
 
     def ask() -> list[str]:
-        proc = subprocess.run([exe, "--list_devices"], capture_output=True, text=True,
-                              check=False)
-        return [line.strip() for line in proc.stdout.splitlines() if "://" in line]
+        done = process.run([exe, "--list_devices"], DEVICES_TIMEOUT_S)
+        return [line.strip() for line in done.stdout.splitlines() if "://" in line]
 
     return tuple(probe(exe, ("--list_devices",), ask, DEVICE_WATCH))
 
@@ -95,64 +134,8 @@ DEVICE_WATCH = Watch(places=DEVICE_PLACES, files=("/proc/sys/kernel/random/boot_
 IDLE_S = 10.0
 
 
-@dataclass
-class Ran:
-    """A watched run: its exit status (None: killed, `stopped` says why) and its output."""
-    returncode: int | None
-    stdout: str
-    stderr: str
-    stopped: str | None = None
-
-
-def run_watched(argv: list[str], timeout: float, idle_s: float | None = None) -> Ran:
-    """argv in a process group of its own, killed with everything it started (the venv's
-    runtime tools are Python wrappers around the real binary) when it runs past timeout or,
-    given idle_s, uses no CPU time for idle_s seconds."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(argv, stdout=out, stderr=err, start_new_session=True)
-        stopped = _watch(proc, timeout, idle_s)
-        out.seek(0)
-        err.seek(0)
-        return Ran(None if stopped else proc.returncode, out.read().decode(errors="replace"),
-                   err.read().decode(errors="replace"), stopped)
-
-
-def _watch(proc: subprocess.Popen, timeout: float, idle_s: float | None) -> str | None:
-    """None when proc ended by itself, else why it was killed."""
-    started = busy = time.monotonic()
-    spent = None
-    while True:
-        try:
-            proc.wait(timeout=0.25)
-            return None
-        except subprocess.TimeoutExpired:
-            pass
-        now, cpu = time.monotonic(), _group_cpu_ticks(proc.pid)
-        if cpu != spent:
-            spent, busy = cpu, now
-        stopped = f"did not end within {timeout:g} s" if now - started > timeout else \
-            f"hung: no CPU time used for {idle_s:g} s" \
-            if idle_s is not None and cpu is not None and now - busy > idle_s else None
-        if stopped:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            return stopped
-
-
-def _group_cpu_ticks(group: int) -> int | None:
-    """User and system clock ticks of every live process in the group (Linux /proc), or None
-    where they cannot be read."""
-    total, found = 0, False
-    try:
-        entries = [e.name for e in os.scandir("/proc") if e.name.isdigit()]
-    except OSError:
-        return None
-    for pid in entries:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()   # after the command's name
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == group:      # pgrp; then utime and stime
-            total, found = total + int(fields[11]) + int(fields[12]), True
-    return total if found else None
+def run_watched(argv: list[str], timeout: float, idle_s: float | None = None) -> process.Finished:
+    """argv in a process group of its own (pipeline.process.run), killed with everything it
+    started when it runs past timeout (ToolTimeout) or, given idle_s, when it uses no CPU
+    time for idle_s seconds (returned with `stopped` saying so: the caller may run it again)."""
+    return process.run(argv, timeout, idle_s=idle_s)

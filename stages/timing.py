@@ -25,13 +25,14 @@ import math
 import os
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Callable
+
+from pipeline import process
 
 REPETITIONS = 10     # at most; fewer when they would not fit the budget
 REPETITIONS_ENV = "KILN_TIMING_REPETITIONS"   # a lower (or higher) "at most"
@@ -250,10 +251,10 @@ def _measure_framework(framework: str, capture: Path, threads: int, serialized: 
                 str(out), str(repetitions)]
         log(f"$ {shlex.join(argv)}")
         try:
-            proc = subprocess.run(argv, cwd=root, env=env, capture_output=True, text=True,
-                                  timeout=FRAMEWORK_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            return None, f"the framework's timing did not end within {FRAMEWORK_TIMEOUT_S} s"
+            proc = process.run(argv, FRAMEWORK_TIMEOUT_S, tool=f"{framework} timing",
+                               cwd=root, env=env)
+        except process.ToolTimeout as err:
+            return None, str(err)
         except OSError as err:
             return None, f"cannot start the framework's timing: {err}"
         if proc.stderr.strip():

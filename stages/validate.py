@@ -21,12 +21,12 @@ import os
 import re
 import shlex
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from pipeline import process
 from pipeline.cache.digest import digest_file
 from pipeline.names import parse_upstream
 from pipeline.stage import Stage, StageError
@@ -478,16 +478,12 @@ def run_tool(argv: list[str], ctx, notes: list[str]) -> tuple[str, float]:
     idle_s = IDLE_S if device.startswith("local") else None
     for attempt in range(1, ATTEMPTS + 1):
         ctx.log(f"$ {command}")
-        started = time.perf_counter()
-        ran = run_watched(argv, RUN_TIMEOUT_S, idle_s)
-        took = time.perf_counter() - started
+        ran = run_watched(argv, RUN_TIMEOUT_S, idle_s)   # (past RUN_TIMEOUT_S: ToolTimeout)
+        took = ran.seconds
         if ran.stderr:
             ctx.log(ran.stderr)
         if ran.returncode == 0:
             return ran.stdout, took
-        if ran.stopped and not ran.stopped.startswith("hung"):   # over time: no verdict either
-            raise StageError(f"{name} {ran.stopped}", command=command,
-                             transient=f"{name} {ran.stopped}")
         again = ran.stopped or next((m for m in DEVICE_LOST if m in ran.stderr), None)
         if again is None:
             break
@@ -499,7 +495,8 @@ def run_tool(argv: list[str], ctx, notes: list[str]) -> tuple[str, float]:
         raise StageError(f"{name} {ran.stopped} on all {ATTEMPTS} runs", command=command,
                          transient=f"{name} {ran.stopped}")
     lost = f" (it lost its device on all {ATTEMPTS} runs)" if again else ""
-    raise StageError(f"{name} exited with {ran.returncode}{lost}: {_runtime_error(ran.stderr)}",
+    raise StageError(f"{name} {process.exit_words(ran.returncode)}{lost}: "
+                     f"{_runtime_error(ran.stderr)}",
                      command=command, exit_code=ran.returncode,
                      transient=f"the device was lost ({again})" if again else None)
 

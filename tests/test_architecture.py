@@ -9,12 +9,12 @@ from pathlib import Path
 import networkx as nx
 
 PIPELINE = Path(__file__).resolve().parent.parent / "pipeline"
-# bottom first: the contract with stages/ and the name syntax, then content addressing, the
+# bottom first: the contract with stages/, the name syntax and how a process is started, then content addressing, the
 # plan, running a stage, what a person reads, and doit's side
-LAYERS = ["pipeline.stage", "pipeline.names", "pipeline.cache", "pipeline.plan", "pipeline.run",
-          "pipeline.report", "pipeline.driver"]
-LEVEL = {"pipeline.stage": 0, "pipeline.names": 0, "pipeline.cache": 1, "pipeline.plan": 2,
-         "pipeline.run": 3, "pipeline.report": 4, "pipeline.driver": 5}
+LAYERS = ["pipeline.stage", "pipeline.names", "pipeline.process", "pipeline.cache",
+          "pipeline.plan", "pipeline.run", "pipeline.report", "pipeline.driver"]
+LEVEL = {"pipeline.stage": 0, "pipeline.names": 0, "pipeline.process": 0, "pipeline.cache": 1,
+         "pipeline.plan": 2, "pipeline.run": 3, "pipeline.report": 4, "pipeline.driver": 5}
 FOREIGN = ("stages", "models", "torch", "jax", "tensorflow", "onnx", "onnxruntime", "iree")
 
 

@@ -40,7 +40,7 @@ def test_every_case_is_a_row_with_its_framework(run, frameworks_run):
 def test_a_legalize_failure_that_iree_compile_repeats_is_irees_with_its_command(run):
     bessel = run["by"][("bessel", "cpu")]
     assert (bessel.kind, bessel.stage, bessel.whose) == ("failed", "legalize", "IREE's")
-    assert bessel.direct.startswith("iree-compile exited 1")
+    assert bessel.direct.startswith("iree-compile exited with 1")
     [command] = bessel.commands
     imported = run["root"] / "build" / "bessel" / "import" / "imported.mlirbc"
     assert f"iree-compile {imported} --iree-input-type=torch" in command

@@ -11,7 +11,6 @@ import functools
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -20,11 +19,29 @@ from .digest import canonical
 from .files import atomic_write, read_only
 
 
+# name -> how the package that ships an executable finds it (stages register IREE's: the
+# venv's bin/iree-compile is a Python launcher around the real binary, docs/DESIGN.md §9.1)
+_finders: dict[str, Callable[[], str | None]] = {}
+
+
+def register_executable(name: str, finder: Callable[[], str | None]) -> None:
+    """find_executable(name) asks finder first: the real binary a package ships."""
+    _finders[name] = finder
+
+
 def find_executable(name: str) -> str | None:
-    """This interpreter's own bin/ first (doit may run without the venv on PATH), then PATH."""
+    """The executable a registered finder names; else this interpreter's own bin/ (doit may
+    run without the venv on PATH), then PATH."""
+    finder = _finders.get(name)
+    found = finder() if finder is not None else None
+    if found:
+        return found
     local = Path(sys.executable).parent / name
     return str(local) if local.exists() else shutil.which(name)
 
+
+
+VERSION_TIMEOUT_S = 60
 
 
 @functools.lru_cache(maxsize=None)
@@ -38,7 +55,8 @@ def tool_version(tool: str) -> str:
     exe = find_executable(tool)
     if exe:
         def ask() -> str | None:
-            out = subprocess.run([exe, "--version"], capture_output=True, text=True, check=False)
+            from ..process import run   # (a no-op run asks no tool: it need not load this)
+            out = run([exe, "--version"], VERSION_TIMEOUT_S)
             return " ".join((out.stdout + out.stderr).split()) if out.returncode == 0 else None
         text = probe(exe, ("--version",), ask)
         if text is not None:

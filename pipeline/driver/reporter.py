@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Callable
 from doit.exceptions import DependencyError, TaskFailed, UnmetDependency
 from doit.reporter import ConsoleReporter
 
+from .. import process
 from ..names import base_target
 from ..report.console import case_limit
 from ..report.record import RunLog, Summary, entry_of, publish, reuse
@@ -164,6 +166,10 @@ class KilnReporter(ConsoleReporter):
             self.write("#" * 40 + "\nExecution aborted.\n" + "\n".join(self.runtime_errors) + "\n")
         if self.after is not None:
             self.after()
+        stopped = process.stop_reason()
+        if stopped is not None:   # (doit is unwinding a KeyboardInterrupt: end it here, quietly)
+            self.outstream.write(f"kiln: the run was stopped ({stopped})\n")
+            raise SystemExit(128 + signal.Signals[stopped].value)
         if summary is not None and not self.crashed and (summary.exit_code == 0) == self.failed:
             # doit's exit code counts every failed task, kiln's follows the cases' verdict
             # (pipeline.report.verdict): expected failures pass, strict unexpected passes

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import tempfile
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -118,6 +119,7 @@ class Session:
         the cache remembers, a skip for an absent input: pipeline.run.uptodate.settled) is
         reported as it stands, with no plan made and no key computed."""
         collector.resume()   # (here too: with -n, stages run in doit's child processes)
+        self._temp_files_in_build()
         watch = Watch.of(task)
         known = self.settled(task, watch)
         if known is not None:
@@ -130,6 +132,15 @@ class Session:
             task.values.update(outcome)
             return None
         return outcome
+
+    def _temp_files_in_build(self) -> None:
+        """Every temporary file of this process and the tools it starts goes to build/.tmp
+        (a killed run's leftovers stay inside build/, where prune removes them), never to
+        /tmp: Python's tempfile, and TMPDIR for the tools (LLVM's linker writes there)."""
+        scratch = self.build / ".tmp"
+        if tempfile.tempdir != str(scratch):
+            scratch.mkdir(parents=True, exist_ok=True)
+            tempfile.tempdir = os.environ["TMPDIR"] = str(scratch)
 
     def settled(self, task, watch: Watch | None = None) -> Settled | None:
         """The stage task's settled outcome, as this run reports it (uptodate.settled), or

@@ -56,6 +56,9 @@ class StageEntry:
     worker: str | None = None        # the Dask worker it ran on
     warnings: list[str] = field(default_factory=list)
     seconds: float | None = None
+    # of seconds, how long the processes it started ran (a compiler, a runtime; parallel
+    # ones add up): the rest is kiln's and the framework's own Python (pipeline.process)
+    tool_seconds: float | None = None
     log: str | None = None           # its log, relative to the project
     fingerprint: dict | None = None  # the key's parts (the entry file only)
     outputs: dict[str, list] | None = None   # rel -> [digest, size, mtime_ns] (not run.json)
@@ -170,4 +173,5 @@ _VALID = {
     "warnings": lambda v: isinstance(v, list),
     "result": lambda v: isinstance(v, dict),
     "seconds": lambda v: isinstance(v, (int, float)),
+    "tool_seconds": lambda v: isinstance(v, (int, float)),
 }

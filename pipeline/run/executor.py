@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import threading
 from pathlib import Path
 
+from .. import process
 from ..stage import StageError
 
 
@@ -84,12 +84,21 @@ class DaskExecutor:
         return future.result()
 
 
+# a stage's own tools time out well before this (iree-compile after 30 minutes): the limit on
+# the worker's whole kiln process, a stage and its tools together
+WORKER_TIMEOUT_S = 4 * 3600
+
+
 def _on_worker(root: str, cache: str, script: str, spec: dict) -> dict:
     """Runs inside a Dask worker: the stage in a fresh process, in the project directory."""
     from distributed import get_worker
     env = {**os.environ, "KILN_CACHE": cache}
-    proc = subprocess.run([sys.executable, "-c", script, json.dumps(spec)], cwd=root,
-                          env=env, capture_output=True, text=True)
+    try:
+        proc = process.run([sys.executable, "-c", script, json.dumps(spec)], WORKER_TIMEOUT_S,
+                           tool="kiln's stage process", cwd=root, env=env)
+    except process.ToolTimeout as err:
+        return {"status": "failed", "error": str(err), "command": None, "log_text": "",
+                "worker": get_worker().address}
     lines = [l for l in proc.stdout.splitlines() if l.startswith("KILN-RESULT ")]
     if proc.returncode != 0 or not lines:
         result = {"status": "failed", "error": f"the worker's kiln process exited with "

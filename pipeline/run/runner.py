@@ -22,6 +22,7 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from .. import process
 from ..cache import remote
 from ..cache.digest import digest_file
 from ..cache.files import UNWRITABLE, atomic_write, describe_os_error
@@ -50,7 +51,16 @@ def execute(job: Job, layout: Layout, delegate: Callable[[], dict] | None = None
     records it, so that the next run reports that outcome without a plan
     (pipeline.run.uptodate.settled).
     Returns the entry (status failed when the stage failed)."""
-    started = time.perf_counter()
+    with process.tool_clock() as tools:
+        entry, log_lines = _execute(job, layout, delegate, watch, time.perf_counter())
+    entry.tool_seconds = round(sum(tools.values()), 3) if tools else None
+    _write_entry(layout, job.node, entry, log_lines)
+    return entry
+
+
+def _execute(job: Job, layout: Layout, delegate: Callable[[], dict] | None,
+             watch: Watch | None, started: float) -> tuple[StageEntry, list[str]]:
+    """execute's work, but for writing the entry: (the entry, its log lines)."""
     node = job.node
     entry = StageEntry.of(node)
     log_lines: list[str] = []
@@ -85,8 +95,7 @@ def execute(job: Job, layout: Layout, delegate: Callable[[], dict] | None = None
     entry.log = str(layout.log_file(node).relative_to(layout.root))
     if watch is not None and decision is not None:
         entry.verdict_on = _settled_on(watch, inputs, decision, entry, store)
-    _write_entry(layout, node, entry, log_lines)
-    return entry
+    return entry, log_lines
 
 
 def _settled_on(watch: Watch, inputs: dict, decision: Decision, entry: StageEntry,
