@@ -100,7 +100,8 @@ def exit_words(returncode: int) -> str:
 # --- the processes now running, for a stop to kill -------------------------------------
 
 _live: dict[int, subprocess.Popen] = {}
-_live_lock = threading.Lock()
+# re-entrant: the stop handler runs in the main thread, perhaps while that thread holds it
+_live_lock = threading.RLock()
 _stop_reason: str | None = None
 
 
@@ -237,8 +238,14 @@ def _start(argv: list[str], **how) -> subprocess.Popen:
         if _stop_reason is not None:
             raise Interrupted(f"the run was stopped ({_stop_reason}): {Path(argv[0]).name} "
                               "not started")
-        proc = subprocess.Popen(argv, start_new_session=True, **how)
-        _live[proc.pid] = proc
+        proc = None
+        try:
+            proc = subprocess.Popen(argv, start_new_session=True, **how)
+            _live[proc.pid] = proc
+        except BaseException:   # (a stop between the start and the registration)
+            if proc is not None:
+                _kill_group(proc)
+            raise
     return proc
 
 

@@ -30,7 +30,8 @@ def run_node(plan: Plan, task_name: str) -> dict:
     the remote, in write mode) receiving its outputs. The entry comes back (as
     StageEntry.to_dict) with its log as "log_text"."""
     node = plan.nodes_by_task[task_name]
-    with tempfile.TemporaryDirectory(prefix="kiln-worker-") as tmp:
+    # (inside this project's build/.tmp: a killed worker leaves nothing outside build/)
+    with tempfile.TemporaryDirectory(prefix="kiln-worker-", dir=plan.layout.scratch()) as tmp:
         layout = dataclasses.replace(plan.layout, root=Path(tmp), build=Path(tmp) / "build")
         previous = plan.layout.entry_file(node)   # for the 'why': this project's last build
         if previous.is_file():
