@@ -40,8 +40,29 @@ fi
 
 PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] < (3, 11))' 2>/dev/null; then
+    echo "setup: kiln needs Python 3.11 or newer; $PYTHON is" \
+         "$("$PYTHON" --version 2>&1 || echo 'missing'): set PYTHON=/path/to/python3.11" >&2
+    exit 1
+fi
+version() { "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])'; }
+if [ -x .venv/bin/python ] && [ "$(version .venv/bin/python)" != "$(version "$PYTHON")" ]; then
+    echo "setup: .venv is Python $(version .venv/bin/python), not $(version "$PYTHON"): made anew"
+    rm -rf .venv
+fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 # (not --no-compile: where PYTHONDONTWRITEBYTECODE is set, as on the CI machines, every
 # process would then compile torch and TensorFlow from source: the suite took half again)
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[all]"
+pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
+if [ "${1:-}" = "--lock" ]; then
+    # the newest versions pyproject.toml allows, written to constraints.txt as the new lock
+    "${pip[@]}" --upgrade -e ".[all]"
+    { echo "# The versions kiln is tested with: ./setup.sh installs exactly these."
+      echo "# Refreshed by ./setup.sh --lock (the newest that pyproject.toml allows)."
+      .venv/bin/python -m pip freeze --exclude-editable --disable-pip-version-check; } \
+        > constraints.txt
+    echo "setup: constraints.txt written"
+else
+    "${pip[@]}" -c constraints.txt -e ".[all]"
+fi
 echo "setup: ready (.venv)"

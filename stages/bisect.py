@@ -64,7 +64,7 @@ class Bisect(Stage):
         return ("bisect.json", *SOURCES.values())
 
     def tools(self, model):
-        return ("iree-compile", "iree-base-runtime")
+        return ("iree-compile", "iree-base-runtime", "numpy")   # (numpy: the comparison)
 
     def reads(self, upstream, outputs, model, target):
         if upstream == "validate":   # its outcome (the engine reads it), none of its files

@@ -60,8 +60,9 @@ class Validate(Stage):
         return (*super().code_files(model), *frameworks.get(model.framework).code_files())
 
     def tools(self, model):
-        # iree-run-module has no --version: its package's; the framework's, which is timed
-        return ("iree-base-runtime", *frameworks.get(model.framework).dists)
+        # iree-run-module has no --version: its package's; numpy's, which compares the
+        # outputs (the verdict); the framework's, which is timed
+        return ("iree-base-runtime", "numpy", *frameworks.get(model.framework).dists)
 
     def reads(self, upstream, outputs, model, target):
         if upstream == "capture":   # the framework's own artifacts too: its run is timed
