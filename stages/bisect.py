@@ -31,6 +31,7 @@ from pathlib import Path
 from pipeline import process
 from pipeline.stage import Stage, StageError
 from stages import dispatch_trace
+from stages.backends import BACKENDS
 from stages.iree_tools import iree_compile, tool
 from stages.lower import inline_weights
 from stages.targets import compile_flags
@@ -40,8 +41,6 @@ from stages.weights import SCOPE
 
 HERE = Path(__file__).parent
 TRACE_FLAGS = ("--iree-flow-trace-dispatch-tensors",)
-# the backends a reference is chosen among when none is named: the ones every machine has
-REFERENCE_BACKENDS = ("llvm-cpu", "vmvx")
 # how many dispatches after the first bad one the result shows, to see the error grow
 AFTER = 5
 # how many unpaired dispatches the result names (it counts them all)
@@ -58,7 +57,7 @@ class Bisect(Stage):
     role = "diagnosis"
     inputs = ("capture", "emit", "validate")
     code = (HERE / "dispatch_trace.py", HERE / "iree_tools.py", HERE / "targets.py",
-            HERE / "validate.py", HERE / "compare.py", HERE / "lower.py")
+            HERE / "backends.py", HERE / "validate.py", HERE / "compare.py", HERE / "lower.py")
 
     def outputs(self, model):
         return ("bisect.json", *SOURCES.values())
@@ -128,7 +127,8 @@ def references(target) -> list:
     if target.compare_with_chosen:
         return list(target.compare_with)
     mine = (target.backend, target.arch, tuple(compile_flags(target)))
-    usable = [t for t in target.compare_with if t.backend in REFERENCE_BACKENDS
+    # (when none is named, among the backends every machine has: Backend.reference)
+    usable = [t for t in target.compare_with if BACKENDS[t.backend].reference
               and (t.backend, t.arch, tuple(compile_flags(t))) != mine]
     return sorted(usable, key=lambda t: bool(t.flags))
 

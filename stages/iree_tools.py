@@ -13,6 +13,7 @@ from pathlib import Path
 from pipeline import process
 from pipeline.cache.probes import Watch, find_executable, probe, register_executable
 from pipeline.stage import StageError
+from stages import backends
 
 # the compiler package's tools (iree.compiler.tools.binaries knows where each one is)
 COMPILER_TOOLS = ("iree-compile", "iree-opt", "iree-link")
@@ -116,12 +117,10 @@ def devices() -> tuple[str, ...]:
     return tuple(probe(exe, ("--list_devices",), ask, DEVICE_WATCH))
 
 
-# what can change the device list without changing iree-run-module
-DEVICE_PLACES = ("/dev", "/dev/dri", "/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d",
-                 "/usr/local/share/vulkan/icd.d", "/proc/driver/nvidia/gpus")
-DEVICE_ENV = ("VK_ICD_FILENAMES", "VK_DRIVER_FILES", "VK_ADD_DRIVER_FILES",
-              "CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES",
-              "LD_LIBRARY_PATH")
+# what can change the device list without changing iree-run-module: the device nodes, and
+# each backend's own places and variables (stages/backends.py)
+DEVICE_PLACES = ("/dev", *backends.device_places())
+DEVICE_ENV = (*backends.device_env(), "LD_LIBRARY_PATH")
 
 DEVICE_WATCH = Watch(places=DEVICE_PLACES, files=("/proc/sys/kernel/random/boot_id",),
                      env=DEVICE_ENV)

@@ -22,7 +22,8 @@ class Lower(Stage):
     doc = "iree-compile to flow with each target's (and each variant's) flags"
     per_target = True
     inputs = ("emit",)
-    code = (HERE / "iree_tools.py", HERE / "targets.py", HERE / "weights.py")
+    code = (HERE / "iree_tools.py", HERE / "targets.py", HERE / "backends.py",
+            HERE / "weights.py")
 
     def outputs(self, model):
         return ("lowered.mlir",)

@@ -31,6 +31,7 @@ from pipeline.cache.digest import digest_file
 from pipeline.names import parse_upstream
 from pipeline.stage import Stage, StageError
 from stages import frameworks, timing
+from stages.backends import BACKENDS, is_host_driver
 from stages.compare import compare, describe_noise, noise_rule
 from stages.iree_tools import IDLE_S, devices, run_watched, tool
 from stages.lower import inline_weights
@@ -50,7 +51,7 @@ class Validate(Stage):
     default = True   # `doit` alone validates the default matrix
     role = "verdict"
     inputs = ("capture", "emit", "codegen")
-    code = (HERE / "iree_tools.py", HERE / "compare.py", HERE / "timing.py")
+    code = (HERE / "iree_tools.py", HERE / "compare.py", HERE / "timing.py", HERE / "backends.py")
 
     def outputs(self, model):
         return ("result.json", "outputs.npz")
@@ -79,17 +80,18 @@ class Validate(Stage):
 
     def peers(self, model, target, targets):
         # no framework answer (imported MLIR): compare with the first llvm-cpu target's run
-        if frameworks.get(model.framework).has_reference or target.backend == "llvm-cpu":
+        answers = lambda t: BACKENDS[t.backend].answers_imported_mlir  # noqa: E731
+        if frameworks.get(model.framework).has_reference or answers(target):
             return ()
-        cpu = next((t.name for t in targets if t.backend == "llvm-cpu"), None)
+        cpu = next((t.name for t in targets if answers(t)), None)
         return (cpu,) if cpu else ()
 
     def resources(self, target):
         # a CPU driver runs on any worker; a device only on workers that declare it
-        return {} if target.driver.startswith("local") else {target.driver: 1}
+        return {} if is_host_driver(target.driver) else {target.driver: 1}
 
     def worker_resources(self):
-        return {d.split("://")[0]: 1 for d in devices() if not d.startswith("local")}
+        return {d.split("://")[0]: 1 for d in devices() if not is_host_driver(d)}
 
     def params(self, model, target):
         atol, rtol = self.tolerances(model, target)
@@ -476,7 +478,7 @@ def run_tool(argv: list[str], ctx, notes: list[str]) -> tuple[str, float]:
     run that answered), each repeat logged and noted in `notes`."""
     command, name = shlex.join(argv), Path(argv[0]).name
     device = next((a.split("=", 1)[1] for a in argv if a.startswith("--device=")), "")
-    idle_s = IDLE_S if device.startswith("local") else None
+    idle_s = IDLE_S if is_host_driver(device) else None
     for attempt in range(1, ATTEMPTS + 1):
         ctx.log(f"$ {command}")
         ran = run_watched(argv, RUN_TIMEOUT_S, idle_s)   # (past RUN_TIMEOUT_S: ToolTimeout)

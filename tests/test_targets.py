@@ -43,3 +43,41 @@ def test_bad_targets_are_named(bad, words):
         resolve(bad)
     for word in words:
         assert word in str(err.value)
+
+
+def test_rocm_arches_are_checked_before_iree_compile_sees_them():
+    with pytest.raises(ConfigError) as err:
+        resolve(target("rocm", "gfx1030"))   # IREE 3.13: "Unknown ROCM target"
+    assert "'gfx1030'" in str(err.value) and "gfx942" in str(err.value)
+
+
+NEW_BACKEND = '''
+# a second CPU flavour, added as a user would: this entry and a targets.yaml target
+BACKENDS["cpu-sync"] = Backend(
+    "cpu-sync", ("--iree-hal-target-device=local",
+                 "--iree-hal-local-target-device-backends=llvm-cpu"), "local-sync",
+    arch_flag="--iree-llvmcpu-target-cpu", default_arch="generic", reference=True)
+'''
+
+
+def test_a_new_backend_is_one_entry(project, tmp_path):
+    """A backend added to stages/backends.py alone (and a target naming it) compiles, runs on
+    its driver and validates, beside the built-in llvm-cpu: no other file of kiln changes."""
+    import json
+
+    from test_mlir_files import matmul_mlir
+    with open(project.root / "stages" / "backends.py", "a") as f:
+        f.write(NEW_BACKEND)
+    config = (project.root / "targets.yaml").read_text()
+    project.write_config(config.replace(
+        "targets:\n", "targets:\n  sync:\n    backend: cpu-sync\n    atol: 1.0e-4\n"
+                      "    rtol: 1.0e-3\n", 1))
+    model = tmp_path / "matmul.mlir"
+    model.write_text(matmul_mlir())
+    project.doit("validate", f"model={model}", "target=cpu,sync")
+    rows = {(t["stage"], t["target"]): t for t in project.record()}
+    assert rows[("validate", "sync")]["status"] == "ran"
+    assert rows[("validate", "sync")]["result"]["passed"]
+    entry, = (project.root / "build" / ".kiln" / "tasks").glob("lower.*@sync.json")
+    lowered = json.loads(entry.read_text())
+    assert "--iree-llvmcpu-target-cpu=generic" in lowered["fingerprint"]["params"]["flags"]

@@ -72,7 +72,7 @@ class Config:
 # field name -> (accepted python types, required, default, what is valid)
 _NUMBER = (int, float)
 TARGET_FIELDS = {
-    "backend": ((str,), True, None, "an IREE HAL backend such as llvm-cpu, vmvx, vulkan-spirv, cuda, rocm"),
+    "backend": ((str,), True, None, "a backend stages/backends.py declares"),
     "arch": ((str,), False, None, "the backend's target: a CPU name or 'host', a vulkan/cuda/rocm target"),
     "driver": ((str,), False, None, "an IREE runtime driver such as local-task, vulkan, cuda, hip"),
     "flags": ((list,), False, [], "a list of extra iree-compile flags"),

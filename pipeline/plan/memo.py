@@ -33,8 +33,10 @@ from ..cache.digest import canonical
 from ..cache.files import atomic_write, read_only
 
 FORMAT = 3
-# what kiln, iree-compile and the runtime read from the environment
-ENV_PREFIXES = ("KILN_", "IREE_", "VK_", "CUDA_", "HIP_", "ROCR_")
+# what kiln, iree-compile and the runtime read from the environment. The variables that
+# select a backend's devices are the device probe's to watch (each probe fact below is
+# checked with its own Watch): the engine names no backend.
+ENV_PREFIXES = ("KILN_", "IREE_")
 ENV_NAMES = ("PATH", "LD_LIBRARY_PATH", "PYTHONPATH", "VIRTUAL_ENV")
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
