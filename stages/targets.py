@@ -34,14 +34,14 @@ KNOWN_ARCHS = {
 # Named flag sets each backend's targets try by default (targets.yaml `variants:` adds to,
 # overrides or drops them; `variants=default` tries the first only). Which is fastest depends
 # on the CPU, so each is compiled, validated and timed, and the fastest that passes is picked
-# (stages/pick.py). Measured for ResNet-18 with IREE 3.13 (DESIGN §7): channels-last is ~4x
+# (stages/pick.py). Measured for ResNet-18 with IREE 3.13 (docs/DESIGN.md §7): channels-last is ~4x
 # faster than default on AVX-512 and slower on AVX2; im2col is ~7x faster on AVX2.
 CHANNELS_LAST = ("--iree-preprocessing-pass-pipeline=builtin.module(util.func("
                  "iree-preprocessing-convert-conv-to-channels-last))")
 IM2COL = "--iree-global-opt-use-im2col-for-convs"
 # IREE's fused attention op written out (online softmax, then matmuls) before dispatch
-# formation: BERT-base's .pt2 runs in 361 ms instead of 962 ms on AVX2 (DESIGN §10); a model
-# without attention gets the default's module
+# formation: BERT-base's .pt2 runs in 361 ms instead of 962 ms on AVX2
+# (docs/DESIGN.md §10.1); a model without attention gets the default's module
 DECOMPOSED_ATTENTION = ("--iree-preprocessing-pass-pipeline=builtin.module(util.func("
                         "iree-linalg-ext-convert-attention-to-online-attention,"
                         "iree-linalg-ext-decompose-attention))")
@@ -76,7 +76,7 @@ def host_cpu() -> str:
 
 # iree-compile's input phase runs once per model in kiln (legalize, target-independent): a
 # target's flag for it would silently do nothing, since lower compiles from that phase on
-# (`--iree-input-demote-f32-to-f16` left the mlp's module as it was: DESIGN §10)
+# (`--iree-input-demote-f32-to-f16` left the mlp's module as it was: docs/DESIGN.md §10.2)
 INPUT_PHASE = "--iree-input-"
 
 
