@@ -46,7 +46,7 @@ CHANNELS_LAST = ("--iree-preprocessing-pass-pipeline=builtin.module(util.func("
                  "iree-preprocessing-convert-conv-to-channels-last))")
 IM2COL = "--iree-global-opt-use-im2col-for-convs"
 # IREE's fused attention op written out (online softmax, then matmuls) before dispatch
-# formation: BERT-base's .pt2 runs in 361 ms instead of 962 ms on AVX2 (docs/DESIGN.md §10);
+# formation: BERT-base's .pt2 runs in 361 ms instead of 953 ms on AVX2 (docs/DESIGN.md §10.1);
 # a model without attention gets the default's module
 DECOMPOSED_ATTENTION = ("--iree-preprocessing-pass-pipeline=builtin.module(util.func("
                         "iree-linalg-ext-convert-attention-to-online-attention,"

@@ -13,7 +13,7 @@ The result names the first dispatch whose inputs agree with the reference's valu
 outputs do not (within the target's atol/rtol), how many agreed before it, how the error
 grows over the next few, the dispatches that had no partner, and the two executables'
 sources (dispatch.failing.mlir, dispatch.reference.mlir). kiln's MLIR carries no source
-locations (from import on it holds only loc(unknown): DESIGN §10): the source op is not
+locations (from import on it holds only loc(unknown): docs/DESIGN.md §10.3): the source op is not
 named.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Dispatch traces, read and paired: what bisect (stages/bisect.py) compares.
 
 A module compiled with `--iree-flow-trace-dispatch-tensors` prints, as iree-run-module runs
-it, every dispatch's tensors (DESIGN §8):
+it, every dispatch's tensors (docs/DESIGN.md §8):
 
     === main$async_dispatch_1::main$async_dispatch_1_matmul_2x32x16_bf16xbf16xf32 inputs ===
     2x16xbf16=[-0.435 1.10 ...][...]

@@ -37,7 +37,7 @@ def host_cpu() -> str:
 
 # iree-compile's input phase runs once per model in kiln (legalize, target-independent): a
 # target's flag for it would silently do nothing, since lower compiles from that phase on
-# (`--iree-input-demote-f32-to-f16` left the mlp's module as it was: docs/DESIGN.md §10)
+# (`--iree-input-demote-f32-to-f16` left the mlp's module as it was: docs/DESIGN.md §10.2)
 INPUT_PHASE = "--iree-input-"
 
 

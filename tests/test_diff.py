@@ -275,7 +275,7 @@ def test_a_no_op_run_says_what_changed_since_the_baseline_as_it_is_now(flags_dif
     shutil.copyfile(flags_diff["baseline"], baseline)
     args = ("validate", "model=mlp", "target=vulkan", f"baseline={baseline}")
     first, again = project.doit(*args).stdout, project.doit(*args).stdout
-    summary = lambda out: out.split("\n\n", 1)[1]   # noqa: E731 (doit's task lines vary: DESIGN §10)
+    summary = lambda out: out.split("\n\n", 1)[1]   # noqa: E731 (doit's task lines vary: docs/DESIGN.md §10.4)
     assert "0 of 1 cases changed" in first and "only in the baseline (not in this run): " \
         "mlp@cpu" in first and summary(again) == summary(first)
     record = json.loads(baseline.read_text())

@@ -1,5 +1,5 @@
 """stages/dispatch_trace.py: reading a dispatch trace and pairing two builds' dispatches by
-their values. The traces here are written as iree-run-module prints them (DESIGN §8); the
+their values. The traces here are written as iree-run-module prints them (docs/DESIGN.md §8); the
 real ones come from tests/test_bisect.py."""
 from __future__ import annotations
 

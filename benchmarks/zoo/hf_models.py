@@ -3,7 +3,7 @@
 MODELS maps a zoo name (prefix `hf_`) to a builder: builder(folder) writes ONE model file into
 folder, as a user would export it, and returns its path. The `.pt2` builders export with
 torch.export.export(model, args, strict=False) then torch.export.save; the `_onnx` builders
-with torch.onnx.export(..., dynamo=False) of a wrapper returning tensors (DESIGN §8).
+with torch.onnx.export(..., dynamo=False) of a wrapper returning tensors (docs/DESIGN.md §8).
 
 Configs are built in code (the concrete XxxConfig classes: AutoConfig would go to the hub) with
 weights from torch.manual_seed(0), and are small (hidden 64, 2 layers, seq 16, image 64) so
