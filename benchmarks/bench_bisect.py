@@ -45,7 +45,7 @@ def doit(root: Path, *args: str) -> tuple[float, float]:
 def manual(root: Path, model: str, failing: dict, reference: dict, tmp: Path) -> tuple[float, int]:
     """(seconds, bytes of trace on disk) of the direct tools doing what bisect does."""
     from stages.iree_tools import tool
-    from stages.validate import _module_args
+    from stages.runtime import module_args
     import numpy as np
     emitted = root / "build" / model / "emit"
     info = json.loads((emitted / "model.json").read_text())
@@ -58,7 +58,7 @@ def manual(root: Path, model: str, failing: dict, reference: dict, tmp: Path) ->
                             "--iree-flow-trace-dispatch-tensors", "-o", str(module)],
                            stdin=stdin, check=True)
         trace = tmp / f"{name}.trace.txt"
-        args = _module_args(tmp, module, emitted / "model.irpa", target["driver"],
+        args = module_args(tmp, module, emitted / "model.irpa", target["driver"],
                             info["entry"], inputs)
         with open(trace, "w") as out:
             subprocess.run([tool("iree-run-module"), *args], stderr=out, stdout=subprocess.DEVNULL,

@@ -74,7 +74,7 @@ def again(root: Path, model: str, target: str, variants: list[dict], rounds: int
     sys.path.insert(0, str(root))
     from stages import frameworks, timing
     from stages.iree_tools import tool
-    from stages.validate import _module_args
+    from stages.runtime import module_args
     emit = root / "build" / model / "emit"
     info = json.loads((emit / "model.json").read_text())
     inputs = frameworks.load_arrays(root / "build" / model / "capture" / "inputs.npz")
@@ -85,7 +85,7 @@ def again(root: Path, model: str, target: str, variants: list[dict], rounds: int
             for v in variants:
                 where = target if v["variant"] == "default" else f"{target}~{v['variant']}"
                 module = root / "build" / model / where / "codegen" / "module.vmfb"
-                args = _module_args(Path(tmp), module, emit / "model.irpa", "local-task",
+                args = module_args(Path(tmp), module, emit / "model.irpa", "local-task",
                                     info["entry"], inputs)
                 bench = [tool("iree-benchmark-module"), *args,
                          *timing.iree_benchmark_flags(5, "local-task", threads)]

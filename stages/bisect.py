@@ -35,8 +35,8 @@ from stages.backends import BACKENDS
 from stages.iree_tools import iree_compile, tool
 from stages.lower import inline_weights
 from stages.targets import compile_flags
-from stages.validate import (RUN_TIMEOUT_S, STAGE as VALIDATE, _module_args, _runtime_error,
-                             answer_for, judge)
+from stages.runtime import RUN_TIMEOUT_S, module_args, runtime_error
+from stages.validate import STAGE as VALIDATE, answer_for, judge
 from stages.weights import SCOPE
 
 HERE = Path(__file__).parent
@@ -207,7 +207,7 @@ class Builds:
         read; with outputs, the module's outputs (None where there is no framework answer
         to say how many)."""
         import numpy as np
-        args = _module_args(self.tmp, module, self.parameters, driver, self.info["entry"],
+        args = module_args(self.tmp, module, self.parameters, driver, self.info["entry"],
                             self.answer.inputs)
         count = (self.answer.outputs or len(self.answer.reference)) \
             if outputs and self.answer.reference is not None else 0
@@ -250,7 +250,7 @@ def _streamed(argv: list[str], ctx):
         ctx.log(stderr)
     if returncode != 0:
         raise StageError(f"{Path(argv[0]).name} {process.exit_words(returncode)}: "
-                         f"{_runtime_error(stderr)}", command=command, exit_code=returncode)
+                         f"{runtime_error(stderr)}", command=command, exit_code=returncode)
 
 
 class Search:

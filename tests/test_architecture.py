@@ -88,3 +88,35 @@ def test_each_package_says_what_it_owns():
         init = PIPELINE / package / "__init__.py"
         doc = ast.get_docstring(ast.parse(init.read_text())) if init.exists() else None
         assert doc and len(doc.splitlines()) <= 4, f"pipeline/{package}/__init__.py: {doc!r}"
+
+
+REPO = PIPELINE.parent
+# kiln's own code: whose names another module of kiln may import only when they are public
+OWN_TREES = ("pipeline", "stages", "models", "benchmarks", "tests")
+
+
+def _own_modules() -> set[str]:
+    """The bare and dotted names kiln's own modules are imported by (benchmarks and tests
+    import their siblings by file name)."""
+    names = set()
+    for tree in OWN_TREES:
+        for path in (REPO / tree).rglob("*.py"):
+            parts = path.relative_to(REPO).with_suffix("").parts
+            names |= {".".join(parts), path.stem}
+    return names
+
+
+def test_no_module_imports_another_modules_private_names():
+    """A name with a leading underscore is its module's own: what another module needs is
+    made public where it lives (stages/runtime.py: the runtime calls validate, bisect and
+    the benchmarks share)."""
+    own = _own_modules()
+    offending = []
+    for tree in OWN_TREES:
+        for path in (REPO / tree).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and (node.level or node.module in own):
+                    offending += [f"{path.relative_to(REPO)}:{node.lineno} imports "
+                                  f"{node.module or '.'}.{alias.name}" for alias in node.names
+                                  if alias.name.startswith("_") and alias.name != "__version__"]
+    assert not offending, offending

@@ -10,7 +10,7 @@ import pytest
 from pipeline.stage import StageError
 from stages.compare import (FACTOR, FLOOR_ULPS, compare, describe_noise, float64_error,
                             judged_by_float64, noise_floor, noise_rule)
-from stages.validate import _failure_message, judge
+from stages.validate import failure_message, judge
 
 
 def one(got, want, atol=1e-4, rtol=1e-4, tolerances=None):
@@ -124,7 +124,7 @@ def test_same_width_integers_of_other_signedness_are_the_same_bits():
 
 def test_failure_message_names_nonfinite_mismatches_without_a_number():
     result = one([np.nan, 1.0], [0.5, 1.0], tolerances=[(0.5, 0.0)])
-    message = _failure_message(result, 1e-4, 1e-4)
+    message = failure_message(result, 1e-4, 1e-4)
     assert "max abs error n/a" in message and "1 elements NaN/Inf" in message
     assert "output 0: max abs error n/a against its own atol 0.5" in message
 
@@ -216,7 +216,7 @@ def test_a_genuinely_wrong_target_fails_validate_with_the_factor_in_words():
     wrong = framework + np.float32(2e-3)   # a bf16-sized error
     result = judge([wrong], answer, Model(), 1e-4, 1e-3)
     assert not result["passed"] and result["factor"] > 100
-    message = _failure_message(result, 1e-4, 1e-3)
+    message = failure_message(result, 1e-4, 1e-3)
     assert message.startswith("outputs differ from the reference: output 0: error vs float64 ")
     assert "x the framework's own f32 error" in message and "(allowed 8x)" in message
 
@@ -254,7 +254,7 @@ def test_without_float64_the_spread_of_the_frameworks_own_kernels_is_its_noise()
     assert near["outputs"][0]["spread_from"] == "LiteRT's reference kernels"
     far = judge([xnnpack + np.float32(0.1)], answer, Model(), 1e-4, 1e-3)
     assert not far["passed"] and far["factor"] > 8
-    assert "the spread between the framework's own kernels" in _failure_message(far, 1e-4, 1e-3)
+    assert "the spread between the framework's own kernels" in failure_message(far, 1e-4, 1e-3)
 
 
 def test_a_quantized_output_matching_the_reference_kernels_passes_and_says_so():

@@ -143,10 +143,10 @@ def test_the_onnx_hook_parses_a_file_once_per_stat(tmp_path):
     """The real ONNX hook through `doit list` with the plan made every run: the second plan
     of an unchanged model imports no onnx at all; a changed one is parsed again, and a
     missing external data file is the same plan error as without the memo."""
-    from test_onnx_files import _mlp, _write_external
+    from test_onnx_files import mlp_model, write_external
     project = Project(copy_project(tmp_path / "proj"))
     path = project.root / "user" / "ext.onnx"
-    _write_external(_mlp(1, 16, seed=1)[0], path)
+    write_external(mlp_model(1, 16, seed=1)[0], path)
 
     def listed() -> tuple[bool, dict]:
         proc = project.doit("list", "--all", f"model={path}", "target=cpu",
@@ -160,7 +160,7 @@ def test_the_onnx_hook_parses_a_file_once_per_stat(tmp_path):
 
     assert listed() == (True, {"data:weights.bin": str(path.parent / "weights.bin")})
     assert listed() == (False, {"data:weights.bin": str(path.parent / "weights.bin")})
-    _write_external(_mlp(1, 16, seed=2)[0], path)   # other weights: the model file is rewritten
+    write_external(mlp_model(1, 16, seed=2)[0], path)   # other weights: the model file is rewritten
     assert listed()[0] is True and listed()[0] is False
     (path.parent / "weights.bin").unlink()
     proc = project.doit("list", f"model={path}", "target=cpu", check=False,

@@ -30,7 +30,7 @@ from stages.frameworks.onnx_fw import ADAPTER  # noqa: E402
 
 # --- the model files ---------------------------------------------------------------------
 
-def _mlp(batch, features: int, seed: int):
+def mlp_model(batch, features: int, seed: int):
     """features -> tanh -> 4 scores, opset 13 (import upgrades it); (model, w1, b1)."""
     rng = np.random.default_rng(seed)
     w1 = rng.standard_normal((features, 8)).astype(np.float32)
@@ -84,7 +84,7 @@ def _unique_model():
     return model
 
 
-def _write_external(model, path: Path) -> None:
+def write_external(model, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                     location="weights.bin", size_threshold=0)
@@ -107,9 +107,9 @@ def _write_files(files: Path) -> SimpleNamespace:
                             sequence=files / "seq" / "seq.onnx",
                             plain=files / "plain" / "plain.onnx",
                             unsupported=files / "unsupported" / "uniq.onnx")
-    _write_external(_mlp("N", 16, seed=1)[0], paths.external)
+    write_external(mlp_model("N", 16, seed=1)[0], paths.external)
 
-    model, weights = _mlp("N", 6, seed=2)
+    model, weights = mlp_model("N", 6, seed=2)
     x = np.random.default_rng(5).standard_normal((3, 6)).astype(np.float32)
     for path, shift in ((paths.test_data, 0.0), (paths.wrong_data, 0.5)):
         path.parent.mkdir(parents=True)
@@ -123,7 +123,7 @@ def _write_files(files: Path) -> SimpleNamespace:
     paths.sequence.parent.mkdir(parents=True)
     onnx.save(_sequence_model(), str(paths.sequence))
     paths.plain.parent.mkdir(parents=True)
-    onnx.save(_mlp(2, 16, seed=4)[0], str(paths.plain))
+    onnx.save(mlp_model(2, 16, seed=4)[0], str(paths.plain))
     paths.unsupported.parent.mkdir(parents=True)
     onnx.save(_unique_model(), str(paths.unsupported))
     return paths
@@ -332,7 +332,7 @@ def test_an_op_iree_cannot_legalize_is_named(built):
 
 def _with_location(directory: Path, location: str) -> Path:
     """A model whose one weight claims to live at `location`."""
-    model, _ = _mlp(1, 4, seed=6)
+    model, _ = mlp_model(1, 4, seed=6)
     for tensor in model.graph.initializer:
         if tensor.name == "w1":
             onnx.external_data_helper.set_external_data(tensor, location)

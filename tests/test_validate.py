@@ -1,4 +1,4 @@
-"""validate's handling of a runtime tool that lost its device (stages/validate.run_tool).
+"""validate's handling of a runtime tool that lost its device (stages/runtime.run_tool).
 
 Lavapipe loses its Vulkan device now and then (VK_ERROR_DEVICE_LOST from vkSignalSemaphore:
 once in 40 iree-run-module runs beside the busy test suite, never in 600 otherwise): a run in
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.stage import StageError
-from stages import validate
+from stages import runtime, validate
 
 LOST = ("c/runtime/src/iree/hal/drivers/vulkan/queue.c:2867: DATA_LOSS; [vkSignalSemaphore] "
         "VK_ERROR_DEVICE_LOST; while invoking native function hal.device.queue.alloca")
@@ -49,28 +49,28 @@ def runs(tmp_path: Path) -> int:
 
 def test_a_lost_device_is_run_again_in_a_new_process_and_noted(tmp_path):
     ctx, notes = Ctx(), []
-    out, seconds = validate.run_tool(flaky_tool(tmp_path, failures=1), ctx, notes)
+    out, seconds = runtime.run_tool(flaky_tool(tmp_path, failures=1), ctx, notes)
     assert out.strip() == "answer" and seconds > 0
     assert runs(tmp_path) == 2
     assert notes == [f"iree-run-module lost its device (VK_ERROR_DEVICE_LOST) on run 1 of "
-                     f"{validate.ATTEMPTS}"]
+                     f"{runtime.ATTEMPTS}"]
     assert any("running it again in a new process" in line for line in ctx.lines)
 
 
 def test_a_device_lost_on_every_run_fails_and_says_so(tmp_path):
     ctx, notes = Ctx(), []
     with pytest.raises(StageError) as err:
-        validate.run_tool(flaky_tool(tmp_path, failures=99), ctx, notes)
-    assert runs(tmp_path) == validate.ATTEMPTS
-    assert f"lost its device on all {validate.ATTEMPTS} runs" in str(err.value)
+        runtime.run_tool(flaky_tool(tmp_path, failures=99), ctx, notes)
+    assert runs(tmp_path) == runtime.ATTEMPTS
+    assert f"lost its device on all {runtime.ATTEMPTS} runs" in str(err.value)
     assert "VK_ERROR_DEVICE_LOST" in str(err.value)
-    assert len(notes) == validate.ATTEMPTS
+    assert len(notes) == runtime.ATTEMPTS
 
 
 def test_any_other_failure_is_not_run_again(tmp_path):
     ctx, notes = Ctx(), []
     with pytest.raises(StageError) as err:
-        validate.run_tool(flaky_tool(tmp_path, failures=1, stderr="INVALID_ARGUMENT; bad input"),
+        runtime.run_tool(flaky_tool(tmp_path, failures=1, stderr="INVALID_ARGUMENT; bad input"),
                           ctx, notes)
     assert runs(tmp_path) == 1 and notes == []
     assert "exited with 1: INVALID_ARGUMENT; bad input" in str(err.value)
@@ -80,7 +80,7 @@ def test_a_hung_run_is_killed_with_what_it_started_and_run_again(tmp_path, monke
     """IREE's local-task driver now and then deadlocks reporting a failed call, using no CPU
     from then on: a run idle for IDLE_S is killed, its whole process group with it (the
     venv's tools are wrappers around the real binary), and run again."""
-    monkeypatch.setattr(validate, "IDLE_S", 1.0)
+    monkeypatch.setattr(runtime, "IDLE_S", 1.0)
     script = tmp_path / "iree-run-module"
     script.write_text(
         f"#!{sys.executable}\nimport subprocess, sys, time\nfrom pathlib import Path\n"
@@ -96,9 +96,9 @@ def test_a_hung_run_is_killed_with_what_it_started_and_run_again(tmp_path, monke
     script.chmod(0o755)
     ctx, notes = Ctx(), []
     with pytest.raises(StageError) as err:
-        validate.run_tool([str(script), "--device=local-task"], ctx, notes)
+        runtime.run_tool([str(script), "--device=local-task"], ctx, notes)
     assert runs(tmp_path) == 2
-    assert notes == [f"iree-run-module hung: no CPU time used for 1 s on run 1 of {validate.ATTEMPTS}"]
+    assert notes == [f"iree-run-module hung: no CPU time used for 1 s on run 1 of {runtime.ATTEMPTS}"]
     assert "exited with 1: OUT_OF_RANGE; the answer" in str(err.value)
     child = int((tmp_path / "child").read_text())
     assert not Path(f"/proc/{child}").exists() or \

@@ -170,11 +170,11 @@ def _tflite_import(serialized: Path, work: Path) -> tuple[list[list[str]], Path]
 def _tf_import(serialized: Path, work: Path) -> tuple[list[list[str]], Path]:
     """The SavedModel kiln's import was given (serialize's tar), unpacked and imported by
     iree-import-tf with the signature and type kiln's import asks for."""
-    from stages.frameworks.tf_fw import _signature_name
+    from stages.frameworks.tf_fw import serving_signature
     saved, imported = work / "saved_model", work / "imported.mlir"
     unpack = [["mkdir", "-p", str(saved)], ["tar", "-xf", str(serialized), "-C", str(saved)]]
     ran, what = run_steps(unpack)   # (the signature's name is read from the unpacked model)
-    name = _signature_name(saved) if ran else "serving_default"
+    name = serving_signature(saved) if ran else "serving_default"
     return [*unpack, [tool("iree-import-tf"), "--tf-import-type=savedmodel_v1",
                       f"--tf-savedmodel-exported-names={name}", "--tf-savedmodel-tags=serve",
                       str(saved), "-o", str(imported)]], imported

@@ -75,7 +75,7 @@ class TensorFlow(Framework):
         tf = load_tf()
         with tempfile.TemporaryDirectory() as tmp:
             saved, inputs = _saved_model(model, Path(tmp))
-            signature_name = _signature_name(saved)
+            signature_name = serving_signature(saved)
             signature = tf.saved_model.load(str(saved)).signatures[signature_name]
             specs = signature.structured_input_signature[1]   # kwargs, definition order
             notes = []
@@ -142,7 +142,7 @@ class TensorFlow(Framework):
             _unpack(serialized_file, saved)
             imported = Path(tmp) / "imported.mlirbc"
             import_saved_model(output_path=str(imported), saved_model_dir=str(saved),
-                               exported_names=_signature_name(saved),
+                               exported_names=serving_signature(saved),
                                import_type="savedmodel_v1", tags="serve")
             _check_converted(imported.read_bytes())
             module = parse(imported.read_bytes())
@@ -161,7 +161,7 @@ class TensorFlow(Framework):
         folder = tempfile.TemporaryDirectory()   # kept alive by run()
         saved = Path(folder.name) / "saved_model"
         _unpack(capture_dir / ARCHIVE, saved)
-        signature_name = _signature_name(saved)
+        signature_name = serving_signature(saved)
         signature = tf.saved_model.load(str(saved)).signatures[signature_name]
         in_keys, _ = _signature_order(saved, signature_name)
         feeds = {k: tf.constant(a) for k, a in zip(in_keys, inputs)}
@@ -260,7 +260,7 @@ def _make_private(module) -> None:
                 op.attributes["sym_visibility"] = private
 
 
-def _signature_name(saved: Path) -> str:
+def serving_signature(saved: Path) -> str:
     """The signature to import, read from saved_model.pb without loading the model."""
     from tensorflow.core.protobuf import saved_model_pb2
     proto = saved_model_pb2.SavedModel()
