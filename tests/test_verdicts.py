@@ -8,6 +8,8 @@ framework stages' wording of an exception (stages/frameworks/refusals.py) in-pro
 exceptions the frameworks and kiln raise for real."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 pytest.importorskip("onnx")
@@ -15,7 +17,7 @@ pytest.importorskip("onnxruntime")
 
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
-from onnx import TensorProto, helper  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from pipeline.run.decide import not_a_verdict  # noqa: E402
 from pipeline.stage import ModelSpec, StageError  # noqa: E402
@@ -47,21 +49,44 @@ def _stages_run(project) -> dict[str, str]:
     return {t: s for t, s in project.statuses().items() if s in ("ran", "failed")}
 
 
-def test_a_framework_refusal_is_remembered_and_the_next_run_runs_no_stage(project, tmp_path):
-    model = tmp_path / "min16.onnx"
-    onnx.save(_min_int16(), str(model))
-    first = project.doit("validate", f"model={model}", "target=cpu", check=False)
-    capture = _entry(project, "capture:min16.onnx")
-    assert first.returncode != 0 and capture["status"] == "failed", first.stdout[-3000:]
+def _float4_case(case_dir: Path) -> None:
+    """An ONNX test case (model.onnx, test_data_set_0/) casting float16 to float4: onnxruntime
+    has no kernel for it (its output_0.pb is the reference), IREE's ONNX importer no float4
+    type (OnnxImportError at import), the same on every run."""
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT4E2M1)], "cast4",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT4E2M1, [4])])
+    data = case_dir / "test_data_set_0"
+    data.mkdir(parents=True)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)]),
+              str(case_dir / "model.onnx"))
+    x = np.array([0.5, 1.0, -2.0, 6.0], np.float16)
+    (data / "input_0.pb").write_bytes(numpy_helper.from_array(x, "x").SerializeToString())
+    y = helper.make_tensor("y", TensorProto.FLOAT4E2M1, [4], x.astype(np.float32).tolist())
+    (data / "output_0.pb").write_bytes(y.SerializeToString())
+
+
+def test_framework_refusals_are_remembered_and_the_next_run_runs_no_stage(project, tmp_path):
+    """onnxruntime's refusal at capture, IREE's ONNX importer's at import."""
+    folder = tmp_path / "suite"
+    _float4_case(folder / "cast4")
+    onnx.save(_min_int16(), str(folder / "min16.onnx"))
+    first = project.doit("validate", f"model={folder}", "target=cpu", check=False)
+    capture, imported = _entry(project, "capture:min16"), _entry(project, "import:cast4")
+    assert first.returncode != 0 and capture["status"] == imported["status"] == "failed"
     assert capture["error"].startswith(ORT_REFUSAL), capture["error"]
+    assert imported["error"] == ("iree.compiler refused the model: OnnxImportError: Unknown ONNX "
+                                 "tensor element type: 23"), imported["error"]
     log = (project.root / capture["log"]).read_text()
     assert "failure remembered under its key" in log
     assert "Traceback" in log and "onnxruntime" in log   # where it was raised, for the user
 
-    again = project.doit("validate", f"model={model}", "target=cpu", check=False)
+    again = project.doit("validate", f"model={folder}", "target=cpu", check=False)
     assert again.returncode != 0
-    assert _entry(project, "capture:min16.onnx")["status"] == "failed (cached)"
-    assert _entry(project, "capture:min16.onnx")["error"] == capture["error"]
+    for task in (capture, imported):
+        assert _entry(project, task["task"])["status"] == "failed (cached)"
+        assert _entry(project, task["task"])["error"] == task["error"]
     assert _stages_run(project) == {}, project.statuses()
 
 
