@@ -1,5 +1,7 @@
 """The base of the stages whose work a model's framework adapter does (capture, serialize,
-import): which adapter, its code and packages in the keys, one framework at a time."""
+import): which adapter, its code and packages in the keys, one framework at a time, and an
+exception raised in them worded as whose it is (frameworks/refusals.py): the framework's own
+refusal of its model is a verdict remembered under the key, kiln's own error is not."""
 from __future__ import annotations
 
 import threading
@@ -7,6 +9,7 @@ from pathlib import Path
 
 from pipeline.stage import ModelSpec, Stage
 from stages import frameworks
+from stages.frameworks.refusals import framework_refusals
 
 HERE = Path(__file__).parent
 
@@ -21,13 +24,15 @@ FRAMEWORK_STAGES = ("capture", "serialize", "import")
 
 class FrameworkStage(Stage):
     """A per-model stage whose work is done by the model's framework adapter."""
-    # this base and the registry; the adapter's own files come from code_files()
-    code = (HERE / "framework_stage.py", HERE / "frameworks" / "__init__.py")
+    # this base, the registry and the wording of refusals; the adapter's own files come from
+    # code_files()
+    code = (HERE / "framework_stage.py", HERE / "frameworks" / "__init__.py",
+            HERE / "frameworks" / "refusals.py")
 
     def run(self, ctx):
         adapter = self.adapter(ctx.model)
         adapter.require()
-        with FRAMEWORK_LOCK:
+        with FRAMEWORK_LOCK, framework_refusals(adapter, ctx.model):
             return self.work(adapter, ctx)
 
     def work(self, adapter, ctx) -> dict | None:

@@ -160,7 +160,9 @@ def not_a_verdict(error: BaseException, log: str = "") -> str | None:
       - its message or log says the machine failed it (MACHINE_TROUBLE: out of memory, no
         space left, a read-only file system, a lost device);
     - nothing else is: a timeout (subprocess.TimeoutExpired), MemoryError, an OSError (a full
-      disk, a read-only file system), KeyboardInterrupt or SIGTERM, a bug's exception.
+      disk, a read-only file system), KeyboardInterrupt or SIGTERM, a bug's exception. (A
+      stage that runs other code in-process, a library that refuses its input, words that
+      code's own refusal as a StageError: the stage, not the engine, knows whose code it is.)
 
     (A key that cannot be computed, and a skip, never get here: neither runs the stage.)"""
     if not isinstance(error, StageError):

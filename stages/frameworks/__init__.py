@@ -4,8 +4,10 @@ An adapter says how its framework captures a model, writes the interchange forma
 it to MLIR; everything after import is framework-free. Adapter modules import their framework
 inside methods only, so listing them costs nothing. The package's other modules are what
 adapters build on: base (the adapter base class and its template), factory (models/
-factories), inputs (the inputs a model runs on), arrays (the .npz files), and helpers of one
-framework's adapters (pt2_safety, tf_common). The names stages use are re-exported here.
+factories), inputs (the inputs a model runs on), arrays (the .npz files), refusals (whose an
+exception raised in a framework stage is: the framework's refusal of its model, a verdict, or
+kiln's own error), and helpers of one framework's adapters (pt2_safety, tf_common). The names
+stages use are re-exported here.
 """
 from __future__ import annotations
 

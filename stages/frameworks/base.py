@@ -100,6 +100,9 @@ class Framework:
     extra = ""                       # pip extra that installs it: kiln[<extra>]
     modules: tuple[str, ...] = ()    # import names that must be present
     dists: tuple[str, ...] = ()      # distributions whose versions enter the keys
+    # the import names whose code is the framework's (its importer's included): an exception
+    # raised there is its refusal of the model, a verdict on the stage's inputs (refusals.py)
+    packages: tuple[str, ...] = ()
     suffixes: tuple[str, ...] = ()   # model files it reads
     input_type = ""                  # iree-compile --iree-input-type
     captured: tuple[str, ...] = ()   # capture's framework artifacts (beside inputs/reference)

@@ -45,6 +45,7 @@ class Jax(Framework):
     extra = "jax"
     modules = ("jax", "jaxlib", "flatbuffers")
     dists = ("jax", "jaxlib", "flatbuffers")
+    packages = ("jax", "jaxlib", "iree.compiler")   # (the MLIR parser reads its export)
     suffixes = (".jaxexport",)
     input_type = "stablehlo"
     captured = ("exported.jaxexport",)

@@ -55,6 +55,7 @@ class Onnx(Framework):
     extra = "onnx"
     modules = ("onnx", "onnxruntime")
     dists = ("onnx", "onnxruntime")
+    packages = ("onnx", "onnxruntime", "iree.compiler")   # (IREE's ONNX importer)
     suffixes = (".onnx",)
     input_type = "onnx"
     captured = ("model.onnx",)

@@ -146,6 +146,7 @@ class PyTorch(Framework):
     extra = "torch"
     modules = ("torch", "iree.turbine")
     dists = ("torch", "iree-turbine")
+    packages = ("torch", "iree.turbine", "iree.compiler")   # (IREE's FX importer)
     suffixes = (".pt2",)
     input_type = "torch"
     captured = ("exported.pt2",)

@@ -61,6 +61,7 @@ class TensorFlow(Framework):
     extra = "tf"
     modules = ("tensorflow", "iree.tools.tf")
     dists = ("tensorflow-cpu", "iree-tools-tf")
+    packages = ("tensorflow", "keras", "tf_keras", "iree.tools.tf", "iree.compiler")
     suffixes = ()
     input_type = "stablehlo"
     captured = (ARCHIVE,)

@@ -59,6 +59,10 @@ class TFLite(Framework):
     extra = "tflite"
     modules = ("ai_edge_litert", "tosa_converter_for_tflite")   # + tensorflow to convert
     dists = ("tensorflow-cpu", "ai-edge-litert", "tosa-converter-for-tflite")
+    # LiteRT, the TFLite converter (TensorFlow's) and Keras that models build on, the TOSA
+    # converter and the MLIR parser that read its output
+    packages = ("ai_edge_litert", "tensorflow", "keras", "tf_keras", "tosa_converter_for_tflite",
+                "iree.compiler")
     suffixes = (".tflite",)
     input_type = "tosa"
     captured = ("model.tflite",)
