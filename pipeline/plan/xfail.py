@@ -21,6 +21,7 @@ ANY_TARGET = "*"
 FORMAT = "a YAML mapping {target: {model: reason}} ('*' as target: every target)"
 STR_TAG = "tag:yaml.org,2002:str"
 SHOWN = 80   # how much of a wrong value an error quotes (not a 300-entry mapping)
+MOST_NAMED = 10   # stray entries named one by one; the rest are counted
 
 
 class Listed(NamedTuple):
@@ -69,6 +70,29 @@ def read(path: Path, what: str, targets) -> Listed:
     except ConfigError as err:
         raise ConfigError(f"{what}: {err}") from None
     return listed
+
+
+def unmatched(listed: Listed, path: Path, selected: set[str], known: set[str]) -> list[str]:
+    """Warnings (not errors: a selection may be narrower than the file) for the entries
+    naming a model that is neither selected nor among the models kiln knows here (models/,
+    targets.yaml's, the matrix's suite): a misspelt or stale entry, which would otherwise
+    never apply and never say so. An entry naming a known model the selection leaves out
+    says nothing: a run of one model is no reason to warn of the other 299 entries."""
+    import difflib
+    stray = [(target, case) for target, case in listed.lines
+             if case not in selected and case not in known]
+    names = sorted(selected | known)
+    warnings = []
+    for target, case in stray[:MOST_NAMED]:
+        nearest = difflib.get_close_matches(case, names, n=1)
+        hint = f" (did you mean {nearest[0]}?)" if nearest else ""
+        warnings.append(f"kiln: warning: {path}:{listed.lines[target, case]}: xfail entry "
+                        f"{target}: {case} names no model kiln knows here{hint}; it applies "
+                        "to nothing")
+    if len(stray) > MOST_NAMED:
+        warnings.append(f"kiln: warning: {path}: {len(stray) - MOST_NAMED} more xfail entries "
+                        "name no model kiln knows here")
+    return warnings
 
 
 def _target(path: Path, node, cases_node, targets) -> str:
