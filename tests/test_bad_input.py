@@ -27,3 +27,30 @@ def test_an_xfail_entry_naming_no_known_model_is_a_warning_naming_its_line(tmp_p
     # a narrower selection leaves known cases out: no reason to warn of their entries
     narrow = doit(root, "xfail=known.yaml", "model=c0000")
     assert "c0001 names" not in narrow.stderr and "c0001x names no model" in narrow.stderr
+
+
+def test_a_misspelt_option_stops_the_run_naming_the_nearest_and_every_known_one(tmp_path):
+    root = make_project(tmp_path / "toy", cases=2)
+    assert doit(root).returncode == 0 and record(root)["tasks"]
+    proc = doit(root, "tragets=cpu")
+    assert proc.returncode != 0
+    assert "kiln: unknown option tragets=cpu (did you mean target=?)" in proc.stderr, proc.stderr
+    assert "model, target, variants" in proc.stderr   # the options kiln knows, in its order
+    assert "prepare" not in proc.stdout                 # nothing built
+    assert record(root) == {"tasks": [], "error": proc.stderr.strip().removeprefix("kiln: ")}
+    unrelated = doit(root, "iree=3.12.0")
+    assert unrelated.returncode != 0 and "unknown option iree=3.12.0" in unrelated.stderr
+    # doit's own options and a task name still work beside kiln's key=value options
+    assert doit(root, "-n", "2", "--verbosity", "2", "check", "target=cpu").returncode == 0
+
+
+def test_doit_diff_takes_only_its_own_options(tmp_path):
+    root = make_project(tmp_path / "toy", cases=1)
+    with (root / "pyproject.toml").open("a") as pyproject:
+        pyproject.write('diff = "pipeline.driver.diff:Diff"\n')
+    assert doit(root).returncode == 0
+    proc = doit(root, "diff", "baseline=build", "facter=3")
+    assert proc.returncode != 0, proc.stdout
+    assert "unknown option facter=3 (did you mean factor=?)" in proc.stderr, proc.stderr
+    assert "doit diff takes baseline=PATH [factor=F]" in proc.stderr
+    assert doit(root, "diff", "baseline=build", "factor=3").returncode == 0
