@@ -54,3 +54,17 @@ def test_doit_diff_takes_only_its_own_options(tmp_path):
     assert "unknown option facter=3 (did you mean factor=?)" in proc.stderr, proc.stderr
     assert "doit diff takes baseline=PATH [factor=F]" in proc.stderr
     assert doit(root, "diff", "baseline=build", "factor=3").returncode == 0
+
+
+def test_a_link_in_a_suite_folder_that_loops_stops_the_plan_naming_it(tmp_path):
+    root = make_project(tmp_path / "toy", cases=2)
+    assert doit(root).returncode == 0 and record(root)["tasks"]
+    report = (root / "build" / "report.md").read_text()
+    loop = root / "cases" / "deeper"
+    loop.symlink_to("deeper")                 # a link to itself
+    proc = doit(root)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"{loop}: a symbolic link kiln cannot follow" in proc.stderr, proc.stderr
+    assert "loops" in proc.stderr
+    assert record(root)["tasks"] == [] and str(loop) in record(root)["error"]
+    assert (root / "build" / "report.md").read_text() != report   # no stale report either

@@ -54,8 +54,22 @@ class Session:
         """The plan of this invocation, made on first use (a bad option stops it here)."""
         with self._lock:
             if self._plan is None:
-                self._plan = self._make_plan(plan_variables(self.variables))
+                self._plan = self._planned()
             return self._plan
+
+    def _planned(self) -> Plan:
+        """A new plan. Bad input (a ConfigError) stops the run with its message and no
+        traceback; anything else raised (a kiln bug) with its traceback. Either way a
+        failed-run record replaces the previous run's, which would otherwise look current."""
+        from ..stage import ConfigError
+        try:
+            return self._make_plan(plan_variables(self.variables))
+        except ConfigError as err:
+            self._stop(err)
+        except Exception as err:
+            write_failed_run(self.build / "run.json",
+                             f"planning failed: {type(err).__name__}: {err}")
+            raise
 
     def executor(self):
         """Where stages that miss the cache run: a Dask executor, or None (here)."""
