@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from toy_kiln import doit, make_project
 
 
@@ -68,3 +69,27 @@ def test_a_link_in_a_suite_folder_that_loops_stops_the_plan_naming_it(tmp_path):
     assert "loops" in proc.stderr
     assert record(root)["tasks"] == [] and str(loop) in record(root)["error"]
     assert (root / "build" / "report.md").read_text() != report   # no stale report either
+
+
+@pytest.mark.parametrize("tasks, words", [
+    ([{"garbage": 1}], ["task 1", "\"task\""]),
+    ([1, "x", None], ["task 1", "expected an object", "got 1"]),
+    ([{"task": "check:c0000@cpu", "stage": "check", "model": "c0000", "target": "cpu",
+       "status": "ran", "result": "oops"}], ["task 1 (check:c0000@cpu)", "\"result\"", "'oops'"]),
+])
+def test_a_malformed_baseline_stops_the_run_before_it_builds(tmp_path, tasks, words):
+    root = make_project(tmp_path / "toy", cases=2)
+    bad = root / "old.json"
+    bad.write_text(json.dumps({"tasks": tasks}))
+    proc = doit(root, "baseline=old.json")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"baseline=old.json: {bad} is not a kiln run record" in proc.stderr, proc.stderr
+    for word in words:
+        assert word in proc.stderr, proc.stderr
+    assert "prepare" not in proc.stdout and not (root / "build" / "c0000").exists()
+    assert record(root)["tasks"] == [] and "old.json" in record(root)["error"]
+    with (root / "pyproject.toml").open("a") as pyproject:
+        pyproject.write('diff = "pipeline.driver.diff:Diff"\n')
+    said = doit(root, "diff", "baseline=old.json")
+    assert said.returncode == 3 and "Traceback" not in said.stderr, said.stderr
+    assert f"{bad} is not a kiln run record" in said.stderr
