@@ -93,3 +93,14 @@ def test_a_malformed_baseline_stops_the_run_before_it_builds(tmp_path, tasks, wo
     said = doit(root, "diff", "baseline=old.json")
     assert said.returncode == 3 and "Traceback" not in said.stderr, said.stderr
     assert f"{bad} is not a kiln run record" in said.stderr
+
+
+def test_a_read_only_cache_is_one_warning_for_the_whole_run(tmp_path, small_disk):
+    cache = small_disk.mount("1m")
+    small_disk.read_only(cache)
+    root = make_project(tmp_path / "toy", cases=5)
+    proc = doit(root, env={"KILN_CACHE": str(cache)})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    said = (proc.stdout + proc.stderr).splitlines()
+    warned = [line for line in said if f"cache {cache} is not writable" in line]
+    assert len(warned) == 1 and "EROFS" in warned[0], "\n".join(said)
