@@ -104,3 +104,16 @@ def test_a_read_only_cache_is_one_warning_for_the_whole_run(tmp_path, small_disk
     said = (proc.stdout + proc.stderr).splitlines()
     warned = [line for line in said if f"cache {cache} is not writable" in line]
     assert len(warned) == 1 and "EROFS" in warned[0], "\n".join(said)
+
+
+def test_a_model_name_too_long_for_a_file_name_is_refused_at_planning(tmp_path):
+    root = make_project(tmp_path / "toy", cases=1)
+    long = root / "cases" / f"{'x' * 240}.txt"
+    long.write_text("a case")
+    proc = doit(root)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"kiln: {long}: model name {'x' * 20}" in proc.stderr, proc.stderr
+    assert "(240 characters) is too long" in proc.stderr and "at most 226" in proc.stderr
+    assert "prepare" not in proc.stdout and record(root)["tasks"] == []
+    long.rename(root / "cases" / f"{'x' * 226}.txt")   # the longest that fits
+    assert doit(root).returncode == 0

@@ -347,12 +347,13 @@ def unique(models: list[ModelSpec]) -> list[ModelSpec]:
     for model in models:
         other = seen.setdefault(model.name, model)
         if other is not model and other != model:
-            raise ConfigError(f"two selected models are named '{model.name}': {_origin(other)} "
-                              f"and {_origin(model)}; select one, or rename one")
+            raise ConfigError(f"two selected models are named '{model.name}': {origin(other)} "
+                              f"and {origin(model)}; select one, or rename one")
     return list(seen.values())
 
 
-def _origin(model: ModelSpec) -> str:
+def origin(model: ModelSpec) -> str:
+    """Where a model comes from, for errors about it: its file, else its factory."""
     return str(model.sources.get("model") or model.factory or model.name)
 
 

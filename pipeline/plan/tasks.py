@@ -20,7 +20,7 @@ import networkx as nx
 from ..cache import remote
 from ..cache.digest import canonical, digest_bytes, digest_file, source_files
 from ..cache.probes import tool_version, use_probe_cache
-from ..names import base_target, task_subname, upstream_name
+from ..names import base_target, file_stem, task_name, task_subname, upstream_name
 from ..stage import ConfigError, ModelSpec, Node, Stage, Target, read_files
 from . import models as model_registry
 from . import xfail
@@ -28,6 +28,7 @@ from .config import Config, load_config
 from .facts import FACTS_FILE, ModelFacts
 from .graph import build_graph, shard
 from .layout import Layout
+from .layout import room_for_model as layout_room
 from .options import Options
 
 
@@ -138,6 +139,7 @@ def make_plan(options: Options, stages: list[Stage], detect: model_registry.Dete
         notices = [*notices, *xfail.unmatched(expected, expected_file,
                                               {m.name for m in models}, known)]
     graph = build_graph(stages, models, targets, _variants(options, matrix, targets, config))
+    _refuse_names_too_long(graph)
     if options.shard:
         graph = shard(graph, *options.shard)
         if not any(node.target is not None for node in graph):
@@ -185,6 +187,27 @@ def _refuse_an_empty_selection(options: Options, matrix, config: Config, models:
         valid = f" (valid targets: {', '.join(config.targets)})" if what == "target" else ""
         raise ConfigError(f"{config.path}: matrices.{matrix.name} selects no {what}: nothing "
                           f"to build{valid}")
+
+
+def _refuse_names_too_long(graph: nx.DiGraph) -> None:
+    """A model whose name, with a stage and a target, is too long for a file name (its log,
+    its record entry) is refused here, naming its file and the limit: it would otherwise
+    fail at its first stage, with "File name too long", on every run."""
+    tightest: dict[str, Node] = {}   # per model, the node whose file names leave least room
+    for node in graph:
+        if layout_room(node) < layout_room(tightest.setdefault(node.model, node)):
+            tightest[node.model] = node
+    for model, node in tightest.items():
+        room = layout_room(node)
+        if len(model.encode()) > room:
+            spec = graph.nodes[node]["model"]
+            raise ConfigError(f"{model_registry.origin(spec)}: model name {model[:40]}... "
+                              f"({len(model)} characters) is too long: kiln names files after "
+                              f"it with its stages and targets (build/logs/"
+                              f"{file_stem(task_name(node.stage, model[:20] + '...', node.target))}"
+                              ".log), and with this "
+                              f"selection's a model name may have at most {room} characters "
+                              "(a file name holds 255 bytes); rename it")
 
 
 def _expected(options: Options, matrix, config: Config) -> tuple[xfail.Listed, Path | None]:
