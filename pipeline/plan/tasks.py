@@ -27,8 +27,7 @@ from . import xfail
 from .config import Config, load_config
 from .facts import FACTS_FILE, ModelFacts
 from .graph import build_graph, shard
-from .layout import Layout
-from .layout import room_for_model as layout_room
+from .layout import Layout, room_for_model
 from .options import Options
 
 
@@ -195,10 +194,10 @@ def _refuse_names_too_long(graph: nx.DiGraph) -> None:
     fail at its first stage, with "File name too long", on every run."""
     tightest: dict[str, Node] = {}   # per model, the node whose file names leave least room
     for node in graph:
-        if layout_room(node) < layout_room(tightest.setdefault(node.model, node)):
+        if room_for_model(node) < room_for_model(tightest.setdefault(node.model, node)):
             tightest[node.model] = node
     for model, node in tightest.items():
-        room = layout_room(node)
+        room = room_for_model(node)
         if len(model.encode()) > room:
             spec = graph.nodes[node]["model"]
             raise ConfigError(f"{model_registry.origin(spec)}: model name {model[:40]}... "
