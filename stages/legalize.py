@@ -59,7 +59,9 @@ class Legalize(Stage):
                                  f"compiled alone too, see the log); {err}",
                                  command=err.command, exit_code=err.exit_code) from None
             raise
-        module = parse(out.read_bytes())
+        # (ops of a dialect IREE does not know pass through iree-compile in generic form:
+        # read them, to name them below)
+        module = parse(out.read_bytes(), unregistered=True)
         ops = op_names(module)
         illegal = sorted(n for n in ops if n.split(".", 1)[0] not in IREE_DIALECTS)
         if illegal:
@@ -69,7 +71,8 @@ class Legalize(Stage):
             raise StageError("the imported module has no public function to run")
         (ctx.out / "legalize.json").write_text(json.dumps(
             {"entry": entries[0], "functions": entries,
-             "inputs": entry_inputs(module, entries[0], lambda: parse(source.read_bytes())),
+             "inputs": entry_inputs(module, entries[0],
+                                    lambda: parse(source.read_bytes(), source=source)),
              "ops": dict(sorted(ops.items()))},
             indent=1, sort_keys=True))
 

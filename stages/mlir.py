@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from pipeline.stage import StageError
+
 
 def write_stripped(module, path: Path, bytecode: bool = True) -> None:
     """Strip every location (no machine path may reach an artifact), then write."""
@@ -22,12 +24,25 @@ def write_stripped(module, path: Path, bytecode: bool = True) -> None:
         path.write_text(module.operation.get_asm(enable_debug_info=False))
 
 
-def parse(data: bytes, unregistered: bool = False):
-    """The module; unregistered: ops of dialects IREE does not know are kept (to name them)."""
+def parse(data: bytes, unregistered: bool = False, source: str | Path = "the module"):
+    """The module; unregistered: ops of dialects IREE does not know are kept (to name them).
+    Bytes that are no module IREE's bindings can read are a StageError (a verdict on them)
+    naming source and why: MLIRError's first line says only "Unable to parse module
+    assembly:", with the reason on the lines after it."""
     from iree.compiler import ir
     context = ir.Context()
     context.allow_unregistered_dialects = unregistered
-    return ir.Module.parse(data, context)
+    try:
+        return ir.Module.parse(data, context)
+    except ir.MLIRError as err:
+        why = "; ".join(d.message.strip() for d in err.error_diagnostics) or str(err)
+        lines = [LINE.search(str(d.location)) for d in err.error_diagnostics]
+        line = next((f":{m[1]}" for m in lines if m and m[1] != "0"), "")
+        raise StageError(f"{source}{line}: not MLIR IREE can read: "
+                         f"{' '.join(why.split())}") from None
+
+
+LINE = re.compile(r'loc\("-":(\d+):\d+\)')   # a diagnostic's place in the parsed text
 
 
 def op_names(module) -> dict[str, int]:

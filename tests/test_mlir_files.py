@@ -69,3 +69,37 @@ def test_hand_written_mlir_as_bytecode(project, tmp_path):
     model = write_bytecode(matmul_mlir(), tmp_path / "matmul.mlirbc")
     project.doit("validate", f"model={model}", "target=cpu")
     assert_runs(project, [["input0", [4, 8], "float32"], ["input1", [8, 2], "float32"]])
+
+
+UNKNOWN_OP = """
+func.func @main(%a: tensor<4xf32>) -> tensor<4xf32> {
+  %0 = "foo.bar"(%a) : (tensor<4xf32>) -> tensor<4xf32>
+  return %0 : tensor<4xf32>
+}
+"""
+
+
+def test_an_op_of_an_unknown_dialect_is_named_and_remembered(project, tmp_path):
+    """iree-compile passes an op in generic form through to its output, which kiln reads
+    back: the failure names the op, not only 'Unable to parse module assembly:'."""
+    model = tmp_path / "odd.mlir"
+    model.write_text(UNKNOWN_OP)
+    proc = project.doit("validate", f"model={model}", "target=cpu", check=False)
+    assert proc.returncode != 0
+    legalize = by_stage(project)["legalize"]
+    assert legalize["status"] == "failed"
+    assert legalize["error"] == "ops IREE cannot legalize: foo.bar", legalize["error"]
+    project.doit("validate", f"model={model}", "target=cpu", check=False)
+    assert by_stage(project)["legalize"]["status"] == "failed (cached)"   # a verdict
+
+
+def test_a_module_kiln_cannot_parse_names_the_file_and_why(tmp_path):
+    import pytest
+
+    from pipeline.stage import StageError
+    from stages.mlir import parse
+    with pytest.raises(StageError) as err:
+        parse(UNKNOWN_OP.encode(), source=tmp_path / "odd.mlir")
+    message = str(err.value)
+    assert message.startswith(f"{tmp_path / 'odd.mlir'}:3: not MLIR IREE can read: ") and \
+        "unregistered dialect" in message and "\n" not in message, message

@@ -400,3 +400,17 @@ def test_a_float64_answer_where_onnxruntime_lacks_a_kernel_and_gather_elements_i
     expected = [erf(v) for v in (inputs[0].astype(np.float64) + table64[:, 2:18]).ravel()]
     assert answer.dtype == np.float64
     np.testing.assert_allclose(answer.ravel(), expected, rtol=1e-12, atol=1e-14)
+
+
+def test_an_empty_file_is_a_verdict_naming_it(project, tmp_path):
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    with pytest.raises(StageError, match=f"{empty} is not an ONNX model: the file is empty"):
+        ADAPTER.capture(ModelSpec("empty", "onnx", {"model": empty}), tmp_path)
+    proc = project.doit("validate", f"model={empty}", "target=cpu", check=False)
+    assert proc.returncode != 0
+    capture = next(t for t in project.record() if t["stage"] == "capture")
+    assert capture["status"] == "failed" and capture["error"].startswith(f"{empty} is not an")
+    project.doit("validate", f"model={empty}", "target=cpu", check=False)
+    again = next(t for t in project.record() if t["stage"] == "capture")
+    assert again["status"] == "failed (cached)", again   # remembered: a verdict on the file

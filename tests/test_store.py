@@ -271,3 +271,12 @@ def test_read_only_mode_finds_without_marking_discarding_or_writing(tmp_path):
     finally:
         set_read_only(False)
     assert entry_file.stat().st_mtime == 0 and store.prune(max_age_days=7).entries_removed >= 1
+
+
+def test_a_full_cache_is_named_in_the_warning_not_the_file_copied_into_it(tmp_path, small_disk):
+    root = small_disk.mount("64k")
+    src, outputs = make_outputs(tmp_path, {"big": os.urandom(256 * 1024)})
+    store = Store(root)
+    assert store.save("3" * 64, src, outputs, {}) is False
+    assert f"cache {root} is not writable" in store.warnings[0], store.warnings
+    assert str(src) not in store.warnings[0], store.warnings

@@ -24,7 +24,7 @@ pytest.importorskip("tensorflow")
 pytest.importorskip("ai_edge_litert")
 pytest.importorskip("tosa_converter_for_tflite")
 
-from pipeline.stage import ModelSpec  # noqa: E402
+from pipeline.stage import ModelSpec, StageError  # noqa: E402
 from stages.frameworks import load_arrays  # noqa: E402
 from stages.frameworks.tflite_fw import ADAPTER, QUANT_STEPS  # noqa: E402
 
@@ -356,3 +356,21 @@ def test_dynamic_range_model_without_hybrid_ops_keeps_the_target_tolerance(built
     # the target's atol/rtol, not a per-output one
     assert "tolerance_why" not in result and "atol" not in result["outputs"][0], result
     assert result["max_abs_error"] < result["atol"], result
+
+
+@pytest.mark.parametrize("content, why", [
+    (b"", "the file is empty"),
+    (b"hello, a text file named .tflite\n", "The model is not a valid Flatbuffer buffer"),
+])
+def test_a_file_that_is_no_flatbuffer_is_a_verdict_naming_it(project, tmp_path, content, why):
+    path = tmp_path / "text.tflite"
+    path.write_bytes(content)
+    with pytest.raises(StageError) as err:
+        ADAPTER.capture(ModelSpec("text", "tflite", {"model": path}), tmp_path)
+    assert str(err.value).startswith(f"{path} is not a TFLite model") and why in str(err.value)
+    project.doit("validate", f"model={path}", "target=cpu", check=False)
+    capture = next(t for t in project.record() if t["stage"] == "capture")
+    assert capture["status"] == "failed" and capture["error"] == str(err.value)
+    project.doit("validate", f"model={path}", "target=cpu", check=False)
+    again = next(t for t in project.record() if t["stage"] == "capture")
+    assert again["status"] == "failed (cached)", again   # remembered: a verdict on the file

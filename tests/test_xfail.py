@@ -35,8 +35,9 @@ def test_the_file_maps_targets_to_cases_and_reasons_with_star_for_any(tmp_path):
 
 @pytest.mark.parametrize("text, words", [
     ("cpu: [bessel]\n", ["cpu: expected a mapping of model name to the reason", "['bessel']"]),
-    ("cpu:\n  bessel:\n", ["cpu: expected a mapping of model name to the reason"]),
-    ("cpu:\n  bessel: 3\n", ["cpu: expected a mapping of model name to the reason"]),
+    ("cpu:\n  bessel:\n", [":2: cpu.bessel: expected the reason it is expected to fail", "None"]),
+    ("cpu:\n  bessel: 3\n", [":2: cpu.bessel: expected the reason it is expected to fail", "3"]),
+    ("cpu:\n  0001: x\n", [":2: cpu: expected a model name (text; quote a name", "got 1"]),
     ("- cpu\n", ["expected a YAML mapping {target: {model: reason}}", "got list"]),
     ("gpu:\n  bessel: x\n", ["unknown target 'gpu'", "valid: cpu, vulkan, or '*'"]),
     ("cpu: {bessel: x\n", ["not valid YAML"]),
@@ -166,3 +167,26 @@ def test_the_page_colours_xfail_and_xpass_and_says_why():
     assert "class='cell xfail'" in page and "class='cell xpass'" in page
     assert "expected to fail: tolerance" in page and "listed as expected to fail: flaky" in page
     assert "1 xfail</span>" in page and "1 xpass</span>" in page
+
+
+# --- what a hand-written file of hundreds of entries gets wrong --------------------------
+
+@pytest.mark.parametrize("text, line, first", [
+    ("cpu:\n  bessel: a\n'*':\n  boom: b\ncpu:\n  other: c\n", 5, 1),   # a second cpu:
+    ("cpu:\n  bessel: a\n  boom: b\n  bessel: c\n", 4, 2),                 # a case twice
+])
+def test_a_duplicate_key_is_refused_naming_both_lines(tmp_path, text, line, first):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        xfail.load(path, "xfail=known.yaml", TARGETS)
+    assert f"{path}:{line}:" in str(err.value) and f"first at line {first}" in str(err.value)
+
+
+def test_a_reason_that_is_no_text_names_its_entry_and_line_not_the_whole_file(tmp_path):
+    cases = "".join(f"  case{i}: reason number {i} of many\n" for i in range(300))
+    path = write(tmp_path, f"cpu:\n{cases}  broken: [1, 2]\n")
+    with pytest.raises(ConfigError) as err:
+        xfail.load(path, "xfail=known.yaml", TARGETS)
+    message = str(err.value)
+    assert f"{path}:302: cpu.broken:" in message and "[1, 2]" in message, message
+    assert "case7" not in message and len(message) < 400, message

@@ -128,8 +128,13 @@ def write_verified(dst: Path, chunks, digest: str) -> bool:
 
 def describe_os_error(err: OSError, where: Path | None = None) -> str:
     """'cannot write build/x: No space left on device (ENOSPC)': the path and the errno (a
-    failed write() names no file: where says which directory it was writing in)."""
-    name = errno.errorcode.get(err.errno, str(err.errno))
-    place = err.filename or (f"in {where}" if where else "")
-    return f"cannot write {place}: {err.strerror or err} ({name})".replace("write :", "write:")
+    failed write() names no file: where says which directory it was writing in). A copy
+    or rename names its source first and what it wrote second: the second is said."""
+    place = err.filename2 or err.filename or (f"in {where}" if where else "")
+    return f"cannot write {place}: {errno_text(err)}".replace("write :", "write:")
+
+
+def errno_text(err: OSError) -> str:
+    """'No space left on device (ENOSPC)': why the disk refused, without the path."""
+    return f"{err.strerror or err} ({errno.errorcode.get(err.errno, str(err.errno))})"
 

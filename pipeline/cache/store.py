@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Iterable, NamedTuple
 
 from .digest import CHUNK, canonical, digest_bytes, digest_file
-from .files import (UNWRITABLE, atomic_copy, atomic_write, describe_os_error, file_identity,
-                    read_only, write_verified)
+from .files import (UNWRITABLE, atomic_copy, atomic_write, describe_os_error, errno_text,
+                    file_identity, read_only, write_verified)
 from .remote import RemoteError, RemoteUnavailable
 
 log = logging.getLogger("kiln.store")
@@ -281,10 +281,16 @@ class Store:
         except OSError as err:
             if err.errno not in UNWRITABLE:
                 raise
-            self._warn(f"cache {self.root} is not writable ({describe_os_error(err)}); "
-                       "built without storing")
+            self._unwritable(err)
             return False
         return True
+
+    def _unwritable(self, err: OSError) -> None:
+        """The warning of a cache that will not take a save: the same words for every stage,
+        which the run's summary folds into its one line, and not printed as it happens (72
+        lines for 15 cases, whichever process each stage ran in)."""
+        self.warnings.append(f"cache {self.root} is not writable ({errno_text(err)}); built "
+                             "without storing")
 
     def _put_blob(self, digest: str, write) -> None:
         blob = self.blob_path(digest)

@@ -27,6 +27,7 @@ from doit.cmd_base import Command
 from doit.exceptions import InvalidCommand
 
 from ..report import diff
+from ..plan.variables import given_variables, refuse_unknown
 from ..report.record import rewrite
 from ..stage import ConfigError
 
@@ -57,6 +58,7 @@ class Diff(Command):
         root = Path.cwd()
         run_file = root / "build" / "run.json"
         try:
+            refuse_unknown(given_variables(), ("baseline", "factor"), f"doit diff takes {USAGE}")
             baseline = diff.load(given, get_var("factor"), root)
             current = _last_run(run_file)
         except ConfigError as err:

@@ -13,14 +13,14 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, NoReturn
 
 from doit.exceptions import TaskFailed
 
 from ..cache.files import atomic_write, read_only
 from ..names import task_name
 from ..plan import memo
-from ..plan.variables import plan_variables, read_variables
+from ..plan.variables import given_variables, plan_variables, read_variables, refuse_unknown
 from ..report.record import RunLog, write_failed_run
 from ..run.uptodate import CHECK_SIGNATURE, Settled, Watch, settled, stage_check
 from . import collector
@@ -55,8 +55,22 @@ class Session:
         """The plan of this invocation, made on first use (a bad option stops it here)."""
         with self._lock:
             if self._plan is None:
-                self._plan = self._make_plan(plan_variables(self.variables))
+                self._plan = self._planned()
             return self._plan
+
+    def _planned(self) -> Plan:
+        """A new plan. Bad input (a ConfigError) stops the run with its message and no
+        traceback; anything else raised (a kiln bug) with its traceback. Either way a
+        failed-run record replaces the previous run's, which would otherwise look current."""
+        from ..stage import ConfigError
+        try:
+            return self._make_plan(plan_variables(self.variables))
+        except ConfigError as err:
+            self._stop(err)
+        except Exception as err:
+            write_failed_run(self.build / "run.json",
+                             f"planning failed: {type(err).__name__}: {err}")
+            raise
 
     def executor(self):
         """Where stages that miss the cache run: a Dask executor, or None (here)."""
@@ -192,7 +206,8 @@ class Session:
         return verdict
 
     def doit_config(self) -> dict:
-        baseline = self._baseline()   # (first: a wrong baseline= stops the run before a plan)
+        self._refuse_unknown_options()   # (first: `tragets=cpu` must not build the default)
+        baseline = self._baseline()   # (a wrong baseline= stops the run before a plan)
         dep_file = self.root / ".doit.db"
         seal_file = self.build / ".kiln" / "doit-db.json"
         warning = set_aside_if_damaged(dep_file, seal_file)
@@ -219,6 +234,14 @@ class Session:
                                       strict=self._strict(), baseline=baseline),
         }
 
+    def _refuse_unknown_options(self) -> None:
+        """A key=value option kiln does not read stops the run before anything is built."""
+        from ..stage import ConfigError
+        try:
+            refuse_unknown(given_variables())
+        except ConfigError as err:
+            self._stop(err)
+
     def _baseline(self) -> Baseline | None:
         """baseline= (and factor=): the earlier run this run's reports say what changed
         since, read now, so that a wrong path stops the run before it builds anything."""
@@ -229,8 +252,13 @@ class Session:
         try:
             return load(self.variables["baseline"], self.variables.get("factor"), self.root)
         except ConfigError as err:
-            write_failed_run(self.build / "run.json", str(err))   # never a stale record
-            sys.exit(f"kiln: {err}")
+            self._stop(err)
+
+    def _stop(self, err: Exception) -> NoReturn:
+        """Stop on bad input: a failed-run record first, so the previous run's never stays
+        looking current, then the message (exit 1)."""
+        write_failed_run(self.build / "run.json", str(err))
+        sys.exit(f"kiln: {err}")
 
     def _strict(self) -> bool:
         """strict=1: an unexpected pass fails the run. Its value was checked when the plan was

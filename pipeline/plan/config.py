@@ -148,12 +148,14 @@ def _where(path: Path, node: yaml.Node) -> str:
 def _mapping(path: Path, node: yaml.Node, what: str) -> list[tuple[yaml.Node, yaml.Node]]:
     if not isinstance(node, yaml.MappingNode):
         raise ConfigError(f"{_where(path, node)}: {what}: expected a mapping")
-    _reject_duplicate_keys(path, node, what)
+    reject_duplicate_keys(path, node, what)
     return node.value
 
 
-def _reject_duplicate_keys(path: Path, node: yaml.MappingNode, what: str) -> None:
-    # composing keeps every key, and loading would let the last one silently win
+def reject_duplicate_keys(path: Path, node: yaml.MappingNode, what: str) -> None:
+    """A ConfigError naming both lines of a key given twice in the mapping node (the xfail
+    file is checked with it too): composing keeps every key, and loading would let the last
+    one silently win."""
     first_lines = {}
     for key_node, _ in node.value:
         if not isinstance(key_node, yaml.ScalarNode):

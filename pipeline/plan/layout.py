@@ -9,6 +9,18 @@ from ..cache.remote import RemoteSettings
 from ..names import file_stem
 from ..stage import Node
 
+NAME_MAX = 255   # bytes in one file name (Linux's file systems, macOS's)
+# what a task's longest file name adds to its file_stem: ".json" (its record entry), then
+# atomic_write's temp name around it, "." + name + ".XXXXXXXX.tmp" (pipeline.cache.files)
+FILE_NAME_EXTRA = len(".json") + len("." + "." + "XXXXXXXX" + ".tmp")
+
+
+def room_for_model(node: Node) -> int:
+    """The longest model name (in bytes) the node's files can be named after: its record
+    entry's and log's names hold its stage and target besides."""
+    around = len(file_stem(node.task_name).encode()) - len(node.model.encode())
+    return NAME_MAX - FILE_NAME_EXTRA - around
+
 
 @dataclass(frozen=True)
 class Layout:

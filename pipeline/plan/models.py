@@ -7,6 +7,7 @@ A models/ file names its framework in a module-level `FRAMEWORK = "..."` and def
 from __future__ import annotations
 
 import ast
+import errno
 import importlib.util
 import os
 import re
@@ -282,12 +283,27 @@ def scan_folder(folder: Path, detect: Detect) -> dict:
         for entry in entries:
             if entry.name.startswith("."):
                 continue
+            if entry.is_symlink():
+                _check_link(entry.path)
             framework = detect(Path(entry.path))
             if framework:
                 found.append([entry.path, framework, entry.is_dir()])
             elif entry.is_dir():
                 pending.append(Path(entry.path))
     return {"models": sorted(found), "dirs": sorted(dirs)}
+
+
+def _check_link(path: str) -> None:
+    """A ConfigError for a link in a suite folder that cannot be followed (one that loops
+    back to itself, one to nothing): what it is cannot be told, and asking raised OSError
+    out of the plan."""
+    try:
+        os.stat(path)
+    except OSError as err:
+        why = "it loops back to itself" if err.errno == errno.ELOOP else \
+            "it points at nothing" if err.errno == errno.ENOENT else "it cannot be read"
+        raise ConfigError(f"{path}: a symbolic link kiln cannot follow: {why} ({err.strerror}); "
+                          "remove it or point it at a model file or folder") from None
 
 
 def case_name(path: Path, is_dir: bool, reserved: frozenset[str]) -> str:
@@ -331,12 +347,13 @@ def unique(models: list[ModelSpec]) -> list[ModelSpec]:
     for model in models:
         other = seen.setdefault(model.name, model)
         if other is not model and other != model:
-            raise ConfigError(f"two selected models are named '{model.name}': {_origin(other)} "
-                              f"and {_origin(model)}; select one, or rename one")
+            raise ConfigError(f"two selected models are named '{model.name}': {origin(other)} "
+                              f"and {origin(model)}; select one, or rename one")
     return list(seen.values())
 
 
-def _origin(model: ModelSpec) -> str:
+def origin(model: ModelSpec) -> str:
+    """Where a model comes from, for errors about it: its file, else its factory."""
     return str(model.sources.get("model") or model.factory or model.name)
 
 

@@ -20,14 +20,14 @@ import networkx as nx
 from ..cache import remote
 from ..cache.digest import canonical, digest_bytes, digest_file, source_files
 from ..cache.probes import tool_version, use_probe_cache
-from ..names import base_target, task_subname, upstream_name
+from ..names import base_target, file_stem, task_name, task_subname, upstream_name
 from ..stage import ConfigError, ModelSpec, Node, Stage, Target, read_files
 from . import models as model_registry
 from . import xfail
 from .config import Config, load_config
 from .facts import FACTS_FILE, ModelFacts
 from .graph import build_graph, shard
-from .layout import Layout
+from .layout import Layout, room_for_model
 from .options import Options
 
 
@@ -121,8 +121,9 @@ def make_plan(options: Options, stages: list[Stage], detect: model_registry.Dete
     # a folder of models is scanned with the bare detect (it reads no file: a suffix, a stat)
     scan, listed = facts.folder(lambda path: model_registry.scan_folder(path, detect)), []
     try:
-        models, notices = _models(options, matrix, config, model_dirs, facts.detect(detect),
-                                  facts.companions(companions), scan, listed)
+        models, notices, known = _models(options, matrix, config, model_dirs,
+                                         facts.detect(detect), facts.companions(companions),
+                                         scan, listed)
     finally:
         facts.save()   # (what was learnt holds even when a selection is refused)
     model_registry.check_frameworks(models, stages, config)
@@ -133,14 +134,18 @@ def make_plan(options: Options, stages: list[Stage], detect: model_registry.Dete
     if not (matrix.timing if options.timing is None else options.timing):
         targets = [dataclasses.replace(t, timing=False) for t in targets]
     expected, expected_file = _expected(options, matrix, config)
+    if expected_file is not None:
+        notices = [*notices, *xfail.unmatched(expected, expected_file,
+                                              {m.name for m in models}, known)]
     graph = build_graph(stages, models, targets, _variants(options, matrix, targets, config))
+    _refuse_names_too_long(graph)
     if options.shard:
         graph = shard(graph, *options.shard)
         if not any(node.target is not None for node in graph):
             notices = [*notices, (f"kiln: shard={options.variables['shard']}: this shard "
                                   f"holds none of the {len(models) * len(targets)} model x "
                                   "target cases selected: nothing to build")]
-    return Plan(config, layout, graph, options, stages, model_dirs, notices, expected,
+    return Plan(config, layout, graph, options, stages, model_dirs, notices, expected.reasons,
                 expected_file, listed)
 
 
@@ -183,22 +188,45 @@ def _refuse_an_empty_selection(options: Options, matrix, config: Config, models:
                           f"to build{valid}")
 
 
-def _expected(options: Options, matrix, config: Config) -> tuple[dict, Path | None]:
-    """The expected failures and their file: xfail= (relative to the working directory),
-    else the matrix's `xfail:` (relative to the config file), else none."""
+def _refuse_names_too_long(graph: nx.DiGraph) -> None:
+    """A model whose name, with a stage and a target, is too long for a file name (its log,
+    its record entry) is refused here, naming its file and the limit: it would otherwise
+    fail at its first stage, with "File name too long", on every run."""
+    tightest: dict[str, Node] = {}   # per model, the node whose file names leave least room
+    for node in graph:
+        if room_for_model(node) < room_for_model(tightest.setdefault(node.model, node)):
+            tightest[node.model] = node
+    for model, node in tightest.items():
+        room = room_for_model(node)
+        if len(model.encode()) > room:
+            spec = graph.nodes[node]["model"]
+            raise ConfigError(f"{model_registry.origin(spec)}: model name {model[:40]}... "
+                              f"({len(model)} characters) is too long: kiln names files after "
+                              f"it with its stages and targets (build/logs/"
+                              f"{file_stem(task_name(node.stage, model[:20] + '...', node.target))}"
+                              ".log), and with this "
+                              f"selection's a model name may have at most {room} characters "
+                              "(a file name holds 255 bytes); rename it")
+
+
+def _expected(options: Options, matrix, config: Config) -> tuple[xfail.Listed, Path | None]:
+    """The expected failures (with their lines) and their file: xfail= (relative to the
+    working directory), else the matrix's `xfail:` (relative to the config file), else none."""
     if options.xfail is not None:
         path, what = Path(options.xfail).resolve(), f"xfail={options.xfail}"
     elif matrix.xfail is not None:
         path, what = matrix.xfail, f"{config.path}: matrices.{matrix.name}.xfail"
     else:
-        return {}, None
-    return xfail.load(path, what, config.targets), path
+        return xfail.Listed({}, {}), None
+    return xfail.read(path, what, config.targets), path
 
 
 def _models(options: Options, matrix, config: Config, model_dirs: list[Path], detect,
-            companions, scan, listed: list[Path]) -> tuple[list[ModelSpec], list[str]]:
-    """The selected models, and notices of the models/ files left out as unreadable. The
-    directories of every folder scanned (model=DIR, the matrix's suite) go into listed."""
+            companions, scan, listed: list[Path]) -> tuple[list[ModelSpec], list[str], set[str]]:
+    """The selected models, notices of the models/ files left out as unreadable, and the
+    names of every model kiln knows here, selected or not (models/, the config's, the
+    matrix's suite). The directories of every folder scanned (model=DIR, the matrix's
+    suite) go into listed."""
 
     def folder(path: Path, what: str) -> list[ModelSpec]:
         if not path.is_dir():
@@ -233,7 +261,7 @@ def _models(options: Options, matrix, config: Config, model_dirs: list[Path], de
         _pick(options.models, valid, (), "model", config, from_path, unreadable)
     # none of the unreadable is selected (_pick refuses those): they are only noticed
     return (_with_inputs(model_registry.unique(models), options.inputs),
-            model_registry.left_out(unreadable))
+            model_registry.left_out(unreadable), set(valid))
 
 
 def _variants(options: Options, matrix, targets, config: Config) -> tuple[str, ...] | None:

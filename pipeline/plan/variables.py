@@ -6,7 +6,7 @@ Options dataclass costs more to define than the rest of what the run reads here.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterable
 
 # every option kiln reads, with what it does (for `doit help`, errors and the plan memo)
 VARIABLES = {
@@ -50,3 +50,30 @@ def read_variables(get_var: Callable[[str], str | None]) -> dict[str, str]:
 def plan_variables(variables: dict[str, str]) -> dict[str, str]:
     """The options the plan is made from: all but REPORT_ONLY."""
     return {name: value for name, value in variables.items() if name not in REPORT_ONLY}
+
+
+def given_variables() -> dict[str, str]:
+    """Every key=value word of the command line, kiln's or not. doit keeps them in a module
+    global and get_var answers only for a name asked: a misspelt one is never asked for."""
+    from doit import doit_cmd
+    return dict(doit_cmd._CMDLINE_VARS or {})
+
+
+def refuse_unknown(given: dict[str, str], known: Iterable[str] = tuple(VARIABLES),
+                   usage: str | None = None) -> None:
+    """A ConfigError for the first option given that is not known (`tragets=cpu` would
+    otherwise build the default matrix and pass), naming the nearest known one, and the
+    usage (None: every option kiln reads)."""
+    known = list(known)
+    unknown = [name for name in given if name not in known]
+    if not unknown:
+        return
+    import difflib
+
+    from ..stage import ConfigError
+    name = unknown[0]
+    nearest = difflib.get_close_matches(name, known, n=1)
+    hint = f" (did you mean {nearest[0]}=?)" if nearest else ""
+    usage = usage or (f"kiln's options: {', '.join(known)} (doit help <task> says what each "
+                      "does)")
+    raise ConfigError(f"unknown option {name}={given[name]}{hint}; {usage}")

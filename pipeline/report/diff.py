@@ -80,15 +80,56 @@ def read_baseline(given: str, root: Path) -> tuple[Path, dict]:
 
 
 def read_record(path: Path) -> dict:
-    """A run record (run.json) as written; ValueError saying why where it is none."""
+    """A run record (run.json) as written; ValueError saying why where it is none: not
+    JSON, no "tasks" list, a task row that is not what kiln writes (saying which, and what
+    is wrong: the reports would stop on it with a traceback, after the whole run)."""
     try:
         record = json.loads(path.read_bytes())
     except (OSError, ValueError) as err:
         raise ValueError(f"{path} is not a kiln run record ({err})") from None
     tasks = record.get("tasks") if isinstance(record, dict) else None
-    if isinstance(tasks, list):
-        return record
-    raise ValueError(f"{path} is not a kiln run record (no \"tasks\" list)")
+    if not isinstance(tasks, list):
+        raise ValueError(f"{path} is not a kiln run record (no \"tasks\" list)")
+    for number, task in enumerate(tasks, 1):
+        problem = _task_problem(task)
+        if problem:
+            named = f" ({task['task']})" if isinstance(task, dict) and \
+                isinstance(task.get("task"), str) else ""
+            raise ValueError(f"{path} is not a kiln run record: task {number}{named}: {problem}")
+    try:   # what the rows read deeper (a result's variants, latencies) as a diff reads it
+        compare(record, record)
+    except (KeyError, TypeError, AttributeError, ValueError) as err:
+        raise ValueError(f"{path} is not a kiln run record: its tasks cannot be compared "
+                         f"({type(err).__name__}: {err})") from None
+    return record
+
+
+# a run.json task row's fields the reports read: text always, text or null, object or null
+ROW_TEXT = ("task", "stage", "model", "status")
+ROW_TEXT_OR_NULL = ("target", "role", "error", "reason", "command", "log", "xfail")
+
+
+def _task_problem(task) -> str | None:
+    """What is wrong with a run.json task row, or None."""
+    if not isinstance(task, dict):
+        return f"expected an object with {', '.join(ROW_TEXT)} and target, got {_quoted(task)}"
+    for name in ROW_TEXT:
+        if not isinstance(task.get(name), str):
+            return f'"{name}" must be text, got {_quoted(task.get(name))}' if name in task \
+                else f'missing "{name}"'
+    if "target" not in task:
+        return 'missing "target" (null for a per-model stage)'
+    for name in ROW_TEXT_OR_NULL:
+        if task.get(name) is not None and not isinstance(task[name], str):
+            return f'"{name}" must be text or null, got {_quoted(task[name])}'
+    if task.get("result") is not None and not isinstance(task["result"], dict):
+        return f'"result" must be an object or null, got {_quoted(task["result"])}'
+    return None
+
+
+def _quoted(value, width: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[:width] + "..."
 
 
 def parse_factor(text: str | None) -> float:

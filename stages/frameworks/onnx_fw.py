@@ -270,9 +270,13 @@ def _load_proto(path: Path):
     import onnx
     from google.protobuf.message import DecodeError
     try:
-        return onnx.load(str(path), load_external_data=False)
+        proto = onnx.load(str(path), load_external_data=False)
     except (OSError, DecodeError) as err:
         raise StageError(f"{path} is not an ONNX model onnx can read ({err})") from None
+    if not proto.HasField("graph"):   # (no bytes, or other protobuf: both decode, to nothing)
+        why = "the file is empty" if path.stat().st_size == 0 else "it holds no graph"
+        raise StageError(f"{path} is not an ONNX model: {why}")
+    return proto
 
 
 def _external_data(proto, model_dir: Path) -> list[tuple[object, str, Path]]:

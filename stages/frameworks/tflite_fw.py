@@ -79,7 +79,8 @@ class TFLite(Framework):
         else:  # a user's .tflite file
             flatbuffer = Path(model.sources["model"]).read_bytes()
             inputs = None
-        interpreter = _interpreter(flatbuffer)
+        source = f"what {model.factory} returned" if model.factory else model.sources["model"]
+        interpreter = _first_interpreter(flatbuffer, source)
         details = interpreter.get_input_details()
         if inputs is None:
             inputs, notes = _file_inputs(model, details)
@@ -144,6 +145,19 @@ def _convert(module, name: str) -> bytes:
 # on the zoo's Keras int8 files: IREE equals these kernels to the step, XNNPACK is 11-34
 # steps off both)
 REFERENCE_KERNELS = "LiteRT's reference kernels"
+
+
+def _first_interpreter(flatbuffer: bytes, source):
+    """LiteRT's interpreter of a model's flatbuffer (source: its file, or factory). One
+    LiteRT refuses (an empty file, a text file named .tflite) is a StageError naming source,
+    a verdict on it: LiteRT's ValueError names no file, and is no verdict (every run tried
+    the file again, and blamed a timeout or a lost device)."""
+    if not flatbuffer:
+        raise StageError(f"{source} is not a TFLite model: the file is empty")
+    try:
+        return _interpreter(flatbuffer)
+    except ValueError as err:
+        raise StageError(f"{source} is not a TFLite model LiteRT can read: {err}") from None
 
 
 def _interpreter(flatbuffer: bytes, threads: int = 1, reference_kernels: bool = False):
