@@ -83,18 +83,26 @@ def timeout_for(default: float) -> float:
     return seconds
 
 
-def exit_words(returncode: int) -> str:
-    """How a process ended, for an error message: 'exited with 1', or the signal by name
-    ('was killed by SIGKILL (signal 9)'); 128+N and a launcher's 256-N name theirs too."""
+def signal_of(returncode: int) -> signal.Signals | None:
+    """The signal an exit status stands for: -N (killed), a shell's 128+N, a launcher's
+    256-N (the venv's Python launchers exit so for their child's -N), else None."""
     number = -returncode if returncode < 0 else \
         returncode - 128 if 128 < returncode < 128 + 65 else \
         256 - returncode if 256 - 65 < returncode < 256 else None
-    if number is not None:
-        with contextlib.suppress(ValueError):
-            name = signal.Signals(number).name
-            return f"was killed by {name} (signal {number}" + \
-                (": the out-of-memory killer sends it too)" if name == "SIGKILL" else ")")
-    return f"exited with {returncode}"
+    try:
+        return None if number is None else signal.Signals(number)
+    except ValueError:
+        return None
+
+
+def exit_words(returncode: int) -> str:
+    """How a process ended, for an error message: 'exited with 1', or the signal by name
+    ('was killed by SIGKILL (signal 9)')."""
+    sig = signal_of(returncode)
+    if sig is None:
+        return f"exited with {returncode}"
+    return f"was killed by {sig.name} (signal {sig.value}" + \
+        (": the out-of-memory killer sends it too)" if sig.name == "SIGKILL" else ")")
 
 
 # --- the processes now running, for a stop to kill -------------------------------------

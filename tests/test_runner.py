@@ -342,6 +342,12 @@ def test_what_is_a_verdict_on_the_inputs():
     assert not_a_verdict(StageError("x", exit_code=1), log="VK_ERROR_DEVICE_LOST") is not None
     assert not_a_verdict(KeyboardInterrupt()) == "KeyboardInterrupt is no verdict on the " \
                                                  "stage's inputs"
+    # a compiler that crashes on its input (an LLVM assertion's abort, a segfault) crashes
+    # again on it: remembered; a kill, a hang-up, a terminal's stop come from outside
+    for crash in (-6, -11, 134):
+        assert not_a_verdict(StageError("iree-compile crashed", exit_code=crash)) is None
+    for kill in (-9, -15, -1, -2, 137):
+        assert not_a_verdict(StageError("iree-compile killed", exit_code=kill)) is not None
 
 
 def test_an_interrupted_stage_is_not_remembered(layout):

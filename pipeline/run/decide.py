@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Literal
 
+from .. import process
 from ..cache.digest import digest_file, digest_source, stage_key
 from ..cache.probes import tool_version
 from ..cache.store import Found
@@ -146,6 +147,12 @@ MACHINE_TROUBLE = re.compile(r"out of memory|cannot allocate memory|bad_alloc|no
                              re.IGNORECASE)
 
 
+# the signals a program raises on itself when it crashes on its input (LLVM's assertion
+# aborts, a segfault): deterministic, a verdict like a diagnostic (SIGBUS is left out: a
+# file truncated under a mapping raises it too)
+CRASHES = ("SIGABRT", "SIGSEGV", "SIGILL", "SIGFPE")
+
+
 def not_a_verdict(error: BaseException, log: str = "") -> str | None:
     """Why a stage's failure says nothing about its inputs, so that it is never remembered
     (the next run tries again), or None when it is a verdict on them: the runner remembers
@@ -156,7 +163,9 @@ def not_a_verdict(error: BaseException, log: str = "") -> str | None:
       - the stage marks it transient (StageError.transient: validate's lost device);
       - the tool did not exit normally (StageError.exit_code): killed by a signal (below
         0), or 128 and above (a shell's 128+N; a launcher's 256-N for its child's -N:
-        iree-compile's Python launcher exits 247 when the OOM killer's SIGKILL hits it);
+        iree-compile's Python launcher exits 247 when the OOM killer's SIGKILL hits it),
+        but for a crash of its own (CRASHES: an abort, a segfault on this input, which the
+        same input repeats; a kill, a hang-up or a stop comes from outside);
       - its message or log says the machine failed it (MACHINE_TROUBLE: out of memory, no
         space left, a read-only file system, a lost device);
     - nothing else is: a timeout (subprocess.TimeoutExpired), MemoryError, an OSError (a full
@@ -169,7 +178,8 @@ def not_a_verdict(error: BaseException, log: str = "") -> str | None:
         return f"{type(error).__name__} is no verdict on the stage's inputs"
     if error.transient:
         return error.transient
-    if error.exit_code is not None and not 0 < error.exit_code < 128:
+    if error.exit_code is not None and not 0 < error.exit_code < 128 and \
+            getattr(process.signal_of(error.exit_code), "name", None) not in CRASHES:
         return f"the tool was killed (exit status {error.exit_code})"
     trouble = MACHINE_TROUBLE.search(f"{error}\n{log}")
     if trouble:
