@@ -107,9 +107,10 @@ class Project:
 
     def doit(self, *args: str, check: bool = True, timeout: int = 900,
              env_extra: dict | None = None) -> subprocess.CompletedProcess:
-        if self.variants and not any(a.startswith("variants=") for a in args):
+        builds = "diff" not in args   # (doit diff compares two records: it takes neither)
+        if builds and self.variants and not any(a.startswith("variants=") for a in args):
             args = (*args, f"variants={self.variants}")
-        if self.timing and not any(a.startswith("timing=") for a in args):
+        if builds and self.timing and not any(a.startswith("timing=") for a in args):
             args = (*args, f"timing={self.timing}")
         env = {**without_kiln_settings(os.environ), **(env_extra or {})}
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
