@@ -79,7 +79,7 @@ def _rounded(row: dict) -> dict:
 
 def console_lines(found: dict | None) -> list[str]:
     """Two lines: the total and the tools' share, then the costliest stages, each with its
-    tools' share. None where the run did nothing."""
+    tools' share; none where the run did nothing."""
     if not found:
         return []
     tasks = sum(s["ran"] + s["restored"] for s in found["stages"])
@@ -100,11 +100,16 @@ def markdown(found: dict | None) -> list[str]:
     """report.md's section: a row per stage and one for all of them, and what they mean."""
     if not found:
         return []
+    return ["## Where the time went", "", table(found), "", NOTE, ""]
+
+
+def table(found: dict, tablefmt: str = "github") -> str:
+    """A row per stage and one for all of them (benchmarks/bench_suite.py prints it too)."""
     from tabulate import tabulate   # (here: the record's field is made on every run)
-    return ["## Where the time went", "", tabulate(
+    return tabulate(
         [*map(_cells, found["stages"]), _cells({**found, "stage": "all stages", **_counts(found)})],
         headers=["stage", "ran", "restored", "seconds", "tools", "kiln's own"],
-        tablefmt="github", disable_numparse=True), "", NOTE, ""]
+        tablefmt=tablefmt, disable_numparse=True)
 
 
 def html_rows(found: dict | None) -> list[dict] | None:
