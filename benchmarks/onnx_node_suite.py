@@ -12,13 +12,15 @@ folder, and validates the folder with one command in a throw-away copy of this p
 Then each case kiln did not pass is run through IREE's tools directly, as a user would
 without kiln: iree-import-onnx, iree-compile for llvm-cpu on this machine's CPU,
 iree-run-module on the test data's inputs, its outputs compared with output_N.pb within the
-cpu target's atol/rtol. A case that fails there too is IREE's (or, where kiln stopped at
+cpu target's atol/rtol (iree-compile and iree-run-module are the real binaries, as kiln starts
+them; iree-import-onnx, a Python entry point, is `python -m iree.compiler.tools.import_onnx`). A case that fails there too is IREE's (or, where kiln stopped at
 onnxruntime's answer, onnxruntime's); a case that passes there is kiln's own failure. It
 prints the three counts, then every case that did not pass through kiln, with its stage and
 error and the direct commands. Cases whose data are sequences or optionals (which the test
 layout's TensorProto files cannot hold) are counted apart, not run. --rate-only stops after
-kiln's run (its rate in cases per minute, and how many passed): benchmarks/bench_suite.py
-times a cold suite so.
+kiln's run (its rate in cases per minute, and how many passed). benchmarks/bench_suite.py
+times a cold suite so, against direct_suite: the same cases through IREE's tools, as many at
+a time as kiln's jobs.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -45,6 +48,9 @@ ENV = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
 ENV["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 ENV["KILN_REPORT_CHARTS"] = "off"
 DIRECT_TIMEOUT_S = 120
+# iree-import-onnx is a Python entry point, not a binary: its module run by this interpreter
+# (what the venv's bin/iree-import-onnx script runs, without depending on PATH)
+IMPORT_ONNX = [sys.executable, "-m", "iree.compiler.tools.import_onnx"]
 
 
 def choose(cases: list, sample: int | None, names: list[str] | None, seed: int) -> list:
@@ -102,7 +108,7 @@ def direct(case_dir: Path, work: Path) -> tuple[bool, str, list[str]]:
         np.save(work / f"in{i}.npy", numpy_helper.to_array(onnx.load_tensor(str(pb))))
     outs = [work / f"out{i}.npy" for i in range(len(model.graph.output))]
     steps = [
-        [tool("iree-import-onnx"), str(case_dir / "model.onnx"),
+        [*IMPORT_ONNX, str(case_dir / "model.onnx"),
          *(["--opset-version", "17"] if opset < 17 else []), "-o", str(mlir)],
         [tool("iree-compile"), str(mlir), "--iree-hal-target-device=local",
          "--iree-hal-local-target-device-backends=llvm-cpu", "--iree-llvmcpu-target-cpu=host",
@@ -121,6 +127,28 @@ def direct(case_dir: Path, work: Path) -> tuple[bool, str, list[str]]:
     return matched, what, commands(steps)
 
 
+def _direct_case(case_dir: str) -> tuple[str, bool, str]:
+    """(the case, passed, what happened) through IREE's own tools, in a temp dir of its own:
+    a process pool's unit of work."""
+    with tempfile.TemporaryDirectory() as work:
+        try:
+            passed, what, _ = direct(Path(case_dir), Path(work))
+        except Exception as err:   # (a case onnx or numpy cannot read: a failure, not a stop)
+            passed, what = False, f"{type(err).__name__}: {err}"
+    return Path(case_dir).name, passed, what
+
+
+def direct_suite(folder: Path, names: list[str], jobs: int) -> tuple[dict[str, bool], float]:
+    """IREE's own tools on each case (import, compile to a .vmfb, run, compare with
+    output_N.pb), `jobs` cases at a time in a process pool, as kiln runs `jobs` stages at a
+    time: (passed per case, the seconds, the pool's start included)."""
+    started = time.perf_counter()
+    with ProcessPoolExecutor(jobs) as pool:
+        found = {name: passed for name, passed, _ in
+                 pool.map(_direct_case, [str(folder / name) for name in names])}
+    return found, time.perf_counter() - started
+
+
 def onnxruntimes(result: dict | None) -> bool:
     """Whether kiln's failure was only against onnxruntime's answer (the expected outputs
     matched)."""
@@ -133,19 +161,25 @@ def kiln_suite(sample: int | None, names: list[str] | None, seed: int, jobs: int
     """Write the chosen cases under root/cases and validate them in one run of a copy of
     this project at root/proj (its cache is empty unless root is kept from an earlier run):
     (the cases, their folder, kiln's verdicts, the run's seconds)."""
+    folder, project = root / "cases", root / "proj"
+    chosen = write_cases(sample, names, seed, folder)
+    if not project.exists():
+        copy_project(project)
+    found, seconds = run_kiln(project, folder, jobs)
+    return chosen, folder, found, seconds
+
+
+def write_cases(sample: int | None, names: list[str] | None, seed: int, folder: Path) -> list:
+    """The chosen node test cases written afresh into folder, in ONNX's test layout."""
     cases = node_cases()
     runnable = [c for c in cases if writable(c)]
     chosen = choose(runnable, sample, names, seed)
-    folder, project = root / "cases", root / "proj"
     shutil.rmtree(folder, ignore_errors=True)
     for case in chosen:
         write_case(case, folder)
-    if not project.exists():
-        copy_project(project)
     print(f"{len(cases)} node test cases in onnx, {len(cases) - len(runnable)} with sequence "
           f"or optional data (not run); {len(chosen)} written to {folder}", flush=True)
-    found, seconds = run_kiln(project, folder, jobs)
-    return chosen, folder, found, seconds
+    return chosen
 
 
 def rate_line(cases: int, seconds: float, jobs: int) -> str:

@@ -334,11 +334,14 @@ def frameworks_run(tmp_path_factory) -> dict:
 def mlp_built(tmp_path_factory) -> dict:
     """`doit validate model=mlp target=cpu,vulkan` from scratch, once per session: its project
     (which tests read and copy from, never change: a run in it must find everything up to
-    date) and the record of that first run."""
+    date), the record of that first run (its tasks; "run": its whole run.json) and what it
+    printed."""
     # timed: test_pipeline checks its figures (the framework timed once for both targets)
     project = Project(copy_project(tmp_path_factory.mktemp("mlp_built") / "proj"), timing="on")
-    project.doit("validate", "model=mlp", "target=cpu,vulkan")
-    return {"project": project, "record": project.record()}
+    proc = project.doit("validate", "model=mlp", "target=cpu,vulkan")
+    # (its run.json and console: later runs in the project rewrite the one and lose the other)
+    return {"project": project, "record": project.record(), "stdout": proc.stdout,
+            "run": json.loads((project.root / "build" / "run.json").read_text())}
 
 
 @pytest.fixture(scope="session")

@@ -37,10 +37,33 @@ def test_validate_mlp_on_cpu_and_vulkan_then_nothing_reruns(mlp_built):
     # what tools said of themselves is remembered inside build/, never in the user's home
     assert "iree-compile" in (project.root / "build" / ".kiln" / "tool-probes.json").read_text()
 
-    project.doit("validate", "model=mlp", "target=cpu,vulkan")
+    proc = project.doit("validate", "model=mlp", "target=cpu,vulkan")
     assert set(project.statuses().values()) == {"up-to-date"}
     # an up-to-date validate still reports its numbers
     assert all(t["result"]["passed"] for t in project.record() if t["stage"] == "validate")
+    # but no time: nothing ran (the console says as little as before)
+    assert "stage_times" not in json.loads((project.root / "build" / "run.json").read_text())
+    assert "time in stages" not in proc.stdout
+
+
+def test_the_first_build_says_where_its_time_went(mlp_built):
+    """run.json's stage_times (pipeline/report/timesplit.py) from the real tools' clocks: the
+    compiles' time is iree-compile's for the most part, never more than the stage's; capture
+    runs the framework in kiln's own process: no tool time."""
+    split, record = mlp_built["run"]["stage_times"], mlp_built["record"]
+    stages = {s["stage"]: s for s in split["stages"]}
+    assert set(stages) == MLP_STAGES
+    for name in ("lower", "codegen", "validate"):
+        found = stages[name]
+        assert (found["ran"], found["restored"]) == (2, 0), found
+        assert 0 < found["tool_seconds"] <= found["seconds"], found
+        assert found["kiln_seconds"] == pytest.approx(found["seconds"] - found["tool_seconds"],
+                                                      abs=0.002)
+    assert stages["codegen"]["tool_seconds"] > stages["codegen"]["kiln_seconds"]
+    assert stages["capture"]["tool_seconds"] == 0 and stages["capture"]["ran"] == 1
+    assert split["seconds"] == pytest.approx(sum(t["seconds"] for t in record), abs=0.01)
+    said = [line for line in mlp_built["stdout"].splitlines() if line.startswith("time in stages")]
+    assert len(said) == 1 and "in tools" in said[0], mlp_built["stdout"]
 
 
 def test_legalize_edit_reruns_only_legalize(project, mlp_built):

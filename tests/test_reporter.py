@@ -53,6 +53,7 @@ def stage(model, target, does):
         time.sleep(does)
         Path(f"out-{target}").write_text("done")
         entry.status, entry.seconds, entry.key = "ran", does, f"key-{target}"
+        entry.tool_seconds = does / 2   # as if a tool ran for half of it
         entry.result = {"passed": True, "max_abs_error": 0.0, "max_rel_error": 0.0}
         entry.warnings = ["a warning of this run"] if target == "quick" else []
     RUN.entries[name] = entry
@@ -226,6 +227,28 @@ def test_an_up_to_date_run_keeps_what_the_last_run_found_but_not_what_it_did(tmp
     assert all(t["seconds"] == 0.0 and t["result"]["passed"] for t in record)
     quick = next(t for t in record if t["task"] == "validate:toy@quick")
     assert "warnings" not in quick and "a warning of this run" not in proc.stdout
+
+
+def test_the_record_and_the_console_say_where_the_time_went(tmp_path):
+    """run.json's stage_times, and two lines above the record's: what this run's stages
+    took and the tools' share. A run that runs nothing says nothing of it, as before."""
+    root = make_project(tmp_path, slow=0.4)
+    proc = doit(root)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    split = json.loads((root / "build" / "run.json").read_text())["stage_times"]
+    prepare, validate = split["stages"]
+    assert (prepare["stage"], prepare["ran"], prepare["seconds"]) == ("prepare", 1, 0.0)
+    assert validate == {"stage": "validate", "ran": 3, "restored": 0, "seconds": 0.4,
+                        "tool_seconds": 0.2, "kiln_seconds": 0.2}
+    lines = proc.stdout.splitlines()
+    at = lines.index("time in stages: 400 ms over 4 tasks (summed over parallel jobs), "
+                     "200 ms of it in tools (50%), 200 ms kiln's own")
+    assert lines[at + 1] == "  validate 400 ms (tools 50%)"   # (a stage that took no time: not)
+    assert lines[at + 2] == "run record: build/run.json"
+
+    again = doit(root)
+    assert "time in stages" not in again.stdout
+    assert "stage_times" not in json.loads((root / "build" / "run.json").read_text())
 
 
 def test_an_ignored_task_is_recorded_as_skipped(tmp_path):

@@ -33,12 +33,12 @@ if TYPE_CHECKING:   # (loaded only when baseline= is given)
 
 # what a task that never ran because an upstream one failed did not do (its entry may be
 # the last run's, which did)
-NOT_RUN = {"status": "skipped", "seconds": 0.0, "reason": "an upstream stage failed",
-           "key": None, "error": None, "command": None, "result": None, "warnings": None,
-           "why": None, "remote": None, "worker": None}
+NOT_RUN = {"status": "skipped", "seconds": 0.0, "tool_seconds": None,
+           "reason": "an upstream stage failed", "key": None, "error": None, "command": None,
+           "result": None, "warnings": None, "why": None, "remote": None, "worker": None}
 # what the last run of an up-to-date task did that this run did not
-NOT_THIS_RUN = {"status": "up-to-date", "seconds": 0.0, "warnings": None, "why": None,
-                "remote": None, "worker": None}
+NOT_THIS_RUN = {"status": "up-to-date", "seconds": 0.0, "tool_seconds": None,
+                "warnings": None, "why": None, "remote": None, "worker": None}
 # fields the record keeps even when None (an entry with no role: its stage declares none;
 # one without the field: a record written before stages declared roles)
 KEPT_EMPTY = ("target", "key", "role")

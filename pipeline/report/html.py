@@ -2,8 +2,9 @@
 
 A view of the record dict that build/run.json holds ({"tasks": [...], "warnings"?, "error"?}):
 the model x target matrix coloured by outcome (a failure's stage, error and log one click
-away), time per stage, the compiled module's latency against the framework's own, the
-numerical error against the tolerance, and what this run ran and what it reused, and why.
+away), time per stage (and how much of it the tools took: pipeline.report.timesplit), the
+compiled module's latency against the framework's own, the numerical error against the
+tolerance, and what this run ran and what it reused, and why.
 It names no stage: what a cell's outcome rests on comes from the roles stages declare
 (table.rows), the stages' order from the record's.
 
@@ -32,7 +33,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from ..run.entry import CACHED_FAILURE, FAILURES
-from . import diff, table
+from . import diff, table, timesplit
 from .units import duration
 
 # the order they are listed
@@ -67,6 +68,8 @@ def page(record: dict, memo: Path | None = None, page_dir: str = "build",
             "changes": _changes(record.get("diff")),
             "matrix": _matrix(cells, page_dir), "diagnoses": _diagnoses(cells, page_dir),
             "times": _times(cells, charts),
+            "stage_times": timesplit.html_rows(timesplit.of_record(record)),
+            "stage_times_note": timesplit.NOTE,
             "latency": _latency(cells, charts), "variants": _variants(cells),
             "errors": _errors(cells, charts), "tasks": _tasks(entries, page_dir)}
     charts.forget_unused()

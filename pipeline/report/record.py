@@ -2,7 +2,8 @@
 
 The runner leaves one entry per executed stage under build/.kiln/tasks/; this reporter adds
 what only doit knows (which tasks it skipped as up-to-date, which never ran because an
-upstream task failed), writes the record atomically and prints the summary table.
+upstream task failed) and where the time went (pipeline.report.timesplit), writes the record
+atomically and prints the summary table.
 """
 from __future__ import annotations
 
@@ -64,8 +65,9 @@ class Summary(NamedTuple):
 def _summary(record: dict, limit: int, report_file: str) -> tuple[str, str, int]:
     """What the console shows at the end of a run (pipeline.report.console): the table, or
     past `limit` cases where it is, the unexpected failures and passes, each warning once,
-    the remote; the summary line; and the exit code."""
-    from . import console, verdict   # (tabulate: not needed when the summary is the last run's)
+    the remote, where the time went; the summary line; and the exit code."""
+    # (tabulate, which console uses: not needed when the summary is the last run's)
+    from . import console, timesplit, verdict
     tasks = record["tasks"]
     found = verdict.verdict(record)
     lines, summary_line = console.lines(record, found, limit, report_file)
@@ -78,6 +80,7 @@ def _summary(record: dict, limit: int, report_file: str) -> tuple[str, str, int]
     lines += [f"warning: {warning}" for warning in record.get("warnings", [])]
     if any("remote" in t for t in tasks):
         lines.append(_remote_line(tasks))
+    lines += timesplit.console_lines(record.get(timesplit.FIELD))
     return "\n".join(lines) + "\n", summary_line + "\n", found.exit_code
 
 
@@ -88,6 +91,7 @@ def publish(run_file: Path, record: dict, stamp: dict | None = None,
     limit of cases to a table, reuses them. stamp: what an all-up-to-date record was made
     from, kept for the next run's reuse()."""
     memo_file = _memo_file(run_file)
+    record = _with_stage_times(record)
     # compact JSON for the comparison: the C encoder, several times faster than indent=1's
     digest = hashlib.sha256(json.dumps([record, limit], separators=(",", ":")).encode()).hexdigest()
     memo = _intact_memo(memo_file)
@@ -102,6 +106,14 @@ def publish(run_file: Path, record: dict, stamp: dict | None = None,
         _save_memo(memo_file, {"record": digest, "text": text, "stamp": stamp,
                                "exit": exit_code, "files": {str(f): _stat(f) for f in written}})
     return Summary(text, exit_code)
+
+
+def _with_stage_times(record: dict) -> dict:
+    """The record with where its time went (pipeline.report.timesplit), when this run did
+    anything: a no-op run's record stays as it was, and so does its digest."""
+    from . import timesplit   # (here: a no-op run after a no-op run reads only this module)
+    spent = timesplit.split(record["tasks"])
+    return {**record, timesplit.FIELD: spent} if spent else record
 
 
 def reuse(run_file: Path, stamp: dict) -> Summary | None:

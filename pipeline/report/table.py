@@ -7,6 +7,7 @@ from tabulate import tabulate
 
 from ..names import DEFAULT_VARIANT, base_target, variant_of
 from ..run.entry import CACHED_FAILURE, FAILURES
+from . import timesplit
 from .units import duration, times
 
 
@@ -252,6 +253,8 @@ def markdown(record: dict, after_table: list[str] = ()) -> str:
         lines += ["", "## Unexpected passes (xpass)", ""]
         lines += [f"- **{r['model']} @ {r['target']}** passed; it is listed as expected to fail: "
                   f"{r['expected']}" for r in xpass]
+    spent = timesplit.markdown(timesplit.of_record(record))
+    lines += ["", *spent] if spent else []
     return "\n".join(lines) + "\n"
 
 

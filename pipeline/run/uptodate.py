@@ -163,7 +163,8 @@ def settled(entry_file: Path, watch: Watch, cache_root: Path) -> Settled | None:
     else:
         return None
     # what this run did of it: nothing (as NOT_THIS_RUN says of an up-to-date task)
-    now = dataclasses.replace(now, seconds=0.0, warnings=[], remote=None, worker=None)
+    now = dataclasses.replace(now, seconds=0.0, tool_seconds=None, warnings=[], remote=None,
+                              worker=None)
     if now == entry:
         return Settled(now, None)
     if not now.failed:
