@@ -121,6 +121,26 @@ def test_a_stopped_run_starts_nothing_more(monkeypatch):
     assert isinstance(err.value, process.Interrupted) and err.value.transient
 
 
+def test_a_stop_while_the_main_thread_starts_a_tool_kills_it_once_registered(monkeypatch,
+                                                                           tmp_path):
+    """The stop's handler runs in the main thread, maybe while it starts a process holding
+    the registry's lock: it must neither wait for that lock (a hang seen with -n 2) nor miss
+    the process being started (left running)."""
+    monkeypatch.setattr(process, "_stop_reason", None)
+    popen = subprocess.Popen
+
+    def signalled_meanwhile(*args, **kwargs):
+        started = popen(*args, **kwargs)
+        process._on_stop_signal(signal.SIGINT, None)   # as a Ctrl-C right now would
+        return started
+
+    monkeypatch.setattr(process.subprocess, "Popen", signalled_meanwhile)
+    marker = str(tmp_path / "sleeper")
+    with pytest.raises(KeyboardInterrupt):
+        process.run(["sh", "-c", f"sleep 30; : {marker}"], 60)
+    assert processes_naming(marker) == []
+
+
 def slow_suite(folder: Path) -> Path:
     """Three .mlir models whose codegen takes iree-compile a second or two each for llvm-cpu."""
     folder.mkdir()
