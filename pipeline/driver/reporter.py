@@ -187,6 +187,7 @@ class KilnReporter(ConsoleReporter):
         if stopped is not None:   # (doit is unwinding a KeyboardInterrupt: end it here, quietly)
             if summary is None:   # (else its summary line says so)
                 self.outstream.write(f"kiln: the run was stopped ({stopped})\n")
+            _end_workers()
             # a shell's code for a run a signal ended: never 0, whatever finished
             raise SystemExit(128 + signal.Signals[stopped].value)
         if summary is not None and not self.crashed and (summary.exit_code == 0) == self.failed:
@@ -277,6 +278,22 @@ class KilnReporter(ConsoleReporter):
             entry.update(override)
             rows.append({k: v for k, v in entry.items() if v is not None or k in KEPT_EMPTY})
         return rows
+
+
+# seconds a doit worker process (-n, -P process) has to end once the run is stopped
+WORKER_GRACE_S = 5.0
+
+
+def _end_workers() -> None:
+    """doit's worker processes, once the run is stopped: each got the signal and ends by
+    itself; one that missed it (its main thread blocked while the signal went to another of
+    its threads) would keep doit waiting for it at exit forever, and is killed."""
+    import multiprocessing   # (-n only; a stop is rare)
+    for child in multiprocessing.active_children():
+        if not child.daemon:   # (the daemonic ones Python ends at exit without waiting)
+            child.join(WORKER_GRACE_S)
+            if child.is_alive():
+                child.kill()
 
 
 def _progress(outstream, done: Callable[[], str]):
