@@ -108,9 +108,13 @@ def exit_words(returncode: int) -> str:
 # --- the processes now running, for a stop to kill -------------------------------------
 
 _live: dict[int, subprocess.Popen] = {}
-# re-entrant: the stop handler runs in the main thread, perhaps while that thread holds it
+# reentrant: the stop's handler (kill_all) runs in the main thread, which may hold it already
 _live_lock = threading.RLock()
 _stop_reason: str | None = None
+# the main thread is between starting a process and registering it: a stop then waits for the
+# registration (_start), or the process would be left running, unknown to kill_all
+_main_starting = False
+_stop_pending = False
 
 
 def stop_reason() -> str | None:
@@ -120,7 +124,7 @@ def stop_reason() -> str | None:
 
 def kill_all() -> None:
     """Kill every process group still running (a stop, or the end of a run)."""
-    with _live_lock:
+    with _live_lock:   # (a worker thread starting a process registers it first)
         running = list(_live.values())
     for proc in running:
         _kill_group(proc)
@@ -138,9 +142,12 @@ def stop_on_signals() -> None:
 
 
 def _on_stop_signal(signum, frame) -> None:
-    global _stop_reason
+    global _stop_reason, _stop_pending
     first = _stop_reason is None
     _stop_reason = _stop_reason or signal.Signals(signum).name
+    if _main_starting:   # (_start kills and raises once the process it starts is registered)
+        _stop_pending = _stop_pending or first
+        return
     kill_all()
     if first:
         raise KeyboardInterrupt(_stop_reason)
@@ -242,18 +249,22 @@ def run(argv: list[str], timeout: float, *, tool: str | None = None,
 
 
 def _start(argv: list[str], **how) -> subprocess.Popen:
+    global _main_starting, _stop_pending
+    main = threading.current_thread() is threading.main_thread()
     with _live_lock:   # (registered before a stop could look for it)
         if _stop_reason is not None:
             raise Interrupted(f"the run was stopped ({_stop_reason}): {Path(argv[0]).name} "
                               "not started")
-        proc = None
+        _main_starting = main
         try:
             proc = subprocess.Popen(argv, start_new_session=True, **how)
             _live[proc.pid] = proc
-        except BaseException:   # (a stop between the start and the registration)
-            if proc is not None:
-                _kill_group(proc)
-            raise
+        finally:
+            _main_starting = False
+    if main and _stop_pending:   # a stop came meanwhile: what _on_stop_signal left to do
+        _stop_pending = False
+        kill_all()
+        raise KeyboardInterrupt(_stop_reason)
     return proc
 
 

@@ -1,19 +1,23 @@
 """pipeline.process and the IREE tools started through it: the real binaries, never the venv's
 Python launchers; no tool outlives a timeout, a Ctrl-C or a SIGTERM; temporary files stay in
-build/ (docs/DESIGN.md §9.1, §9.2)."""
+build/ (docs/DESIGN.md §9.1, §9.2); a stopped run's record, reports and junit.xml say so and
+list every case, and the next run does only what did not finish."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
 from conftest import without_kiln_settings
 from pipeline import process
+from pipeline.run.entry import INTERRUPTED, NOT_STARTED
 from pipeline.stage import StageError
 
 
@@ -117,15 +121,37 @@ def test_a_stopped_run_starts_nothing_more(monkeypatch):
     assert isinstance(err.value, process.Interrupted) and err.value.transient
 
 
-@pytest.mark.parametrize("signum,jobs", [(signal.SIGINT, ()), (signal.SIGTERM, ("-n", "2", "-P", "thread"))],
-                         ids=["ctrl-c", "sigterm-threads"])
-def test_stopping_doit_mid_suite_leaves_no_tool_and_no_temp_file(project, tmp_path, signum, jobs):
-    suite = tmp_path / "suite"
-    suite.mkdir()
+def test_a_stop_while_the_main_thread_starts_a_tool_kills_it_once_registered(monkeypatch,
+                                                                           tmp_path):
+    """The stop's handler runs in the main thread, maybe while it starts a process holding
+    the registry's lock: it must neither wait for that lock (a hang seen with -n 2) nor miss
+    the process being started (left running)."""
+    monkeypatch.setattr(process, "_stop_reason", None)
+    popen = subprocess.Popen
+
+    def signalled_meanwhile(*args, **kwargs):
+        started = popen(*args, **kwargs)
+        process._on_stop_signal(signal.SIGINT, None)   # as a Ctrl-C right now would
+        return started
+
+    monkeypatch.setattr(process.subprocess, "Popen", signalled_meanwhile)
+    marker = str(tmp_path / "sleeper")
+    with pytest.raises(KeyboardInterrupt):
+        process.run(["sh", "-c", f"sleep 30; : {marker}"], 60)
+    assert processes_naming(marker) == []
+
+
+def slow_suite(folder: Path) -> Path:
+    """Three .mlir models whose codegen takes iree-compile a second or two each for llvm-cpu."""
+    folder.mkdir()
     for i in range(3):
-        (suite / f"slow{i}.mlir").write_text(slow_mlir(scale=0.01 * (i + 1)))
-    temp = tmp_path / "tmpdir"
-    temp.mkdir()
+        (folder / f"slow{i}.mlir").write_text(slow_mlir(layers=12, scale=0.01 * (i + 1)))
+    return folder
+
+
+def stop_mid_codegen(project, suite: Path, temp: Path, signum: int, jobs: tuple[str, ...]):
+    """doit compile of suite, stopped by signum to its whole group (as a terminal's Ctrl-C or
+    a CI runner's SIGTERM) while a codegen compiler runs: (exit code, stdout, stderr)."""
     env = {**without_kiln_settings(os.environ), "TMPDIR": str(temp)}
     doit = subprocess.Popen([sys.executable, "-m", "doit", *jobs, "compile", f"model={suite}",
                              "target=cpu", "variants=default"], cwd=project.root, env=env,
@@ -133,18 +159,66 @@ def test_stopping_doit_mid_suite_leaves_no_tool_and_no_temp_file(project, tmp_pa
                             start_new_session=True)
     try:
         deadline = time.monotonic() + 120
-        while not processes_naming(f"{project.root}/build") and time.monotonic() < deadline:
+        codegen = f"{project.root}/build/.tmp/"   # (a compile to a module.vmfb: the slowest)
+        while not [c for c in processes_naming(codegen) if "module.vmfb" in c]:
             assert doit.poll() is None, doit.communicate()
-            time.sleep(0.1)
-        assert processes_naming(f"{project.root}/build"), "no compiler started"
-        os.killpg(doit.pid, signum)   # as a terminal's Ctrl-C, or a CI runner's SIGTERM
+            assert time.monotonic() < deadline, "no codegen compiler started"
+            time.sleep(0.05)
+        os.killpg(doit.pid, signum)
         stdout, stderr = doit.communicate(timeout=60)
     finally:
         if doit.poll() is None:
             os.killpg(doit.pid, signal.SIGKILL)
-    assert doit.returncode != 0
+    return doit.returncode, stdout, stderr
+
+
+@pytest.mark.parametrize("signum,jobs", [(signal.SIGINT, ()),
+                                         (signal.SIGTERM, ("-n", "2", "-P", "thread")),
+                                         (signal.SIGINT, ("-n", "2"))],
+                         ids=["ctrl-c", "sigterm-threads", "ctrl-c-processes"])
+def test_stopping_doit_mid_suite_leaves_no_tool_and_no_temp_file(project, tmp_path, signum, jobs):
+    suite = slow_suite(tmp_path / "suite")
+    temp = tmp_path / "tmpdir"
+    temp.mkdir()
+    code, stdout, stderr = stop_mid_codegen(project, suite, temp, signum, jobs)
+    assert code == 128 + signum, stdout + stderr
     assert "Traceback" not in stderr + stdout, stderr
     assert processes_naming(str(project.root)) == []
     assert list(temp.iterdir()) == []
     leftovers = list((project.root / "build" / ".tmp").glob("*"))
     assert leftovers == [], leftovers
+    stopped = stopped_record(project, signal.Signals(signum).name, stdout)
+    if not jobs:   # the rerun does what did not finish, and only that
+        project.doit("compile", f"model={suite}", "target=cpu")
+        rerun = json.loads((project.root / "build" / "run.json").read_text())
+        assert "interrupted" not in rerun
+        again = {t["task"]: t["status"] for t in rerun["tasks"]}
+        assert again == {task: "up-to-date" if status == "ran" else again[task]
+                         for task, status in stopped.items()}
+        assert {again[task] for task, status in stopped.items() if status != "ran"} <= \
+            {"ran", "cached"}
+
+
+def stopped_record(project, signal_name: str, stdout: str) -> dict[str, str]:
+    """Check that run.json, report.md, junit.xml and the summary line say the run was
+    stopped and list each of the 3 cases (every stage of each: 2 per model, 2 per case);
+    return task -> status."""
+    build = project.root / "build"
+    record = json.loads((build / "run.json").read_text())
+    assert record["interrupted"] == signal_name
+    statuses = {t["task"]: t["status"] for t in record["tasks"]}
+    assert len(statuses) == 12 and {t["model"] for t in record["tasks"]} == \
+        {"slow0", "slow1", "slow2"}
+    assert set(statuses.values()) <= {"ran", INTERRUPTED, NOT_STARTED}, statuses
+    unfinished = {t["model"] for t in record["tasks"] if t["status"] != "ran"}
+    assert unfinished, statuses
+    suite = ET.parse(build / "junit.xml").getroot().find("testsuite")
+    cases = {c.get("classname"): c for c in suite.iter("testcase")}
+    assert sorted(cases) == ["slow0", "slow1", "slow2"]
+    for model, case in cases.items():
+        error = case.find("error")
+        assert (error is not None) == (model in unfinished), ET.tostring(case)
+        assert error is None or f"stopped ({signal_name})" in error.get("message")
+    assert f"The run was interrupted ({signal_name})" in (build / "report.md").read_text()
+    assert stdout.splitlines()[-1].startswith(f"kiln: interrupted ({signal_name}): 3 cases")
+    return statuses

@@ -7,21 +7,24 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 from pipeline.driver.reporter import Cases
+from pipeline.run.entry import INTERRUPTED, NOT_STARTED
 
 REPO = Path(__file__).resolve().parent.parent
 
 DODO = '''"""A tiny project: prepare:toy, then validate:toy@<target> stages that sleep, pass
 or fail, reported by kiln's reporter; toy.json says which targets there are and what each
 does."""
-import atexit, json, sys, time
+import atexit, json, os, signal, sys, time
 from pathlib import Path
 SETTINGS = json.loads(Path("toy.json").read_text())
 sys.path.insert(0, SETTINGS["repo"])
+from pipeline import process
 from pipeline.driver.reporter import make_reporter
 from pipeline.report.record import RunLog
 from pipeline.run.entry import StageEntry
@@ -37,6 +40,7 @@ DOIT_CONFIG = {"reporter": make_reporter(Path("build/run.json"), RUN, after=AFTE
 atexit.register(lambda: Path("loaded").write_text(
     " ".join(m for m in ("rich", "pipeline.report.progress") if m in sys.modules)))
 AFTER_TASK = {"later": "quick", "doomed": "broken"}   # the target whose task must pass first
+process.stop_on_signals()   # as kiln's dodo.py: a Ctrl-C ends the run with its record
 
 
 def stage(model, target, does):
@@ -44,6 +48,9 @@ def stage(model, target, does):
     name = f"validate:{model}@{target}"
     if does == "raises":   # before the entry is written: the reporter has doit's message only
         raise RuntimeError("the driver crashed")
+    if does == "stops":   # a Ctrl-C while it runs
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(10)
     entry = StageEntry(name, "validate", model, target)
     if does in ("fails", "failed before"):   # (before: its failure remembered in the cache)
         entry.status = "failed" if does == "fails" else "failed (cached)"
@@ -295,3 +302,23 @@ def test_the_exit_code_follows_unexpected_failures_only(tmp_path):
     assert json.loads((strict / "build" / "run.json").read_text())["strict"] is True
     proc = doit(strict)   # a no-op run: the last summary, and its verdict
     assert proc.returncode == 1 and "strict=1: this fails the run" in proc.stdout
+
+
+def test_a_stopped_run_records_every_task_finished_interrupted_or_not_started(tmp_path):
+    """Ctrl-C while validate:toy@stop runs (one process: doit's order, so which task is
+    where is known): it is interrupted, those after it never started; no traceback, and the
+    exit code a shell gives a run a SIGINT ended."""
+    stages = {"quick": 0.0, "stop": "stops", "slow": 0.0, "later": 0.0}
+    root = make_project(tmp_path, slow=0.0, stages=stages)
+    proc = subprocess.run(DOIT[:3], cwd=root, env=doit_env(KILN_PROGRESS="0"),
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 128 + signal.SIGINT, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
+    record = json.loads((root / "build" / "run.json").read_text())
+    assert record["interrupted"] == "SIGINT"
+    assert {t["task"]: t["status"] for t in record["tasks"]} == {
+        "prepare:toy": "ran", "validate:toy@quick": "ran", "validate:toy@stop": INTERRUPTED,
+        "validate:toy@slow": NOT_STARTED, "validate:toy@later": NOT_STARTED}
+    assert proc.stdout.splitlines()[-1] == ("kiln: interrupted (SIGINT): 4 cases: 1 passed, "
+                                            "0 failed, 1 interrupted, 2 not started; run the "
+                                            "same command again to finish them")

@@ -33,7 +33,8 @@ def stage_action(plan: Plan, executor: DaskExecutor | None, run: RunLog, task: s
         delegate = lambda: executor.run(node.task_name, resources)  # noqa: E731
     entry = execute(job, plan.layout, delegate=delegate, watch=watch)
     run.entries[node.task_name] = entry   # the reporter's copy, even where build/ is full
-    if entry.failed and not (data["soft"] or data["followed"]):   # (see plan.graph)
+    # (see plan.graph; an unfinished stage, soft or not, must not be saved as done)
+    if entry.unfinished or entry.failed and not (data["soft"] or data["followed"]):
         return TaskFailed(entry.failure_message())
     values = {"entry": entry.to_dict(fingerprint=False, result_text=True)}
     if soft_deps:   # what the session's check compares next time

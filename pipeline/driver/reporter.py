@@ -15,6 +15,7 @@ import hashlib
 import json
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -39,6 +40,10 @@ NOT_RUN = {"status": "skipped", "seconds": 0.0, "tool_seconds": None,
 # what the last run of an up-to-date task did that this run did not
 NOT_THIS_RUN = {"status": "up-to-date", "seconds": 0.0, "tool_seconds": None,
                 "warnings": None, "why": None, "remote": None, "worker": None}
+# what a task the run was stopped in, or before, did not do (its entry may be the last run's)
+UNFINISHED_RUN = {"seconds": 0.0, "reason": None, "key": None, "error": None, "command": None,
+                  "result": None, "warnings": None, "why": None, "remote": None, "worker": None,
+                  "tool_seconds": None, "log": None}
 # fields the record keeps even when None (an entry with no role: its stage declares none;
 # one without the field: a record written before stages declared roles)
 KEPT_EMPTY = ("target", "key", "role")
@@ -78,6 +83,10 @@ class KilnReporter(ConsoleReporter):
         # is built, which a no-op run after a no-op run skips (_publish)
         self.added: list[tuple] = []
         self.order: dict[str, int] = {}
+        # a stopped run lists every stage task it was to end: those it did not (initialize)
+        self.tasks: dict = {}
+        self.selected: list[str] = []
+        self.started: dict[str, float] = {}   # stage task -> when doit started it
         # what doit's own exit code will say: a task failed; one raised (kiln's own error)
         self.failed = self.crashed = False
         self.cases = Cases([])
@@ -100,13 +109,19 @@ class KilnReporter(ConsoleReporter):
         # the record lists tasks in the plan's order, not doit's (which varies between runs):
         # an unchanged run gives the same bytes
         self.order = {name: i for i, name in enumerate(tasks)}
-        self.cases = Cases(_stages_to_run(tasks, selected_tasks))
+        stages = _stages_to_run(tasks, selected_tasks)
+        self.tasks, self.selected = tasks, [name for name, _, _ in stages]
+        self.cases = Cases(stages)
         self.limit, warning = case_limit()
         if warning:
             self.outstream.write(f"kiln: warning: {warning}\n")
         self.quiet = self.cases.total > self.limit and self.cases.unit == "cases"
 
     def execute_task(self, task):
+        if process.stop_reason() is not None:
+            return   # (a worker thread taking its next task as the run stops: it starts no tool)
+        if (task.meta or {}).get("kiln") is not None:
+            self.started[task.name] = time.monotonic()
         if task.actions and task.name[0] != "_":
             self._say(f".  {task.title()}\n")
         if not task.actions:   # a group task (validate, compile): nothing runs
@@ -158,17 +173,22 @@ class KilnReporter(ConsoleReporter):
     def complete_run(self):
         if self.progress is not None:
             self.progress.stop()   # the live lines go before the table (also after Ctrl-C)
+        stopped = process.stop_reason()
+        if stopped is not None:   # every case the run was to end is in its record
+            self._add_unfinished(stopped)
         summary = None
         if self.added:  # a run of no stage (doit prune) keeps the last build's record
-            summary = self._publish()
+            summary = self._publish(stopped)
             self.outstream.write(summary.text)
         if self.runtime_errors:   # doit's own (a task it could not run at all), as doit says them
             self.write("#" * 40 + "\nExecution aborted.\n" + "\n".join(self.runtime_errors) + "\n")
         if self.after is not None:
             self.after()
-        stopped = process.stop_reason()
         if stopped is not None:   # (doit is unwinding a KeyboardInterrupt: end it here, quietly)
-            self.outstream.write(f"kiln: the run was stopped ({stopped})\n")
+            if summary is None:   # (else its summary line says so)
+                self.outstream.write(f"kiln: the run was stopped ({stopped})\n")
+            _end_workers()
+            # a shell's code for a run a signal ended: never 0, whatever finished
             raise SystemExit(128 + signal.Signals[stopped].value)
         if summary is not None and not self.crashed and (summary.exit_code == 0) == self.failed:
             # doit's exit code counts every failed task, kiln's follows the cases' verdict
@@ -188,13 +208,35 @@ class KilnReporter(ConsoleReporter):
         if (task.meta or {}).get("kiln") is not None:   # a stage's task, not a group
             self.added.append((task, override))
 
-    def _publish(self) -> Summary:
+    def _add_unfinished(self, stopped: str) -> None:
+        """Each stage task this run was to end and did not, as the stop left it: interrupted
+        where doit had started it, not started where not."""
+        ended = {task.name for task, _ in self.added}
+        for name in self.selected:
+            if name not in ended:
+                self._add(self.tasks[name], **self._unfinished(name, stopped))
+
+    def _unfinished(self, name: str, stopped: str) -> dict:
+        """What the record says of a task the stop left unfinished (an entry's fields)."""
+        from ..run.entry import INTERRUPTED, NOT_STARTED   # (only a stopped run needs them)
+        began = self.started.get(name)
+        if began is None:
+            return {**UNFINISHED_RUN, "status": NOT_STARTED,
+                    "reason": f"the run was stopped ({stopped}) before it started"}
+        fresh = self.run.entries.get(name)   # the runner's, where its tool was killed (-P thread)
+        error = fresh.error if fresh is not None and fresh.unfinished else \
+            f"the run was stopped ({stopped}) while it ran"
+        return {**UNFINISHED_RUN, "status": INTERRUPTED, "error": error,
+                "seconds": round(time.monotonic() - began, 3)}
+
+    def _publish(self, stopped: str | None = None) -> Summary:
         """The summary: the last one as it is when the run ran nothing (every task up to
         date, or settled: _listed) over what the last record of such a run was made from
-        (record.reuse), else the record's, built."""
+        (record.reuse), else the record's, built. stopped: the signal that stopped the run
+        (the record says so: "interrupted")."""
         added = sorted(self.added, key=lambda pair: self.order.get(pair[0].name, 0))
         stamp = None
-        listed = self._listed(added)
+        listed = None if stopped else self._listed(added)
         if self.made_from is not None and listed is not None:
             before, after_run = self.made_from
             reused = reuse(self.run_file, {**before, "tasks": listed, "limit": self.limit})
@@ -202,7 +244,8 @@ class KilnReporter(ConsoleReporter):
                 return reused
             stamp = {**after_run(), "tasks": listed, "limit": self.limit}
         settings = {**({"warnings": self.run.warnings} if self.run.warnings else {}),
-                    **({"strict": True} if self.strict else {})}
+                    **({"strict": True} if self.strict else {}),
+                    **({"interrupted": stopped} if stopped else {})}
         record = {"tasks": self._record_tasks(added), **settings}
         if self.baseline is not None:
             record["diff"] = self.baseline.compare(record)
@@ -235,6 +278,22 @@ class KilnReporter(ConsoleReporter):
             entry.update(override)
             rows.append({k: v for k, v in entry.items() if v is not None or k in KEPT_EMPTY})
         return rows
+
+
+# seconds a doit worker process (-n, -P process) has to end once the run is stopped
+WORKER_GRACE_S = 5.0
+
+
+def _end_workers() -> None:
+    """doit's worker processes, once the run is stopped: each got the signal and ends by
+    itself; one that missed it (its main thread blocked while the signal went to another of
+    its threads) would keep doit waiting for it at exit forever, and is killed."""
+    import multiprocessing   # (-n only; a stop is rare)
+    for child in multiprocessing.active_children():
+        if not child.daemon:   # (the daemonic ones Python ends at exit without waiting)
+            child.join(WORKER_GRACE_S)
+            if child.is_alive():
+                child.kill()
 
 
 def _progress(outstream, done: Callable[[], str]):

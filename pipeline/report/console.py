@@ -21,8 +21,6 @@ CASES_ENV = "KILN_CONSOLE_CASES"
 DEFAULT_CASES = 30
 # a failure line's outcome beyond this many characters is cut (the whole is in the record)
 LINE_WIDTH = 240
-# the kinds of case the summary line counts (pipeline.report.table.rows), in its order
-KINDS = ("passed", "failed", "xfail", "xpass", "skipped", "compiled")
 
 
 def case_limit(env=os.environ) -> tuple[int, str | None]:
@@ -101,7 +99,9 @@ def _remembered(entry: dict) -> bool:
 def summary_line(tasks: list[dict], table_rows: list[dict], found: Verdict) -> str:
     """'kiln: 412 cases: 380 passed, 12 failed, 15 xfail, 2 xpass, 3 skipped; 4 of the
     failures cached (retry=failed runs them again)'. Failed counts what fails the run: the
-    unexpected failures, a failed task no case holds among them."""
+    unexpected failures, a failed task no case holds among them. A stopped run's begins
+    'kiln: interrupted (SIGINT):' and counts the cases it left unfinished."""
+    from .table import KINDS   # (the kinds of case, in the order counted)
     counts = {kind: sum(r["kind"] == kind for r in table_rows) for kind in KINDS}
     counts["failed"] = len(found.failed)
     what = f"{len(table_rows)} case{'s' * (len(table_rows) != 1)}" if table_rows \
@@ -113,4 +113,6 @@ def summary_line(tasks: list[dict], table_rows: list[dict], found: Verdict) -> s
     cached += sum(1 for t in tasks if t["task"] in found.failed and _remembered(t))
     again = "" if not cached else (f"; {cached} of the failures cached (retry=failed runs "
                                    f"{'them' if cached > 1 else 'it'} again)")
-    return f"kiln: {what}: {said}{again}"
+    stopped = f"interrupted ({found.interrupted}): " if found.interrupted else ""
+    rest = "; run the same command again to finish them" if found.unfinished else ""
+    return f"kiln: {stopped}{what}: {said}{again}{rest}"

@@ -1,6 +1,7 @@
 """build/report.html: the run record as one self-contained page, for a person to read.
 
-A view of the record dict that build/run.json holds ({"tasks": [...], "warnings"?, "error"?}):
+A view of the record dict that build/run.json holds ({"tasks": [...], "warnings"?, "error"?,
+"interrupted"?: a stopped run, said first, its unfinished cases coloured as such}):
 the model x target matrix coloured by outcome (a failure's stage, error and log one click
 away), time per stage (and how much of it the tools took: pipeline.report.timesplit), the
 compiled module's latency against the framework's own, the numerical error against the
@@ -32,13 +33,14 @@ import re
 from pathlib import Path
 from urllib.parse import quote
 
-from ..run.entry import CACHED_FAILURE, FAILURES
+from ..run.entry import CACHED_FAILURE, FAILURES, INTERRUPTED, NOT_STARTED, UNFINISHED
 from . import diff, table, timesplit
 from .units import duration
 
 # the order they are listed
-STATUSES = ("failed", CACHED_FAILURE, "ran", "cached", "up-to-date", "skipped")
-KINDS = ("passed", "failed", "xfail", "xpass", "skipped", "compiled")   # a matrix cell's outcome
+STATUSES = ("failed", CACHED_FAILURE, INTERRUPTED, NOT_STARTED, "ran", "cached", "up-to-date",
+            "skipped")
+KINDS = table.KINDS   # a matrix cell's outcome
 PASSED = ("passed", "xpass")                                         # the kinds that passed
 # "off" leaves the charts out (matplotlib costs a second or two a page): for runs whose page
 # nobody looks at, such as the test suite's hundreds of small builds
@@ -65,6 +67,7 @@ def page(record: dict, memo: Path | None = None, page_dir: str = "build",
     cells = _cells(entries)
     charts = _Charts(memo, draw_charts)
     view = {"summary": _summary(cells, entries), "warnings": _warnings(record, entries),
+            "interrupted": _interrupted(record, cells),
             "changes": _changes(record.get("diff")),
             "matrix": _matrix(cells, page_dir), "diagnoses": _diagnoses(cells, page_dir),
             "times": _times(cells, charts),
@@ -135,9 +138,18 @@ def _summary(cells: list[dict], entries: list[dict]) -> dict:
     """How many model x target ended how, and how many stages did what: (name, count) pairs."""
     kinds = _count(c["kind"] for c in cells)
     statuses = _count(e["status"] for e in entries)
-    return {"cells": len(cells), "kinds": [(k, kinds[k]) for k in KINDS if k in kinds],
+    return {"cells": len(cells),
+            "kinds": [(k, css_class(k), kinds[k]) for k in KINDS if k in kinds],
             "stages": len(entries),
             "statuses": [(s, css_class(s), statuses[s]) for s in STATUSES if s in statuses]}
+
+
+def _interrupted(record: dict, cells: list[dict]) -> dict | None:
+    """A stopped run's banner: by which signal, how many of its cases did not finish."""
+    if not record.get("interrupted"):
+        return None
+    return {"signal": record["interrupted"], "cells": len(cells),
+            "unfinished": sum(c["kind"] in UNFINISHED for c in cells)}
 
 
 def _count(values) -> dict[str, int]:
@@ -187,6 +199,7 @@ def _matrix_cell(cell: dict, page_dir: str) -> dict:
     """One model x target: its outcome, and either where it failed (stage, error, command,
     that stage's log) or what it measured and its last log."""
     view = {key: cell[key] for key in ("model", "target", "kind", "outcome", "expected")}
+    view["css"] = css_class(cell["kind"])
     found = cell["diagnosis"]
     view["diagnosis"] = found and {"stage": found["stage"], "summary": found["summary"],
                                    "anchor": _anchor(cell)}
@@ -204,7 +217,7 @@ def _matrix_cell(cell: dict, page_dir: str) -> dict:
     last = verdict if verdict and verdict.get("log") else \
         next((e for e in reversed(cell["chain"]) if e.get("log")), None)
     return {**view, "failed": None, "log": _href(last, page_dir), "sub": " · ".join(measured),
-            "text": cell["kind"] if cell["kind"] != "skipped" else cell["outcome"]}
+            "text": cell["outcome"] if cell["kind"] in ("skipped", *UNFINISHED) else cell["kind"]}
 
 
 def _anchor(cell: dict) -> str:
@@ -367,14 +380,15 @@ def _why(entry: dict) -> str:
         return why or "restored from the cache"
     if entry["status"] == "up-to-date":
         return why or "nothing it reads changed"
-    if entry["status"] in FAILURES:
+    if entry["status"] in (*FAILURES, INTERRUPTED):
         return (why + ": " if why else "") + (entry.get("error") or "")
     return why
 
 
 def css_class(status: str) -> str:
-    """The page's class for a status: a failure taken from the cache is a failure."""
-    return "failed" if status in FAILURES else status
+    """The page's class for a status or a cell's kind: a failure taken from the cache is a
+    failure; 'not started' is 'not-started' (a class name holds no space)."""
+    return "failed" if status in FAILURES else status.replace(" ", "-")
 
 
 # --- charts --------------------------------------------------------------------------------

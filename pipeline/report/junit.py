@@ -5,13 +5,17 @@ of its stages, a model's front end counted in each of its rows as report.html do
 failure holds the stage it failed at and the error in <failure message=...>, with the
 command and log in its text; an expected failure (xfail) and a target skipped here (no
 device) are <skipped>; an unexpected pass (xpass) passes, saying so, and fails under strict=1
-as the exit code does (pipeline.report.verdict). Written with the stdlib's ElementTree.
+as the exit code does (pipeline.report.verdict). A stopped run's unfinished cases are each an
+<error type="interrupted"> saying where and why (a CI reading the file shows the run red,
+never green for what did not run); stopped after its last case, the run itself is one.
+Written with the stdlib's ElementTree.
 """
 from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
 
+from ..run.entry import INTERRUPTED, UNFINISHED
 from . import table
 
 # characters XML 1.0 cannot hold (a compiler's colour codes): shown as '?', not a broken file
@@ -25,7 +29,7 @@ def _text(value) -> str:
 def xml(record: dict) -> bytes:
     """The record as one <testsuites> with one <testsuite name="kiln">."""
     suite = ET.Element("testsuite", name="kiln")
-    counts = {"failures": 0, "skipped": 0}
+    counts = {"failures": 0, "skipped": 0, "errors": 0}
     if record.get("error"):   # a run stopped before any stage: one failing case says why
         case = ET.SubElement(suite, "testcase", classname="kiln", name="configuration", time="0")
         ET.SubElement(case, "failure", message=_text(record["error"]), type="configuration")
@@ -34,9 +38,14 @@ def xml(record: dict) -> bytes:
         said = _case(suite, row, bool(record.get("strict")))
         if said:
             counts[said] += 1
+    if record.get("interrupted") and not counts["errors"]:   # no case says the run stopped
+        case = ET.SubElement(suite, "testcase", classname="kiln", name="run", time="0")
+        ET.SubElement(case, "error", type=INTERRUPTED, message=_text(
+            f"the run was interrupted ({record['interrupted']}) before it ended"))
+        counts["errors"] += 1
     suite.set("tests", str(len(suite)))
     suite.set("failures", str(counts["failures"]))
-    suite.set("errors", "0")
+    suite.set("errors", str(counts["errors"]))
     suite.set("skipped", str(counts["skipped"]))
     suite.set("time", f"{sum(float(case.get('time')) for case in suite):.3f}")
     suites = ET.Element("testsuites")
@@ -46,7 +55,8 @@ def xml(record: dict) -> bytes:
 
 
 def _case(suite: ET.Element, row: dict, strict: bool) -> str | None:
-    """Add row's <testcase>; return what it counts as: 'failures', 'skipped' or None."""
+    """Add row's <testcase>; return what it counts as: 'failures', 'errors', 'skipped' or
+    None."""
     seconds = sum(e.get("seconds") or 0.0 for e in row["chain"])
     case = ET.SubElement(suite, "testcase", classname=row["model"], name=row["target"],
                          time=f"{seconds:.3f}")
@@ -58,6 +68,9 @@ def _case(suite: ET.Element, row: dict, strict: bool) -> str | None:
                                 type=failed["stage"] if failed else "failed")
         element.text = _text(_details(failed)) if failed else None
         return "failures"
+    if kind in UNFINISHED:   # no verdict: the run was stopped first
+        ET.SubElement(case, "error", message=_text(row["outcome"]), type=INTERRUPTED)
+        return "errors"
     if kind in ("xfail", "skipped"):
         message = f"xfail: {row['expected']} ({where})" if kind == "xfail" else row["outcome"]
         ET.SubElement(case, "skipped", message=_text(message))

@@ -6,9 +6,13 @@ from __future__ import annotations
 from tabulate import tabulate
 
 from ..names import DEFAULT_VARIANT, base_target, variant_of
-from ..run.entry import CACHED_FAILURE, FAILURES
+from ..run.entry import CACHED_FAILURE, FAILURES, INTERRUPTED, NOT_STARTED, UNFINISHED
 from . import timesplit
 from .units import duration, times
+
+# the kinds of row (a case's outcome), in the order the summaries count them: a stopped run's
+# unfinished cases are the last two (a stage of theirs interrupted, or not started)
+KINDS = ("passed", "failed", "xfail", "xpass", "skipped", "compiled", INTERRUPTED, NOT_STARTED)
 
 
 def _fmt(value, spec=".1e"):
@@ -79,7 +83,9 @@ def _row(model: str, target: str, per_model: list[dict], stage_entries: list[dic
     if verdict is not None and role(verdict) == "choice":
         result = _with_default_figures(result, verdict, target, stage_entries)
     variants = _variant_outcomes(result.get("variants") or [], variant_failed)
-    kind, outcome = _outcome(failed, verdict, result)
+    unfinished = _unfinished(per_model + stage_entries)
+    kind, outcome = _outcome(failed, verdict, result) if failed or not unfinished else \
+        _unfinished_outcome(unfinished)
     tried = len(result.get("variants") or variant_failed)
     if every_variant and tried > 1 and failed in variant_failed.values():
         # the default's words (each variant's own are in the variants' list: report.md)
@@ -104,11 +110,28 @@ def _row(model: str, target: str, per_model: list[dict], stage_entries: list[dic
             "stages": " ".join(f"{n} {s}" for s, n in sorted(counts.items()))}
 
 
+def _unfinished(chain: list[dict]) -> dict | None:
+    """The stage a stopped run left the row unfinished at: the one it was stopped in, else
+    the first it never started; None where every stage ended."""
+    for status in UNFINISHED:
+        found = next((e for e in chain if e["status"] == status), None)
+        if found is not None:
+            return found
+    return None
+
+
+def _unfinished_outcome(entry: dict) -> tuple[str, str]:
+    """(kind, words) of a row a stopped run left unfinished at entry: 'interrupted at
+    codegen: the run was stopped (SIGINT) while it ran'."""
+    said = entry.get("error") if entry["status"] == INTERRUPTED else entry.get("reason")
+    return entry["status"], f"{entry['status']} at {entry['stage']}: {short_error(said)}"
+
+
 def diagnosis(entries: list[dict], target: str) -> dict | None:
     """What a stage that explains a failure said of the row (its target's own, else a
     variant's): its summary, table and files (as any diagnosis result has them), or why it
     failed; None where none ran."""
-    said = [e for e in entries if e["status"] != "skipped"]
+    said = [e for e in entries if e["status"] != "skipped" and e["status"] not in UNFINISHED]
     entry = next((e for e in said if e["target"] == target), None) or next(iter(said), None)
     if entry is None:
         return None
@@ -231,7 +254,8 @@ def markdown(record: dict, after_table: list[str] = ()) -> str:
         return f"# kiln run\n\n**The run stopped before building anything:** {record['error']}\n"
     entries = record["tasks"]
     table_rows = rows(entries)
-    lines = ["# kiln run", "", table(entries, "github", width=None), ""]
+    lines = ["# kiln run", "", *_interrupted_md(record, table_rows),
+             table(entries, "github", width=None), ""]
     if any(r["ms"] is not None for r in table_rows):
         lines += [TIMES_NOTE, ""]
     lines += [*after_table, *_variants_md(table_rows), *_diagnoses_md(table_rows)]
@@ -256,6 +280,16 @@ def markdown(record: dict, after_table: list[str] = ()) -> str:
     spent = timesplit.markdown(timesplit.of_record(record))
     lines += ["", *spent] if spent else []
     return "\n".join(lines) + "\n"
+
+
+def _interrupted_md(record: dict, table_rows: list[dict]) -> list[str]:
+    """A stopped run's first words: by which signal, and how many cases it left unfinished."""
+    if not record.get("interrupted"):
+        return []
+    unfinished = sum(r["kind"] in UNFINISHED for r in table_rows)
+    return [f"**The run was interrupted ({record['interrupted']})**: {unfinished} of "
+            f"{len(table_rows)} cases did not finish (interrupted, or not started). Run the "
+            "same command again to finish them; what finished is kept.", ""]
 
 
 def _expected_failures(table_rows: list[dict]) -> dict[str, str]:

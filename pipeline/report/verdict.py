@@ -3,13 +3,15 @@
 
 A pure function of the run record, so the console, the exit code and the tests agree: doit
 exits non-zero exactly when some case failed unexpectedly, or, with strict=1 (the record's
-"strict"), passed unexpectedly. A listed case that failed is `xfail`, one that passed
+"strict"), passed unexpectedly, or when the run was stopped (the record's "interrupted",
+whose unfinished cases are named). A listed case that failed is `xfail`, one that passed
 `xpass` (pipeline.report.table.rows decides each row's kind).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..run.entry import UNFINISHED
 from . import table
 
 
@@ -19,10 +21,14 @@ class Verdict:
     xfail: tuple[str, ...]            # listed cases that failed, as expected
     xpass: tuple[tuple[str, str], ...]   # listed cases that passed: (case, why it was listed)
     strict: bool = False              # an unexpected pass fails the run too
+    unfinished: tuple[str, ...] = ()  # cases a stopped run left unfinished
+    interrupted: str | None = None    # the signal that stopped the run (SIGINT, SIGTERM)
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.failed or (self.strict and self.xpass) else 0
+        """Non-zero for a stopped run even where every case it finished passed: CI must not
+        take what did not run for a pass."""
+        return 1 if self.failed or self.interrupted or (self.strict and self.xpass) else 0
 
 
 def verdict(record: dict) -> Verdict:
@@ -39,8 +45,9 @@ def verdict(record: dict) -> Verdict:
     stopped = ("the run (stopped before any stage)",) if record.get("error") else ()
     xpass = tuple((f"{r['model']}@{r['target']}", r["expected"]) for r in rows
                   if r["kind"] == "xpass")
+    unfinished = tuple(f"{r['model']}@{r['target']}" for r in rows if r["kind"] in UNFINISHED)
     return Verdict(named["failed"] + stray + stopped, named["xfail"], xpass,
-                   bool(record.get("strict")))
+                   bool(record.get("strict")), unfinished, record.get("interrupted"))
 
 
 def lines(found: Verdict) -> list[str]:

@@ -26,7 +26,12 @@ FAILURES = ("failed", CACHED_FAILURE)   # the statuses of a stage that failed
 # why a stage is CACHED_FAILURE (cache: "the cache" or "the remote cache")
 REMEMBERED_WHY = ("failed with this same key before: its failure is remembered in {cache} "
                   "(retry=failed runs it again)")
-STATUSES = ("ran", "cached", "skipped", "failed", CACHED_FAILURE, "up-to-date")
+# a stage the run was stopped in (Ctrl-C, SIGTERM: pipeline.process), and one it was stopped
+# before: neither is a verdict, neither is remembered, the next run does them
+INTERRUPTED = "interrupted"
+NOT_STARTED = "not started"
+UNFINISHED = (INTERRUPTED, NOT_STARTED)
+STATUSES = ("ran", "cached", "skipped", "failed", CACHED_FAILURE, "up-to-date", *UNFINISHED)
 # written even when None: a per-model stage has no target; a skipped one no key
 ALWAYS = ("target", "key")
 RESULT_TEXT = "result_json"   # the result as JSON text, in doit's values (to_dict)
@@ -70,6 +75,11 @@ class StageEntry:
     def failed(self) -> bool:
         """It failed: in this run, or before with the same key (CACHED_FAILURE)."""
         return self.status in FAILURES
+
+    @property
+    def unfinished(self) -> bool:
+        """The run was stopped while it ran, or before it started (UNFINISHED)."""
+        return self.status in UNFINISHED
 
     @classmethod
     def of(cls, node: Node) -> StageEntry:

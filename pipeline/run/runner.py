@@ -31,7 +31,7 @@ from ..plan.layout import Layout
 from ..stage import Node, StageContext, StageError, StageSkipped
 from . import machine
 from .decide import Decision, decide, not_a_verdict
-from .entry import CACHED_FAILURE, StageEntry, remembered_lines
+from .entry import CACHED_FAILURE, INTERRUPTED, StageEntry, remembered_lines
 from .intact import changed_outputs, output_stats
 from .uptodate import Watch, verdict_on
 
@@ -73,6 +73,8 @@ def _execute(job: Job, layout: Layout, delegate: Callable[[], dict] | None,
         _carry_out(decision, job, layout, store, entry, log_lines, delegate)
     except StageSkipped as skip:
         entry.status, entry.reason = "skipped", str(skip)
+    except process.Interrupted as err:   # the run is stopping: no verdict, nothing remembered
+        entry.status, entry.error = INTERRUPTED, str(err)
     except StageError as err:
         entry.status = CACHED_FAILURE if isinstance(err, FailedBefore) else "failed"
         entry.error, entry.command = str(err), err.command
@@ -86,7 +88,7 @@ def _execute(job: Job, layout: Layout, delegate: Callable[[], dict] | None,
     except Exception as err:  # a bug or a framework error: keep the traceback in the log
         entry.status, entry.error, entry.command = "failed", f"{type(err).__name__}: {err}", None
         log_lines.append(traceback.format_exc())
-    if entry.failed:
+    if entry.failed or entry.unfinished:
         _withdraw(layout, job)
     entry.remote = store.remote_outcome
     entry.warnings = store.warnings
