@@ -10,6 +10,12 @@ Where a target tries more than one, its variants' nodes are "soft": one that fai
 recorded, and the others, and the pick among them, still run. A node of a stage another
 diagnoses (Stage.follows: bisect follows validate) is "followed": its failure is recorded
 and fails its case, and the stage that diagnoses it still runs.
+
+A stage names what it reads (Stage.inputs) by stage name or by role (ByRole): a role is
+resolved here, per model x target, to the last stage of that role that applies there, so a
+stage inserted after codegen that remakes the module is what validate, pick and bisect read.
+A stage may apply to some models or targets only (Stage.applies_to): its nodes are then
+absent there, and its readers read what is before it.
 """
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ import dataclasses
 import networkx as nx
 
 from ..names import base_target, variant_target
-from ..stage import ModelSpec, Node, Stage, Target
+from ..stage import ByRole, ModelSpec, Node, Stage, Target
 
 
 def variant_targets(target: Target, wanted: tuple[str, ...] | None = None) -> list[Target]:
@@ -43,39 +49,76 @@ def _trying(target: Target, tried: list[Target]) -> Target:
 def build_graph(stages: list[Stage], models: list[ModelSpec], targets: list[Target],
                 variants: tuple[str, ...] | None = None) -> nx.DiGraph:
     graph = nx.DiGraph()
-    by_name = {s.name: s for s in stages}
     expanded = {t.name: variant_targets(t, variants) for t in targets}
     tried = [v for vs in expanded.values() for v in vs]
     # stages whose failure another diagnoses (Stage.follows): their failure stops nothing
     followed = {s.follows for s in stages if s.follows}
     for model in models:
-        present = {s.name for s in stages if s.applies_to(model)}
-        for stage in stages:
-            if stage.name not in present:
-                continue
-            if not stage.per_target:
-                nodes = [(None, [])]
-            elif stage.across_variants:   # once per target, reading each variant tried
-                nodes = [(_trying(t, expanded[t.name]), expanded[t.name]) for t in targets]
-            else:
-                nodes = [(t, [t]) for t in tried]
-            for target, reads in nodes:
+        present = _present(stages, model, targets, expanded, tried)
+        for position, stage in enumerate(stages):
+            for target, reads in _nodes(stage, targets, expanded, tried):
                 node = Node(stage.name, model.name, target.name if target else None)
+                if node not in present:
+                    continue
                 soft = bool(target and not stage.across_variants
                             and len(expanded[target.base or target.name]) > 1)
                 graph.add_node(node, stage=stage, model=model, target=target, soft=soft,
                                followed=stage.name in followed)
                 for peer in stage.peers(model, target, tried):
                     graph.add_edge(Node(stage.name, model.name, peer), node)
-                for upstream in stage.inputs:
-                    if upstream not in present:
-                        continue
-                    for read in (reads if by_name[upstream].per_target else [None]):
-                        graph.add_edge(Node(upstream, model.name, read and read.name), node)
+                for upstream in _upstream(stages, position, model, reads, present):
+                    graph.add_edge(upstream, node)
     if not nx.is_directed_acyclic_graph(graph):
         cycle = nx.find_cycle(graph)
         raise ValueError(f"stage graph has a cycle: {cycle}")
     return graph
+
+
+def _nodes(stage: Stage, targets: list[Target], expanded: dict, tried: list[Target]):
+    """(target, the targets its node reads per-target inputs of) for each node of stage."""
+    if not stage.per_target:
+        return [(None, [])]
+    if stage.across_variants:   # once per target, reading each variant tried
+        return [(_trying(t, expanded[t.name]), expanded[t.name]) for t in targets]
+    return [(t, [t]) for t in tried]
+
+
+def _present(stages: list[Stage], model: ModelSpec, targets: list[Target], expanded: dict,
+             tried: list[Target]) -> set[Node]:
+    """The nodes of model whose stage applies to it (and to their target: Stage.applies_to)."""
+    return {Node(stage.name, model.name, target and target.name)
+            for stage in stages for target, _ in _nodes(stage, targets, expanded, tried)
+            if stage.applies_to(model, target)}
+
+
+def _upstream(stages: list[Stage], position: int, model: ModelSpec, reads: list[Target],
+              present: set[Node]) -> list[Node]:
+    """The nodes the node of stages[position] reads (its inputs, named or ByRole): a
+    per-target upstream's for each target in reads, a per-model one's once; an input with no
+    node present is left out (the model or target skips that stage)."""
+    found = []
+    for wanted in stages[position].inputs:
+        # a role is looked for before the reader only: a stage of that role reads the last
+        # one before it (a tuning stage reads codegen's module), its readers the last of all
+        among = stages[:position] if isinstance(wanted, ByRole) else stages
+        for read in reads or [None]:
+            up = _resolve(among, wanted, model, read, present)
+            if up is not None and up not in found:
+                found.append(up)
+    return found
+
+
+def _resolve(among: list[Stage], wanted: str | ByRole, model: ModelSpec, read: Target | None,
+             present: set[Node]) -> Node | None:
+    """The node an input names for the target read (None: a per-model reader's): the named
+    stage's, or the last present node of a stage among those with the role wanted."""
+    candidates = [s for s in reversed(among)
+                  if (s.role == wanted.role if isinstance(wanted, ByRole) else s.name == wanted)]
+    for up in candidates:
+        node = Node(up.name, model.name, read.name if up.per_target and read else None)
+        if (read is not None or not up.per_target) and node in present:
+            return node
+    return None
 
 
 def shard(graph: nx.DiGraph, index: int, count: int) -> nx.DiGraph:
