@@ -53,10 +53,17 @@ def build_graph(stages: list[Stage], models: list[ModelSpec], targets: list[Targ
     tried = [v for vs in expanded.values() for v in vs]
     # stages whose failure another diagnoses (Stage.follows): their failure stops nothing
     followed = {s.follows for s in stages if s.follows}
+    # what does not depend on the model, worked out once: each stage's nodes, and for each
+    # of its inputs the stages that may make it, last first
+    nodes = [_nodes(stage, targets, expanded, tried) for stage in stages]
+    makers = [[_makers(stages, position, wanted) for wanted in stage.inputs]
+              for position, stage in enumerate(stages)]
     for model in models:
-        present = _present(stages, model, targets, expanded, tried)
+        present = {Node(stage.name, model.name, target and target.name)
+                   for stage, its in zip(stages, nodes) for target, _ in its
+                   if stage.applies_to(model, target)}
         for position, stage in enumerate(stages):
-            for target, reads in _nodes(stage, targets, expanded, tried):
+            for target, reads in nodes[position]:
                 node = Node(stage.name, model.name, target.name if target else None)
                 if node not in present:
                     continue
@@ -66,7 +73,7 @@ def build_graph(stages: list[Stage], models: list[ModelSpec], targets: list[Targ
                                followed=stage.name in followed)
                 for peer in stage.peers(model, target, tried):
                     graph.add_edge(Node(stage.name, model.name, peer), node)
-                for upstream in _upstream(stages, position, model, reads, present):
+                for upstream in _upstream(makers[position], model, reads, present):
                     graph.add_edge(upstream, node)
     if not nx.is_directed_acyclic_graph(graph):
         cycle = nx.find_cycle(graph)
@@ -83,42 +90,37 @@ def _nodes(stage: Stage, targets: list[Target], expanded: dict, tried: list[Targ
     return [(t, [t]) for t in tried]
 
 
-def _present(stages: list[Stage], model: ModelSpec, targets: list[Target], expanded: dict,
-             tried: list[Target]) -> set[Node]:
-    """The nodes of model whose stage applies to it (and to their target: Stage.applies_to)."""
-    return {Node(stage.name, model.name, target and target.name)
-            for stage in stages for target, _ in _nodes(stage, targets, expanded, tried)
-            if stage.applies_to(model, target)}
+def _makers(stages: list[Stage], position: int, wanted: str | ByRole) -> list[Stage]:
+    """The stages that may make the input wanted of stages[position], the one to read
+    first: the stage named, or those of the role before the reader, last first (a stage of
+    that role reads the one before it: a tuning stage reads codegen's module; the readers
+    of the role, the last of all that applies to their model x target)."""
+    if isinstance(wanted, ByRole):
+        return [s for s in reversed(stages[:position]) if s.role == wanted.role]
+    return [s for s in stages if s.name == wanted]
 
 
-def _upstream(stages: list[Stage], position: int, model: ModelSpec, reads: list[Target],
+def _upstream(makers: list[list[Stage]], model: ModelSpec, reads: list[Target],
               present: set[Node]) -> list[Node]:
-    """The nodes the node of stages[position] reads (its inputs, named or ByRole): a
-    per-target upstream's for each target in reads, a per-model one's once; an input with no
-    node present is left out (the model or target skips that stage)."""
+    """The nodes a node reads, given the makers of each of its inputs: a per-target
+    upstream's for each target in reads, a per-model one's once; the first maker with a
+    node present (an input with none is left out: the model or target skips that stage)."""
     found = []
-    for wanted in stages[position].inputs:
-        # a role is looked for before the reader only: a stage of that role reads the last
-        # one before it (a tuning stage reads codegen's module), its readers the last of all
-        among = stages[:position] if isinstance(wanted, ByRole) else stages
+    for candidates in makers:
         for read in reads or [None]:
-            up = _resolve(among, wanted, model, read, present)
+            up = next((n for n in (_node_of(s, model, read) for s in candidates)
+                       if n in present), None)
             if up is not None and up not in found:
                 found.append(up)
     return found
 
 
-def _resolve(among: list[Stage], wanted: str | ByRole, model: ModelSpec, read: Target | None,
-             present: set[Node]) -> Node | None:
-    """The node an input names for the target read (None: a per-model reader's): the named
-    stage's, or the last present node of a stage among those with the role wanted."""
-    candidates = [s for s in reversed(among)
-                  if (s.role == wanted.role if isinstance(wanted, ByRole) else s.name == wanted)]
-    for up in candidates:
-        node = Node(up.name, model.name, read.name if up.per_target and read else None)
-        if (read is not None or not up.per_target) and node in present:
-            return node
-    return None
+def _node_of(stage: Stage, model: ModelSpec, read: Target | None) -> Node | None:
+    """stage's node for model that a node reading target read's inputs reads (None: a
+    per-model reader, which reads no per-target stage)."""
+    if not stage.per_target:
+        return Node(stage.name, model.name, None)
+    return Node(stage.name, model.name, read.name) if read is not None else None
 
 
 def shard(graph: nx.DiGraph, index: int, count: int) -> nx.DiGraph:
