@@ -102,6 +102,20 @@ class ModelSpec:
         return hash(self.name)
 
 
+class ByRole(NamedTuple):
+    """An input named by what it is, not by which stage makes it (in Stage.inputs): the
+    engine (pipeline.plan.graph) resolves it, per model x target, to the last stage before the
+    reader in pipeline order whose role it is and that applies there. So a stage added after
+    codegen that remakes the module (a tuning stage) is what validate reads, and codegen's
+    readers never name codegen. The input keeps the resolved stage's name in ctx.inputs (and
+    in the key); StageContext.built finds it."""
+    role: str
+
+
+# the deployable module built for the target: codegen's, or a later stage's that remakes it
+MODULE = ByRole("module")
+
+
 class Node(NamedTuple):
     stage: str
     model: str
@@ -120,9 +134,17 @@ class StageContext:
     out: Path                    # a fresh, empty directory
     log_lines: list[str] = field(default_factory=list)
     machine: object = None       # pipeline.machine.MachineLock held shared while the stage runs
+    makers: dict[str, Stage] = field(default_factory=dict)   # input name -> the stage that made it
 
     def log(self, line: str) -> None:
         self.log_lines.append(line)
+
+    def built(self, role: str | ByRole) -> dict[str, Path]:
+        """The inputs made by stages of a role (an input declared ByRole), by input name:
+        'codegen', or a variant's 'codegen@cpu~im2col' (an across_variants stage's)."""
+        role = role.role if isinstance(role, ByRole) else role
+        return {name: path for name, path in self.inputs.items()
+                if name in self.makers and self.makers[name].role == role}
 
     def alone(self):
         """The machine to this stage alone, for a measurement: the stages already running
@@ -151,7 +173,9 @@ class Stage:
     # passed: validate), 'choice' (it picks among a target's variants, and its verdict is
     # the target's: pick)
     role: str | None = None
-    inputs: tuple[str, ...] = ()
+    # what it reads: upstream stage names (the constants their modules own: LOWER.name), or
+    # a role (ByRole: MODULE, the module built for the target, whichever stage built it)
+    inputs: tuple[str | ByRole, ...] = ()
     code: tuple[Path, ...] = ()          # source files that fingerprint this stage
 
     def outputs(self, model: ModelSpec) -> tuple[str, ...]:
@@ -198,8 +222,11 @@ class Stage:
         node is then skipped: "validate passed: nothing to bisect")."""
         return None
 
-    def applies_to(self, model: ModelSpec) -> bool:
-        """False for stages a model skips (e.g. a model file that enters at legalize)."""
+    def applies_to(self, model: ModelSpec, target: Target | None) -> bool:
+        """False where a model skips this stage (e.g. a model file that enters at legalize)
+        or, for a per-target stage, this target does (target: the node's target, a variant's
+        own; None for a per-model stage). A stage reading one that does not apply reads
+        the one before it of the same role (ByRole), or goes without it."""
         return True
 
     def run(self, ctx: StageContext) -> dict | None:

@@ -1,22 +1,31 @@
 """kiln's stages, in pipeline order, and the hooks the engine needs from them.
 
-Each module holds one stage and registers it as STAGE; framework specifics live in
-stages/frameworks/ (one adapter per framework). Importing this package imports no framework
-and no IREE module: that happens inside each stage's run().
+Each module holds one stage and registers it as STAGE; other stages name it through that
+object (CODEGEN.name), never by a string of their own. ORDER holds the stages themselves: a
+new stage is its module and its place here, nothing else (tests/test_new_stage.py). Framework
+specifics live in stages/frameworks/ (one adapter per framework). Importing this package
+imports no framework and no IREE module: that happens inside each stage's run().
 """
 from __future__ import annotations
 
-import importlib
-
 from stages.frameworks import companions, detect
 from stages.targets import resolve as resolve_target
+from stages.capture import STAGE as CAPTURE
+from stages.serialize import STAGE as SERIALIZE
+from stages.importer import STAGE as IMPORT
+from stages.legalize import STAGE as LEGALIZE
+from stages.emit import STAGE as EMIT
+from stages.lower import STAGE as LOWER
+from stages.codegen import STAGE as CODEGEN
+from stages.validate import STAGE as VALIDATE
+from stages.pick import STAGE as PICK
+from stages.bisect import STAGE as BISECT
 
-ORDER = ("capture", "serialize", "importer", "legalize", "emit", "lower", "codegen", "validate",
-         "pick", "bisect")
+ORDER = (CAPTURE, SERIALIZE, IMPORT, LEGALIZE, EMIT, LOWER, CODEGEN, VALIDATE, PICK, BISECT)
 
 
 def pipeline() -> list:
-    return [importlib.import_module(f"stages.{name}").STAGE for name in ORDER]
+    return list(ORDER)
 
 
 __all__ = ["pipeline", "detect", "companions", "resolve_target"]

@@ -9,6 +9,9 @@ matches the framework's answer). Both run on the model's inputs and weights; the
 trace is kept as values, the failing one's is streamed past them (stages/dispatch_trace.py),
 so no trace is ever written to disk.
 
+The failing build is the module validate ran, built again: the stage that built it (codegen,
+or a later stage that remade it, read ByRole: MODULE) says with which flags (rebuild_flags).
+
 The result names the first dispatch whose inputs agree with the reference's values but whose
 outputs do not (within the target's atol/rtol), how many agreed before it, how the error
 grows over the next few, the dispatches that had no partner, and the two executables'
@@ -29,14 +32,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from pipeline import process
-from pipeline.stage import Stage, StageError
+from pipeline.stage import MODULE, Stage, StageError
 from stages import dispatch_trace
 from stages.backends import BACKENDS
+from stages.capture import STAGE as CAPTURE
+from stages.emit import STAGE as EMIT
 from stages.iree_tools import iree_compile, tool
 from stages.lower import inline_weights
 from stages.targets import compile_flags
 from stages.runtime import RUN_TIMEOUT_S, module_args, runtime_error
-from stages.validate import STAGE as VALIDATE, answer_for, judge
+from stages.validate import STAGE as VALIDATE, answer_for, judge, module_built
 from stages.weights import SCOPE
 
 HERE = Path(__file__).parent
@@ -51,11 +56,12 @@ SOURCES = {"failing": "dispatch.failing.mlir", "reference": "dispatch.reference.
 class Bisect(Stage):
     name = "bisect"
     doc = "where validate failed on the numbers: trace both builds, name the first bad dispatch"
-    group = "validate"   # `doit validate` (and plain `doit`) bisects what it found off
+    group = VALIDATE.name   # `doit validate` (and plain `doit`) bisects what it found off
     per_target = True
-    follows = "validate"
+    follows = VALIDATE.name
     role = "diagnosis"
-    inputs = ("capture", "emit", "validate")
+    # the module validate ran: its maker says how to build it again, traced
+    inputs = (CAPTURE.name, EMIT.name, VALIDATE.name, MODULE)
     code = (HERE / "dispatch_trace.py", HERE / "iree_tools.py", HERE / "targets.py",
             HERE / "backends.py", HERE / "validate.py", HERE / "compare.py", HERE / "lower.py")
 
@@ -66,12 +72,14 @@ class Bisect(Stage):
         return ("iree-compile", "iree-base-runtime", "numpy")   # (numpy: the comparison)
 
     def reads(self, upstream, outputs, model, target):
-        if upstream == "validate":   # its outcome (the engine reads it), none of its files
+        if upstream == VALIDATE.name:   # its outcome (the engine reads it), none of its files
             return ()
-        if upstream == "capture":
+        if upstream == CAPTURE.name:
             return ("inputs.npz", "reference.npz", "reference64.npz", "expected.npz",
                     "alternative.npz", "capture.json")
-        return ("model.mlirbc", "model.json", "model.irpa")
+        if upstream == EMIT.name:
+            return ("model.mlirbc", "model.json", "model.irpa")
+        return outputs   # the module's maker's: what its rebuild flags may name
 
     def params(self, model, target):
         atol, rtol = VALIDATE.tolerances(model, target)
@@ -96,7 +104,7 @@ class Bisect(Stage):
         return None
 
     def run(self, ctx):
-        info = json.loads((ctx.inputs["emit"] / "model.json").read_text())
+        info = json.loads((ctx.inputs[EMIT.name] / "model.json").read_text())
         answer = answer_for(ctx, info)
         atol, rtol = VALIDATE.tolerances(ctx.model, ctx.target)
         # (the pool exits first: a compile still running ends before its directory goes)
@@ -105,9 +113,9 @@ class Bisect(Stage):
             # the first reference compiles beside the failing build (two iree-compiles)
             # (in this context: its tool time is the stage's)
             ahead = {c.name: pool.submit(contextvars.copy_context().run, build.compile,
-                                         f"reference-{c.name}", c)
+                                         f"reference-{c.name}", compile_flags(c))
                      for c in references(ctx.target)[:1]}
-            failing = build.compile("failing", ctx.target)
+            failing = build.compile("failing", rebuild_flags(ctx))
             if isinstance(failing, str):
                 raise StageError(f"the failing target's build cannot be traced: {failing}")
             reference, values, tried = build.reference(ctx.target, atol, rtol, ahead)
@@ -118,6 +126,18 @@ class Bisect(Stage):
         result.update(_shown(result))
         (ctx.out / "bisect.json").write_text(json.dumps(result, indent=1, sort_keys=True))
         return result
+
+
+def rebuild_flags(ctx) -> list[str]:
+    """The flags that build the module validate ran again, from emit's MLIR: its maker's
+    (codegen: the target's flags). A maker that cannot say is an error, never a silent
+    trace of some other build."""
+    maker, built = module_built(ctx)
+    rebuild = getattr(maker, "rebuild_flags", None)
+    if rebuild is None:
+        raise StageError(f"the module validate ran was built by {maker.name}, which does not "
+                         "say how to build it again (rebuild_flags): bisect cannot trace it")
+    return list(rebuild(ctx.model, ctx.target, built))
 
 
 def references(target) -> list:
@@ -143,15 +163,15 @@ class Builds:
 
     def __init__(self, tmp: Path, ctx, info: dict, answer):
         self.tmp, self.ctx, self.info, self.answer = tmp, ctx, info, answer
-        archive = ctx.inputs["emit"] / "model.irpa"
+        archive = ctx.inputs[EMIT.name] / "model.irpa"
         self.parameters = archive if not inline_weights(ctx.model, ctx.target) \
             and archive.stat().st_size else None
 
-    def compile(self, name: str, target) -> Path | str:
-        """The traced module of target (its executables' sources in sources/<name>), or
-        why it could not be built."""
-        emitted = self.ctx.inputs["emit"]
-        flags = ["--compile-from=input", *compile_flags(target), *TRACE_FLAGS,
+    def compile(self, name: str, target_flags: list[str]) -> Path | str:
+        """The traced module built with a target's flags (its executables' sources in
+        sources/<name>), or why it could not be built."""
+        emitted = self.ctx.inputs[EMIT.name]
+        flags = ["--compile-from=input", *target_flags, *TRACE_FLAGS,
                  f"--iree-hal-dump-executable-sources-to={self.tmp / 'sources' / name}"]
         if self.parameters is None and (emitted / "model.irpa").stat().st_size:
             flags += [f"--iree-parameter-import={SCOPE}={emitted / 'model.irpa'}",
@@ -175,7 +195,7 @@ class Builds:
                              "llvm-cpu or vmvx target in targets.yaml, or name one with against=")
         for candidate in candidates:
             module = ahead[candidate.name].result() if candidate.name in ahead else \
-                self.compile(f"reference-{candidate.name}", candidate)
+                self.compile(f"reference-{candidate.name}", compile_flags(candidate))
             if isinstance(module, str):
                 tried.append({"target": candidate.name, "outcome": f"not built: {module}"})
                 continue

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pipeline.cache.digest import digest_file
 from pipeline.stage import Stage
+from stages.legalize import STAGE as LEGALIZE
 
 HERE = Path(__file__).parent
 
@@ -19,7 +20,7 @@ HERE = Path(__file__).parent
 class Emit(Stage):
     name = "emit"
     doc = "publish the MLIR every target starts from, its weights (.irpa) and model.json"
-    inputs = ("legalize",)
+    inputs = (LEGALIZE.name,)
     code = (HERE / "weights.py", HERE / "mlir.py")
 
     def outputs(self, model):
@@ -31,7 +32,7 @@ class Emit(Stage):
     def run(self, ctx):
         from stages.mlir import parse
         from stages.weights import externalize
-        legalized = ctx.inputs["legalize"]
+        legalized = ctx.inputs[LEGALIZE.name]
         module = parse((legalized / "legalized.mlirbc").read_bytes())
         archive = ctx.out / "model.irpa"
         moved = [] if ctx.model.weights == "inline" else \

@@ -50,7 +50,7 @@ class FrameworkStage(Stage):
     def params(self, model, target):
         return model.key_fields()
 
-    def applies_to(self, model):
+    def applies_to(self, model, target):
         first = self.adapter(model).first_stage
         return first in FRAMEWORK_STAGES and \
             FRAMEWORK_STAGES.index(first) <= FRAMEWORK_STAGES.index(self.name)

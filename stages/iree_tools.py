@@ -15,6 +15,11 @@ from pipeline.cache.probes import Watch, find_executable, probe, register_execut
 from pipeline.stage import StageError
 from stages import backends
 
+HERE = Path(__file__).parent
+# the files that decide what an iree-compile for a target does: in the code of each stage
+# that compiles for one (lower, codegen)
+COMPILE_CODE = (HERE / "iree_tools.py", HERE / "targets.py", HERE / "backends.py")
+
 # the compiler package's tools (iree.compiler.tools.binaries knows where each one is)
 COMPILER_TOOLS = ("iree-compile", "iree-opt", "iree-link")
 # the runtime package's tools: all in iree/_runtime_libs/

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pipeline.stage import Stage, StageError
 from stages import frameworks
+from stages.importer import STAGE as IMPORT
 from stages.iree_tools import compile_failure, iree_compile
 from stages.mlir import entry_inputs, op_names, parse, public_functions
 
@@ -26,7 +27,7 @@ ILLEGAL = re.compile(r"failed to legalize operation '([\w.]+)'(?:.*?<\{name = \"
 class Legalize(Stage):
     name = "legalize"
     doc = "convert to IREE's input dialect (target-independent); name any op IREE cannot take"
-    inputs = ("import",)
+    inputs = (IMPORT.name,)
     code = (HERE / "iree_tools.py", HERE / "mlir.py")
 
     def outputs(self, model):
@@ -40,7 +41,7 @@ class Legalize(Stage):
 
     def run(self, ctx):
         adapter = frameworks.get(ctx.model.framework)
-        source = ctx.inputs["import"] / "imported.mlirbc" if "import" in ctx.inputs \
+        source = ctx.inputs[IMPORT.name] / "imported.mlirbc" if IMPORT.name in ctx.inputs \
             else Path(ctx.model.sources["model"])
         out = ctx.out / "legalized.mlirbc"
         flags = [f"--iree-input-type={adapter.input_type}", "--compile-to=input",

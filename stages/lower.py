@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.stage import Stage
-from stages.iree_tools import iree_compile
+from stages.emit import STAGE as EMIT
+from stages.iree_tools import COMPILE_CODE, iree_compile
 from stages.weights import SCOPE
 from stages.targets import compile_flags
 
@@ -21,9 +22,8 @@ class Lower(Stage):
     name = "lower"
     doc = "iree-compile to flow with each target's (and each variant's) flags"
     per_target = True
-    inputs = ("emit",)
-    code = (HERE / "iree_tools.py", HERE / "targets.py", HERE / "backends.py",
-            HERE / "weights.py")
+    inputs = (EMIT.name,)
+    code = (*COMPILE_CODE, HERE / "weights.py")
 
     def outputs(self, model):
         return ("lowered.mlir",)
@@ -40,7 +40,7 @@ class Lower(Stage):
                 "weights": "inline" if inline_weights(model, target) else "external"}
 
     def run(self, ctx):
-        emitted = ctx.inputs["emit"]
+        emitted = ctx.inputs[EMIT.name]
         flags = ["--compile-from=input", f"--compile-to={PHASE}", *compile_flags(ctx.target)]
         if inline_weights(ctx.model, ctx.target) and (emitted / "model.irpa").stat().st_size:
             # IREE imports the archive's values back into the module: no size limit

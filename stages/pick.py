@@ -1,7 +1,8 @@
 """Stage 9, pick: per target, the fastest of its variants that validated becomes the module.
 
 Each variant (a named flag set, stages/targets.py) was compiled, validated and timed by its
-own lower, codegen and validate. Pick reads their results and modules, and writes the
+own lower, codegen (or whichever stage last built its module: MODULE) and validate. Pick
+reads their results and modules, and writes the
 winner's module to a stable path (build/<model>/<target>/pick/module.vmfb) with pick.json:
 every variant, its outcome and timing, and why the winner won.
 
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from pipeline.names import DEFAULT_VARIANT, parse_upstream, variant_of
 from pipeline.report.units import duration
-from pipeline.stage import Stage, StageError
+from pipeline.stage import MODULE, Stage, StageError
 from stages.timing import ratio
 from stages.validate import STAGE as VALIDATE
 
@@ -31,7 +32,7 @@ NOISE_FLOOR = 0.05
 class Pick(Stage):
     name = "pick"
     doc = "per target, keep the fastest variant that validated as its module"
-    group = "validate"
+    group = VALIDATE.name   # `doit validate` picks too
     group_doc = "validate (and time) every variant; pick each target's fastest; bisect what is off"
     # pick.json's "why" is worded with pipeline.report.units
     code = (Path(__file__).parent / "timing.py",
@@ -40,13 +41,13 @@ class Pick(Stage):
     across_variants = True
     role = "choice"
     partial_inputs = True
-    inputs = ("validate", "codegen")
+    inputs = (VALIDATE.name, MODULE)   # each variant's: its verdict, the module it judged
 
     def outputs(self, model):
         return ("module.vmfb", "pick.json")
 
     def reads(self, upstream, outputs, model, target):
-        return ("result.json",) if upstream == "validate" else ("module.vmfb",)
+        return ("result.json",) if upstream == VALIDATE.name else ("module.vmfb",)
 
     def params(self, model, target):
         return {"variants": [[name, list(flags)] for name, flags in target.variants],
@@ -75,7 +76,7 @@ class Pick(Stage):
             raise StageError("no variant passed: " + "; ".join(
                 f"{s['variant']}: {s['outcome']}" for s in summary), result={"variants": summary})
         winner, why = keep_first(passed, order) if untimed else choose(passed, order)
-        shutil.copyfile(ctx.inputs[tried[winner]["codegen"]] / "module.vmfb",
+        shutil.copyfile(ctx.inputs[tried[winner][MODULE.role]] / "module.vmfb",
                         ctx.out / "module.vmfb")
         picked = {"variant": winner, "why": why, "variants": summary}
         (ctx.out / "pick.json").write_text(json.dumps(picked, indent=1, sort_keys=True))
@@ -84,20 +85,22 @@ class Pick(Stage):
 
 
 def _tried(ctx) -> dict[str, dict[str, str]]:
-    """variant -> {'validate': input name, 'codegen': input name} for the variants this run
-    tried ('validate' is the target's own default; 'validate@cpu~im2col' a variant's)."""
+    """variant -> {'validate': input name, 'module': input name} for the variants this run
+    tried ('validate' is the target's own default; 'validate@cpu~im2col' a variant's; the
+    module's is whichever stage built it: 'codegen', 'codegen@cpu~im2col')."""
+    modules = ctx.built(MODULE)
     tried: dict[str, dict[str, str]] = {}
     for name in ctx.inputs:
         stage, target = parse_upstream(name)
         variant = variant_of(target) if target else DEFAULT_VARIANT
-        tried.setdefault(variant, {})[stage] = name
-    return {v: names for v, names in tried.items() if "validate" in names}
+        tried.setdefault(variant, {})[MODULE.role if name in modules else stage] = name
+    return {v: names for v, names in tried.items() if VALIDATE.name in names}
 
 
 def _result(ctx, names: dict[str, str]) -> dict | None:
     """A variant's validate result, or None where it has none (it failed or was skipped)."""
     try:
-        return json.loads((ctx.inputs[names["validate"]] / "result.json").read_text())
+        return json.loads((ctx.inputs[names[VALIDATE.name]] / "result.json").read_text())
     except (OSError, ValueError):
         return None
 

@@ -27,10 +27,12 @@ import numpy as np
 
 from pipeline.cache.digest import digest_file
 from pipeline.names import parse_upstream
-from pipeline.stage import Stage, StageError
+from pipeline.stage import MODULE, Stage, StageError
 from stages import frameworks, timing
 from stages.backends import BACKENDS, is_host_driver
+from stages.capture import STAGE as CAPTURE
 from stages.compare import compare, describe_noise, noise_rule
+from stages.emit import STAGE as EMIT
 from stages.iree_tools import devices, tool
 from stages.lower import inline_weights
 from stages.runtime import device_for, module_args, run_module, run_tool
@@ -44,7 +46,8 @@ class Validate(Stage):
     per_target = True
     default = True   # `doit` alone validates the default matrix
     role = "verdict"
-    inputs = ("capture", "emit", "codegen")
+    # the module built for the target: codegen's, or a later stage's that remakes it
+    inputs = (CAPTURE.name, EMIT.name, MODULE)
     code = (HERE / "iree_tools.py", HERE / "compare.py", HERE / "timing.py", HERE / "backends.py")
 
     def outputs(self, model):
@@ -60,11 +63,11 @@ class Validate(Stage):
         return ("iree-base-runtime", "numpy", *frameworks.get(model.framework).dists)
 
     def reads(self, upstream, outputs, model, target):
-        if upstream == "capture":   # the framework's own artifacts too: its run is timed
+        if upstream == CAPTURE.name:   # the framework's own artifacts too: its run is timed
             return ("inputs.npz", "reference.npz", "reference64.npz", "expected.npz",
                     "alternative.npz", "capture.json",
                     *frameworks.get(model.framework).captured)
-        if upstream == "emit":      # the weights, where the module loads them at run time
+        if upstream == EMIT.name:      # the weights, where the module loads them at run time
             return ("model.json", *(() if inline_weights(model, target) else ("model.irpa",)))
         return outputs
 
@@ -108,7 +111,7 @@ class Validate(Stage):
     def run(self, ctx):
         # a bad setting fails before anything runs; None: timing off
         at_most = timing_repetitions() if ctx.target.timing else None
-        emitted = ctx.inputs["emit"]
+        emitted = ctx.inputs[EMIT.name]
         info = json.loads((emitted / "model.json").read_text())
         answer = answer_for(ctx, info)
         archive = emitted / "model.irpa"
@@ -155,8 +158,8 @@ class Answer:
 
 
 def answer_for(ctx, info: dict) -> Answer:
-    if "capture" in ctx.inputs:
-        captured = ctx.inputs["capture"]
+    if CAPTURE.name in ctx.inputs:
+        captured = ctx.inputs[CAPTURE.name]
         said = json.loads((captured / "capture.json").read_text())
         return Answer(frameworks.load_arrays(captured / "inputs.npz"),
                       frameworks.load_arrays(captured / "reference.npz"),
@@ -173,6 +176,14 @@ def answer_for(ctx, info: dict) -> Answer:
                   peer=parse_upstream(peer)[1] if peer else None)
 
 
+def module_built(ctx) -> tuple[Stage, Path]:
+    """The stage that built the module for ctx's own target (the MODULE input: codegen, or a
+    later stage that remade it) and its directory."""
+    ((name, built),) = [(name, path) for name, path in ctx.built(MODULE).items()
+                        if not parse_upstream(name)[1]]
+    return ctx.makers[name], built
+
+
 # the speed fields of a result with timing off: no figure rather than a wrong one
 UNTIMED = {"timing": "off", "latency_ms": None, "latency": None, "framework_latency": None,
            "speed_ratio": None, "framework_latency_why": "timing off"}
@@ -183,7 +194,7 @@ def _run_and_time(ctx, info: dict, parameters: Path | None, answer: Answer,
     """(outputs, speed figures, notes of runs repeated because the device was lost). With
     timing off (at_most None) nothing is timed: no benchmark, no framework process."""
     lost: list[str] = []
-    module = ctx.inputs["codegen"] / "module.vmfb"
+    module = module_built(ctx)[1] / "module.vmfb"
     with tempfile.TemporaryDirectory() as tmp:
         args = module_args(Path(tmp), module, parameters, ctx.target.driver, info["entry"],
                             answer.inputs)
@@ -409,15 +420,15 @@ def _speed(args: list[str], wall_ms: float, at_most: int, ctx, lost: list[str]) 
             except (ValueError, KeyError) as err:   # not the JSON the tool should print
                 raise StageError(f"iree-benchmark-module: unreadable report ({err})",
                                  command=shlex.join(bench)) from None
-        if "capture" not in ctx.inputs:
+        if CAPTURE.name not in ctx.inputs:
             framework, why = None, "no framework: the model is an MLIR file"
         elif not times_framework(ctx.target):
             # the framework's speed does not depend on IREE's flags: the default variant times it
             framework, why = None, "timed with the target's default variant (see its pick)"
         else:
-            framework, why = timing.framework_latency(ctx.model.framework, ctx.inputs["capture"],
-                                                      threads, serialized, ctx.log, at_most,
-                                                      ctx.target.name)
+            framework, why = timing.framework_latency(
+                ctx.model.framework, ctx.inputs[CAPTURE.name], threads, serialized, ctx.log,
+                at_most, ctx.target.name)
     speed = {"latency_ms": latency["median_ms"], "latency": latency,
              "framework_latency": framework, "speed_ratio": timing.ratio(latency, framework),
              "timing_setting": {"repetitions": at_most, "set_by": timing.REPETITIONS_ENV

@@ -1,6 +1,8 @@
+import dataclasses
+
 import networkx as nx
 
-from pipeline.stage import Target
+from pipeline.stage import MODULE, Stage, Target
 
 from pipeline.plan.graph import build_graph
 from pipeline.stage import ModelSpec, Node
@@ -46,3 +48,38 @@ def test_shards_partition_the_matrix_and_keep_what_each_needs():
         for node in part:
             assert set(graph.predecessors(node)) <= set(part)          # nothing it needs is missing
     assert [sorted(pairs(s)) for s in shards] == [sorted(pairs(shard(graph, i, 4))) for i in (1, 2, 3, 4)]
+
+
+class Remake(Stage):
+    """A stage after codegen that remakes the module (as a tuning stage would), on CPU only."""
+    name = "remake"
+    per_target = True
+    role = MODULE.role
+    inputs = (MODULE,)
+
+    def applies_to(self, model, target):
+        return target.backend == "llvm-cpu"
+
+
+def with_remake() -> list[Stage]:
+    stages = pipeline()
+    at = next(i for i, s in enumerate(stages) if s.name == "codegen") + 1
+    return [*stages[:at], Remake(), *stages[at:]]
+
+
+def test_the_module_is_read_from_the_last_stage_that_builds_one_for_the_target():
+    graph = build_graph(with_remake(), [ModelSpec("a", "torch", {})], [CPU, GPU])
+    assert set(graph.predecessors(Node("remake", "a", "cpu"))) == {Node("codegen", "a", "cpu")}
+    for reader in ("validate", "pick", "bisect"):
+        ups = set(graph.predecessors(Node(reader, "a", "cpu")))
+        assert Node("remake", "a", "cpu") in ups and Node("codegen", "a", "cpu") not in ups
+    # where it does not apply (vulkan), its node is absent and codegen's module is read
+    assert Node("remake", "a", "vulkan") not in graph
+    assert Node("codegen", "a", "vulkan") in set(graph.predecessors(Node("validate", "a", "vulkan")))
+
+
+def test_a_pick_reads_each_variant_s_module_from_its_own_last_builder():
+    im2col = dataclasses.replace(CPU, variants=(("default", ()), ("im2col", ("--im2col",))))
+    graph = build_graph(with_remake(), [ModelSpec("a", "torch", {})], [im2col])
+    assert set(graph.predecessors(Node("pick", "a", "cpu"))) == {
+        Node(stage, "a", t) for stage in ("validate", "remake") for t in ("cpu", "cpu~im2col")}

@@ -11,6 +11,8 @@ import pytest
 
 from pipeline.stage import ModelSpec, StageContext, StageError, Target
 from stages import pick
+from stages.codegen import STAGE as CODEGEN
+from stages.validate import STAGE as VALIDATE
 
 TARGET = Target("cpu", "llvm-cpu", "generic", "local-task", (), 1e-4, 1e-4,
                 variants=(("default", ()), ("im2col", ("--im2col",)), ("mmt4d", ("--mmt4d",))))
@@ -23,26 +25,27 @@ def latency(median: float) -> dict:
 def context(tmp_path: Path, results: dict[str, dict | None]) -> StageContext:
     """pick's context: for each variant a validate directory (with result.json unless its
     result is None: it failed) and a codegen directory with a module."""
-    inputs = {}
+    inputs, makers = {}, {}
     for variant, result in results.items():
         suffix = "" if variant == "default" else f"@cpu~{variant}"
-        for stage in ("validate", "codegen"):
-            directory = tmp_path / variant / stage
+        for stage in (VALIDATE, CODEGEN):
+            directory = tmp_path / variant / stage.name
             directory.mkdir(parents=True)
-            inputs[stage + suffix] = directory
+            inputs[stage.name + suffix] = directory
+            makers[stage.name + suffix] = stage
         (inputs["codegen" + suffix] / "module.vmfb").write_bytes(variant.encode())
         if result is not None:
             (inputs["validate" + suffix] / "result.json").write_text(json.dumps(result))
     out = tmp_path / "out"
     out.mkdir()
-    return StageContext(ModelSpec("m", "mlir", {}), TARGET, inputs, out)
+    return StageContext(ModelSpec("m", "mlir", {}), TARGET, inputs, out, makers=makers)
 
 
 def test_inputs_are_grouped_by_the_variant_they_came_from(tmp_path):
     ctx = context(tmp_path, {"default": {}, "im2col": {}})
-    assert pick._tried(ctx) == {"default": {"validate": "validate", "codegen": "codegen"},
+    assert pick._tried(ctx) == {"default": {"validate": "validate", "module": "codegen"},
                                 "im2col": {"validate": "validate@cpu~im2col",
-                                           "codegen": "codegen@cpu~im2col"}}
+                                           "module": "codegen@cpu~im2col"}}
 
 
 def test_the_fastest_passing_variant_is_copied_with_its_reason(tmp_path):

@@ -10,6 +10,12 @@ Where a target tries more than one, its variants' nodes are "soft": one that fai
 recorded, and the others, and the pick among them, still run. A node of a stage another
 diagnoses (Stage.follows: bisect follows validate) is "followed": its failure is recorded
 and fails its case, and the stage that diagnoses it still runs.
+
+A stage names what it reads (Stage.inputs) by stage name or by role (ByRole): a role is
+resolved here, per model x target, to the last stage of that role that applies there, so a
+stage inserted after codegen that remakes the module is what validate, pick and bisect read.
+A stage may apply to some models or targets only (Stage.applies_to): its nodes are then
+absent there, and its readers read what is before it.
 """
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ import dataclasses
 import networkx as nx
 
 from ..names import base_target, variant_target
-from ..stage import ModelSpec, Node, Stage, Target
+from ..stage import ByRole, ModelSpec, Node, Stage, Target
 
 
 def variant_targets(target: Target, wanted: tuple[str, ...] | None = None) -> list[Target]:
@@ -43,39 +49,78 @@ def _trying(target: Target, tried: list[Target]) -> Target:
 def build_graph(stages: list[Stage], models: list[ModelSpec], targets: list[Target],
                 variants: tuple[str, ...] | None = None) -> nx.DiGraph:
     graph = nx.DiGraph()
-    by_name = {s.name: s for s in stages}
     expanded = {t.name: variant_targets(t, variants) for t in targets}
     tried = [v for vs in expanded.values() for v in vs]
     # stages whose failure another diagnoses (Stage.follows): their failure stops nothing
     followed = {s.follows for s in stages if s.follows}
+    # what does not depend on the model, worked out once: each stage's nodes, and for each
+    # of its inputs the stages that may make it, last first
+    nodes = [_nodes(stage, targets, expanded, tried) for stage in stages]
+    makers = [[_makers(stages, position, wanted) for wanted in stage.inputs]
+              for position, stage in enumerate(stages)]
     for model in models:
-        present = {s.name for s in stages if s.applies_to(model)}
-        for stage in stages:
-            if stage.name not in present:
-                continue
-            if not stage.per_target:
-                nodes = [(None, [])]
-            elif stage.across_variants:   # once per target, reading each variant tried
-                nodes = [(_trying(t, expanded[t.name]), expanded[t.name]) for t in targets]
-            else:
-                nodes = [(t, [t]) for t in tried]
-            for target, reads in nodes:
+        present = {Node(stage.name, model.name, target and target.name)
+                   for stage, its in zip(stages, nodes) for target, _ in its
+                   if stage.applies_to(model, target)}
+        for position, stage in enumerate(stages):
+            for target, reads in nodes[position]:
                 node = Node(stage.name, model.name, target.name if target else None)
+                if node not in present:
+                    continue
                 soft = bool(target and not stage.across_variants
                             and len(expanded[target.base or target.name]) > 1)
                 graph.add_node(node, stage=stage, model=model, target=target, soft=soft,
                                followed=stage.name in followed)
                 for peer in stage.peers(model, target, tried):
                     graph.add_edge(Node(stage.name, model.name, peer), node)
-                for upstream in stage.inputs:
-                    if upstream not in present:
-                        continue
-                    for read in (reads if by_name[upstream].per_target else [None]):
-                        graph.add_edge(Node(upstream, model.name, read and read.name), node)
+                for upstream in _upstream(makers[position], model, reads, present):
+                    graph.add_edge(upstream, node)
     if not nx.is_directed_acyclic_graph(graph):
         cycle = nx.find_cycle(graph)
         raise ValueError(f"stage graph has a cycle: {cycle}")
     return graph
+
+
+def _nodes(stage: Stage, targets: list[Target], expanded: dict, tried: list[Target]):
+    """(target, the targets its node reads per-target inputs of) for each node of stage."""
+    if not stage.per_target:
+        return [(None, [])]
+    if stage.across_variants:   # once per target, reading each variant tried
+        return [(_trying(t, expanded[t.name]), expanded[t.name]) for t in targets]
+    return [(t, [t]) for t in tried]
+
+
+def _makers(stages: list[Stage], position: int, wanted: str | ByRole) -> list[Stage]:
+    """The stages that may make the input wanted of stages[position], the one to read
+    first: the stage named, or those of the role before the reader, last first (a stage of
+    that role reads the one before it: a tuning stage reads codegen's module; the readers
+    of the role, the last of all that applies to their model x target)."""
+    if isinstance(wanted, ByRole):
+        return [s for s in reversed(stages[:position]) if s.role == wanted.role]
+    return [s for s in stages if s.name == wanted]
+
+
+def _upstream(makers: list[list[Stage]], model: ModelSpec, reads: list[Target],
+              present: set[Node]) -> list[Node]:
+    """The nodes a node reads, given the makers of each of its inputs: a per-target
+    upstream's for each target in reads, a per-model one's once; the first maker with a
+    node present (an input with none is left out: the model or target skips that stage)."""
+    found = []
+    for candidates in makers:
+        for read in reads or [None]:
+            up = next((n for n in (_node_of(s, model, read) for s in candidates)
+                       if n in present), None)
+            if up is not None and up not in found:
+                found.append(up)
+    return found
+
+
+def _node_of(stage: Stage, model: ModelSpec, read: Target | None) -> Node | None:
+    """stage's node for model that a node reading target read's inputs reads (None: a
+    per-model reader, which reads no per-target stage)."""
+    if not stage.per_target:
+        return Node(stage.name, model.name, None)
+    return Node(stage.name, model.name, read.name) if read is not None else None
 
 
 def shard(graph: nx.DiGraph, index: int, count: int) -> nx.DiGraph:

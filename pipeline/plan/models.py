@@ -166,8 +166,9 @@ def check_frameworks(models: list[ModelSpec], stages: list, config: Config) -> N
     know the adapters; as a ConfigError that says where the model names it, before any run."""
     for model in models:
         try:
-            for stage in stages:
-                stage.applies_to(model)
+            for stage in stages:   # (the framework stages are per model: asked of no target)
+                if not stage.per_target:
+                    stage.applies_to(model, None)
         except StageError as err:
             raise ConfigError(f"{framework_field(model, config)}: {err}") from None
 

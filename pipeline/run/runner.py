@@ -216,7 +216,8 @@ def _run(job: Job, layout: Layout, key: str, log_lines: list[str],
             with machine.shared(layout.cache) as held:   # a timing elsewhere waits for this run
                 ctx = StageContext(job.model, job.target,
                                    {n: d for n, (_, d) in job.upstream.items()}, Path(tmp),
-                                   log_lines, held)
+                                   log_lines, held,
+                                   makers={n: up for n, (up, _) in job.upstream.items()})
                 result = stage.run(ctx)
             missing = [rel for rel in declared if not (ctx.out / rel).is_file()]
             if missing:
