@@ -170,7 +170,8 @@ class Values:
         precise dtype. The errors are None where a NaN/Inf mismatch makes them meaningless
         (JSON-safe, as stages/compare.py's)."""
         a, b = got.values, want.values
-        diff = np.abs(a - b)
+        with np.errstate(invalid="ignore", over="ignore"):   # (inf - inf: masked below)
+            diff = np.abs(a - b)
         finite = np.isfinite(a) & np.isfinite(b)
         same_nonfinite = ~finite & ((a == b) | (np.isnan(a) & np.isnan(b)))
         allowed = self.atol + (self.rtol + PRINTED_RTOL) * np.abs(b) + _step(b, got.dtype, want.dtype)

@@ -493,3 +493,25 @@ def test_a_stage_that_follows_a_failure_runs_only_after_one(layout):
     assert run(failing, layout)[0].status == "failed"
     entry, out = run(diagnose, layout, upstream)
     assert entry.status == "ran" and (out / "why.txt").read_text() == "found it"
+
+
+class Warning_(Source):
+    """Writes its output after a library-style warning, as numpy's RuntimeWarning is raised."""
+    name = "warns"
+
+    def run(self, ctx):
+        import warnings
+        warnings.warn("invalid value encountered in subtract", RuntimeWarning, stacklevel=1)
+        return super().run(ctx)
+
+
+def test_a_warning_raised_in_a_stage_goes_to_its_log_not_the_console(layout, capfd):
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")   # (pytest's own filter would record, not print)
+        warnings.showwarning = warnings._showwarning_orig   # noqa: SLF001 (as Python's own)
+        entry, _ = run(Warning_(), layout)
+    assert entry.status == "ran"
+    assert "warning: RuntimeWarning: invalid value encountered in subtract" in log_of(layout, entry)
+    out, err = capfd.readouterr()
+    assert "invalid value" not in out + err

@@ -30,6 +30,7 @@ import math
 import os
 import posixpath
 import re
+import warnings
 from pathlib import Path
 from urllib.parse import quote
 
@@ -447,7 +448,11 @@ def _draw_svg(name: str, data, draw) -> str:
     # a salt per chart keeps the ids of clip paths unique across the SVGs of one page, and
     # fixed, keeps the bytes the same from run to run
     with matplotlib.rc_context({"svg.hashsalt": f"kiln-{name}", "svg.fonttype": "none",
-                                "font.size": 9}):
+                                "font.size": 9}), warnings.catch_warnings():
+        # a chart too small for its labels draws without constrained layout (savefig's
+        # tight bounding box still fits it): nothing for the console (after the stages:
+        # no thread races this filter)
+        warnings.filterwarnings("ignore", message="constrained_layout not applied")
         fig = draw(Figure, data)
         buf = io.StringIO()
         fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})

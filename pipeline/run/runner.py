@@ -29,7 +29,7 @@ from ..cache.files import UNWRITABLE, atomic_write, describe_os_error
 from ..cache.store import Store
 from ..plan.layout import Layout
 from ..stage import Node, StageContext, StageError, StageSkipped
-from . import machine
+from . import machine, warned
 from .decide import Decision, decide, not_a_verdict
 from .entry import CACHED_FAILURE, INTERRUPTED, StageEntry, remembered_lines
 from .intact import changed_outputs, output_stats
@@ -51,19 +51,19 @@ def execute(job: Job, layout: Layout, delegate: Callable[[], dict] | None = None
     records it, so that the next run reports that outcome without a plan
     (pipeline.run.uptodate.settled).
     Returns the entry (status failed when the stage failed)."""
-    with process.tool_clock() as tools:
-        entry, log_lines = _execute(job, layout, delegate, watch, time.perf_counter())
+    log_lines: list[str] = []
+    with process.tool_clock() as tools, warned.into(log_lines):
+        entry = _execute(job, layout, delegate, watch, time.perf_counter(), log_lines)
     entry.tool_seconds = round(sum(tools.values()), 3) if tools else None
     _write_entry(layout, job.node, entry, log_lines)
     return entry
 
 
 def _execute(job: Job, layout: Layout, delegate: Callable[[], dict] | None,
-             watch: Watch | None, started: float) -> tuple[StageEntry, list[str]]:
-    """execute's work, but for writing the entry: (the entry, its log lines)."""
+             watch: Watch | None, started: float, log_lines: list[str]) -> StageEntry:
+    """execute's work, but for writing the entry (its log in log_lines)."""
     node = job.node
     entry = StageEntry.of(node)
-    log_lines: list[str] = []
     store = Store(layout.cache, remote.connect(layout.remote) if layout.remote else None)
     # the inputs as the key will read them (stat first: a file edited meanwhile is a change)
     inputs = watch.stats() if watch is not None else None
@@ -97,7 +97,7 @@ def _execute(job: Job, layout: Layout, delegate: Callable[[], dict] | None,
     entry.log = str(layout.log_file(node).relative_to(layout.root))
     if watch is not None and decision is not None:
         entry.verdict_on = _settled_on(watch, inputs, decision, entry, store)
-    return entry, log_lines
+    return entry
 
 
 def _settled_on(watch: Watch, inputs: dict, decision: Decision, entry: StageEntry,
