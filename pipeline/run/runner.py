@@ -33,40 +33,40 @@ from . import machine
 from .decide import Decision, decide, not_a_verdict
 from .entry import CACHED_FAILURE, INTERRUPTED, StageEntry, remembered_lines
 from .intact import changed_outputs, output_stats
-from .uptodate import Watch, verdict_on
+from .uptodate import KeySources, verdict_on
 
 if TYPE_CHECKING:   # (the plan's modules: loaded by whoever made the job)
     from ..plan.tasks import Job
 
 
 def execute(job: Job, layout: Layout, delegate: Callable[[], dict] | None = None,
-            watch: Watch | None = None) -> StageEntry:
+            sources: KeySources | None = None) -> StageEntry:
     """Bring job's outputs into build/ (restored or built), as pipeline.run.decide decides,
     and write its record entry.
 
     On a miss the stage runs here, or, given a delegate (pipeline.executor), elsewhere: the
     delegate returns the worker's entry and the outputs come back through the cache.
-    watch: what the doit task's key is made of; an outcome settled by it (a failure the cache
+    sources: what the doit task's key is made of; an outcome settled by it (a failure the cache
     remembers, a skip for an absent input or for an upstream outcome it need not diagnose)
     records it, so that the next run reports that outcome without a plan
     (pipeline.run.uptodate.settled).
     Returns the entry (status failed when the stage failed)."""
     with process.tool_clock() as tools:
-        entry, log_lines = _execute(job, layout, delegate, watch, time.perf_counter())
+        entry, log_lines = _execute(job, layout, delegate, sources, time.perf_counter())
     entry.tool_seconds = round(sum(tools.values()), 3) if tools else None
     _write_entry(layout, job.node, entry, log_lines)
     return entry
 
 
 def _execute(job: Job, layout: Layout, delegate: Callable[[], dict] | None,
-             watch: Watch | None, started: float) -> tuple[StageEntry, list[str]]:
+             sources: KeySources | None, started: float) -> tuple[StageEntry, list[str]]:
     """execute's work, but for writing the entry: (the entry, its log lines)."""
     node = job.node
     entry = StageEntry.of(node)
     log_lines: list[str] = []
     store = Store(layout.cache, remote.connect(layout.remote) if layout.remote else None)
     # the inputs as the key will read them (stat first: a file edited meanwhile is a change)
-    inputs = watch.stats() if watch is not None else None
+    inputs = sources.stats() if sources is not None else None
     decision = None
     try:
         decision = decide(job, layout, store.find)
@@ -95,22 +95,22 @@ def _execute(job: Job, layout: Layout, delegate: Callable[[], dict] | None,
     log_lines += [f"warning: {w}" for w in store.warnings]
     entry.seconds = round(time.perf_counter() - started, 3)
     entry.log = str(layout.log_file(node).relative_to(layout.root))
-    if watch is not None and decision is not None:
-        entry.verdict_on = _settled_on(watch, inputs, decision, entry, store)
+    if sources is not None and decision is not None:
+        entry.verdict_on = _settled_on(sources, inputs, decision, entry, store)
     return entry, log_lines
 
 
-def _settled_on(watch: Watch, inputs: dict, decision: Decision, entry: StageEntry,
+def _settled_on(sources: KeySources, inputs: dict, decision: Decision, entry: StageEntry,
                 store: Store) -> dict | None:
     """StageEntry.verdict_on for an outcome the key's makings settle: a failure the local
     cache remembers under the key (whether this run found it there or remembered it), or a
     skip for an input an upstream left absent or for an upstream outcome the stage need not
     diagnose (Decision.settles); None for any other."""
     if entry.status == "skipped" and decision.settles:
-        return verdict_on(watch, inputs)
+        return verdict_on(sources, inputs)
     if entry.failed and entry.key is not None:
         cache = store.failure_files(entry.key)
-        return verdict_on(watch, inputs, cache) if cache else None
+        return verdict_on(sources, inputs, cache) if cache else None
     return None
 
 
