@@ -170,7 +170,9 @@ class Stage:
         and its up-to-date check (lower reads the weight-free MLIR, not the weights)."""
         return outputs
 
-    def params(self, model: ModelSpec, target: Target | None) -> dict:
+    def key_params(self, model: ModelSpec, target: Target | None) -> dict:
+        """The parameters this stage's outputs depend on, as its key's "params" part (not
+        a model's YAML `params:`, which says where its weights go)."""
         return {}
 
     def peers(self, model: ModelSpec, target: Target | None, targets: list[Target]) -> tuple[str, ...]:

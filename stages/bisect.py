@@ -73,7 +73,7 @@ class Bisect(Stage):
                     "alternative.npz", "capture.json")
         return ("model.mlirbc", "model.json", "model.irpa")
 
-    def params(self, model, target):
+    def key_params(self, model, target):
         atol, rtol = VALIDATE.tolerances(model, target)
         return {"flags": compile_flags(target), "driver": target.driver, "atol": atol,
                 "rtol": rtol, "trace": list(TRACE_FLAGS),

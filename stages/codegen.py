@@ -20,7 +20,7 @@ class Codegen(Lower):
     def reads(self, upstream, outputs, model, target):
         return outputs
 
-    def params(self, model, target):
+    def key_params(self, model, target):
         return {"flags": compile_flags(target), "from": PHASE}
 
     def run(self, ctx):

@@ -48,7 +48,7 @@ class Pick(Stage):
     def reads(self, upstream, outputs, model, target):
         return ("result.json",) if upstream == "validate" else ("module.vmfb",)
 
-    def params(self, model, target):
+    def key_params(self, model, target):
         return {"variants": [[name, list(flags)] for name, flags in target.variants],
                 "noise_floor": NOISE_FLOOR}
 

@@ -87,7 +87,7 @@ class Validate(Stage):
     def worker_resources(self):
         return {d.split("://")[0]: 1 for d in devices() if not is_host_driver(d)}
 
-    def params(self, model, target):
+    def key_params(self, model, target):
         atol, rtol = self.tolerances(model, target)
         # the device it ran on is part of the answer: lavapipe's pass is not a GPU's
         return {"driver": target.driver, "device": device_for(target.driver), "atol": atol, "rtol": rtol,

@@ -26,7 +26,7 @@ class Source(Stage):
     def outputs(self, model):
         return ("out.txt",)
 
-    def params(self, model, target):
+    def key_params(self, model, target):
         return {"text": self.text}
 
     def run(self, ctx):

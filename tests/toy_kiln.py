@@ -79,7 +79,7 @@ class Check(Stage):
     def outputs(self, model):
         return ("checked.txt",)
 
-    def params(self, model, target):
+    def key_params(self, model, target):
         return {{"flags": list(target.flags)}}
 
     def run(self, ctx):
