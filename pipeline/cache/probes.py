@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, NamedTuple
 
 from .digest import canonical
-from .files import atomic_write, read_only
+from .files import atomic_write, read_only, stat_of
 
 
 # name -> how the package that ships an executable finds it (stages register IREE's: the
@@ -93,12 +93,9 @@ def probe_cache_file() -> Path | None:
 
 
 def exe_identity(exe: str) -> list | None:
-    try:
-        real = os.path.realpath(exe)
-        st = os.stat(real)
-    except OSError:
-        return None
-    return [real, st.st_size, st.st_mtime_ns]
+    real = os.path.realpath(exe)
+    st = stat_of(real)
+    return None if st is None else [real, *st]
 
 
 

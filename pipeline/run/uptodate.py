@@ -26,8 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from ..cache.digest import digest_bytes, digest_file
-from ..cache.files import atomic_write, file_identity, read_only
-from ..plan.memo import stat_of
+from ..cache.files import atomic_write, file_identity, read_only, stat_of
 from .intact import changed_outputs, is_output_stats, same_stats
 
 if TYPE_CHECKING:   # (loaded only where a task's last entry is read: settled)
