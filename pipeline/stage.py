@@ -119,7 +119,7 @@ class StageContext:
     inputs: dict[str, Path]      # upstream stage name -> its output directory
     out: Path                    # a fresh, empty directory
     log_lines: list[str] = field(default_factory=list)
-    machine: object = None       # pipeline.machine.MachineLock held shared while the stage runs
+    machine: object = None       # pipeline.run.machine.MachineLock held shared while the stage runs
 
     def log(self, line: str) -> None:
         self.log_lines.append(line)

@@ -3,7 +3,7 @@
 A stage's key holds the versions of the tools it calls. Python distributions answer from
 their metadata; an executable's answer (--version, a device list) costs a process start, so
 it is remembered in build/.kiln/tool-probes.json, keyed by the executable's path, size and
-mtime and by whatever else the answer depends on (keys.Watch: the boot, device nodes, ...).
+mtime and by whatever else the answer depends on (probes.Watch: the boot, device nodes, ...).
 """
 from __future__ import annotations
 
@@ -135,7 +135,7 @@ def read_small(path: str) -> str | None:
 
 
 # the probes this process made, with what they depend on: the plan memo re-checks them
-# (pipeline.memo) before it trusts a task list that was made from their answers
+# (pipeline.plan.memo) before it trusts a task list that was made from their answers
 PROBED: list[tuple[str, Watch | None]] = []
 
 

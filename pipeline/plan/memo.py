@@ -74,7 +74,7 @@ def distribution_dirs() -> list[Path]:
 
 
 def probe_facts() -> list[dict]:
-    """Each tool this process asked (keys.probe), with what its answer depends on."""
+    """Each tool this process asked (probes.probe), with what its answer depends on."""
     seen, facts = set(), []
     for exe, watch in probes.PROBED:
         if (exe, watch) in seen:

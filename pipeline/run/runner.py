@@ -44,7 +44,7 @@ def execute(job: Job, layout: Layout, delegate: Callable[[], dict] | None = None
     """Bring job's outputs into build/ (restored or built), as pipeline.run.decide decides,
     and write its record entry.
 
-    On a miss the stage runs here, or, given a delegate (pipeline.executor), elsewhere: the
+    On a miss the stage runs here, or, given a delegate (pipeline.run.executor), elsewhere: the
     delegate returns the worker's entry and the outputs come back through the cache.
     sources: what the doit task's key is made of; an outcome settled by it (a failure the cache
     remembers, a skip for an absent input or for an upstream outcome it need not diagnose)
