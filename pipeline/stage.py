@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .names import parse_upstream, task_name
+from .vocab import Role
 
 
 class ConfigError(Exception):
@@ -146,11 +147,8 @@ class Stage:
     group_doc: str = ""                  # what `doit list` says of that group
     doc: str = ""                        # what `doit list` says of this stage's tasks: a line
     default: bool = False                # `doit` alone runs this stage's tasks (validate)
-    # what the report reads this stage's entries as (None: a step on the way): 'module' (it
-    # builds the deployable module: codegen), 'verdict' (it says whether a model x target
-    # passed: validate), 'choice' (it picks among a target's variants, and its verdict is
-    # the target's: pick)
-    role: str | None = None
+    # what the report reads this stage's entries as (None: a step on the way)
+    role: Role | None = None
     inputs: tuple[str, ...] = ()
     code: tuple[Path, ...] = ()          # source files that fingerprint this stage
 

@@ -29,7 +29,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from pipeline import process
-from pipeline.stage import Stage, StageError
+from pipeline.run.entry import FAILURES
+from pipeline.stage import Role, Stage, StageError
+from pipeline.vocab import Status
 from stages import dispatch_trace
 from stages.backends import BACKENDS
 from stages.iree_tools import iree_compile, tool
@@ -54,7 +56,7 @@ class Bisect(Stage):
     group = "validate"   # `doit validate` (and plain `doit`) bisects what it found off
     per_target = True
     follows = "validate"
-    role = "diagnosis"
+    role = Role.DIAGNOSIS
     inputs = ("capture", "emit", "validate")
     code = (HERE / "dispatch_trace.py", HERE / "iree_tools.py", HERE / "targets.py",
             HERE / "backends.py", HERE / "validate.py", HERE / "compare.py", HERE / "lower.py")
@@ -87,9 +89,10 @@ class Bisect(Stage):
         return VALIDATE.unavailable(model, target)
 
     def needed(self, status, result):
-        if status is None or not status.startswith("failed"):
-            said = {"ran": "passed", "cached": "passed", "up-to-date": "passed",
-                    "skipped": "was skipped"}.get(status or "", "did not run")
+        if status in (Status.RAN, Status.CACHED, Status.UP_TO_DATE):
+            return "validate passed, nothing to bisect"
+        if status not in FAILURES:
+            said = "was skipped" if status == Status.SKIPPED else "did not run"
             return f"validate {said}, nothing to bisect"
         if not result or result.get("passed") is not False:
             return "validate failed before it compared numbers, nothing to bisect"

@@ -1,6 +1,7 @@
 """Stage 7, codegen: per target, from the lowered (flow) phase to the deployable .vmfb."""
 from __future__ import annotations
 
+from pipeline.stage import Role
 from stages.iree_tools import iree_compile
 from stages.lower import PHASE, Lower
 from stages.targets import compile_flags
@@ -10,7 +11,7 @@ class Codegen(Lower):
     name = "codegen"
     doc = "compile each target's flow to its deployable module (.vmfb)"
     group = "compile"
-    role = "module"
+    role = Role.MODULE
     group_doc = "compile the selected models for the selected targets (model=, target=)"
     inputs = ("lower",)
 

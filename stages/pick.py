@@ -19,7 +19,8 @@ from pathlib import Path
 
 from pipeline.names import DEFAULT_VARIANT, parse_upstream, variant_of
 from pipeline.report.units import duration
-from pipeline.stage import Stage, StageError
+from pipeline.stage import Role, Stage, StageError
+from pipeline.vocab import Kind
 from stages.timing import ratio
 from stages.validate import STAGE as VALIDATE
 
@@ -38,7 +39,7 @@ class Pick(Stage):
             Path(__file__).parent.parent / "pipeline" / "report" / "units.py")
     per_target = True
     across_variants = True
-    role = "choice"
+    role = Role.CHOICE
     partial_inputs = True
     inputs = ("validate", "codegen")
 
@@ -108,7 +109,7 @@ def _summary(variant: str, result: dict | None, flags, framework: dict | None) -
     elif not result.get("passed"):
         outcome = "outputs differ from the reference"
     else:
-        outcome = "passed"
+        outcome = Kind.PASSED
     latency = (result or {}).get("latency") or {}
     return {"variant": variant, "flags": list(flags or ()), "outcome": outcome,
             "latency": latency or None, "speed_ratio": ratio(latency, framework)}

@@ -27,7 +27,7 @@ import numpy as np
 
 from pipeline.cache.digest import digest_file
 from pipeline.names import parse_upstream
-from pipeline.stage import Stage, StageError
+from pipeline.stage import Role, Stage, StageError
 from stages import frameworks, timing
 from stages.backends import BACKENDS, is_host_driver
 from stages.compare import compare, describe_noise, noise_rule
@@ -43,7 +43,7 @@ class Validate(Stage):
     doc = "run each module on its device, compare with the framework's answer, time both"
     per_target = True
     default = True   # `doit` alone validates the default matrix
-    role = "verdict"
+    role = Role.VERDICT
     inputs = ("capture", "emit", "codegen")
     code = (HERE / "iree_tools.py", HERE / "compare.py", HERE / "timing.py", HERE / "backends.py")
 

@@ -13,8 +13,9 @@ import pytest
 from toy_kiln import doit, make_project
 
 from pipeline.cache.store import Store
-from pipeline.run.entry import CACHED_FAILURE, StageEntry
+from pipeline.run.entry import StageEntry
 from pipeline.run.uptodate import KeySources, settled, verdict_on
+from pipeline.vocab import Status
 
 
 def statuses(root: Path) -> dict[str, str]:
@@ -48,7 +49,7 @@ def test_remembered_failures_make_no_plan_until_their_key_changes(tmp_path):
     second = doit(root, "-n", "2")
     was = statuses(root)
     assert {t: s for t, s in was.items() if s != "up-to-date"} == {
-        "prepare:c0000": CACHED_FAILURE, "prepare:c0001": CACHED_FAILURE,
+        "prepare:c0000": Status.CACHED_FAILURE, "prepare:c0001": Status.CACHED_FAILURE,
         "check:c0000@cpu": "skipped", "check:c0001@cpu": "skipped"}
     assert second.returncode == first.returncode
     third = doit(root, env={"PYTHONPROFILEIMPORTTIME": "1"})
@@ -67,7 +68,7 @@ def test_remembered_failures_make_no_plan_until_their_key_changes(tmp_path):
     (root / "cases" / "c0001.txt").write_text("FAIL, edited")
     doit(root)
     assert statuses(root)["prepare:c0001"] == "failed"
-    assert statuses(root)["prepare:c0000"] == CACHED_FAILURE
+    assert statuses(root)["prepare:c0000"] == Status.CACHED_FAILURE
     with open(root / "toy_stages.py", "a") as f:
         f.write("# a comment: the code's digest, and so every key, changes\n")
     doit(root)
@@ -111,7 +112,7 @@ def failed(tmp_path):
 def test_a_remembered_failure_is_settled_as_a_cached_one(failed):
     entry_file, sources, cache = failed
     known = settled(entry_file, sources, cache)
-    assert known.entry.status == CACHED_FAILURE
+    assert known.entry.status == Status.CACHED_FAILURE
     assert (known.entry.seconds, known.entry.warnings, known.entry.error) == (0.0, [], "no")
     assert known.log[-1] == "the tool said no"   # its log, as the runner writes it
     entry_file.write_bytes(known.entry.to_json())   # as the run leaves it: nothing to write

@@ -15,6 +15,7 @@ from ..run.executor import DaskExecutor
 from ..run.runner import execute
 from ..run.uptodate import KeySources, input_state
 from ..stage import ConfigError, Node
+from ..vocab import Status
 
 
 def stage_action(plan: Plan, executor: DaskExecutor | None, run: RunLog, task: str,
@@ -39,7 +40,7 @@ def stage_action(plan: Plan, executor: DaskExecutor | None, run: RunLog, task: s
     values = {"entry": entry.to_dict(fingerprint=False, result_text=True)}
     if soft_deps:   # what the session's check compares next time
         values["soft_inputs"] = _soft_inputs(plan, node, entry.fingerprint, soft_deps)
-    if not entry.failed and entry.status != "skipped":   # those come back to the runner
+    if not entry.failed and entry.status != Status.SKIPPED:   # those come back to the runner
         values["watched"] = sources.watched
     return values
 

@@ -53,6 +53,7 @@ from ..run.entry import StageEntry
 from ..run.intact import changed_outputs
 from ..run.uptodate import Settled
 from ..stage import Node
+from ..vocab import Status
 from . import database
 from .session import StageCheck
 
@@ -86,8 +87,9 @@ class Explanation:
         order = {a: i for i, a in enumerate(ACTIONS)}
         out = [f"{v.action:<8}{v.task:<{width}}  {v.why}"
                for v in sorted(shown, key=lambda v: order[v.action])]
-        counts = {a: sum(v.action == a for v in self.forecasts) for a in (*ACTIONS, "up-to-date")}
-        words = {"run": "run", "restore": "restored from the cache", "skip": "skipped",
+        counts = {a: sum(v.action == a for v in self.forecasts)
+                  for a in (*ACTIONS, Status.UP_TO_DATE)}
+        words = {"run": "run", "restore": "restored from the cache", "skip": Status.SKIPPED,
                  "maybe": "may run", "fail": "fail before running", "up-to-date": "up to date"}
         out.append(", ".join(f"{counts[a]} {words[a]}" for a in words if counts[a])
                    + " (\"may run\": if what they wait on changes its outputs)"
@@ -219,7 +221,7 @@ class Judge:
             if waits:
                 return self._forecast(node, "maybe", f"{_waits(waits)}: runs if "
                                      f"{'its' if len(waits) == 1 else 'their'} outputs change")
-            return self._forecast(node, "up-to-date", known=True)
+            return self._forecast(node, Status.UP_TO_DATE, known=True)
         doit_why = own if own == [NO_RECORD] else \
             own + [f"changed file: {self._shown(f)}" for f in changed_inputs]
         return self._settled_forecast(node, task) or self._runner_forecast(node, doit_why, waits)
@@ -237,7 +239,7 @@ class Judge:
         (pipeline.run.uptodate.settled), without the runner: when build/ will be as it is now
         at the task's turn (no stage upstream of it is restored or runs first), as the run's
         session will find it."""
-        if any(self.forecasts[up].action not in ("up-to-date", "skip", "fail")
+        if any(self.forecasts[up].action not in (Status.UP_TO_DATE, "skip", "fail")
                for up in self.plan.graph.predecessors(node)):
             return None
         known = self.settled(task)
@@ -247,7 +249,7 @@ class Judge:
         if entry.failed:
             return self._forecast(node, "fail", entry.why or "", known=True, fails=True)
         if (entry.reason or "").startswith(NOT_NEEDED):   # nothing to diagnose: nothing to do
-            return self._forecast(node, "up-to-date", known=True)
+            return self._forecast(node, Status.UP_TO_DATE, known=True)
         return self._forecast(node, "skip", entry.reason or "", known=True)
 
     def _followed(self, node: Node) -> Node | None:
@@ -356,7 +358,7 @@ class Judge:
         except NotKnown:
             return self._before_inputs(node, waits)
         if decision.unneeded:
-            return self._forecast(node, "up-to-date", known=True)
+            return self._forecast(node, Status.UP_TO_DATE, known=True)
         if decision.action in ("skip", "fail"):
             return self._forecast(node, decision.action, decision.why, known=True,
                                  fails=decision.action == "fail")

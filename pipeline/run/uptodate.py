@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from ..cache.digest import digest_bytes, digest_file
 from ..cache.files import atomic_write, file_identity, read_only, stat_of
+from ..vocab import Status
 from .intact import changed_outputs, is_output_stats, same_stats
 
 if TYPE_CHECKING:   # (loaded only where a task's last entry is read: settled)
@@ -146,7 +147,7 @@ def settled(entry_file: Path, sources: KeySources, cache_root: Path) -> Settled 
     was a verdict on has changed (the module's docstring); None otherwise. Reads only.
     cache_root: the local cache this run uses (a failure another cache remembers is not
     this run's)."""
-    from .entry import CACHED_FAILURE, REMEMBERED_WHY, StageEntry, remembered_lines
+    from .entry import REMEMBERED_WHY, StageEntry, remembered_lines
     entry = StageEntry.load(entry_file)
     held = entry.verdict_on if entry is not None else None
     if not held or held.get("watched") != sources.watched or held.get("inputs") != sources.stats():
@@ -155,9 +156,9 @@ def settled(entry_file: Path, sources: KeySources, cache_root: Path) -> Settled 
     if not (isinstance(cache, dict) and _still_there(cache.values(), cache_root)):
         return None
     if entry.failed and entry.key and set(cache) == {"entry", "meta"}:
-        now = dataclasses.replace(entry, status=CACHED_FAILURE,
+        now = dataclasses.replace(entry, status=Status.CACHED_FAILURE,
                                   why=REMEMBERED_WHY.format(cache="the cache"))
-    elif entry.status == "skipped" and not cache:
+    elif entry.status == Status.SKIPPED and not cache:
         now = entry
     else:
         return None
