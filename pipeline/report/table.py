@@ -3,6 +3,8 @@ how fast the module runs against the framework itself (median times, stages/timi
 A row's outcome rests on the entries' roles (pipeline.stage.Stage.role), not stage names."""
 from __future__ import annotations
 
+from typing import TypedDict
+
 from tabulate import tabulate
 
 from ..names import DEFAULT_VARIANT, base_target, variant_of
@@ -16,6 +18,29 @@ from .units import duration, times
 BUILT = (Status.RAN, Status.CACHED, Status.UP_TO_DATE)
 # a stopped run's unfinished cases
 UNFINISHED_KINDS = (Kind.INTERRUPTED, Kind.NOT_STARTED)
+
+
+class CaseRow(TypedDict):
+    """One model x target case, as rows() makes it (a dict: the console, junit, html and
+    diff read it by key, and the HTML page's data carries parts of it as JSON)."""
+    model: str
+    target: str
+    outcome: str                 # the words the table shows
+    kind: Kind
+    expected: str | None         # why it is listed as expected to fail (pipeline.plan.xfail)
+    chain: list[dict]            # its stage entries, the model's front end first
+    failed: dict | None          # the entry it failed at
+    verdict: dict | None         # the entry its verdict is (a Role.VERDICT or Role.CHOICE one)
+    result: dict                 # what the verdict measured
+    max_abs: float | None
+    max_rel: float | None
+    ms: float | None             # IREE's median time per run
+    framework_ms: float | None
+    ratio: float | None          # IREE / framework
+    variant: str | None          # the variant a choice picked
+    variants: list[dict]
+    diagnosis: dict | None       # what a Role.DIAGNOSIS stage said of it
+    stages: str                  # how many of its stages ended how: "3 ran 1 cached"
 
 
 def _fmt(value, spec=".1e"):
@@ -35,7 +60,7 @@ def role(entry: dict) -> str | None:
     return ROLES_BEFORE_ROLES.get(entry["stage"])
 
 
-def rows(entries: list[dict]) -> list[dict]:
+def rows(entries: list[dict]) -> list[CaseRow]:
     """Fold the run's stage entries into one row per model x target (its variants' stages
     included), with what the row's verdict rests on: the choice among the target's variants
     where there is one, else the target's own verdict."""
@@ -71,7 +96,8 @@ def _ending(target: str, per_model: list[dict], stage_entries: list[dict]):
 EXPECTED = {Kind.FAILED: Kind.XFAIL, Kind.PASSED: Kind.XPASS}
 
 
-def _row(model: str, target: str, per_model: list[dict], stage_entries: list[dict]) -> dict:
+def _row(model: str, target: str, per_model: list[dict],
+         stage_entries: list[dict]) -> CaseRow:
     diagnoses = [e for e in stage_entries if role(e) == Role.DIAGNOSIS]
     stage_entries = [e for e in stage_entries if role(e) != Role.DIAGNOSIS]
     # (a diagnosis that had nothing to explain is no part of the row)
@@ -122,7 +148,7 @@ def _unfinished(chain: list[dict]) -> dict | None:
     return None
 
 
-def _unfinished_outcome(entry: dict) -> tuple[str, str]:
+def _unfinished_outcome(entry: dict) -> tuple[Kind, str]:
     """(kind, words) of a row a stopped run left unfinished at entry: 'interrupted at
     codegen: the run was stopped (SIGINT) while it ran'."""
     said = entry.get("error") if entry["status"] == Status.INTERRUPTED else entry.get("reason")
@@ -184,7 +210,7 @@ def _variant_outcomes(variants: list[dict], failures: dict[str, dict]) -> list[d
             for v in variants]
 
 
-def _outcome(failed: dict | None, verdict: dict | None, result: dict) -> tuple[str, str]:
+def _outcome(failed: dict | None, verdict: dict | None, result: dict) -> tuple[Kind, str]:
     """(the row's kind: passed, failed, skipped or compiled; the words the table shows)."""
     if failed:
         return Kind.FAILED, (f"FAILED at {failed['stage']}{_cached(failed)}: "
