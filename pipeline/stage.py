@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .names import parse_upstream, task_name
+from .vocab import Role
 
 
 class ConfigError(Exception):
@@ -109,11 +110,11 @@ class ByRole(NamedTuple):
     codegen that remakes the module (a tuning stage) is what validate reads, and codegen's
     readers never name codegen. The input keeps the resolved stage's name in ctx.inputs (and
     in the key); StageContext.built finds it."""
-    role: str
+    role: Role
 
 
 # the deployable module built for the target: codegen's, or a later stage's that remakes it
-MODULE = ByRole("module")
+MODULE = ByRole(Role.MODULE)
 
 
 class Node(NamedTuple):
@@ -133,7 +134,7 @@ class StageContext:
     inputs: dict[str, Path]      # upstream stage name -> its output directory
     out: Path                    # a fresh, empty directory
     log_lines: list[str] = field(default_factory=list)
-    machine: object = None       # pipeline.machine.MachineLock held shared while the stage runs
+    machine: object = None       # pipeline.run.machine.MachineLock held shared while the stage runs
     makers: dict[str, Stage] = field(default_factory=dict)   # input name -> the stage that made it
 
     def log(self, line: str) -> None:
@@ -172,7 +173,7 @@ class Stage:
     # builds the deployable module: codegen), 'verdict' (it says whether a model x target
     # passed: validate), 'choice' (it picks among a target's variants, and its verdict is
     # the target's: pick)
-    role: str | None = None
+    role: Role | None = None
     # what it reads: upstream stage names (the constants their modules own: LOWER.name), or
     # a role (ByRole: MODULE, the module built for the target, whichever stage built it)
     inputs: tuple[str | ByRole, ...] = ()
@@ -194,7 +195,9 @@ class Stage:
         and its up-to-date check (lower reads the weight-free MLIR, not the weights)."""
         return outputs
 
-    def params(self, model: ModelSpec, target: Target | None) -> dict:
+    def key_params(self, model: ModelSpec, target: Target | None) -> dict:
+        """The parameters this stage's outputs depend on, as its key's "params" part (not
+        a model's YAML `params:`, which says where its weights go)."""
         return {}
 
     def peers(self, model: ModelSpec, target: Target | None, targets: list[Target]) -> tuple[str, ...]:

@@ -32,7 +32,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from pipeline import process
-from pipeline.stage import MODULE, Stage, StageError
+from pipeline.run.entry import FAILURES
+from pipeline.stage import MODULE, Role, Stage, StageError
+from pipeline.vocab import Status
 from stages import dispatch_trace
 from stages.backends import BACKENDS
 from stages.capture import STAGE as CAPTURE
@@ -59,7 +61,7 @@ class Bisect(Stage):
     group = VALIDATE.name   # `doit validate` (and plain `doit`) bisects what it found off
     per_target = True
     follows = VALIDATE.name
-    role = "diagnosis"
+    role = Role.DIAGNOSIS
     # the module validate ran: its maker says how to build it again, traced
     inputs = (CAPTURE.name, EMIT.name, VALIDATE.name, MODULE)
     code = (HERE / "dispatch_trace.py", HERE / "iree_tools.py", HERE / "targets.py",
@@ -81,7 +83,7 @@ class Bisect(Stage):
             return ("model.mlirbc", "model.json", "model.irpa")
         return outputs   # the module's maker's: what its rebuild flags may name
 
-    def params(self, model, target):
+    def key_params(self, model, target):
         atol, rtol = VALIDATE.tolerances(model, target)
         return {"flags": compile_flags(target), "driver": target.driver, "atol": atol,
                 "rtol": rtol, "trace": list(TRACE_FLAGS),
@@ -95,9 +97,10 @@ class Bisect(Stage):
         return VALIDATE.unavailable(model, target)
 
     def needed(self, status, result):
-        if status is None or not status.startswith("failed"):
-            said = {"ran": "passed", "cached": "passed", "up-to-date": "passed",
-                    "skipped": "was skipped"}.get(status or "", "did not run")
+        if status in (Status.RAN, Status.CACHED, Status.UP_TO_DATE):
+            return "validate passed, nothing to bisect"
+        if status not in FAILURES:
+            said = "was skipped" if status == Status.SKIPPED else "did not run"
             return f"validate {said}, nothing to bisect"
         if not result or result.get("passed") is not False:
             return "validate failed before it compared numbers, nothing to bisect"

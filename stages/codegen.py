@@ -5,7 +5,7 @@ MODULE), so a stage placed after it that remakes the module (a tuning stage) is 
 instead, with no change here or there."""
 from __future__ import annotations
 
-from pipeline.stage import MODULE, Stage
+from pipeline.stage import Role, Stage
 from stages.iree_tools import COMPILE_CODE, iree_compile
 from stages.lower import PHASE, STAGE as LOWER
 from stages.targets import compile_flags
@@ -15,7 +15,7 @@ class Codegen(Stage):
     name = "codegen"
     doc = "compile each target's flow to its deployable module (.vmfb)"
     group = "compile"
-    role = MODULE.role
+    role = Role.MODULE
     group_doc = "compile the selected models for the selected targets (model=, target=)"
     per_target = True
     inputs = (LOWER.name,)
@@ -27,7 +27,7 @@ class Codegen(Stage):
     def tools(self, model):
         return ("iree-compile",)
 
-    def params(self, model, target):
+    def key_params(self, model, target):
         return {"flags": compile_flags(target), "from": PHASE}
 
     def rebuild_flags(self, model, target, built):

@@ -26,7 +26,7 @@ class Emit(Stage):
     def outputs(self, model):
         return ("model.mlirbc", "model.irpa", "model.json")
 
-    def params(self, model, target):
+    def key_params(self, model, target):
         return {"weights": model.weights, "threshold": model.weights_threshold}
 
     def run(self, ctx):

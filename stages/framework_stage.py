@@ -47,7 +47,7 @@ class FrameworkStage(Stage):
     def tools(self, model):
         return self.adapter(model).dists
 
-    def params(self, model, target):
+    def key_params(self, model, target):
         return model.key_fields()
 
     def applies_to(self, model, target):

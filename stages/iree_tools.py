@@ -111,8 +111,9 @@ def first_error(stderr: str) -> str:
 @functools.lru_cache(maxsize=None)
 def devices() -> tuple[str, ...]:
     """The runtime's devices on this machine, e.g. ('local-task://', 'vulkan://GPU-...').
-    Remembered across runs (keys.probe) while the executable, this boot, the device nodes,
-    the Vulkan driver manifests and the device-selecting environment stay the same."""
+    Remembered across runs (pipeline.cache.probes.probe) while the executable, this boot,
+    the device nodes, the Vulkan driver manifests and the device-selecting environment stay
+    the same."""
     exe = tool("iree-run-module")
 
     def ask() -> list[str]:

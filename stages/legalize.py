@@ -36,7 +36,7 @@ class Legalize(Stage):
     def tools(self, model):
         return ("iree-compile",)
 
-    def params(self, model, target):
+    def key_params(self, model, target):
         return {"input_type": frameworks.get(model.framework).input_type}
 
     def run(self, ctx):

@@ -35,7 +35,7 @@ class Lower(Stage):
         # the weights only when this target takes them into its module
         return ("model.mlirbc", *(("model.irpa",) if inline_weights(model, target) else ()))
 
-    def params(self, model, target):
+    def key_params(self, model, target):
         return {"flags": compile_flags(target), "to": PHASE,
                 "weights": "inline" if inline_weights(model, target) else "external"}
 

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from pipeline.names import DEFAULT_VARIANT, parse_upstream, variant_of
 from pipeline.report.units import duration
-from pipeline.stage import MODULE, Stage, StageError
+from pipeline.stage import MODULE, Role, Stage, StageError
+from pipeline.vocab import Kind
 from stages.timing import ratio
 from stages.validate import STAGE as VALIDATE
 
@@ -39,7 +40,7 @@ class Pick(Stage):
             Path(__file__).parent.parent / "pipeline" / "report" / "units.py")
     per_target = True
     across_variants = True
-    role = "choice"
+    role = Role.CHOICE
     partial_inputs = True
     inputs = (VALIDATE.name, MODULE)   # each variant's: its verdict, the module it judged
 
@@ -49,7 +50,7 @@ class Pick(Stage):
     def reads(self, upstream, outputs, model, target):
         return ("result.json",) if upstream == VALIDATE.name else ("module.vmfb",)
 
-    def params(self, model, target):
+    def key_params(self, model, target):
         return {"variants": [[name, list(flags)] for name, flags in target.variants],
                 "noise_floor": NOISE_FLOOR}
 
@@ -111,7 +112,7 @@ def _summary(variant: str, result: dict | None, flags, framework: dict | None) -
     elif not result.get("passed"):
         outcome = "outputs differ from the reference"
     else:
-        outcome = "passed"
+        outcome = Kind.PASSED
     latency = (result or {}).get("latency") or {}
     return {"variant": variant, "flags": list(flags or ()), "outcome": outcome,
             "latency": latency or None, "speed_ratio": ratio(latency, framework)}

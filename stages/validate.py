@@ -27,7 +27,7 @@ import numpy as np
 
 from pipeline.cache.digest import digest_file
 from pipeline.names import parse_upstream
-from pipeline.stage import MODULE, Stage, StageError
+from pipeline.stage import MODULE, Role, Stage, StageError
 from stages import frameworks, timing
 from stages.backends import BACKENDS, is_host_driver
 from stages.capture import STAGE as CAPTURE
@@ -45,7 +45,7 @@ class Validate(Stage):
     doc = "run each module on its device, compare with the framework's answer, time both"
     per_target = True
     default = True   # `doit` alone validates the default matrix
-    role = "verdict"
+    role = Role.VERDICT
     # the module built for the target: codegen's, or a later stage's that remakes it
     inputs = (CAPTURE.name, EMIT.name, MODULE)
     code = (HERE / "iree_tools.py", HERE / "compare.py", HERE / "timing.py", HERE / "backends.py")
@@ -90,7 +90,7 @@ class Validate(Stage):
     def worker_resources(self):
         return {d.split("://")[0]: 1 for d in devices() if not is_host_driver(d)}
 
-    def params(self, model, target):
+    def key_params(self, model, target):
         atol, rtol = self.tolerances(model, target)
         # the device it ran on is part of the answer: lavapipe's pass is not a GPU's
         return {"driver": target.driver, "device": device_for(target.driver), "atol": atol, "rtol": rtol,

@@ -9,11 +9,12 @@ from pathlib import Path
 import networkx as nx
 
 PIPELINE = Path(__file__).resolve().parent.parent / "pipeline"
-# bottom first: the contract with stages/, the name syntax and how a process is started, then content addressing, the
-# plan, running a stage, what a person reads, and doit's side
-LAYERS = ["pipeline.stage", "pipeline.names", "pipeline.process", "pipeline.cache",
-          "pipeline.plan", "pipeline.run", "pipeline.report", "pipeline.driver"]
-LEVEL = {"pipeline.stage": 0, "pipeline.names": 0, "pipeline.process": 0, "pipeline.cache": 1,
+# bottom first: the shared words (statuses, roles, kinds), the contract with stages/, the name
+# syntax and how a process is started, then content addressing, the plan, running a stage,
+# what a person reads, and doit's side
+LAYERS = ["pipeline.vocab", "pipeline.stage", "pipeline.names", "pipeline.process",
+          "pipeline.cache", "pipeline.plan", "pipeline.run", "pipeline.report", "pipeline.driver"]
+LEVEL = {"pipeline.vocab": 0, "pipeline.stage": 0, "pipeline.names": 0, "pipeline.process": 0, "pipeline.cache": 1,
          "pipeline.plan": 2, "pipeline.run": 3, "pipeline.report": 4, "pipeline.driver": 5}
 FOREIGN = ("stages", "models", "torch", "jax", "tensorflow", "onnx", "onnxruntime", "iree")
 
@@ -120,3 +121,65 @@ def test_no_module_imports_another_modules_private_names():
                                   f"{node.module or '.'}.{alias.name}" for alias in node.names
                                   if alias.name.startswith("_") and alias.name != "__version__"]
     assert not offending, offending
+
+
+VOCABULARY = {"pipeline/vocab.py": ("Status", "Role", "Kind")}
+# a word that is a member's value but means something else where it is written
+NOT_VOCABULARY = {
+    ("pipeline/report/junit.py", "skipped"): "JUnit XML's <skipped> element and attribute",
+    ("pipeline/plan/options.py", "xfail"): "the xfail= option's name",
+    ("pipeline/plan/options.py", "failed"): "retry=failed: the retry= option's value",
+    ("pipeline/report/diff.py", "xfail"): "a record row's xfail field, among its field names",
+    ("pipeline/report/timesplit.py", "ran"): "the stage-times column of the tasks that ran",
+}
+
+
+def _vocabulary() -> dict[str, set[str]]:
+    """Each vocabulary word (a Status, Role or Kind value) -> the modules that may spell it."""
+    import importlib
+    import sys
+    sys.path.insert(0, str(REPO))
+    words: dict[str, set[str]] = {}
+    for rel, enums in VOCABULARY.items():
+        module = importlib.import_module(rel.removesuffix(".py").replace("/", "."))
+        for name in enums:
+            for member in getattr(module, name):
+                words.setdefault(member.value, set()).add(rel)
+    return words
+
+
+def _field_names(tree: ast.AST) -> set[int]:
+    """The string constants that name a field, not a value: a dict key, a subscript, the key
+    .get/.pop/.setdefault takes, a docstring ("failed" the field of a row, "failed" its kind)."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Dict):
+            names |= {id(k) for k in node.keys if k is not None}
+        elif isinstance(node, ast.Subscript):
+            names.add(id(node.slice))
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                node.func.attr in ("get", "pop", "setdefault") and node.args:
+            names.add(id(node.args[0]))
+        elif isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            doc = node.body[0] if node.body else None
+            if isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant):
+                names.add(id(doc.value))
+    return names
+
+
+def test_statuses_roles_and_kinds_are_spelled_by_their_enums_only():
+    """A status, role or row kind is written as its enum's member (pipeline.vocab's Status,
+    Role, Kind) everywhere but where the enum is defined: a typo is
+    then an AttributeError, and a reader finds every use by name."""
+    words = _vocabulary()
+    offending = []
+    for tree in ("pipeline", "stages"):
+        for path in sorted((REPO / tree).rglob("*.py")):
+            rel = str(path.relative_to(REPO))
+            parsed = ast.parse(path.read_text())
+            fields = _field_names(parsed)
+            offending += [f"{rel}:{node.lineno} {node.value!r}" for node in ast.walk(parsed)
+                          if isinstance(node, ast.Constant) and node.value in words
+                          and rel not in words[node.value] and id(node) not in fields
+                          and (rel, node.value) not in NOT_VOCABULARY]
+    assert not offending, "spelled as strings:\n" + "\n".join(offending)

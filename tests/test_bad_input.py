@@ -48,7 +48,7 @@ def test_a_misspelt_option_stops_the_run_naming_the_nearest_and_every_known_one(
 def test_doit_diff_takes_only_its_own_options(tmp_path):
     root = make_project(tmp_path / "toy", cases=1)
     with (root / "pyproject.toml").open("a") as pyproject:
-        pyproject.write('diff = "pipeline.driver.diff:Diff"\n')
+        pyproject.write('diff = "pipeline.driver.cmd_diff:Diff"\n')
     assert doit(root).returncode == 0
     proc = doit(root, "diff", "baseline=build", "facter=3")
     assert proc.returncode != 0, proc.stdout
@@ -89,7 +89,7 @@ def test_a_malformed_baseline_stops_the_run_before_it_builds(tmp_path, tasks, wo
     assert "prepare" not in proc.stdout and not (root / "build" / "c0000").exists()
     assert record(root)["tasks"] == [] and "old.json" in record(root)["error"]
     with (root / "pyproject.toml").open("a") as pyproject:
-        pyproject.write('diff = "pipeline.driver.diff:Diff"\n')
+        pyproject.write('diff = "pipeline.driver.cmd_diff:Diff"\n')
     said = doit(root, "diff", "baseline=old.json")
     assert said.returncode == 3 and "Traceback" not in said.stderr, said.stderr
     assert f"{bad} is not a kiln run record" in said.stderr

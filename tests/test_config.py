@@ -205,7 +205,7 @@ def test_models_file_with_a_syntax_error_only_warns_when_not_selected(tmp_path):
     broken = write_broken(tmp_path)
     made = plan(tmp_path, model="mlp")
     assert made.graph.nodes   # mlp is planned
-    # printed by pipeline.session on every run, from the plan memo too (tests/test_memo.py)
+    # printed by pipeline.driver.session on every run, from the plan memo too (tests/test_memo.py)
     assert len(made.notices) == 1
     assert f"kiln: warning: model broken left out: {broken}:4: syntax error" in made.notices[0]
 

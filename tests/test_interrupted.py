@@ -8,7 +8,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 from pipeline.report import console, html, junit, table, verdict
-from pipeline.run.entry import INTERRUPTED, NOT_STARTED
+from pipeline.vocab import Status
 
 
 def task(stage, model, target, status="ran", role=None, **extra) -> dict:
@@ -22,18 +22,18 @@ def stopped_record() -> dict:
     return {"interrupted": "SIGINT", "tasks": [
         task("legalize", "a", None), task("codegen", "a", "cpu", role="module"),
         task("legalize", "b", None),
-        task("codegen", "b", "cpu", INTERRUPTED, role="module",
+        task("codegen", "b", "cpu", Status.INTERRUPTED, role="module",
              error="the run was stopped (SIGINT) while it ran"),
-        task("legalize", "c", None, NOT_STARTED, reason="the run was stopped (SIGINT) first"),
-        task("codegen", "c", "cpu", NOT_STARTED, role="module",
+        task("legalize", "c", None, Status.NOT_STARTED, reason="the run was stopped (SIGINT) first"),
+        task("codegen", "c", "cpu", Status.NOT_STARTED, role="module",
              reason="the run was stopped (SIGINT) first")]}
 
 
 def test_unfinished_cases_are_rows_of_their_own_kind_saying_where():
     kinds = {r["model"]: (r["kind"], r["outcome"]) for r in table.rows(stopped_record()["tasks"])}
     assert kinds["a"] == ("compiled", "compiled")
-    assert kinds["b"][0] == INTERRUPTED and kinds["b"][1].startswith("interrupted at codegen")
-    assert kinds["c"][0] == NOT_STARTED and kinds["c"][1].startswith("not started")
+    assert kinds["b"][0] == Status.INTERRUPTED and kinds["b"][1].startswith("interrupted at codegen")
+    assert kinds["c"][0] == Status.NOT_STARTED and kinds["c"][1].startswith("not started")
 
 
 def test_a_stopped_run_fails_even_when_every_finished_case_passed():
@@ -64,7 +64,7 @@ def test_junit_of_a_run_stopped_after_its_last_case_still_fails():
     """Nothing but a model's front end was left (no case holds it): the run itself errs."""
     late = {"interrupted": "SIGTERM", "tasks": [
         task("codegen", "a", "cpu", role="module"),
-        task("legalize", "z", None, NOT_STARTED, reason="the run was stopped first")]}
+        task("legalize", "z", None, Status.NOT_STARTED, reason="the run was stopped first")]}
     suite = ET.fromstring(junit.xml(late)).find("testsuite")
     assert suite.get("errors") == "1" and suite.get("tests") == "2"
     assert "interrupted (SIGTERM)" in suite.find("testcase[@name='run']/error").get("message")

@@ -17,8 +17,8 @@ import pytest
 
 from conftest import without_kiln_settings
 from pipeline import process
-from pipeline.run.entry import INTERRUPTED, NOT_STARTED
 from pipeline.stage import StageError
+from pipeline.vocab import Status
 
 
 def slow_mlir(layers: int = 60, scale: float = 0.01) -> str:
@@ -209,7 +209,7 @@ def stopped_record(project, signal_name: str, stdout: str) -> dict[str, str]:
     statuses = {t["task"]: t["status"] for t in record["tasks"]}
     assert len(statuses) == 12 and {t["model"] for t in record["tasks"]} == \
         {"slow0", "slow1", "slow2"}
-    assert set(statuses.values()) <= {"ran", INTERRUPTED, NOT_STARTED}, statuses
+    assert set(statuses.values()) <= {"ran", Status.INTERRUPTED, Status.NOT_STARTED}, statuses
     unfinished = {t["model"] for t in record["tasks"] if t["status"] != "ran"}
     assert unfinished, statuses
     suite = ET.parse(build / "junit.xml").getroot().find("testsuite")

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from pipeline.driver.reporter import Cases
-from pipeline.run.entry import INTERRUPTED, NOT_STARTED
+from pipeline.vocab import Status
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -317,8 +317,8 @@ def test_a_stopped_run_records_every_task_finished_interrupted_or_not_started(tm
     record = json.loads((root / "build" / "run.json").read_text())
     assert record["interrupted"] == "SIGINT"
     assert {t["task"]: t["status"] for t in record["tasks"]} == {
-        "prepare:toy": "ran", "validate:toy@quick": "ran", "validate:toy@stop": INTERRUPTED,
-        "validate:toy@slow": NOT_STARTED, "validate:toy@later": NOT_STARTED}
+        "prepare:toy": "ran", "validate:toy@quick": "ran", "validate:toy@stop": Status.INTERRUPTED,
+        "validate:toy@slow": Status.NOT_STARTED, "validate:toy@later": Status.NOT_STARTED}
     assert proc.stdout.splitlines()[-1] == ("kiln: interrupted (SIGINT): 4 cases: 1 passed, "
                                             "0 failed, 1 interrupted, 2 not started; run the "
                                             "same command again to finish them")

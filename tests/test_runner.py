@@ -11,7 +11,8 @@ from pipeline.plan.layout import Layout
 from pipeline.plan.tasks import Job
 from pipeline.cache.store import Store
 from pipeline.run.decide import compute_key, decide, not_a_verdict
-from pipeline.run.entry import CACHED_FAILURE, RESULT_TEXT, StageEntry
+from pipeline.run.entry import RESULT_TEXT, StageEntry
+from pipeline.vocab import Status
 from pipeline.run.runner import execute
 from pipeline.stage import ModelSpec, Node, Stage, StageError
 
@@ -26,7 +27,7 @@ class Source(Stage):
     def outputs(self, model):
         return ("out.txt",)
 
-    def params(self, model, target):
+    def key_params(self, model, target):
         return {"text": self.text}
 
     def run(self, ctx):
@@ -301,7 +302,7 @@ def test_a_failure_is_remembered_and_the_next_run_reports_it_without_running(lay
     assert decision.why == ("failed with this same key before: its failure is remembered in the "
                             "cache (retry=failed runs it again)")
     again, _ = run(stage, layout)
-    assert stage.calls == 1 and again.status == CACHED_FAILURE == "failed (cached)"
+    assert stage.calls == 1 and again.status == Status.CACHED_FAILURE == "failed (cached)"
     assert (again.error, again.command, again.result, again.key) == \
         (first.error, first.command, first.result, first.key)
     assert again.why == decision.why and not out.exists()
@@ -371,7 +372,7 @@ def test_retry_failed_runs_a_remembered_failure_again_and_keeps_the_new_outcome(
     assert entry.status == "failed" and stage.calls == 2
     assert entry.why.startswith("retry=failed: it failed with this same key before")
     entry, _ = run(stage, layout)
-    assert (entry.status, entry.error, stage.calls) == (CACHED_FAILURE, "compiler said no again", 2)
+    assert (entry.status, entry.error, stage.calls) == (Status.CACHED_FAILURE, "compiler said no again", 2)
     # it passes (a fixed machine): its outputs replace the failure, and are restored after
     stage.error = None
     entry = execute(job(stage, retry_failed=True), layout)

@@ -13,8 +13,9 @@ import pytest
 from toy_kiln import doit, make_project
 
 from pipeline.cache.store import Store
-from pipeline.run.entry import CACHED_FAILURE, StageEntry
-from pipeline.run.uptodate import Watch, settled, verdict_on
+from pipeline.run.entry import StageEntry
+from pipeline.run.uptodate import KeySources, settled, verdict_on
+from pipeline.vocab import Status
 
 
 def statuses(root: Path) -> dict[str, str]:
@@ -48,7 +49,7 @@ def test_remembered_failures_make_no_plan_until_their_key_changes(tmp_path):
     second = doit(root, "-n", "2")
     was = statuses(root)
     assert {t: s for t, s in was.items() if s != "up-to-date"} == {
-        "prepare:c0000": CACHED_FAILURE, "prepare:c0001": CACHED_FAILURE,
+        "prepare:c0000": Status.CACHED_FAILURE, "prepare:c0001": Status.CACHED_FAILURE,
         "check:c0000@cpu": "skipped", "check:c0001@cpu": "skipped"}
     assert second.returncode == first.returncode
     third = doit(root, env={"PYTHONPROFILEIMPORTTIME": "1"})
@@ -67,7 +68,7 @@ def test_remembered_failures_make_no_plan_until_their_key_changes(tmp_path):
     (root / "cases" / "c0001.txt").write_text("FAIL, edited")
     doit(root)
     assert statuses(root)["prepare:c0001"] == "failed"
-    assert statuses(root)["prepare:c0000"] == CACHED_FAILURE
+    assert statuses(root)["prepare:c0000"] == Status.CACHED_FAILURE
     with open(root / "toy_stages.py", "a") as f:
         f.write("# a comment: the code's digest, and so every key, changes\n")
     doit(root)
@@ -93,40 +94,40 @@ def test_a_failure_that_is_no_verdict_runs_again(tmp_path):
 
 @pytest.fixture
 def failed(tmp_path):
-    """(entry file, watch, cache root) of a failure remembered in a real store under its key."""
+    """(entry file, sources, cache root) of a failure remembered in a real store under its key."""
     cache = tmp_path / "cache"
     Store(cache).remember_failure("k" * 64, {"error": "no", "command": None, "result": None,
                                              "log": "the tool said no"})
     source = tmp_path / "model.txt"
     source.write_text("FAIL")
-    watch = Watch("watched-1", (str(source), str(tmp_path / "absent")))
+    sources = KeySources("watched-1", (str(source), str(tmp_path / "absent")))
     entry = StageEntry("prepare:m", "prepare", "m", None, key="k" * 64, status="failed",
                        error="no", seconds=3.2, warnings=["a warning of that run"])
-    entry.verdict_on = verdict_on(watch, watch.stats(), Store(cache).failure_files("k" * 64))
+    entry.verdict_on = verdict_on(sources, sources.stats(), Store(cache).failure_files("k" * 64))
     entry_file = tmp_path / "entry.json"
     entry_file.write_bytes(entry.to_json())
-    return entry_file, watch, cache
+    return entry_file, sources, cache
 
 
 def test_a_remembered_failure_is_settled_as_a_cached_one(failed):
-    entry_file, watch, cache = failed
-    known = settled(entry_file, watch, cache)
-    assert known.entry.status == CACHED_FAILURE
+    entry_file, sources, cache = failed
+    known = settled(entry_file, sources, cache)
+    assert known.entry.status == Status.CACHED_FAILURE
     assert (known.entry.seconds, known.entry.warnings, known.entry.error) == (0.0, [], "no")
     assert known.log[-1] == "the tool said no"   # its log, as the runner writes it
     entry_file.write_bytes(known.entry.to_json())   # as the run leaves it: nothing to write
-    assert settled(entry_file, watch, cache) == (known.entry, None)
+    assert settled(entry_file, sources, cache) == (known.entry, None)
 
 
 @pytest.mark.parametrize("change", ["watched", "input", "input appears", "cache entry replaced",
                                     "cache entry gone", "another cache", "log damaged",
                                     "entry file damaged"])
 def test_anything_it_was_a_verdict_on_changed_unsettles_it(failed, change):
-    entry_file, watch, cache = failed
-    source, absent = (Path(f) for f in watch.files)
+    entry_file, sources, cache = failed
+    source, absent = (Path(f) for f in sources.files)
     remembered = Path(Store(cache).failure_files("k" * 64)["entry"][0])
     if change == "watched":
-        watch = watch._replace(watched="watched-2")   # a param, a tool version, the code
+        sources = sources._replace(watched="watched-2")   # a param, a tool version, the code
     elif change == "input":
         source.write_text("FAIL, edited")
         os.utime(source, ns=(1, 1))
@@ -148,18 +149,18 @@ def test_anything_it_was_a_verdict_on_changed_unsettles_it(failed, change):
         os.utime(blob, ns=(1, 1))
     else:
         cache = cache.parent / "other-cache"
-    assert settled(entry_file, watch, cache) is None
+    assert settled(entry_file, sources, cache) is None
 
 
 def test_a_skip_for_an_absent_input_is_settled_and_other_outcomes_are_not(failed):
-    entry_file, watch, cache = failed
+    entry_file, sources, cache = failed
     entry = StageEntry.load(entry_file)
     skipped = StageEntry(entry.task, entry.stage, entry.model, None, status="skipped",
                          reason="skipped: lower has no module.mlir (it failed or was skipped)",
-                         verdict_on=verdict_on(watch, watch.stats()))
+                         verdict_on=verdict_on(sources, sources.stats()))
     entry_file.write_bytes(skipped.to_json())
-    assert settled(entry_file, watch, cache).entry.reason == skipped.reason
+    assert settled(entry_file, sources, cache).entry.reason == skipped.reason
     ran = StageEntry(entry.task, entry.stage, entry.model, None, status="ran", key="k",
                      verdict_on=entry.verdict_on)
     entry_file.write_bytes(ran.to_json())
-    assert settled(entry_file, watch, cache) is None
+    assert settled(entry_file, sources, cache) is None

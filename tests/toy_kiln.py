@@ -79,7 +79,7 @@ class Check(Stage):
     def outputs(self, model):
         return ("checked.txt",)
 
-    def params(self, model, target):
+    def key_params(self, model, target):
         return {{"flags": list(target.flags)}}
 
     def run(self, ctx):
@@ -98,7 +98,7 @@ def detect(path):
 
 # `doit explain` is a command plugin: doit imports it before dodo.py (PYTHONPATH: environment)
 PYPROJECT = """[tool.doit.plugins.command]
-explain = "pipeline.driver.explain:Explain"
+explain = "pipeline.driver.cmd_explain:Explain"
 """
 
 CONFIG = """targets:

@@ -37,6 +37,16 @@ def read_only() -> bool:
 
 
 
+def stat_of(path: str | Path) -> list | None:
+    """[size, mtime_ns] of a file or directory, None when absent: the cheap "has it changed"
+    every memo of kiln's compares (plan, facts, record, a key's inputs, a probed executable)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
 def file_identity(path: str | Path) -> list | None:
     """[inode, size] of a file, None when absent: what replacing it (every write here is a
     rename) or removing it changes, and reading it or marking its last use (utime) does not."""

@@ -3,7 +3,7 @@
 A stage's key holds the versions of the tools it calls. Python distributions answer from
 their metadata; an executable's answer (--version, a device list) costs a process start, so
 it is remembered in build/.kiln/tool-probes.json, keyed by the executable's path, size and
-mtime and by whatever else the answer depends on (keys.Watch: the boot, device nodes, ...).
+mtime and by whatever else the answer depends on (probes.Watch: the boot, device nodes, ...).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, NamedTuple
 
 from .digest import canonical
-from .files import atomic_write, read_only
+from .files import atomic_write, read_only, stat_of
 
 
 # name -> how the package that ships an executable finds it (stages register IREE's: the
@@ -93,12 +93,9 @@ def probe_cache_file() -> Path | None:
 
 
 def exe_identity(exe: str) -> list | None:
-    try:
-        real = os.path.realpath(exe)
-        st = os.stat(real)
-    except OSError:
-        return None
-    return [real, st.st_size, st.st_mtime_ns]
+    real = os.path.realpath(exe)
+    st = stat_of(real)
+    return None if st is None else [real, *st]
 
 
 
@@ -138,7 +135,7 @@ def read_small(path: str) -> str | None:
 
 
 # the probes this process made, with what they depend on: the plan memo re-checks them
-# (pipeline.memo) before it trusts a task list that was made from their answers
+# (pipeline.plan.memo) before it trusts a task list that was made from their answers
 PROBED: list[tuple[str, Watch | None]] = []
 
 

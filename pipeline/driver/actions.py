@@ -13,15 +13,16 @@ from ..plan.tasks import Plan, upstream_of
 from ..report.record import RunLog
 from ..run.executor import DaskExecutor
 from ..run.runner import execute
-from ..run.uptodate import Watch, input_state
+from ..run.uptodate import KeySources, input_state
 from ..stage import ConfigError, Node
+from ..vocab import Status
 
 
 def stage_action(plan: Plan, executor: DaskExecutor | None, run: RunLog, task: str,
-                 watch: Watch, soft_deps: list[str] = ()):
+                 sources: KeySources, soft_deps: list[str] = ()):
     """A stage task's action: the runner's entry goes to the reporter and, as the task's
-    values, into doit's database, where the next run's up-to-date check finds it. watch:
-    what the task's key is made of (uptodate.Watch)."""
+    values, into doit's database, where the next run's up-to-date check finds it. sources:
+    what the task's key is made of (uptodate.KeySources)."""
     node = plan.nodes_by_task[task]
     data = plan.graph.nodes[node]
     job = plan.job(node)
@@ -31,7 +32,7 @@ def stage_action(plan: Plan, executor: DaskExecutor | None, run: RunLog, task: s
     if executor is not None and not job.stage.follows:
         resources = job.stage.resources(job.target)
         delegate = lambda: executor.run(node.task_name, resources)  # noqa: E731
-    entry = execute(job, plan.layout, delegate=delegate, watch=watch)
+    entry = execute(job, plan.layout, delegate=delegate, sources=sources)
     run.entries[node.task_name] = entry   # the reporter's copy, even where build/ is full
     # (see plan.graph; an unfinished stage, soft or not, must not be saved as done)
     if entry.unfinished or entry.failed and not (data["soft"] or data["followed"]):
@@ -39,8 +40,8 @@ def stage_action(plan: Plan, executor: DaskExecutor | None, run: RunLog, task: s
     values = {"entry": entry.to_dict(fingerprint=False, result_text=True)}
     if soft_deps:   # what the session's check compares next time
         values["soft_inputs"] = _soft_inputs(plan, node, entry.fingerprint, soft_deps)
-    if not entry.failed and entry.status != "skipped":   # those come back to the runner
-        values["watched"] = watch.watched
+    if not entry.failed and entry.status != Status.SKIPPED:   # those come back to the runner
+        values["watched"] = sources.watched
     return values
 
 

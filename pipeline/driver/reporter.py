@@ -26,6 +26,8 @@ from .. import process
 from ..names import base_target
 from ..report.console import case_limit
 from ..report.record import RunLog, Summary, entry_of, publish, reuse
+from ..run.entry import FAILURES
+from ..vocab import Status
 from . import collector
 from .database import identity
 
@@ -34,11 +36,11 @@ if TYPE_CHECKING:   # (loaded only when baseline= is given)
 
 # what a task that never ran because an upstream one failed did not do (its entry may be
 # the last run's, which did)
-NOT_RUN = {"status": "skipped", "seconds": 0.0, "tool_seconds": None,
+NOT_RUN = {"status": Status.SKIPPED, "seconds": 0.0, "tool_seconds": None,
            "reason": "an upstream stage failed", "key": None, "error": None, "command": None,
            "result": None, "warnings": None, "why": None, "remote": None, "worker": None}
 # what the last run of an up-to-date task did that this run did not
-NOT_THIS_RUN = {"status": "up-to-date", "seconds": 0.0, "tool_seconds": None,
+NOT_THIS_RUN = {"status": Status.UP_TO_DATE, "seconds": 0.0, "tool_seconds": None,
                 "warnings": None, "why": None, "remote": None, "worker": None}
 # what a task the run was stopped in, or before, did not do (its entry may be the last run's)
 UNFINISHED_RUN = {"seconds": 0.0, "reason": None, "key": None, "error": None, "command": None,
@@ -136,7 +138,7 @@ class KilnReporter(ConsoleReporter):
         # a failure another stage diagnoses is no failure to doit (plan.graph: "followed")
         followed = ((task.meta or {}).get("kiln") or {}).get("followed")
         self._finished(task, failed=bool(followed) and
-                       (self._entry(task) or {}).get("status", "").startswith("failed"))
+                       (self._entry(task) or {}).get("status") in FAILURES)
         self._add(task)
 
     def add_failure(self, task, fail):
@@ -154,7 +156,7 @@ class KilnReporter(ConsoleReporter):
             if entry.get("status") in FAILURES:   # (failed, or failed (cached))
                 self._add(task)
             else:
-                self._add(task, status="failed", error=fail.get_msg().strip())
+                self._add(task, status=Status.FAILED, error=fail.get_msg().strip())
 
     def skip_uptodate(self, task):
         # a group (the only up-to-date task that is no stage: GROUP_UPTODATE) stays silent,
@@ -168,7 +170,7 @@ class KilnReporter(ConsoleReporter):
     def skip_ignore(self, task):
         self._say(f"!! {task.title()}\n")
         self.cases.ended(task)
-        self._add(task, status="skipped", seconds=0.0, reason="ignored")
+        self._add(task, status=Status.SKIPPED, seconds=0.0, reason="ignored")
 
     def complete_run(self):
         if self.progress is not None:
@@ -218,15 +220,14 @@ class KilnReporter(ConsoleReporter):
 
     def _unfinished(self, name: str, stopped: str) -> dict:
         """What the record says of a task the stop left unfinished (an entry's fields)."""
-        from ..run.entry import INTERRUPTED, NOT_STARTED   # (only a stopped run needs them)
         began = self.started.get(name)
         if began is None:
-            return {**UNFINISHED_RUN, "status": NOT_STARTED,
+            return {**UNFINISHED_RUN, "status": Status.NOT_STARTED,
                     "reason": f"the run was stopped ({stopped}) before it started"}
         fresh = self.run.entries.get(name)   # the runner's, where its tool was killed (-P thread)
         error = fresh.error if fresh is not None and fresh.unfinished else \
             f"the run was stopped ({stopped}) while it ran"
-        return {**UNFINISHED_RUN, "status": INTERRUPTED, "error": error,
+        return {**UNFINISHED_RUN, "status": Status.INTERRUPTED, "error": error,
                 "seconds": round(time.monotonic() - began, 3)}
 
     def _publish(self, stopped: str | None = None) -> Summary:
@@ -260,7 +261,7 @@ class KilnReporter(ConsoleReporter):
         failed or was skipped anew: that record is built."""
         rows = []
         for task, override in added:
-            if override.get("status") == "up-to-date":
+            if override.get("status") == Status.UP_TO_DATE:
                 rows.append(task.name)
                 continue
             kind = "settled" if not override and task.name in self.run.settled else \

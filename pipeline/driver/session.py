@@ -22,7 +22,7 @@ from ..names import task_name
 from ..plan import memo
 from ..plan.variables import given_variables, plan_variables, read_variables, refuse_unknown
 from ..report.record import RunLog, write_failed_run
-from ..run.uptodate import CHECK_SIGNATURE, Settled, Watch, settled, stage_check
+from ..run.uptodate import CHECK_SIGNATURE, KeySources, Settled, settled, stage_check
 from . import collector
 from .database import identity, seal, set_aside_if_damaged
 from .reporter import make_reporter
@@ -134,13 +134,13 @@ class Session:
         reported as it stands, with no plan made and no key computed."""
         collector.resume()   # (here too: with -n, stages run in doit's child processes)
         self._temp_files_in_build()
-        watch = Watch.of(task)
-        known = self.settled(task, watch)
+        sources = KeySources.of(task)
+        known = self.settled(task, sources)
         if known is not None:
             outcome = self._report_settled(info, known)
         else:
             from .actions import stage_action
-            outcome = stage_action(self.plan(), self.executor(), self.run, name, watch,
+            outcome = stage_action(self.plan(), self.executor(), self.run, name, sources,
                                    info.get("soft_deps", []))
         if isinstance(outcome, dict):   # a child process sends task.values back with the task
             task.values.update(outcome)
@@ -156,13 +156,13 @@ class Session:
             scratch.mkdir(parents=True, exist_ok=True)
             tempfile.tempdir = os.environ["TMPDIR"] = str(scratch)
 
-    def settled(self, task, watch: Watch | None = None) -> Settled | None:
+    def settled(self, task, sources: KeySources | None = None) -> Settled | None:
         """The stage task's settled outcome, as this run reports it (uptodate.settled), or
         None; always None with retry= (retry=failed runs remembered failures again; another
         value is an error the plan reports). `doit explain` asks it too."""
         if "retry" in self.variables:
             return None
-        return settled(Path(task.meta["kiln"]["entry"]), watch or Watch.of(task), self.cache)
+        return settled(Path(task.meta["kiln"]["entry"]), sources or KeySources.of(task), self.cache)
 
     def _report_settled(self, info: dict, known: Settled):
         """A settled outcome, reported as stage_action reports one: a failure fails the task

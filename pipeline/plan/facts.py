@@ -27,8 +27,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from ..cache.files import atomic_write, read_only
-from .memo import stat_of
+from ..cache.files import atomic_write, read_only, stat_of
 
 FORMAT = 1
 FACTS_FILE = "model-facts.json"   # in build/.kiln/

@@ -30,7 +30,7 @@ from typing import Iterable
 
 from ..cache import probes
 from ..cache.digest import canonical
-from ..cache.files import atomic_write, read_only
+from ..cache.files import atomic_write, read_only, stat_of
 
 FORMAT = 3
 # what kiln, iree-compile and the runtime read from the environment. The variables that
@@ -48,15 +48,6 @@ def context(variables: dict[str, str], root: Path) -> dict:
                     if k.startswith(ENV_PREFIXES) or k in ENV_NAMES},
             "cwd": str(root), "python": [sys.executable, sys.version],
             "host": os.uname().nodename, "boot": probes.read_small(BOOT_ID)}
-
-
-def stat_of(path: str) -> list | None:
-    """[size, mtime_ns] of a file or directory, None when absent."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return [st.st_size, st.st_mtime_ns]
 
 
 def file_facts(files: Iterable[Path], listed_dirs: Iterable[Path]) -> dict[str, list | None]:
@@ -83,7 +74,7 @@ def distribution_dirs() -> list[Path]:
 
 
 def probe_facts() -> list[dict]:
-    """Each tool this process asked (keys.probe), with what its answer depends on."""
+    """Each tool this process asked (probes.probe), with what its answer depends on."""
     seen, facts = set(), []
     for exe, watch in probes.PROBED:
         if (exe, watch) in seen:

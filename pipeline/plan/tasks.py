@@ -339,7 +339,7 @@ def watched_digest(stage: Stage, model: ModelSpec, target, code: dict[str, str])
     a hash per task per run until the task ran again. The plan memo watches them instead
     (plan_inputs): a changed one makes the plan, and so this digest, again."""
     return digest_bytes(canonical(
-        {"params": stage.params(model, target),
+        {"params": stage.key_params(model, target),
          "tools": {t: tool_version(t) for t in stage.tools(model)},
          "code": code}).encode())
 

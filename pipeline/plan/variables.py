@@ -38,7 +38,7 @@ VARIABLES = {
 REPORT_ONLY = ("baseline", "factor")
 
 # the options only some tasks read (every other option is read by every stage's tasks): what
-# `doit help <task>` lists (pipeline.driver.help)
+# `doit help <task>` lists (pipeline.driver.cmd_help)
 ONLY_FOR = {"days": ("prune",)}
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from ..vocab import Kind, Status
+
 if TYPE_CHECKING:   # (a no-op run after a no-op run reads only case_limit here)
     from .verdict import Verdict
 
@@ -60,7 +62,7 @@ def failure_lines(tasks: list[dict], table_rows: list[dict], found: Verdict) -> 
     from .table import short_error
     said = []
     for r in table_rows:
-        if r["kind"] == "failed":
+        if r["kind"] == Kind.FAILED:
             said.append(_line(f"{r['model']}@{r['target']}", r["outcome"], r["failed"]))
             said += [_diagnosis_line(r["diagnosis"])] if r["diagnosis"] else []
     stray = set(found.failed)
@@ -92,8 +94,7 @@ def _cached(entry: dict) -> str:
 
 def _remembered(entry: dict) -> bool:
     """A failure from the cache (its status 'failed (cached)')."""
-    from ..run.entry import CACHED_FAILURE   # (here: see the module docstring)
-    return entry["status"] == CACHED_FAILURE
+    return entry["status"] == Status.CACHED_FAILURE
 
 
 def summary_line(tasks: list[dict], table_rows: list[dict], found: Verdict) -> str:
@@ -101,14 +102,14 @@ def summary_line(tasks: list[dict], table_rows: list[dict], found: Verdict) -> s
     failures cached (retry=failed runs them again)'. Failed counts what fails the run: the
     unexpected failures, a failed task no case holds among them. A stopped run's begins
     'kiln: interrupted (SIGINT):' and counts the cases it left unfinished."""
-    from .table import KINDS   # (the kinds of case, in the order counted)
-    counts = {kind: sum(r["kind"] == kind for r in table_rows) for kind in KINDS}
-    counts["failed"] = len(found.failed)
+    # (in the order the kinds are counted)
+    counts = {kind: sum(r["kind"] == kind for r in table_rows) for kind in Kind}
+    counts[Kind.FAILED] = len(found.failed)
     what = f"{len(table_rows)} case{'s' * (len(table_rows) != 1)}" if table_rows \
         else "no model x target case"
-    always = ("failed",) if counts["compiled"] else ("passed", "failed")
+    always = (Kind.FAILED,) if counts[Kind.COMPILED] else (Kind.PASSED, Kind.FAILED)
     said = ", ".join(f"{n} {kind}" for kind, n in counts.items() if n or kind in always)
-    cached = sum(1 for r in table_rows if r["kind"] in ("failed", "xfail") and r["failed"]
+    cached = sum(1 for r in table_rows if r["kind"] in (Kind.FAILED, Kind.XFAIL) and r["failed"]
                  and _remembered(r["failed"]))
     cached += sum(1 for t in tasks if t["task"] in found.failed and _remembered(t))
     again = "" if not cached else (f"; {cached} of the failures cached (retry=failed runs "

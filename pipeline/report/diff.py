@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..stage import ConfigError
+from ..vocab import Kind
 from . import table
 from .units import duration
 
@@ -31,7 +32,8 @@ ERROR_FACTOR = 2.0     # an error against its tolerance that grew (or shrank) mo
 ERROR_FLOOR = 0.01     # ... and is at least this much of the tolerance, before or after
 LATENCY_NOISE = 0.05   # stages/pick.py's NOISE_FLOOR: medians closer than this are one speed
 VERDICTS = ("worse", "better", "changed")   # a case's change, in the order they are listed
-GOOD, BAD = ("passed", "xpass"), ("failed", "xfail")   # table.rows kinds that pass, that fail
+# table.rows kinds that pass, that fail
+GOOD, BAD = (Kind.PASSED, Kind.XPASS), (Kind.FAILED, Kind.XFAIL)
 
 
 # --- what the user gave ---------------------------------------------------------------------
@@ -189,8 +191,8 @@ def outcome(row: dict) -> str:
     kind, failed = row["kind"], row["failed"]
     if kind not in BAD:
         return kind
-    where = f"failed at {failed['stage']}" if failed else "failed"
-    return where if kind == "failed" else f"xfail ({where})"
+    where = f"failed at {failed['stage']}" if failed else Kind.FAILED
+    return where if kind == Kind.FAILED else f"xfail ({where})"
 
 
 def _outcome_change(before: dict, after: dict) -> dict | None:

@@ -34,15 +34,17 @@ import warnings
 from pathlib import Path
 from urllib.parse import quote
 
-from ..run.entry import CACHED_FAILURE, FAILURES, INTERRUPTED, NOT_STARTED, UNFINISHED
+from ..run.entry import FAILURES
+from ..vocab import Kind, Status
 from . import diff, table, timesplit
+from .table import UNFINISHED_KINDS
 from .units import duration
 
 # the order they are listed
-STATUSES = ("failed", CACHED_FAILURE, INTERRUPTED, NOT_STARTED, "ran", "cached", "up-to-date",
-            "skipped")
-KINDS = table.KINDS   # a matrix cell's outcome
-PASSED = ("passed", "xpass")                                         # the kinds that passed
+STATUSES = (Status.FAILED, Status.CACHED_FAILURE, Status.INTERRUPTED, Status.NOT_STARTED,
+            Status.RAN, Status.CACHED, Status.UP_TO_DATE, Status.SKIPPED)
+KINDS = tuple(Kind)   # a matrix cell's outcome
+PASSED = (Kind.PASSED, Kind.XPASS)                                     # the kinds that passed
 # "off" leaves the charts out (matplotlib costs a second or two a page): for runs whose page
 # nobody looks at, such as the test suite's hundreds of small builds
 CHARTS_ENV = "KILN_REPORT_CHARTS"
@@ -150,7 +152,7 @@ def _interrupted(record: dict, cells: list[dict]) -> dict | None:
     if not record.get("interrupted"):
         return None
     return {"signal": record["interrupted"], "cells": len(cells),
-            "unfinished": sum(c["kind"] in UNFINISHED for c in cells)}
+            "unfinished": sum(c["kind"] in UNFINISHED_KINDS for c in cells)}
 
 
 def _count(values) -> dict[str, int]:
@@ -208,7 +210,7 @@ def _matrix_cell(cell: dict, page_dir: str) -> dict:
     if failed:
         return {**view, "log": _href(failed, page_dir), "failed": {
             "stage": failed["stage"], "error": failed.get("error") or "no error recorded",
-            "command": failed.get("command"), "cached": failed["status"] == CACHED_FAILURE}}
+            "command": failed.get("command"), "cached": failed["status"] == Status.CACHED_FAILURE}}
     measured = []
     if cell["max_abs"] is not None:
         measured.append(f"abs err {cell['max_abs']:.1e}")
@@ -218,7 +220,8 @@ def _matrix_cell(cell: dict, page_dir: str) -> dict:
     last = verdict if verdict and verdict.get("log") else \
         next((e for e in reversed(cell["chain"]) if e.get("log")), None)
     return {**view, "failed": None, "log": _href(last, page_dir), "sub": " · ".join(measured),
-            "text": cell["outcome"] if cell["kind"] in ("skipped", *UNFINISHED) else cell["kind"]}
+            "text": cell["outcome"] if cell["kind"] in (Kind.SKIPPED, *UNFINISHED_KINDS)
+            else cell["kind"]}
 
 
 def _anchor(cell: dict) -> str:
@@ -377,11 +380,11 @@ def _tasks(entries: list[dict], page_dir: str) -> list[dict]:
 def _why(entry: dict) -> str:
     """Why the stage ran (its key changed), was reused, was skipped, or failed (its error)."""
     why = entry.get("why") or entry.get("reason") or ""
-    if entry["status"] == "cached":
+    if entry["status"] == Status.CACHED:
         return why or "restored from the cache"
-    if entry["status"] == "up-to-date":
+    if entry["status"] == Status.UP_TO_DATE:
         return why or "nothing it reads changed"
-    if entry["status"] in (*FAILURES, INTERRUPTED):
+    if entry["status"] in (*FAILURES, Status.INTERRUPTED):
         return (why + ": " if why else "") + (entry.get("error") or "")
     return why
 
@@ -389,7 +392,7 @@ def _why(entry: dict) -> str:
 def css_class(status: str) -> str:
     """The page's class for a status or a cell's kind: a failure taken from the cache is a
     failure; 'not started' is 'not-started' (a class name holds no space)."""
-    return "failed" if status in FAILURES else status.replace(" ", "-")
+    return Kind.FAILED.value if status in FAILURES else status.replace(" ", "-")
 
 
 # --- charts --------------------------------------------------------------------------------
@@ -554,7 +557,8 @@ def _draw_errors(Figure, data):
         if tols:
             _mark(f"errors-mark-{err_i}-tol", [ax.scatter(*zip(*tols), marker="|", s=200, linewidths=2,
                                         color="#555", label="tolerance")])
-        for passed, colour, label in ((True, "#2ca02c", "passed"), (False, "#d62728", "failed")):
+        for passed, colour, label in ((True, "#2ca02c", Kind.PASSED.value),
+                                      (False, "#d62728", Kind.FAILED.value)):
             points = [(max(row[err_i], floor), i) for i, row in enumerate(data)
                       if row[err_i] is not None and row[1] == passed]
             if points:

@@ -15,8 +15,9 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 
-from ..run.entry import INTERRUPTED, UNFINISHED
+from ..vocab import Kind
 from . import table
+from .table import UNFINISHED_KINDS
 
 # characters XML 1.0 cannot hold (a compiler's colour codes): shown as '?', not a broken file
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
@@ -40,7 +41,7 @@ def xml(record: dict) -> bytes:
             counts[said] += 1
     if record.get("interrupted") and not counts["errors"]:   # no case says the run stopped
         case = ET.SubElement(suite, "testcase", classname="kiln", name="run", time="0")
-        ET.SubElement(case, "error", type=INTERRUPTED, message=_text(
+        ET.SubElement(case, "error", type=Kind.INTERRUPTED, message=_text(
             f"the run was interrupted ({record['interrupted']}) before it ended"))
         counts["errors"] += 1
     suite.set("tests", str(len(suite)))
@@ -63,22 +64,22 @@ def _case(suite: ET.Element, row: dict, strict: bool) -> str | None:
     failed, kind = row["failed"], row["kind"]
     where = f"failed at {failed['stage']}: {failed.get('error') or 'no error recorded'}" \
         if failed else row["outcome"]
-    if kind == "failed":
+    if kind == Kind.FAILED:
         element = ET.SubElement(case, "failure", message=_text(where),
-                                type=failed["stage"] if failed else "failed")
+                                type=failed["stage"] if failed else Kind.FAILED)
         element.text = _text(_details(failed)) if failed else None
         return "failures"
-    if kind in UNFINISHED:   # no verdict: the run was stopped first
-        ET.SubElement(case, "error", message=_text(row["outcome"]), type=INTERRUPTED)
+    if kind in UNFINISHED_KINDS:   # no verdict: the run was stopped first
+        ET.SubElement(case, "error", message=_text(row["outcome"]), type=Kind.INTERRUPTED)
         return "errors"
-    if kind in ("xfail", "skipped"):
-        message = f"xfail: {row['expected']} ({where})" if kind == "xfail" else row["outcome"]
+    if kind in (Kind.XFAIL, Kind.SKIPPED):
+        message = f"xfail: {row['expected']} ({where})" if kind == Kind.XFAIL else row["outcome"]
         ET.SubElement(case, "skipped", message=_text(message))
         return "skipped"
-    if kind == "xpass":
+    if kind == Kind.XPASS:
         said = f"xpass: passed, but listed as expected to fail ({row['expected']})"
         if strict:
-            ET.SubElement(case, "failure", message=_text(said), type="xpass")
+            ET.SubElement(case, "failure", message=_text(said), type=Kind.XPASS)
             return "failures"
         ET.SubElement(case, "system-out").text = _text(said)
     return None

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
-from ..cache.files import atomic_write, describe_os_error, read_only
+from ..cache.files import atomic_write, describe_os_error, read_only, stat_of
 from .console import DEFAULT_CASES
 
 if TYPE_CHECKING:   # (loaded by entry_of: a no-op run after a no-op run builds no record)
@@ -104,7 +104,7 @@ def publish(run_file: Path, record: dict, stamp: dict | None = None,
     text += line + "\n" + summary_line
     if written:
         _save_memo(memo_file, {"record": digest, "text": text, "stamp": stamp,
-                               "exit": exit_code, "files": {str(f): _stat(f) for f in written}})
+                               "exit": exit_code, "files": {str(f): stat_of(f) for f in written}})
     return Summary(text, exit_code)
 
 
@@ -134,7 +134,7 @@ def _intact_memo(memo_file: Path) -> dict | None:
     """The summary memo when the files it names are still as written, else None."""
     try:
         memo = json.loads(memo_file.read_bytes())
-        if all(_stat(Path(f)) == st for f, st in memo["files"].items()):
+        if all(stat_of(f) == st for f, st in memo["files"].items()):
             memo["record"], memo["text"], memo["exit"]   # noqa: B018 (all present)
             return memo
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
@@ -147,12 +147,6 @@ def _save_memo(memo_file: Path, memo: dict) -> None:
         atomic_write(memo_file, json.dumps(memo).encode())
 
 
-def _stat(path: Path) -> list | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return [st.st_size, st.st_mtime_ns]
 
 
 def _warnings(tasks: list[dict]) -> dict[str, list[str]]:

@@ -3,16 +3,44 @@ how fast the module runs against the framework itself (median times, stages/timi
 A row's outcome rests on the entries' roles (pipeline.stage.Stage.role), not stage names."""
 from __future__ import annotations
 
+from typing import TypedDict
+
 from tabulate import tabulate
 
 from ..names import DEFAULT_VARIANT, base_target, variant_of
-from ..run.entry import CACHED_FAILURE, FAILURES, INTERRUPTED, NOT_STARTED, UNFINISHED
+from ..run.entry import FAILURES, UNFINISHED
+from ..vocab import Kind, Role, Status
 from . import timesplit
 from .units import duration, times
 
-# the kinds of row (a case's outcome), in the order the summaries count them: a stopped run's
-# unfinished cases are the last two (a stage of theirs interrupted, or not started)
-KINDS = ("passed", "failed", "xfail", "xpass", "skipped", "compiled", INTERRUPTED, NOT_STARTED)
+
+# the statuses of a stage whose outputs exist
+BUILT = (Status.RAN, Status.CACHED, Status.UP_TO_DATE)
+# a stopped run's unfinished cases
+UNFINISHED_KINDS = (Kind.INTERRUPTED, Kind.NOT_STARTED)
+
+
+class CaseRow(TypedDict):
+    """One model x target case, as rows() makes it (a dict: the console, junit, html and
+    diff read it by key, and the HTML page's data carries parts of it as JSON)."""
+    model: str
+    target: str
+    outcome: str                 # the words the table shows
+    kind: Kind
+    expected: str | None         # why it is listed as expected to fail (pipeline.plan.xfail)
+    chain: list[dict]            # its stage entries, the model's front end first
+    failed: dict | None          # the entry it failed at
+    verdict: dict | None         # the entry its verdict is (a Role.VERDICT or Role.CHOICE one)
+    result: dict                 # what the verdict measured
+    max_abs: float | None
+    max_rel: float | None
+    ms: float | None             # IREE's median time per run
+    framework_ms: float | None
+    ratio: float | None          # IREE / framework
+    variant: str | None          # the variant a choice picked
+    variants: list[dict]
+    diagnosis: dict | None       # what a Role.DIAGNOSIS stage said of it
+    stages: str                  # how many of its stages ended how: "3 ran 1 cached"
 
 
 def _fmt(value, spec=".1e"):
@@ -21,19 +49,18 @@ def _fmt(value, spec=".1e"):
 
 # a record written before stages declared their roles (its entries have no "role" field)
 # is read by the names its stages had then: the one place the report reads a stage's name
-ROLES_BEFORE_ROLES = {"codegen": "module", "validate": "verdict", "pick": "choice"}
+ROLES_BEFORE_ROLES = {"codegen": Role.MODULE, "validate": Role.VERDICT, "pick": Role.CHOICE}
 
 
 def role(entry: dict) -> str | None:
-    """What the entry's stage is to the report (pipeline.stage.Stage.role): 'module',
-    'verdict', 'choice', 'diagnosis' (it explains a failure: never the row's outcome), or
-    None for a step on the way."""
+    """What the entry's stage is to the report (pipeline.stage.Stage.role, a Role), or None
+    for a step on the way."""
     if "role" in entry:
         return entry["role"]
     return ROLES_BEFORE_ROLES.get(entry["stage"])
 
 
-def rows(entries: list[dict]) -> list[dict]:
+def rows(entries: list[dict]) -> list[CaseRow]:
     """Fold the run's stage entries into one row per model x target (its variants' stages
     included), with what the row's verdict rests on: the choice among the target's variants
     where there is one, else the target's own verdict."""
@@ -49,38 +76,39 @@ def rows(entries: list[dict]) -> list[dict]:
 def _ending(target: str, per_model: list[dict], stage_entries: list[dict]):
     """(the entry the row failed at or None, the entry its verdict is or None)."""
     chain = per_model + stage_entries
-    choice = next((e for e in stage_entries if role(e) == "choice"), None)
+    choice = next((e for e in stage_entries if role(e) == Role.CHOICE), None)
     several = len({e["target"] for e in stage_entries}) > 1   # variants tried
-    if choice is not None and choice["status"] != "skipped":
+    if choice is not None and choice["status"] != Status.SKIPPED:
         # a variant may fail alone: what counts is the front end and the choice among them
         return next((e for e in [*per_model, choice] if e["status"] in FAILURES), None), choice
-    if choice is None and several and not any(role(e) == "verdict" for e in stage_entries):
+    if choice is None and several and not any(role(e) == Role.VERDICT for e in stage_entries):
         # compiled only (doit compile): the target compiled when one of its variants did
-        compiled = any(role(e) == "module" and e["status"] in ("ran", "cached", "up-to-date")
+        compiled = any(role(e) == Role.MODULE and e["status"] in BUILT
                        for e in stage_entries)
         return next((e for e in (per_model if compiled else chain)
                      if e["status"] in FAILURES), None), None
     return (next((e for e in chain if e["status"] in FAILURES), None),
-            next((e for e in stage_entries if role(e) == "verdict" and e["target"] == target),
+            next((e for e in stage_entries if role(e) == Role.VERDICT and e["target"] == target),
                  None))
 
 
 # a listed expected failure (its tasks' "xfail": pipeline.plan.xfail) that failed, or passed
-EXPECTED = {"failed": "xfail", "passed": "xpass"}
+EXPECTED = {Kind.FAILED: Kind.XFAIL, Kind.PASSED: Kind.XPASS}
 
 
-def _row(model: str, target: str, per_model: list[dict], stage_entries: list[dict]) -> dict:
-    diagnoses = [e for e in stage_entries if role(e) == "diagnosis"]
-    stage_entries = [e for e in stage_entries if role(e) != "diagnosis"]
+def _row(model: str, target: str, per_model: list[dict],
+         stage_entries: list[dict]) -> CaseRow:
+    diagnoses = [e for e in stage_entries if role(e) == Role.DIAGNOSIS]
+    stage_entries = [e for e in stage_entries if role(e) != Role.DIAGNOSIS]
     # (a diagnosis that had nothing to explain is no part of the row)
-    chain = per_model + stage_entries + [e for e in diagnoses if e["status"] != "skipped"]
+    chain = per_model + stage_entries + [e for e in diagnoses if e["status"] != Status.SKIPPED]
     failed, verdict = _ending(target, per_model, stage_entries)
     variant_failed = _variant_failures(stage_entries)
-    every_variant = failed is not None and failed is verdict and role(failed) == "choice"
+    every_variant = failed is not None and failed is verdict and role(failed) == Role.CHOICE
     if every_variant:   # the choice failed for want of a variant that passed: say why they failed
         failed = variant_failed.get(DEFAULT_VARIANT) or next(iter(variant_failed.values()), failed)
     result = (verdict or {}).get("result") or (failed or {}).get("result") or {}
-    if verdict is not None and role(verdict) == "choice":
+    if verdict is not None and role(verdict) == Role.CHOICE:
         result = _with_default_figures(result, verdict, target, stage_entries)
     variants = _variant_outcomes(result.get("variants") or [], variant_failed)
     unfinished = _unfinished(per_model + stage_entries)
@@ -96,7 +124,7 @@ def _row(model: str, target: str, per_model: list[dict], stage_entries: list[dic
     if expected and kind in EXPECTED:
         kind = EXPECTED[kind]
         outcome = f"{kind}: {outcome}" + \
-            (" (listed as expected to fail)" if kind == "xpass" else "")
+            (" (listed as expected to fail)" if kind == Kind.XPASS else "")
     counts = {}
     for e in chain:
         counts[e["status"]] = counts.get(e["status"], 0) + 1
@@ -120,18 +148,18 @@ def _unfinished(chain: list[dict]) -> dict | None:
     return None
 
 
-def _unfinished_outcome(entry: dict) -> tuple[str, str]:
+def _unfinished_outcome(entry: dict) -> tuple[Kind, str]:
     """(kind, words) of a row a stopped run left unfinished at entry: 'interrupted at
     codegen: the run was stopped (SIGINT) while it ran'."""
-    said = entry.get("error") if entry["status"] == INTERRUPTED else entry.get("reason")
-    return entry["status"], f"{entry['status']} at {entry['stage']}: {short_error(said)}"
+    said = entry.get("error") if entry["status"] == Status.INTERRUPTED else entry.get("reason")
+    return Kind(entry["status"]), f"{entry['status']} at {entry['stage']}: {short_error(said)}"
 
 
 def diagnosis(entries: list[dict], target: str) -> dict | None:
     """What a stage that explains a failure said of the row (its target's own, else a
     variant's): its summary, table and files (as any diagnosis result has them), or why it
     failed; None where none ran."""
-    said = [e for e in entries if e["status"] != "skipped" and e["status"] not in UNFINISHED]
+    said = [e for e in entries if e["status"] != Status.SKIPPED and e["status"] not in UNFINISHED]
     entry = next((e for e in said if e["target"] == target), None) or next(iter(said), None)
     if entry is None:
         return None
@@ -148,7 +176,7 @@ def _variant_failures(stage_entries: list[dict]) -> dict[str, dict]:
     default first: what a choice among variants cannot say of a variant that left nothing."""
     found: dict[str, dict] = {}
     for e in stage_entries:
-        if role(e) != "choice" and e["status"] in FAILURES:
+        if role(e) != Role.CHOICE and e["status"] in FAILURES:
             found.setdefault(variant_of(e["target"]), e)
     return dict(sorted(found.items(), key=lambda item: item[0] != DEFAULT_VARIANT))
 
@@ -161,7 +189,7 @@ def _with_default_figures(result: dict, choice: dict, target: str,
     validation: the framework's time, which only the default variant takes (the framework's
     speed does not depend on IREE's flags), is in that failed validation's result."""
     default = next((e for e in stage_entries
-                    if role(e) == "verdict" and e["target"] == target), None)
+                    if role(e) == Role.VERDICT and e["target"] == target), None)
     measured = (default or {}).get("result") or {}
     if choice["status"] in FAILURES:
         return {**measured, "variants": result.get("variants") or [], "why": "no variant passed"}
@@ -178,22 +206,22 @@ def _variant_outcomes(variants: list[dict], failures: dict[str, dict]) -> list[d
     """The choice's word on each variant, where one failed in its own stages by what it
     failed at and why (the choice saw only that it left no result)."""
     return [{**v, "outcome": f"failed at {e['stage']}{_cached(e)}: {short_error(e.get('error'))}"}
-            if v.get("outcome") != "passed" and (e := failures.get(v.get("variant"))) else v
+            if v.get("outcome") != Kind.PASSED and (e := failures.get(v.get("variant"))) else v
             for v in variants]
 
 
-def _outcome(failed: dict | None, verdict: dict | None, result: dict) -> tuple[str, str]:
+def _outcome(failed: dict | None, verdict: dict | None, result: dict) -> tuple[Kind, str]:
     """(the row's kind: passed, failed, skipped or compiled; the words the table shows)."""
     if failed:
-        return "failed", (f"FAILED at {failed['stage']}{_cached(failed)}: "
+        return Kind.FAILED, (f"FAILED at {failed['stage']}{_cached(failed)}: "
                           f"{short_error(failed.get('error'))}")
     if verdict is None:
-        return "compiled", "compiled"
-    if verdict["status"] == "skipped":
-        return "skipped", verdict.get("reason") or "skipped"
+        return Kind.COMPILED, Kind.COMPILED.value
+    if verdict["status"] == Status.SKIPPED:
+        return Kind.SKIPPED, verdict.get("reason") or Kind.SKIPPED.value
     if not result.get("passed"):
-        return "failed", "FAILED"
-    outcome = "passed"
+        return Kind.FAILED, "FAILED"
+    outcome = Kind.PASSED.value
     if result.get("variant") and len(result.get("variants") or ()) > 1:
         outcome += f" (variant {result['variant']} of {len(result['variants'])})"
     if result.get("checked"):
@@ -205,7 +233,7 @@ def _outcome(failed: dict | None, verdict: dict | None, result: dict) -> tuple[s
         outcome += f" ({noise} {result['factor']:.2g}x of {result['factor_allowed']:g}x)"
     if result.get("matched"):
         outcome += f" ({result['matched']})"
-    return "passed", outcome
+    return Kind.PASSED, outcome
 
 
 def short_error(text: str | None) -> str:
@@ -221,7 +249,7 @@ def short_error(text: str | None) -> str:
 
 def _cached(failed: dict) -> str:
     """' (cached)' for a failure remembered from an earlier run with the same key."""
-    return " (cached)" if failed["status"] == CACHED_FAILURE else ""
+    return " (cached)" if failed["status"] == Status.CACHED_FAILURE else ""
 
 
 def table(entries: list[dict], tablefmt: str = "simple", width: int | None = 90,
@@ -269,10 +297,10 @@ def markdown(record: dict, after_table: list[str] = ()) -> str:
                          + f"  \n  log: `{e.get('log', '')}`"
                          + (f"  \n  expected (xfail): {expected[e['task']]}"
                             if e["task"] in expected else ""))
-        if any(e["status"] == CACHED_FAILURE for e in failed):
+        if any(e["status"] == Status.CACHED_FAILURE for e in failed):
             lines += ["", ("(cached): failed with the same key in an earlier run, so not run "
                            "again (`retry=failed` runs them); the log is that run's.")]
-    xpass = [r for r in table_rows if r["kind"] == "xpass"]
+    xpass = [r for r in table_rows if r["kind"] == Kind.XPASS]
     if xpass:
         lines += ["", "## Unexpected passes (xpass)", ""]
         lines += [f"- **{r['model']} @ {r['target']}** passed; it is listed as expected to fail: "
@@ -286,7 +314,7 @@ def _interrupted_md(record: dict, table_rows: list[dict]) -> list[str]:
     """A stopped run's first words: by which signal, and how many cases it left unfinished."""
     if not record.get("interrupted"):
         return []
-    unfinished = sum(r["kind"] in UNFINISHED for r in table_rows)
+    unfinished = sum(r["kind"] in UNFINISHED_KINDS for r in table_rows)
     return [f"**The run was interrupted ({record['interrupted']})**: {unfinished} of "
             f"{len(table_rows)} cases did not finish (interrupted, or not started). Run the "
             "same command again to finish them; what finished is kept.", ""]
@@ -295,8 +323,8 @@ def _interrupted_md(record: dict, table_rows: list[dict]) -> list[str]:
 def _expected_failures(table_rows: list[dict]) -> dict[str, str]:
     """task -> why it was expected to fail, for the tasks of expected failures (xfail rows)
     that no other row holds."""
-    others = {e["task"] for r in table_rows if r["kind"] != "xfail" for e in r["chain"]}
-    return {e["task"]: r["expected"] for r in table_rows if r["kind"] == "xfail"
+    others = {e["task"] for r in table_rows if r["kind"] != Kind.XFAIL for e in r["chain"]}
+    return {e["task"]: r["expected"] for r in table_rows if r["kind"] == Kind.XFAIL
             for e in r["chain"] if e["task"] not in others}
 
 

@@ -12,10 +12,11 @@ several jobs they overlap, and the sum exceeds the run's wall time.
 """
 from __future__ import annotations
 
+from ..vocab import Status
 from .units import duration
 
-RAN = ("ran", "failed")                       # the stage ran (and its tools), whatever came of it
-RESTORED = ("cached", "failed (cached)")      # its outputs or its failure came from the cache
+RAN = (Status.RAN, Status.FAILED)             # the stage ran (and its tools), whatever came of it
+RESTORED = (Status.CACHED, Status.CACHED_FAILURE)   # its outputs or its failure came from the cache
 FIELD = "stage_times"                         # the record's field
 CONSOLE_STAGES = 4                            # the console names the costliest few stages
 NOTE = ("Seconds are summed over the stages' tasks (with several jobs they overlap: the sum "
@@ -57,9 +58,9 @@ def of_record(record: dict) -> dict | None:
 
 def _did_something(task: dict) -> bool:
     """The task took time in this run, or ran or was restored in it (in no measurable time)."""
-    if task.get("status") == "up-to-date":
+    if task.get("status") == Status.UP_TO_DATE:
         return False
-    return _seconds(task.get("seconds")) > 0 or task.get("status") in ("ran", "cached")
+    return _seconds(task.get("seconds")) > 0 or task.get("status") in (Status.RAN, Status.CACHED)
 
 
 def _seconds(value) -> float:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..run.entry import UNFINISHED
+from ..run.entry import FAILURES
+from ..vocab import Kind
 from . import table
+from .table import UNFINISHED_KINDS
 
 
 @dataclass(frozen=True)
@@ -38,15 +40,15 @@ def verdict(record: dict) -> Verdict:
     tasks = record.get("tasks", [])
     rows = table.rows(tasks)
     named = {kind: tuple(f"{r['model']}@{r['target']}" for r in rows if r["kind"] == kind)
-             for kind in ("failed", "xfail")}
+             for kind in (Kind.FAILED, Kind.XFAIL)}
     in_cases = {r["model"] for r in rows}
     stray = tuple(t["task"] for t in tasks
-                  if t["status"].startswith("failed") and t["model"] not in in_cases)
+                  if t["status"] in FAILURES and t["model"] not in in_cases)
     stopped = ("the run (stopped before any stage)",) if record.get("error") else ()
     xpass = tuple((f"{r['model']}@{r['target']}", r["expected"]) for r in rows
-                  if r["kind"] == "xpass")
-    unfinished = tuple(f"{r['model']}@{r['target']}" for r in rows if r["kind"] in UNFINISHED)
-    return Verdict(named["failed"] + stray + stopped, named["xfail"], xpass,
+                  if r["kind"] == Kind.XPASS)
+    unfinished = tuple(f"{r['model']}@{r['target']}" for r in rows if r["kind"] in UNFINISHED_KINDS)
+    return Verdict(named[Kind.FAILED] + stray + stopped, named[Kind.XFAIL], xpass,
                    bool(record.get("strict")), unfinished, record.get("interrupted"))
 
 

@@ -212,7 +212,7 @@ def key_parts(stage: Stage, model: ModelSpec, target: Target | None,
     """The parts of the key (the record's fingerprint), given the input digests."""
     return {
         "code": code_fingerprint(stage.code_files(model)),
-        "params": stage.params(model, target),
+        "params": stage.key_params(model, target),
         "inputs": inputs,
         "tools": {t: tool_version(t) for t in stage.tools(model)},
     }

@@ -15,31 +15,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..vocab import Status
 from .intact import is_output_stats
 
 if TYPE_CHECKING:   # (only its attributes are read: pipeline.stage's dataclasses are a third
     from ..stage import Node   # of what a no-op run would import of kiln, and it needs none)
 
-# failed with this same key before: the failure came from the cache, the stage did not run
-CACHED_FAILURE = "failed (cached)"
-FAILURES = ("failed", CACHED_FAILURE)   # the statuses of a stage that failed
-# why a stage is CACHED_FAILURE (cache: "the cache" or "the remote cache")
+FAILURES = (Status.FAILED, Status.CACHED_FAILURE)   # the statuses of a stage that failed
+# why a stage is Status.CACHED_FAILURE (cache: "the cache" or "the remote cache")
 REMEMBERED_WHY = ("failed with this same key before: its failure is remembered in {cache} "
                   "(retry=failed runs it again)")
-# a stage the run was stopped in (Ctrl-C, SIGTERM: pipeline.process), and one it was stopped
-# before: neither is a verdict, neither is remembered, the next run does them
-INTERRUPTED = "interrupted"
-NOT_STARTED = "not started"
-UNFINISHED = (INTERRUPTED, NOT_STARTED)
-STATUSES = ("ran", "cached", "skipped", "failed", CACHED_FAILURE, "up-to-date", *UNFINISHED)
+UNFINISHED = (Status.INTERRUPTED, Status.NOT_STARTED)
 # written even when None: a per-model stage has no target; a skipped one no key
 ALWAYS = ("target", "key")
 RESULT_TEXT = "result_json"   # the result as JSON text, in doit's values (to_dict)
 
 
 def remembered_lines(why: str, log: str) -> list[str]:
-    """The log lines of a CACHED_FAILURE: why, then the log of the run that failed."""
-    return [f"{CACHED_FAILURE}: {why}; the log of that run:", *([log] if log else [])]
+    """The log lines of a Status.CACHED_FAILURE: why, then the log of the run that failed."""
+    return [f"{Status.CACHED_FAILURE}: {why}; the log of that run:", *([log] if log else [])]
 
 
 @dataclass
@@ -51,7 +45,7 @@ class StageEntry:
     target: str | None
     role: str | None = None          # what the report reads it as (Stage.role), from the plan
     key: str | None = None
-    status: str | None = None        # one of STATUSES once the run decided
+    status: Status | None = None     # once the run decided
     why: str | None = None           # why it ran: which part of its key changed
     reason: str | None = None        # why it was skipped
     error: str | None = None         # why it failed (failed (cached): why it failed then)
@@ -73,7 +67,7 @@ class StageEntry:
 
     @property
     def failed(self) -> bool:
-        """It failed: in this run, or before with the same key (CACHED_FAILURE)."""
+        """It failed: in this run, or before with the same key (Status.CACHED_FAILURE)."""
         return self.status in FAILURES
 
     @property
@@ -130,6 +124,8 @@ class StageEntry:
         for name in known.keys() & _VALID.keys():
             if not _VALID[name](known[name]):
                 del known[name]
+        if "status" in known:   # (JSON holds the plain string)
+            known["status"] = Status(known["status"])
         return cls(**{"target": None, **known})
 
     @classmethod
@@ -159,7 +155,7 @@ class StageEntry:
         """What doit's TaskFailed says of a failed stage: its error, command and log."""
         detail = f"\n  command: {self.command}" if self.command else ""
         again = "\n  (its failure with this same key, from the cache: retry=failed runs it " \
-            "again)" if self.status == CACHED_FAILURE else ""
+            "again)" if self.status == Status.CACHED_FAILURE else ""
         return f"{self.task} {self.status} at {self.stage}: {self.error}{detail}\n  log: " \
             f"{self.log}{again}"
 
@@ -172,11 +168,12 @@ def _json_or_none(text: str):
 
 
 _FIELDS = frozenset(f.name for f in dataclasses.fields(StageEntry))
+_STATUSES = frozenset(Status)
 
 
 # what each part must look like to be believed (anything else: an older or damaged entry)
 _VALID = {
-    "status": lambda v: v in STATUSES,
+    "status": lambda v: isinstance(v, str) and v in _STATUSES,
     "fingerprint": lambda v: isinstance(v, dict),
     "verdict_on": lambda v: isinstance(v, dict),
     "outputs": is_output_stats,

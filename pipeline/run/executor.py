@@ -26,6 +26,7 @@ from pathlib import Path
 
 from .. import process
 from ..stage import StageError
+from ..vocab import Status
 
 
 
@@ -97,11 +98,11 @@ def _on_worker(root: str, cache: str, script: str, spec: dict) -> dict:
         proc = process.run([sys.executable, "-c", script, json.dumps(spec)], WORKER_TIMEOUT_S,
                            tool="kiln's stage process", cwd=root, env=env)
     except process.ToolTimeout as err:
-        return {"status": "failed", "error": str(err), "command": None, "log_text": "",
+        return {"status": Status.FAILED, "error": str(err), "command": None, "log_text": "",
                 "worker": get_worker().address}
     lines = [l for l in proc.stdout.splitlines() if l.startswith("KILN-RESULT ")]
     if proc.returncode != 0 or not lines:
-        result = {"status": "failed", "error": f"the worker's kiln process exited with "
+        result = {"status": Status.FAILED, "error": f"the worker's kiln process exited with "
                   f"{proc.returncode}: {(proc.stderr or proc.stdout).strip()[-800:]}",
                   "command": None, "log_text": proc.stderr[-20000:]}
     else:

@@ -31,62 +31,64 @@ from ..plan.layout import Layout
 from ..stage import Node, StageContext, StageError, StageSkipped
 from . import machine, warned
 from .decide import Decision, decide, not_a_verdict
-from .entry import CACHED_FAILURE, INTERRUPTED, StageEntry, remembered_lines
+from ..vocab import Status
+from .entry import StageEntry, remembered_lines
 from .intact import changed_outputs, output_stats
-from .uptodate import Watch, verdict_on
+from .uptodate import KeySources, verdict_on
 
 if TYPE_CHECKING:   # (the plan's modules: loaded by whoever made the job)
     from ..plan.tasks import Job
 
 
 def execute(job: Job, layout: Layout, delegate: Callable[[], dict] | None = None,
-            watch: Watch | None = None) -> StageEntry:
+            sources: KeySources | None = None) -> StageEntry:
     """Bring job's outputs into build/ (restored or built), as pipeline.run.decide decides,
     and write its record entry.
 
-    On a miss the stage runs here, or, given a delegate (pipeline.executor), elsewhere: the
+    On a miss the stage runs here, or, given a delegate (pipeline.run.executor), elsewhere: the
     delegate returns the worker's entry and the outputs come back through the cache.
-    watch: what the doit task's key is made of; an outcome settled by it (a failure the cache
+    sources: what the doit task's key is made of; an outcome settled by it (a failure the cache
     remembers, a skip for an absent input or for an upstream outcome it need not diagnose)
     records it, so that the next run reports that outcome without a plan
     (pipeline.run.uptodate.settled).
     Returns the entry (status failed when the stage failed)."""
     log_lines: list[str] = []
     with process.tool_clock() as tools, warned.into(log_lines):
-        entry = _execute(job, layout, delegate, watch, time.perf_counter(), log_lines)
+        entry = _execute(job, layout, delegate, sources, time.perf_counter(), log_lines)
     entry.tool_seconds = round(sum(tools.values()), 3) if tools else None
     _write_entry(layout, job.node, entry, log_lines)
     return entry
 
 
 def _execute(job: Job, layout: Layout, delegate: Callable[[], dict] | None,
-             watch: Watch | None, started: float, log_lines: list[str]) -> StageEntry:
+             sources: KeySources | None, started: float, log_lines: list[str]) -> StageEntry:
     """execute's work, but for writing the entry (its log in log_lines)."""
     node = job.node
     entry = StageEntry.of(node)
     store = Store(layout.cache, remote.connect(layout.remote) if layout.remote else None)
     # the inputs as the key will read them (stat first: a file edited meanwhile is a change)
-    inputs = watch.stats() if watch is not None else None
+    inputs = sources.stats() if sources is not None else None
     decision = None
     try:
         decision = decide(job, layout, store.find)
         _carry_out(decision, job, layout, store, entry, log_lines, delegate)
     except StageSkipped as skip:
-        entry.status, entry.reason = "skipped", str(skip)
+        entry.status, entry.reason = Status.SKIPPED, str(skip)
     except process.Interrupted as err:   # the run is stopping: no verdict, nothing remembered
-        entry.status, entry.error = INTERRUPTED, str(err)
+        entry.status, entry.error = Status.INTERRUPTED, str(err)
     except StageError as err:
-        entry.status = CACHED_FAILURE if isinstance(err, FailedBefore) else "failed"
+        entry.status = Status.CACHED_FAILURE if isinstance(err, FailedBefore) else Status.FAILED
         entry.error, entry.command = str(err), err.command
         entry.result = err.result if err.result is not None else entry.result
         log_lines += [err.log] if err.log else []
     except OSError as err:  # a disk that will not take the write: say which path and why
-        entry.status, entry.command = "failed", None
+        entry.status, entry.command = Status.FAILED, None
         entry.error = describe_os_error(err, layout.build) if err.errno in UNWRITABLE else \
             f"{type(err).__name__}: {err}"
         log_lines.append(traceback.format_exc())
     except Exception as err:  # a bug or a framework error: keep the traceback in the log
-        entry.status, entry.error, entry.command = "failed", f"{type(err).__name__}: {err}", None
+        entry.status, entry.command = Status.FAILED, None
+        entry.error = f"{type(err).__name__}: {err}"
         log_lines.append(traceback.format_exc())
     if entry.failed or entry.unfinished:
         _withdraw(layout, job)
@@ -95,22 +97,22 @@ def _execute(job: Job, layout: Layout, delegate: Callable[[], dict] | None,
     log_lines += [f"warning: {w}" for w in store.warnings]
     entry.seconds = round(time.perf_counter() - started, 3)
     entry.log = str(layout.log_file(node).relative_to(layout.root))
-    if watch is not None and decision is not None:
-        entry.verdict_on = _settled_on(watch, inputs, decision, entry, store)
+    if sources is not None and decision is not None:
+        entry.verdict_on = _settled_on(sources, inputs, decision, entry, store)
     return entry
 
 
-def _settled_on(watch: Watch, inputs: dict, decision: Decision, entry: StageEntry,
+def _settled_on(sources: KeySources, inputs: dict, decision: Decision, entry: StageEntry,
                 store: Store) -> dict | None:
     """StageEntry.verdict_on for an outcome the key's makings settle: a failure the local
     cache remembers under the key (whether this run found it there or remembered it), or a
     skip for an input an upstream left absent or for an upstream outcome the stage need not
     diagnose (Decision.settles); None for any other."""
-    if entry.status == "skipped" and decision.settles:
-        return verdict_on(watch, inputs)
+    if entry.status == Status.SKIPPED and decision.settles:
+        return verdict_on(sources, inputs)
     if entry.failed and entry.key is not None:
         cache = store.failure_files(entry.key)
-        return verdict_on(watch, inputs, cache) if cache else None
+        return verdict_on(sources, inputs, cache) if cache else None
     return None
 
 
@@ -135,7 +137,7 @@ def _carry_out(decision: Decision, job: Job, layout: Layout, store: Store, entry
     found = decision.found if decision.action == "restore" else None
     meta = _restore(store, key, found.entry, out_dir, layout) if found is not None else None
     if meta is not None:
-        entry.status, entry.result = "cached", meta.get("result")
+        entry.status, entry.result = Status.CACHED, meta.get("result")
         outputs = found.entry["outputs"]
     else:
         entry.why = decision.why if decision.action == "run" else decision.why_it_runs()
@@ -144,9 +146,9 @@ def _carry_out(decision: Decision, job: Job, layout: Layout, store: Store, entry
             meta, outputs = _run(job, layout, key, log_lines, store)
         else:
             meta, outputs = _delegated(delegate, job, key, layout, store, entry, log_lines)
-        entry.status, entry.result = "ran", meta.get("result")
+        entry.status, entry.result = Status.RAN, meta.get("result")
     entry.outputs = output_stats(out_dir, outputs)
-    done = "restored it from the cache" if entry.status == "cached" else "rebuilt it"
+    done = "restored it from the cache" if entry.status == Status.CACHED else "rebuilt it"
     store.warnings += [f"{_shown(out_dir / rel, layout)} no longer matched what kiln wrote; "
                        f"{done}" for rel in damaged]
 
@@ -265,10 +267,10 @@ def _delegated(delegate: Callable[[], dict], job: Job, key: str, layout: Layout,
     log_lines += [f"ran on worker {theirs.worker}", report.get("log_text", "")]
     store.warnings += theirs.warnings
     store.remote_outcome = theirs.remote or store.remote_outcome   # the worker stored it
-    if theirs.status == "skipped":
+    if theirs.status == Status.SKIPPED:
         raise StageSkipped(theirs.reason or "skipped on the worker")
     if theirs.failed:   # (a failure it found remembered stays "failed (cached)" here)
-        failure = FailedBefore if theirs.status == CACHED_FAILURE else StageError
+        failure = FailedBefore if theirs.status == Status.CACHED_FAILURE else StageError
         raise failure(theirs.error or "failed on the worker", theirs.command, theirs.result)
     if theirs.key != key:
         raise StageError(f"the worker computed key {str(theirs.key)[:12]}, this machine "

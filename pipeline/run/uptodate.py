@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from ..cache.digest import digest_bytes, digest_file
-from ..cache.files import atomic_write, file_identity, read_only
-from ..plan.memo import stat_of
+from ..cache.files import atomic_write, file_identity, read_only, stat_of
+from ..vocab import Status
 from .intact import changed_outputs, is_output_stats, same_stats
 
 if TYPE_CHECKING:   # (loaded only where a task's last entry is read: settled)
@@ -110,7 +110,7 @@ def same_inputs(paths: list[str], recorded: dict | None) -> bool:
     return True
 
 
-class Watch(NamedTuple):
+class KeySources(NamedTuple):
     """What a stage task's key is made of, as the session sees it without a plan: the task's
     watched digest (its params, tool versions and code) and every file its key reads (its
     file_dep and the inputs soft upstreams leave), sorted."""
@@ -118,7 +118,7 @@ class Watch(NamedTuple):
     files: tuple[str, ...]
 
     @classmethod
-    def of(cls, task) -> Watch:
+    def of(cls, task) -> KeySources:
         """A doit stage task's."""
         info = task.meta["kiln"]
         return cls(info["watched"], tuple(sorted({*task.file_dep, *info.get("soft_deps", ())})))
@@ -128,12 +128,12 @@ class Watch(NamedTuple):
         return {path: stat_of(path) for path in self.files}
 
 
-def verdict_on(watch: Watch, inputs: dict[str, list | None],
+def verdict_on(sources: KeySources, inputs: dict[str, list | None],
                cache: dict[str, list] | None = None) -> dict:
     """StageEntry.verdict_on of a settled outcome: the watched digest, the inputs' stats as
-    they were when its key was computed (Watch.stats), and the failure entry's files in the
+    they were when its key was computed (KeySources.stats), and the failure entry's files in the
     cache (Store.failure_files; none for a skip)."""
-    return {"watched": watch.watched, "inputs": inputs, "cache": cache or {}}
+    return {"watched": sources.watched, "inputs": inputs, "cache": cache or {}}
 
 
 class Settled(NamedTuple):
@@ -142,23 +142,23 @@ class Settled(NamedTuple):
     # the entry file says it already (then nothing is written: a run after a run like this)
 
 
-def settled(entry_file: Path, watch: Watch, cache_root: Path) -> Settled | None:
+def settled(entry_file: Path, sources: KeySources, cache_root: Path) -> Settled | None:
     """The task's last outcome as this run reports it, when it was settled and nothing it
     was a verdict on has changed (the module's docstring); None otherwise. Reads only.
     cache_root: the local cache this run uses (a failure another cache remembers is not
     this run's)."""
-    from .entry import CACHED_FAILURE, REMEMBERED_WHY, StageEntry, remembered_lines
+    from .entry import REMEMBERED_WHY, StageEntry, remembered_lines
     entry = StageEntry.load(entry_file)
     held = entry.verdict_on if entry is not None else None
-    if not held or held.get("watched") != watch.watched or held.get("inputs") != watch.stats():
+    if not held or held.get("watched") != sources.watched or held.get("inputs") != sources.stats():
         return None
     cache = held.get("cache")
     if not (isinstance(cache, dict) and _still_there(cache.values(), cache_root)):
         return None
     if entry.failed and entry.key and set(cache) == {"entry", "meta"}:
-        now = dataclasses.replace(entry, status=CACHED_FAILURE,
+        now = dataclasses.replace(entry, status=Status.CACHED_FAILURE,
                                   why=REMEMBERED_WHY.format(cache="the cache"))
-    elif entry.status == "skipped" and not cache:
+    elif entry.status == Status.SKIPPED and not cache:
         now = entry
     else:
         return None

@@ -53,6 +53,7 @@ from ..run.entry import StageEntry
 from ..run.intact import changed_outputs
 from ..run.uptodate import Settled
 from ..stage import Node
+from ..vocab import Status
 from . import database
 from .session import StageCheck
 
@@ -61,7 +62,7 @@ NO_RECORD = "no earlier run recorded"
 
 
 @dataclass
-class Verdict:
+class Forecast:
     """What the next run does to one stage task, and what its outputs will then hold."""
     task: str
     action: str                          # run | restore | skip | maybe | fail | up-to-date
@@ -75,19 +76,20 @@ class Verdict:
 
 @dataclass
 class Explanation:
-    verdicts: list[Verdict]
+    forecasts: list[Forecast]
     notes: list[str] = field(default_factory=list)   # e.g. a remote cache that did not answer
 
     def lines(self) -> list[str]:
-        shown = [v for v in self.verdicts if v.action in ACTIONS]
+        shown = [v for v in self.forecasts if v.action in ACTIONS]
         if not shown:
             return ["nothing to do: every task is up to date"] + [f"note: {n}" for n in self.notes]
         width = max(len(v.task) for v in shown)
         order = {a: i for i, a in enumerate(ACTIONS)}
         out = [f"{v.action:<8}{v.task:<{width}}  {v.why}"
                for v in sorted(shown, key=lambda v: order[v.action])]
-        counts = {a: sum(v.action == a for v in self.verdicts) for a in (*ACTIONS, "up-to-date")}
-        words = {"run": "run", "restore": "restored from the cache", "skip": "skipped",
+        counts = {a: sum(v.action == a for v in self.forecasts)
+                  for a in (*ACTIONS, Status.UP_TO_DATE)}
+        words = {"run": "run", "restore": "restored from the cache", "skip": Status.SKIPPED,
                  "maybe": "may run", "fail": "fail before running", "up-to-date": "up to date"}
         out.append(", ".join(f"{counts[a]} {words[a]}" for a in words if counts[a])
                    + " (\"may run\": if what they wait on changes its outputs)"
@@ -167,23 +169,23 @@ class NotKnown(Exception):
 
 
 class Judge:
-    """Verdicts for a plan's stage tasks, in graph order (each needs its upstream's).
+    """Forecasts for a plan's stage tasks, in graph order (each needs its upstream's).
     settled: the session's own question, asked before the runner's (Session.settled)."""
 
     def __init__(self, plan, tasks: dict, dep_manager: Dependency,
                  settled: Callable[[object], Settled | None] = lambda task: None):
         self.plan, self.tasks, self.dep = plan, tasks, dep_manager
         self.settled = settled
-        self.verdicts: dict[Node, Verdict] = {}
+        self.forecasts: dict[Node, Forecast] = {}
         layout = plan.layout
         # the run's store, in read-only mode: no last-use mark, no discarding, no download
         self.store = Store(layout.cache, remote.connect(layout.remote) if layout.remote else None)
 
     def explain(self, nodes) -> Explanation:
         for node in nx.topological_sort(self.plan.graph.subgraph(nodes)):
-            self.verdicts[node] = self.judge(node)
+            self.forecasts[node] = self.forecast(node)
         # e.g. a remote cache that did not answer (said once, however many stages asked)
-        return Explanation(list(self.verdicts.values()), list(dict.fromkeys(self.store.warnings)))
+        return Explanation(list(self.forecasts.values()), list(dict.fromkeys(self.store.warnings)))
 
     def lookup(self, key: str, expected) -> Found | None:
         """Where the run would find key: a local entry counts only if its blobs verify (the
@@ -195,49 +197,49 @@ class Judge:
         root = self.plan.layout.root
         return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
-    def judge(self, node: Node) -> Verdict:
+    def forecast(self, node: Node) -> Forecast:
         task = self.tasks[node.task_name]
         followed = self._followed(node)
-        if followed is not None and self.verdicts[followed].action in ("run", "restore", "maybe"):
-            return self._verdict(node, "maybe", f"waits on {followed.task_name}: runs if it "
+        if followed is not None and self.forecasts[followed].action in ("run", "restore", "maybe"):
+            return self._forecast(node, "maybe", f"waits on {followed.task_name}: runs if it "
                                  "fails in a way this stage diagnoses")
         reasons = self.dep.get_status(task, self.tasks, get_log=True).reasons
         from_up = {str(f): up for up in self.plan.graph.predecessors(node)
                    for f in input_files(self.plan, node, up)}
-        waits = sorted({up.task_name for up in from_up.values() if not self.verdicts[up].known})
+        waits = sorted({up.task_name for up in from_up.values() if not self.forecasts[up].known})
         missing = [f for f in reasons.get("missing_file_dep", []) if f not in from_up]
         if missing:
-            return self._verdict(node, "fail", "missing file: " + ", ".join(
+            return self._forecast(node, "fail", "missing file: " + ", ".join(
                 self._shown(f) for f in missing) + " (doit stops it)")
         stopped = self._stopped(task, from_up)
         if stopped:
-            return self._verdict(node, "skip", f"an upstream stage failed: {stopped}", known=True)
+            return self._forecast(node, "skip", f"an upstream stage failed: {stopped}", known=True)
         own = self._own_reasons(task, reasons, from_up)
-        changed_inputs = [f for f, up in from_up.items() if self.verdicts[up].known
+        changed_inputs = [f for f, up in from_up.items() if self.forecasts[up].known
                           and self._input_changes(task, f, up, reasons)]
         if not own and not changed_inputs:
             if waits:
-                return self._verdict(node, "maybe", f"{_waits(waits)}: runs if "
+                return self._forecast(node, "maybe", f"{_waits(waits)}: runs if "
                                      f"{'its' if len(waits) == 1 else 'their'} outputs change")
-            return self._verdict(node, "up-to-date", known=True)
+            return self._forecast(node, Status.UP_TO_DATE, known=True)
         doit_why = own if own == [NO_RECORD] else \
             own + [f"changed file: {self._shown(f)}" for f in changed_inputs]
-        return self._settled_verdict(node, task) or self._runner_verdict(node, doit_why, waits)
+        return self._settled_forecast(node, task) or self._runner_forecast(node, doit_why, waits)
 
-    def _verdict(self, node: Node, action: str, why: str = "", known: bool = False,
+    def _forecast(self, node: Node, action: str, why: str = "", known: bool = False,
                  digests: dict | None = None, files: dict | None = None,
-                 fails: bool = False) -> Verdict:
+                 fails: bool = False) -> Forecast:
         if files is None:   # its files in build/ now
             out_dir, data = self.plan.layout.node_dir(node), self.plan.graph.nodes[node]
             files = {rel: out_dir / rel for rel in data["stage"].outputs(data["model"])}
-        return Verdict(node.task_name, action, why, known, digests or {}, files, fails)
+        return Forecast(node.task_name, action, why, known, digests or {}, files, fails)
 
-    def _settled_verdict(self, node: Node, task) -> Verdict | None:
+    def _settled_forecast(self, node: Node, task) -> Forecast | None:
         """doit runs the action, and the session reports a settled outcome as it stands
         (pipeline.run.uptodate.settled), without the runner: when build/ will be as it is now
         at the task's turn (no stage upstream of it is restored or runs first), as the run's
         session will find it."""
-        if any(self.verdicts[up].action not in ("up-to-date", "skip", "fail")
+        if any(self.forecasts[up].action not in (Status.UP_TO_DATE, "skip", "fail")
                for up in self.plan.graph.predecessors(node)):
             return None
         known = self.settled(task)
@@ -245,10 +247,10 @@ class Judge:
             return None
         entry = known.entry
         if entry.failed:
-            return self._verdict(node, "fail", entry.why or "", known=True, fails=True)
+            return self._forecast(node, "fail", entry.why or "", known=True, fails=True)
         if (entry.reason or "").startswith(NOT_NEEDED):   # nothing to diagnose: nothing to do
-            return self._verdict(node, "up-to-date", known=True)
-        return self._verdict(node, "skip", entry.reason or "", known=True)
+            return self._forecast(node, Status.UP_TO_DATE, known=True)
+        return self._forecast(node, "skip", entry.reason or "", known=True)
 
     def _followed(self, node: Node) -> Node | None:
         """The upstream node whose failure node's stage diagnoses (Stage.follows), if any."""
@@ -262,11 +264,11 @@ class Judge:
         record then says "skipped" (an upstream stage failed)."""
         soft = set(task.meta["kiln"].get("soft_deps") or ())
         for dep, up in sorted(from_up.items()):
-            verdict = self.verdicts[up]
-            if dep in soft or not verdict.known:
+            forecast = self.forecasts[up]
+            if dep in soft or not forecast.known:
                 continue
-            if verdict.fails:
-                return f"{up.task_name} fails ({verdict.why})"
+            if forecast.fails:
+                return f"{up.task_name} fails ({forecast.why})"
             rel = str(Path(dep).relative_to(self.plan.layout.node_dir(up)))
             if self._holds(up, rel) is None:
                 return f"{up.task_name} leaves no {self._shown(dep)}"
@@ -307,35 +309,35 @@ class Judge:
         """Whether doit will see file dep (an output of up, whose bytes are known) changed
         once up is done, as MD5Checker.check_modified would judge it then; for an input a
         variant among several leaves (soft), as the session's check will: by digest."""
-        verdict = self.verdicts[up]
+        forecast = self.forecasts[up]
         rel = str(Path(dep).relative_to(self.plan.layout.node_dir(up)))
         if dep in (task.meta["kiln"].get("soft_deps") or ()):
             recorded = (self.dep.get_values(task.name).get("soft_inputs") or {}).get(dep)
             return (recorded or [None])[0] != self._holds(up, rel)
-        if verdict.action != "restore":   # (up to date, skipped, failing: build/ as it is)
+        if forecast.action != "restore":   # (up to date, skipped, failing: build/ as it is)
             return dep in reasons.get("changed_file_dep", [])
         state = self.dep.backend.get(task.name, dep)
         if state is None or not isinstance(self.dep.checker, MD5Checker):
             return True   # (a restored file has a new mtime: a timestamp checker sees a change)
-        blob = verdict.files.get(rel)
+        blob = forecast.files.get(rel)
         if blob is not None and blob.is_file():   # a restored file's mtime is new: size, then md5
             return blob.stat().st_size != state[1] or get_file_md5(blob) != state[2]
         # the blob is on the remote only: the same bytes as the file doit already accepts
         with contextlib.suppress(OSError):
             if dep not in reasons.get("changed_file_dep", []):
-                return digest_file(dep) != verdict.digests[rel]
+                return digest_file(dep) != forecast.digests[rel]
         return True
 
     def _holds(self, up: Node, rel: str) -> str | None:
         """The digest up's output rel will hold when a stage downstream reads it (None:
         absent): a restored upstream's from its cache entry (no bytes fetched), else what
         build/ holds now; NotKnown for an upstream that runs first and has left none yet."""
-        verdict = self.verdicts[up]
-        if rel in verdict.digests:
-            return verdict.digests[rel]
-        if verdict.files[rel].is_file():
-            return digest_file(verdict.files[rel])
-        if verdict.known:
+        forecast = self.forecasts[up]
+        if rel in forecast.digests:
+            return forecast.digests[rel]
+        if forecast.files[rel].is_file():
+            return digest_file(forecast.files[rel])
+        if forecast.known:
             return None
         raise NotKnown(up.task_name)
 
@@ -348,7 +350,7 @@ class Judge:
                 owners[path] = (up, str(path.relative_to(up_dir)))
         return lambda path: self._holds(*owners[path])
 
-    def _runner_verdict(self, node: Node, doit_why: list[str], waits: list[str]) -> Verdict:
+    def _runner_forecast(self, node: Node, doit_why: list[str], waits: list[str]) -> Forecast:
         """doit runs the action: what pipeline.run.decide says the runner then does."""
         try:
             decision = decide(self.plan.job(node), self.plan.layout, self.lookup,
@@ -356,14 +358,14 @@ class Judge:
         except NotKnown:
             return self._before_inputs(node, waits)
         if decision.unneeded:
-            return self._verdict(node, "up-to-date", known=True)
+            return self._forecast(node, Status.UP_TO_DATE, known=True)
         if decision.action in ("skip", "fail"):
-            return self._verdict(node, decision.action, decision.why, known=True,
+            return self._forecast(node, decision.action, decision.why, known=True,
                                  fails=decision.action == "fail")
         if decision.action == "run":
-            return self._run_verdict(node, decision, waits)
+            return self._run_forecast(node, decision, waits)
         if waits:
-            return self._verdict(node, "maybe", f"{_waits(waits)}: restored from the cache if "
+            return self._forecast(node, "maybe", f"{_waits(waits)}: restored from the cache if "
                                  f"{'its' if len(waits) == 1 else 'their'} outputs stay the "
                                  "same, else runs")
         # which part of the key differs from the last build here (a reverted flag), in the
@@ -371,33 +373,33 @@ class Judge:
         changed = decision.why_it_runs()
         why = changed if changed.startswith("changed ") else "; ".join(doit_why)
         outputs = decision.found.entry["outputs"]
-        return self._verdict(node, "restore", f"{decision.why} ({why})", known=True,
+        return self._forecast(node, "restore", f"{decision.why} ({why})", known=True,
                              digests=dict(outputs),
                              files={rel: self.store.blob_path(d) for rel, d in outputs.items()})
 
-    def _run_verdict(self, node: Node, decision: Decision, waits: list[str]) -> Verdict:
+    def _run_forecast(self, node: Node, decision: Decision, waits: list[str]) -> Forecast:
         """The stage runs. One whose last run here failed with this same key fails again
         (a stage is a function of its key), leaving build/ as it is: that much is known."""
         if waits:
             its = "its" if len(waits) == 1 else "their"
-            return self._verdict(node, "run", f"{decision.why} (and inputs, if "
+            return self._forecast(node, "run", f"{decision.why} (and inputs, if "
                                  f"{', '.join(waits)} change{'s' * (len(waits) == 1)} {its} "
                                  "outputs)")
         fails = decision.fails_again()
-        return self._verdict(node, "run", decision.why, known=fails, fails=fails)
+        return self._forecast(node, "run", decision.why, known=fails, fails=fails)
 
-    def _before_inputs(self, node: Node, waits: list[str]) -> Verdict:
+    def _before_inputs(self, node: Node, waits: list[str]) -> Forecast:
         """An input is not there yet: a stage that runs first makes it."""
         graph, by_task = self.plan.graph, self.plan.nodes_by_task
         if any(graph.nodes[by_task[w]]["soft"] for w in waits):
             # a variant's stage that may fail again, leaving nothing to read
-            return self._verdict(node, "maybe", f"{_waits(waits)}: runs if "
+            return self._forecast(node, "maybe", f"{_waits(waits)}: runs if "
                                  f"{'it makes' if len(waits) == 1 else 'they make'} its inputs")
         previous = StageEntry.load(self.plan.layout.entry_file(node))
         if previous is None or not previous.fingerprint:
             # never built here, it runs (unless another checkout stored this very key)
-            return self._verdict(node, "run", f"{why_run(None, {})} (after {', '.join(waits)})")
-        return self._verdict(node, "maybe", f"{_waits(waits)}: runs unless the cache has "
+            return self._forecast(node, "run", f"{why_run(None, {})} (after {', '.join(waits)})")
+        return self._forecast(node, "maybe", f"{_waits(waits)}: runs unless the cache has "
                              "what it then reads")
 
 

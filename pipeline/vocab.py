@@ -1,0 +1,49 @@
+"""The words the engine, the stages and the report share, as StrEnums: a typo is an
+AttributeError, not a silently different string. A member is a str: run.json, entry files,
+doit's values and the plan memo hold its plain string, which compares equal to the member,
+so what kiln writes is the same as when these were bare strings. This module imports nothing
+of kiln (every run imports it, and pipeline.stage re-exports Role for stages/).
+"""
+from __future__ import annotations
+
+import enum
+
+
+class Status(enum.StrEnum):
+    """What a run did to a stage task. A StrEnum: run.json, entry files and doit's values
+    hold the plain string, which compares equal to the member (and reads back as one)."""
+    RAN = "ran"
+    CACHED = "cached"                     # its outputs came from the cache
+    SKIPPED = "skipped"
+    FAILED = "failed"
+    # failed with this same key before: the failure came from the cache, the stage did not run
+    CACHED_FAILURE = "failed (cached)"
+    UP_TO_DATE = "up-to-date"             # doit found it up to date: kiln was not asked
+    # the run was stopped (Ctrl-C, SIGTERM: pipeline.process) while it ran, or before it
+    # started: neither is a verdict, neither is remembered, the next run does them
+    INTERRUPTED = "interrupted"
+    NOT_STARTED = "not started"
+
+
+class Role(enum.StrEnum):
+    """What the report reads a stage's entries as (Stage.role). A StrEnum: run.json and the
+    plan carry it as its plain string, which compares equal to the member."""
+    MODULE = "module"          # it builds the deployable module: codegen
+    VERDICT = "verdict"        # it says whether a model x target passed: validate
+    CHOICE = "choice"          # it picks among a target's variants, whose verdict it is: pick
+    DIAGNOSIS = "diagnosis"    # it explains another stage's failure (never a row's outcome)
+
+
+class Kind(enum.StrEnum):
+    """A report row's kind: how a model x target case ended, in the order the summaries
+    count them (pipeline.report.table.rows decides it; pick writes it of each variant)."""
+    PASSED = "passed"
+    FAILED = "failed"
+    XFAIL = "xfail"          # listed as expected to fail (pipeline.plan.xfail), and failed
+    XPASS = "xpass"          # listed, and passed
+    SKIPPED = "skipped"
+    COMPILED = "compiled"    # compiled only (doit compile): no verdict asked
+    # a stopped run's unfinished cases: a stage of theirs interrupted, or not started (the
+    # status of that stage is the row's kind)
+    INTERRUPTED = "interrupted"
+    NOT_STARTED = "not started"
