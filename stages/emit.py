@@ -12,16 +12,18 @@ from pathlib import Path
 
 from pipeline.cache.digest import digest_file
 from pipeline.stage import Stage
+from stages.frameworks.refusals import refusals_of
 from stages.legalize import STAGE as LEGALIZE
 
 HERE = Path(__file__).parent
+IREE_BINDINGS = ("iree.compiler",)
 
 
 class Emit(Stage):
     name = "emit"
     doc = "publish the MLIR every target starts from, its weights (.irpa) and model.json"
     inputs = (LEGALIZE.name,)
-    code = (HERE / "weights.py", HERE / "mlir.py")
+    code = (HERE / "weights.py", HERE / "mlir.py", HERE / "frameworks" / "refusals.py")
 
     def outputs(self, model):
         return ("model.mlirbc", "model.irpa", "model.json")
@@ -35,8 +37,11 @@ class Emit(Stage):
         legalized = ctx.inputs[LEGALIZE.name]
         module = parse((legalized / "legalized.mlirbc").read_bytes())
         archive = ctx.out / "model.irpa"
-        moved = [] if ctx.model.weights == "inline" else \
-            externalize(module, archive, ctx.model.weights_threshold)
+        # an exception is IREE's bindings' or passes' (a verdict), or kiln's own (a bug: no
+        # verdict, said so with the traceback in the log)
+        with refusals_of(IREE_BINDINGS, ctx.model):
+            moved = [] if ctx.model.weights == "inline" else \
+                externalize(module, archive, ctx.model.weights_threshold, ctx.log)
         if not archive.exists():
             archive.write_bytes(b"")   # a declared output: empty means "no parameters"
         with open(ctx.out / "model.mlirbc", "wb") as f:

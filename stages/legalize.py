@@ -1,6 +1,13 @@
 """Stage 4, legalize: convert the input dialect to IREE's (iree-compile --compile-to=input,
 target-independent), then walk the result and fail with the ops IREE cannot take. Where
-iree-compile fails without naming an op (a crash), each kind of op is compiled alone to find it."""
+iree-compile fails without naming an op (a crash), each kind of op is compiled alone to find it.
+
+float64: iree-compile's input phase demotes f64 to f32 by default, yet keeps an f64 argument's
+or result's buffer type, so such a module fails at run ("buffer view byte length 8 exceeds
+backing buffer byte length 4", iree-base-compiler 3.13.0). A model whose entry takes or
+returns f64 is legalized again with f64 kept (KEEP_F64): its program says f64, llvm-cpu and
+vmvx run it. A model with f64 inside only keeps the demotion, which every backend runs (a GPU
+may have no f64). legalize.json says which ("f64_kept")."""
 from __future__ import annotations
 
 import json
@@ -22,6 +29,8 @@ IREE_DIALECTS = {"builtin", "func", "util", "hal", "flow", "stream", "arith", "m
                  "tensor", "scf", "cf", "complex", "iree_linalg_ext", "iree_tensor_ext",
                  "iree_encoding", "affine", "bufferization", "ml_program", "io_parameters"}
 ILLEGAL = re.compile(r"failed to legalize operation '([\w.]+)'(?:.*?<\{name = \"([\w.]+)\"\}>)?")
+KEEP_F64 = "--iree-input-demote-f64-to-f32=false"
+_ABI_OPS = ("hal.tensor.import", "hal.tensor.export")
 
 
 class Legalize(Stage):
@@ -46,27 +55,12 @@ class Legalize(Stage):
         out = ctx.out / "legalized.mlirbc"
         flags = [f"--iree-input-type={adapter.input_type}", "--compile-to=input",
                  "--emit-mlir-bytecode"]
-        try:
-            iree_compile(source, out, flags, ctx)
-        except StageError as err:
-            illegal = sorted({b or a for a, b in ILLEGAL.findall("\n".join(ctx.log_lines))})
-            if illegal:
-                raise StageError(f"ops IREE cannot legalize: {', '.join(illegal)}",
-                                 command=err.command, exit_code=err.exit_code) from None
-            # a crash, or a diagnostic at no location (imports strip them): find the op
-            alone = _failing_alone(source, flags, ctx)
-            if alone:
-                raise StageError(f"ops IREE cannot legalize: {', '.join(alone)} (each fails "
-                                 f"compiled alone too, see the log); {err}",
-                                 command=err.command, exit_code=err.exit_code) from None
-            raise
-        # (ops of a dialect IREE does not know pass through iree-compile in generic form:
-        # read them, to name them below)
-        module = parse(out.read_bytes(), unregistered=True)
-        ops = op_names(module)
-        illegal = sorted(n for n in ops if n.split(".", 1)[0] not in IREE_DIALECTS)
-        if illegal:
-            raise StageError(f"ops IREE cannot legalize: {', '.join(illegal)}")
+        module, ops = _legalized(source, out, flags, ctx)
+        f64_kept = _f64_at_entry(module)
+        if f64_kept:
+            ctx.log(f"legalize: the entry takes or returns f64, which the demotion to f32 would "
+                    f"break at run; legalized again with {KEEP_F64}")
+            module, ops = _legalized(source, out, [*flags, KEEP_F64], ctx)
         entries = [f for f in public_functions(module) if not f.endswith("$async")]
         if not entries:
             raise StageError("the imported module has no public function to run")
@@ -74,8 +68,53 @@ class Legalize(Stage):
             {"entry": entries[0], "functions": entries,
              "inputs": entry_inputs(module, entries[0],
                                     lambda: parse(source.read_bytes(), source=source)),
-             "ops": dict(sorted(ops.items()))},
+             "ops": dict(sorted(ops.items())), "f64_kept": f64_kept},
             indent=1, sort_keys=True))
+
+
+def _legalized(source: Path, out: Path, flags: list[str], ctx):
+    """(the module compiled from source to the input phase at out, its op counts); fail naming
+    the ops IREE cannot take."""
+    try:
+        iree_compile(source, out, flags, ctx)
+    except StageError as err:
+        illegal = sorted({b or a for a, b in ILLEGAL.findall("\n".join(ctx.log_lines))})
+        if illegal:
+            raise StageError(f"ops IREE cannot legalize: {', '.join(illegal)}",
+                             command=err.command, exit_code=err.exit_code) from None
+        # a crash, or a diagnostic at no location (imports strip them): find the op
+        alone = _failing_alone(source, flags, ctx)
+        if alone:
+            raise StageError(f"ops IREE cannot legalize: {', '.join(alone)} (each fails "
+                             f"compiled alone too, see the log); {err}",
+                             command=err.command, exit_code=err.exit_code) from None
+        raise
+    # (ops of a dialect IREE does not know pass through iree-compile in generic form:
+    # read them, to name them below)
+    module = parse(out.read_bytes(), unregistered=True)
+    ops = op_names(module)
+    illegal = sorted(n for n in ops if n.split(".", 1)[0] not in IREE_DIALECTS)
+    if illegal:
+        raise StageError(f"ops IREE cannot legalize: {', '.join(illegal)}")
+    return module, ops
+
+
+def _f64_at_entry(module) -> bool:
+    """Whether a buffer the module takes or returns holds f64 (a hal.tensor.import's or
+    export's encoding: `tensor<f64> as tensor<f32>` after the demotion)."""
+    from iree.compiler import ir
+    found = []
+
+    def visit(op):
+        if op.name in _ABI_OPS and any(
+                "f64" in str(op.attributes[name]) for name in ("source_encoding", "target_encoding")
+                if name in op.attributes):
+            found.append(op.name)
+            return ir.WalkResult.INTERRUPT
+        return ir.WalkResult.ADVANCE
+
+    module.operation.walk(visit)
+    return bool(found)
 
 
 # When iree-compile fails on a module without naming an op, each kind of input op is compiled

@@ -166,6 +166,10 @@ NODE_CASES = {
     "test_min_int16": "onnxruntime cannot run it (NOT_IMPLEMENTED)",
     "test_castlike_BFLOAT16_to_FLOAT": "onnxruntime cannot take its bfloat16 input",
     "test_mvn": "onnx's strict check fails on the body it defines for the op",
+    # float64 at the entry: iree-compile's default f64->f32 demotion broke them at run
+    # ("buffer view byte length 8 exceeds backing buffer byte length 4"); legalize keeps f64
+    "test_castlike_FLOAT_to_DOUBLE": "an f64 output of an f32 input",
+    "test_einsum_batch_matmul": "f64 inputs and output",
 }
 FEWER = "dropout_mask_not_expected"   # test_dropout_default_mask without its output_1.pb
 # the cases onnxruntime cannot run: their output_*.pb alone are the reference

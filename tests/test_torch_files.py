@@ -6,6 +6,7 @@ buffers and ops only a decomposition makes legal.
 (.pt2 files crafted to run code as they load: test_pt2_safety.py.)"""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -143,15 +144,22 @@ def test_pytree_output_class_not_importable_says_what_to_install(dataclass_pt2, 
 def folder_run(tmp_path_factory) -> dict[str, dict]:
     """validate:<model>@cpu's record entry for each .pt2 that EXPORT_FOLDER_SCRIPT writes,
     from one doit run over their folder."""
-    root = tmp_path_factory.mktemp("pt2_folder")
+    record, _ = validated_folder(tmp_path_factory.mktemp("pt2_folder"), EXPORT_FOLDER_SCRIPT,
+                                 {"dict", "listed", "bicubic", "bert", "gpt2"})
+    return record
+
+
+def validated_folder(root, script: str, models: set[str]) -> tuple[dict[str, dict], Project]:
+    """(validate:<model>@cpu's record entry for each of the models the export script writes
+    into a folder, from one doit run over it; the project)."""
     folder = root / "models"
     folder.mkdir()
-    subprocess.run([sys.executable, "-c", EXPORT_FOLDER_SCRIPT, str(folder)], check=True)
+    subprocess.run([sys.executable, "-c", script, str(folder)], check=True)
     project = Project(copy_project(root / "proj"))
     proc = project.doit("validate", f"model={folder}", "target=cpu", check=False)
     record = {t["model"]: t for t in project.record() if t["stage"] == "validate"}
-    assert set(record) == {"dict", "listed", "bicubic", "bert", "gpt2"}, proc.stdout[-3000:]
-    return record
+    assert set(record) == models, proc.stdout[-3000:]
+    return record, project
 
 
 def passed(entry: dict, within: float) -> bool:
@@ -218,3 +226,125 @@ def test_a_pt2_whose_graph_makes_float32_tensors_itself_still_runs_in_float64():
     (answer64,) = ADAPTER.reference64(ModelSpec("untyped", "torch", {}), traced)
     assert answer64.dtype == np.float64
     np.testing.assert_allclose(answer64, answer, rtol=1e-5, atol=1e-6)
+
+
+# programs users write that kiln's own stages once failed on (issue 27): an STFT (a complex
+# DFT matrix among its constants: weight lifting), a CNN as PyTorch 2 Export quantization
+# leaves it (quantized_decomposed ops: capture), and an f64 output (legalize's f64 demotion)
+EXPORT_UNUSUAL_SCRIPT = """
+import sys, torch
+from pathlib import Path
+import torch.ao.quantization.fx._decomposed   # registers quantized_decomposed (as torchao does)
+
+folder = Path(sys.argv[1])
+qd = torch.ops.quantized_decomposed
+
+class Stft(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("window", torch.hann_window(12))
+
+    def forward(self, x):   # n_fft 12: torch-mlir's DFT is a 12x7 complex<f32> constant
+        spec = torch.stft(x, n_fft=12, hop_length=3, window=self.window, center=True,
+                          return_complex=True)
+        return torch.view_as_real(spec)
+
+class QuantizedCnn(torch.nn.Module):
+    # what convert_pt2e leaves (XNNPACK quantizer): int8 weights dequantized per channel,
+    # activations quantized and dequantized per tensor
+    def __init__(self):
+        super().__init__()
+        weight = torch.randn(8, 3, 3, 3)
+        scale = weight.abs().amax(dim=(1, 2, 3)) / 127
+        self.register_buffer("w_int8", torch.round(weight / scale[:, None, None, None])
+                             .to(torch.int8))
+        self.register_buffer("w_scale", scale)
+        self.register_buffer("w_zero", torch.zeros(8, dtype=torch.int64))
+        self.bias = torch.nn.Parameter(torch.randn(8) * 0.1)
+        self.fc = torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = qd.quantize_per_tensor.default(x, 0.02, 0, -128, 127, torch.int8)
+        x = qd.dequantize_per_tensor.default(x, 0.02, 0, -128, 127, torch.int8)
+        w = qd.dequantize_per_channel.default(self.w_int8, self.w_scale, self.w_zero, 0,
+                                              -127, 127, torch.int8)
+        y = torch.nn.functional.conv2d(x, w, self.bias, padding=1).relu()
+        y = qd.quantize_per_tensor.default(y, 0.05, -128, -128, 127, torch.int8)
+        y = qd.dequantize_per_tensor.default(y, 0.05, -128, -128, 127, torch.int8)
+        return self.fc(y.mean(dim=(2, 3)))
+
+class Float64(torch.nn.Module):   # as torch-mlir's e2e tests write them
+    def forward(self, x):
+        return x.mean(dtype=torch.float64), torch.div(x.double() * 7, 3.0, rounding_mode="trunc")
+
+torch.manual_seed(0)
+for name, model, example in (("stft", Stft(), torch.randn(2, 64)),
+                             ("qcnn", QuantizedCnn(), torch.randn(1, 3, 8, 8)),
+                             ("mean64", Float64(), torch.randn(3, 5))):
+    torch.export.save(torch.export.export(model.eval(), (example,)), folder / f"{name}.pt2")
+"""
+
+
+@pytest.fixture(scope="module")
+def unusual_run(tmp_path_factory) -> tuple[dict[str, dict], Project]:
+    """validate:<model>@cpu's record entry for each .pt2 EXPORT_UNUSUAL_SCRIPT writes (one
+    doit run), and the project."""
+    return validated_folder(tmp_path_factory.mktemp("pt2_unusual"), EXPORT_UNUSUAL_SCRIPT,
+                            {"stft", "qcnn", "mean64"})
+
+
+def test_stft_complex_constant_moves_to_the_archive_and_validates(unusual_run):
+    record, project = unusual_run
+    assert passed(record["stft"], 1e-5), record["stft"]
+    emitted = json.loads((project.root / "build" / "stft" / "emit" / "model.json").read_text())
+    assert {"dtype": "complex<f32>", "name": "constant.0", "shape": [12, 7]} in \
+        emitted["parameter_tensors"], emitted["parameter_tensors"]
+
+
+def test_pt2e_quantized_cnn_loads_and_validates(unusual_run):
+    record, _ = unusual_run
+    assert passed(record["qcnn"], 1e-4), record["qcnn"]
+
+
+def test_f64_outputs_keep_f64_and_validate(unusual_run):
+    record, project = unusual_run
+    assert passed(record["mean64"], 1e-12), record["mean64"]
+    legalized = json.loads((project.root / "build" / "mean64" / "legalize" / "legalize.json")
+                           .read_text())
+    assert legalized["f64_kept"] is True
+    assert "--iree-input-demote-f64-to-f32=false" in \
+        (project.root / "build" / "logs" / "legalize.mean64.log").read_text()
+    # a model without f64 at its entry keeps IREE's default (demotion: any backend runs it)
+    stft = json.loads((project.root / "build" / "stft" / "legalize" / "legalize.json")
+                      .read_text())
+    assert stft["f64_kept"] is False
+
+
+CUSTOM_OP_SCRIPT = """
+import sys, torch
+
+@torch.library.custom_op("mylib::twice", mutates_args=())
+def twice(x: torch.Tensor) -> torch.Tensor:
+    return x * 2
+
+@twice.register_fake
+def _(x):
+    return torch.empty_like(x)
+
+class Net(torch.nn.Module):
+    def forward(self, x):
+        return torch.ops.mylib.twice(x) + 1
+
+torch.export.save(torch.export.export(Net(), (torch.randn(3),)), sys.argv[1])
+"""
+
+
+def test_a_custom_op_of_another_namespace_is_refused_by_name(tmp_path):
+    """kiln registers torch's own op libraries only; a custom op's module is never imported."""
+    from pipeline.stage import StageError
+    from stages.frameworks.pytorch import load_program
+    model = tmp_path / "custom.pt2"
+    subprocess.run([sys.executable, "-c", CUSTOM_OP_SCRIPT, str(model)], check=True)
+    with pytest.raises(StageError, match=r"custom.pt2: the program calls "
+                                         r"torch\.ops\.mylib\.twice.*namespace 'mylib'"):
+        load_program(model)

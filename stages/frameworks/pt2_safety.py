@@ -10,10 +10,13 @@ torch/export/pt2_archive/_package.py load_pt2, torch/_export/serde/serialize.py)
    them, again with weights_only=False;
  - a symbolic shape's expr_str is parsed by sympy.sympify, which is eval();
  - data/aotinductor/<model>/*.so is dlopen()ed (its constructors run).
-refuse_code() looks at the archive first, through the same readers torch uses (torch's own zip
-reader for the current layout, zipfile for the old one); loading_as_data() turns every
-torch.load inside the load into weights_only=True, whatever torch passes, and names the entry
-it refused.
+An op namespace the program uses is registered only by importing one of torch's own modules
+that defines it (TORCH_OP_LIBRARIES: PyTorch 2 Export quantization's quantized_decomposed
+ops); a custom op of any other namespace is refused by name, never imported from wherever the
+file says. refuse_code() looks at the archive first, through the same readers torch uses
+(torch's own zip reader for the current layout, zipfile for the old one); loading_as_data()
+turns every torch.load inside the load into weights_only=True, whatever torch passes, and
+names the entry it refused.
 """
 from __future__ import annotations
 
@@ -35,6 +38,12 @@ PICKLE_ADVICE = ("unpickling runs whatever code the file names, so kiln does not
                  "re-export the model so that every weight, constant and example input is a plain "
                  "tensor (torch.export.save writes those as raw bytes; tensor subclasses, script "
                  "objects and other Python objects are pickled)")
+# op namespaces torch defines in a module it does not import by itself, and that module: a
+# .pt2 from PyTorch 2 Export quantization (convert_pt2e, XNNPACK or X86 quantizer; in torchao
+# since torch 2.10) calls quantized_decomposed ops, which torch.export.load cannot resolve
+# until it is imported. Only torch's own modules are listed: importing one runs torch's code.
+TORCH_OP_LIBRARIES = {"quantized_decomposed": "torch.ao.quantization.fx._decomposed"}
+_UNRESOLVED_OP = re.compile(r"failed to resolve (torch\.ops\.([\w]+)\.[\w.]+) to an operator")
 _TORCH_WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
 _TORCH_NO_WEIGHTS_ONLY = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
 _ENVIRON_LOCK = threading.Lock()   # one load at a time sets and restores torch's switch
@@ -106,6 +115,32 @@ def _refuse_pickled_tensors(path: Path, reader, names: list[str], model: str) ->
             if not raw:
                 raise StageError(f"{path.name}: entry {folder}{entry} ({kind} {fqn!r}) holds "
                                  f"pickled data; {PICKLE_ADVICE}")
+
+
+def register_torch_op_libraries() -> None:
+    """Import torch's own modules that register the op namespaces of TORCH_OP_LIBRARIES (cheap,
+    16 ms: quantized_decomposed), so that a program calling them deserializes."""
+    import importlib
+    for module in TORCH_OP_LIBRARIES.values():
+        importlib.import_module(module)
+
+
+def unresolved_op(path: Path, errors) -> StageError | None:
+    """The error for a program calling an op no imported module registers (torch's
+    SerializeError 'failed to resolve torch.ops.ns.op'), or None where that is not the cause."""
+    for error in errors:
+        while error is not None:
+            found = _UNRESOLVED_OP.search(str(error))
+            if found:
+                op, namespace = found.groups()
+                return StageError(
+                    f"{path.name}: the program calls {op}, a custom op that only the package "
+                    f"defining namespace {namespace!r} registers; kiln registers only torch's own "
+                    f"op libraries ({', '.join(TORCH_OP_LIBRARIES)}) and does not import code a "
+                    ".pt2 names. Export the model without the custom op (or decompose it into "
+                    "ATen ops before torch.export.save)")
+            error = error.__cause__ or error.__context__
+    return None
 
 
 @contextlib.contextmanager

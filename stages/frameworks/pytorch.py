@@ -7,7 +7,8 @@ imports it by the class's qualified name, and says which package to install or p
 PYTHONPATH where it cannot. Outputs of any registered pytree are compared leaf by leaf, in
 the order the exported program returns them. A .pt2 is read as data only: an entry torch would
 unpickle beyond plain tensors, evaluate as Python or load as native code is refused, by name
-(pt2_safety.py).
+(pt2_safety.py); the ops of PyTorch 2 Export quantization (quantized_decomposed) are registered
+by importing torch's own module for them first, a custom op of another namespace is refused.
 
 Import order matters: without turbine's decomposition table ResNet leaves ops IREE rejects
 (relu_, _native_batch_norm_legit_no_training); a few ops only core ATen decomposes are added
@@ -32,7 +33,8 @@ from pipeline.stage import ModelSpec, StageError
 from .base import NOT_INSTALLED, Framework, NoFloat64, Traced
 from .factory import load_factory
 from .inputs import model_inputs
-from .pt2_safety import loading_as_data, refuse_code
+from .pt2_safety import (loading_as_data, refuse_code, register_torch_op_libraries,
+                          unresolved_op)
 
 
 def _flatten(value):
@@ -62,6 +64,7 @@ def load_program(path: Path):
     A .pt2 is data: whatever in it would run code as it loads is refused (pt2_safety)."""
     import torch
     refuse_code(path)
+    register_torch_op_libraries()
     imported: set[str] = set()
     while True:
         with _logged_errors(_EXPORT_LOGGER) as logged, loading_as_data(path):
@@ -69,6 +72,9 @@ def load_program(path: Path):
                 return torch.export.load(str(path))
             except RuntimeError as err:
                 failure = err
+        refused = unresolved_op(path, [failure, *logged])
+        if refused is not None:
+            raise refused from None
         missing = _unregistered_class([failure, *logged])
         if missing is None:   # the logged error is the real one; the raised one only points at it
             raise logged[-1] if logged else failure
@@ -91,7 +97,7 @@ def _logged_errors(logger_name: str):
         if error is None:
             return True
         errors.append(error)
-        return _unregistered_class([error]) is None
+        return _unregistered_class([error]) is None and unresolved_op(Path(), [error]) is None
 
     logger = logging.getLogger(logger_name)
     logger.addFilter(collect)

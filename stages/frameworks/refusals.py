@@ -38,16 +38,22 @@ KILNS = "kiln's own"
 KILN_BUG = "raised in kiln's own code: no verdict on the model"
 
 
-@contextlib.contextmanager
 def framework_refusals(adapter, model: ModelSpec):
     """Word an exception raised inside the block as whose it is (see the module docstring);
     a StageError, the machine's failures and anything not an Exception pass as they are."""
+    return refusals_of(adapter.packages, model)
+
+
+@contextlib.contextmanager
+def refusals_of(packages: tuple[str, ...], model: ModelSpec):
+    """framework_refusals for a stage of kiln's own that calls packages (emit: IREE's Python
+    bindings), with no framework adapter."""
     try:
         yield
     except (StageError, *MACHINE_FAILURES):
         raise
     except Exception as err:
-        verdict = worded(err, adapter.packages, model)
+        verdict = worded(err, packages, model)
         if verdict is err:
             raise
         raise verdict from err
