@@ -268,14 +268,16 @@ def scan_folder(folder: Path, detect: Detect) -> dict:
     (a SavedModel's) not. "dirs" lists every directory looked in: the answer holds while none
     of them changed (pipeline.plan.facts keeps it by their stats, so a second plan of a
     1,000-case folder lists nothing)."""
-    found, dirs, pending = [], [], [Path(os.path.abspath(folder))]
+    # (paths as strings, one Path per entry for detect: a 2,000-case folder has 12,000)
+    found, dirs, pending = [], [], [os.path.abspath(folder)]
     seen = set()
     while pending:
         directory = pending.pop()
-        if os.path.realpath(directory) in seen:   # a link back up the tree
+        real = os.path.realpath(directory)
+        if real in seen:   # a link back up the tree
             continue
-        seen.add(os.path.realpath(directory))
-        dirs.append(str(directory))
+        seen.add(real)
+        dirs.append(directory)
         try:
             entries = sorted(os.scandir(directory), key=lambda e: e.name)
         except OSError as err:
@@ -289,7 +291,7 @@ def scan_folder(folder: Path, detect: Detect) -> dict:
             if framework:
                 found.append([entry.path, framework, entry.is_dir()])
             elif entry.is_dir():
-                pending.append(Path(entry.path))
+                pending.append(entry.path)
     return {"models": sorted(found), "dirs": sorted(dirs)}
 
 
