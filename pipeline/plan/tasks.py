@@ -292,29 +292,54 @@ def _with_inputs(models: list[ModelSpec], inputs: str | None) -> list[ModelSpec]
     return [dataclasses.replace(models[0], sources=sources)]
 
 
-def _node_files(plan: Plan, node: Node, dirs: dict | None = None) -> list[Path]:
-    stage, model = plan.graph.nodes[node]["stage"], plan.graph.nodes[node]["model"]
-    node_dir = _node_dir(plan, node, dirs)
-    return [node_dir / rel for rel in stage.outputs(model)]
-
-
-def input_files(plan: Plan, node: Node, up: Node, dirs: dict | None = None) -> list[Path]:
+def input_files(plan: Plan, node: Node, up: Node) -> list[Path]:
     """The files of upstream node up that node reads (its file_dep, or soft_deps where up is
     a variant's or node takes partial inputs), as paths in build/."""
     data, up_stage = plan.graph.nodes[node], plan.graph.nodes[up]["stage"]
-    up_dir = _node_dir(plan, up, dirs)
+    up_dir = plan.layout.node_dir(up)
     return [up_dir / rel for rel in
             read_files(data["stage"], data["model"], data["target"], up.stage, up_stage)]
 
 
-def _node_dir(plan: Plan, node: Node, dirs: dict | None) -> Path:
-    """layout.node_dir, remembered in dirs (one task generation asks for each node's often)."""
-    if dirs is None:
-        return plan.layout.node_dir(node)
-    found = dirs.get(node)
-    if found is None:
-        found = dirs[node] = plan.layout.node_dir(node)
-    return found
+class _Places:
+    """Where the plan's nodes keep their files, as the text str() of layout's Paths gives,
+    each node's directory made once: a 2,000-case plan names some 300,000 files, and making
+    each a Path was most of a cold plan's time. A name that is not one plain path component
+    goes through Path, as layout makes it."""
+
+    def __init__(self, layout: Layout):
+        self.layout = layout
+        self.build = str(layout.build)
+        self.tasks = str(layout.build / ".kiln" / "tasks")
+        self.dirs: dict[Node, str] = {}
+        self.plain: dict[str, bool] = {}   # relative name -> whether it joins as text
+
+    def node_dir(self, node: Node) -> str:
+        found = self.dirs.get(node)
+        if found is None:
+            parts = [node.model, *([node.target] if node.target else []), node.stage]
+            found = self.dirs[node] = "/".join([self.build, *parts]) \
+                if all(map(self._is_plain, parts)) else str(self.layout.node_dir(node))
+        return found
+
+    def files(self, node: Node, names) -> list[str]:
+        """str(layout.node_dir(node) / name) for each name."""
+        directory = self.node_dir(node)
+        return [f"{directory}/{name}" if self._is_plain(name) else str(Path(directory) / name)
+                for name in names]
+
+    def entry_file(self, node: Node) -> str:
+        """str(layout.entry_file(node)): file_stem leaves no '/' in the name."""
+        return f"{self.tasks}/{file_stem(node.task_name)}.json"
+
+    def _is_plain(self, name: str) -> bool:
+        """Whether Path writes name as given after a '/' (relative, no '/' at its end, no
+        '.' or empty part that Path drops)."""
+        found = self.plain.get(name)
+        if found is None:
+            found = self.plain[name] = name not in ("", ".") and not name.startswith("/") \
+                and str(Path(name)) == name
+        return found
 
 
 def is_entry(plan: Plan, node: Node) -> bool:
@@ -368,7 +393,7 @@ def task_specs(plan: Plan) -> list[dict]:
 
 
 def _stage_specs(plan: Plan):
-    dirs: dict = {}     # node -> its directory, asked once per node
+    places = _Places(plan.layout)
     code: dict = {}     # the code files' digests (_code_digests)
     for node in nx.topological_sort(plan.graph):
         data = plan.graph.nodes[node]
@@ -379,11 +404,12 @@ def _stage_specs(plan: Plan):
         # so is the record entry of an upstream whose failure the stage diagnoses
         deps, soft, after = [], [], []
         for up in plan.graph.predecessors(node):
-            files = [str(f) for f in input_files(plan, node, up, dirs)]
+            up_data = plan.graph.nodes[up]
+            files = places.files(up, read_files(stage, model, target, up.stage, up_data["stage"]))
             if stage.follows == up.stage:   # its outcome is what this node reads
-                soft.append(str(plan.layout.entry_file(up)))
+                soft.append(places.entry_file(up))
                 after.append(up.task_name)
-            if plan.graph.nodes[up]["soft"] or stage.partial_inputs:
+            if up_data["soft"] or stage.partial_inputs:
                 soft += files
                 after.append(up.task_name)
             else:
@@ -397,10 +423,10 @@ def _stage_specs(plan: Plan):
             **({"kiln_default": True} if stage.default else {}),
             "file_dep": deps,
             **({"task_dep": after} if after else {}),
-            "targets": [str(p) for p in _node_files(plan, node, dirs)],
+            "targets": places.files(node, stage.outputs(model)),
             "meta": {"kiln": {"stage": node.stage, "model": node.model, "target": node.target,
-                              "entry": str(plan.layout.entry_file(node)),
-                              "out_dir": str(_node_dir(plan, node, dirs)),
+                              "entry": places.entry_file(node),
+                              "out_dir": places.node_dir(node),
                               "watched": watched_digest(stage, model, target,
                                                         _code_digests(stage, model, code)),
                               **({"role": stage.role} if stage.role else {}),
