@@ -62,7 +62,12 @@ def stat_of(path: str) -> list | None:
 def file_facts(files: Iterable[Path], listed_dirs: Iterable[Path]) -> dict[str, list | None]:
     """path -> [size, mtime_ns] (None: absent) for the files read and the directories listed
     (a directory's mtime changes when an entry is added, removed or renamed)."""
-    return {str(p): stat_of(str(p)) for p in [*files, *listed_dirs]}
+    facts: dict[str, list | None] = {}
+    for path in [*files, *listed_dirs]:
+        name = str(path)
+        if name not in facts:   # (a folder's cases name its directories many times)
+            facts[name] = stat_of(name)
+    return facts
 
 
 def code_facts(packages: Iterable[Path]) -> tuple[list[Path], list[Path]]:

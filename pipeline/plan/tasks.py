@@ -523,11 +523,13 @@ def plan_inputs(plan: Plan) -> tuple[list[Path], list[Path]]:
     models = {plan.graph.nodes[n]["model"].name: plan.graph.nodes[n]["model"] for n in plan.graph}
     for model in models.values():
         for source in model.sources.values():
-            source = Path(source)
+            source = source if isinstance(source, Path) else Path(source)
             dirs.append(source.parent)   # a companion file appearing beside it
             if source.is_dir():
                 dirs += [source, *(p for p in source.rglob("*") if p.is_dir())]
-            files += source_files(source)
+                files += source_files(source)
+            else:   # (source_files' answer, without a second stat per source)
+                files.append(source)
     code = {(id(d["stage"]), id(d["model"])): (d["stage"], d["model"])
             for _, d in plan.graph.nodes(data=True)}
     # (the files as given, then made Paths: one Path per file, not one per task)

@@ -56,7 +56,8 @@ def companions(framework: str, path: Path) -> dict[str, Path]:
 
 def detect(path: Path) -> str | None:
     """The framework that reads this model file or directory, if any."""
-    path = Path(path)   # (once: a folder scan asks this of every entry, each adapter in turn)
+    # (once, and only when not one: a folder scan asks this of every entry)
+    path = path if isinstance(path, Path) else Path(path)
     for adapter in _load_all().values():
         if adapter.matches(path):
             return adapter.name
