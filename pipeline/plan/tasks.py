@@ -46,6 +46,15 @@ class Plan:
     expected: dict = dataclasses.field(default_factory=dict)   # expected failures (plan.xfail)
     expected_file: Path | None = None                          # where they were read from
     listed: list[Path] = dataclasses.field(default_factory=list)   # folders scanned for models
+    sources: dict = dataclasses.field(default_factory=dict)   # files_of's answers, by source
+
+    def files_of(self, source: Path) -> list[Path]:
+        """source_files(source), asked once a plan: the task specs and plan_inputs both need
+        it, and each asking stats the source (8,000 of them for a 2,000-case suite)."""
+        found = self.sources.get(source)
+        if found is None:
+            found = self.sources[source] = source_files(source)
+        return found
 
     @functools.cached_property
     def nodes_by_task(self) -> dict[str, Node]:
@@ -437,7 +446,7 @@ def _stage_specs(plan: Plan):
             else:
                 deps += files
         if is_entry(plan, node):
-            deps += [str(f) for path in model.sources.values() for f in source_files(path)]
+            deps += [str(f) for path in model.sources.values() for f in plan.files_of(path)]
         yield {
             "basename": node.stage,
             "name": task_subname(node.task_name),
@@ -525,11 +534,10 @@ def plan_inputs(plan: Plan) -> tuple[list[Path], list[Path]]:
         for source in model.sources.values():
             source = source if isinstance(source, Path) else Path(source)
             dirs.append(source.parent)   # a companion file appearing beside it
-            if source.is_dir():
+            found = plan.files_of(source)
+            if found != [source]:   # a directory (a file's answer is itself)
                 dirs += [source, *(p for p in source.rglob("*") if p.is_dir())]
-                files += source_files(source)
-            else:   # (source_files' answer, without a second stat per source)
-                files.append(source)
+            files += found
     code = {(id(d["stage"]), id(d["model"])): (d["stage"], d["model"])
             for _, d in plan.graph.nodes(data=True)}
     # (the files as given, then made Paths: one Path per file, not one per task)
