@@ -67,8 +67,8 @@ class Onnx(Framework):
         """External data files (role data:<location>) and the first test-data set's files
         (role test_data:<path relative to the model's directory>)."""
         path = Path(path)
-        roles = {f"test_data:{f.relative_to(path.parent).as_posix()}": f
-                 for f in _test_data_files(path.parent)}
+        # (each file is path.parent / <set> / <name>: its role names those two)
+        roles = {f"test_data:{f.parent.name}/{f.name}": f for f in _test_data_files(path.parent)}
         if not _may_keep_data_outside(path):
             return roles   # (no parse: importing onnx alone costs a second of a cold plan)
         try:
@@ -512,8 +512,10 @@ def _test_data_files(model_dir: Path) -> list[Path]:
     sets = _test_data_sets(model_dir)
     if not sets:
         return []
+    files = _matching(sets[0], "*.pb", os.DirEntry.is_file)   # (one listing for both kinds)
     return [f for kind in ("input", "output")
-            for f in sorted(_matching(sets[0], f"{kind}_*.pb", os.DirEntry.is_file), key=_natural)]
+            for f in sorted((f for f in files if fnmatch.fnmatchcase(f.name, f"{kind}_*.pb")),
+                            key=_natural)]
 
 
 def _matching(directory: Path, pattern: str, kind) -> list[Path]:
