@@ -8,6 +8,7 @@ imports nothing else of the engine.
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,7 +185,7 @@ class Stage:
 
     def code_files(self, model: ModelSpec) -> tuple[Path, ...]:
         """The stage's own module plus the helper files it declares."""
-        return (Path(sys.modules[type(self).__module__].__file__), *self.code)
+        return (_module_file(type(self).__module__), *self.code)
 
     def tools(self, model: ModelSpec) -> tuple[str, ...]:
         return ()
@@ -235,6 +236,12 @@ class Stage:
     def run(self, ctx: StageContext) -> dict | None:
         raise NotImplementedError
 
+
+
+@functools.cache
+def _module_file(module: str) -> Path:
+    """A loaded module's file, made a Path once (code_files is asked per model and stage)."""
+    return Path(sys.modules[module].__file__)
 
 
 def read_files(stage: Stage, model: ModelSpec, target: Target | None, name: str,

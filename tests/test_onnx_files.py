@@ -25,6 +25,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from pipeline.stage import ConfigError  # noqa: E402
 from pipeline.plan.layout import Layout  # noqa: E402
 from pipeline.stage import ModelSpec, Node, StageError  # noqa: E402
+from stages.frameworks import onnx_fw  # noqa: E402
 from stages.frameworks.onnx_fw import ADAPTER  # noqa: E402
 
 
@@ -360,6 +361,17 @@ def test_locations_outside_the_model_directory_are_refused(tmp_path, location):
         ADAPTER.companions(path)
     with pytest.raises(StageError, match="not a file beside the model"):  # and at capture
         ADAPTER.capture(ModelSpec("net", "onnx", {"model": path}), tmp_path)
+
+
+def test_only_a_file_that_may_keep_data_outside_is_parsed_for_it(tmp_path):
+    """Planning a suite reads no model's protobuf (nor imports onnx) where none of its bytes
+    can say that a tensor lives in another file."""
+    plain = tmp_path / "plain.onnx"
+    plain.write_bytes(mlp_model(1, 4, seed=6)[0].SerializeToString())
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    assert not onnx_fw._may_keep_data_outside(plain)
+    assert onnx_fw._may_keep_data_outside(_with_location(tmp_path / "model", "weights.bin"))
+    assert onnx_fw._may_keep_data_outside(tmp_path / "empty.onnx")   # (capture names it)
 
 
 def test_a_missing_data_file_is_a_clear_error(tmp_path):

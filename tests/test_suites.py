@@ -17,7 +17,7 @@ import pytest
 import stages
 from conftest import Project, copy_project
 from pipeline.plan.options import Options
-from pipeline.plan.tasks import make_plan
+from pipeline.plan.tasks import make_plan, task_specs
 from pipeline.stage import ConfigError
 
 CONFIG = """targets:
@@ -107,6 +107,13 @@ def test_a_second_plan_of_the_folder_asks_no_hook_and_a_new_case_only_its_own(tm
         [("companions", str(suite / "nested" / "test_new" / "model.onnx"))]
     # the plan memo watches every folder the scan looked in
     assert suite / "nested" / "test_new" in made.listed and suite / "zoo" in made.listed
+
+
+def test_task_specs_are_what_json_reads_back(tmp_path, suite):
+    """The plan memo keeps the specs as they are (pipeline.plan.memo.save): a tuple there would
+    be a list only in a run made from JSON."""
+    specs = task_specs(plan(tmp_path / "proj", model=str(suite)))
+    assert json.loads(json.dumps(specs)) == specs
 
 
 def test_a_savedmodel_directory_named_model_is_named_by_its_folder(tmp_path, suite):

@@ -41,7 +41,7 @@ VOLATILE_FILES = {"fingerprint.pb"}
 
 def source_files(path: Path) -> list[Path]:
     """A model source's files: the file itself, or a directory's files minus volatile ones."""
-    path = Path(path)
+    path = path if isinstance(path, Path) else Path(path)   # (a plan asks per case: no copy)
     if not path.is_dir():
         return [path]
     return sorted(p for p in path.rglob("*") if p.is_file() and p.name not in VOLATILE_FILES)

@@ -53,7 +53,12 @@ def context(variables: dict[str, str], root: Path) -> dict:
 def file_facts(files: Iterable[Path], listed_dirs: Iterable[Path]) -> dict[str, list | None]:
     """path -> [size, mtime_ns] (None: absent) for the files read and the directories listed
     (a directory's mtime changes when an entry is added, removed or renamed)."""
-    return {str(p): stat_of(str(p)) for p in [*files, *listed_dirs]}
+    facts: dict[str, list | None] = {}
+    for path in [*files, *listed_dirs]:
+        name = str(path)
+        if name not in facts:   # (a folder's cases name its directories many times)
+            facts[name] = stat_of(name)
+    return facts
 
 
 def code_facts(packages: Iterable[Path]) -> tuple[list[Path], list[Path]]:
@@ -103,11 +108,18 @@ def save(path: Path, ctx: dict, files: dict, probes: list[dict], tasks: list[dic
     read-only mode, `doit explain`, nothing is written: the next run makes the plan)."""
     if read_only():
         return
-    memo = {"context": ctx, "files": files, "probes": probes, "notices": notices,
-            "tasks": tasks}
+    # (through JSON first: what is remembered is what json would read back, e.g. no tuples.
+    # The task specs are JSON's types as pipeline.plan.tasks makes them, a test checks it,
+    # and go as they are: their round trip was 0.36 s of a 20,000-task plan; marshal refuses
+    # anything else it cannot write, and then they take the round trip too)
+    memo = json.loads(json.dumps({"context": ctx, "files": files, "probes": probes,
+                                  "notices": notices}, default=str))
     try:
-        # (through JSON first: what is remembered is what json would read back, e.g. no tuples)
-        atomic_write(path, marshal.dumps(json.loads(json.dumps(memo, default=str))))
+        try:
+            data = marshal.dumps({**memo, "tasks": tasks})
+        except ValueError:
+            data = marshal.dumps({**memo, "tasks": json.loads(json.dumps(tasks, default=str))})
+        atomic_write(path, data)
     except OSError:
         pass
 

@@ -56,7 +56,9 @@ def companions(framework: str, path: Path) -> dict[str, Path]:
 
 def detect(path: Path) -> str | None:
     """The framework that reads this model file or directory, if any."""
+    # (once, and only when not one: a folder scan asks this of every entry)
+    path = path if isinstance(path, Path) else Path(path)
     for adapter in _load_all().values():
-        if adapter.matches(Path(path)):
+        if adapter.matches(path):
             return adapter.name
     return None

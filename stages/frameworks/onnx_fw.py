@@ -31,6 +31,8 @@ provider with one thread, so reference.npz is the same bytes on every build.
 """
 from __future__ import annotations
 
+import fnmatch
+import mmap
 import os
 import re
 from pathlib import Path
@@ -65,8 +67,10 @@ class Onnx(Framework):
         """External data files (role data:<location>) and the first test-data set's files
         (role test_data:<path relative to the model's directory>)."""
         path = Path(path)
-        roles = {f"test_data:{f.relative_to(path.parent).as_posix()}": f
-                 for f in _test_data_files(path.parent)}
+        # (each file is path.parent / <set> / <name>: its role names those two)
+        roles = {f"test_data:{f.parent.name}/{f.name}": f for f in _test_data_files(path.parent)}
+        if not _may_keep_data_outside(path):
+            return roles   # (no parse: importing onnx alone costs a second of a cold plan)
         try:
             proto = _load_proto(path)
         except (ImportError, StageError):
@@ -279,6 +283,23 @@ def _load_proto(path: Path):
     return proto
 
 
+# a TensorProto whose data lives in another file has data_location (field 14, a varint) set to
+# EXTERNAL (1), which protobuf writes as these two bytes (a tag and a value, each the one
+# byte of its shortest encoding, the only one protobuf's writers use)
+EXTERNAL_MARK = b"\x70\x01"
+
+
+def _may_keep_data_outside(path: Path) -> bool:
+    """False when no tensor in the file can keep its data in another file: the bytes that
+    say so are nowhere in it. True when they are (or may be: an empty or unreadable file,
+    which _load_proto then names), and the protobuf must be read to know."""
+    try:
+        with open(path, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            return data.find(EXTERNAL_MARK) >= 0
+    except (OSError, ValueError):   # (mmap refuses an empty file with ValueError)
+        return True
+
+
 def _external_data(proto, model_dir: Path) -> list[tuple[object, str, Path]]:
     """(tensor, location, file) for every tensor whose data lives outside the model
     file. Only files under the model's own directory are read: a location is written by
@@ -483,7 +504,7 @@ def _with_static_inputs(proto, arrays: dict):
 # --- the ONNX test-data convention ---------------------------------------------------------
 
 def _test_data_sets(model_dir: Path) -> list[Path]:
-    return sorted((d for d in model_dir.glob(TEST_DATA_GLOB) if d.is_dir()), key=_natural)
+    return sorted(_matching(model_dir, TEST_DATA_GLOB, os.DirEntry.is_dir), key=_natural)
 
 
 def _test_data_files(model_dir: Path) -> list[Path]:
@@ -491,8 +512,22 @@ def _test_data_files(model_dir: Path) -> list[Path]:
     sets = _test_data_sets(model_dir)
     if not sets:
         return []
+    files = _matching(sets[0], "*.pb", os.DirEntry.is_file)   # (one listing for both kinds)
     return [f for kind in ("input", "output")
-            for f in sorted(sets[0].glob(f"{kind}_*.pb"), key=_natural) if f.is_file()]
+            for f in sorted((f for f in files if fnmatch.fnmatchcase(f.name, f"{kind}_*.pb")),
+                            key=_natural)]
+
+
+def _matching(directory: Path, pattern: str, kind) -> list[Path]:
+    """directory.glob(pattern) (one level, in listing order) of the entries that are kind
+    (DirEntry.is_dir or is_file, following links as Path's do), from one scandir: planning a
+    2,000-case suite asks this of every case."""
+    try:
+        with os.scandir(directory) as entries:
+            return [directory / entry.name for entry in entries
+                    if fnmatch.fnmatchcase(entry.name, pattern) and kind(entry)]
+    except (FileNotFoundError, NotADirectoryError, PermissionError):   # (as glob's: nothing)
+        return []
 
 
 def _read_tensor(path: Path, model_dir: Path) -> tuple[str, np.ndarray]:

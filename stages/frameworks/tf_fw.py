@@ -69,7 +69,9 @@ class TensorFlow(Framework):
     builds_on = ("tf_common",)
 
     def matches(self, path: Path) -> bool:
-        return path.is_dir() and (path / "saved_model.pb").is_file()
+        # one stat: under a file, the name is not found (ENOTDIR) as under an empty directory
+        # (a folder scan asks this of every entry)
+        return (path / "saved_model.pb").is_file()
 
     @absl_safe
     def trace(self, model: ModelSpec) -> Traced:
