@@ -44,9 +44,10 @@ def doit(root: Path, *args: str) -> tuple[float, float]:
 
 def manual(root: Path, model: str, failing: dict, reference: dict, tmp: Path) -> tuple[float, int]:
     """(seconds, bytes of trace on disk) of the direct tools doing what bisect does."""
+    import numpy as np
+
     from stages.iree_tools import tool
     from stages.runtime import module_args
-    import numpy as np
     emitted = root / "build" / model / "emit"
     info = json.loads((emitted / "model.json").read_text())
     inputs = list(np.load(root / "build" / model / "capture" / "inputs.npz").values())

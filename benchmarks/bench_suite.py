@@ -62,6 +62,7 @@ from onnx_node_suite import direct_suite, run_kiln, write_cases  # noqa: E402
 
 sys.path[:0] = [str(HERE.parent / "tests"), str(HERE.parent)]
 from conftest import copy_project  # noqa: E402
+
 from pipeline.report import timesplit  # noqa: E402
 
 OPS = ("Add", "Sub", "Mul", "Max", "Min")

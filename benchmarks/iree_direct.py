@@ -14,6 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pipeline import process  # noqa: E402
+
 # the real binaries, as kiln runs them (the scripts that build command lines import it here)
 from stages.iree_tools import tool  # noqa: E402,F401
 

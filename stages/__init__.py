@@ -8,18 +8,18 @@ imports no framework and no IREE module: that happens inside each stage's run().
 """
 from __future__ import annotations
 
-from stages.frameworks import companions, detect
-from stages.targets import resolve as resolve_target
+from stages.bisect import STAGE as BISECT
 from stages.capture import STAGE as CAPTURE
-from stages.serialize import STAGE as SERIALIZE
+from stages.codegen import STAGE as CODEGEN
+from stages.emit import STAGE as EMIT
+from stages.frameworks import companions, detect
 from stages.importer import STAGE as IMPORT
 from stages.legalize import STAGE as LEGALIZE
-from stages.emit import STAGE as EMIT
 from stages.lower import STAGE as LOWER
-from stages.codegen import STAGE as CODEGEN
-from stages.validate import STAGE as VALIDATE
 from stages.pick import STAGE as PICK
-from stages.bisect import STAGE as BISECT
+from stages.serialize import STAGE as SERIALIZE
+from stages.targets import resolve as resolve_target
+from stages.validate import STAGE as VALIDATE
 
 ORDER = (CAPTURE, SERIALIZE, IMPORT, LEGALIZE, EMIT, LOWER, CODEGEN, VALIDATE, PICK, BISECT)
 

@@ -41,9 +41,10 @@ from stages.capture import STAGE as CAPTURE
 from stages.emit import STAGE as EMIT
 from stages.iree_tools import iree_compile, tool
 from stages.lower import inline_weights
-from stages.targets import compile_flags
 from stages.runtime import RUN_TIMEOUT_S, module_args, runtime_error
-from stages.validate import STAGE as VALIDATE, answer_for, judge, module_built
+from stages.targets import compile_flags
+from stages.validate import STAGE as VALIDATE
+from stages.validate import answer_for, judge, module_built
 from stages.weights import SCOPE
 
 HERE = Path(__file__).parent

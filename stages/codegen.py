@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from pipeline.stage import Role, Stage
 from stages.iree_tools import COMPILE_CODE, iree_compile
-from stages.lower import PHASE, STAGE as LOWER
+from stages.lower import PHASE
+from stages.lower import STAGE as LOWER
 from stages.targets import compile_flags
 
 

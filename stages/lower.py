@@ -11,8 +11,8 @@ from pathlib import Path
 from pipeline.stage import Stage
 from stages.emit import STAGE as EMIT
 from stages.iree_tools import COMPILE_CODE, iree_compile
-from stages.weights import SCOPE
 from stages.targets import compile_flags
+from stages.weights import SCOPE
 
 HERE = Path(__file__).parent
 PHASE = "flow"

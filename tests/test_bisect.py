@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 from conftest import Project, copy_project, needs_torch, seed_cache
+
 from pipeline.run.decide import NOT_NEEDED
 
 

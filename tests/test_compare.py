@@ -8,8 +8,16 @@ import numpy as np
 import pytest
 
 from pipeline.stage import StageError
-from stages.compare import (FACTOR, FLOOR_ULPS, compare, describe_noise, float64_error,
-                            judged_by_float64, noise_floor, noise_rule)
+from stages.compare import (
+    FACTOR,
+    FLOOR_ULPS,
+    compare,
+    describe_noise,
+    float64_error,
+    judged_by_float64,
+    noise_floor,
+    noise_rule,
+)
 from stages.validate import failure_message, judge
 
 
@@ -235,8 +243,8 @@ def test_a_model_with_its_own_tolerance_is_judged_by_it_alone():
 # --- no float64, but the framework's own second implementation (LiteRT's reference kernels) --
 
 def answer_with_alternative(reference, alternative, tolerances=None):
-    from stages.validate import Answer
     from stages.compare import float64_error
+    from stages.validate import Answer
     spread = [None if tolerances and tolerances[0] else float64_error(reference, alternative)]
     return Answer(inputs=[], reference=[reference], tolerances=tolerances,
                   alternative=[alternative],

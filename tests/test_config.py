@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.plan import models
 import stages
+from pipeline.plan import models
 from pipeline.plan.config import check_name, load_config, reserved_names
 from pipeline.stage import ConfigError
 

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import needs_torch
 
 pytest.importorskip("distributed", reason="needs kiln[dask]")

@@ -5,7 +5,6 @@ writes nothing to build/, the cache or .doit.db."""
 import shutil
 
 import pytest
-
 from conftest import REPO, needs_torch
 
 pytestmark = needs_torch

@@ -9,8 +9,8 @@ import os
 from pathlib import Path
 
 import pytest
-
 from conftest import Project, copy_project
+
 from pipeline.cache import files
 from pipeline.plan.facts import FACTS_ENV, ModelFacts
 

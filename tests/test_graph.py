@@ -2,10 +2,8 @@ import dataclasses
 
 import networkx as nx
 
-from pipeline.stage import MODULE, Stage, Target
-
 from pipeline.plan.graph import build_graph
-from pipeline.stage import ModelSpec, Node
+from pipeline.stage import MODULE, ModelSpec, Node, Stage, Target
 from stages import pipeline
 
 CPU = Target("cpu", "llvm-cpu", "generic", "local-task", (), 1e-4, 1e-4)

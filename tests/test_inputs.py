@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import needs_torch
+
 from pipeline.stage import ModelSpec, StageError
 from stages.frameworks import INT_INPUT_HIGH, load_arrays, model_inputs, save_arrays
 

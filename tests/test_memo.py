@@ -7,12 +7,12 @@ import os
 from pathlib import Path
 
 import pytest
-
 from conftest import Project, copy_project
+from test_mlir_files import matmul_mlir
+from test_probes import make_tool
+
 from pipeline.cache import probes
 from pipeline.plan import memo
-from test_probes import make_tool
-from test_mlir_files import matmul_mlir
 
 CONFIG = """targets:
   cpu:

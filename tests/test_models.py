@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import numpy as np
-
 from conftest import needs_torch, seed_cache
 
 pytestmark = needs_torch

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import Project, copy_project
 from test_mlir_files import matmul_mlir
 

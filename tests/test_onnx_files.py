@@ -13,7 +13,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import yaml
-
 from conftest import Project, copy_project
 
 pytest.importorskip("onnx")
@@ -22,12 +21,15 @@ pytest.importorskip("onnxruntime")
 import onnx  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from pipeline.stage import ConfigError  # noqa: E402
 from pipeline.plan.layout import Layout  # noqa: E402
-from pipeline.stage import ModelSpec, Node, StageError  # noqa: E402
+from pipeline.stage import (  # noqa: E402
+    ConfigError,  # noqa: E402
+    ModelSpec,
+    Node,
+    StageError,
+)
 from stages.frameworks import onnx_fw  # noqa: E402
 from stages.frameworks.onnx_fw import ADAPTER  # noqa: E402
-
 
 # --- the model files ---------------------------------------------------------------------
 

@@ -8,7 +8,6 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import needs_torch
 
 FRONT_END = ("capture", "serialize", "import", "legalize", "emit")
@@ -17,7 +16,7 @@ FRONT_END = ("capture", "serialize", "import", "legalize", "emit")
 def _onnx_mlp(path, seed):
     """The same two-layer graph every time; only the weight values follow the seed."""
     import onnx
-    from onnx import helper, numpy_helper, TensorProto
+    from onnx import TensorProto, helper, numpy_helper
     rng = np.random.default_rng(seed)
     weights = {"fc1.weight": rng.standard_normal((16, 32)), "fc1.bias": rng.standard_normal(32),
                "fc2.weight": rng.standard_normal((32, 8)), "fc2.bias": rng.standard_normal(8)}

@@ -8,8 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from conftest import copy_project, needs_torch, Project, seed_cache
+from conftest import Project, copy_project, needs_torch, seed_cache
 
 pytestmark = needs_torch
 MLP_STAGES = {"capture", "serialize", "import", "legalize", "emit", "lower", "codegen", "validate",

@@ -14,8 +14,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-
 from conftest import without_kiln_settings
+
 from pipeline import process
 from pipeline.stage import StageError
 from pipeline.vocab import Status

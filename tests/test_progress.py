@@ -12,11 +12,12 @@ import signal
 import subprocess
 import threading
 import time
-import pytest
 
-from pipeline.report.table import table as summary_table
-from pipeline.report.progress import Progress, Settings, describe, elapsed_text, settings_from_env
+import pytest
 from test_reporter import DOIT, doit_env, make_project, run_record
+
+from pipeline.report.progress import Progress, Settings, describe, elapsed_text, settings_from_env
+from pipeline.report.table import table as summary_table
 
 
 class FakeTask:

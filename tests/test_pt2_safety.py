@@ -13,7 +13,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from conftest import Project, needs_torch
 
 pytestmark = needs_torch

@@ -2,8 +2,8 @@
 the Bazel HTTP cache protocol. The store talks to it through pipeline.cache.remote."""
 
 import pytest
-
 from conftest import Project, copy_project, needs_torch
+
 from pipeline.cache.digest import digest_file
 from pipeline.cache.remote import RemoteSettings, connect, settings
 from pipeline.cache.store import Store
@@ -113,6 +113,7 @@ def test_a_remembered_failure_travels_through_the_remote_like_any_entry(tmp_path
     """CI (write mode) remembers a failure on the remote; a clone (read mode) reports it
     'failed (cached)' without running the stage, and puts none of its own failures there."""
     from test_runner import Failing, job
+
     from pipeline.plan.layout import Layout
     from pipeline.run.runner import execute
     from pipeline.stage import StageError
@@ -185,6 +186,7 @@ def test_remote_section_in_targets_yaml_is_checked(tmp_path):
 def test_the_ci_example_shards_the_matrix_and_writes_only_from_main():
     import yaml
     from conftest import REPO
+
     from pipeline.plan.options import parse_shard
     workflow = yaml.safe_load((REPO / ".github" / "workflows" / "kiln.yml").read_text())
     job = workflow["jobs"]["build"]

@@ -11,6 +11,7 @@ import sys
 import time
 
 from conftest import needs_torch, seed_cache
+
 from pipeline.cache.digest import digest_file
 
 pytestmark = needs_torch

@@ -7,14 +7,14 @@ import subprocess
 
 import pytest
 
+from pipeline.cache.store import Store
 from pipeline.plan.layout import Layout
 from pipeline.plan.tasks import Job
-from pipeline.cache.store import Store
 from pipeline.run.decide import compute_key, decide, not_a_verdict
 from pipeline.run.entry import RESULT_TEXT, StageEntry
-from pipeline.vocab import Status
 from pipeline.run.runner import execute
 from pipeline.stage import ModelSpec, Node, Stage, StageError
+from pipeline.vocab import Status
 
 
 class Source(Stage):

@@ -13,9 +13,9 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import Project, copy_project
 
 import stages
-from conftest import Project, copy_project
 from pipeline.plan.options import Options
 from pipeline.plan.tasks import make_plan, task_specs
 from pipeline.stage import ConfigError

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import Project, copy_project, needs_torch
+
 from pipeline.report import table, units
 from stages import timing
 

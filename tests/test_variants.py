@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_memo import mlir_project
 
-from pipeline.stage import ConfigError, Target
 from pipeline.plan.graph import build_graph, variant_targets
-from pipeline.stage import ModelSpec, Node
+from pipeline.stage import ConfigError, ModelSpec, Node, Target
 from stages import pipeline as all_stages
 from stages.pick import choose
 from stages.targets import resolve
-from test_memo import mlir_project
 
 CPU = Target("cpu", "llvm-cpu", "znver4", "local-task", (), 1e-4, 1e-4, "targets.yaml:2")
 
@@ -155,6 +154,7 @@ def test_explain_says_what_a_search_will_redo(searched):
     """After the runs above: only the failing variant comes back, and explain says so: it
     fails (its failure with this same key is remembered), so the rest of it is skipped."""
     import shutil
+
     from conftest import REPO
     from test_explain import explained, of
     project, _ = searched

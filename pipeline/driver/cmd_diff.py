@@ -26,8 +26,8 @@ from doit import get_var
 from doit.cmd_base import Command
 from doit.exceptions import InvalidCommand
 
-from ..report import diff
 from ..plan.variables import given_variables, refuse_unknown
+from ..report import diff
 from ..report.record import rewrite
 from ..stage import ConfigError
 

@@ -289,7 +289,7 @@ def _end_workers() -> None:
     """doit's worker processes, once the run is stopped: each got the signal and ends by
     itself; one that missed it (its main thread blocked while the signal went to another of
     its threads) would keep doit waiting for it at exit forever, and is killed."""
-    import multiprocessing   # (-n only; a stop is rare)
+    import multiprocessing  # (-n only; a stop is rare)
     for child in multiprocessing.active_children():
         if not child.daemon:   # (the daemonic ones Python ends at exit without waiting)
             child.join(WORKER_GRACE_S)
@@ -299,7 +299,7 @@ def _end_workers() -> None:
 
 def _progress(outstream, done: Callable[[], str]):
     """The progress display for this run's output, as the environment sets it."""
-    from ..report.progress import Progress, settings_from_env   # only once a task runs
+    from ..report.progress import Progress, settings_from_env  # only once a task runs
     try:
         settings = settings_from_env()
     except ValueError as err:

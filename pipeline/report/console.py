@@ -44,7 +44,7 @@ def case_limit(env=os.environ) -> tuple[int, str | None]:
 def lines(record: dict, found: Verdict, limit: int, report_file: str) -> tuple[list[str], str]:
     """(the table, or where it is past `limit` cases, then the unexpected failures and
     passes; the summary line)."""
-    from . import table, verdict   # (tabulate: not needed when the summary is the last run's)
+    from . import table, verdict  # (tabulate: not needed when the summary is the last run's)
     tasks = record["tasks"]
     table_rows = table.rows(tasks)
     if len(table_rows) <= limit:

@@ -88,7 +88,7 @@ def _render(**view) -> str:
 
 @functools.cache   # compiling the template takes about 40 ms: once per process
 def _environment():
-    import jinja2   # here, not at the top: only a page written needs it (about 50 ms)
+    import jinja2  # here, not at the top: only a page written needs it (about 50 ms)
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATE.parent), autoescape=True,
         undefined=jinja2.StrictUndefined,   # a name the view lacks is an error, not ""
@@ -409,7 +409,7 @@ class _Charts:
     def svg(self, name: str, data, draw):
         """The chart as markup the template inserts as it is (markupsafe.Markup): matplotlib's
         SVG, whose writer escapes the labels it draws from the record."""
-        from markupsafe import Markup   # Jinja2's own; a page is being written
+        from markupsafe import Markup  # Jinja2's own; a page is being written
         if not self.draw:
             return Markup(f"<p class='chart-off'>chart not drawn ({CHARTS_ENV}=off)</p>")
         return Markup(self._text(name, data, draw))
@@ -445,7 +445,7 @@ class _Charts:
 def _draw_svg(name: str, data, draw) -> str:
     try:
         import matplotlib
-        from matplotlib.figure import Figure   # no pyplot: no global state, no GUI backend
+        from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
     except ImportError:
         return "<p>(charts need matplotlib: pip install matplotlib)</p>"
     # a salt per chart keeps the ids of clip paths unique across the SVGs of one page, and

@@ -255,7 +255,7 @@ class _Terminal:
     when it ends), redrawn on each tick; text written meanwhile is printed above it."""
 
     def __init__(self, out: TextIO):
-        from rich.console import Console   # here, not at the top: see the module docstring
+        from rich.console import Console  # here, not at the top: see the module docstring
         self.console = Console(file=out, highlight=False, soft_wrap=True)
         self.interactive = self.console.is_terminal and not self.console.is_dumb_terminal
         self._live = None

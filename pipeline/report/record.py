@@ -39,8 +39,8 @@ def entry_of(task, fresh: dict[str, StageEntry], previous: dict[str, dict]) -> d
     info = (task.meta or {}).get("kiln")
     if info is None:
         return None
-    from ..run.entry import StageEntry   # (here: a no-op run after a no-op run builds no
-    from ..stage import Node             # record, and defining them is a tenth of its imports)
+    from ..run.entry import StageEntry  # (here: a no-op run after a no-op run builds no
+    from ..stage import Node  # record, and defining them is a tenth of its imports)
     entry = fresh.get(task.name)
     if entry is None:
         node = Node(info["stage"], info["model"], info["target"])
@@ -111,7 +111,7 @@ def publish(run_file: Path, record: dict, stamp: dict | None = None,
 def _with_stage_times(record: dict) -> dict:
     """The record with where its time went (pipeline.report.timesplit), when this run did
     anything: a no-op run's record stays as it was, and so does its digest."""
-    from . import timesplit   # (here: a no-op run after a no-op run reads only this module)
+    from . import timesplit  # (here: a no-op run after a no-op run reads only this module)
     spent = timesplit.split(record["tasks"])
     return {**record, timesplit.FIELD: spent} if spent else record
 
@@ -169,7 +169,7 @@ def _remote_line(tasks: list[dict]) -> str:
 def _write_record(run_file: Path, record: dict) -> tuple[str, list[Path]]:
     """Write run.json, report.md, report.html and junit.xml: (the line to print about it,
     the files written)."""
-    from . import diff, html, junit, table   # (tabulate; matplotlib where a chart is drawn)
+    from . import diff, html, junit, table  # (tabulate; matplotlib where a chart is drawn)
     written = [run_file, run_file.with_name("report.md"), run_file.with_name("report.html"),
                run_file.with_name("junit.xml")]
     changes = diff.markdown(record["diff"]) if record.get("diff") else []

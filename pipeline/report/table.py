@@ -13,7 +13,6 @@ from ..vocab import Kind, Role, Status
 from . import timesplit
 from .units import duration, times
 
-
 # the statuses of a stage whose outputs exist
 BUILT = (Status.RAN, Status.CACHED, Status.UP_TO_DATE)
 # a stopped run's unfinished cases

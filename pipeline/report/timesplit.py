@@ -106,7 +106,7 @@ def markdown(found: dict | None) -> list[str]:
 
 def table(found: dict, tablefmt: str = "github") -> str:
     """A row per stage and one for all of them (benchmarks/bench_suite.py prints it too)."""
-    from tabulate import tabulate   # (here: the record's field is made on every run)
+    from tabulate import tabulate  # (here: the record's field is made on every run)
     return tabulate(
         [*map(_cells, found["stages"]), _cells({**found, "stage": "all stages", **_counts(found)})],
         headers=["stage", "ran", "restored", "seconds", "tools", "kiln's own"],

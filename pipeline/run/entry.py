@@ -19,7 +19,7 @@ from ..vocab import Status
 from .intact import is_output_stats
 
 if TYPE_CHECKING:   # (only its attributes are read: pipeline.stage's dataclasses are a third
-    from ..stage import Node   # of what a no-op run would import of kiln, and it needs none)
+    from ..stage import Node  # of what a no-op run would import of kiln, and it needs none)
 
 FAILURES = (Status.FAILED, Status.CACHED_FAILURE)   # the statuses of a stage that failed
 # why a stage is Status.CACHED_FAILURE (cache: "the cache" or "the remote cache")

@@ -29,9 +29,6 @@ from ..stage import StageError
 from ..vocab import Status
 
 
-
-
-
 class DaskExecutor:
     def __init__(self, where, variables: dict[str, str], root: Path, cache: Path,
                  local_resources=None, script: str = ""):

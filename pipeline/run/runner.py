@@ -29,9 +29,9 @@ from ..cache.files import UNWRITABLE, atomic_write, describe_os_error
 from ..cache.store import Store
 from ..plan.layout import Layout
 from ..stage import Node, StageContext, StageError, StageSkipped
+from ..vocab import Status
 from . import machine, warned
 from .decide import Decision, decide, not_a_verdict
-from ..vocab import Status
 from .entry import StageEntry, remembered_lines
 from .intact import changed_outputs, output_stats
 from .uptodate import KeySources, verdict_on

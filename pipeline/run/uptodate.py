@@ -64,7 +64,7 @@ def outputs_intact(out_dir: str, recorded: dict, entry_file: str) -> bool:
     except in read-only mode), then hashed; a touched file costs one hash, not one per run."""
     if same_stats(out_dir, recorded):
         return True
-    from .entry import StageEntry   # (only when a stat differs: a no-op run never needs it)
+    from .entry import StageEntry  # (only when a stat differs: a no-op run never needs it)
     entry = StageEntry.load(Path(entry_file))
     if entry is not None and entry.outputs is not None and same_stats(out_dir, entry.outputs) \
             and {r: v[0] for r, v in entry.outputs.items()} == \

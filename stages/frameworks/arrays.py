@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    import numpy as np   # annotations only: numpy is imported when used, not at plan time
+    import numpy as np  # annotations only: numpy is imported when used, not at plan time
 
 EXTENDED = "__ml_dtypes__"   # {key: type name} of the arrays saved as their bits
 
 
 def save_arrays(path: Path, prefix: str, arrays) -> None:
-    import numpy as np   # here, not at plan time
+    import numpy as np  # here, not at plan time
     arrays = {f"{prefix}{i}": np.asarray(a) for i, a in enumerate(arrays)}
     strings = [i for i, a in enumerate(arrays.values()) if a.dtype.kind in "OUS"]
     if strings:   # (.npz would pickle them, which nothing here reads back)
@@ -33,7 +33,7 @@ def save_arrays(path: Path, prefix: str, arrays) -> None:
 
 def load_arrays(path: Path) -> list[np.ndarray]:
     """The arrays save_arrays wrote, in index order (arg2 before arg10)."""
-    import numpy as np   # here, not at plan time
+    import numpy as np  # here, not at plan time
     with np.load(path) as data:
         named = json.loads(str(data[EXTENDED])) if EXTENDED in data.files else {}
         keys = sorted((k for k in data.files if k != EXTENDED),

@@ -53,7 +53,7 @@ def _describe(value) -> str:
 def build_model(model: ModelSpec, is_model, expected: str):
     """Call a models/ factory, check it returned (model, inputs), give the inputs as numpy
     (the user's own inputs, where given, replace build()'s example inputs)."""
-    import numpy as np   # here, not at plan time
+    import numpy as np  # here, not at plan time
     built = load_factory(model.factory)()
     if not is_model(built[0]):
         raise StageError(f"{model.factory} returned ({type(built[0]).__name__}, ...): a "

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from pipeline.stage import ModelSpec, StageError
 
 if TYPE_CHECKING:
-    import numpy as np   # annotations only: numpy is imported when used, not at plan time
+    import numpy as np  # annotations only: numpy is imported when used, not at plan time
 
 # integer inputs are drawn from [0, INT_INPUT_HIGH): valid token ids for any embedding,
 # valid indices and repeat counts for most models
@@ -20,7 +20,7 @@ def seeded_inputs(signature: list[tuple[str, list, str]], shapes: dict, seed: in
 
     A dynamic dimension (None or < 0) needs a size from shapes= or the config entry; 0 is a
     static, empty dimension."""
-    import numpy as np   # here, not at plan time
+    import numpy as np  # here, not at plan time
     rng = np.random.default_rng(seed)
     arrays = []
     for name, dims, dtype in signature:
@@ -42,7 +42,7 @@ def seeded_inputs(signature: list[tuple[str, list, str]], shapes: dict, seed: in
 def model_inputs(model: ModelSpec, signature: list[tuple[str, list, str]]) -> list[np.ndarray]:
     """The inputs a model is captured and validated on: the user's (inputs= or the config's
     inputs:, matched by input name, else by position), otherwise seeded from the signature."""
-    import numpy as np   # here, not at plan time
+    import numpy as np  # here, not at plan time
     files = model.input_files()
     if not files:
         return seeded_inputs(signature, model.shapes, model.seed, model.name)
@@ -68,7 +68,7 @@ def model_inputs(model: ModelSpec, signature: list[tuple[str, list, str]]) -> li
 
 
 def _load_given(files: dict[str, Path]) -> dict[str, np.ndarray]:
-    import numpy as np   # here, not at plan time
+    import numpy as np  # here, not at plan time
     given = {}
     for role, path in files.items():
         name = role.partition(":")[2]

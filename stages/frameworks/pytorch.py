@@ -33,8 +33,7 @@ from pipeline.stage import ModelSpec, StageError
 from .base import NOT_INSTALLED, Framework, NoFloat64, Traced
 from .factory import load_factory
 from .inputs import model_inputs
-from .pt2_safety import (loading_as_data, refuse_code, register_torch_op_libraries,
-                          unresolved_op)
+from .pt2_safety import loading_as_data, refuse_code, register_torch_op_libraries, unresolved_op
 
 
 def _flatten(value):
@@ -404,9 +403,13 @@ def _state_dict_names(program):
     ('layer1.0.conv1.weight'), so the parameter archive says where a weight sits in the model
     (the importer's own names say only its shape)."""
     import torch
-    from iree.compiler.extras.fx_importer import (TORCH_DTYPE_TO_NPY_TYPE,
-                                                  DenseResourceElementsAttr, FxImporterHooks,
-                                                  Operation, create_mlir_tensor_type)
+    from iree.compiler.extras.fx_importer import (
+        TORCH_DTYPE_TO_NPY_TYPE,
+        DenseResourceElementsAttr,
+        FxImporterHooks,
+        Operation,
+        create_mlir_tensor_type,
+    )
     names = {id(t): name for name, t in {**program.state_dict, **program.constants}.items()
              if isinstance(t, torch.Tensor)}
 

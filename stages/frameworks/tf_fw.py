@@ -321,8 +321,7 @@ def _pack(directory: Path) -> bytes:
 def _float64_function(tf, signature, source: dict):
     """A callable: the signature's frozen graph made float64, taking its inputs in
     source["inputs"]'s order and giving its outputs in source["outputs"]'s."""
-    from tensorflow.python.framework.convert_to_constants import (
-        convert_variables_to_constants_v2)
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
     frozen = convert_variables_to_constants_v2(signature)
     graph = frozen.graph.as_graph_def()
     for node in graph.node:

@@ -103,8 +103,11 @@ class TFLite(Framework):
 
     @absl_safe
     def import_mlir(self, serialized_file: Path, mlir_file: Path) -> None:
-        from tosa_converter_for_tflite import (TosaConverterDebugInfo, TosaConverterOutputFormat,
-                                               tflite_flatbuffer_to_tosa_mlir)
+        from tosa_converter_for_tflite import (
+            TosaConverterDebugInfo,
+            TosaConverterOutputFormat,
+            tflite_flatbuffer_to_tosa_mlir,
+        )
 
         from stages.mlir import parse, write_stripped
         buffer = io.BytesIO()
