@@ -41,11 +41,11 @@ import numpy as np
 
 from pipeline.stage import ConfigError, ModelSpec, StageError
 
+from . import onnx_common as common
 from .base import Framework, NoFloat64, Traced
 from .factory import build_model
 from .inputs import model_inputs
 
-OPSET = 17
 # onnxruntime against a model's own test_data_set_*/output_*.pb: those files were written by
 # whatever produced the model (another runtime, another machine), so allow float noise
 TEST_DATA_ATOL, TEST_DATA_RTOL = 1e-4, 1e-3
@@ -58,6 +58,7 @@ class Onnx(Framework):
     modules = ("onnx", "onnxruntime")
     dists = ("onnx", "onnxruntime")
     packages = ("onnx", "onnxruntime", "iree.compiler")   # (IREE's ONNX importer)
+    builds_on = ("onnx_common",)
     suffixes = (".onnx",)
     input_type = "onnx"
     captured = ("model.onnx",)
@@ -95,15 +96,16 @@ class Onnx(Framework):
             path = Path(model.sources["model"])
             proto = _load_with_data(path)
             inputs, test_outputs, notes = _file_inputs(model, proto, path.parent)
-        names = [name for name, _, _ in _signature(proto)]
+        names = [name for name, _, _ in common.signature(proto)]
         self.check_input_count(model, "the graph", names, inputs)
-        declared = _declared_outputs(proto)
+        declared = common.declared_outputs(proto)
         _require_one_file(proto, model.name)
-        proto = _with_static_inputs(proto, dict(zip(names, inputs)))
+        proto = common.with_static_inputs(proto, dict(zip(names, inputs)))
         data = proto.SerializeToString(deterministic=True)
         feeds = dict(zip(names, inputs))
         if test_outputs is None:
-            return Traced(artifact=data, inputs=inputs, reference=_session(data).run(None, feeds),
+            return Traced(artifact=data, inputs=inputs,
+                          reference=common.session(data).run(None, feeds),
                           notes=notes, declared_outputs=declared)
         return Traced(data, inputs, notes=notes, declared_outputs=declared,
                       **_answers(model.name, data, feeds, len(declared), *test_outputs, notes))
@@ -123,15 +125,15 @@ class Onnx(Framework):
             raise NoFloat64(f"the model brings its own expected outputs ({traced.expected_from}),"
                             " judged within atol/rtol as ONNX's test runner does")
         proto = onnx.load_from_string(traced.artifact)
-        _graph_to_double(proto.graph)
-        names = [name for name, _, _ in _signature(proto)]
+        common.graph_to_double(proto.graph)
+        names = [name for name, _, _ in common.signature(proto)]
         feeds = {name: a.astype(np.float64) if a.dtype == np.float32 else a
                  for name, a in zip(names, traced.inputs)}
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "model64.onnx"
             onnx.save(proto, str(path))
             try:
-                session = _session(str(path))
+                session = common.session(str(path))
                 return [np.asarray(a) for a in session.run(None, feeds)]
             except _onnxruntime_errors() as err:
                 refused = (str(err).strip().splitlines() or [type(err).__name__])[0]
@@ -155,9 +157,9 @@ class Onnx(Framework):
 
         from stages.mlir import write_stripped
         proto = onnx.load(str(serialized_file), load_external_data=False)
-        if _opset(proto) < OPSET:
-            proto = onnx.version_converter.convert_version(proto, OPSET)
-        _check_model(proto)
+        if common.opset(proto) < common.OPSET:
+            proto = onnx.version_converter.convert_version(proto, common.OPSET)
+        common.check_model(proto)
         proto = onnx.shape_inference.infer_shapes(proto, data_prop=True)
         info = onnx_importer.ModelInfo(proto)
         module = info.create_module(context=ir.Context())
@@ -171,95 +173,9 @@ class Onnx(Framework):
         # onnxruntime's CPU provider, as for the reference, on capture's model.onnx
         import onnx
         data = (capture_dir / self.captured[0]).read_bytes()
-        names = [name for name, _, _ in _signature(onnx.load_from_string(data))]
-        session, feeds = _session(data, threads), dict(zip(names, inputs))
+        names = [name for name, _, _ in common.signature(onnx.load_from_string(data))]
+        session, feeds = common.session(data, threads), dict(zip(names, inputs))
         return lambda: session.run(None, feeds)
-
-
-def _check_model(proto) -> None:
-    """A StageError naming what is wrong where the model is invalid. The full check's strict
-    shape inference also runs the bodies onnx itself defines for function ops, and some of
-    those fail it after a version conversion (MeanVarianceNormalization's: 'One and only one
-    of the attributes ... for a Constant node') while iree-import-onnx imports the model: that
-    is onnx's fault, not the model's, so the structural check alone decides then."""
-    import onnx
-    try:
-        try:
-            onnx.checker.check_model(proto, full_check=True)
-        except onnx.shape_inference.InferenceError:
-            onnx.checker.check_model(proto)
-    except onnx.checker.ValidationError as err:
-        raise StageError(f"the ONNX model is invalid: {str(err).splitlines()[0]}") from None
-
-
-def _graph_to_double(graph) -> None:
-    """Make a graph (and its subgraphs) compute in float64 in place: FLOAT initializers,
-    Constant values, graph inputs/outputs/value types and Cast/ConstantOfShape targets become
-    DOUBLE. Other float types (float16, bfloat16) are left as they are."""
-    from onnx import AttributeProto, TensorProto
-    for index, tensor in enumerate(graph.initializer):
-        if tensor.data_type == TensorProto.FLOAT:
-            graph.initializer[index].CopyFrom(_double_tensor(tensor))
-    for value in (*graph.input, *graph.output, *graph.value_info):
-        if value.type.tensor_type.elem_type == TensorProto.FLOAT:
-            value.type.tensor_type.elem_type = TensorProto.DOUBLE
-    for node in graph.node:
-        for attribute in node.attribute:
-            if attribute.type == AttributeProto.TENSOR and attribute.t.data_type == TensorProto.FLOAT:
-                attribute.t.CopyFrom(_double_tensor(attribute.t))
-            elif attribute.type == AttributeProto.GRAPH:
-                _graph_to_double(attribute.g)
-            elif attribute.type == AttributeProto.GRAPHS:
-                for subgraph in attribute.graphs:
-                    _graph_to_double(subgraph)
-            elif attribute.name in ("to", "dtype") and attribute.i == TensorProto.FLOAT:
-                attribute.i = TensorProto.DOUBLE
-
-
-def _double_tensor(tensor):
-    from onnx import numpy_helper
-    return numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float64), tensor.name)
-
-
-def _opset(proto) -> int:
-    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), OPSET)
-
-
-def _session(data: bytes | str, threads: int = 1):
-    import onnxruntime as ort
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-
-
-def _dims(value) -> list | None:
-    """A graph value's dims: int when static, the dim_param name when symbolic, None when
-    unnamed; None for the whole list when the value declares no shape at all."""
-    tensor = value.type.tensor_type
-    if not tensor.HasField("shape"):
-        return None
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-            for d in tensor.shape.dim]
-
-
-def _signature(proto) -> list[tuple[str, list | None, str]]:
-    """(name, dims, numpy dtype) of each graph input the caller feeds."""
-    import onnx
-    initializers = {i.name for i in proto.graph.initializer}
-    return [(value.name, _dims(value),
-             onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type).name)
-            for value in proto.graph.input if value.name not in initializers]
-
-
-def _declared_outputs(proto) -> list[list | None]:
-    """The graph outputs' shapes as the file declares them (None: a symbolic dimension)."""
-    declared = []
-    for value in proto.graph.output:
-        dims = _dims(value)
-        declared.append(None if dims is None else [d if isinstance(d, int) else None
-                                                    for d in dims])
-    return declared
 
 
 def _natural(path: Path) -> list:
@@ -359,7 +275,7 @@ def _require_one_file(proto, model_name: str) -> None:
 def _file_inputs(model: ModelSpec, proto, model_dir: Path):
     """(inputs, test outputs or None, notes): the user's inputs win, then the first test
     data set beside the model, then seeded inputs with symbolic dimensions sized."""
-    signature = _signature(proto)
+    signature = common.signature(proto)
     if model.input_files():
         return model_inputs(model, signature), None, []
     notes = []
@@ -376,129 +292,8 @@ def _file_inputs(model: ModelSpec, proto, model_dir: Path):
             notes.append(f"inputs from {sets[0].name}/input_*.pb beside the model")
             return inputs, (sets[0].name, outputs) if outputs else None, notes
         notes.append(why_not)
-    sized, size_notes = _sized_signature(model.name, signature, model.shapes)
+    sized, size_notes = common.sized_signature(model.name, signature, model.shapes)
     return model_inputs(model, sized), None, notes + size_notes
-
-
-def _sized_signature(model_name: str, signature, shapes: dict):
-    """(signature with every dimension a number, notes): shapes= first (a symbolic name sized
-    for one input holds for every input that uses it), then a symbolic leading (batch)
-    dimension set to 1; any other symbolic dimension left is one error naming all of them."""
-    sizes = _known_sizes(model_name, signature, shapes)
-    sized, notes, unsized = [], [], []
-    for name, dims, dtype in signature:
-        if name in shapes:
-            sized.append((name, list(shapes[name]), dtype))
-        elif dims is None:
-            sized.append((name, None, dtype))
-            unsized.append((name, None, None))
-        else:
-            resolved = _size_dims(name, dims, sizes, notes, unsized)
-            sized.append((name, resolved, dtype))
-    if unsized:
-        raise StageError(_unsized_message(model_name, sized, unsized))
-    return sized, notes
-
-
-def _known_sizes(model_name: str, signature, shapes: dict) -> dict:
-    """Symbolic dimension key -> (size, why): from shapes=, then batch dimensions as 1."""
-    sizes = {}
-    for name, dims, _ in signature:
-        if name in shapes:
-            _check_given_shape(model_name, name, dims, shapes[name])
-            for index, dim in enumerate(dims or []):
-                if not isinstance(dim, int):
-                    sizes.setdefault(_dim_key(name, index, dim),
-                                     (shapes[name][index], f"as shapes= gives it for '{name}'"))
-    for name, dims, _ in signature:
-        if name not in shapes and dims and not isinstance(dims[0], int):
-            sizes.setdefault(_dim_key(name, 0, dims[0]), (1, "batch"))
-    return sizes
-
-
-def _size_dims(name: str, dims: list, sizes: dict, notes: list, unsized: list) -> list:
-    """One input's dims with known sizes filled in; notes what was chosen, lists the rest."""
-    resolved = []
-    for index, dim in enumerate(dims):
-        if isinstance(dim, int):
-            resolved.append(dim)
-        elif _dim_key(name, index, dim) in sizes:
-            size, why = sizes[_dim_key(name, index, dim)]
-            resolved.append(size)
-            notes.append(_size_note(name, index, dim, size, why, dims))
-        else:
-            resolved.append(dim)
-            unsized.append((name, index, dim))
-    return resolved
-
-
-def _dim_key(input_name: str, index: int, dim):
-    """Dimensions that share a symbolic name share a size; an unnamed one is its own."""
-    return dim if isinstance(dim, str) else (input_name, index)
-
-
-def _label(index: int, dim) -> str:
-    return dim if isinstance(dim, str) else f"D{index}"
-
-
-def _size_note(name, index, dim, size, why, dims) -> str:
-    shown = f"'{dim}'" if isinstance(dim, str) else "(unnamed)"
-    if why == "batch" and index == 0:
-        example = "x".join(["8"] + [str(d) if isinstance(d, int) else _label(i, d)
-                                    for i, d in enumerate(dims[1:], 1)])
-        return (f"input '{name}': symbolic batch dimension {shown} set to 1; give "
-                f"shapes={name}:{example} to choose")
-    source = "as the batch dimension of another input" if why == "batch" else why
-    return f"input '{name}': symbolic dimension {index} {shown} set to {size}, {source}"
-
-
-def _check_given_shape(model_name: str, name: str, dims, given) -> None:
-    fits = dims is None or (len(dims) == len(given) and all(
-        not isinstance(d, int) or d == g for d, g in zip(dims, given)))
-    if not fits:
-        raise StageError(f"model {model_name}: shapes= gives input '{name}' as "
-                         f"{'x'.join(map(str, given))}, but the model declares it {dims}")
-
-
-def _unsized_message(model_name: str, sized, unsized) -> str:
-    """One error for every dimension only the user can size, with the shapes= line to give."""
-    listed = []
-    for name in dict.fromkeys(n for n, _, _ in unsized):
-        where = [f"dimension {i} {_label(i, d)!r}" for n, i, d in unsized
-                 if n == name and i is not None]
-        listed.append(f"input '{name}' " + (", ".join(where) if where else "(no shape declared)"))
-    line, names = [], []
-    for name, dims, _ in sized:
-        if any(n == name for n, _, _ in unsized):
-            parts = ["?"] if dims is None else \
-                [str(d) if isinstance(d, int) else _label(i, d) for i, d in enumerate(dims)]
-            names += [p for p in parts if not p.isdigit()]
-            line.append(f"{name}:{'x'.join(parts)}")
-    return (f"model {model_name}: symbolic dimensions kiln cannot size for you: "
-            f"{'; '.join(listed)}. Give their sizes with shapes=\"{';'.join(line)}\" "
-            f"({', '.join(dict.fromkeys(names))} replaced by numbers) on the command line, "
-            "or 'shapes:' in the model's entry in targets.yaml")
-
-
-def _with_static_inputs(proto, arrays: dict):
-    """The model with each graph input's unsized dimensions set to the captured array's, then
-    shape inference so outputs and intermediate values follow: import and iree-compile then
-    see static shapes. A model whose inputs are all static is returned untouched."""
-    import onnx
-    changed = False
-    for value in proto.graph.input:
-        if value.name not in arrays:
-            continue
-        shape = value.type.tensor_type.shape
-        if not value.type.tensor_type.HasField("shape"):
-            shape.SetInParent()
-        while len(shape.dim) < arrays[value.name].ndim:
-            shape.dim.add()
-        for dim, size in zip(shape.dim, arrays[value.name].shape):
-            if not dim.HasField("dim_value"):
-                dim.dim_value = size  # dim_value and dim_param are a oneof: this clears the name
-                changed = True
-    return onnx.shape_inference.infer_shapes(proto, data_prop=True) if changed else proto
 
 
 # --- the ONNX test-data convention ---------------------------------------------------------
@@ -586,7 +381,7 @@ def _answers(model_name: str, data: bytes, feeds: dict, outputs: int, set_name: 
         notes.append(f"{source} gives {len(expected)} of the model's {outputs} outputs: the "
                      "others are compared with onnxruntime's answer only")
     try:
-        reference = _session(data).run(None, feeds)
+        reference = common.session(data).run(None, feeds)
     except _onnxruntime_errors() as err:
         why = (str(err).strip().splitlines() or [type(err).__name__])[0]
         notes.append(f"onnxruntime cannot run the model ({why}): the expected outputs in "
