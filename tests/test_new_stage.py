@@ -10,6 +10,7 @@ import json
 import pytest
 from conftest import Project, copy_project
 from test_mlir_files import matmul_mlir
+from test_targets import add_backend
 
 # the whole stage, as a new engineer would write it: it reads the module built for its
 # target (by role: whichever stage before it built one) and hands it on as its own
@@ -65,9 +66,10 @@ def add_passthru(root) -> None:
 def with_passthru(tmp_path_factory):
     project = Project(copy_project(tmp_path_factory.mktemp("passthru") / "proj"))
     add_passthru(project.root)
+    add_backend(project.root)   # (and a new backend: both at once, nothing else changed)
     model = project.root / "matmul.mlir"
     model.write_text(matmul_mlir())
-    project.doit("validate", f"model={model}", "target=cpu,vmvx")
+    project.doit("validate", f"model={model}", "target=cpu,vmvx,sync")
     return project
 
 
@@ -95,3 +97,15 @@ def test_a_stage_may_apply_to_some_targets_only(with_passthru):
     assert statuses["validate:matmul.mlir@vmvx"] == "ran"
     assert "codegen" in read_by(with_passthru, "validate:matmul.mlir@vmvx")
     assert "passthru" not in read_by(with_passthru, "validate:matmul.mlir@vmvx")
+
+
+def test_a_new_backend_and_a_new_stage_together(with_passthru):
+    """A backend entry and a pass-through stage added to the same project: the model runs
+    through both, validate on the new backend reading the new stage's module."""
+    rows = {(t["stage"], t["target"]): t for t in with_passthru.record()}
+    assert rows[("passthru", "sync")]["status"] == "ran"
+    assert rows[("validate", "sync")]["result"]["passed"]
+    validate_sync = next(t["task"] for t in with_passthru.record()
+                         if t["stage"] == "validate" and t["target"] == "sync")
+    assert "passthru" in read_by(with_passthru, validate_sync)
+    assert "codegen" not in read_by(with_passthru, validate_sync)

@@ -60,18 +60,23 @@ BACKENDS["cpu-sync"] = Backend(
 '''
 
 
+def add_backend(root) -> None:
+    """The backend's entry in stages/backends.py, and a target `sync` naming it."""
+    with open(root / "stages" / "backends.py", "a") as f:
+        f.write(NEW_BACKEND)
+    config = (root / "targets.yaml").read_text()
+    (root / "targets.yaml").write_text(config.replace(
+        "targets:\n", "targets:\n  sync:\n    backend: cpu-sync\n    atol: 1.0e-4\n"
+                      "    rtol: 1.0e-3\n", 1))
+
+
 def test_a_new_backend_is_one_entry(project, tmp_path):
     """A backend added to stages/backends.py alone (and a target naming it) compiles, runs on
     its driver and validates, beside the built-in llvm-cpu: no other file of kiln changes."""
     import json
 
     from test_mlir_files import matmul_mlir
-    with open(project.root / "stages" / "backends.py", "a") as f:
-        f.write(NEW_BACKEND)
-    config = (project.root / "targets.yaml").read_text()
-    project.write_config(config.replace(
-        "targets:\n", "targets:\n  sync:\n    backend: cpu-sync\n    atol: 1.0e-4\n"
-                      "    rtol: 1.0e-3\n", 1))
+    add_backend(project.root)
     model = tmp_path / "matmul.mlir"
     model.write_text(matmul_mlir())
     project.doit("validate", f"model={model}", "target=cpu,sync")
