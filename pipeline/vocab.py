@@ -7,6 +7,7 @@ of kiln (every run imports it, and pipeline.stage re-exports Role for stages/).
 from __future__ import annotations
 
 import enum
+from typing import Required, TypedDict
 
 
 class Status(enum.StrEnum):
@@ -47,3 +48,20 @@ class Kind(enum.StrEnum):
     # status of that stage is the row's kind)
     INTERRUPTED = "interrupted"
     NOT_STARTED = "not started"
+
+
+class TaskInfo(TypedDict, total=False):
+    """What the plan tells doit, and the report, of one stage task: its `meta["kiln"]`
+    (pipeline.plan.tasks makes it; the session, the reporter and the record read it). A
+    TypedDict: it travels as a plain dict through doit's database and the plan memo."""
+    stage: Required[str]
+    model: Required[str]
+    target: Required[str | None]
+    entry: Required[str]          # its record entry file (build/.kiln/tasks/<task>.json)
+    out_dir: Required[str]        # its outputs' directory in build/
+    watched: Required[str]        # digest of its key's params, tools and code (the memo's check)
+    role: Role                    # what the report reads its entries as, when it has one
+    soft_deps: list[str]          # files it reads where they exist (a failed variant's do not)
+    soft: bool                    # a variant's own stage: its failure fails no case
+    followed: bool                # another stage diagnoses its failure (bisect follows validate)
+    xfail: str                    # the reason its case is expected to fail

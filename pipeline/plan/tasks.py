@@ -23,6 +23,7 @@ from ..cache.digest import canonical, digest_bytes, digest_file, source_files
 from ..cache.probes import tool_version, use_probe_cache
 from ..names import base_target, file_stem, task_name, task_subname, upstream_name
 from ..stage import ConfigError, ModelSpec, Node, Stage, Target, read_files
+from ..vocab import TaskInfo
 from . import models as model_registry
 from . import xfail
 from .config import Config, load_config
@@ -457,17 +458,17 @@ def _stage_specs(plan: Plan):
             "file_dep": deps,
             **({"task_dep": after} if after else {}),
             "targets": places.files(node, stage.outputs(model)),
-            "meta": {"kiln": {"stage": node.stage, "model": node.model, "target": node.target,
-                              "entry": places.entry_file(node),
-                              "out_dir": places.node_dir(node),
-                              "watched": watched_digest(stage, model, target,
-                                                        _code_digests(stage, model, code),
-                                                        watched),
+            "meta": {"kiln": TaskInfo(stage=node.stage, model=node.model, target=node.target,
+                              entry=places.entry_file(node),
+                              out_dir=places.node_dir(node),
+                              watched=watched_digest(stage, model, target,
+                                                     _code_digests(stage, model, code),
+                                                     watched),
                               **({"role": stage.role} if stage.role else {}),
                               **({"soft_deps": soft} if soft else {}),
                               **({"soft": True} if data["soft"] else {}),
                               **({"followed": True} if data["followed"] else {}),
-                              **_expected_meta(plan, node)}},
+                              **_expected_meta(plan, node))},
             "doc": f"{node.stage} {model.name}" + (f" for {target.name}" if target else ""),
         }
 
