@@ -6,6 +6,7 @@ runtime tool watched for a hang (run_watched)."""
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 import shlex
 from pathlib import Path
@@ -32,12 +33,28 @@ DEVICES_TIMEOUT_S = 60
 
 
 def _compiler_tool(name: str) -> str | None:
-    """Where iree-base-compiler's own launcher would find it (IREE_TOOL_PATH first)."""
+    """Where iree-base-compiler's own launcher finds it (iree.compiler.tools.binaries.
+    find_tool): IREE_TOOL_PATH's directories first, then the package's _mlir_libs/. Done here
+    without importing iree.compiler (0.14 s: its MLIR bindings and numpy, in every process
+    that asks for a tool, a cold plan's included); the package's own lookup where that
+    finds nothing (docs/DESIGN.md §9.1)."""
+    for directory in os.environ.get("IREE_TOOL_PATH", "").split(os.pathsep):
+        if directory and _executable(os.path.join(directory, name)):
+            return os.path.join(directory, name)
+    spec = importlib.util.find_spec("iree.compiler")
+    for package_dir in (spec.submodule_search_locations or []) if spec else []:
+        builtin = os.path.join(package_dir, "_mlir_libs", name)
+        if _executable(builtin):
+            return builtin
     try:
         from iree.compiler.tools.binaries import find_tool
         return os.path.normpath(find_tool(name))
     except (ImportError, ValueError):
         return None
+
+
+def _executable(path: str) -> bool:
+    return os.path.isfile(path) and os.access(path, os.X_OK)
 
 
 def _runtime_tool(name: str) -> str | None:
@@ -48,7 +65,7 @@ def _runtime_tool(name: str) -> str | None:
     except ImportError:
         return None
     path = os.path.join(libs.library_path, name)
-    return path if os.access(path, os.X_OK) else None
+    return path if _executable(path) else None
 
 
 for _name in COMPILER_TOOLS:
