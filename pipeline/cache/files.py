@@ -69,22 +69,27 @@ FILE_MODE = _file_mode()
 
 
 
+MKSTEMP_TRIES = 100
+
+
 def _mkstemp(directory: Path, name: str) -> tuple[int, str]:
     """A fresh temp file next to its final name, with the umask's mode.
 
     A concurrent prune may remove an empty directory between mkdir and mkstemp, so the pair
-    is retried (prune only removes directories that are empty at that instant)."""
+    is retried (prune only removes directories that are empty at that instant). A prune
+    looping over the same directories can win that race several times in a row (5 tries
+    were seen to run out in the test that interleaves the two): 100 cost nothing."""
     if _read_only:
         raise OSError(errno.EROFS, "kiln writes nothing in this process (read-only mode)",
                       str(directory / name))
-    for attempt in range(5):
+    for attempt in range(MKSTEMP_TRIES):
         try:
             # mkdir itself raises FileExistsError when the directory vanishes mid-call
             directory.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
             break
         except (FileNotFoundError, FileExistsError):
-            if attempt == 4:
+            if attempt == MKSTEMP_TRIES - 1:
                 raise
     os.fchmod(fd, FILE_MODE)
     return fd, tmp
