@@ -154,15 +154,31 @@ class Values:
         """The reference value nearest to tensor (of the same element count), and whether
         tensor agrees with it within the tolerance."""
         candidates = self.by_size.get(tensor.values.size) or []
-        if not candidates:
+        found = self._nearest(tensor, candidates)
+        if found is None:
             return Match(None, False, False)
+        reference, _, producer = found
+        verdict = self.within(tensor, reference)
+        if reference.shape != tensor.shape and not verdict[0]:
+            # a value of another shape is this tensor reshaped only where the values prove it
+            # (2x16 read as 32); one that differs is another tensor of as many elements (a
+            # later layer's 256x3136 for a 64x12544): never a partner to blame a dispatch by
+            found = self._nearest(tensor, [c for c in candidates if c[0].shape == tensor.shape])
+            if found is None:
+                return Match(None, False, False)
+            reference, _, producer = found
+            verdict = self.within(tensor, reference)
+        return Match(producer, True, *verdict)
+
+    def _nearest(self, tensor: Tensor, candidates: list) -> tuple | None:
+        """The candidate nearest to tensor by value (shortlisted by samples first), or None."""
+        if not candidates:
+            return None
         sample = _sample(tensor.values)
         # by values, not shape: a dispatch may see a tensor reshaped (2x16 as 32)
         by_sample = sorted(candidates, key=lambda c: (_distance(sample, c[1]),
                                                       c[0].shape != tensor.shape))[:SHORTLIST]
-        best = min(by_sample, key=lambda c: _distance(tensor.values, c[0].values))
-        reference, _, producer = best
-        return Match(producer, True, *self.within(tensor, reference))
+        return min(by_sample, key=lambda c: _distance(tensor.values, c[0].values))
 
     def within(self, got: Tensor, want: Tensor) -> tuple[bool, float | None, float | None, int]:
         """(agrees, max abs error, max rel error, NaN/Inf mismatches) of got against want:

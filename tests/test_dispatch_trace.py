@@ -108,6 +108,27 @@ def test_a_tensor_with_no_value_of_its_size_is_unpaired():
     assert not step.paired and step.describe()["max_abs_error"] is None
 
 
+def test_a_value_of_equal_element_count_and_another_shape_is_no_partner_unless_it_agrees():
+    """A 2x8 output where the reference only has a 4x4 of as many elements, and other values:
+    not a pair (the 100% 'first divergence' of a later layer's tensor of another shape); the
+    same 16 values read as 4x4 agree: a reshape, paired."""
+    other = RNG.standard_normal((4, 4)).astype(np.float32)
+    reference = Values(1e-4, 1e-3)
+    for dispatch in parse(trace(("main$async_dispatch_0", "main$async_dispatch_0_generic_4x4_f32",
+                                 [(X, "f32")], [(other, "f32")]))):
+        reference.add(dispatch)
+    mine = RNG.standard_normal((2, 8)).astype(np.float32)
+    (step,) = steps(reference, parse(trace(("main$async_dispatch_0",
+                                            "main$async_dispatch_0_generic_2x8_f32",
+                                            [(X, "f32")], [(mine, "f32")]))))
+    assert step.inputs[0].paired and not step.paired
+    assert step.describe()["max_abs_error"] is None and step.describe()["partner"] is None
+    (reshaped,) = steps(reference, parse(trace(("main$async_dispatch_0",
+                                                "main$async_dispatch_0_generic_2x8_f32",
+                                                [(X, "f32")], [(other.reshape(2, 8), "f32")]))))
+    assert reshaped.paired and reshaped.outputs_agree
+
+
 def test_within_allows_one_step_of_the_less_precise_dtype_and_no_more():
     values = reference_values(atol=0.0, rtol=0.0)
     (rounded,) = [d for d in parse(trace(("e", "e_elementwise_512_f32xbf16", [],
