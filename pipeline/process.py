@@ -9,8 +9,8 @@ tool outlives kiln (docs/DESIGN.md §9.2). A group of its own, not kiln's: a ter
 Ctrl-C would otherwise reach a tool before kiln could record what it was doing.
 
 The seconds each process ran are added to the tool clock of the context that started it
-(tool_clock): the record's "tool time" of a stage. Of kiln, this module imports only the
-stage contract's StageError: a timeout and a stop are failures a stage reports as they come.
+(tool_clock): the record's "tool time" of a stage. Of kiln, this module imports only
+pipeline.errors' StageError: a timeout and a stop are failures a stage reports as they come.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterator
 
-from .stage import StageError
+from .errors import ConfigError, StageError
 
 # seconds: every tool's own limit is replaced by this one where it is set (a slow machine,
 # a huge model); the timeout error names it
@@ -79,7 +79,8 @@ def timeout_for(default: float) -> float:
     except ValueError:
         seconds = 0.0
     if seconds <= 0:
-        raise ValueError(f"{TIMEOUT_ENV}={value!r}: give the seconds a tool may run, e.g. 3600")
+        raise ConfigError(f"{TIMEOUT_ENV}={value!r}: give the seconds a tool may run, "
+                          "e.g. 3600")
     return seconds
 
 
@@ -189,12 +190,12 @@ def _clocked(tool: str, seconds: float) -> None:
 def started(argv: list[str], timeout: float, *, tool: str | None = None,
             stdin: IO | int | None = subprocess.DEVNULL, stdout: IO | int | None = None,
             stderr: IO | int | None = None, text: bool = False, cwd: Path | str | None = None,
-            env: dict | None = None) -> Iterator[subprocess.Popen]:
+            env: dict | None = None, fixed: bool = False) -> Iterator[subprocess.Popen]:
     """argv started in a process group of its own, for a caller that reads its output as it
     comes (the Popen is yielded). A watchdog kills the group at the timeout (ToolTimeout is
     raised when the block ends); leaving the block, whatever the reason, kills what is left."""
     name = tool or Path(argv[0]).name
-    limit = timeout_for(timeout)
+    limit = timeout if fixed else timeout_for(timeout)
     proc = _start(argv, stdin=stdin, stdout=stdout, stderr=stderr, cwd=cwd, env=env,
                   **({"text": True, "errors": "replace"} if text else {}))
     began = time.monotonic()
@@ -210,6 +211,11 @@ def started(argv: list[str], timeout: float, *, tool: str | None = None,
     try:
         yield proc
         proc.wait()
+    except Exception as err:   # (the reader's error may be the kill's doing: say the kill)
+        if expired.is_set():
+            raise ToolTimeout(name, limit, shlex.join(argv)) from err
+        _raise_if_stopped(name)
+        raise
     finally:
         watchdog.cancel()
         _end(proc, name, began)
@@ -220,14 +226,15 @@ def started(argv: list[str], timeout: float, *, tool: str | None = None,
 
 def run(argv: list[str], timeout: float, *, tool: str | None = None,
         stdin: Path | str | None = None, cwd: Path | str | None = None,
-        env: dict | None = None, idle_s: float | None = None) -> Finished:
+        env: dict | None = None, idle_s: float | None = None, fixed: bool = False) -> Finished:
     """argv to its end in a process group of its own, stdin from a file (a path: never the
     terminal), stdout and stderr read back as text. Raises ToolTimeout past the timeout,
     Interrupted when the run is stopped meanwhile. Given idle_s, a run whose group uses no
     CPU time for idle_s seconds is killed and returned with `stopped` saying so (a hang the
-    caller may retry)."""
+    caller may retry). fixed: KILN_TOOL_TIMEOUT does not replace the timeout (a limit on a
+    whole stage's process, or on a probe, is not a tool's)."""
     name = tool or Path(argv[0]).name
-    limit = timeout_for(timeout)
+    limit = timeout if fixed else timeout_for(timeout)
     with contextlib.ExitStack() as files:
         source = files.enter_context(open(stdin, "rb")) if stdin is not None else subprocess.DEVNULL
         out = files.enter_context(tempfile.TemporaryFile())
@@ -264,6 +271,7 @@ def _start(argv: list[str], **how) -> subprocess.Popen:
     if main and _stop_pending:   # a stop came meanwhile: what _on_stop_signal left to do
         _stop_pending = False
         kill_all()
+        _end(proc, Path(argv[0]).name, time.monotonic())   # (waited for, forgotten)
         raise KeyboardInterrupt(_stop_reason)
     return proc
 

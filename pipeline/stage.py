@@ -2,8 +2,9 @@
 when it runs (model, target, inputs, a fresh output directory) and how it says it failed.
 
 A stage is a pure function of its declared inputs: it reads only the upstream output
-directories and the model source it is given, and writes only into ctx.out. This module
-imports nothing else of the engine.
+directories and the model source it is given, and writes only into ctx.out. How it says it
+failed (StageError, StageSkipped, ConfigError) lives in pipeline/errors.py, re-exported
+here; of the engine this module imports only that, the names and the vocabulary.
 """
 from __future__ import annotations
 
@@ -14,12 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+from .errors import ConfigError, StageError, StageSkipped  # noqa: F401 (the contract's)
 from .names import parse_upstream, task_name
 from .vocab import Role
-
-
-class ConfigError(Exception):
-    """Bad configuration or command-line value; the message is meant for the user as is."""
 
 
 @dataclass(frozen=True)
@@ -50,29 +48,6 @@ class Target:
 
 # a constant with at least this many elements is a weight: it goes to the parameter archive
 DEFAULT_WEIGHTS_THRESHOLD = 8
-
-
-class StageError(Exception):
-    """A stage failed for a reason the user must see: the record and the log carry the
-    message, the command that failed (if any) and a result (e.g. the numbers that were off).
-
-    A StageError is a verdict on the stage's inputs, remembered under its key (the next run
-    reports it without running the stage: pipeline.run.decide.not_a_verdict), unless it
-    says otherwise: exit_code, the status a tool exited with (one killed by a signal is no
-    verdict), or transient, why this failure may not recur (a lost device)."""
-
-    def __init__(self, message: str, command: str | None = None, result: dict | None = None,
-                 log: str = "", exit_code: int | None = None, transient: str | None = None):
-        super().__init__(message)
-        self.command = command
-        self.result = result
-        self.log = log
-        self.exit_code = exit_code
-        self.transient = transient
-
-
-class StageSkipped(Exception):
-    """The stage cannot run here (e.g. no device for its driver); not a failure, never cached."""
 
 
 @dataclass(frozen=True)

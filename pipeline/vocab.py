@@ -60,7 +60,7 @@ class TaskInfo(TypedDict, total=False):
     entry: Required[str]          # its record entry file (build/.kiln/tasks/<task>.json)
     out_dir: Required[str]        # its outputs' directory in build/
     watched: Required[str]        # digest of its key's params, tools and code (the memo's check)
-    role: Role                    # what the report reads its entries as, when it has one
+    role: str                     # its Role (as plain text: the memo marshals it), if any
     soft_deps: list[str]          # files it reads where they exist (a failed variant's do not)
     soft: bool                    # a variant's own stage: its failure fails no case
     followed: bool                # another stage diagnoses its failure (bisect follows validate)

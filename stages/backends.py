@@ -74,7 +74,8 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
             known_archs=frozenset({"llvmpipe", "valhall", "valhall4", "adreno", "rdna1",
                                    "rdna2", "rdna3", "rdna4", "cdna1", "cdna2", "cdna3",
                                    "ampere", "turing", "ada", "pascal", "volta"}),
-            device_env=("VK_ICD_FILENAMES", "VK_DRIVER_FILES", "VK_ADD_DRIVER_FILES"),
+            device_env=("VK_ICD_FILENAMES", "VK_DRIVER_FILES", "VK_ADD_DRIVER_FILES",
+                        "VK_LOADER_DRIVERS_SELECT", "VK_LOADER_DRIVERS_DISABLE"),
             device_places=VULKAN_PLACES),
     # sm_90 and newer fail in IREE 3.13 ("missing GPU target in #hal.executable.target")
     Backend("cuda", ("--iree-hal-target-device=cuda",), "cuda",

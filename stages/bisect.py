@@ -184,6 +184,8 @@ class Builds:
         try:
             iree_compile(emitted / "model.mlirbc", module, flags, self.ctx)
         except StageError as err:
+            if err.transient:   # (a timeout, a stopped run: no verdict, never a "cannot")
+                raise
             return str(err)
         return module
 

@@ -154,21 +154,19 @@ class Values:
         """The reference value nearest to tensor (of the same element count), and whether
         tensor agrees with it within the tolerance."""
         candidates = self.by_size.get(tensor.values.size) or []
-        found = self._nearest(tensor, candidates)
-        if found is None:
-            return Match(None, False, False)
-        reference, _, producer = found
-        verdict = self.within(tensor, reference)
-        if reference.shape != tensor.shape and not verdict[0]:
-            # a value of another shape is this tensor reshaped only where the values prove it
-            # (2x16 read as 32); one that differs is another tensor of as many elements (a
-            # later layer's 256x3136 for a 64x12544): never a partner to blame a dispatch by
-            found = self._nearest(tensor, [c for c in candidates if c[0].shape == tensor.shape])
+        # a value of another shape is this tensor reshaped only where the values prove it
+        # (2x16 read as 32); one that differs is another tensor of as many elements (a later
+        # layer's 256x3136 for a 64x12544): never a partner to blame a dispatch by, so then
+        # only the values of its own shape are asked
+        for pool in (candidates, [c for c in candidates if c[0].shape == tensor.shape]):
+            found = self._nearest(tensor, pool)
             if found is None:
-                return Match(None, False, False)
+                break
             reference, _, producer = found
             verdict = self.within(tensor, reference)
-        return Match(producer, True, *verdict)
+            if reference.shape == tensor.shape or verdict[0]:
+                return Match(producer, True, *verdict)
+        return Match(None, False, False)
 
     def _nearest(self, tensor: Tensor, candidates: list) -> tuple | None:
         """The candidate nearest to tensor by value (shortlisted by samples first), or None."""

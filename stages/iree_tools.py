@@ -134,7 +134,7 @@ def devices() -> tuple[str, ...]:
     exe = tool("iree-run-module")
 
     def ask() -> list[str]:
-        done = process.run([exe, "--list_devices"], DEVICES_TIMEOUT_S)
+        done = process.run([exe, "--list_devices"], DEVICES_TIMEOUT_S, fixed=True)
         return [line.strip() for line in done.stdout.splitlines() if "://" in line]
 
     return tuple(probe(exe, ("--list_devices",), ask, DEVICE_WATCH))

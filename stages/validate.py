@@ -179,8 +179,12 @@ def answer_for(ctx, info: dict) -> Answer:
 def module_built(ctx) -> tuple[Stage, Path]:
     """The stage that built the module for ctx's own target (the MODULE input: codegen, or a
     later stage that remade it) and its directory."""
-    ((name, built),) = [(name, path) for name, path in ctx.built(MODULE).items()
-                        if not parse_upstream(name)[1]]
+    own = [(name, path) for name, path in ctx.built(MODULE).items()
+           if not parse_upstream(name)[1]]
+    if len(own) != 1:   # (the plan gives every target one: a stage that applies nowhere)
+        raise StageError(f"{len(own)} modules built for target {ctx.target.name}: a stage of "
+                         f"role '{MODULE.role}' must build exactly one per target it applies to")
+    ((name, built),) = own
     return ctx.makers[name], built
 
 

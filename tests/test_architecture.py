@@ -12,9 +12,11 @@ PIPELINE = Path(__file__).resolve().parent.parent / "pipeline"
 # bottom first: the shared words (statuses, roles, kinds), the contract with stages/, the name
 # syntax and how a process is started, then content addressing, the plan, running a stage,
 # what a person reads, and doit's side
-LAYERS = ["pipeline.vocab", "pipeline.stage", "pipeline.names", "pipeline.process",
-          "pipeline.cache", "pipeline.plan", "pipeline.run", "pipeline.report", "pipeline.driver"]
-LEVEL = {"pipeline.vocab": 0, "pipeline.stage": 0, "pipeline.names": 0, "pipeline.process": 0, "pipeline.cache": 1,
+LAYERS = ["pipeline.errors", "pipeline.vocab", "pipeline.stage", "pipeline.names",
+          "pipeline.process", "pipeline.cache", "pipeline.plan", "pipeline.run", "pipeline.report",
+          "pipeline.driver"]
+LEVEL = {"pipeline.errors": 0, "pipeline.vocab": 0, "pipeline.stage": 0, "pipeline.names": 0,
+         "pipeline.process": 0, "pipeline.cache": 1,
          "pipeline.plan": 2, "pipeline.run": 3, "pipeline.report": 4, "pipeline.driver": 5}
 FOREIGN = ("stages", "models", "torch", "jax", "tensorflow", "onnx", "onnxruntime", "iree")
 

@@ -114,6 +114,10 @@ def test_task_specs_are_what_json_reads_back(tmp_path, suite):
     be a list only in a run made from JSON."""
     specs = task_specs(plan(tmp_path / "proj", model=str(suite)))
     assert json.loads(json.dumps(specs)) == specs
+    # and of JSON's own types, which marshal writes as they are (a StrEnum, equal to its
+    # string above, would send every plan through the slow round trip)
+    import marshal
+    assert marshal.loads(marshal.dumps(specs)) == specs
 
 
 def test_a_savedmodel_directory_named_model_is_named_by_its_folder(tmp_path, suite):

@@ -56,7 +56,7 @@ def tool_version(tool: str) -> str:
     if exe:
         def ask() -> str | None:
             from ..process import run   # (a no-op run asks no tool: it need not load this)
-            out = run([exe, "--version"], VERSION_TIMEOUT_S)
+            out = run([exe, "--version"], VERSION_TIMEOUT_S, fixed=True)
             return " ".join((out.stdout + out.stderr).split()) if out.returncode == 0 else None
         text = probe(exe, ("--version",), ask)
         if text is not None:

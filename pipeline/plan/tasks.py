@@ -464,7 +464,7 @@ def _stage_specs(plan: Plan):
                               watched=watched_digest(stage, model, target,
                                                      _code_digests(stage, model, code),
                                                      watched),
-                              **({"role": stage.role} if stage.role else {}),
+                              **({"role": str(stage.role)} if stage.role else {}),   # (plain: marshal)
                               **({"soft_deps": soft} if soft else {}),
                               **({"soft": True} if data["soft"] else {}),
                               **({"followed": True} if data["followed"] else {}),

@@ -93,7 +93,7 @@ def _on_worker(root: str, cache: str, script: str, spec: dict) -> dict:
     env = {**os.environ, "KILN_CACHE": cache}
     try:
         proc = process.run([sys.executable, "-c", script, json.dumps(spec)], WORKER_TIMEOUT_S,
-                           tool="kiln's stage process", cwd=root, env=env)
+                           fixed=True, tool="kiln's stage process", cwd=root, env=env)
     except process.ToolTimeout as err:
         return {"status": Status.FAILED, "error": str(err), "command": None, "log_text": "",
                 "worker": get_worker().address}
