@@ -326,6 +326,7 @@ class _Places:
         self.tasks = str(layout.build / ".kiln" / "tasks")
         self.dirs: dict[Node, str] = {}
         self.plain: dict[str, bool] = {}   # relative name -> whether it joins as text
+        self.all_plain: dict[tuple, bool] = {}   # names -> whether each joins as text
 
     def node_dir(self, node: Node) -> str:
         found = self.dirs.get(node)
@@ -337,7 +338,15 @@ class _Places:
 
     def files(self, node: Node, names) -> list[str]:
         """str(layout.node_dir(node) / name) for each name."""
-        directory = self.node_dir(node)
+        directory = self.dirs.get(node) or self.node_dir(node)
+        plain = self.all_plain.get(names)   # (the stages' names come as the same few tuples)
+        if plain is None:
+            plain = all(map(self._is_plain, names))
+            if isinstance(names, tuple):
+                self.all_plain[names] = plain
+        if plain:
+            prefix = directory + "/"
+            return [prefix + name for name in names]
         return [f"{directory}/{name}" if self._is_plain(name) else str(Path(directory) / name)
                 for name in names]
 
@@ -408,14 +417,18 @@ def _code_digests(stage: Stage, model: ModelSpec, seen: dict) -> dict[str, str]:
     key = (id(stage), id(model))
     if key not in seen:
         files = tuple(stage.code_files(model))
-        if files not in seen:   # (most models share their files: made into paths once, not
-            # once per task: 2,000 cases made 120,000 Paths here, a third of a cold plan)
+        # (most models share their files, as the same objects: made into paths once, not
+        # once per task: 2,000 cases made 120,000 Paths here, a third of a cold plan; and
+        # known by the objects' ids, as hashing 20,000 tuples of Paths was a tenth)
+        ids = ("files", *map(id, files))
+        found = seen.get(ids)
+        if found is None:   # (the files kept in seen: no other object takes their ids)
             paths = [str(Path(f)) for f in files]
             for path in paths:
                 if path not in seen:
                     seen[path] = digest_file(path)
-            seen[files] = {path: seen[path] for path in paths}
-        seen[key] = (stage, model, seen[files])   # (keeps the ids)
+            found = seen[ids] = (files, {path: seen[path] for path in paths})   # (keeps the ids)
+        seen[key] = (stage, model, found[1])   # (keeps the ids)
     return seen[key][2]
 
 
@@ -429,16 +442,19 @@ def _stage_specs(plan: Plan):
     places = _Places(plan.layout)
     code: dict = {}     # the code files' digests (_code_digests)
     watched: dict = {}  # the watched digests (watched_digest)
+    # (the graph's own dicts: networkx's views cost as much as the specs, 50,000 lookups)
+    nodes, preds = plan.graph._node, plan.graph._pred
     for node in nx.topological_sort(plan.graph):
-        data = plan.graph.nodes[node]
+        data = nodes[node]
         stage, model, target = data["stage"], data["model"], data["target"]
         # a soft upstream (a variant among several) may fail, and one a stage reads only if it
         # is there (partial_inputs) may leave nothing, without stopping this node: its files
         # are checked by the session, not doit (which stops a task whose file is missing);
         # so is the record entry of an upstream whose failure the stage diagnoses
         deps, soft, after = [], [], []
-        for up in plan.graph.predecessors(node):
-            up_data = plan.graph.nodes[up]
+        ups = preds[node]
+        for up in ups:
+            up_data = nodes[up]
             files = places.files(up, read_files(stage, model, target, up.stage, up_data["stage"]))
             if stage.follows == up.stage:   # its outcome is what this node reads
                 soft.append(places.entry_file(up))
@@ -448,7 +464,7 @@ def _stage_specs(plan: Plan):
                 after.append(up.task_name)
             else:
                 deps += files
-        if is_entry(plan, node):
+        if not ups:   # (is_entry)
             deps += [str(f) for path in model.sources.values() for f in plan.files_of(path)]
         yield {
             "basename": node.stage,
@@ -544,6 +560,7 @@ def plan_inputs(plan: Plan) -> tuple[list[Path], list[Path]]:
     code = {(id(d["stage"]), id(d["model"])): (d["stage"], d["model"])
             for _, d in plan.graph.nodes(data=True)}
     # (the files as given, then made Paths: one Path per file, not one per task)
-    given = {f for stage, model in code.values() for f in stage.code_files(model)}
-    files += sorted({Path(f) for f in given})
+    # (by identity first: most are the same few objects, and hashing a Path is slow)
+    given = {id(f): f for stage, model in code.values() for f in stage.code_files(model)}
+    files += sorted({Path(f) for f in given.values()})
     return files, dirs

@@ -58,7 +58,9 @@ def detect(path: Path) -> str | None:
     """The framework that reads this model file or directory, if any."""
     # (once, and only when not one: a folder scan asks this of every entry)
     path = path if isinstance(path, Path) else Path(path)
+    suffix = path.suffix   # (once, for the adapters that match by it alone: Framework's own)
     for adapter in _load_all().values():
-        if adapter.matches(path):
+        if suffix in adapter.suffixes if type(adapter).matches is Framework.matches \
+                else adapter.matches(path):
             return adapter.name
     return None

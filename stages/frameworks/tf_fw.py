@@ -38,6 +38,7 @@ signature is the module's only entry point.
 from __future__ import annotations
 
 import io
+import os
 import re
 import tarfile
 import tempfile
@@ -71,7 +72,8 @@ class TensorFlow(Framework):
     def matches(self, path: Path) -> bool:
         # one stat: under a file, the name is not found (ENOTDIR) as under an empty directory
         # (a folder scan asks this of every entry)
-        return (path / "saved_model.pb").is_file()
+        # (as text: a Path made per entry was most of a scan's detect)
+        return os.path.isfile(os.path.join(path, "saved_model.pb"))
 
     @absl_safe
     def trace(self, model: ModelSpec) -> Traced:
