@@ -93,7 +93,7 @@ def pipeline():
 
 
 def detect(path):
-    return "toy" if path.suffix == ".txt" else None
+    return "toy" if Path(path).suffix == ".txt" else None
 '''
 
 # `doit explain` is a command plugin: doit imports it before dodo.py (PYTHONPATH: environment)

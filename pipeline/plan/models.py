@@ -19,7 +19,7 @@ from ..stage import ConfigError, ModelSpec, StageError
 from .config import Config, check_name
 
 # framework detection for model files is the stages' knowledge, handed in by the caller
-Detect = Callable[[Path], str | None]
+Detect = Callable[[Path | str], str | None]   # (a folder scan hands the text path)
 # the files a model file brings along (e.g. an ONNX model's external data), by role
 Companions = Callable[[str, Path], dict[str, Path]]
 
@@ -288,7 +288,7 @@ def scan_folder(folder: Path, detect: Detect) -> dict:
                 continue
             if entry.is_symlink():
                 _check_link(entry.path)
-            framework = detect(Path(entry.path))
+            framework = detect(entry.path)   # (text: detect makes a Path only if it needs one)
             if framework:
                 found.append([entry.path, framework, entry.is_dir()])
             elif entry.is_dir():   # (realpath only through a link: it stats every part)
