@@ -13,6 +13,9 @@ from __future__ import annotations
 
 STAGE_SEP, TARGET_SEP, VARIANT_SEP = ":", "@", "~"
 DEFAULT_VARIANT = "default"
+# build/'s temp space: stages' fresh output directories, a worker's private build, and every
+# temporary file of a run and its tools (a killed run's leftovers: `doit prune` removes them)
+SCRATCH_DIR = ".tmp"
 
 
 def task_name(stage: str, model: str, target: str | None = None) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 from doit.exceptions import TaskFailed
 
 from ..cache.store import Store, prune_scratch
+from ..names import SCRATCH_DIR
 from ..plan.options import parse_days
 from ..plan.tasks import Plan, upstream_of
 from ..report.record import RunLog
@@ -64,7 +65,7 @@ def prune(cache: Path, build: Path, days: str | None):
     except ConfigError as err:
         return TaskFailed(str(err))
     print(f"kiln: {Store(cache).prune(max_age)} (unused for {max_age:g} days)")
-    scratch = prune_scratch(build / ".tmp")
+    scratch = prune_scratch(build / SCRATCH_DIR)
     if scratch:
         print(f"kiln: removed {scratch} temp directories killed runs left in build/.tmp")
     return None

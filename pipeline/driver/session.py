@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Callable, NoReturn
 from doit.exceptions import TaskFailed
 
 from ..cache.files import atomic_write, read_only
-from ..names import task_name
+from ..names import SCRATCH_DIR, task_name
 from ..plan import memo
 from ..plan.variables import given_variables, plan_variables, read_variables, refuse_unknown
 from ..report.record import RunLog, write_failed_run
@@ -151,7 +151,7 @@ class Session:
         """Every temporary file of this process and the tools it starts goes to build/.tmp
         (a killed run's leftovers stay inside build/, where prune removes them), never to
         /tmp: Python's tempfile, and TMPDIR for the tools (LLVM's linker writes there)."""
-        scratch = self.build / ".tmp"
+        scratch = self.build / SCRATCH_DIR
         if tempfile.tempdir != str(scratch):
             scratch.mkdir(parents=True, exist_ok=True)
             tempfile.tempdir = os.environ["TMPDIR"] = str(scratch)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..cache.remote import RemoteSettings
-from ..names import file_stem
+from ..names import SCRATCH_DIR, file_stem
 from ..stage import Node
 
 NAME_MAX = 255   # bytes in one file name (Linux's file systems, macOS's)
@@ -39,7 +39,7 @@ class Layout:
 
     def scratch(self) -> Path:
         """Temp space inside build/, so installing an output is a rename, never a copy."""
-        path = self.build / ".tmp"
+        path = self.build / SCRATCH_DIR
         path.mkdir(parents=True, exist_ok=True)
         return path
 
