@@ -174,3 +174,27 @@ def test_kilns_max_pool_is_onnxruntimes(ceil_mode):
         got = onnx_twin.max_pool(x.astype(np.float64), [kernel] * 2, [stride] * 2, pads,
                                  [dilation] * 2, ceil_mode)
         assert got.shape == want.shape and np.array_equal(got, want), (kernel, stride, pad)
+
+
+def test_an_old_opset_file_with_external_data_gets_a_twin(tmp_path):
+    """Opset 9 Conv and BatchNormalization-9 (no momentum given: the schema's default, which
+    onnx's evaluator ran as a training step), every weight in a data file beside the model."""
+    rng = np.random.default_rng(1)
+    arrays = {"w": rng.standard_normal((6, 3, 3, 3)).astype(np.float32) * 0.3,
+              "scale": rng.uniform(0.5, 1.5, 6).astype(np.float32),
+              "bias": rng.standard_normal(6).astype(np.float32),
+              "mean": rng.standard_normal(6).astype(np.float32),
+              "var": rng.uniform(0.5, 2, 6).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c", "scale", "bias", "mean", "var"], ["y"],
+                              name="bn", epsilon=1e-5)]
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                   "y", [numpy_helper.from_array(a, n) for n, a in arrays.items()], opset=9)
+    path = tmp_path / "model" / "conv_bn.onnx"
+    path.parent.mkdir()
+    onnx.save(model, str(path), save_as_external_data=True, location="weights.bin",
+              size_threshold=0)
+    assert (path.parent / "weights.bin").stat().st_size > 0
+    f64, (reference,), (answer,) = capture("conv_bn", path, tmp_path / "capture")
+    assert f64["available"], f64
+    assert np.abs(answer - reference).max() < 1e-5 * np.abs(answer).max()
