@@ -115,6 +115,20 @@ def test_a_node_no_runtime_has_a_float64_kernel_for_is_named_in_f64_why(tmp_path
     assert "Conv" in f64["why"]   # (onnxruntime's own line: its missing float64 kernel)
 
 
+def test_a_node_the_evaluator_fails_on_in_float64_is_named():
+    """MeanVarianceNormalization: the evaluator expands it by ONNX's own function body, whose
+    epsilon is a float32 Constant, and then fails on float64 + float32 without naming a node;
+    onnxruntime has no float64 Conv. f64.why names the node, found by running the nodes one
+    at a time."""
+    model, inputs = _conv_then(helper.make_node("MeanVarianceNormalization", ["c"], ["y"],
+                                                name="mvn"))
+    data = model.SerializeToString()
+    reference = onnx_common.session(data).run(None, {"x": inputs[0]})
+    with pytest.raises(NoFloat64, match=r"^onnx's reference evaluator cannot run node 'mvn' "
+                                        r"\(MeanVarianceNormalization\) in float64 .*Conv"):
+        onnx_twin.float64_answer(data, inputs, reference)
+
+
 def test_a_node_the_evaluator_computes_otherwise_is_named(monkeypatch):
     """onnx 1.23's own LRN normalizes channel 0 only (it loops over the batch): every node the
     evaluator runs is checked against onnxruntime's float32 run of it, so without kiln's LRN

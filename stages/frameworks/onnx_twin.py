@@ -221,10 +221,13 @@ def _run_in_evaluator(typed, twin, feeds32: dict, feeds64: dict, reference: list
                         f"({type(err).__name__}: {str(err)[:200]})") from None
     try:
         results64 = evaluator.run(None, feeds64, intermediate=True)
-    except Exception as err:   # an op the evaluator cannot run as the graph uses it
-        raise NoFloat64(f"onnxruntime cannot run the float64 copy of the graph "
-                        f"({refused[:200]}), nor can onnx's reference evaluator "
-                        f"({type(err).__name__}: {str(err)[:200]})") from None
+    except Exception as err:   # an op the evaluator cannot run in float64 as the graph uses it
+        failing = _node_the_evaluator_fails(twin, feeds64)
+        where = f" node {failing}" if failing else " the graph"
+        raise NoFloat64(f"onnx's reference evaluator cannot run{where} in float64 "
+                        f"({type(err).__name__}: {str(err)[:200]}), and onnxruntime cannot run "
+                        f"the float64 copy of the graph ({refused[:200]}): no float64 "
+                        "answer") from None
     answer = [np.asarray(results64[value.name]) for value in twin.graph.output]
     try:
         results32 = _float32_intermediates(typed, feeds32)
@@ -256,6 +259,27 @@ def _node_the_evaluator_lacks(twin) -> str:
             ReferenceEvaluator(node, opsets=opsets, new_ops=exact_reference_ops())
         except Exception:
             return _described(node)
+    return ""
+
+
+def _node_the_evaluator_fails(twin, feeds64: dict) -> str:
+    """The first node of the main graph that onnx's reference evaluator fails on when the
+    twin's nodes run one at a time, in order, described; "" where none does, or where a node
+    with a subgraph (whose body reads the outer graph, so it cannot run alone) comes first."""
+    from onnx import numpy_helper
+    from onnx.reference import ReferenceEvaluator
+    opsets = {o.domain or "": o.version for o in twin.opset_import}
+    values = {t.name: numpy_helper.to_array(t) for t in twin.graph.initializer}
+    values.update(feeds64)
+    for node in twin.graph.node:
+        if _has_subgraph(node):
+            return ""
+        try:
+            outputs = ReferenceEvaluator(node, opsets=opsets, new_ops=exact_reference_ops()).run(
+                None, {name: values.get(name) for name in node.input if name})
+        except Exception:
+            return _described(node)
+        values.update(zip(node.output, outputs))
     return ""
 
 
