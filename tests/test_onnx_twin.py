@@ -91,6 +91,23 @@ def test_constants_casts_and_float32_only_inputs_in_the_twin():
     np.testing.assert_allclose(answer, expected, rtol=1e-15)
 
 
+def test_a_model_local_functions_constants_compute_in_float64():
+    """A function of the model's own (as torch.onnx's dynamo exporter writes them) whose body
+    holds a float32 Constant: the twin makes it double too, so onnxruntime runs the twin."""
+    body = [helper.make_node("Constant", [], ["k"], value_float=0.1),
+            helper.make_node("Mul", ["a", "k"], ["b"])]
+    function = helper.make_function("local", "Tenth", ["a"], ["b"], body,
+                                    [helper.make_opsetid("", 17)])
+    model = _model([helper.make_node("Tenth", ["x"], ["y"], domain="local")],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])], "y",
+                   extra_opsets=[helper.make_opsetid("local", 1)])
+    model.functions.append(function)
+    values = np.array([1.0, 3.0, -7.0, 0.5], np.float32)
+    _, (answer,) = _answers(model, [values])
+    assert answer.dtype == np.float64
+    np.testing.assert_allclose(answer, values * np.float64(np.float32(0.1)), rtol=1e-15)
+
+
 def _conv_then(node, extra_opsets=()):
     """x -> Conv (onnxruntime has no float64 Conv: the evaluator runs the twin) -> node."""
     rng = np.random.default_rng(0)

@@ -74,6 +74,9 @@ def make_twin(typed):
     opsets = {o.domain or "": o.version for o in twin.opset_import}
     types = _value_types(typed.graph)
     _graph_to_double(twin.graph, opsets, types)
+    for function in twin.functions:   # (model-local: typeless, so no Casts are decided there)
+        for node in function.node:
+            _attributes_to_double(node, opsets, {})
     return twin
 
 
