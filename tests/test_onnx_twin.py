@@ -189,22 +189,35 @@ def test_a_twin_that_parts_from_the_float32_run_names_the_node_where():
     assert why.endswith(": not the same computation, so not used"), why
 
 
+POOLS = [("MaxPool", {}), ("AveragePool", {"count_include_pad": 0}),
+         ("AveragePool", {"count_include_pad": 1})]
+
+
 @pytest.mark.parametrize("ceil_mode", [0, 1])
-def test_kilns_max_pool_is_onnxruntimes(ceil_mode):
-    """The sliding-window MaxPool the evaluator runs instead of its own per-element loops."""
+@pytest.mark.parametrize("op, attributes", POOLS)
+def test_kilns_pools_are_onnxruntimes(op, attributes, ceil_mode):
+    """The sliding-window pools the evaluator runs instead of its own per-element loops, on
+    pads, strides, dilations (MaxPool's) and ceil_mode's extra windows."""
     rng = np.random.default_rng(ceil_mode)
-    for kernel, stride, pad, dilation in [(3, 2, 1, 1), (2, 2, 0, 1), (3, 1, 1, 2), (2, 3, 1, 1)]:
+    for kernel, stride, pad, dilation in [(3, 2, 1, 1), (2, 2, 0, 1), (3, 1, 1, 2), (2, 3, 1, 1),
+                                          (3, 2, 2, 1)]:
+        if op == "AveragePool" and dilation > 1:
+            continue   # (AveragePool has dilations from opset 19 only)
         pads = [pad, pad, min(pad + 1, kernel - 1), pad]   # (onnxruntime: pads < kernel)
-        node = helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[kernel] * 2,
-                                strides=[stride] * 2, pads=pads, dilations=[dilation] * 2,
-                                ceil_mode=ceil_mode)
+        more = {"dilations": [dilation] * 2} if op == "MaxPool" else {}
+        node = helper.make_node(op, ["x"], ["y"], kernel_shape=[kernel] * 2, pads=pads,
+                                strides=[stride] * 2, ceil_mode=ceil_mode, **attributes, **more)
         x = rng.standard_normal((2, 3, 9, 10)).astype(np.float32)
         model = _model([node], [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
                        "y")
         (want,) = onnx_common.session(model.SerializeToString()).run(None, {"x": x})
-        got = onnx_twin.max_pool(x.astype(np.float64), [kernel] * 2, [stride] * 2, pads,
-                                 [dilation] * 2, ceil_mode)
-        assert got.shape == want.shape and np.array_equal(got, want), (kernel, stride, pad)
+        wide = x.astype(np.float64)
+        got = onnx_twin.max_pool(wide, [kernel] * 2, [stride] * 2, pads, [dilation] * 2,
+                                 ceil_mode) if op == "MaxPool" else onnx_twin.average_pool(
+            wide, [kernel] * 2, [stride] * 2, pads, None, ceil_mode,
+            attributes["count_include_pad"])
+        assert got.shape == want.shape, (kernel, stride, pad)
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7, err_msg=str((kernel, stride, pad)))
 
 
 def test_an_old_opset_file_with_external_data_gets_a_twin(tmp_path):

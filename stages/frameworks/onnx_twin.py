@@ -419,13 +419,15 @@ def exact_reference_ops() -> list:
       would make each GELU of a float64 run a float32 one;
     - LRN: onnx's loops over the batch dimension where it means the channels, so only
       channel 0 is normalized (Inception v1's and AlexNet's LRN);
-    - MaxPool: onnx's loops in Python over every output element (Inception v1's 13 pools took
-      20 s of its 21 s float64 run); numpy's sliding windows where the pool is explicit
-      (pads, no auto_pad) and its indices are not asked for, onnx's otherwise."""
+    - MaxPool, AveragePool: onnx's loop in Python over every output element (Inception v1's
+      13 MaxPools took 20 s of its 21 s float64 run, DenseNet-121's 3 AveragePools a third
+      of its); numpy's sliding windows where the pool is explicit (pads, no auto_pad) and
+      MaxPool's indices are not asked for, onnx's otherwise."""
     from math import erf
 
     from onnx.reference.op_run import OpRun
     from onnx.reference.ops.op_max_pool import MaxPool as OnnxMaxPool
+    from onnx.reference.ops.op_pool_common import CommonPool
 
     class GatherElements(OpRun):   # (the evaluator matches an op by its class name)
         def _run(self, data, indices, axis=None):
@@ -451,34 +453,71 @@ def exact_reference_ops() -> list:
             return super()._run(x, auto_pad, ceil_mode, dilations, kernel_shape, pads,
                                 storage_order, strides)
 
-    return [GatherElements, Erf, LRN, MaxPool]
+    class AveragePool(CommonPool):
+        def _run(self, x, auto_pad=None, ceil_mode=None, dilations=None, kernel_shape=None,
+                 pads=None, strides=None, count_include_pad=None):
+            if auto_pad in (None, "NOTSET"):
+                return (average_pool(x, kernel_shape, strides, pads, dilations, ceil_mode,
+                                     count_include_pad),)
+            return CommonPool._run(self, "AVG", count_include_pad, x, auto_pad=auto_pad,
+                                   ceil_mode=ceil_mode, dilations=dilations,
+                                   kernel_shape=kernel_shape, pads=pads, strides=strides)
+
+    return [GatherElements, Erf, LRN, MaxPool, AveragePool]
 
 
 def max_pool(x: np.ndarray, kernel: list, strides, pads, dilations, ceil_mode) -> np.ndarray:
-    """ONNX's MaxPool with explicit pads (padding never wins), output sizes as ONNX
-    defines them (ceil_mode's last window must start inside the input or its left pad)."""
+    """ONNX's MaxPool with explicit pads (padding never wins)."""
+    lowest = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
+    windows, spatial = _pool_windows(x, kernel, strides, pads, dilations, ceil_mode, lowest)
+    return windows.max(axis=tuple(range(-spatial, 0))).astype(x.dtype)
+
+
+def average_pool(x: np.ndarray, kernel: list, strides, pads, dilations, ceil_mode,
+                 count_include_pad) -> np.ndarray:
+    """ONNX's AveragePool with explicit pads: each window's sum over the elements it counts,
+    the input's (and the pads' where count_include_pad), never those past the pads that
+    ceil_mode's last window reaches."""
+    spatial = x.ndim - 2
+    pads = list(pads or [0] * 2 * spatial)
+    windows, _ = _pool_windows(x, kernel, strides, pads, dilations, ceil_mode, 0)
+    ones = np.ones((1, 1, *x.shape[2:]), x.dtype)
+    counted = np.pad(ones, [(0, 0), (0, 0)] + list(zip(pads[:spatial], pads[spatial:])),
+                     constant_values=1) if count_include_pad else ones
+    shift = [0] * 2 * spatial if count_include_pad else pads
+    counts, _ = _pool_windows(counted, kernel, strides, shift, dilations, ceil_mode, 0,
+                              sized_as=(x.shape, pads))
+    axes = tuple(range(-spatial, 0))
+    return (windows.sum(axis=axes) / counts.sum(axis=axes)).astype(x.dtype)
+
+
+def _pool_windows(x: np.ndarray, kernel: list, strides, pads, dilations, ceil_mode, fill,
+                  sized_as=None):
+    """(x's pooling windows, as a view [N, C, *out, *kernel], and the spatial rank): x padded
+    with fill, output sizes as ONNX defines them (ceil_mode's last window must start inside
+    the input or its left pad). sized_as: (shape, pads) the output sizes are worked out from,
+    where not x's own (a mask already padded)."""
     from numpy.lib.stride_tricks import sliding_window_view
     spatial = x.ndim - 2
     strides = list(strides or [1] * spatial)
     dilations = list(dilations or [1] * spatial)
     pads = list(pads or [0] * 2 * spatial)
+    shape, size_pads = sized_as or (x.shape, pads)
     widths, sizes, ends = [], [], []
     for axis in range(spatial):
         width = (kernel[axis] - 1) * dilations[axis] + 1
-        span = x.shape[2 + axis] + pads[axis] + pads[spatial + axis] - width
+        span = shape[2 + axis] + size_pads[axis] + size_pads[spatial + axis] - width
         size = (-(-span // strides[axis]) if ceil_mode else span // strides[axis]) + 1
-        if ceil_mode and (size - 1) * strides[axis] >= x.shape[2 + axis] + pads[axis]:
+        if ceil_mode and (size - 1) * strides[axis] >= shape[2 + axis] + size_pads[axis]:
             size -= 1
         widths.append(width)
         sizes.append(size)
         ends.append(max(0, (size - 1) * strides[axis] + width - x.shape[2 + axis] - pads[axis]))
-    lowest = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
-    padded = np.pad(x, [(0, 0), (0, 0)] + list(zip(pads[:spatial], ends)), constant_values=lowest)
+    padded = np.pad(x, [(0, 0), (0, 0)] + list(zip(pads[:spatial], ends)), constant_values=fill)
     windows = sliding_window_view(padded, widths, axis=tuple(range(2, 2 + spatial)))
-    windows = windows[(slice(None), slice(None))
-                      + tuple(slice(0, (n - 1) * s + 1, s) for n, s in zip(sizes, strides))
-                      + tuple(slice(None, None, d) for d in dilations)]
-    return windows.max(axis=tuple(range(-spatial, 0))).astype(x.dtype)
+    return windows[(slice(None), slice(None))
+                   + tuple(slice(0, (n - 1) * s + 1, s) for n, s in zip(sizes, strides))
+                   + tuple(slice(None, None, d) for d in dilations)], spatial
 
 
 def local_response_norm(x: np.ndarray, alpha: float, beta: float, bias: float,
