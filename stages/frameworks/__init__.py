@@ -6,7 +6,8 @@ inside methods only, so listing them costs nothing. The package's other modules 
 adapters build on: base (the adapter base class and its template), factory (models/
 factories), inputs (the inputs a model runs on), arrays (the .npz files), refusals (whose an
 exception raised in a framework stage is: the framework's refusal of its model, a verdict, or
-kiln's own error), and helpers of one framework's adapters (pt2_safety, tf_common). The names
+kiln's own error), and helpers of one framework's adapters (pt2_safety, tf_common, onnx_common,
+onnx_twin: the float64 twin of an ONNX graph). The names
 stages use are re-exported here.
 """
 from __future__ import annotations

@@ -71,7 +71,7 @@ class Traced:
 DISAGREE_RTOL = 1e-2
 
 
-def _disagreement(answer: list, reference: list) -> str | None:
+def disagreement(answer: list, reference: list) -> str | None:
     """Why the float64 answer is not the model's answer in float64, or None."""
     import numpy as np
     for index, (wide, narrow) in enumerate(zip(answer, reference)):
@@ -169,9 +169,9 @@ class Framework:
         if differing is not None:
             return None, (f"the float64 run's output {differing} has shape "
                           f"{shapes[differing][0]}, the reference's {shapes[differing][1]}")
-        disagreement = _disagreement(answer, traced.reference)
-        if disagreement:
-            return None, disagreement
+        why = disagreement(answer, traced.reference)
+        if why:
+            return None, why
         return answer, f"{self.name} run in float64"
 
     def reference64(self, model: ModelSpec, traced: Traced) -> list:
