@@ -8,20 +8,23 @@ builds agree dispatch by dispatch. Then an IREE build's dispatch outputs are pai
 framework's own intermediate tensors (its adapter's intermediates(): every op's output, in
 execution order):
 
-- a framework tensor pairs only with a dispatch output of the same shape, leaving out unit
-  dimensions or merging adjacent ones (IREE prints 1x8x8x16 as 64x16: the same elements in
-  the same order); among those, the one whose values are nearest;
+- a dispatch output can stand only for a framework tensor of the same shape, leaving out
+  unit dimensions or merging adjacent ones (IREE prints 1x8x8x16 as 64x16: the same elements
+  in the same order), and of its kind of number; it agrees where one of those agrees;
 - integers compare as the framework's own type (IREE's are signless: its bits are read back
   as int8, uint8, ...), exactly; a quantized tensor compares its codes, and a difference of
   QUANT_STEPS steps of its scale is rounding; floats within the target's atol/rtol;
 - a framework tensor that no dispatch output matches may have been fused into a dispatch
-  with the ops after it (an elementwise op's output is rarely materialized). So a dispatch
-  output is taken as a tensor's counterpart only where no framework tensor agrees with it
-  and it comes no later than the counterpart of any later tensor that agrees.
+  with the ops after it (an elementwise op's output is rarely materialized), and IREE may run
+  independent ops in another order than the framework. So the dispatch outputs are taken in
+  IREE's order, and the first that agrees with none of the framework tensors it can stand
+  for is where the two part: it starts after the framework tensors its inputs agree with
+  (or follow, through dispatches whose outputs stand for none: partial sums), and it stands
+  for the last tensor of the run of that layout after them (a dispatch writes its fused
+  chain's last result).
 
-The first framework tensor whose counterpart so found differs names the op; the ops between
-the last agreeing tensor and it that IREE materializes nowhere are named with it (the fault
-is in one of them: IREE computed them in one dispatch).
+The record names that tensor's op and the ops between the start and it that agree nowhere:
+IREE computed them in that one dispatch, and the difference is made by one of them.
 """
 from __future__ import annotations
 
@@ -34,20 +37,16 @@ from stages.capture import STAGE as CAPTURE
 from stages.dispatch_trace import PRINTED_RTOL, TINY, Dispatch, Tensor
 from stages.framework_stage import FRAMEWORK_LOCK
 from stages.frameworks import Intermediate, NoIntermediates
+from stages.frameworks.base import QUANT_STEPS  # (steps of a scale that are rounding)
 from stages.frameworks.refusals import framework_refusals
 
-# a quantized tensor's codes may differ by this many steps of its scale: rounding (IREE's
-# requantization rounds otherwise than LiteRT's, stages/frameworks/tflite_fw.py)
-QUANT_STEPS = 2
 # how many of the framework's ops the result names before the first that differs
 SHOWN = 5
-CONST_EVAL = "jit_eval"   # executables const-eval made: weights computed at compile time
 
 
 @dataclass
 class Compared:
     """A framework tensor against one IREE dispatch output of its shape."""
-    output: int                      # the dispatch output's place among all outputs traced
     dispatch: Dispatch
     tensor: Tensor
     agrees: bool
@@ -98,7 +97,7 @@ def compare(want: Intermediate, got: Tensor, atol: float, rtol: float) -> tuple:
     if want.scale is None:
         return bool(np.all(diff <= allowed)), largest / scale, largest, None
     # dequantized from codes of want.scale: its rounding is steps of it
-    steps = int(np.ceil(largest / want.scale - PRINTED_RTOL * 100))
+    steps = round(largest / want.scale)
     return bool(np.all(diff <= allowed + QUANT_STEPS * want.scale)), largest / scale, largest, \
         steps
 
@@ -130,41 +129,45 @@ def _comparable(want: Intermediate, got: Tensor) -> bool:
 
 
 def _op_outputs(dispatches: list[Dispatch]) -> list[tuple[Dispatch, Tensor]]:
-    """The traced dispatch outputs that ops compute, in order: initializers and const-eval's
-    jit_eval dispatches (printed after the results) compute weights."""
-    return [(d, t) for d in dispatches
-            if not (d.initializer or d.executable.startswith(CONST_EVAL)) for t in d.outputs]
+    """The traced dispatch outputs that ops compute, in order (initializers compute
+    weights)."""
+    return [(d, t) for d in dispatches if not d.initializer for t in d.outputs]
 
 
 def diagnose(tensors: list[Intermediate], dispatches: list[Dispatch], atol: float,
              rtol: float) -> dict:
-    """The first IREE dispatch output that differs from every framework tensor it can stand
-    for, and the framework ops it computes, as a record (see the module)."""
-    outputs = _op_outputs(dispatches)
-    comparable = [[i for i, want in enumerate(tensors) if _comparable(want, got)]
-                  for _, got in outputs]
-    cursor, agreeing = -1, []
-    for place, (dispatch, got) in enumerate(outputs):
-        after = [i for i in comparable[place] if i > cursor]
-        compared = {i: Compared(place, dispatch, got, *compare(tensors[i], got, atol, rtol))
-                    for i in after}
-        agreed = [i for i in after if compared[i].agrees]
-        if agreed:   # (the nearest; of equals, the later: a fused chain's last op)
-            cursor = min(agreed, key=lambda i: (compared[i].distance, -i))
-            agreeing.append(cursor)
-        elif after:
-            stands_for = _stands_for(after, comparable[place + 1:])
-            return _differs(tensors, stands_for, compared[stands_for], cursor, agreeing)
-    return _none_differs(tensors, agreeing)
+    """The first IREE dispatch output (in IREE's order) that agrees with no framework tensor
+    it can stand for, and the framework ops it computes, as a record (see the module)."""
+    agreed: set[int] = set()
+    # per traced value (its digest), the last framework tensor it is known to follow: its
+    # own where it agrees with one, else the latest its dispatch's inputs follow
+    follows: dict[str, int] = {}
+    for dispatch, got in _op_outputs(dispatches):
+        compared = {i: Compared(dispatch, got, *compare(want, got, atol, rtol))
+                    for i, want in enumerate(tensors) if _comparable(want, got)}
+        agreeing = [i for i, c in compared.items() if c.agrees]
+        start = max((follows.get(t.digest, -1) for t in dispatch.inputs), default=-1)
+        follows[got.digest] = max(agreeing, default=start)
+        if agreeing or not compared:
+            agreed.update(agreeing)
+            continue
+        place = _stands_for(tensors, [i for i in compared if i > start] or list(compared))
+        if start < 0:   # (its inputs followed nothing known: the last agreeing before it)
+            start = max((i for i in agreed if i < place), default=-1)
+        return _differs(tensors, place, compared[place], start, sorted(agreed))
+    return _none_differs(tensors, sorted(agreed))
 
 
-def _stands_for(after: list[int], later: list[list[int]]) -> int:
-    """The framework tensor a dispatch output that agrees with none stands for: the last of
-    its candidates before the first tensor a later dispatch output may stand for (a dispatch
-    writes its fused chain's last op's result)."""
-    bound = min((i for candidates in later for i in candidates if i > after[0]),
-                default=float("inf"))
-    return max(i for i in after if i < bound)
+def _stands_for(tensors: list[Intermediate], candidates: list[int]) -> int:
+    """The framework tensor a dispatch output that agrees with none stands for: the last
+    candidate in the run of tensors of the first one's layout (a dispatch writes its fused
+    chain's last op's result; an elementwise chain keeps its layout)."""
+    first = min(candidates)
+    end = first
+    while end + 1 < len(tensors) and same_layout(np.shape(tensors[end + 1].values),
+                                                 np.shape(tensors[first].values)):
+        end += 1
+    return max(i for i in candidates if i <= end)
 
 
 def _op(tensors: list[Intermediate], place: int) -> dict:
@@ -175,7 +178,8 @@ def _op(tensors: list[Intermediate], place: int) -> dict:
 
 def _differs(tensors, place: int, counterpart: Compared, last: int,
              agreeing: list[int]) -> dict:
-    fused = [_op(tensors, p) for p in range(last + 1, place)]
+    # (a tensor of another branch that agreed is no part of it)
+    fused = [_op(tensors, p) for p in range(last + 1, place) if p not in agreeing]
     first = {**_op(tensors, place), "dispatch": counterpart.dispatch.symbol,
              "ordinal": counterpart.dispatch.position, "iree_type": counterpart.tensor.type,
              "max_abs_error": counterpart.max_abs_error, "steps": counterpart.steps,
@@ -251,11 +255,11 @@ def against_framework(ctx, result: dict, dispatches: list[Dispatch], inputs: lis
             result["first_bad_dispatch"] or result.get("first_differing_dispatch"):
         return {}
     adapter = frameworks.get(ctx.model.framework)
-    try:
-        with FRAMEWORK_LOCK, framework_refusals(adapter, ctx.model):
+    with FRAMEWORK_LOCK, framework_refusals(adapter, ctx.model):
+        try:   # (inside: the refusals' wording would call it kiln's own error)
             tensors = adapter.intermediates(ctx.inputs[CAPTURE.name], inputs)
-    except NoIntermediates as err:
-        return {"framework": {"available": False, "why": str(err)}}
+        except NoIntermediates as err:
+            return {"framework": {"available": False, "why": str(err)}}
     found = diagnose(tensors, dispatches, atol, rtol)
     said = summary(found, adapter.name, f"{ctx.target.name}'s and {reference}'s builds")
     return {"framework": {**found, "available": True, "paired_build": reference, "summary": said},

@@ -4,7 +4,8 @@ framework runs:
 - a full-integer int8 Keras CNN (Conv2D, DepthwiseConv2D, 1x1 Conv2D, GlobalAveragePooling2D,
   Dense; float edges) as .tflite: LiteRT's tensors, kept by preserve_all_tensors, pair with
   IREE's dispatch outputs one by one, int8 codes within 2 steps; a fault put into one IREE
-  output is named at its layer, in steps;
+  output is named at its layer, in steps (the issue's 24-step divergence on such a model did
+  not reproduce: docs/DESIGN.md §10.7);
 - a float .tflite whose CAST float->int32 IREE rounds where LiteRT truncates (the TFLite-to-
   TOSA converter's bare tosa.cast, docs/DESIGN.md §10.7): IREE's llvm-cpu and vmvx builds
   agree with each other, not with LiteRT, and bisect names the CAST's dispatch;
@@ -94,11 +95,13 @@ def _by_op(found: dict) -> list[str]:
 
 def test_int8_cnn_pairs_with_litert_tensor_by_tensor(int8_cnn):
     tensors, dispatches = int8_cnn["tensors"], int8_cnn["dispatches"]
-    # LiteRT keeps every op's output, in the order the ops ran, int8 with its scale inside
+    # LiteRT (its reference kernels) keeps every op's output, in the order the ops ran, int8
+    # with its scale inside
     assert [t.op for t in tensors] == ["QUANTIZE", "CONV_2D", "DEPTHWISE_CONV_2D", "CONV_2D",
                                        "MEAN", "FULLY_CONNECTED", "DEQUANTIZE"]
     assert all(t.values.dtype == np.int8 and t.scale > 0 for t in tensors[:-1])
-    # the reproduction: IREE is within 2 output steps of LiteRT (the issue's 24 are not seen)
+    # the reproduction: IREE is within 2 output steps of LiteRT (the issue's 24 are not seen;
+    # docs/DESIGN.md §10.7: IREE equals the reference kernels, XNNPACK rounds 0-3 steps off)
     output_scale = tensors[-1].scale
     steps = np.abs(int8_cnn["output"] - tensors[-1].values).max() / output_scale
     assert steps <= framework_trace.QUANT_STEPS + 1e-3, steps
@@ -134,15 +137,13 @@ def test_a_fault_in_one_int8_layer_is_named_there_in_steps(int8_cnn):
     found = framework_trace.diagnose(tensors, _with_codes_moved(dispatches, reduction, 5),
                                      ATOL, RTOL)
     first = found["first_differing_op"]
-    # (5 steps, or 6 where XNNPACK's MEAN already rounds one step otherwise than IREE's)
-    assert (first["op"], first["dispatch"]) == ("MEAN", reduction) and \
-        first["steps"] in (5, 6), first
+    assert (first["op"], first["dispatch"], first["steps"]) == ("MEAN", reduction, 5), first
     assert first["last_agreeing"]["op"] == "CONV_2D" and first["agreeing_before"] == 2
     said = framework_trace.summary(found, "tflite", "cpu's and vmvx's builds")
     assert f"differs is MEAN '{tensors[4].name}', dispatch #" in said and \
         f"{first['steps']} steps of its scale" in said
-    # a step more is rounding; int8 codes read as unsigned bytes are the same codes
-    assert framework_trace.diagnose(tensors, _with_codes_moved(dispatches, reduction, 1),
+    # two steps are rounding; int8 codes read as unsigned bytes are the same codes
+    assert framework_trace.diagnose(tensors, _with_codes_moved(dispatches, reduction, 2),
                                     ATOL, RTOL)["first_differing_op"] is None
     assert framework_trace.diagnose(tensors, _with_codes_moved(dispatches, "", 0, True),
                                     ATOL, RTOL)["first_differing_op"] is None
@@ -233,3 +234,42 @@ def test_onnx_intermediates_are_every_node_output_in_order(tmp_path):
     assert [(t.scale, t.zero_point) for t in tensors[1:3]] == [(np.float32(0.05), -3)] * 2
     assert tensors[0].scale is None and np.allclose(tensors[3].values, tensors[2].values ** 2)
     assert onnx.load(str(tmp_path / "model.onnx")).graph.output[0].name == "y"   # (a copy)
+
+
+def test_onnx_cnn_pairs_with_onnxruntime_where_iree_writes_a_tensor(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from models.onnx_cnn import build
+    from stages.frameworks.onnx_fw import ADAPTER
+    model, (image,) = build()
+    (tmp_path / "model.onnx").write_bytes(model.SerializeToString())
+    dispatches, output = _traced_run(ADAPTER, tmp_path / "model.onnx", [image], "llvm-cpu")
+    tensors = ADAPTER.intermediates(tmp_path, [image])
+    assert [t.op for t in tensors] == ["Conv", "BatchNormalization", "Relu", "MaxPool",
+                                       "Flatten", "Gemm"]
+    assert np.allclose(output, tensors[-1].values, atol=ATOL, rtol=RTOL)
+    found = framework_trace.diagnose(tensors, dispatches, ATOL, RTOL)
+    # NCHW 1x4x8x8 as IREE's 4x8x8: the convolution's dispatch writes the Relu after it; the
+    # pool's 4x4x4 holds what Flatten's 1x64 holds: both agree with it
+    assert found["first_differing_op"] is None
+    assert _by_op(found) == ["Relu", "MaxPool", "Flatten", "Gemm"]
+
+
+def _bisect_so_far(matches_framework: bool) -> dict:
+    return {"reference_target": "vmvx", "first_bad_dispatch": None, "summary": "every paired",
+            "references_tried": [{"target": "vmvx", "outcome": "…",
+                                  "matches_framework": matches_framework}]}
+
+
+def test_a_framework_without_intermediates_is_said_not_failed(tmp_path):
+    from types import SimpleNamespace
+
+    from pipeline.stage import ModelSpec
+    from stages.capture import STAGE as CAPTURE
+    context = SimpleNamespace(model=ModelSpec("m", "torch", {}), inputs={CAPTURE.name: tmp_path},
+                              target=SimpleNamespace(name="cpu"))
+    said = framework_trace.against_framework(context, _bisect_so_far(False), [], [], ATOL, RTOL)
+    assert said == {"framework": {"available": False,
+                                  "why": "kiln does not read torch models' intermediate tensors"}}
+    # a reference that matches the framework: the dispatch search stands, nothing is added
+    assert framework_trace.against_framework(context, _bisect_so_far(True), [], [], ATOL,
+                                             RTOL) == {}

@@ -92,6 +92,12 @@ class NoFloat64(Exception):
     """An adapter cannot compute this model's answer in float64; the message says why."""
 
 
+# IREE rounds quantized arithmetic (requantization, rescales) differently from LiteRT: int8
+# outputs differ by about one quantization step, so allow two (validate's tolerance of a
+# quantized output, and bisect's of a quantized tensor: stages/framework_trace.py)
+QUANT_STEPS = 2
+
+
 class NoIntermediates(Exception):
     """An adapter cannot give this model's intermediate tensors; the message says why."""
 

@@ -48,7 +48,7 @@ import numpy as np
 
 from pipeline.stage import ModelSpec, StageError
 
-from .base import NOT_INSTALLED, Framework, Intermediate, NoIntermediates, Traced
+from .base import NOT_INSTALLED, QUANT_STEPS, Framework, Intermediate, NoIntermediates, Traced
 from .factory import build_model
 from .inputs import model_inputs
 from .tf_common import absl_safe, entry_function, load_tf
@@ -121,15 +121,14 @@ class TFLite(Framework):
         write_stripped(parse(buffer.getvalue()), mlir_file)
 
     def intermediates(self, capture_dir: Path, inputs: list) -> list[Intermediate]:
-        """Every op's output tensor as LiteRT computes it with the reference's kernels (the
-        default resolver: XNNPACK where it takes an op), kept by the interpreter's
-        experimental_preserve_all_tensors, in the order the ops run (docs/DESIGN.md §10.7). A
-        DEQUANTIZE's float output carries its int8 input's scale: it is rounded as that is."""
-        import warnings
+        """Every op's output tensor as LiteRT's reference kernels compute it, kept by the
+        interpreter's experimental_preserve_all_tensors, in the order the ops run. Not
+        XNNPACK's (the reference answer's): on int8 files it rounds layer by layer away from
+        the reference kernels, which IREE's every tensor equals (docs/DESIGN.md §10.7), so its
+        own rounding would be named as IREE's fault. A DEQUANTIZE's float output carries its
+        int8 input's scale: it is rounded as that is."""
         flatbuffer = (capture_dir / self.captured[0]).read_bytes()
-        with warnings.catch_warnings():   # ("for debugging purposes only": it is)
-            warnings.simplefilter("ignore", UserWarning)
-            interpreter = _interpreter(flatbuffer, preserve_all_tensors=True)
+        interpreter = _interpreter(flatbuffer, reference_kernels=True, preserve_all_tensors=True)
         _run(interpreter, interpreter.get_input_details(), inputs)
         tensors = _tensors(interpreter)
         found = []
@@ -304,9 +303,6 @@ def _quantized_input_note(detail) -> str:
 
 # --- quantized models: how far IREE may be from LiteRT ----------------------------------
 
-# IREE rounds quantized arithmetic (requantization, rescales) differently from LiteRT: int8
-# outputs differ by about one quantization step, so allow two
-QUANT_STEPS = 2
 INT8_STEPS = 127   # symmetric int8: the steps between 0 and the largest magnitude
 
 
