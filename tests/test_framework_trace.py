@@ -265,11 +265,26 @@ def test_a_framework_without_intermediates_is_said_not_failed(tmp_path):
 
     from pipeline.stage import ModelSpec
     from stages.capture import STAGE as CAPTURE
-    context = SimpleNamespace(model=ModelSpec("m", "torch", {}), inputs={CAPTURE.name: tmp_path},
+    context = SimpleNamespace(model=ModelSpec("m", "jax", {}), inputs={CAPTURE.name: tmp_path},
                               target=SimpleNamespace(name="cpu"))
     said = framework_trace.against_framework(context, _bisect_so_far(False), [], [], ATOL, RTOL)
     assert said == {"framework": {"available": False,
-                                  "why": "kiln does not read torch models' intermediate tensors"}}
+                                  "why": "kiln does not read jax models' intermediate tensors"}}
     # a reference that matches the framework: the dispatch search stands, nothing is added
     assert framework_trace.against_framework(context, _bisect_so_far(True), [], [], ATOL,
                                              RTOL) == {}
+
+
+def test_a_torch_program_run_node_by_node_gives_every_op_result(tmp_path):
+    torch = pytest.importorskip("torch")
+    from stages.frameworks.pytorch import ADAPTER
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Flatten(), torch.nn.Linear(4 * 8 * 8, 5)).eval()
+    image = torch.randn(1, 3, 8, 8)
+    torch.export.save(torch.export.export(model, (image,)), tmp_path / ADAPTER.captured[0])
+    tensors = ADAPTER.intermediates(tmp_path, [image.numpy()])
+    assert [(t.op, t.name) for t in tensors] == [
+        ("aten.conv2d.default", "conv2d"), ("aten.relu.default", "relu"),
+        ("aten.flatten.using_ints", "flatten"), ("aten.linear.default", "linear")]
+    assert np.allclose(tensors[-1].values, model(image).detach().numpy(), atol=1e-6)
