@@ -34,7 +34,7 @@ import numpy as np
 
 from stages import frameworks
 from stages.capture import STAGE as CAPTURE
-from stages.dispatch_trace import PRINTED_RTOL, TINY, Dispatch, Tensor
+from stages.dispatch_trace import PRINTED_RTOL, Dispatch, Tensor
 from stages.framework_stage import FRAMEWORK_LOCK
 from stages.frameworks import Intermediate, NoIntermediates
 from stages.frameworks.base import QUANT_STEPS  # (steps of a scale that are rounding)
@@ -50,8 +50,8 @@ class Compared:
     dispatch: Dispatch
     tensor: Tensor
     agrees: bool
-    distance: float                  # how far, for picking the nearest (inf: NaN/Inf apart)
-    max_abs_error: float | None      # in the framework's units (real values where quantized)
+    max_abs_error: float | None      # in the framework's units (real values where quantized);
+    # None where NaN/Inf on one side only make it meaningless
     steps: int | None = None         # quantized: the largest difference in codes
 
 
@@ -78,7 +78,7 @@ def _merges(fine: list[int], coarse: list[int]) -> bool:
 
 
 def compare(want: Intermediate, got: Tensor, atol: float, rtol: float) -> tuple:
-    """(agrees, distance, max abs error, steps) of IREE's tensor against the framework's."""
+    """(agrees, max abs error, steps) of IREE's tensor against the framework's."""
     expected = np.asarray(want.values)
     if expected.dtype.kind in "iub":
         return _compare_integers(want, expected.ravel(), got)
@@ -89,17 +89,15 @@ def compare(want: Intermediate, got: Tensor, atol: float, rtol: float) -> tuple:
     finite = np.isfinite(values) & np.isfinite(reference)
     same = ~finite & ((values == reference) | (np.isnan(values) & np.isnan(reference)))
     if np.any(~finite & ~same):
-        return False, float("inf"), None, None
+        return False, None, None
     diff = np.where(finite, diff, 0.0)
     allowed = atol + (rtol + PRINTED_RTOL) * np.abs(reference)
     largest = float(diff.max(initial=0.0))
-    scale = float(np.abs(reference[finite]).max(initial=0.0)) + TINY
     if want.scale is None:
-        return bool(np.all(diff <= allowed)), largest / scale, largest, None
+        return bool(np.all(diff <= allowed)), largest, None
     # dequantized from codes of want.scale: its rounding is steps of it
-    steps = round(largest / want.scale)
-    return bool(np.all(diff <= allowed + QUANT_STEPS * want.scale)), largest / scale, largest, \
-        steps
+    return bool(np.all(diff <= allowed + QUANT_STEPS * want.scale)), largest, \
+        round(largest / want.scale)
 
 
 def _compare_integers(want: Intermediate, expected: np.ndarray, got: Tensor) -> tuple:
@@ -112,8 +110,8 @@ def _compare_integers(want: Intermediate, expected: np.ndarray, got: Tensor) -> 
     codes = np.abs(values.astype(np.int64) - expected.astype(np.int64))
     largest = int(codes.max(initial=0))
     if want.scale is None:
-        return largest == 0, float(largest), float(largest), None
-    return largest <= QUANT_STEPS, float(largest), largest * want.scale, largest
+        return largest == 0, float(largest), None
+    return largest <= QUANT_STEPS, largest * want.scale, largest
 
 
 def _comparable(want: Intermediate, got: Tensor) -> bool:
@@ -197,7 +195,7 @@ def _none_differs(tensors, agreeing: list[int]) -> dict:
 
 def summary(found: dict, framework: str, builds: str) -> str:
     """One line: what the pairing says, for the console and report (builds: which IREE
-    builds agree with each other, e.g. "cpu and vmvx")."""
+    builds agree with each other, e.g. "cpu's and vmvx's builds")."""
     first = found["first_differing_op"]
     if first is None:
         if not found["agreeing"]:
@@ -206,7 +204,8 @@ def summary(found: dict, framework: str, builds: str) -> str:
                     "tensors (shape and values): the difference cannot be placed")
         return (f"{builds} agree with each other, not with {framework}; each of the "
                 f"{found['agreeing']} {framework} tensors that IREE materializes agrees: the "
-                "difference is in the converter's or importer's program between them")
+                "difference is in ops whose results IREE does not write out (fused into "
+                "others, or written padded): the converter's or importer's program for them")
     if first["steps"] is not None:
         error = f"{first['steps']} steps of its scale {first['scale']:.3g}"
     elif first["max_abs_error"] is None:
