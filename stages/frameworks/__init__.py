@@ -20,13 +20,14 @@ from pathlib import Path
 from pipeline.stage import StageError
 
 from .arrays import load_arrays, save_arrays
-from .base import Framework, NoFloat64, Traced
+from .base import Framework, Intermediate, NoFloat64, NoIntermediates, Traced
 from .factory import build_model, load_factory
 from .inputs import INT_INPUT_HIGH, model_inputs, seeded_inputs
 
 HERE = Path(__file__).parent
 
-__all__ = ["get", "companions", "detect", "Framework", "NoFloat64", "Traced", "load_arrays",
+__all__ = ["get", "companions", "detect", "Framework", "Intermediate", "NoFloat64",
+           "NoIntermediates", "Traced", "load_arrays",
            "save_arrays", "build_model", "load_factory", "model_inputs", "seeded_inputs",
            "INT_INPUT_HIGH"]
 

@@ -92,6 +92,29 @@ class NoFloat64(Exception):
     """An adapter cannot compute this model's answer in float64; the message says why."""
 
 
+# IREE rounds quantized arithmetic (requantization, rescales) differently from LiteRT: int8
+# outputs differ by about one quantization step, so allow two (validate's tolerance of a
+# quantized output, and bisect's of a quantized tensor: stages/framework_trace.py)
+QUANT_STEPS = 2
+
+
+class NoIntermediates(Exception):
+    """An adapter cannot give this model's intermediate tensors; the message says why."""
+
+
+@dataclasses.dataclass
+class Intermediate:
+    """One tensor the framework computed on the way to its answer (an op's output), as
+    intermediates() lists them: in execution order. A quantized integer tensor carries the
+    scale and zero point its codes stand for, a float tensor dequantized from such codes
+    their scale (stages/framework_trace.py compares both in steps of it)."""
+    name: str                        # the framework's name for the tensor (a layer's, a node's)
+    op: str                          # the op that computed it (CONV_2D, Conv, ...)
+    values: object                   # a numpy array, in the framework's own dtype
+    scale: float | None = None
+    zero_point: int | None = None
+
+
 class Framework:
     """A framework adapter: a subclass per framework states what differs (its trace(),
     import_mlir(), runner(); write_artifact() and serialize() where the default does not
@@ -203,6 +226,13 @@ class Framework:
 
     def import_mlir(self, serialized_file: Path, mlir_file: Path) -> None:
         raise NotImplementedError
+
+    def intermediates(self, capture_dir: Path, inputs: list) -> list[Intermediate]:
+        """Every op's output the framework computes when it runs capture's artifact (in
+        capture_dir) on inputs, in execution order: what bisect pairs IREE's dispatch outputs
+        with where IREE's backends agree with each other but not with the framework
+        (stages/framework_trace.py). NoIntermediates(why) where the adapter cannot."""
+        raise NoIntermediates(f"kiln does not read {self.name} models' intermediate tensors")
 
     # what runner() pins to the given thread count, for the timing's "how"
     timing_threads = ""

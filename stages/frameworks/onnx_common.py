@@ -51,9 +51,11 @@ def opset(proto) -> int:
     return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), OPSET)
 
 
-def session(data: bytes | str, threads: int = 1):
+def session(data: bytes | str, threads: int = 1, optimize: bool = True):
     import onnxruntime as ort
     options = ort.SessionOptions()
+    if not optimize:   # (every node as the graph has it: none fused into another)
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3   # errors only: its graph optimizers' warnings are no answer

@@ -43,7 +43,7 @@ from pipeline.stage import ConfigError, ModelSpec, StageError
 
 from . import onnx_common as common
 from . import onnx_twin as twin
-from .base import Framework, NoFloat64, Traced
+from .base import Framework, Intermediate, NoFloat64, NoIntermediates, Traced
 from .factory import build_model
 from .inputs import model_inputs
 
@@ -142,6 +142,33 @@ class Onnx(Framework):
         module.operation.verify()
         write_stripped(module, mlir_file)
 
+    def intermediates(self, capture_dir: Path, inputs: list) -> list[Intermediate]:
+        """Every node's output as onnxruntime computes it, each made a graph output of a copy
+        of capture's model.onnx (in the graph's node order, which ONNX requires to be an
+        execution order), graph optimizations off so that no node is fused away
+        (docs/DESIGN.md §10.8). A QuantizeLinear's or DequantizeLinear's output carries the
+        scale and zero point of its codes."""
+        import onnx
+        proto = onnx.shape_inference.infer_shapes(
+            onnx.load_from_string((capture_dir / self.captured[0]).read_bytes()))
+        graph = proto.graph
+        typed = {v.name: v for v in (*graph.value_info, *graph.input, *graph.output)}
+        # (a Constant node computes nothing: its value is the graph's, not an op's result)
+        produced = [(node, name) for node in graph.node if node.op_type != "Constant"
+                    for name in node.output
+                    if name in typed and typed[name].type.HasField("tensor_type")]
+        if not produced:
+            raise NoIntermediates("shape inference typed none of the graph's node outputs")
+        declared = {v.name for v in graph.output}
+        graph.output.extend(typed[name] for _, name in produced if name not in declared)
+        names = [name for name, _, _ in common.signature(proto)]
+        session = common.session(proto.SerializeToString(), optimize=False)
+        wanted = [name for _, name in produced]
+        values = dict(zip(wanted, session.run(wanted, dict(zip(names, inputs)))))
+        constants = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
+        return [Intermediate(name, node.op_type, np.asarray(values[name]),
+                             *_quantized_by(node, constants)) for node, name in produced]
+
     timing_threads = "onnxruntime intra_op_num_threads, inter-op 1"
 
     def runner(self, capture_dir: Path, inputs: list, threads: int):
@@ -151,6 +178,19 @@ class Onnx(Framework):
         names = [name for name, _, _ in common.signature(onnx.load_from_string(data))]
         session, feeds = common.session(data, threads), dict(zip(names, inputs))
         return lambda: session.run(None, feeds)
+
+
+def _quantized_by(node, constants: dict) -> tuple[float | None, int | None]:
+    """(scale, zero point) of a QuantizeLinear node's output (or the codes a DequantizeLinear
+    reads) where both are per-tensor constants, else (None, None): compared in steps of it."""
+    if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or \
+            node.input[1] not in constants:
+        return None, None
+    scale = constants[node.input[1]]
+    zero = constants.get(node.input[2]) if len(node.input) > 2 else None
+    if scale.size != 1 or (zero is not None and zero.size != 1):
+        return None, None
+    return float(scale.reshape(())), int(zero.reshape(())) if zero is not None else 0
 
 
 def _natural(path: Path) -> list:
