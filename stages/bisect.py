@@ -205,7 +205,7 @@ def _same_failure(mine: dict | None, theirs: dict | None) -> bool:
         return False
     a, b = mine.get("max_abs_error"), theirs.get("max_abs_error")
     if a is None or b is None:
-        return a is None and b is None and mine.get("nonfinite") and theirs.get("nonfinite")
+        return bool(a is None and b is None and mine["nonfinite"] and theirs["nonfinite"])
     return b / SAME_FAILURE <= a <= b * SAME_FAILURE if a and b else a == b
 
 
@@ -497,7 +497,8 @@ def _error(dispatch: dict) -> str:
         return f"NaN/Inf in {dispatch['nonfinite']} elements where the reference has none"
     relative = dispatch.get("relative_error")
     return f"max abs error {dispatch['max_abs_error']:.3g}" + \
-        (f" ({relative:.2g} of its scale, its inputs' {dispatch['inputs_relative_error']:.2g})"
+        (f" ({relative:.2g} of its scale, where its inputs carry "
+         f"{dispatch['inputs_relative_error']:.2g})"
          if relative is not None and dispatch.get("inputs_relative_error") is not None else "")
 
 

@@ -260,8 +260,9 @@ class Values:
         mismatched = int(np.count_nonzero(~(finite | same_nonfinite)))
         diff = np.where(finite, diff, 0.0)
         scale = float(np.max(np.abs(b[np.isfinite(b)]), initial=0.0))
-        beyond = float(np.max(diff - step, initial=0.0))
-        error = Error(max(beyond, 0.0), max(beyond, 0.0) / max(scale, TINY), mismatched > 0)
+        # (where both are finite: a NaN/Inf is counted as such, not as a number)
+        beyond = float(np.max((diff - step)[finite], initial=0.0))
+        error = Error(beyond, beyond / max(scale, TINY), mismatched > 0)
         if mismatched:
             return agrees, None, None, mismatched, error, scale
         rel = diff / np.maximum(np.abs(b), TINY)

@@ -1,14 +1,18 @@
 """stages/bisect.py on real builds: the mlp with its matmuls demoted to bf16 on cpu (conftest's
 flags_diff run, where validate fails on the numbers) is bisected against vmvx, and the first
 dispatch that goes wrong is named in the record, the console and report.md (report.html's
-link to it: tests/test_diff.py, in chromium)."""
+link to it: tests/test_diff.py, in chromium). A deep random-weight net that fails on rounding
+growth alone gets "accumulated rounding, no single dispatch" with its error curve, and its
+variants that fail alike share that one diagnosis."""
 from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import Project, copy_project, needs_torch, seed_cache
 
 from pipeline.run.decide import NOT_NEEDED
+from pipeline.run.entry import FAILURES
 
 
 def bisect_of(record: list[dict], case: str) -> dict:
@@ -126,3 +130,85 @@ def test_an_early_op_that_overflows_f16_is_named_with_its_infinity(project):
     assert f"NaN/Inf in {first['nonfinite']} elements where the reference has none" in \
         found["summary"]
     assert "Infinity" not in (project.root / "build" / "run.json").read_text()
+
+
+# 48 random tanh layers of gain 2 (a chaotic net: a perturbation grows layer by layer), so
+# that the f32 rounding llvm-cpu and vmvx differ by grows ~1.3x a layer, past a tight atol
+DEEP = '''FRAMEWORK = "torch"
+
+
+def build():
+    import torch
+
+    torch.manual_seed(0)
+    layers = []
+    for _ in range(48):
+        linear = torch.nn.Linear(64, 64, bias=False)
+        torch.nn.init.normal_(linear.weight, std=2.0 / 8)
+        layers += [linear, torch.nn.Tanh()]
+    return torch.nn.Sequential(*layers), (torch.randn(4, 64),)
+'''
+# its own target, whose variants are the default, im2col (the same matmuls: it fails alike)
+# and one that demotes the matmuls to bf16 (a failure of its own)
+DEEP_CONFIG = """  cpu-deep:
+    backend: llvm-cpu
+    arch: host
+    variants: {bf16: [--iree-global-opt-demote-contraction-inputs-type=bf16,
+                      --iree-global-opt-demote-contraction-inputs-operations=matmul]}
+"""
+
+
+@pytest.fixture(scope="module")
+def deep_net(tmp_path_factory) -> dict:
+    project = Project(copy_project(tmp_path_factory.mktemp("deep") / "proj"),
+                      variants="default,im2col,bf16")
+    (project.root / "models" / "deep.py").write_text(DEEP)
+    config = project.root / "targets.yaml"
+    # the model's own atol/rtol: judged by them, not by the float64 rule
+    config.write_text(config.read_text().replace("  cuda:\n", DEEP_CONFIG + "  cuda:\n", 1) +
+                      "models:\n  deep: {factory: models/deep.py:build, framework: torch, "
+                      "atol: 1.0e-5, rtol: 1.0e-5}\n")
+    # (against vmvx alone: no other reference matches a chaotic net's answer either, and
+    # each tried costs a traced compile and run)
+    proc = project.doit("validate", "model=deep", "target=cpu-deep", "against=vmvx",
+                        check=False, env_extra={"KILN_REPORT_CHARTS": "on"})
+    tasks = {t["task"]: t for t in project.record()}
+    return {"project": project, "proc": proc, "tasks": tasks}
+
+
+@needs_torch
+def test_rounding_that_grows_layer_by_layer_is_no_single_dispatch(deep_net):
+    tasks, root = deep_net["tasks"], deep_net["project"].root
+    assert tasks["validate:deep@cpu-deep"]["status"] in FAILURES
+    found = tasks["bisect:deep@cpu-deep"]["result"]
+    assert found["first_bad_dispatch"] is None, found["summary"]
+    assert found["summary"].startswith("accumulated rounding, no single dispatch: the error "
+                                       "grows from"), found["summary"]
+    # dispatches did go past the tolerance (where the old rule blamed the first of them)
+    assert found["first_differing_dispatch"]["max_abs_error"] > found["atol"]
+    curve = found["curve"]
+    assert len(curve["ordinal"]) == found["dispatches"]["failing"] == 48
+    assert curve["relative_error"][-1] > 100 * curve["relative_error"][0] > 0
+    assert json.loads((root / "build/deep/cpu-deep/bisect/bisect.json").read_text()) == found
+    assert found["seconds"] > 0 and f"(bisect took {found['seconds']:.0f} s)" in found["summary"]
+    # the plot in report.html: each series drawn
+    page = (root / "build" / "report.html").read_text()
+    assert "error along the paired dispatches, against vmvx" in page
+    assert all(f'id="curve-mark-{k}' in page for k in range(3))
+    assert "accumulated rounding, no single dispatch" in deep_net["proc"].stdout
+
+
+@needs_torch
+def test_variants_that_fail_alike_are_diagnosed_once(deep_net):
+    tasks = deep_net["tasks"]
+    default = tasks["bisect:deep@cpu-deep"]["result"]
+    alike = tasks["bisect:deep@cpu-deep~im2col"]["result"]
+    assert alike["refers_to"] == "cpu-deep" and "curve" not in alike
+    assert alike["summary"].startswith("the same failure as cpu-deep's (output error ")
+    assert "accumulated rounding, no single dispatch" in alike["summary"]
+    assert alike["seconds"] < default["seconds"] and alike["referred_seconds"] == default["seconds"]
+    # a variant failing otherwise (bf16 matmuls: a far larger error) is traced on its own
+    own = tasks["bisect:deep@cpu-deep~bf16"]["result"]
+    assert "refers_to" not in own and own["reference_target"] == "vmvx"
+    assert "_matmul_" in own["first_bad_dispatch"]["symbol"] and \
+        "bf16" in own["first_bad_dispatch"]["symbol"], own["summary"]
