@@ -147,7 +147,7 @@ class Bisect(Stage):
             earlier = _earlier_diagnoses(ctx)
             own = build.error(build.run(module_built(ctx)[1] / "module.vmfb", ctx.target.driver,
                                         None, outputs=True)) if earlier else None
-            same = next((e for e in earlier if _same_failure(own, e["failing_error"])), None)
+            same = next((e for e in earlier if same_failure(own, e["failing_error"])), None)
             if same is not None:
                 result = _referral(same, own)
                 _keep_notes(ctx, result)
@@ -155,6 +155,7 @@ class Bisect(Stage):
                 result = _traced(ctx, build, pool, atol, rtol)
                 _keep_sources(ctx, Path(tmp), result)
         result["seconds"] = round(time.perf_counter() - started, 2)
+        result["diagnosis"] = result["summary"]   # (what was found, without the cost)
         result["summary"] += f" ({_cost(result)})"
         result.update(_shown(result))
         (ctx.out / RESULT).write_text(json.dumps(result, indent=1, sort_keys=True))
@@ -192,12 +193,12 @@ def _earlier_diagnoses(ctx) -> list[dict]:
         if stage != STAGE.name or variant is None or not result.is_file():
             continue
         said = json.loads(result.read_text())
-        if said.get("refers_to") is None and "failing_error" in said:
+        if said.get("refers_to") is None and "failing_error" in said and "diagnosis" in said:
             found.append({**said, "target": variant})
     return found
 
 
-def _same_failure(mine: dict | None, theirs: dict | None) -> bool:
+def same_failure(mine: dict | None, theirs: dict | None) -> bool:
     """Whether two variants' outputs are off alike: both NaN/Inf, or max abs errors within
     SAME_FAILURE of each other (rounding differs a little between flag sets; a fault of its
     own is seldom within 2x of another's error)."""
@@ -218,14 +219,8 @@ def _referral(earlier: dict, own: dict) -> dict:
     kept = ("first_bad_dispatch", "after", "finding", "reference_target", "atol", "rtol")
     return {**{k: earlier.get(k) for k in kept}, "refers_to": target, "failing_error": own,
             "referred_seconds": earlier.get("seconds"),
-            "summary": f"the same failure as {target}'s ({errors}): {_uncosted(earlier)}",
+            "summary": f"the same failure as {target}'s ({errors}): {earlier['diagnosis']}",
             "files": earlier.get("files", []), "rows": earlier.get("rows", [])}
-
-
-def _uncosted(result: dict) -> str:
-    """A result's summary without the cost run() adds to it."""
-    summary = result["summary"]
-    return summary[:summary.rindex(" (")] if summary.endswith(")") and " (" in summary else summary
 
 
 def _cost(result: dict) -> str:
@@ -240,7 +235,8 @@ def _keep_notes(ctx, result: dict) -> None:
     """A referral's output files: notes saying whose sources to read."""
     for side, name in SOURCES.items():
         (ctx.out / name).write_text(f"// the same failure as {result['refers_to']}'s: its "
-                                    f"{side} dispatch is in its bisect/{name}\n")
+                                    f"{side} dispatch is in build/{ctx.model.name}/"
+                                    f"{result['refers_to']}/bisect/{name}\n")
 
 
 def rebuild_flags(ctx) -> list[str]:

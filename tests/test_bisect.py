@@ -13,6 +13,7 @@ from conftest import Project, copy_project, needs_torch, seed_cache
 
 from pipeline.run.decide import NOT_NEEDED
 from pipeline.run.entry import FAILURES
+from stages.bisect import same_failure
 
 
 def bisect_of(record: list[dict], case: str) -> dict:
@@ -212,3 +213,13 @@ def test_variants_that_fail_alike_are_diagnosed_once(deep_net):
     assert "refers_to" not in own and own["reference_target"] == "vmvx"
     assert "_matmul_" in own["first_bad_dispatch"]["symbol"] and \
         "bf16" in own["first_bad_dispatch"]["symbol"], own["summary"]
+
+
+@pytest.mark.parametrize("mine, theirs, same", [
+    (0.2, 0.234, True), (0.117, 0.234, True), (0.5, 0.234, False), (39.1, 0.234, False),
+    (None, None, True), (None, 0.234, False), (0.0, 0.0, True), (0.0, 1e-6, False)])
+def test_variants_fail_alike_only_within_a_factor_of_two(mine, theirs, same):
+    def error(value):
+        return {"max_abs_error": value, "max_rel_error": value, "nonfinite": value is None}
+    assert same_failure(error(mine), error(theirs)) is same
+    assert same_failure(None, error(theirs)) is False   # (no framework answer: never alike)
