@@ -400,19 +400,19 @@ def _streamed(argv: list[str], ctx):
 class Search:
     """The failing build's dispatches, as they stream past the reference's values: the
     first the blame rule names (its outputs off by more than its inputs' error and its
-    precision explain) and the few after it, and the error along every paired one."""
+    precision explain, and that error reaching the dispatch that reads them) and the few
+    after it, and the error along every paired one."""
 
     def __init__(self, values: dispatch_trace.Values):
         self.values = values
         self.walk = dispatch_trace.Walk(values)
-        self.agreeing = 0                 # dispatches whose outputs agreed, before the bad one
-        self.first: dict | None = None
-        self.first_differing: dict | None = None   # the first whose outputs are off at all
-        self.after: list[dict] = []
+        # every paired dispatch's description, with whether its outputs agree and it is
+        # blamed (its blame may be withdrawn or confirmed by a later one)
+        self.paired: list[tuple[dict, bool, bool]] = []
+        self.withdrawn: dict[int, int] = {}   # a blamed dispatch's ordinal -> its reader's
+        self.confirmed: dict[int, int] = {}
         self.unpaired: list[str] = []
         self.partners: set[int] = set()   # reference dispatches whose values were matched
-        self.curve: dict[str, list] = {"ordinal": [], "max_abs_error": [], "relative_error": [],
-                                       "inputs_relative_error": []}
         self.count = 0
 
     def step(self, dispatch) -> None:
@@ -421,49 +421,52 @@ class Search:
         # a reference dispatch is paired once any value it produced is matched here
         self.partners |= {m.partner.position for m in (*step.inputs, *step.outputs)
                           if m.partner is not None}
-        if not step.paired:
-            self.unpaired.append(dispatch.symbol)
+        self.withdrawn.update(dict.fromkeys(step.withdrawn, dispatch.position))
+        self.confirmed.update(dict.fromkeys(step.confirms, dispatch.position))
+        if step.paired:
+            self.paired.append((step.describe(), step.outputs_agree, step.blamed))
         else:
-            self._follow(step)
+            self.unpaired.append(dispatch.symbol)
         dispatch.inputs = dispatch.outputs = []   # (only the reference's values are kept)
-
-    def _follow(self, step) -> None:
-        described = step.describe()
-        for name in self.curve:
-            self.curve[name].append(described[name])
-        if self.first is not None:
-            if len(self.after) < AFTER:
-                self.after.append(described)
-            return
-        if not step.outputs_agree:
-            self.first_differing = self.first_differing or described
-        if step.blamed:
-            self.first = described
-        elif step.outputs_agree:
-            self.agreeing += 1
 
     def result(self, reference: str, atol: float, rtol: float) -> dict:
         never = [d.symbol for d in self.values.dispatches
                  if d.position not in self.partners and d.outputs]
-        first = self.first
-        if first is not None:
-            first = {**first, "reference_target": reference, "agreeing_before": self.agreeing,
-                     "source_op": None}
-        result = {"first_bad_dispatch": first, "after": self.after, "reference_target": reference,
+        kept = [(d, agrees, blamed) for d, agrees, blamed in self.paired
+                if d["ordinal"] not in self.withdrawn]
+        at = next((i for i, (_, _, blamed) in enumerate(kept) if blamed), None)
+        first = None
+        if at is not None:
+            first = {**kept[at][0], "reference_target": reference, "source_op": None,
+                     "agreeing_before": sum(agrees for _, agrees, _ in kept[:at]),
+                     "confirmed_by": self.confirmed.get(kept[at][0]["ordinal"])}
+        differing = next((d for d, agrees, _ in kept if not agrees), None)
+        result = {"first_bad_dispatch": first, "reference_target": reference,
+                  "after": [d for d, _, _ in kept[at + 1:at + 1 + AFTER]] if first else [],
                   "finding": "dispatch" if first else ACCUMULATED,
-                  "atol": atol, "rtol": rtol, "curve": self.curve,
+                  "atol": atol, "rtol": rtol, "curve": _curve([d for d, _, _ in kept]),
                   "rule": {"amplify": dispatch_trace.AMPLIFY,
                            "rounding": dispatch_trace.ROUNDING,
                            "printed_floor": dispatch_trace.PRINTED_FLOOR},
+                  "set_aside": {"count": len(self.withdrawn), "dispatches": [
+                      {"ordinal": d["ordinal"], "symbol": d["symbol"],
+                       "relative_error": d["relative_error"], "read_by": self.withdrawn[d["ordinal"]]}
+                      for d, _, _ in self.paired if d["ordinal"] in self.withdrawn][:NAMED]},
                   "dispatches": {"failing": self.count, "reference": len(self.values.dispatches)},
                   "unpaired": {"failing": self.unpaired[:NAMED], "failing_count": len(self.unpaired),
                                "reference": never[:NAMED], "reference_count": len(never)},
                   "source_op_why": "kiln's MLIR carries no source locations (loc(unknown) from "
                                    "import on)"}
-        result["summary"] = _summary(result, self.first_differing)
-        if self.first_differing is not None and first is None:
-            result["first_differing_dispatch"] = self.first_differing
+        result["summary"] = _summary(result, differing)
+        if differing is not None and first is None:
+            result["first_differing_dispatch"] = differing
         return result
+
+
+def _curve(described: list[dict]) -> dict[str, list]:
+    """The error along the paired dispatches, a list per figure."""
+    return {name: [d[name] for d in described] for name in
+            ("ordinal", "max_abs_error", "relative_error", "inputs_relative_error")}
 
 
 def _summary(result: dict, differing: dict | None) -> str:
@@ -475,17 +478,31 @@ def _summary(result: dict, differing: dict | None) -> str:
         return (f"first bad dispatch #{first['ordinal']} {first['symbol']}: {_error(first)} "
                 f"against {reference}'s {first['partner'] or 'value'}, beyond what its inputs' "
                 f"error and its precision explain; {first['agreeing_before']} agree before it"
-                f"{caveat}")
+                f"{caveat}{_set_aside(result)}")
     curve = result["curve"]
     if differing is None:
         return (f"{ACCUMULATED}: every paired dispatch agrees with {reference}'s within "
-                "atol/rtol: the error builds up below the per-dispatch tolerance")
+                f"atol/rtol: the error builds up below the per-dispatch tolerance"
+                f"{_set_aside(result)}")
     known = [(o, e) for o, e in zip(curve["ordinal"], curve["relative_error"]) if e is not None]
     grew = f": the error grows from {known[0][1]:.2g} of the values' scale at #{known[0][0]} " \
         f"to {known[-1][1]:.2g} at #{known[-1][0]}" if known else ""
     return (f"{ACCUMULATED}{grew}, each dispatch within what its inputs' error and its "
             f"precision explain; the first over atol/rtol is #{differing['ordinal']} "
-            f"{differing['symbol']}")
+            f"{differing['symbol']}{_set_aside(result)}")
+
+
+def _set_aside(result: dict) -> str:
+    """The words for blames withdrawn because their error never reached their reader."""
+    count = result["set_aside"]["count"]
+    if not count:
+        return ""
+    first = result["set_aside"]["dispatches"][0]
+    error = "NaN/Inf" if first["relative_error"] is None else \
+        f"error {first['relative_error']:.2g} of its scale"
+    return (f"; {count} dispatch{'es' * (count > 1)} paired with another tensor of its layout "
+            f"set aside (#{first['ordinal']}'s {error} did not reach #{first['read_by']}, "
+            "which reads it)")
 
 
 def _error(dispatch: dict) -> str:

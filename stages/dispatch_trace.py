@@ -303,6 +303,9 @@ class Step:
     inputs: list[Match]
     outputs: list[Match]
     carried: dict[int, Error] = field(default_factory=dict)
+    # the blamed dispatches (ordinals) whose error this one's reading confirms, or withdraws
+    confirms: list[int] = field(default_factory=list)
+    withdrawn: list[int] = field(default_factory=list)
 
     @property
     def inputs_agree(self) -> bool:
@@ -419,28 +422,79 @@ class Step:
                 "partner_ordinal": partner and partner.position}
 
 
+@dataclass(frozen=True)
+class Suspect:
+    """A blamed dispatch whose blame waits for its readers: its error must reach them."""
+    ordinal: int
+    relative: float | None          # its relative error (None: NaN/Inf)
+    inherited: Error                # what its inputs brought: its outputs' error if set aside
+
+
 class Walk:
     """The failing build's dispatches, one at a time, each with its tensors matched to the
     reference's (the failing build's tensors are dropped as it goes: only the reference's
     are kept). A tensor with no partner carries the error its maker's inputs brought (as far
     as the trace can tell, that dispatch added none), so the dispatch reading it inherits
-    that."""
+    that.
+
+    A blamed dispatch's outputs are suspects until a paired dispatch reads one (through
+    unpaired ones in between): where that reader's relative error is below the suspect's by
+    more than AMPLIFY**2, the error did not reach it, so the suspect's "partner" was another
+    tensor of its layout (ResNet's im2col matmul before its ReLU, paired with another conv's
+    output after one): the blame is withdrawn (step.withdrawn) and its outputs count as
+    unpaired, carrying what its inputs brought; otherwise it is confirmed (step.confirms)
+    (docs/DESIGN.md §10.7)."""
 
     def __init__(self, reference: Values):
         self.reference = reference
-        self.carried: dict[str, Error] = {}   # a failing tensor's digest -> its error
+        self.carried: dict[str, Error] = {}      # a failing tensor's digest -> its error
+        self.suspects: dict[str, Suspect] = {}   # a blamed dispatch's output digest -> it
+        self.set_aside: dict[str, Error] = {}    # a withdrawn one's -> what it carries
 
     def step(self, dispatch: Dispatch) -> Step:
-        match = self.reference.match
-        step = Step(dispatch, [match(t) for t in dispatch.inputs],
-                    [match(t) for t in dispatch.outputs])
-        step.carried = {i: self.carried[t.digest] for i, (t, m) in
-                        enumerate(zip(dispatch.inputs, step.inputs))
-                        if not m.paired and t.digest in self.carried}
+        step = self._matched(dispatch)
+        read = {}
+        for tensor in dispatch.inputs:
+            if tensor.digest in self.suspects:
+                read.setdefault(self.suspects[tensor.digest].ordinal, self.suspects[tensor.digest])
+        if read and step.paired:
+            self._judge(step, read)
         inherited = step.inherited()
         for tensor, m in zip(dispatch.outputs, step.outputs):
             self.carried[tensor.digest] = m.error if m.paired else inherited
+            if not m.paired and read and not step.paired:   # (a suspect passed on)
+                self.suspects[tensor.digest] = next(iter(read.values()))
+        if step.blamed:
+            suspect = Suspect(dispatch.position, step.relative_error(), inherited)
+            for tensor, m in zip(dispatch.outputs, step.outputs):
+                if m.paired:
+                    self.suspects[tensor.digest] = suspect
         return step
+
+    def _matched(self, dispatch: Dispatch) -> Step:
+        match = self.reference.match
+        step = Step(dispatch, [Match(None, False, False) if t.digest in self.set_aside
+                               else match(t) for t in dispatch.inputs],
+                    [match(t) for t in dispatch.outputs])
+        step.carried = {i: self.set_aside.get(t.digest) or self.carried[t.digest]
+                        for i, (t, m) in enumerate(zip(dispatch.inputs, step.inputs))
+                        if not m.paired and (t.digest in self.carried or t.digest in self.set_aside)}
+        return step
+
+    def _judge(self, step: Step, read: dict[int, Suspect]) -> None:
+        """Confirm or withdraw the suspects step reads (its error reached step or not)."""
+        reader = step.relative_error()
+        for ordinal, suspect in read.items():
+            reached = reader is None if suspect.relative is None else \
+                reader is None or reader * AMPLIFY ** 2 >= suspect.relative
+            (step.confirms if reached else step.withdrawn).append(ordinal)
+            for digest in [d for d, s in self.suspects.items() if s.ordinal == ordinal]:
+                del self.suspects[digest]
+                if not reached:
+                    self.set_aside[digest] = suspect.inherited
+        if step.withdrawn:   # (its inputs read again: the withdrawn ones unpaired)
+            again = self._matched(step.dispatch)
+            step.inputs, step.carried = again.inputs, again.carried
 
 
 def steps(reference: Values, failing: Iterable[Dispatch]) -> Iterator[Step]:

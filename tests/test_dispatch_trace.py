@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from stages.bisect import Search
 from stages.dispatch_trace import Values, parse, same_layout, steps
 
 
@@ -241,3 +242,35 @@ def test_integers_compare_as_their_own_signed_type():
     assert match.paired and match.agrees and match.max_abs_error == 0.0
     (unsigned,) = parse(trace(("u", "u_x_3_ui8", [], [(np.array([-4, 200, 3]), "ui8")])))
     assert unsigned.outputs[0].values.tolist() == [252, 200, 3]
+
+
+def test_a_blame_whose_error_never_reaches_its_reader_is_withdrawn():
+    """ResNet-18's im2col variant against vmvx: a conv's matmul before its ReLU has no
+    partner (vmvx traces the conv with the ReLU fused), so it pairs with another tensor of
+    its layout, 100% off; the dispatch reading it (the ReLU) agrees again. The error never
+    reached its reader: the blame is withdrawn, and no dispatch is blamed."""
+    w, v = (RNG.standard_normal((8, 16)) * 0.3).astype(np.float32), \
+        (RNG.standard_normal((8, 8)) * 0.3).astype(np.float32)
+    pre = X @ w.T
+    r1 = np.maximum(pre, 0)
+    r2 = np.maximum(r1 @ v.T, 0)
+    values = Values(1e-4, 1e-3)
+    for dispatch in parse(trace(("r0", "r0_conv_relu_2x8_f32", [(X, "f32"), (w, "f32")], [(r1, "f32")]),
+                                ("r1", "r1_conv_relu_2x8_f32", [(r1, "f32"), (v, "f32")], [(r2, "f32")]))):
+        values.add(dispatch)
+    failing = parse(trace(("f0", "f0_matmul_2x8x16_f32", [(X, "f32"), (w, "f32")], [(pre, "f32")]),
+                          ("f1", "f1_relu_2x8_f32", [(pre, "f32")], [(r1, "f32")]),
+                          ("f2", "f2_conv_relu_2x8_f32", [(r1, "f32"), (v, "f32")], [(r2, "f32")])))
+    search = Search(values)
+    for dispatch in failing:
+        search.step(dispatch)
+    found = search.result("vmvx", 1e-4, 1e-3)
+    assert found["first_bad_dispatch"] is None and search.withdrawn == {0: 1}
+    assert found["set_aside"]["count"] == 1 and found["curve"]["ordinal"] == [1, 2]
+    assert "set aside (#0's error" in found["summary"]
+    assert found["summary"].startswith("accumulated rounding, no single dispatch")
+
+
+def test_a_blame_whose_error_reaches_its_reader_is_confirmed():
+    found = list(steps(reference_values(), parse(demoted_trace(0.01))))
+    assert found[3].confirms == [2] and not found[3].withdrawn
