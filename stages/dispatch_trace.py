@@ -24,6 +24,7 @@ own type's values (an i8 printed 252 is -4).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import re
@@ -68,6 +69,12 @@ class Tensor:
     @property
     def type(self) -> str:
         return "x".join([*map(str, self.shape), self.dtype])
+
+    @functools.cached_property
+    def content(self) -> str:
+        """Its element type and values in order, whatever its shape: one dispatch's output
+        printed as 64x3136 and the next one's input printed as 64x56x56 are one tensor."""
+        return hashlib.sha1(self.dtype.encode() + self.values.tobytes()).hexdigest()
 
 
 @dataclass
@@ -447,38 +454,40 @@ class Walk:
 
     def __init__(self, reference: Values):
         self.reference = reference
-        self.carried: dict[str, Error] = {}      # a failing tensor's digest -> its error
-        self.suspects: dict[str, Suspect] = {}   # a blamed dispatch's output digest -> it
+        self.carried: dict[str, Error] = {}      # a failing tensor's content -> its error
+        self.suspects: dict[str, Suspect] = {}   # a blamed dispatch's output's content -> it
         self.set_aside: dict[str, Error] = {}    # a withdrawn one's -> what it carries
+        # (by content, not by the printed line: a reshape between two dispatches prints the
+        # one tensor with two shapes)
 
     def step(self, dispatch: Dispatch) -> Step:
         step = self._matched(dispatch)
         read = {}
         for tensor in dispatch.inputs:
-            if tensor.digest in self.suspects:
-                read.setdefault(self.suspects[tensor.digest].ordinal, self.suspects[tensor.digest])
+            if tensor.content in self.suspects:
+                read.setdefault(self.suspects[tensor.content].ordinal, self.suspects[tensor.content])
         if read and step.paired:
             self._judge(step, read)
         inherited = step.inherited()
         for tensor, m in zip(dispatch.outputs, step.outputs):
-            self.carried[tensor.digest] = m.error if m.paired else inherited
+            self.carried[tensor.content] = m.error if m.paired else inherited
             if not m.paired and read and not step.paired:   # (a suspect passed on)
-                self.suspects[tensor.digest] = next(iter(read.values()))
+                self.suspects[tensor.content] = next(iter(read.values()))
         if step.blamed:
             suspect = Suspect(dispatch.position, step.relative_error(), inherited)
             for tensor, m in zip(dispatch.outputs, step.outputs):
                 if m.paired:
-                    self.suspects[tensor.digest] = suspect
+                    self.suspects[tensor.content] = suspect
         return step
 
     def _matched(self, dispatch: Dispatch) -> Step:
         match = self.reference.match
-        step = Step(dispatch, [Match(None, False, False) if t.digest in self.set_aside
+        step = Step(dispatch, [Match(None, False, False) if t.content in self.set_aside
                                else match(t) for t in dispatch.inputs],
                     [match(t) for t in dispatch.outputs])
-        step.carried = {i: self.set_aside.get(t.digest) or self.carried[t.digest]
+        step.carried = {i: self.set_aside.get(t.content) or self.carried[t.content]
                         for i, (t, m) in enumerate(zip(dispatch.inputs, step.inputs))
-                        if not m.paired and (t.digest in self.carried or t.digest in self.set_aside)}
+                        if not m.paired and (t.content in self.carried or t.content in self.set_aside)}
         return step
 
     def _judge(self, step: Step, read: dict[int, Suspect]) -> None:
@@ -488,10 +497,10 @@ class Walk:
             reached = reader is None if suspect.relative is None else \
                 reader is None or reader * AMPLIFY ** 2 >= suspect.relative
             (step.confirms if reached else step.withdrawn).append(ordinal)
-            for digest in [d for d, s in self.suspects.items() if s.ordinal == ordinal]:
-                del self.suspects[digest]
+            for key in [k for k, s in self.suspects.items() if s.ordinal == ordinal]:
+                del self.suspects[key]
                 if not reached:
-                    self.set_aside[digest] = suspect.inherited
+                    self.set_aside[key] = suspect.inherited
         if step.withdrawn:   # (its inputs read again: the withdrawn ones unpaired)
             again = self._matched(step.dispatch)
             step.inputs, step.carried = again.inputs, again.carried
