@@ -155,7 +155,7 @@ class Bisect(Stage):
                 result = _traced(ctx, build, pool, atol, rtol)
                 _keep_sources(ctx, Path(tmp), result)
         result["seconds"] = round(time.perf_counter() - started, 2)
-        result["diagnosis"] = result["summary"]   # (what was found, without the cost)
+        result["said"] = result["summary"]   # (what it found, without the cost)
         result["summary"] += f" ({_cost(result)})"
         result.update(_shown(result))
         (ctx.out / RESULT).write_text(json.dumps(result, indent=1, sort_keys=True))
@@ -192,9 +192,9 @@ def _earlier_diagnoses(ctx) -> list[dict]:
         result = path / RESULT
         if stage != STAGE.name or variant is None or not result.is_file():
             continue
-        said = json.loads(result.read_text())
-        if said.get("refers_to") is None and "failing_error" in said and "diagnosis" in said:
-            found.append({**said, "target": variant})
+        earlier = json.loads(result.read_text())
+        if earlier.get("refers_to") is None and "failing_error" in earlier and "said" in earlier:
+            found.append({**earlier, "target": variant})
     return found
 
 
@@ -219,7 +219,7 @@ def _referral(earlier: dict, own: dict) -> dict:
     kept = ("first_bad_dispatch", "after", "finding", "reference_target", "atol", "rtol")
     return {**{k: earlier.get(k) for k in kept}, "refers_to": target, "failing_error": own,
             "referred_seconds": earlier.get("seconds"),
-            "summary": f"the same failure as {target}'s ({errors}): {earlier['diagnosis']}",
+            "summary": f"the same failure as {target}'s ({errors}): {earlier['said']}",
             "files": earlier.get("files", []), "rows": earlier.get("rows", [])}
 
 
