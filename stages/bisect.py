@@ -500,9 +500,9 @@ def _set_aside(result: dict) -> str:
     first = result["set_aside"]["dispatches"][0]
     error = "NaN/Inf" if first["relative_error"] is None else \
         f"error {first['relative_error']:.2g} of its scale"
-    return (f"; {count} dispatch{'es' * (count > 1)} paired with another tensor of its layout "
-            f"set aside (#{first['ordinal']}'s {error} did not reach #{first['read_by']}, "
-            "which reads it)")
+    return (f"; {count} dispatch{'es' * (count > 1)} set aside, paired with another tensor "
+            f"of the same layout (#{first['ordinal']}'s {error} did not reach "
+            f"#{first['read_by']}, which reads it)")
 
 
 def _error(dispatch: dict) -> str:

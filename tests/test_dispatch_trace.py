@@ -270,7 +270,7 @@ def test_a_blame_whose_error_never_reaches_its_reader_is_withdrawn(read_as):
     found = search.result("vmvx", 1e-4, 1e-3)
     assert found["first_bad_dispatch"] is None and search.withdrawn == {0: 1}
     assert found["set_aside"]["count"] == 1 and found["curve"]["ordinal"] == [1, 2]
-    assert "set aside (#0's error" in found["summary"]
+    assert "set aside, paired with another tensor of the same layout (#0" in found["summary"]
     assert found["summary"].startswith("accumulated rounding, no single dispatch")
 
 
