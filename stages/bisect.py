@@ -485,8 +485,9 @@ def _summary(result: dict, differing: dict | None) -> str:
                 f"atol/rtol: the error builds up below the per-dispatch tolerance"
                 f"{_set_aside(result)}")
     known = [(o, e) for o, e in zip(curve["ordinal"], curve["relative_error"]) if e is not None]
-    grew = f": the error grows from {known[0][1]:.2g} of the values' scale at #{known[0][0]} " \
-        f"to {known[-1][1]:.2g} at #{known[-1][0]}" if known else ""
+    (start, low), (end, high) = (known[0], known[-1]) if known else ((0, 0.0), (0, 0.0))
+    grew = f": the error {'grows' if high > low else 'goes'} from {low:.2g} of the values' " \
+        f"scale at #{start} to {high:.2g} at #{end}" if known else ""
     return (f"{ACCUMULATED}{grew}, each dispatch within what its inputs' error and its "
             f"precision explain; the first over atol/rtol is #{differing['ordinal']} "
             f"{differing['symbol']}{_set_aside(result)}")
