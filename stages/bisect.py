@@ -14,7 +14,7 @@ or a later stage that remade it, read ByRole: MODULE) says with which flags (reb
 
 The result names the first dispatch whose outputs differ from the reference's (beyond the
 target's atol/rtol) by more than its inputs' error and its precision explain (the rule:
-stages/dispatch_trace.py, docs/DESIGN.md §10.7), how many agreed before it, how the error
+stages/dispatch_trace.py, docs/DESIGN.md §10.9), how many agreed before it, how the error
 grows over the next few, the dispatches that had no partner, and the two executables'
 sources (dispatch.failing.mlir, dispatch.reference.mlir). Where no dispatch stands out, the
 error grew a little at each (rounding, in a deep net): it says "accumulated rounding, no
@@ -25,7 +25,7 @@ only loc(unknown): docs/DESIGN.md §10.3): the source op is not named.
 A target's variants are diagnosed once where they fail the same way: a variant's bisect
 reads the bisects of the variants before it in the target's order (peers), and where one
 of them traced a failure whose output error is within SAME_FAILURE times its own, it
-refers to that diagnosis instead of tracing again (docs/DESIGN.md §10.7). Each result says
+refers to that diagnosis instead of tracing again (docs/DESIGN.md §10.9). Each result says
 its cost in seconds.
 """
 from __future__ import annotations
@@ -67,7 +67,7 @@ NAMED = 10
 SOURCES = {"failing": "dispatch.failing.mlir", "reference": "dispatch.reference.mlir"}
 RESULT = "bisect.json"
 # a variant whose output error is within this factor of an earlier variant's traced failure
-# (both ways) fails the same way: it refers to that diagnosis (docs/DESIGN.md §10.7)
+# (both ways) fails the same way: it refers to that diagnosis (docs/DESIGN.md §10.9)
 SAME_FAILURE = 2.0
 ACCUMULATED = "accumulated rounding, no single dispatch"
 

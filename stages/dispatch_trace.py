@@ -16,9 +16,9 @@ a bf16-demoted build adds conversion and initializer dispatches and fuses differ
 each traced tensor of the failing build is paired with the reference value of the same
 layout that holds the nearest numbers (Values.match: the same shape, or one a reshape can
 prove to hold its elements in the same order, never merely as many of them: docs/DESIGN.md
-§10.7; a lower-precision tensor is given one step of its own precision). A dispatch is
+§10.9; a lower-precision tensor is given one step of its own precision). A dispatch is
 blamed only where its outputs' error is beyond what its inputs' error and its precision
-explain (Step.explained, the rule and why in §10.7): error that grows a little at each
+explain (Step.explained, the rule and why in §10.9): error that grows a little at each
 dispatch, as rounding does in a deep net, blames none. Integer tensors are read as their
 own type's values (an i8 printed 252 is -4).
 """
@@ -49,7 +49,7 @@ BRACKETS = str.maketrans("[]", "  ")
 # how many of the tensors last read parse keeps, to read a tensor printed again only once
 RECENT = 16
 INTEGER = re.compile(r"^(?P<unsigned>u?)[si]?i(?P<bits>\d+)$")   # i8, si32, ui8 (not i1)
-# the blame rule (docs/DESIGN.md §10.7): a dispatch's output error is explained by its inputs'
+# the blame rule (docs/DESIGN.md §10.9): a dispatch's output error is explained by its inputs'
 # error amplified by at most AMPLIFY (per-layer growth of rounding error in deep random nets
 # measured 0.8-2.2x), plus its own rounding, ROUNDING * sqrt(K) * u (a length-K dot product's
 # error in practice, the max over elements rather than the typical one), plus what the
@@ -156,7 +156,7 @@ def same_layout(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
     (a row-major reshape): equal once dims of 1 are dropped, or one made from the other by
     merging runs of adjacent dims (2x16 and 32, 1x64x112x112 and 64x12544), as IREE's
     collapse and expand reshapes do. As many elements is not enough: 64x12544 and 256x3136
-    are different tensors (docs/DESIGN.md §10.7)."""
+    are different tensors (docs/DESIGN.md §10.9)."""
     a, b = [d for d in a if d != 1], [d for d in b if d != 1]
     if math.prod(a) != math.prod(b):
         return False
@@ -345,7 +345,7 @@ class Step:
 
     def explained(self) -> bool:
         """Whether its outputs' error is what its inputs' error and its own precision
-        explain (docs/DESIGN.md §10.7): NaN/Inf only where an input has them; otherwise, per
+        explain (docs/DESIGN.md §10.9): NaN/Inf only where an input has them; otherwise, per
         paired output, its max abs error at most AMPLIFY times its inputs' (absolute, or
         relative to the output's scale: a subtraction that cancels keeps the absolute error,
         a matmul the relative one) plus its own rounding, at the reference's precision, and
@@ -450,7 +450,7 @@ class Walk:
     tensor of its layout (ResNet's im2col matmul before its ReLU, paired with another conv's
     output after one): the blame is withdrawn (step.withdrawn) and its outputs count as
     unpaired, carrying what its inputs brought; otherwise it is confirmed (step.confirms)
-    (docs/DESIGN.md §10.7)."""
+    (docs/DESIGN.md §10.9)."""
 
     def __init__(self, reference: Values):
         self.reference = reference
