@@ -89,6 +89,8 @@ def main() -> None:
         print(f"  bisect: {bisect['seconds']:.1f} s, {bisect['seconds'] / build_s:.1f}x the target's "
               f"lower + codegen + validate ({build_s:.1f} s)")
         print(f"  it named: {found['summary']}")
+        print(f"  its own record of the cost: {found['seconds']:.1f} s "
+              f"({', '.join(f'{k} {v:.1f} s' for k, v in found['seconds_by_step'].items())})")
         print(f"  dispatches traced: {found['dispatches']['failing']} (cpu-bf16), "
               f"{found['dispatches']['reference']} ({found['reference_target']}); unpaired: "
               f"{found['unpaired']['failing_count']} and {found['unpaired']['reference_count']}")

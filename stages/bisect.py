@@ -12,12 +12,21 @@ so no trace is ever written to disk.
 The failing build is the module validate ran, built again: the stage that built it (codegen,
 or a later stage that remade it, read ByRole: MODULE) says with which flags (rebuild_flags).
 
-The result names the first dispatch whose inputs agree with the reference's values but whose
-outputs do not (within the target's atol/rtol), how many agreed before it, how the error
+The result names the first dispatch whose outputs differ from the reference's (beyond the
+target's atol/rtol) by more than its inputs' error and its precision explain (the rule:
+stages/dispatch_trace.py, docs/DESIGN.md §10.9), how many agreed before it, how the error
 grows over the next few, the dispatches that had no partner, and the two executables'
-sources (dispatch.failing.mlir, dispatch.reference.mlir). kiln's MLIR carries no source
-locations (from import on it holds only loc(unknown): docs/DESIGN.md §10.3): the source op is not
-named.
+sources (dispatch.failing.mlir, dispatch.reference.mlir). Where no dispatch stands out, the
+error grew a little at each (rounding, in a deep net): it says "accumulated rounding, no
+single dispatch". Either way the error along the paired dispatches is the result's curve
+(and report.html's plot). kiln's MLIR carries no source locations (from import on it holds
+only loc(unknown): docs/DESIGN.md §10.3): the source op is not named.
+
+A target's variants are diagnosed once where they fail the same way: a variant's bisect
+reads the bisects of the variants before it in the target's order (peers), and where one
+of them traced a failure whose output error is within SAME_FAILURE times its own, it
+refers to that diagnosis instead of tracing again (docs/DESIGN.md §10.9). Each result says
+its cost in seconds.
 """
 from __future__ import annotations
 
@@ -28,10 +37,12 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from pipeline import process
+from pipeline.names import parse_upstream
 from pipeline.run.entry import FAILURES
 from pipeline.stage import MODULE, Role, Stage, StageError
 from pipeline.vocab import Status
@@ -54,6 +65,11 @@ AFTER = 5
 # how many unpaired dispatches the result names (it counts them all)
 NAMED = 10
 SOURCES = {"failing": "dispatch.failing.mlir", "reference": "dispatch.reference.mlir"}
+RESULT = "bisect.json"
+# a variant whose output error is within this factor of an earlier variant's traced failure
+# (both ways) fails the same way: it refers to that diagnosis (docs/DESIGN.md §10.9)
+SAME_FAILURE = 2.0
+ACCUMULATED = "accumulated rounding, no single dispatch"
 
 
 class Bisect(Stage):
@@ -65,6 +81,9 @@ class Bisect(Stage):
     role = Role.DIAGNOSIS
     # the module validate ran: its maker says how to build it again, traced
     inputs = (CAPTURE.name, EMIT.name, VALIDATE.name, MODULE)
+    # the earlier variants' bisects, where they ran (peers): a variant that did not fail has
+    # none
+    partial_inputs = True
     code = (HERE / "dispatch_trace.py", HERE / "iree_tools.py", HERE / "targets.py",
             HERE / "backends.py", HERE / "validate.py", HERE / "compare.py", HERE / "lower.py",
             HERE / "framework_trace.py")
@@ -73,7 +92,15 @@ class Bisect(Stage):
         return (*super().code_files(model), *framework_trace.adapter_code(model))
 
     def outputs(self, model):
-        return ("bisect.json", *SOURCES.values())
+        return (RESULT, *SOURCES.values())
+
+    def peers(self, model, target, targets):
+        """The variants of target's own target before it, in its order: the ones whose
+        diagnosis it may share."""
+        if target.base is None:
+            return ()
+        siblings = [t.name for t in targets if t.base == target.base]
+        return tuple(siblings[:siblings.index(target.name)]) if target.name in siblings else ()
 
     def tools(self, model):
         return ("iree-compile", "iree-base-runtime", "numpy")   # (numpy: the comparison)
@@ -86,6 +113,8 @@ class Bisect(Stage):
                     "alternative.npz", "capture.json", *framework_trace.captured_files(model))
         if upstream == EMIT.name:
             return ("model.mlirbc", "model.json", "model.irpa")
+        if upstream == self.name:   # an earlier variant's diagnosis
+            return (RESULT,)
         return outputs   # the module's maker's: what its rebuild flags may name
 
     def key_params(self, model, target):
@@ -112,31 +141,110 @@ class Bisect(Stage):
         return None
 
     def run(self, ctx):
+        started = time.perf_counter()
         info = json.loads((ctx.inputs[EMIT.name] / "model.json").read_text())
         answer = answer_for(ctx, info)
         atol, rtol = VALIDATE.tolerances(ctx.model, ctx.target)
         # (the pool exits first: a compile still running ends before its directory goes)
         with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(2) as pool:
             build = Builds(Path(tmp), ctx, info, answer)
-            # the first reference compiles beside the failing build (two iree-compiles)
-            # (in this context: its tool time is the stage's)
-            ahead = {c.name: pool.submit(contextvars.copy_context().run, build.compile,
-                                         f"reference-{c.name}", compile_flags(c))
-                     for c in references(ctx.target)[:1]}
-            failing = build.compile("failing", rebuild_flags(ctx))
-            if isinstance(failing, str):
-                raise StageError(f"the failing target's build cannot be traced: {failing}")
-            reference, values, tried = build.reference(ctx.target, atol, rtol, ahead)
-            found = Search(values)
-            build.run(failing, ctx.target.driver, found.step)
-            result = {**found.result(reference.name, atol, rtol), "references_tried": tried}
-            # IREE's builds agree, the framework not: its own tensors say where
-            result.update(framework_trace.against_framework(ctx, result, values.dispatches,
-                                                            answer.inputs, atol, rtol))
-            _keep_sources(ctx, Path(tmp), result)
+            earlier = _earlier_diagnoses(ctx)
+            own = build.error(build.run(module_built(ctx)[1] / "module.vmfb", ctx.target.driver,
+                                        None, outputs=True)) if earlier else None
+            same = next((e for e in earlier if same_failure(own, e["failing_error"])), None)
+            if same is not None:
+                result = _referral(same, own)
+                _keep_notes(ctx, result)
+            else:
+                result = _traced(ctx, build, pool, atol, rtol)
+                _keep_sources(ctx, Path(tmp), result)
+        result["seconds"] = round(time.perf_counter() - started, 2)
+        result["said"] = result["summary"]   # (what it found, without the cost)
+        result["summary"] += f" ({_cost(result)})"
         result.update(_shown(result))
-        (ctx.out / "bisect.json").write_text(json.dumps(result, indent=1, sort_keys=True))
+        (ctx.out / RESULT).write_text(json.dumps(result, indent=1, sort_keys=True))
         return result
+
+
+def _traced(ctx, build: Builds, pool, atol: float, rtol: float) -> dict:
+    """The failing build and a reference traced and compared (the diagnosis proper)."""
+    # the first reference compiles beside the failing build (two iree-compiles)
+    # (in this context: its tool time is the stage's)
+    ahead = {c.name: pool.submit(contextvars.copy_context().run, build.compile,
+                                 f"reference-{c.name}", compile_flags(c))
+             for c in references(ctx.target)[:1]}
+    clock = time.perf_counter()
+    failing = build.compile("failing", rebuild_flags(ctx))
+    if isinstance(failing, str):
+        raise StageError(f"the failing target's build cannot be traced: {failing}")
+    reference, values, tried = build.reference(ctx.target, atol, rtol, ahead)
+    traced_reference = time.perf_counter()
+    found = Search(values)
+    outputs = build.run(failing, ctx.target.driver, found.step, outputs=True)
+    steps = {"compile and trace the reference": round(traced_reference - clock, 2),
+             "trace the failing build and compare": round(time.perf_counter() - traced_reference, 2)}
+    result = {**found.result(reference.name, atol, rtol), "references_tried": tried,
+              "failing_error": build.error(outputs), "seconds_by_step": steps}
+    # IREE's builds agree, the framework not: its own tensors say where (docs/DESIGN.md §10.8)
+    result.update(framework_trace.against_framework(ctx, result, values.dispatches,
+                                                    build.answer.inputs, atol, rtol))
+    return result
+
+
+def _earlier_diagnoses(ctx) -> list[dict]:
+    """The bisect results of the variants before this one that traced a failure (not those
+    that referred on: their diagnosis is one of these), with the variant's name."""
+    found = []
+    for name, path in ctx.inputs.items():
+        stage, variant = parse_upstream(name)
+        result = path / RESULT
+        if stage != STAGE.name or variant is None or not result.is_file():
+            continue
+        earlier = json.loads(result.read_text())
+        if earlier.get("refers_to") is None and "failing_error" in earlier and "said" in earlier:
+            found.append({**earlier, "target": variant})
+    return found
+
+
+def same_failure(mine: dict | None, theirs: dict | None) -> bool:
+    """Whether two variants' outputs are off alike: both NaN/Inf, or max abs errors within
+    SAME_FAILURE of each other (rounding differs a little between flag sets; a fault of its
+    own is seldom within 2x of another's error)."""
+    if mine is None or theirs is None:
+        return False
+    a, b = mine.get("max_abs_error"), theirs.get("max_abs_error")
+    if a is None or b is None:
+        return bool(a is None and b is None and mine["nonfinite"] and theirs["nonfinite"])
+    return b / SAME_FAILURE <= a <= b * SAME_FAILURE if a and b else a == b
+
+
+def _referral(earlier: dict, own: dict) -> dict:
+    """This variant's diagnosis as the earlier variant's, which it refers to."""
+    target = earlier["target"]
+    mine, theirs = own["max_abs_error"], earlier["failing_error"]["max_abs_error"]
+    errors = "NaN/Inf in both" if mine is None else \
+        f"output error {mine:.3g} against its {theirs:.3g}, within {SAME_FAILURE:g}x"
+    kept = ("first_bad_dispatch", "after", "finding", "reference_target", "atol", "rtol")
+    return {**{k: earlier.get(k) for k in kept}, "refers_to": target, "failing_error": own,
+            "referred_seconds": earlier.get("seconds"),
+            "summary": f"the same failure as {target}'s ({errors}): {earlier['said']}",
+            "files": earlier.get("files", []), "rows": earlier.get("rows", [])}
+
+
+def _cost(result: dict) -> str:
+    if result.get("refers_to"):
+        earlier = result.get("referred_seconds")
+        return f"not traced again: {result['seconds']:.0f} s" + \
+            (f", where {result['refers_to']}'s bisect took {earlier:.0f} s" if earlier else "")
+    return f"bisect took {result['seconds']:.0f} s"
+
+
+def _keep_notes(ctx, result: dict) -> None:
+    """A referral's output files: notes saying whose sources to read."""
+    for side, name in SOURCES.items():
+        (ctx.out / name).write_text(f"// the same failure as {result['refers_to']}'s: its "
+                                    f"{side} dispatch is in build/{ctx.model.name}/"
+                                    f"{result['refers_to']}/bisect/{name}\n")
 
 
 def rebuild_flags(ctx) -> list[str]:
@@ -236,6 +344,16 @@ class Builds:
         return checked["passed"], f"{said} the framework's answer" + \
             ("" if error is None else f" (max abs error {error:.3g})")
 
+    def error(self, outputs: list | None) -> dict | None:
+        """The outputs' error against the framework's answer (None: no answer)."""
+        if outputs is None:
+            return None
+        checked = judge(outputs, self.answer, self.ctx.model, self.ctx.target.atol,
+                        self.ctx.target.rtol)
+        return {"max_abs_error": checked.get("max_abs_error"),
+                "max_rel_error": checked.get("max_rel_error"),
+                "nonfinite": checked.get("max_abs_error") is None}
+
     def run(self, module: Path, driver: str, each, outputs: bool = False) -> list | None:
         """Run module on the model's inputs, handing each traced dispatch to `each` as it is
         read; with outputs, the module's outputs (None where there is no framework answer
@@ -249,7 +367,8 @@ class Builds:
         with _streamed([tool("iree-run-module"), *args, *(f"--output=@{f}" for f in files)],
                        self.ctx) as lines:
             for dispatch in dispatch_trace.parse(lines):
-                each(dispatch)
+                if each is not None:
+                    each(dispatch)
         return [np.load(f) for f in files] if count else None
 
 
@@ -289,88 +408,155 @@ def _streamed(argv: list[str], ctx):
 
 class Search:
     """The failing build's dispatches, as they stream past the reference's values: the
-    first whose inputs agree and outputs do not, and the few after it."""
+    first the blame rule names (its outputs off by more than its inputs' error and its
+    precision explain, and that error reaching the dispatch that reads them) and the few
+    after it, and the error along every paired one."""
 
     def __init__(self, values: dispatch_trace.Values):
         self.values = values
-        self.agreeing = 0                 # dispatches whose outputs agreed, before the bad one
-        self.first: dict | None = None
-        self.first_differing: dict | None = None   # where no dispatch's inputs agreed
-        self.after: list[dict] = []
+        self.walk = dispatch_trace.Walk(values)
+        # every paired dispatch's description, with whether its outputs agree and it is
+        # blamed (its blame may be withdrawn or confirmed by a later one)
+        self.paired: list[tuple[dict, bool, bool]] = []
+        self.withdrawn: dict[int, int] = {}   # a blamed dispatch's ordinal -> its reader's
+        self.confirmed: dict[int, int] = {}
         self.unpaired: list[str] = []
         self.partners: set[int] = set()   # reference dispatches whose values were matched
         self.count = 0
 
     def step(self, dispatch) -> None:
         self.count += 1
-        step = next(dispatch_trace.steps(self.values, [dispatch]))
+        step = self.walk.step(dispatch)
         # a reference dispatch is paired once any value it produced is matched here
         self.partners |= {m.partner.position for m in (*step.inputs, *step.outputs)
                           if m.partner is not None}
-        if not step.paired:
-            self.unpaired.append(dispatch.symbol)
-        elif self.first is not None:
-            if len(self.after) < AFTER:
-                self.after.append(step.describe())
-        elif not step.outputs_agree and step.inputs_agree:
-            self.first = step.describe()
-        elif not step.outputs_agree:
-            self.first_differing = self.first_differing or step.describe()
+        self.withdrawn.update(dict.fromkeys(step.withdrawn, dispatch.position))
+        self.confirmed.update(dict.fromkeys(step.confirms, dispatch.position))
+        if step.paired:
+            self.paired.append((step.describe(), step.outputs_agree, step.blamed))
         else:
-            self.agreeing += 1
+            self.unpaired.append(dispatch.symbol)
         dispatch.inputs = dispatch.outputs = []   # (only the reference's values are kept)
 
     def result(self, reference: str, atol: float, rtol: float) -> dict:
         never = [d.symbol for d in self.values.dispatches
                  if d.position not in self.partners and d.outputs]
-        first = self.first
-        if first is not None:
-            first = {**first, "reference_target": reference, "agreeing_before": self.agreeing,
-                     "source_op": None}
-        result = {"first_bad_dispatch": first, "after": self.after, "reference_target": reference,
-                  "atol": atol, "rtol": rtol,
+        kept = [(d, agrees, blamed) for d, agrees, blamed in self.paired
+                if d["ordinal"] not in self.withdrawn]
+        at = next((i for i, (_, _, blamed) in enumerate(kept) if blamed), None)
+        first = None
+        if at is not None:
+            first = {**kept[at][0], "reference_target": reference, "source_op": None,
+                     "agreeing_before": sum(agrees for _, agrees, _ in kept[:at]),
+                     "confirmed_by": self.confirmed.get(kept[at][0]["ordinal"])}
+        differing = next((d for d, agrees, _ in kept if not agrees), None)
+        result = {"first_bad_dispatch": first, "reference_target": reference,
+                  "after": [d for d, _, _ in kept[at + 1:at + 1 + AFTER]] if first else [],
+                  "finding": "dispatch" if first else ACCUMULATED,
+                  "atol": atol, "rtol": rtol, "curve": _curve([d for d, _, _ in kept]),
+                  "rule": {"amplify": dispatch_trace.AMPLIFY,
+                           "rounding": dispatch_trace.ROUNDING,
+                           "printed_floor": dispatch_trace.PRINTED_FLOOR},
+                  "set_aside": {"count": len(self.withdrawn), "dispatches": [
+                      {"ordinal": d["ordinal"], "symbol": d["symbol"],
+                       "relative_error": d["relative_error"], "read_by": self.withdrawn[d["ordinal"]]}
+                      for d, _, _ in self.paired if d["ordinal"] in self.withdrawn][:NAMED]},
                   "dispatches": {"failing": self.count, "reference": len(self.values.dispatches)},
                   "unpaired": {"failing": self.unpaired[:NAMED], "failing_count": len(self.unpaired),
                                "reference": never[:NAMED], "reference_count": len(never)},
                   "source_op_why": "kiln's MLIR carries no source locations (loc(unknown) from "
                                    "import on)"}
-        result["summary"] = _summary(result, self.first_differing)
-        if first is None and self.first_differing is not None:
-            result["first_differing_dispatch"] = self.first_differing
+        result["summary"] = _summary(result, differing)
+        if differing is not None and first is None:
+            result["first_differing_dispatch"] = differing
         return result
+
+
+def _curve(described: list[dict]) -> dict[str, list]:
+    """The error along the paired dispatches, a list per figure."""
+    return {name: [d[name] for d in described] for name in
+            ("ordinal", "max_abs_error", "relative_error", "inputs_relative_error")}
 
 
 def _summary(result: dict, differing: dict | None) -> str:
     first, reference = result["first_bad_dispatch"], result["reference_target"]
     if first is not None:
+        unpaired = first["unpaired_inputs"]
+        caveat = f"; its input {', '.join(unpaired)} has no partner in {reference}'s build: " \
+            "the fault may be in the dispatch that made it" if unpaired else ""
         return (f"first bad dispatch #{first['ordinal']} {first['symbol']}: {_error(first)} "
-                f"against {reference}'s {first['partner'] or 'value'}; "
-                f"{first['agreeing_before']} agree before it")
-    if differing is not None:
-        return (f"no dispatch's inputs agree where its outputs differ; the first that differs "
-                f"is #{differing['ordinal']} {differing['symbol']}")
-    return (f"every paired dispatch agrees with {reference}'s within atol/rtol: the error "
-            "builds up below the per-dispatch tolerance")
+                f"against {reference}'s {first['partner'] or 'value'}, beyond what its inputs' "
+                f"error and its precision explain; {first['agreeing_before']} agree before it"
+                f"{caveat}{_set_aside(result)}")
+    curve = result["curve"]
+    if differing is None:
+        return (f"{ACCUMULATED}: every paired dispatch agrees with {reference}'s within "
+                f"atol/rtol: the error builds up below the per-dispatch tolerance"
+                f"{_set_aside(result)}")
+    known = [(o, e) for o, e in zip(curve["ordinal"], curve["relative_error"]) if e is not None]
+    (start, low), (end, high) = (known[0], known[-1]) if known else ((0, 0.0), (0, 0.0))
+    grew = f": the error {'grows' if high > low else 'goes'} from {low:.2g} of the values' " \
+        f"scale at #{start} to {high:.2g} at #{end}" if known else ""
+    return (f"{ACCUMULATED}{grew}, each dispatch within what its inputs' error and its "
+            f"precision explain; the first over atol/rtol is #{differing['ordinal']} "
+            f"{differing['symbol']}{_set_aside(result)}")
+
+
+def _set_aside(result: dict) -> str:
+    """The words for blames withdrawn because their error never reached their reader."""
+    count = result["set_aside"]["count"]
+    if not count:
+        return ""
+    first = result["set_aside"]["dispatches"][0]
+    error = "NaN/Inf" if first["relative_error"] is None else \
+        f"error {first['relative_error']:.2g} of its scale"
+    return (f"; {count} dispatch{'es' * (count > 1)} set aside, paired with another tensor "
+            f"of the same layout (#{first['ordinal']}'s {error} did not reach "
+            f"#{first['read_by']}, which reads it)")
 
 
 def _error(dispatch: dict) -> str:
     if dispatch["nonfinite"]:
         return f"NaN/Inf in {dispatch['nonfinite']} elements where the reference has none"
-    return f"max abs error {dispatch['max_abs_error']:.3g}"
+    relative = dispatch.get("relative_error")
+    return f"max abs error {dispatch['max_abs_error']:.3g}" + \
+        (f" ({relative:.2g} of its scale, where its inputs carry "
+         f"{dispatch['inputs_relative_error']:.2g})"
+         if relative is not None and dispatch.get("inputs_relative_error") is not None else "")
 
 
 def _shown(result: dict) -> dict:
     """What the reports show of a diagnosis (pipeline.report reads any stage's so): its
-    summary, a table (the first bad dispatch and the next few) and its files."""
+    summary, a table (the first bad dispatch and the next few, or where the error first
+    passed the tolerance), its files, and a plot of the error along the dispatches."""
+    if result.get("refers_to"):   # (the earlier variant's rows and files, as referred)
+        return {}
     first = result["first_bad_dispatch"] or result.get("first_differing_dispatch")
-    rows = [{"": "first bad" if i == 0 and result["first_bad_dispatch"] else "",
+    label = "first bad" if result["first_bad_dispatch"] else "first over atol/rtol"
+    rows = [{"": label if i == 0 else "",
              "#": d["ordinal"], "dispatch": d["symbol"],
              "max abs error": d["max_abs_error"] if not d["nonfinite"] else
              f"NaN/Inf x{d['nonfinite']}", "max rel error": d["max_rel_error"],
              f"{result['reference_target']}'s dispatch": d["partner"] or ""}
             for i, d in enumerate([first, *result["after"]] if first else [])]
     files = list((first or {}).get("sources", {}).values()) if first else []
-    return {"rows": rows, "files": files}
+    return {"rows": rows, "files": files, "plot": _plot(result)}
+
+
+def _plot(result: dict) -> dict | None:
+    """The error curve as pipeline.report draws any diagnosis's plot (None: no point)."""
+    curve = result["curve"]
+    if not curve["ordinal"]:
+        return None
+    first = result["first_bad_dispatch"]
+    return {"title": f"error along the paired dispatches, against {result['reference_target']}",
+            "x_label": "dispatch (execution order)", "y_label": "error (log)",
+            "x": curve["ordinal"],
+            "series": {"max abs error": curve["max_abs_error"],
+                       "relative error (of the values' scale)": curve["relative_error"],
+                       "its inputs' relative error": curve["inputs_relative_error"]},
+            "mark": first and {"x": first["ordinal"], "label": "first bad dispatch"},
+            "lines": {"atol": result["atol"]}}
 
 
 def _keep_sources(ctx, tmp: Path, result: dict) -> None:

@@ -55,7 +55,8 @@ SHARED_BUILD_FILES = {"test_frameworks.py": "frameworks_run", "test_html.py": "f
 # in this order, no long unit starts last while the other worker idles. (xdist's own order,
 # by number of tests, started ResNet's three and the cluster's four last: 70 s of the suite.)
 SLOWEST_FIRST = ("mlp_built", "frameworks_run", "test_resnet.py", "test_executor.py",
-                 "test_torch_files.py", "test_params.py", "test_explain.py", "test_memo.py",
+                 "test_torch_files.py", "test_params.py", "test_bisect_rounding.py",
+                 "test_explain.py", "test_memo.py",
                  "test_timing.py", "test_inputs.py", "test_remote.py")
 
 

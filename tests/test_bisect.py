@@ -1,7 +1,8 @@
 """stages/bisect.py on real builds: the mlp with its matmuls demoted to bf16 on cpu (conftest's
 flags_diff run, where validate fails on the numbers) is bisected against vmvx, and the first
 dispatch that goes wrong is named in the record, the console and report.md (report.html's
-link to it: tests/test_diff.py, in chromium)."""
+link to it: tests/test_diff.py, in chromium). Rounding growth, variants that fail alike and
+tensors paired with another of their layout: tests/test_bisect_rounding.py."""
 from __future__ import annotations
 
 import json

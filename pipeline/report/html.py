@@ -72,7 +72,7 @@ def page(record: dict, memo: Path | None = None, page_dir: str = "build",
     view = {"summary": _summary(cells, entries), "warnings": _warnings(record, entries),
             "interrupted": _interrupted(record, cells),
             "changes": _changes(record.get("diff")),
-            "matrix": _matrix(cells, page_dir), "diagnoses": _diagnoses(cells, page_dir),
+            "matrix": _matrix(cells, page_dir), "diagnoses": _diagnoses(cells, page_dir, charts),
             "times": _times(cells, charts),
             "stage_times": timesplit.html_rows(timesplit.of_record(record)),
             "stage_times_note": timesplit.NOTE,
@@ -228,21 +228,24 @@ def _anchor(cell: dict) -> str:
     return f"diagnosis-{cell['model']}-{cell['target']}"
 
 
-def _diagnoses(cells: list[dict], page_dir: str) -> list[dict]:
+def _diagnoses(cells: list[dict], page_dir: str, charts: _Charts) -> list[dict]:
     """What the stages that explain failures said, per failing cell (its matrix cell links
-    here): the summary, their table (as the stage's result gives it) and files."""
+    here): the summary, their table (as the stage's result gives it), files and plot."""
     shown = []
     for cell in cells:
         found = cell["diagnosis"]
         if not found:
             continue
         columns = list(found["rows"][0]) if found["rows"] else []
+        plot = found.get("plot")
         shown.append({"anchor": _anchor(cell), "label": f"{cell['model']} @ {found['target']}",
                       "stage": found["stage"], "summary": found["summary"], "columns": columns,
                       "rows": [[_sci(v) if isinstance(v, float) else v for v in row.values()]
                                for row in found["rows"]],
                       "files": [(_file_href(path, page_dir), path) for path in found["files"]],
-                      "log": _href(found, page_dir)})
+                      "log": _href(found, page_dir),
+                      "plot": plot and {"title": plot.get("title", ""), "chart": charts.svg(
+                          _anchor(cell), plot, _draw_curve)}})
     return shown
 
 
@@ -572,4 +575,29 @@ def _draw_errors(Figure, data):
     for ax in axes:
         _fewer_ticks(ax)
     axes[1].legend(fontsize=8, loc="lower left", bbox_to_anchor=(1, 0), frameon=False)
+    return fig
+
+
+def _draw_curve(Figure, plot):
+    """A diagnosis's plot: each series against x on a log scale (a None or 0 is no point),
+    its mark a dashed line, its lines dotted."""
+    fig = Figure(figsize=(8.0, 3.2), layout="constrained")
+    ax = fig.subplots()
+    for k, (name, values) in enumerate(plot["series"].items()):
+        points = [(x, y) for x, y in zip(plot["x"], values) if y]
+        if points:
+            _mark(f"curve-mark-{k}", ax.plot(*zip(*points), marker=".", markersize=3,
+                                             linewidth=1, label=name))
+    for name, y in (plot.get("lines") or {}).items():
+        if y:
+            ax.axhline(y, color="#555", linestyle=":", linewidth=1, label=name)
+    mark = plot.get("mark")
+    if mark:
+        ax.axvline(mark["x"], color="#d62728", linestyle="--", linewidth=1, label=mark["label"])
+    if ax.has_data():
+        ax.set_yscale("log")
+    ax.set_xlabel(plot.get("x_label", ""))
+    ax.set_ylabel(plot.get("y_label", ""))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1, 1), frameon=False)
     return fig

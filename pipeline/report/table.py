@@ -156,8 +156,10 @@ def _unfinished_outcome(entry: dict) -> tuple[Kind, str]:
 
 def diagnosis(entries: list[dict], target: str) -> dict | None:
     """What a stage that explains a failure said of the row (its target's own, else a
-    variant's): its summary, table and files (as any diagnosis result has them), or why it
-    failed; None where none ran."""
+    variant's): its summary, table, files and plot (as any diagnosis result has them: a
+    plot is {"title", "x_label", "y_label", "x", "series": {name: values}, "mark"?: {"x",
+    "label"}, "lines"?: {name: y}}, drawn by report.html), or why it failed; None where
+    none ran."""
     said = [e for e in entries if e["status"] != Status.SKIPPED and e["status"] not in UNFINISHED]
     entry = next((e for e in said if e["target"] == target), None) or next(iter(said), None)
     if entry is None:
@@ -167,7 +169,8 @@ def diagnosis(entries: list[dict], target: str) -> dict | None:
         f"{entry['stage']} failed: {short_error(entry.get('error'))}"
     return {"stage": entry["stage"], "target": entry["target"], "status": entry["status"],
             "summary": summary or "", "rows": result.get("rows") or [],
-            "files": result.get("files") or [], "log": entry.get("log")}
+            "files": result.get("files") or [], "log": entry.get("log"),
+            "plot": result.get("plot") if entry["status"] not in FAILURES else None}
 
 
 def _variant_failures(stage_entries: list[dict]) -> dict[str, dict]:
