@@ -23,9 +23,10 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
-import numpy as np
+if TYPE_CHECKING:   # (numpy is imported where used: planning imports none)
+    import numpy as np
 
 HEADER = re.compile(r"^=== (?P<executable>\S+)::(?P<symbol>\S+) (?P<side>inputs|outputs) ===$")
 TENSOR = re.compile(r"^(?P<type>(?:\d+x)*[a-z]+\d+)=(?P<values>.*)$")
@@ -106,6 +107,7 @@ def parse(lines: Iterable[str]) -> Iterator[Dispatch]:
 
 
 def _tensor(type_text: str, text: str, digest: str) -> Tensor:
+    import numpy as np
     *dims, dtype = type_text.split("x")
     flat = text.translate(BRACKETS)
     if dtype == "i1":
@@ -183,6 +185,7 @@ class Values:
         within atol + rtol * |want|, plus what printing rounds, plus one step of the less
         precise dtype. The errors are None where a NaN/Inf mismatch makes them meaningless
         (JSON-safe, as stages/compare.py's)."""
+        import numpy as np
         a, b = got.values, want.values
         with np.errstate(invalid="ignore", over="ignore"):   # (inf - inf: masked below)
             diff = np.abs(a - b)
@@ -201,6 +204,7 @@ class Values:
 def _distance(a: np.ndarray, b: np.ndarray) -> tuple[int, float]:
     """How far a is from b: elements where one is NaN/Inf and the other is not, then the
     largest difference elsewhere relative to b's scale."""
+    import numpy as np
     finite_a, finite_b = np.isfinite(a), np.isfinite(b)
     both = finite_a & finite_b
     scale = float(np.max(np.abs(b[finite_b]), initial=0.0)) + TINY
@@ -209,6 +213,7 @@ def _distance(a: np.ndarray, b: np.ndarray) -> tuple[int, float]:
 
 
 def _sample(values: np.ndarray) -> np.ndarray:
+    import numpy as np
     if values.size <= SAMPLE:
         return values
     return values[np.linspace(0, values.size - 1, SAMPLE).astype(np.int64)]
@@ -216,6 +221,7 @@ def _sample(values: np.ndarray) -> np.ndarray:
 
 def _step(values: np.ndarray, *dtypes: str) -> np.ndarray | float:
     """One step (ulp) of the least precise float dtype of the two, at each value."""
+    import numpy as np
     bits = min((MANTISSA_BITS[d] for d in dtypes if d in MANTISSA_BITS), default=None)
     if bits is None or bits >= MANTISSA_BITS["f32"]:
         return 0.0

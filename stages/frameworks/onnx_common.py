@@ -4,8 +4,6 @@ signature with the dynamic dimensions sized (shapes=, the batch default), onnxru
 session, the graph with static inputs, and its float64 twin (every float32 made float64)."""
 from __future__ import annotations
 
-import numpy as np
-
 from pipeline.stage import StageError
 
 # the opset kiln reads graphs at: an older graph is upgraded to it (onnx's version converter),
@@ -54,6 +52,7 @@ def graph_to_double(graph) -> None:
 
 
 def _double_tensor(tensor):
+    import numpy as np
     from onnx import numpy_helper
     return numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float64), tensor.name)
 

@@ -44,8 +44,6 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 from pipeline.stage import ModelSpec, StageError
 
 from .base import Framework, NoFloat64, Traced
@@ -113,6 +111,7 @@ class TensorFlow(Framework):
         (constants, op types, casts) made float64, run by TF on the inputs cast to float64:
         TF's kernels take double where they take float (Conv2D, MatMul, Keras' batch norm as
         Mul/Add/Rsqrt); where one does not, NoFloat64 with TF's words."""
+        import numpy as np
         tf = load_tf()
         with tempfile.TemporaryDirectory() as tmp:
             saved = Path(tmp) / "saved_model"
@@ -349,6 +348,7 @@ def _float64_function(tf, signature, source: dict):
 def _attributes_to_double(node) -> None:
     """A GraphDef node's float32 made float64: type and type-list attributes, and constant
     tensors' values."""
+    import numpy as np
     from tensorflow.core.framework import types_pb2
     from tensorflow.python.framework import tensor_util
     single, double = types_pb2.DT_FLOAT, types_pb2.DT_DOUBLE
