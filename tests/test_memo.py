@@ -249,3 +249,47 @@ def test_making_a_plan_imports_no_numpy(mlir):
     assert {"networkx", "stages.validate", "stages.runtime", "stages.frameworks.onnx_fw",
             "stages.frameworks.tflite_fw"} <= imported
     assert not {m for m in imported if m.split(".")[0] in ("numpy", "onnx")}
+
+
+def test_the_tasks_kiln_makes_are_those_doit_makes_of_the_dicts(mlir):
+    """pipeline.driver.doit_tasks makes doit's Task objects itself (docs/DESIGN.md §10.6): from
+    a real plan's specs (with a task whose extra field leaves it to doit), each task equals
+    the one doit's loader makes of the same dict, in the same order, and no two share a
+    container (a task's values, its file_dep ...)."""
+    import marshal
+
+    from doit.loader import generate_tasks
+    from doit.task import Task
+
+    from pipeline.driver.doit_tasks import TaskMaker
+    listed(mlir)
+    specs = marshal.loads((mlir.root / "build" / ".kiln" / "plan-memo.marshal").read_bytes())["tasks"]
+    specs.append({"basename": "lower", "name": "extra", "verbosity": 2, "task_dep": ["lower:*"]})
+
+    def check(task, values):   # (an up-to-date check: a callable)
+        return None
+
+    def dicts():
+        for spec in specs:
+            task = {k: v for k, v in spec.items() if not k.startswith("kiln_")}
+            if "name" in spec and spec["name"] is not None:
+                task |= {"actions": [(print, [spec["name"]])], "uptodate": [check]}
+            elif "actions" not in spec:
+                task["actions"] = [(print, [])]
+            yield task
+
+    maker = TaskMaker()
+    made = [maker.make(task) for task in dicts()]
+    assert sum(isinstance(t, Task) for t in made) > 10 and isinstance(made[-1], dict)
+    theirs = generate_tasks("stages", dicts())
+    ours = generate_tasks("stages", (task for task in made))
+
+    def attrs(task: Task) -> dict:
+        return {k: repr(v) if k == "io" else v for k, v in vars(task).items()}
+
+    assert [t.name for t in ours] == [t.name for t in theirs]
+    assert [attrs(t) for t in ours] == [attrs(t) for t in theirs]
+    assert "lower:extra" in next(t for t in ours if t.name == "lower").task_dep
+    for key, value in vars(ours[0]).items():
+        if not isinstance(value, (type(None), bool, int, str, tuple)):
+            assert len({id(getattr(t, key)) for t in ours}) == len(ours), key
