@@ -28,7 +28,7 @@ from . import models as model_registry
 from . import xfail
 from .config import Config, load_config
 from .facts import FACTS_FILE, ModelFacts
-from .graph import build_graph, shard
+from .graph import build_graph, shard, topological_order
 from .layout import Layout, room_for_model
 from .options import Options
 
@@ -444,7 +444,7 @@ def _stage_specs(plan: Plan):
     watched: dict = {}  # the watched digests (watched_digest)
     # (the graph's own dicts: networkx's views cost as much as the specs, 50,000 lookups)
     nodes, preds = plan.graph._node, plan.graph._pred
-    for node in nx.topological_sort(plan.graph):
+    for node in topological_order(plan.graph):
         data = nodes[node]
         stage, model, target = data["stage"], data["model"], data["target"]
         # a soft upstream (a variant among several) may fail, and one a stage reads only if it
