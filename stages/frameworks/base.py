@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
+import os
 import shutil
 from pathlib import Path
 
@@ -92,6 +93,14 @@ class NoFloat64(Exception):
     """An adapter cannot compute this model's answer in float64; the message says why."""
 
 
+def suffix_of(path: str) -> str:
+    """Path(path).suffix without the Path: the suffix of os.path.basename(path) (of which a
+    path ending in "/" has none)."""
+    name = os.path.basename(path)
+    dot = name.rfind(".")
+    return name[dot:] if 0 < dot < len(name) - 1 else ""
+
+
 class Framework:
     """A framework adapter: a subclass per framework states what differs (its trace(),
     import_mlir(), runner(); write_artifact() and serialize() where the default does not
@@ -130,8 +139,10 @@ class Framework:
                              f"{', '.join(missing)}): install kiln[{self.extra}]",
                              transient=NOT_INSTALLED)
 
-    def matches(self, path: Path) -> bool:
-        return path.suffix in self.suffixes
+    def matches(self, path: str) -> bool:
+        """Whether this framework reads the file or directory at path (its text: detect asks
+        this of every entry of a folder scan)."""
+        return suffix_of(path) in self.suffixes
 
     def companions(self, path: Path) -> dict[str, Path]:
         """Files a model file reads besides itself (role -> path), e.g. ONNX external data:

@@ -67,7 +67,7 @@ class TensorFlow(Framework):
     serialized = ARCHIVE
     builds_on = ("tf_common",)
 
-    def matches(self, path: Path) -> bool:
+    def matches(self, path: str) -> bool:
         # one stat: under a file, the name is not found (ENOTDIR) as under an empty directory
         # (a folder scan asks this of every entry)
         # (as text: a Path made per entry was most of a scan's detect)
