@@ -40,7 +40,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import tarfile
 import tempfile
 from pathlib import Path
 
@@ -303,6 +302,7 @@ def _signature_order(saved: Path, name: str) -> tuple[list[str], list[str]]:
 
 def _pack(directory: Path) -> bytes:
     """A reproducible tar of a SavedModel directory: same files, same bytes."""
+    import tarfile  # (here: a plan, which loads every adapter, never packs one)
     buffer = io.BytesIO()
     files = sorted((p for p in directory.rglob("*") if p.is_file() and p.name not in VOLATILE),
                    key=lambda p: p.relative_to(directory).as_posix())
@@ -369,6 +369,7 @@ def _unpack_bytes(archive: bytes, directory: Path) -> None:
 
 
 def _unpack(archive: Path, directory: Path) -> None:
+    import tarfile
     directory.mkdir(parents=True, exist_ok=True)
     with tarfile.open(archive, mode="r") as tar:
         if hasattr(tarfile, "data_filter"):
