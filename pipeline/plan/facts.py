@@ -31,6 +31,7 @@ from ..cache.files import atomic_write, read_only, stat_of
 
 FORMAT = 1
 FACTS_FILE = "model-facts.json"   # in build/.kiln/
+PATH_TYPE = type(Path())   # (what Path(text) makes here: PosixPath)
 FACTS_ENV = "KILN_MODEL_FACTS"    # "0": ask every hook every time (a check that this is not wrong)
 
 
@@ -107,9 +108,16 @@ class ModelFacts:
                    ) -> Callable[[str, Path], dict[str, Path]]:
         """companions, asked only when the file or what it named changed."""
         def remembered(framework: str, path: Path) -> dict[str, Path]:
-            roles = self.answer(f"companions:{framework}", path,
-                                lambda: {r: str(p) for r, p in companions(framework, path).items()},
+            asked: dict[str, Path] = {}
+
+            def ask() -> dict[str, str]:
+                asked.update(companions(framework, path))
+                return {r: str(p) for r, p in asked.items()}
+
+            roles = self.answer(f"companions:{framework}", path, ask,
                                 lambda roles: list(roles.values()))
+            if asked:   # (asked now: the hook's own Paths, not each made again from its text)
+                return {role: p if type(p) is PATH_TYPE else Path(p) for role, p in asked.items()}
             return {role: Path(p) for role, p in roles.items()}
         return remembered
 
