@@ -231,7 +231,7 @@ print(" ".join(sorted(sys.modules)))"""
 
 
 def test_making_a_plan_imports_no_numpy(mlir):
-    """numpy's import is a tenth of a cold plan's time (docs/DESIGN.md §10.6): a plan, with
+    """numpy's import is a twentieth of a cold plan's time (docs/DESIGN.md §10.6): a plan, with
     every stage module and framework adapter loaded, imports none (they import it where used)."""
     from onnx import TensorProto, helper
     values = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [4]) for n in "xyz"]

@@ -1,13 +1,14 @@
 """doit's Task objects for kiln's task specs, made as doit 0.37's loader makes them from task
-dicts (doit.loader.generate_tasks), for a fraction of the cost.
+dicts (doit.loader.generate_tasks), for two thirds of the cost.
 
 A 2,000-case plan hands doit 20,000 stage tasks; from dicts, doit checks every field of each
-against its table of valid types and values (19 checks a task) and then builds the Task: a
-fifth of a cold plan's time, and most of a no-op run's (docs/DESIGN.md §10.6). A stage task
-is plain data of known types, so it is made here from the attributes doit's own constructor
-gives a bare Task, with its fields set as that constructor sets them; a Task is its
-attributes (doit restores one sent to a worker process from them: Task.update_from_pickle).
-tests/test_memo.py checks that each task made here equals the one doit makes of the dict.
+against its table of valid types and values (19 checks a task) and then builds the Task:
+0.25 s, an eighth of a cold plan and half of a run from the plan memo (docs/DESIGN.md
+§10.6). A stage task is plain data of known types, so it is made here from the attributes
+doit's own constructor gives a bare Task, with its fields set as that constructor sets them;
+a Task is its attributes (doit restores one sent to a worker process from them:
+Task.update_from_pickle). tests/test_memo.py checks that each task made here equals the one
+doit makes of the dict.
 """
 from __future__ import annotations
 
