@@ -35,7 +35,7 @@ from pipeline import process
 from pipeline.run.entry import FAILURES
 from pipeline.stage import MODULE, Role, Stage, StageError
 from pipeline.vocab import Status
-from stages import dispatch_trace
+from stages import dispatch_trace, framework_trace
 from stages.backends import BACKENDS
 from stages.capture import STAGE as CAPTURE
 from stages.emit import STAGE as EMIT
@@ -66,7 +66,11 @@ class Bisect(Stage):
     # the module validate ran: its maker says how to build it again, traced
     inputs = (CAPTURE.name, EMIT.name, VALIDATE.name, MODULE)
     code = (HERE / "dispatch_trace.py", HERE / "iree_tools.py", HERE / "targets.py",
-            HERE / "backends.py", HERE / "validate.py", HERE / "compare.py", HERE / "lower.py")
+            HERE / "backends.py", HERE / "validate.py", HERE / "compare.py", HERE / "lower.py",
+            HERE / "framework_trace.py")
+
+    def code_files(self, model):   # (+ the adapter: bisect against the framework runs it)
+        return (*super().code_files(model), *framework_trace.adapter_code(model))
 
     def outputs(self, model):
         return ("bisect.json", *SOURCES.values())
@@ -79,7 +83,7 @@ class Bisect(Stage):
             return ()
         if upstream == CAPTURE.name:
             return ("inputs.npz", "reference.npz", "reference64.npz", "expected.npz",
-                    "alternative.npz", "capture.json")
+                    "alternative.npz", "capture.json", *framework_trace.captured_files(model))
         if upstream == EMIT.name:
             return ("model.mlirbc", "model.json", "model.irpa")
         return outputs   # the module's maker's: what its rebuild flags may name
@@ -126,6 +130,9 @@ class Bisect(Stage):
             found = Search(values)
             build.run(failing, ctx.target.driver, found.step)
             result = {**found.result(reference.name, atol, rtol), "references_tried": tried}
+            # IREE's builds agree, the framework not: its own tensors say where
+            result.update(framework_trace.against_framework(ctx, result, values.dispatches,
+                                                            answer.inputs, atol, rtol))
             _keep_sources(ctx, Path(tmp), result)
         result.update(_shown(result))
         (ctx.out / "bisect.json").write_text(json.dumps(result, indent=1, sort_keys=True))
@@ -208,7 +215,8 @@ class Builds:
             values = dispatch_trace.Values(atol, rtol)
             outputs = self.run(module, candidate.driver, values.add, outputs=True)
             matches, outcome = self.matches_framework(outputs, candidate)
-            tried.append({"target": candidate.name, "outcome": outcome})
+            tried.append({"target": candidate.name, "outcome": outcome,
+                          "matches_framework": matches})
             if matches:
                 return candidate, values, tried
             built = built or (candidate, values)

@@ -6,7 +6,8 @@ inside methods only, so listing them costs nothing. The package's other modules 
 adapters build on: base (the adapter base class and its template), factory (models/
 factories), inputs (the inputs a model runs on), arrays (the .npz files), refusals (whose an
 exception raised in a framework stage is: the framework's refusal of its model, a verdict, or
-kiln's own error), and helpers of one framework's adapters (pt2_safety, tf_common). The names
+kiln's own error), and helpers of one framework's adapters (pt2_safety, tf_common, onnx_common,
+onnx_twin: the float64 twin of an ONNX graph). The names
 stages use are re-exported here.
 """
 from __future__ import annotations
@@ -18,13 +19,14 @@ from pathlib import Path
 from pipeline.stage import StageError
 
 from .arrays import load_arrays, save_arrays
-from .base import Framework, NoFloat64, Traced, suffix_of
+from .base import Framework, Intermediate, NoFloat64, NoIntermediates, Traced, suffix_of
 from .factory import build_model, load_factory
 from .inputs import INT_INPUT_HIGH, model_inputs, seeded_inputs
 
 HERE = Path(__file__).parent
 
-__all__ = ["get", "companions", "detect", "Framework", "NoFloat64", "Traced", "load_arrays",
+__all__ = ["get", "companions", "detect", "Framework", "Intermediate", "NoFloat64",
+           "NoIntermediates", "Traced", "load_arrays",
            "save_arrays", "build_model", "load_factory", "model_inputs", "seeded_inputs",
            "INT_INPUT_HIGH"]
 

@@ -72,7 +72,7 @@ class Traced:
 DISAGREE_RTOL = 1e-2
 
 
-def _disagreement(answer: list, reference: list) -> str | None:
+def disagreement(answer: list, reference: list) -> str | None:
     """Why the float64 answer is not the model's answer in float64, or None."""
     import numpy as np
     for index, (wide, narrow) in enumerate(zip(answer, reference)):
@@ -99,6 +99,29 @@ def suffix_of(path: str) -> str:
     name = os.path.basename(path)
     dot = name.rfind(".")
     return name[dot:] if 0 < dot < len(name) - 1 else ""
+
+
+# IREE rounds quantized arithmetic (requantization, rescales) differently from LiteRT: int8
+# outputs differ by about one quantization step, so allow two (validate's tolerance of a
+# quantized output, and bisect's of a quantized tensor: stages/framework_trace.py)
+QUANT_STEPS = 2
+
+
+class NoIntermediates(Exception):
+    """An adapter cannot give this model's intermediate tensors; the message says why."""
+
+
+@dataclasses.dataclass
+class Intermediate:
+    """One tensor the framework computed on the way to its answer (an op's output), as
+    intermediates() lists them: in execution order. A quantized integer tensor carries the
+    scale and zero point its codes stand for, a float tensor dequantized from such codes
+    their scale (stages/framework_trace.py compares both in steps of it)."""
+    name: str                        # the framework's name for the tensor (a layer's, a node's)
+    op: str                          # the op that computed it (CONV_2D, Conv, ...)
+    values: object                   # a numpy array, in the framework's own dtype
+    scale: float | None = None
+    zero_point: int | None = None
 
 
 class Framework:
@@ -180,9 +203,9 @@ class Framework:
         if differing is not None:
             return None, (f"the float64 run's output {differing} has shape "
                           f"{shapes[differing][0]}, the reference's {shapes[differing][1]}")
-        disagreement = _disagreement(answer, traced.reference)
-        if disagreement:
-            return None, disagreement
+        why = disagreement(answer, traced.reference)
+        if why:
+            return None, why
         return answer, f"{self.name} run in float64"
 
     def reference64(self, model: ModelSpec, traced: Traced) -> list:
@@ -214,6 +237,13 @@ class Framework:
 
     def import_mlir(self, serialized_file: Path, mlir_file: Path) -> None:
         raise NotImplementedError
+
+    def intermediates(self, capture_dir: Path, inputs: list) -> list[Intermediate]:
+        """Every op's output the framework computes when it runs capture's artifact (in
+        capture_dir) on inputs, in execution order: what bisect pairs IREE's dispatch outputs
+        with where IREE's backends agree with each other but not with the framework
+        (stages/framework_trace.py). NoIntermediates(why) where the adapter cannot."""
+        raise NoIntermediates(f"kiln does not read {self.name} models' intermediate tensors")
 
     # what runner() pins to the given thread count, for the timing's "how"
     timing_threads = ""

@@ -1,7 +1,7 @@
 """What every adapter whose models are ONNX graphs needs (onnx_fw.py today; a framework that
 exports to ONNX, PaddlePaddle say, tomorrow), public in one place: checking a graph, its
 signature with the dynamic dimensions sized (shapes=, the batch default), onnxruntime's
-session, the graph with static inputs, and its float64 twin (every float32 made float64)."""
+session, the graph with static inputs, the graph upgraded to the opset kiln reads."""
 from __future__ import annotations
 
 from pipeline.stage import StageError
@@ -27,45 +27,38 @@ def check_model(proto) -> None:
         raise StageError(f"the ONNX model is invalid: {str(err).splitlines()[0]}") from None
 
 
-def graph_to_double(graph) -> None:
-    """Make a graph (and its subgraphs) compute in float64 in place: FLOAT initializers,
-    Constant values, graph inputs/outputs/value types and Cast/ConstantOfShape targets become
-    DOUBLE. Other float types (float16, bfloat16) are left as they are."""
-    from onnx import AttributeProto, TensorProto
-    for index, tensor in enumerate(graph.initializer):
-        if tensor.data_type == TensorProto.FLOAT:
-            graph.initializer[index].CopyFrom(_double_tensor(tensor))
-    for value in (*graph.input, *graph.output, *graph.value_info):
-        if value.type.tensor_type.elem_type == TensorProto.FLOAT:
-            value.type.tensor_type.elem_type = TensorProto.DOUBLE
-    for node in graph.node:
-        for attribute in node.attribute:
-            if attribute.type == AttributeProto.TENSOR and attribute.t.data_type == TensorProto.FLOAT:
-                attribute.t.CopyFrom(_double_tensor(attribute.t))
-            elif attribute.type == AttributeProto.GRAPH:
-                graph_to_double(attribute.g)
-            elif attribute.type == AttributeProto.GRAPHS:
-                for subgraph in attribute.graphs:
-                    graph_to_double(subgraph)
-            elif attribute.name in ("to", "dtype") and attribute.i == TensorProto.FLOAT:
-                attribute.i = TensorProto.DOUBLE
+def upgraded(proto):
+    """The model at OPSET where it is older, as import reads it (onnx's version converter:
+    IREE's ONNX lowering covers 17+, and older BatchNormalization/Split/... forms fail); the
+    model itself where it is not."""
+    import onnx
+    if opset(proto) >= OPSET:
+        return proto
+    return onnx.version_converter.convert_version(proto, OPSET)
 
 
-def _double_tensor(tensor):
-    import numpy as np
-    from onnx import numpy_helper
-    return numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float64), tensor.name)
+def onnxruntime_errors() -> tuple[type, ...]:
+    """The exceptions onnxruntime raises for a model it cannot load or run (Fail,
+    NotImplemented, InvalidGraph, InvalidArgument, ...: each derives from Exception alone),
+    and RuntimeError (an answer numpy has no type for: "No corresponding Numpy type for
+    Tensor Type. bfloat16")."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+    return (RuntimeError, *(v for v in vars(state).values()
+                            if isinstance(v, type) and issubclass(v, Exception)))
 
 
 def opset(proto) -> int:
     return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), OPSET)
 
 
-def session(data: bytes | str, threads: int = 1):
+def session(data: bytes | str, threads: int = 1, optimize: bool = True):
     import onnxruntime as ort
     options = ort.SessionOptions()
+    if not optimize:   # (every node as the graph has it: none fused into another)
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    options.log_severity_level = 3   # errors only: its graph optimizers' warnings are no answer
     return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
 

@@ -44,7 +44,8 @@ if TYPE_CHECKING:   # (numpy is imported where used: planning imports none)
 from pipeline.stage import ConfigError, ModelSpec, StageError
 
 from . import onnx_common as common
-from .base import Framework, NoFloat64, Traced
+from . import onnx_twin as twin
+from .base import Framework, Intermediate, NoFloat64, NoIntermediates, Traced
 from .factory import build_model
 from .inputs import model_inputs
 
@@ -60,7 +61,7 @@ class Onnx(Framework):
     modules = ("onnx", "onnxruntime")
     dists = ("onnx", "onnxruntime")
     packages = ("onnx", "onnxruntime", "iree.compiler")   # (IREE's ONNX importer)
-    builds_on = ("onnx_common",)
+    builds_on = ("onnx_common", "onnx_twin")
     suffixes = (".onnx",)
     input_type = "onnx"
     captured = ("model.onnx",)
@@ -113,13 +114,9 @@ class Onnx(Framework):
                       **_answers(model.name, data, feeds, len(declared), *test_outputs, notes))
 
     def reference64(self, model: ModelSpec, traced: Traced) -> list:
-        """onnxruntime on a float64 copy of the graph (float weights, inputs, outputs, value
-        types and casts made double), from a temporary file, on the inputs cast to float64;
-        where onnxruntime refuses it, onnx's reference evaluator on that copy."""
-        import tempfile
-
-        import numpy as np
-        import onnx
+        """The graph's float64 twin (stages/frameworks/onnx_twin.py) on the inputs cast to
+        float64: onnxruntime where it has every float64 kernel, else onnx's reference
+        evaluator with each node checked against onnxruntime's float32 run of it."""
         if traced.reference_from not in (None, "onnxruntime"):
             raise NoFloat64(f"the reference is {traced.reference_from}, not onnxruntime's run")
         if traced.expected_from:
@@ -127,29 +124,7 @@ class Onnx(Framework):
             # judges it; a float64 run of every case of a 1,000-case suite would be pure cost
             raise NoFloat64(f"the model brings its own expected outputs ({traced.expected_from}),"
                             " judged within atol/rtol as ONNX's test runner does")
-        proto = onnx.load_from_string(traced.artifact)
-        common.graph_to_double(proto.graph)
-        names = [name for name, _, _ in common.signature(proto)]
-        feeds = {name: a.astype(np.float64) if a.dtype == np.float32 else a
-                 for name, a in zip(names, traced.inputs)}
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "model64.onnx"
-            onnx.save(proto, str(path))
-            try:
-                session = common.session(str(path))
-                return [np.asarray(a) for a in session.run(None, feeds)]
-            except _onnxruntime_errors() as err:
-                refused = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        # onnxruntime's CPU kernels lack float64 for common ops (Conv): onnx's own reference
-        # evaluator (numpy, slower) computes every op in the graph's types
-        from onnx.reference import ReferenceEvaluator
-        try:
-            evaluator = ReferenceEvaluator(proto, new_ops=_exact_reference_ops())
-            return [np.asarray(a) for a in evaluator.run(None, feeds)]
-        except Exception as err:   # an op the evaluator lacks
-            raise NoFloat64(f"onnxruntime cannot run the float64 copy of the graph "
-                            f"({refused[:200]}), nor can onnx's reference evaluator "
-                            f"({type(err).__name__}: {str(err)[:200]})") from None
+        return twin.float64_answer(traced.artifact, traced.inputs, traced.reference)
 
     # serialize: capture's model.onnx is the interchange file, copied under the fixed name
 
@@ -160,8 +135,7 @@ class Onnx(Framework):
 
         from stages.mlir import write_stripped
         proto = onnx.load(str(serialized_file), load_external_data=False)
-        if common.opset(proto) < common.OPSET:
-            proto = onnx.version_converter.convert_version(proto, common.OPSET)
+        proto = common.upgraded(proto)
         common.check_model(proto)
         proto = onnx.shape_inference.infer_shapes(proto, data_prop=True)
         info = onnx_importer.ModelInfo(proto)
@@ -169,6 +143,34 @@ class Onnx(Framework):
         onnx_importer.NodeImporter.define_function(info.main_graph, module.operation).import_all()
         module.operation.verify()
         write_stripped(module, mlir_file)
+
+    def intermediates(self, capture_dir: Path, inputs: list) -> list[Intermediate]:
+        """Every node's output as onnxruntime computes it, each made a graph output of a copy
+        of capture's model.onnx (in the graph's node order, which ONNX requires to be an
+        execution order), graph optimizations off so that no node is fused away
+        (docs/DESIGN.md §10.8). A QuantizeLinear's or DequantizeLinear's output carries the
+        scale and zero point of its codes."""
+        import numpy as np
+        import onnx
+        proto = onnx.shape_inference.infer_shapes(
+            onnx.load_from_string((capture_dir / self.captured[0]).read_bytes()))
+        graph = proto.graph
+        typed = {v.name: v for v in (*graph.value_info, *graph.input, *graph.output)}
+        # (a Constant node computes nothing: its value is the graph's, not an op's result)
+        produced = [(node, name) for node in graph.node if node.op_type != "Constant"
+                    for name in node.output
+                    if name in typed and typed[name].type.HasField("tensor_type")]
+        if not produced:
+            raise NoIntermediates("shape inference typed none of the graph's node outputs")
+        declared = {v.name for v in graph.output}
+        graph.output.extend(typed[name] for _, name in produced if name not in declared)
+        names = [name for name, _, _ in common.signature(proto)]
+        session = common.session(proto.SerializeToString(), optimize=False)
+        wanted = [name for _, name in produced]
+        values = dict(zip(wanted, session.run(wanted, dict(zip(names, inputs)))))
+        constants = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
+        return [Intermediate(name, node.op_type, np.asarray(values[name]),
+                             *_quantized_by(node, constants)) for node, name in produced]
 
     timing_threads = "onnxruntime intra_op_num_threads, inter-op 1"
 
@@ -179,6 +181,19 @@ class Onnx(Framework):
         names = [name for name, _, _ in common.signature(onnx.load_from_string(data))]
         session, feeds = common.session(data, threads), dict(zip(names, inputs))
         return lambda: session.run(None, feeds)
+
+
+def _quantized_by(node, constants: dict) -> tuple[float | None, int | None]:
+    """(scale, zero point) of a QuantizeLinear node's output (or the codes a DequantizeLinear
+    reads) where both are per-tensor constants, else (None, None): compared in steps of it."""
+    if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or \
+            node.input[1] not in constants:
+        return None, None
+    scale = constants[node.input[1]]
+    zero = constants.get(node.input[2]) if len(node.input) > 2 else None
+    if scale.size != 1 or (zero is not None and zero.size != 1):
+        return None, None
+    return float(scale.reshape(())), int(zero.reshape(())) if zero is not None else 0
 
 
 def _natural(path: Path) -> list:
@@ -387,7 +402,7 @@ def _answers(model_name: str, data: bytes, feeds: dict, outputs: int, set_name: 
                      "others are compared with onnxruntime's answer only")
     try:
         reference = common.session(data).run(None, feeds)
-    except _onnxruntime_errors() as err:
+    except common.onnxruntime_errors() as err:
         why = (str(err).strip().splitlines() or [type(err).__name__])[0]
         notes.append(f"onnxruntime cannot run the model ({why}): the expected outputs in "
                      f"{source} alone are the reference")
@@ -401,16 +416,6 @@ def _answers(model_name: str, data: bytes, feeds: dict, outputs: int, set_name: 
     notes.append(f"checked onnxruntime against {source} (max abs err {worst:.3g})")
     return {"reference": reference, "reference_from": "onnxruntime", "expected": expected,
             "expected_from": source}
-
-
-def _onnxruntime_errors() -> tuple[type, ...]:
-    """The exceptions onnxruntime raises for a model it cannot load or run (Fail,
-    NotImplemented, InvalidGraph, InvalidArgument, ...: each derives from Exception alone),
-    and RuntimeError (an answer numpy has no type for: "No corresponding Numpy type for
-    Tensor Type. bfloat16")."""
-    from onnxruntime.capi import onnxruntime_pybind11_state as state
-    return (RuntimeError, *(v for v in vars(state).values()
-                            if isinstance(v, type) and issubclass(v, Exception)))
 
 
 def _disagreement(reference, expected: list[np.ndarray], set_name: str) -> str | None:
@@ -438,35 +443,6 @@ def _compare(got: np.ndarray, want: np.ndarray) -> tuple[float, bool]:
     error = float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64)), initial=0.0))
     return error, bool(np.allclose(got, want, atol=TEST_DATA_ATOL, rtol=TEST_DATA_RTOL,
                                    equal_nan=True))
-
-
-
-def _exact_reference_ops() -> list:
-    """Two ops of onnx 1.23's reference evaluator, as a float64 answer needs them:
-    - GatherElements: onnx's reshapes its answer wrongly where the indices are smaller than
-      the data along the other axes (RoBERTa's and BERT-base's position ids: data 1x64,
-      indices 1x16, "cannot reshape array of size 1"), which ONNX allows and onnxruntime
-      runs; numpy's take_along_axis is the op itself;
-    - Erf: onnx's rounds every value to float32 (np.vectorize(erf, otypes=["f"])), which
-      would make each GELU of a float64 run a float32 one."""
-    from math import erf
-
-    import numpy as np
-    from onnx.reference.op_run import OpRun
-
-    class GatherElements(OpRun):   # (the evaluator matches an op by its class name)
-        def _run(self, data, indices, axis=None):
-            axis = (axis or 0) % data.ndim
-            indices = np.where(indices < 0, indices + data.shape[axis], indices)
-            sliced = data[tuple(slice(0, n) if d != axis else slice(None)
-                                for d, n in enumerate(indices.shape))]
-            return (np.take_along_axis(sliced, indices, axis=axis),)
-
-    class Erf(OpRun):
-        def _run(self, x):
-            return (np.vectorize(erf, otypes=[np.float64])(x).astype(x.dtype),)
-
-    return [GatherElements, Erf]
 
 
 ADAPTER = Onnx()

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from pipeline.stage import ModelSpec, StageError
 
-from .base import NOT_INSTALLED, Framework, NoFloat64, Traced
+from .base import NOT_INSTALLED, Framework, Intermediate, NoFloat64, Traced
 from .factory import load_factory
 from .inputs import model_inputs
 from .pt2_safety import loading_as_data, refuse_code, register_torch_op_libraries, unresolved_op
@@ -221,6 +221,25 @@ class PyTorch(Framework):
 
     timing_threads = "torch.set_num_threads"
 
+    def intermediates(self, capture_dir: Path, inputs: list) -> list[Intermediate]:
+        """Every ATen op's tensor result as torch eager computes it, running the exported
+        program capture wrote node by node (torch.fx.Interpreter), in the graph's order
+        (docs/DESIGN.md §10.8). bf16/f16 results are read as float32 (numpy has no bf16)."""
+        import torch
+        module = load_program(capture_dir / self.captured[0]).module()
+        found: list[Intermediate] = []
+
+        class Recorder(torch.fx.Interpreter):
+            def run_node(self, node):
+                result = super().run_node(node)
+                if node.op == "call_function" and isinstance(result, torch.Tensor):
+                    found.append(Intermediate(node.name, str(node.target), _numpy(result)))
+                return result
+
+        with torch.no_grad():
+            Recorder(module).run(*(torch.from_numpy(a) for a in inputs))
+        return found
+
     def runner(self, capture_dir: Path, inputs: list, threads: int):
         # torch eager, op by op, on the exported program capture wrote (a factory's module
         # itself is not among validate's inputs; the program runs the same ATen ops)
@@ -233,6 +252,15 @@ class PyTorch(Framework):
             with torch.no_grad():
                 return module(*tensors)
         return run
+
+
+def _numpy(tensor):
+    """A tensor's values as a numpy array (a float type numpy lacks as float32)."""
+    import torch
+    tensor = tensor.detach().cpu()
+    if tensor.dtype in (torch.bfloat16, torch.float16):
+        tensor = tensor.float()
+    return tensor.numpy().copy()
 
 
 @contextlib.contextmanager

@@ -50,7 +50,7 @@ if TYPE_CHECKING:   # (numpy is imported where used: planning imports none)
 
 from pipeline.stage import ModelSpec, StageError
 
-from .base import NOT_INSTALLED, Framework, Traced
+from .base import NOT_INSTALLED, QUANT_STEPS, Framework, Intermediate, NoIntermediates, Traced
 from .factory import build_model
 from .inputs import model_inputs
 from .tf_common import absl_safe, entry_function, load_tf
@@ -122,6 +122,30 @@ class TFLite(Framework):
                              f"cannot convert the model: {err}") from None
         write_stripped(parse(buffer.getvalue()), mlir_file)
 
+    def intermediates(self, capture_dir: Path, inputs: list) -> list[Intermediate]:
+        """Every op's output tensor as LiteRT's reference kernels compute it, kept by the
+        interpreter's experimental_preserve_all_tensors, in the order the ops run. Not
+        XNNPACK's (the reference answer's): on int8 files it rounds layer by layer away from
+        the reference kernels, which IREE's every tensor equals (docs/DESIGN.md §10.8), so its
+        own rounding would be named as IREE's fault. A DEQUANTIZE's float output carries its
+        int8 input's scale: it is rounded as that is."""
+        flatbuffer = (capture_dir / self.captured[0]).read_bytes()
+        interpreter = _interpreter(flatbuffer, reference_kernels=True, preserve_all_tensors=True)
+        _run(interpreter, interpreter.get_input_details(), inputs)
+        tensors = _tensors(interpreter)
+        found = []
+        for op in _ops(interpreter):
+            for index in (int(i) for i in op["outputs"] if int(i) in tensors):
+                detail = tensors[index]
+                scale, zero_point = _quantization(
+                    tensors[int(op["inputs"][0])] if op["op_name"] == "DEQUANTIZE" else detail) \
+                    or (None, None)
+                found.append(Intermediate(detail["name"], op["op_name"],
+                                          interpreter.get_tensor(index).copy(), scale, zero_point))
+        if not found:
+            raise NoIntermediates("this LiteRT does not list its ops (_get_ops_details)")
+        return found
+
     timing_threads = "LiteRT Interpreter num_threads"
 
     def runner(self, capture_dir: Path, inputs: list, threads: int):
@@ -165,11 +189,13 @@ def _first_interpreter(flatbuffer: bytes, source):
         raise StageError(f"{source} is not a TFLite model LiteRT can read: {err}") from None
 
 
-def _interpreter(flatbuffer: bytes, threads: int = 1, reference_kernels: bool = False):
+def _interpreter(flatbuffer: bytes, threads: int = 1, reference_kernels: bool = False,
+                 preserve_all_tensors: bool = False):
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
     resolver = OpResolverType.BUILTIN_REF if reference_kernels else OpResolverType.AUTO
     return Interpreter(model_content=flatbuffer, num_threads=threads,
-                       experimental_op_resolver_type=resolver)
+                       experimental_op_resolver_type=resolver,
+                       experimental_preserve_all_tensors=preserve_all_tensors)
 
 
 def _run(interpreter, details, inputs) -> list:
@@ -284,9 +310,6 @@ def _quantized_input_note(detail) -> str:
 
 # --- quantized models: how far IREE may be from LiteRT ----------------------------------
 
-# IREE rounds quantized arithmetic (requantization, rescales) differently from LiteRT: int8
-# outputs differ by about one quantization step, so allow two
-QUANT_STEPS = 2
 INT8_STEPS = 127   # symmetric int8: the steps between 0 and the largest magnitude
 
 
