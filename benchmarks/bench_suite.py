@@ -37,15 +37,19 @@ tools' share and kiln's own), from its median run.
 (c) writes --plan-cases tiny cases as (a) does and times `doit list` of the folder (the plan
 made, nothing run), median and min-max of --repeat, interleaved: cold (no build/: no plan
 memo, no remembered model facts), with the model facts remembered (the plan memo gone: what
-an edit of targets.yaml costs), and from the plan memo (target: at most 2 s cold on 2 cores).
-Profile a cold one with `python -m cProfile -o plan.prof -m doit list model=DIR target=cpu
-timing=off variants=default` in --keep's plan/proj.
+an edit of targets.yaml costs), and from the plan memo (target: at most 2 s cold on 2 cores),
+each in wall and in CPU seconds (user+sys of doit and the tools it starts: what other work on
+the machine moves less). Profile a cold one with `python -m cProfile -o plan.prof -m doit
+list model=DIR target=cpu timing=off variants=default` in --keep's plan/proj; count its
+instructions, which no load moves, with `valgrind --tool=callgrind python -m doit list ...`
+(docs/DESIGN.md §10.6).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -186,9 +190,10 @@ def _spread(values: list[float], spec: str) -> str:
         f"{format(max(values), spec)})"
 
 
-def planning(cases: int, repeat: int, root: Path) -> dict[str, list[float]]:
+def planning(cases: int, repeat: int, root: Path) -> dict[str, list[tuple[float, float]]]:
     """(c): `doit list` of a folder of `cases` tiny cases, cold, with the model facts
-    remembered and from the plan memo, `repeat` times each, interleaved: their seconds."""
+    remembered and from the plan memo, `repeat` times each, interleaved: their (wall, CPU)
+    seconds."""
     for old in (root / "cases", root / "proj"):   # (a --keep of an earlier run)
         shutil.rmtree(old, ignore_errors=True)
     for i in range(cases):
@@ -196,7 +201,7 @@ def planning(cases: int, repeat: int, root: Path) -> dict[str, list[float]]:
     project = copy_project(root / "proj")
     args = ("list", f"model={root / 'cases'}", "target=cpu", "timing=off", "variants=default")
     kiln = project / "build" / ".kiln"
-    times: dict[str, list[float]] = {"cold": [], "facts": [], "memo": []}
+    times: dict[str, list[tuple[float, float]]] = {"cold": [], "facts": [], "memo": []}
     for _ in range(repeat):
         shutil.rmtree(project / "build", ignore_errors=True)   # no memo, no facts
         for path in project.glob(".doit.db*"):
@@ -208,18 +213,22 @@ def planning(cases: int, repeat: int, root: Path) -> dict[str, list[float]]:
     return times
 
 
-def _timed_once(project: Path, args: tuple) -> float:
-    started = time.perf_counter()
+def _timed_once(project: Path, args: tuple) -> tuple[float, float]:
+    """(wall, CPU) seconds of one doit run: CPU is user + system time of doit and the tools it
+    started, which other work on the machine moves less than the wall time."""
+    before, started = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     doit(project, *args)
-    return time.perf_counter() - started
+    wall, after = time.perf_counter() - started, resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
 
 
-def planning_lines(times: dict[str, list[float]], cases: int) -> list[str]:
+def planning_lines(times: dict[str, list[tuple[float, float]]], cases: int) -> list[str]:
     words = {"cold": "cold (no build/)", "facts": "model facts remembered, no plan memo",
              "memo": "from the plan memo"}
     return [f"(c) planning a {cases}-case folder for cpu, `doit list`, seconds, median "
             f"(min-max) of {len(times['cold'])}, target at most 2 s cold:",
-            *(f"    {words[kind]}: {_spread(seconds, '.2f')}" for kind, seconds in times.items())]
+            *(f"    {words[kind]}: {_spread([w for w, _ in runs], '.2f')}, CPU (user+sys) "
+              f"{_spread([c for _, c in runs], '.2f')}" for kind, runs in times.items())]
 
 
 def main() -> None:

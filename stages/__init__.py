@@ -14,11 +14,12 @@ from stages.codegen import STAGE as CODEGEN
 from stages.emit import STAGE as EMIT
 from stages.frameworks import companions, detect
 from stages.importer import STAGE as IMPORT
+from stages.iree_tools import ask_devices_ahead
 from stages.legalize import STAGE as LEGALIZE
 from stages.lower import STAGE as LOWER
 from stages.pick import STAGE as PICK
 from stages.serialize import STAGE as SERIALIZE
-from stages.targets import resolve as resolve_target
+from stages.targets import resolve
 from stages.validate import STAGE as VALIDATE
 
 ORDER = (CAPTURE, SERIALIZE, IMPORT, LEGALIZE, EMIT, LOWER, CODEGEN, VALIDATE, PICK, BISECT)
@@ -26,6 +27,13 @@ ORDER = (CAPTURE, SERIALIZE, IMPORT, LEGALIZE, EMIT, LOWER, CODEGEN, VALIDATE, P
 
 def pipeline() -> list:
     return list(ORDER)
+
+
+def resolve_target(target):
+    """stages.targets.resolve; and the runtime's devices, which validate's key names, asked
+    meanwhile in the background (the plan asks for them only after building its graph)."""
+    ask_devices_ahead()
+    return resolve(target)
 
 
 __all__ = ["pipeline", "detect", "companions", "resolve_target"]

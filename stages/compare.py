@@ -19,8 +19,10 @@ otherwise make the bound 0).
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:   # (numpy is imported where used: planning imports none)
+    import numpy as np
 
 from pipeline.stage import StageError
 
@@ -47,6 +49,7 @@ def compare(outputs: list[np.ndarray], reference: list[np.ndarray], atol: float,
     """Compare output i with reference i under (atol, rtol), or under tolerances[i] where
     that entry is given (e.g. a quantized output's steps): it replaces the global pair and
     makes an integer output compare within tolerance instead of exactly."""
+    import numpy as np
     if len(outputs) != len(reference):
         raise StageError(f"module returned {len(outputs)} outputs, the reference has {len(reference)}")
     per_output = []
@@ -78,6 +81,7 @@ def _worst(per_output: list[dict], key: str) -> float | None:
 
 def _compare_one(index: int, got: np.ndarray, want: np.ndarray, atol: float, rtol: float,
                  quantized: bool) -> dict:
+    import numpy as np
     got = _as_reference_signedness(got, want)
     # an integer or bool reference is an exact answer; so is a bool output
     exact = not quantized and (want.dtype.kind in "biu" or got.dtype.kind == "b")
@@ -112,6 +116,7 @@ def _as_reference_signedness(got: np.ndarray, want: np.ndarray) -> np.ndarray:
 def _integer_distance(got: np.ndarray, want: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """|got - want| and |want| as float64, never wrapping and never 0 for unequal values
     (float64, or a missing float128, would round 2**64-1 and 2**64-2 to the same number)."""
+    import numpy as np
     got_negative, got_size = _sign_and_magnitude(got)
     want_negative, want_size = _sign_and_magnitude(want)
     # same sign: the magnitudes' difference, exact in uint64 (the unused branch may wrap)
@@ -123,6 +128,7 @@ def _integer_distance(got: np.ndarray, want: np.ndarray) -> tuple[np.ndarray, np
 
 
 def _sign_and_magnitude(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    import numpy as np
     if values.dtype.kind != "i":   # bool and unsigned: never negative, fit uint64
         return np.zeros(values.shape, bool), values.astype(np.uint64)
     negative = values < 0
@@ -134,6 +140,7 @@ def _sign_and_magnitude(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _float_distance(got: np.ndarray, want: np.ndarray):
     """|got - want| and |want| where both are finite (0 elsewhere), and the mask of
     elements where a NaN/±Inf on either side is not matched by the same on the other."""
+    import numpy as np
     wide = np.complex128 if "c" in (got.dtype.kind, want.dtype.kind) else np.float64
     got_wide, want_wide = got.astype(wide), want.astype(wide)
     both_finite = np.isfinite(got_wide) & np.isfinite(want_wide)
@@ -155,6 +162,7 @@ def _finite_or_none(value) -> float | None:
 def float64_error(got: np.ndarray, want64: np.ndarray) -> float | None:
     """max |got - want64| over the elements where both are finite; None where a NaN/±Inf
     on one side is not the same on the other (no meaningful distance)."""
+    import numpy as np
     diff, _, nonfinite_bad = _float_distance(np.asarray(got), np.asarray(want64))
     return None if nonfinite_bad.any() else _finite_or_none(diff.max(initial=0.0))
 
@@ -162,11 +170,13 @@ def float64_error(got: np.ndarray, want64: np.ndarray) -> float | None:
 def judged_by_float64(reference: np.ndarray, quantized: bool) -> bool:
     """Whether an output is judged by the noise rule: a float output, not quantized (its
     tolerance is a quantization step, not rounding noise). Integers and bools are exact."""
+    import numpy as np
     return not quantized and np.asarray(reference).dtype.kind == "f"
 
 
 def noise_floor(reference64: np.ndarray, dtype) -> float:
     """FLOOR_ULPS ulps (of the reference's dtype) of the output's largest finite magnitude."""
+    import numpy as np
     values = np.abs(np.asarray(reference64, np.float64))
     finite = values[np.isfinite(values)]
     scale = float(finite.max()) if finite.size else 0.0
@@ -175,7 +185,7 @@ def noise_floor(reference64: np.ndarray, dtype) -> float:
 
 
 def noise_rule(got: np.ndarray, reference64: np.ndarray, framework_error: float,
-               dtype=np.float32, factor: float = FACTOR, rule: str = "f64-noise") -> dict:
+               dtype="float32", factor: float = FACTOR, rule: str = "f64-noise") -> dict:
     """Judge one output by the float64 noise rule: its error vs the float64 answer must be
     at most `factor` times the framework's own f32 error (framework_error, from capture),
     that error taken as at least noise_floor(). The fields validate records per output.

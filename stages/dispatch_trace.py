@@ -29,9 +29,10 @@ import hashlib
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
-import numpy as np
+if TYPE_CHECKING:   # (numpy is imported where used: planning imports none)
+    import numpy as np
 
 HEADER = re.compile(r"^=== (?P<executable>\S+)::(?P<symbol>\S+) (?P<side>inputs|outputs) ===$")
 TENSOR = re.compile(r"^(?P<type>(?:\d+x)*[a-z]+\d+)=(?P<values>.*)$")
@@ -127,6 +128,7 @@ def parse(lines: Iterable[str]) -> Iterator[Dispatch]:
 
 
 def _tensor(type_text: str, text: str, digest: str) -> Tensor:
+    import numpy as np
     *dims, dtype = type_text.split("x")
     flat = text.translate(BRACKETS)
     if dtype == "i1":
@@ -144,6 +146,7 @@ def _as_own_type(values: np.ndarray, bits: int, unsigned: bool) -> np.ndarray:
     """Integers as the values of their own type: an i8 printed as 252 (its bits read
     unsigned) is -4, a ui8's -4 is 252; read as float64 (exact to 2**53, where float32 is
     exact to 2**24 only)."""
+    import numpy as np
     if bits > 53:
         return values
     span = float(2 ** bits)
@@ -256,6 +259,7 @@ class Values:
         against want: within atol + rtol * |want|, plus what printing rounds, plus one step
         of the less precise dtype. The errors are None where a NaN/Inf mismatch makes them
         meaningless (JSON-safe, as stages/compare.py's)."""
+        import numpy as np
         a, b = got.values, want.values
         with np.errstate(invalid="ignore", over="ignore"):   # (inf - inf: masked below)
             diff = np.abs(a - b)
@@ -279,6 +283,7 @@ class Values:
 def _distance(a: np.ndarray, b: np.ndarray) -> tuple[int, float]:
     """How far a is from b: elements where one is NaN/Inf and the other is not, then the
     largest difference elsewhere relative to b's scale."""
+    import numpy as np
     finite_a, finite_b = np.isfinite(a), np.isfinite(b)
     both = finite_a & finite_b
     scale = float(np.max(np.abs(b[finite_b]), initial=0.0)) + TINY
@@ -287,6 +292,7 @@ def _distance(a: np.ndarray, b: np.ndarray) -> tuple[int, float]:
 
 
 def _sample(values: np.ndarray) -> np.ndarray:
+    import numpy as np
     if values.size <= SAMPLE:
         return values
     return values[np.linspace(0, values.size - 1, SAMPLE).astype(np.int64)]
@@ -294,6 +300,7 @@ def _sample(values: np.ndarray) -> np.ndarray:
 
 def _step(values: np.ndarray, *dtypes: str) -> np.ndarray | float:
     """One step (ulp) of the least precise float dtype of the two, at each value."""
+    import numpy as np
     bits = min((MANTISSA_BITS[d] for d in dtypes if d in MANTISSA_BITS), default=None)
     if bits is None or bits >= MANTISSA_BITS["f32"]:
         return 0.0

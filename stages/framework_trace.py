@@ -29,8 +29,10 @@ IREE computed them in that one dispatch, and the difference is made by one of th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:   # (numpy is imported where used: planning imports none)
+    import numpy as np
 
 from stages import frameworks
 from stages.capture import STAGE as CAPTURE
@@ -79,6 +81,7 @@ def _merges(fine: list[int], coarse: list[int]) -> bool:
 
 def compare(want: Intermediate, got: Tensor, atol: float, rtol: float) -> tuple:
     """(agrees, max abs error, steps) of IREE's tensor against the framework's."""
+    import numpy as np
     expected = np.asarray(want.values)
     if expected.dtype.kind in "iub":
         return _compare_integers(want, expected.ravel(), got)
@@ -103,6 +106,7 @@ def compare(want: Intermediate, got: Tensor, atol: float, rtol: float) -> tuple:
 def _compare_integers(want: Intermediate, expected: np.ndarray, got: Tensor) -> tuple:
     """Integers as the framework's own type: IREE's signless bits read back as it (an
     unsigned code printed as a negative i8 is the same byte)."""
+    import numpy as np
     if expected.dtype.kind == "b":
         values = got.values != 0
     else:
@@ -117,6 +121,7 @@ def _compare_integers(want: Intermediate, expected: np.ndarray, got: Tensor) -> 
 def _comparable(want: Intermediate, got: Tensor) -> bool:
     """Same layout, and numbers of one kind: floats with floats, integers with integers of
     the same width (an i32 accumulator is not the int8 tensor it becomes)."""
+    import numpy as np
     expected = np.asarray(want.values)
     if got.values.size != expected.size or not same_layout(expected.shape, got.shape):
         return False
@@ -160,6 +165,7 @@ def _stands_for(tensors: list[Intermediate], candidates: list[int]) -> int:
     """The framework tensor a dispatch output that agrees with none stands for: the last
     candidate in the run of tensors of the first one's layout (a dispatch writes its fused
     chain's last op's result; an elementwise chain keeps its layout)."""
+    import numpy as np
     first = min(candidates)
     end = first
     while end + 1 < len(tensors) and same_layout(np.shape(tensors[end + 1].values),
@@ -169,6 +175,7 @@ def _stands_for(tensors: list[Intermediate], candidates: list[int]) -> int:
 
 
 def _op(tensors: list[Intermediate], place: int) -> dict:
+    import numpy as np
     tensor = tensors[place]
     return {"position": place, "op": tensor.op, "tensor": tensor.name,
             "shape": list(np.shape(tensor.values)), "dtype": np.asarray(tensor.values).dtype.name}

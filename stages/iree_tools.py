@@ -5,10 +5,12 @@ given to iree-compile ends up inside the artifact); errors raised with the exact
 runtime tool watched for a hang (run_watched)."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import os
 import shlex
+import threading
 from pathlib import Path
 
 from pipeline import process
@@ -125,12 +127,41 @@ def first_error(stderr: str) -> str:
     return " ".join(lines[:2])[:500] if lines else "no message"
 
 
-@functools.lru_cache(maxsize=None)
 def devices() -> tuple[str, ...]:
     """The runtime's devices on this machine, e.g. ('local-task://', 'vulkan://GPU-...').
     Remembered across runs (pipeline.cache.probes.probe) while the executable, this boot,
     the device nodes, the Vulkan driver manifests and the device-selecting environment stay
-    the same."""
+    the same; asked once a process (a caller waits for an asking under way:
+    ask_devices_ahead)."""
+    with _DEVICES_LOCK:
+        return _devices()
+
+
+_DEVICES_LOCK = threading.Lock()   # held while asking
+_AHEAD_LOCK = threading.Lock()
+_asked_ahead = False
+
+
+def ask_devices_ahead() -> None:
+    """Start asking for devices() in a background thread, once a process: a plan names each
+    validate task's device in its key only once its graph is built, and the asking (a
+    process start, 0.1 s of a cold plan's wall time) runs meanwhile (docs/DESIGN.md §10.6).
+    Where it fails, the caller that needs the answer asks again and sees why."""
+    global _asked_ahead
+    with _AHEAD_LOCK:
+        if _asked_ahead:
+            return
+        _asked_ahead = True
+    threading.Thread(target=_devices_quietly, name="kiln-devices", daemon=True).start()
+
+
+def _devices_quietly() -> None:
+    with contextlib.suppress(Exception):
+        devices()
+
+
+@functools.lru_cache(maxsize=None)
+def _devices() -> tuple[str, ...]:
     exe = tool("iree-run-module")
 
     def ask() -> list[str]:

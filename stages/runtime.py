@@ -9,8 +9,6 @@ import re
 import shlex
 from pathlib import Path
 
-import numpy as np
-
 from pipeline import process
 from pipeline.stage import StageError
 from stages.backends import is_host_driver
@@ -26,6 +24,7 @@ def module_args(tmp: Path, module: Path, parameters: Path | None, driver: str, e
                  inputs) -> list[str]:
     """The arguments iree-run-module and iree-benchmark-module share: device, module,
     weights, function and inputs (saved into tmp)."""
+    import numpy as np
     args = [f"--device={driver}", f"--module={module}", f"--function={entry}"]
     if parameters is not None:   # the weights, from the archive emit wrote
         args.append(f"--parameters={SCOPE}={parameters}")
@@ -38,6 +37,7 @@ def module_args(tmp: Path, module: Path, parameters: Path | None, driver: str, e
 def run_module(tmp: Path, args: list[str], n_outputs: int | None, ctx, lost: list[str]):
     """(outputs, wall ms) of iree-run-module, which reads Vulkan results back through a
     staging buffer. The wall time (process start and load included) bounds one call's."""
+    import numpy as np
     counting_s = 0.0
     if n_outputs is None:  # count them from a first run's printout
         printed, counting_s = run_tool([tool("iree-run-module"), *args], ctx, lost)

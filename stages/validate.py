@@ -23,8 +23,6 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from pipeline.cache.digest import digest_file
 from pipeline.names import parse_upstream
 from pipeline.stage import MODULE, Role, Stage, StageError
@@ -110,6 +108,7 @@ class Validate(Stage):
 
     def run(self, ctx):
         # a bad setting fails before anything runs; None: timing off
+        import numpy as np
         at_most = timing_repetitions() if ctx.target.timing else None
         emitted = ctx.inputs[EMIT.name]
         info = json.loads((emitted / "model.json").read_text())
@@ -233,6 +232,7 @@ def _judge_by_noise(checked: dict, outputs: list, answer: Answer, model) -> None
     """Into checked: each float output with a float64 answer judged by the noise rule (its
     verdict replaces atol/rtol's, which stays as tolerance_passed), the rule each output was
     judged by, and the summary's rule, errors and factor (the output nearest its limit)."""
+    import numpy as np
     errors = answer.f64.get("framework_error") or []
     spreads = (answer.alternative_record or {}).get("spread") or []
     quantized = answer.tolerances or []

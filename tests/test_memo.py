@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from conftest import Project, copy_project
+from conftest import Project, copy_project, without_kiln_settings
 from test_mlir_files import matmul_mlir
 from test_probes import make_tool
 
@@ -216,3 +218,78 @@ def test_a_run_in_processes_leaves_a_no_op(tmp_path):
     assert set(project.statuses().values()) == {"up-to-date"}
     project.doit()
     assert set(project.statuses().values()) == {"up-to-date"}
+
+
+# `doit list` of the plan (made: KILN_PLAN_MEMO=0) in this interpreter, then the modules it left
+LIST_AND_SAY_IMPORTED = """import runpy, sys
+sys.argv = ["doit", "list", "--all", "-q", "model=m1,add.onnx", "target=cpu"]
+try:
+    runpy.run_module("doit", run_name="__main__")
+except SystemExit as stop:
+    assert not stop.code, stop.code
+print(" ".join(sorted(sys.modules)))"""
+
+
+def test_making_a_plan_imports_no_numpy(mlir):
+    """numpy's import is a twentieth of a cold plan's time (docs/DESIGN.md §10.6): a plan, with
+    every stage module and framework adapter loaded, imports none (they import it where used)."""
+    from onnx import TensorProto, helper
+    values = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [4]) for n in "xyz"]
+    graph = helper.make_graph([helper.make_node("Add", ["x", "y"], ["z"])], "add", values[:2],
+                              values[2:])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    assert b"\x70\x01" not in model   # (else the ONNX hook parses it, with onnx and numpy)
+    (mlir.root / "add.onnx").write_bytes(model)
+    proc = subprocess.run([sys.executable, "-c", LIST_AND_SAY_IMPORTED], cwd=mlir.root,
+                          env={**without_kiln_settings(os.environ), "KILN_PLAN_MEMO": "0"},
+                          capture_output=True, text=True, check=True)
+    *listed, imported = proc.stdout.splitlines()
+    assert "validate:add.onnx@cpu" in map(str.strip, listed)
+    imported = set(imported.split())
+    assert {"networkx", "stages.validate", "stages.runtime", "stages.frameworks.onnx_fw",
+            "stages.frameworks.tflite_fw"} <= imported
+    assert not {m for m in imported if m.split(".")[0] in ("numpy", "onnx", "tarfile")}
+
+
+def test_the_tasks_kiln_makes_are_those_doit_makes_of_the_dicts(mlir):
+    """pipeline.driver.doit_tasks makes doit's Task objects itself (docs/DESIGN.md §10.6): from
+    a real plan's specs (with a task whose extra field leaves it to doit), each task equals
+    the one doit's loader makes of the same dict, in the same order, and no two share a
+    container (a task's values, its file_dep ...)."""
+    import marshal
+
+    from doit.loader import generate_tasks
+    from doit.task import Task
+
+    from pipeline.driver.doit_tasks import TaskMaker
+    listed(mlir)
+    specs = marshal.loads((mlir.root / "build" / ".kiln" / "plan-memo.marshal").read_bytes())["tasks"]
+    specs.append({"basename": "lower", "name": "extra", "verbosity": 2, "task_dep": ["lower:*"]})
+
+    def check(task, values):   # (an up-to-date check: a callable)
+        return None
+
+    def dicts():
+        for spec in specs:
+            task = {k: v for k, v in spec.items() if not k.startswith("kiln_")}
+            if "name" in spec and spec["name"] is not None:
+                task |= {"actions": [(print, [spec["name"]])], "uptodate": [check]}
+            elif "actions" not in spec:
+                task["actions"] = [(print, [])]
+            yield task
+
+    maker = TaskMaker()
+    made = [maker.make(task) for task in dicts()]
+    assert sum(isinstance(t, Task) for t in made) > 10 and isinstance(made[-1], dict)
+    theirs = generate_tasks("stages", dicts())
+    ours = generate_tasks("stages", (task for task in made))
+
+    def attrs(task: Task) -> dict:
+        return {k: repr(v) if k == "io" else v for k, v in vars(task).items()}
+
+    assert [t.name for t in ours] == [t.name for t in theirs]
+    assert [attrs(t) for t in ours] == [attrs(t) for t in theirs]
+    assert "lower:extra" in next(t for t in ours if t.name == "lower").task_dep
+    for key, value in vars(ours[0]).items():
+        if not isinstance(value, (type(None), bool, int, str, tuple)):
+            assert len({id(getattr(t, key)) for t in ours}) == len(ours), key

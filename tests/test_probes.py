@@ -133,3 +133,24 @@ def test_tool_versions():
     assert "compiler version" in probes.tool_version("iree-compile")
     assert probes.tool_version("iree-base-runtime")[0].isdigit()       # a distribution's version
     assert probes.tool_version("no-such-tool-kiln") == "not installed"
+
+
+# the device list asked ahead (as a plan does: stages.resolve_target), then by a caller that
+# needs it while the asking may still be under way: one asking, the runtime's own answer
+DEVICES_AHEAD = """from pipeline.cache import probes
+from stages import iree_tools
+iree_tools.ask_devices_ahead()
+iree_tools.ask_devices_ahead()
+print(" ".join(iree_tools.devices()))
+print(len(probes.PROBED))"""
+
+
+def test_the_devices_asked_ahead_are_the_runtimes_own_asked_once():
+    from stages.iree_tools import tool
+    repo = Path(__file__).resolve().parent.parent
+    said = subprocess.run([sys.executable, "-c", DEVICES_AHEAD], cwd=repo, capture_output=True,
+                          text=True, check=True).stdout.splitlines()
+    listed = subprocess.run([tool("iree-run-module"), "--list_devices"], capture_output=True,
+                            text=True, check=True).stdout
+    assert said[0].split() == [line.strip() for line in listed.splitlines() if "://" in line]
+    assert said[1] == "1"

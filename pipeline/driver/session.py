@@ -25,6 +25,7 @@ from ..report.record import RunLog, write_failed_run
 from ..run.uptodate import CHECK_SIGNATURE, KeySources, Settled, settled, stage_check
 from . import collector
 from .database import identity, seal, set_aside_if_damaged
+from .doit_tasks import TaskMaker
 from .reporter import make_reporter
 
 if TYPE_CHECKING:   # (the plan's modules load only when a plan is made)
@@ -111,8 +112,11 @@ class Session:
         return specs
 
     def tasks(self):
-        """doit's task dicts: the specs with their actions and up-to-date check attached."""
+        """doit's tasks: the specs with their actions and up-to-date check attached, made
+        into doit's Task objects by pipeline.driver.doit_tasks (a stage task's dict, its group's
+        too), else handed to doit as dicts."""
         check = StageCheck(self)
+        maker = TaskMaker()   # (doit's Task objects, made for less than doit makes them)
         for spec in self.task_specs():
             task = {k: v for k, v in spec.items() if not k.startswith("kiln_")}
             kind = spec.get("kiln_action")
@@ -122,7 +126,7 @@ class Session:
                 task["uptodate"] = [check]
             elif kind == "prune":
                 task["actions"] = [(self.prune, [])]
-            yield task
+            yield maker.make(task)
 
     def run_stage(self, name: str, info: dict, task):
         """A stage task's action. Its values (what the next up-to-date check compares) go

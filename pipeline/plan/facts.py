@@ -31,6 +31,7 @@ from ..cache.files import atomic_write, read_only, stat_of
 
 FORMAT = 1
 FACTS_FILE = "model-facts.json"   # in build/.kiln/
+PATH_TYPE = type(Path())   # (what Path(text) makes here: PosixPath)
 FACTS_ENV = "KILN_MODEL_FACTS"    # "0": ask every hook every time (a check that this is not wrong)
 
 
@@ -43,7 +44,7 @@ def _listing(directory: str) -> str | None:
     return hashlib.sha256("\0".join(names).encode()).hexdigest()
 
 
-def evidence(path: Path, named: list[Path]) -> dict:
+def evidence(path: str | Path, named: list[str | Path]) -> dict:
     """What an answer about path that names these files was made from (see the docstring)."""
     files = [str(path), *(str(p) for p in named)]
     dirs = sorted({os.path.dirname(f) for f in files})
@@ -80,11 +81,12 @@ class ModelFacts:
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return {}   # absent or damaged: every hook is asked, the file written again
 
-    def answer(self, hook: str, path: Path, ask: Callable[[], object],
-               named: Callable[[object], list[Path]] = lambda answer: []):
+    def answer(self, hook: str, path: str | Path, ask: Callable[[], object],
+               named: Callable[[object], list[str | Path]] = lambda answer: []):
         """ask()'s answer (JSON data) about the file at path, remembered under hook while
-        what it was made from holds; named(answer): the files the answer names."""
-        path = Path(os.path.abspath(path))
+        what it was made from holds; named(answer): the files the answer names (as text: a
+        Path made for each was a tenth of a folder's facts)."""
+        path = os.path.abspath(path)   # (as str(Path(...)) writes it: abspath normalizes)
         key = f"{hook} {path}"
         found = self.entries.get(key)
         try:
@@ -93,7 +95,7 @@ class ModelFacts:
         except (KeyError, TypeError, ValueError, AttributeError):
             pass   # a damaged entry: asked again
         answer = ask()   # (an error is raised, never remembered)
-        self.entries[key] = {"path": str(path), "answer": answer,
+        self.entries[key] = {"path": path, "answer": answer,
                              "made_from": evidence(path, named(answer))}
         self.changed = True
         return answer
@@ -106,9 +108,16 @@ class ModelFacts:
                    ) -> Callable[[str, Path], dict[str, Path]]:
         """companions, asked only when the file or what it named changed."""
         def remembered(framework: str, path: Path) -> dict[str, Path]:
-            roles = self.answer(f"companions:{framework}", path,
-                                lambda: {r: str(p) for r, p in companions(framework, path).items()},
-                                lambda roles: [Path(p) for p in roles.values()])
+            asked: dict[str, Path] = {}
+
+            def ask() -> dict[str, str]:
+                asked.update(companions(framework, path))
+                return {r: str(p) for r, p in asked.items()}
+
+            roles = self.answer(f"companions:{framework}", path, ask,
+                                lambda roles: list(roles.values()))
+            if asked:   # (asked now: the hook's own Paths, not each made again from its text)
+                return {role: p if type(p) is PATH_TYPE else Path(p) for role, p in asked.items()}
             return {role: Path(p) for role, p in roles.items()}
         return remembered
 
@@ -116,7 +125,7 @@ class ModelFacts:
         """scan (pipeline.plan.models.scan_folder), asked again only when a directory it
         looked in changed (an entry added, removed or renamed moves a directory's mtime)."""
         return lambda path: self.answer("folder", path, lambda: scan(path),
-                                        lambda found: [Path(d) for d in found["dirs"]])
+                                        lambda found: found["dirs"])
 
     def save(self) -> None:
         """Write the answers when one is new (not in read-only mode), without those about

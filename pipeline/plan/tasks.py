@@ -28,7 +28,7 @@ from . import models as model_registry
 from . import xfail
 from .config import Config, load_config
 from .facts import FACTS_FILE, ModelFacts
-from .graph import build_graph, shard
+from .graph import build_graph, shard, topological_order
 from .layout import Layout, room_for_model
 from .options import Options
 
@@ -48,6 +48,7 @@ class Plan:
     expected_file: Path | None = None                          # where they were read from
     listed: list[Path] = dataclasses.field(default_factory=list)   # folders scanned for models
     sources: dict = dataclasses.field(default_factory=dict)   # files_of's answers, by source
+    code: dict = dataclasses.field(default_factory=dict)      # code_files_of's, by the ids
 
     def files_of(self, source: Path) -> list[Path]:
         """source_files(source), asked once a plan: the task specs and plan_inputs both need
@@ -56,6 +57,16 @@ class Plan:
         if found is None:
             found = self.sources[source] = source_files(source)
         return found
+
+    def code_files_of(self, stage: Stage, model: ModelSpec) -> tuple:
+        """stage.code_files(model), asked once a plan: the task specs and plan_inputs both
+        need it, for every stage x model (20,000 of them for a 2,000-case suite). Known by the
+        objects' ids, and kept with them (so no other object takes their ids)."""
+        key = (id(stage), id(model))
+        found = self.code.get(key)
+        if found is None:
+            found = self.code[key] = (stage, model, tuple(stage.code_files(model)))
+        return found[2]
 
     @functools.cached_property
     def nodes_by_task(self) -> dict[str, Node]:
@@ -411,12 +422,12 @@ def _exact(params: dict, tools: dict, code: dict) -> tuple | None:
         return None
 
 
-def _code_digests(stage: Stage, model: ModelSpec, seen: dict) -> dict[str, str]:
+def _code_digests(plan: Plan, stage: Stage, model: ModelSpec, seen: dict) -> dict[str, str]:
     """The stage's code files for this model, path -> sha256, each file hashed once a plan
     (seen holds the digests by path and the answers by (stage, model))."""
     key = (id(stage), id(model))
     if key not in seen:
-        files = tuple(stage.code_files(model))
+        files = plan.code_files_of(stage, model)
         # (most models share their files, as the same objects: made into paths once, not
         # once per task: 2,000 cases made 120,000 Paths here, a third of a cold plan; and
         # known by the objects' ids, as hashing 20,000 tuples of Paths was a tenth)
@@ -444,7 +455,7 @@ def _stage_specs(plan: Plan):
     watched: dict = {}  # the watched digests (watched_digest)
     # (the graph's own dicts: networkx's views cost as much as the specs, 50,000 lookups)
     nodes, preds = plan.graph._node, plan.graph._pred
-    for node in nx.topological_sort(plan.graph):
+    for node in topological_order(plan.graph):
         data = nodes[node]
         stage, model, target = data["stage"], data["model"], data["target"]
         # a soft upstream (a variant among several) may fail, and one a stage reads only if it
@@ -478,7 +489,7 @@ def _stage_specs(plan: Plan):
                               entry=places.entry_file(node),
                               out_dir=places.node_dir(node),
                               watched=watched_digest(stage, model, target,
-                                                     _code_digests(stage, model, code),
+                                                     _code_digests(plan, stage, model, code),
                                                      watched),
                               **({"role": str(stage.role)} if stage.role else {}),   # (plain: marshal)
                               **({"soft_deps": soft} if soft else {}),
@@ -548,7 +559,7 @@ def plan_inputs(plan: Plan) -> tuple[list[Path], list[Path]]:
         dirs.append(directory)
         files += sorted(directory.glob("*.py")) if directory.is_dir() else []
     dirs += plan.listed   # a case added to a folder of models makes the plan again
-    models = {plan.graph.nodes[n]["model"].name: plan.graph.nodes[n]["model"] for n in plan.graph}
+    models = {model.name: model for _, model in plan.graph.nodes(data="model")}
     for model in models.values():
         for source in model.sources.values():
             source = source if isinstance(source, Path) else Path(source)
@@ -561,6 +572,6 @@ def plan_inputs(plan: Plan) -> tuple[list[Path], list[Path]]:
             for _, d in plan.graph.nodes(data=True)}
     # (the files as given, then made Paths: one Path per file, not one per task)
     # (by identity first: most are the same few objects, and hashing a Path is slow)
-    given = {id(f): f for stage, model in code.values() for f in stage.code_files(model)}
+    given = {id(f): f for stage, model in code.values() for f in plan.code_files_of(stage, model)}
     files += sorted({Path(f) for f in given.values()})
     return files, dirs

@@ -13,14 +13,13 @@ stages use are re-exported here.
 from __future__ import annotations
 
 import importlib
-import os
 import pkgutil
 from pathlib import Path
 
 from pipeline.stage import StageError
 
 from .arrays import load_arrays, save_arrays
-from .base import Framework, Intermediate, NoFloat64, NoIntermediates, Traced
+from .base import Framework, Intermediate, NoFloat64, NoIntermediates, Traced, suffix_of
 from .factory import build_model, load_factory
 from .inputs import INT_INPUT_HIGH, model_inputs, seeded_inputs
 
@@ -59,24 +58,14 @@ def companions(framework: str, path: Path) -> dict[str, Path]:
 
 def detect(path: Path | str) -> str | None:
     """The framework that reads this model file or directory, if any."""
-    # (a folder scan asks this of every entry, 12,000 for a 2,000-case suite: the suffix is
-    # worked out from the text, as Path's is, and a Path made only for an adapter that looks
-    # further than the suffix)
+    # (a folder scan asks this of every entry, 12,000 for a 2,000-case suite: the adapters
+    # are asked with the text, as a Path made per entry was most of a scan's time)
     text = str(path)
-    suffix = _suffix(os.path.basename(text))
-    as_path = None
+    suffix = suffix_of(text)
     for adapter in _load_all().values():
         if type(adapter).matches is Framework.matches:
             if suffix in adapter.suffixes:
                 return adapter.name
-            continue
-        as_path = as_path or (path if isinstance(path, Path) else Path(text))
-        if adapter.matches(as_path):
+        elif adapter.matches(text):
             return adapter.name
     return None
-
-
-def _suffix(name: str) -> str:
-    """Path(name).suffix, without the Path."""
-    dot = name.rfind(".")
-    return name[dot:] if 0 < dot < len(name) - 1 else ""

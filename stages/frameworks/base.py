@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
+import os
 import shutil
 from pathlib import Path
 
@@ -92,6 +93,14 @@ class NoFloat64(Exception):
     """An adapter cannot compute this model's answer in float64; the message says why."""
 
 
+def suffix_of(path: str) -> str:
+    """Path(path).suffix without the Path: the suffix of os.path.basename(path) (of which a
+    path ending in "/" has none)."""
+    name = os.path.basename(path)
+    dot = name.rfind(".")
+    return name[dot:] if 0 < dot < len(name) - 1 else ""
+
+
 # IREE rounds quantized arithmetic (requantization, rescales) differently from LiteRT: int8
 # outputs differ by about one quantization step, so allow two (validate's tolerance of a
 # quantized output, and bisect's of a quantized tensor: stages/framework_trace.py)
@@ -153,8 +162,10 @@ class Framework:
                              f"{', '.join(missing)}): install kiln[{self.extra}]",
                              transient=NOT_INSTALLED)
 
-    def matches(self, path: Path) -> bool:
-        return path.suffix in self.suffixes
+    def matches(self, path: str) -> bool:
+        """Whether this framework reads the file or directory at path (its text: detect asks
+        this of every entry of a folder scan)."""
+        return suffix_of(path) in self.suffixes
 
     def companions(self, path: Path) -> dict[str, Path]:
         """Files a model file reads besides itself (role -> path), e.g. ONNX external data:

@@ -3,9 +3,9 @@ pipeline at legalize, with IREE detecting its input dialect. There is no framewo
 for a reference, so validation checks only that the module runs on each target."""
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
-from .base import Framework
+from .base import Framework, suffix_of
 
 
 class ImportedMlir(Framework):
@@ -16,8 +16,8 @@ class ImportedMlir(Framework):
     first_stage = "legalize"
     has_reference = False
 
-    def matches(self, path: Path) -> bool:
-        return path.suffix in self.suffixes and path.is_file()   # (the stat last: rarely)
+    def matches(self, path: str) -> bool:
+        return suffix_of(path) in self.suffixes and os.path.isfile(path)   # (the stat last: rarely)
 
 
 ADAPTER = ImportedMlir()

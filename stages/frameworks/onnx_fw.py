@@ -36,8 +36,10 @@ import mmap
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:   # (numpy is imported where used: planning imports none)
+    import numpy as np
 
 from pipeline.stage import ConfigError, ModelSpec, StageError
 
@@ -148,6 +150,7 @@ class Onnx(Framework):
         execution order), graph optimizations off so that no node is fused away
         (docs/DESIGN.md §10.8). A QuantizeLinear's or DequantizeLinear's output carries the
         scale and zero point of its codes."""
+        import numpy as np
         import onnx
         proto = onnx.shape_inference.infer_shapes(
             onnx.load_from_string((capture_dir / self.captured[0]).read_bytes()))
@@ -356,6 +359,7 @@ def _read_tensor(path: Path, model_dir: Path) -> tuple[str, np.ndarray]:
 def _test_data_inputs(model: ModelSpec, signature, files: list[Path], model_dir: Path):
     """(inputs, None) from input_*.pb, matched to the graph inputs by tensor name when every
     name matches, else by position; (None, why) when shapes= asks for other shapes."""
+    import numpy as np
     tensors = [_read_tensor(f, model_dir) for f in files if f.name.startswith("input_")]
     set_name = files[0].parent.name
     if len(tensors) != len(signature):
@@ -388,6 +392,7 @@ def _answers(model_name: str, data: bytes, feeds: dict, outputs: int, set_name: 
     and with the expected outputs; where onnxruntime cannot run the model (NOT_IMPLEMENTED for
     some ops and types, or it refuses the file) or disagrees with them, with the expected
     outputs alone, and a note says so."""
+    import numpy as np
     source = f"{set_name}/output_*.pb"
     if len(expected) > outputs:
         raise StageError(f"model {model_name}: {set_name} has {len(expected)} output_*.pb, the "
@@ -416,6 +421,7 @@ def _answers(model_name: str, data: bytes, feeds: dict, outputs: int, set_name: 
 def _disagreement(reference, expected: list[np.ndarray], set_name: str) -> str | None:
     """Where onnxruntime's answer and the expected outputs differ beyond float noise (the
     test data was written by whatever produced the model), or None."""
+    import numpy as np
     for index, (got, want) in enumerate(zip(reference, expected)):
         got = np.asarray(got)
         if got.shape != want.shape:
@@ -430,6 +436,7 @@ def _disagreement(reference, expected: list[np.ndarray], set_name: str) -> str |
 
 def _compare(got: np.ndarray, want: np.ndarray) -> tuple[float, bool]:
     """(max abs error, close enough); strings and other non-numbers must be equal."""
+    import numpy as np
     if got.dtype.kind not in "biufc" or want.dtype.kind not in "biufc":
         equal = np.array_equal(got, want)
         return float(not equal), equal

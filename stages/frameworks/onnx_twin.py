@@ -19,7 +19,10 @@ off the reference parts from the float32 run. (docs/DESIGN.md §10.7)
 """
 from __future__ import annotations
 
-import numpy as np
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:   # (numpy is imported where used: planning imports none)
+    import numpy as np
 
 from . import onnx_common as common
 from .base import DISAGREE_RTOL, NoFloat64, disagreement
@@ -38,6 +41,7 @@ F32_SUFFIX = "__kiln_f32"
 def float64_answer(data: bytes, inputs: list, reference: list) -> list:
     """The model's outputs computed in float64 by its twin, checked as the module's docstring
     says; NoFloat64(why, naming the node) where there is none."""
+    import numpy as np
     import onnx
     proto = onnx.load_from_string(data)
     try:
@@ -118,6 +122,7 @@ def _graph_to_double(graph, opsets: dict, types: dict) -> None:
 
 
 def _attributes_to_double(node, opsets: dict, types: dict) -> None:
+    import numpy as np
     from onnx import AttributeProto, TensorProto, helper
     for attribute in node.attribute:
         if attribute.type == AttributeProto.TENSOR and attribute.t.data_type == TensorProto.FLOAT:
@@ -147,6 +152,7 @@ def _attributes_to_double(node, opsets: dict, types: dict) -> None:
 
 
 def _double_tensor(tensor):
+    import numpy as np
     from onnx import numpy_helper
     return numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float64), tensor.name)
 
@@ -199,6 +205,7 @@ def _float32_only(allowed: list, index: int) -> bool:
 def _run_in_onnxruntime(twin, feeds64: dict) -> tuple[list | None, str]:
     """(the twin's outputs, "") or (None, onnxruntime's first line on why it cannot run it:
     it names the node it has no float64 kernel for)."""
+    import numpy as np
     try:
         session = common.session(twin.SerializeToString())
         return [np.asarray(a) for a in session.run(None, feeds64)], ""
@@ -210,6 +217,7 @@ def _run_in_evaluator(typed, twin, feeds32: dict, feeds64: dict, reference: list
                       refused: str) -> list:
     """The twin's outputs by onnx's reference evaluator, each node checked against
     onnxruntime's float32 run of it (the module's docstring)."""
+    import numpy as np
     from onnx.reference import ReferenceEvaluator
     try:
         evaluator = ReferenceEvaluator(twin, new_ops=exact_reference_ops())
@@ -294,6 +302,7 @@ def _described(node) -> str:
 def _float32_intermediates(typed, feeds32: dict) -> dict:
     """Every float value of the float32 graph (as kiln compiles it) by onnxruntime, with the
     initializers and inputs: what each node of the twin is checked against."""
+    import numpy as np
     import onnx
     exposed = onnx.ModelProto()
     exposed.CopyFrom(typed)
@@ -311,6 +320,7 @@ def _float32_intermediates(typed, feeds32: dict) -> dict:
 
 def _onnxruntime_intermediates(twin, feeds64: dict) -> dict:
     """Every value of the twin onnxruntime computes (it can run it), by name."""
+    import numpy as np
     import onnx
     exposed = onnx.shape_inference.infer_shapes(twin)
     declared = {value.name for value in exposed.graph.output}
@@ -328,6 +338,7 @@ def _first_misread(twin, results32: dict, results64: dict) -> str:
     the float32 run's inputs (made float64 where the twin has float64), computes an output
     further than LOCAL_RTOL from onnxruntime's float32 one, described; "" if none. Nodes
     with subgraphs (their bodies read the outer graph) and kiln's own Casts are not run."""
+    import numpy as np
     from onnx.reference import ReferenceEvaluator
     opsets = {o.domain or "": o.version for o in twin.opset_import}
     for node in twin.graph.node:
@@ -354,6 +365,7 @@ def _has_subgraph(node) -> bool:
 
 
 def _is_float(value) -> bool:
+    import numpy as np
     return value is not None and np.asarray(value).dtype.kind == "f"
 
 
@@ -361,6 +373,7 @@ def _float32_value(name: str, results32: dict, results64: dict):
     """The float32 run's value of a twin's input, in the twin's type for it (float64 where the
     twin made it so; kiln's Casts to float32 read the value they cast), or the twin's own
     value where the float32 run does not have it."""
+    import numpy as np
     if not name:
         return None
     wide = results64.get(name)
@@ -374,6 +387,7 @@ def _float32_value(name: str, results32: dict, results64: dict):
 def _off(wide: np.ndarray, narrow, rtol: float = LOCAL_RTOL) -> str:
     """How far wide is from narrow, described, where beyond rtol of wide's largest finite
     value; "" where within it (or not comparable)."""
+    import numpy as np
     if not _is_float(narrow) or wide.dtype.kind != "f" or wide.shape != np.shape(narrow):
         return ""
     narrow = np.asarray(narrow)
@@ -389,6 +403,7 @@ def _first_parting(typed, feeds32: dict, twin_values) -> str:
     """The first node (in graph order) where the twin's output (twin_values(): its values by
     name) is further than DISAGREE_RTOL from the float32 run's, described; "" if none, or
     where either run cannot give its intermediate values (the answer is refused anyway)."""
+    import numpy as np
     try:
         results32, results64 = _float32_intermediates(typed, feeds32), twin_values()
     except common.onnxruntime_errors():
@@ -425,6 +440,7 @@ def exact_reference_ops() -> list:
       MaxPool's indices are not asked for, onnx's otherwise."""
     from math import erf
 
+    import numpy as np
     from onnx.reference.op_run import OpRun
     from onnx.reference.ops.op_max_pool import MaxPool as OnnxMaxPool
     from onnx.reference.ops.op_pool_common import CommonPool
@@ -468,6 +484,7 @@ def exact_reference_ops() -> list:
 
 def max_pool(x: np.ndarray, kernel: list, strides, pads, dilations, ceil_mode) -> np.ndarray:
     """ONNX's MaxPool with explicit pads (padding never wins)."""
+    import numpy as np
     lowest = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
     windows, spatial = _pool_windows(x, kernel, strides, pads, dilations, ceil_mode, lowest)
     return windows.max(axis=tuple(range(-spatial, 0))).astype(x.dtype)
@@ -478,6 +495,7 @@ def average_pool(x: np.ndarray, kernel: list, strides, pads, dilations, ceil_mod
     """ONNX's AveragePool with explicit pads: each window's sum over the elements it counts,
     the input's (and the pads' where count_include_pad), never those past the pads that
     ceil_mode's last window reaches."""
+    import numpy as np
     spatial = x.ndim - 2
     pads = list(pads or [0] * 2 * spatial)
     windows, _ = _pool_windows(x, kernel, strides, pads, dilations, ceil_mode, 0)
@@ -497,6 +515,7 @@ def _pool_windows(x: np.ndarray, kernel: list, strides, pads, dilations, ceil_mo
     with fill, output sizes as ONNX defines them (ceil_mode's last window must start inside
     the input or its left pad). sized_as: (shape, pads) the output sizes are worked out from,
     where not x's own (a mask already padded)."""
+    import numpy as np
     from numpy.lib.stride_tricks import sliding_window_view
     spatial = x.ndim - 2
     strides = list(strides or [1] * spatial)
@@ -524,6 +543,7 @@ def local_response_norm(x: np.ndarray, alpha: float, beta: float, bias: float,
                         size: int) -> np.ndarray:
     """ONNX's LRN: x / (bias + alpha / size * sum of x**2 over the channels c - floor((size -
     1) / 2) .. c + ceil((size - 1) / 2)) ** beta, in x's type."""
+    import numpy as np
     channels = x.shape[1]
     low, high = (size - 1) // 2, -(-(size - 1) // 2)
     padded = np.pad(np.square(x), [(0, 0), (low, high)] + [(0, 0)] * (x.ndim - 2))

@@ -40,11 +40,8 @@ from __future__ import annotations
 import io
 import os
 import re
-import tarfile
 import tempfile
 from pathlib import Path
-
-import numpy as np
 
 from pipeline.stage import ModelSpec, StageError
 
@@ -69,7 +66,7 @@ class TensorFlow(Framework):
     serialized = ARCHIVE
     builds_on = ("tf_common",)
 
-    def matches(self, path: Path) -> bool:
+    def matches(self, path: str) -> bool:
         # one stat: under a file, the name is not found (ENOTDIR) as under an empty directory
         # (a folder scan asks this of every entry)
         # (as text: a Path made per entry was most of a scan's detect)
@@ -113,6 +110,7 @@ class TensorFlow(Framework):
         (constants, op types, casts) made float64, run by TF on the inputs cast to float64:
         TF's kernels take double where they take float (Conv2D, MatMul, Keras' batch norm as
         Mul/Add/Rsqrt); where one does not, NoFloat64 with TF's words."""
+        import numpy as np
         tf = load_tf()
         with tempfile.TemporaryDirectory() as tmp:
             saved = Path(tmp) / "saved_model"
@@ -304,6 +302,7 @@ def _signature_order(saved: Path, name: str) -> tuple[list[str], list[str]]:
 
 def _pack(directory: Path) -> bytes:
     """A reproducible tar of a SavedModel directory: same files, same bytes."""
+    import tarfile  # (here: a plan, which loads every adapter, never packs one)
     buffer = io.BytesIO()
     files = sorted((p for p in directory.rglob("*") if p.is_file() and p.name not in VOLATILE),
                    key=lambda p: p.relative_to(directory).as_posix())
@@ -349,6 +348,7 @@ def _float64_function(tf, signature, source: dict):
 def _attributes_to_double(node) -> None:
     """A GraphDef node's float32 made float64: type and type-list attributes, and constant
     tensors' values."""
+    import numpy as np
     from tensorflow.core.framework import types_pb2
     from tensorflow.python.framework import tensor_util
     single, double = types_pb2.DT_FLOAT, types_pb2.DT_DOUBLE
@@ -369,6 +369,7 @@ def _unpack_bytes(archive: bytes, directory: Path) -> None:
 
 
 def _unpack(archive: Path, directory: Path) -> None:
+    import tarfile
     directory.mkdir(parents=True, exist_ok=True)
     with tarfile.open(archive, mode="r") as tar:
         if hasattr(tarfile, "data_filter"):

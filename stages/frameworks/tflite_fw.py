@@ -43,8 +43,10 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:   # (numpy is imported where used: planning imports none)
+    import numpy as np
 
 from pipeline.stage import ModelSpec, StageError
 
@@ -232,6 +234,7 @@ def _dims(shape) -> list:
 
 def _signature(details) -> list[tuple[str, list, str]]:
     """The inputs as declared: a dynamic dimension (-1 in shape_signature) is None."""
+    import numpy as np
     return [(d["name"], _dims(d["shape_signature"]), np.dtype(d["dtype"]).name) for d in details]
 
 
@@ -240,6 +243,7 @@ def _signature(details) -> list[tuple[str, list, str]]:
 def _file_inputs(model: ModelSpec, details) -> tuple[list, list[str]]:
     """(inputs, notes) for a user's file: the user's own, else seeded ones, sized from the
     model's own shapes and drawn over each quantized input's range."""
+    import numpy as np
     if model.input_files():  # the user's arrays size the dynamic dimensions themselves
         return model_inputs(model, _signature(details)), []
     signature, notes = _sized_signature(details, model.shapes)
@@ -279,6 +283,7 @@ def _own_shape_note(name: str, dims: list, own: list, taken: dict[int, int]) -> 
 
 def _quantization(detail) -> tuple[float, int] | None:
     """(scale, zero point) of a per-tensor quantized integer tensor, else None."""
+    import numpy as np
     scale, zero_point = detail["quantization"]
     if scale == 0 or np.dtype(detail["dtype"]).kind not in "iu":
         return None
@@ -288,6 +293,7 @@ def _quantization(detail) -> tuple[float, int] | None:
 def _quantized_normal(rng, detail, shape) -> np.ndarray:
     """Standard-normal real values quantized to the input's codes (clipped to its dtype), like
     a float model's seeded inputs: integers from [0, 10) would all be near one real value."""
+    import numpy as np
     scale, zero_point = _quantization(detail)
     dtype = np.dtype(detail["dtype"])
     codes = np.round(rng.standard_normal(shape) / scale) + zero_point
@@ -295,6 +301,7 @@ def _quantized_normal(rng, detail, shape) -> np.ndarray:
 
 
 def _quantized_input_note(detail) -> str:
+    import numpy as np
     scale, zero_point = _quantization(detail)
     return (f"input '{detail['name']}': {np.dtype(detail['dtype']).name} quantized (scale "
             f"{scale:.3g}, zero point {zero_point}): seeded with standard-normal values "
@@ -322,6 +329,7 @@ def _output_tolerances(interpreter, outputs, reference) -> list[dict | None]:
 
 def _integer_output_tolerance(detail) -> dict | None:
     """A quantized integer output: its codes are what is compared, so atol counts steps."""
+    import numpy as np
     quantization = _quantization(detail)
     if quantization is None:
         return None
@@ -334,6 +342,7 @@ def _integer_output_tolerance(detail) -> dict | None:
 def _dequantized_output_tolerance(interpreter, tensor_index: int) -> dict | None:
     """A float output a DEQUANTIZE op makes from a quantized tensor (integer inside, float at
     the edges): the steps are that tensor's, so atol is steps times its scale."""
+    import numpy as np
     source = _dequantize_source(interpreter, tensor_index)
     quantization = source and _quantization(source)
     if not quantization:
@@ -349,6 +358,7 @@ def _hybrid_tolerance(answer, hybrid: list[str]) -> dict | None:
     """Dynamic-range quantization: LiteRT's hybrid kernels quantize their float inputs to int8
     on the fly (symmetric, max |x| / 127 a step) where IREE computes in float with the
     dequantized weights; allow QUANT_STEPS such steps of the output itself."""
+    import numpy as np
     largest = float(np.abs(answer).max(initial=0.0))
     if not np.isfinite(largest) or largest == 0:
         return None
@@ -408,11 +418,13 @@ def _dynamic_range_notes(interpreter, outputs) -> list[str]:
 
 
 def _is_float(tensor) -> bool:
+    import numpy as np
     return np.dtype(tensor["dtype"]).kind == "f"
 
 
 def _has_scales(tensor) -> bool:
     """A quantized integer tensor, per-tensor or per-channel."""
+    import numpy as np
     return np.dtype(tensor["dtype"]).kind in "iu" and \
         len(tensor["quantization_parameters"]["scales"]) > 0
 
