@@ -44,6 +44,11 @@ class Target:
     # (against= on the command line names the one to use)
     compare_with: tuple["Target", ...] = field(default=(), compare=False, repr=False)
     compare_with_chosen: bool = field(default=False, compare=False, repr=False)
+    # per-dispatch tuning (targets.yaml `tune:`, tune= on the command line): None (off), or
+    # the variant whose flags the tuned variant starts from; tune_budget: its seconds per
+    # model (None: the tuning stage's default)
+    tune: str | None = None
+    tune_budget: float | None = None
 
 
 # a constant with at least this many elements is a weight: it goes to the parameter archive
@@ -112,6 +117,9 @@ class StageContext:
     log_lines: list[str] = field(default_factory=list)
     machine: object = None       # pipeline.run.machine.MachineLock held shared while the stage runs
     makers: dict[str, Stage] = field(default_factory=dict)   # input name -> the stage that made it
+    # the cache the run stores into (pipeline.cache.store.Store, with its remote): for a stage
+    # that keeps results of its own finer than a stage (tuning: one per dispatch); None: none
+    store: object = None
 
     def log(self, line: str) -> None:
         self.log_lines.append(line)

@@ -19,9 +19,10 @@ from stages.lower import STAGE as LOWER
 from stages.pick import STAGE as PICK
 from stages.serialize import STAGE as SERIALIZE
 from stages.targets import resolve as resolve_target
+from stages.tune import STAGE as TUNE
 from stages.validate import STAGE as VALIDATE
 
-ORDER = (CAPTURE, SERIALIZE, IMPORT, LEGALIZE, EMIT, LOWER, CODEGEN, VALIDATE, PICK, BISECT)
+ORDER = (CAPTURE, SERIALIZE, IMPORT, LEGALIZE, EMIT, LOWER, CODEGEN, TUNE, VALIDATE, PICK, BISECT)
 
 
 def pipeline() -> list:

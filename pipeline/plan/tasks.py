@@ -138,7 +138,7 @@ def make_plan(options: Options, stages: list[Stage], detect: model_registry.Dete
     finally:
         facts.save()   # (what was learnt holds even when a selection is refused)
     model_registry.check_frameworks(models, stages, config)
-    targets = [resolve_target(t) for t in
+    targets = [resolve_target(t, options.tune, options.tune_budget) for t in
                _pick(options.targets, config.targets, matrix.targets, "target", config)]
     targets = _compared_with(targets, options, config, resolve_target)
     _refuse_an_empty_selection(options, matrix, config, models, targets)
