@@ -205,6 +205,8 @@ class Session:
             if d.outcome.searched or self._past_deadline():
                 continue
             outcome = self._search(d)
+            if outcome is None and not self.out_of_time:
+                d.notes.append("search abandoned: a benchmark failed (see the log)")
             if outcome is not None:
                 d.outcome, d.searched_now = outcome, True
                 tune_cache.keep(store, d.key, outcome)
@@ -252,8 +254,10 @@ class Session:
             except ValueError:
                 continue
             outcome.tried += 1
+            self.compiled += 1
             if not self._compile(source, module, self.flags):
                 outcome.failed += 1
+                self.failed += 1
             elif module.read_bytes() != base.read_bytes():   # (else: the edit changed nothing)
                 compiled.append((candidate, module))
         result = self._rounds(base, compiled, outcome)
@@ -349,9 +353,7 @@ class Session:
         done = process.run(argv, COMPILE_TIMEOUT_S if not required else 1800,
                            tool="iree-compile", stdin=src)
         if done.returncode == 0:
-            self.compiled += not required
             return True
-        self.failed += not required
         if required:
             self.ctx.log(f"$ {' '.join(argv)} < {src}")
             raise StageError(f"iree-compile {failure(done.returncode, done.stderr)}",
@@ -362,14 +364,16 @@ class Session:
         """Per-call times (ms) of the module's one dispatch, REPETITIONS of them."""
         argv = [tool("iree-benchmark-module"), f"--module={module}", f"--device={self.driver}",
                 *timing.iree_benchmark_flags(REPETITIONS, self.driver, self.threads)]
-        self.benchmarks += 1
-        done = process.run(argv, BENCH_TIMEOUT_S, tool="iree-benchmark-module")
-        if done.returncode != 0:
-            return []
-        try:
-            return timing.iree_times(json.loads(done.stdout))
-        except (ValueError, KeyError):
-            return []
+        for _ in range(2):   # a run that fails is tried once more before its times are lost
+            self.benchmarks += 1
+            done = process.run(argv, BENCH_TIMEOUT_S, tool="iree-benchmark-module")
+            try:
+                if done.returncode == 0:
+                    return timing.iree_times(json.loads(done.stdout))
+            except (ValueError, KeyError):
+                pass
+            self.ctx.log(f"$ {done.command}\n{failure(done.returncode or 0, done.stderr)}")
+        return []
 
     def _median(self, module: Path) -> float | None:
         times = self._bench(module)

@@ -1,0 +1,124 @@
+"""stages/tune.py: the candidates around a dispatch's configuration (text only), and tuning
+the mlp for real (iree-compile, iree-benchmark-module, kiln's store, nginx as the remote
+cache): a second tuning of the same model compiles no candidate and benchmarks nothing, its
+answers coming from the local cache or, on a machine with an empty one, from the remote."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import Project, copy_project, needs_torch
+
+from stages import tune_cache, tune_space
+
+ROOT = ("#iree_cpu.lowering_config<distribution = [64, 64, 0], vector_common_parallel = "
+        "[8, 16, 0], vector_reduction = [0, 0, 16]>")
+FUSED = "#iree_cpu.lowering_config<vector_common_parallel = [8, 16]>"
+DISPATCH = (f"%8 = linalg.fill {{lowering_config = {FUSED}}} : tensor<128x768xf32>\n"
+            f"%9 = linalg.matmul {{lowering_config = {ROOT}}} : tensor<128x3072xf32>\n"
+            f"%10 = linalg.generic attrs = {{lowering_config = {FUSED}}}\n")
+
+
+def test_the_root_config_is_the_one_with_distribution_tiles():
+    root = tune_space.root_config(DISPATCH)
+    assert root.text == ROOT
+    assert root.tiles == {"distribution": (64, 64, 0), "vector_common_parallel": (8, 16, 0),
+                          "vector_reduction": (0, 0, 16)}
+    assert tune_space.root_config(DISPATCH.replace(ROOT, FUSED)) is None
+    assert tune_space.candidates(DISPATCH.replace(ROOT, FUSED)) == []
+
+
+def test_candidates_start_near_the_compilers_choice_and_stay_legal():
+    found = tune_space.candidates(DISPATCH)
+    labels = [c.label for c in found]
+    assert labels[:4] == ["distribution [32, 64, 0]", "distribution [64, 32, 0]",
+                          "distribution [128, 64, 0]", "distribution [64, 128, 0]"]
+    assert "vector_reduction [0, 0, 32]" in labels and len(found) <= tune_space.MAX_CANDIDATES
+    for candidate in found:
+        root = tune_space.root_config(candidate.apply(DISPATCH))
+        distributed, vector = root.tiles["distribution"], root.tiles["vector_common_parallel"]
+        # a distribution tile stays a multiple of its loop's vector tile, within the tensors
+        assert all(d % v == 0 and v <= d <= 3072 for d, v in zip(distributed, vector) if d)
+    assert len(tune_space.candidates(DISPATCH, limit=2)) == 2
+
+
+def test_a_vector_tile_change_edits_the_fused_ops_alike():
+    wider = next(c for c in tune_space.candidates(DISPATCH)
+                 if c.label == "vector_common_parallel [8, 32, 0]")
+    edited = wider.apply(DISPATCH)
+    assert edited.count("vector_common_parallel = [8, 32]>") == 2   # fill and generic
+    assert "vector_common_parallel = [8, 32, 0]" in edited and FUSED not in edited
+    with pytest.raises(ValueError):   # another dispatch's configuration: not applied
+        wider.apply(DISPATCH.replace("16", "4"))
+
+
+def test_the_dispatch_key_ignores_where_the_dispatch_sits():
+    source = "hal.executable public @main$async_dispatch_3 { func @main$async_dispatch_3_mm }"
+    moved = source.replace("dispatch_3", "dispatch_12")
+    key = tune_cache.dispatch_key(source, "main$async_dispatch_3", "iree 3.13", "znver4", 2, [])
+    assert key == tune_cache.dispatch_key(moved, "main$async_dispatch_12", "iree 3.13", "znver4", 2, [])
+    assert key != tune_cache.dispatch_key(source, "main$async_dispatch_3", "iree 3.13", "znver4", 1, [])
+    assert key != tune_cache.dispatch_key(source, "main$async_dispatch_3", "iree 3.14", "znver4", 2, [])
+
+
+# --- tuning the mlp for real ---------------------------------------------------------------
+
+TUNE = ("tune", "model=mlp", "target=cpu", "variants=default,tuned", "tune=on")
+QUICK = {"KILN_TUNE_CANDIDATES": "2"}   # two candidates per dispatch: seconds, not minutes
+
+
+def tuned(project: Project) -> dict:
+    return json.loads((project.root / "build" / "mlp" / "cpu~tuned" / "tune" / "tune.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def tuned_twice(tmp_path_factory):
+    """The mlp tuned into a cache that writes to the remote; then in a second project copy
+    with an empty local cache reading the remote, and again there from its local cache, each
+    time with another budget (another tune key: the stage runs, its dispatches are looked up)."""
+    from conftest import CacheServer
+    base = tmp_path_factory.mktemp("tune")
+    server = CacheServer(base / "nginx")
+    remote = {"KILN_REMOTE": server.url, "KILN_REMOTE_TOKEN": server.token}
+    try:
+        first = Project(copy_project(base / "first"))
+        first.doit(*TUNE, "tune_budget=60", env_extra={
+            **QUICK, **remote, "KILN_REMOTE_MODE": "write", "KILN_CACHE": str(base / "cache-a")})
+        runs = {"first": tuned(first)}
+        first_module = (first.root / "build/mlp/cpu~tuned/tune/module.vmfb").read_bytes()
+        second = Project(copy_project(base / "second"))
+        second.doit(*TUNE, "tune_budget=61", env_extra={
+            **QUICK, **remote, "KILN_CACHE": str(base / "cache-b")})
+        runs["remote"] = tuned(second)
+        second_module = (second.root / "build/mlp/cpu~tuned/tune/module.vmfb").read_bytes()
+        second.doit(*TUNE, "tune_budget=62", env_extra={**QUICK, "KILN_CACHE": str(base / "cache-b")})
+        runs["local"] = tuned(second)
+    finally:
+        server.stop()
+    return runs, first_module, second_module
+
+
+@needs_torch
+def test_the_first_tune_searches_the_dispatches_that_carry_the_time(tuned_twice):
+    first = tuned_twice[0]["first"]
+    assert first["from_cache"] == 0 and first["searched"] >= 1
+    assert 1 <= first["candidates_compiled"] <= 2 * first["searched"]
+    assert first["benchmarks_run"] > first["candidates_compiled"]
+    rows = first["dispatches"]
+    assert [r["share"] for r in rows] == sorted((r["share"] for r in rows), reverse=True)
+    assert all(r["config"].startswith("#iree_cpu.lowering_config<distribution") for r in rows)
+    assert "matmul" in rows[0]["op"] and first["seconds"] > 0
+
+
+@needs_torch
+def test_a_second_tune_hits_the_cache_for_every_dispatch_through_the_remote_too(tuned_twice):
+    runs, first_module, second_module = tuned_twice
+    for where in ("remote", "local"):
+        again = runs[where]
+        count = again["dispatch_count"]
+        assert again["from_cache"] == count == runs["first"]["dispatch_count"], where
+        assert again["from_remote"] == (count if where == "remote" else 0)
+        assert again["candidates_compiled"] == again["benchmarks_run"] == again["searched"] == 0
+        assert [r["chosen"] for r in again["dispatches"]] == \
+            [r["chosen"] for r in runs["first"]["dispatches"]]
+    assert second_module == first_module   # the same answers make the same module
