@@ -189,6 +189,13 @@ class Stage:
         on CPU for a model that has no framework answer). Handed in as '<stage>@<target>'."""
         return ()
 
+    def siblings(self, model: ModelSpec, target: Target | None) -> tuple[str, ...]:
+        """For a stage of one variant: the stages whose nodes for the target's *other*
+        variants it reads too (handed in as 'validate@cpu~im2col'), e.g. a tuning stage that
+        starts from the fastest variant that validated. Its partial_inputs lets it run
+        without those that failed."""
+        return ()
+
     def resources(self, target: Target | None) -> dict[str, int]:
         """Dask resources a worker must declare to run this stage (e.g. {'vulkan': 1})."""
         return {}

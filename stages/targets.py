@@ -86,7 +86,7 @@ def resolve(target: Target, tune: str | bool | None = None,
 def with_tuning(target: Target, tune: str | bool | None, budget: float | None) -> Target:
     """The target with its 'tuned' variant (the start variant's flags), where tuning is on:
     targets.yaml's `tune:` unless the command line says otherwise (tune=on tunes every
-    llvm-cpu target from its default variant; tune=off none)."""
+    llvm-cpu target from its fastest validated variant; tune=off none)."""
     backend = BACKENDS[target.backend]
     if target.tune and not backend.tunable:
         raise ConfigError(f"{target.where}: targets.{target.name}.tune: backend {target.backend} "
@@ -95,22 +95,26 @@ def with_tuning(target: Target, tune: str | bool | None, budget: float | None) -
     if tune is False or not backend.tunable:
         start = None
     elif tune is True:
-        start = start or DEFAULT_START
+        start = start or BEST
     elif isinstance(tune, str):
         start = tune
     declared = dict(target.variants)
-    if start is not None and start not in declared:
+    if start not in (None, BEST) and start not in declared:
         raise ConfigError(f"{target.where}: targets.{target.name}: tune starts from variant "
                           f"'{start}', which the target does not have (valid: "
                           f"{', '.join(n for n in declared if n != TUNED)})")
     kept = tuple(v for v in target.variants if v[0] != TUNED)
     if start is None:
         return dataclasses.replace(target, tune=None, variants=kept)
+    # from the best variant: its own lower and codegen are the first variant's (cache hits)
+    flags = kept[0][1] if start == BEST else declared[start]
     return dataclasses.replace(target, tune=start, tune_budget=budget or target.tune_budget,
-                               variants=(*kept, (TUNED, declared[start])))
+                               variants=(*kept, (TUNED, flags)))
 
 
-DEFAULT_START = "default"   # tune=on, `tune: true`: the target's own flags
+# tune=on, `tune: true`: start from the fastest variant that validated (stages/tune.py reads
+# the other variants' verdicts and flow, as pick would choose)
+BEST = "best"
 
 
 def compile_flags(target: Target) -> list[str]:

@@ -28,6 +28,7 @@ tune.json says per dispatch its share, the configuration chosen, the candidates 
 where its answer came from; the stage's result says what the tuning cost."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import statistics
@@ -37,14 +38,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline import process
+from pipeline.names import upstream_name, variant_target
 from pipeline.stage import Role, Stage, StageError
 from stages import timing, tune_cache, tune_space
 from stages.iree_tools import COMPILE_CODE, failure, tool
 from stages.lower import PHASE
 from stages.lower import STAGE as LOWER
-from stages.pick import NOISE_FLOOR
+from stages.pick import NOISE_FLOOR, choose, keep_first
 from stages.runtime import device_for
-from stages.targets import TUNED, compile_flags
+from stages.targets import BEST, TUNED, compile_flags
+from stages.validate import STAGE as VALIDATE
 
 HERE = Path(__file__).parent
 
@@ -67,6 +70,7 @@ class Tune(Stage):
     per_target = True
     role = Role.MODULE
     inputs = (LOWER.name,)
+    partial_inputs = True   # (from the best variant: the other variants that failed are absent)
     code = (*COMPILE_CODE, HERE / "tune_space.py", HERE / "tune_cache.py", HERE / "timing.py",
             HERE / "pick.py")
 
@@ -79,6 +83,13 @@ class Tune(Stage):
     def applies_to(self, model, target):
         return target is None or target.variant == TUNED
 
+    def siblings(self, model, target):
+        # from the best variant: every other variant's verdict (its time) and its flow
+        return (VALIDATE.name, LOWER.name) if target.tune == BEST else ()
+
+    def reads(self, upstream, outputs, model, target):
+        return ("result.json",) if upstream == VALIDATE.name else outputs
+
     def unavailable(self, model, target):
         return None if device_for(target.driver) else f"skipped: no {target.driver} device to tune on"
 
@@ -90,8 +101,10 @@ class Tune(Stage):
 
     def run(self, ctx):
         started = time.monotonic()
+        start = Start.of(ctx)
+        ctx.log(f"tuning from the {start.variant} variant: {start.why}")
         with tempfile.TemporaryDirectory() as tmp, timing.one_at_a_time(ctx) as how:
-            session = Session(ctx, Path(tmp), started + budget(ctx.target))
+            session = Session(ctx, Path(tmp), started + budget(ctx.target), start)
             dispatches = session.dump()
             session.answer(dispatches)
             took = session.rebuild(dispatches, ctx.out / "module.vmfb")
@@ -117,6 +130,60 @@ def candidate_limit() -> int:
         raise StageError(f"{CANDIDATES_ENV}={text!r}: expected a whole number of candidates "
                          "per dispatch from 1 to 100")
     return int(text)
+
+
+@dataclass
+class Start:
+    """What tuning starts from: a variant's flow (lower's output) and its flags."""
+    variant: str
+    lowered: Path
+    flags: list[str]
+    why: str
+
+    @classmethod
+    def of(cls, ctx) -> Start:
+        """The variant the target says (tune: <variant>), or with tune on, the fastest of the
+        other variants that validated, chosen as pick chooses (the noise keeps the earlier)."""
+        target, variants = ctx.target, dict(ctx.target.variants)
+        own = [name for name, flags in target.variants if name != TUNED]
+        # the target's flags without the tuned variant's own (the first variant's, or the start's)
+        base = target.flags[:len(target.flags) - len(variants[TUNED])]
+        if target.tune != BEST:
+            return cls(target.tune, ctx.inputs[LOWER.name] / "lowered.mlir",
+                       _flags(target, base, variants[target.tune]), "the target names it")
+        passed = {}
+        for variant in own:
+            result = _sibling_result(ctx, variant)
+            if result and result.get("passed") and (result.get("latency") or
+                                                    result.get("timing") == "off"):
+                passed[variant] = result
+        lowered = {v: ctx.inputs.get(_sibling(ctx, LOWER.name, v)) for v in own}
+        passed = {v: r for v, r in passed.items() if lowered[v] is not None}
+        if not passed:
+            return cls(own[0], ctx.inputs[LOWER.name] / "lowered.mlir",
+                       _flags(target, base, variants[own[0]]),
+                       "no other variant validated with a time: the first variant's flags")
+        untimed = any(r.get("timing") == "off" for r in passed.values())
+        winner, why = keep_first(passed, own) if untimed else choose(passed, own)
+        return cls(winner, lowered[winner] / "lowered.mlir",
+                   _flags(target, base, variants[winner]), why)
+
+
+def _sibling(ctx, stage: str, variant: str) -> str:
+    """The input name of another variant's node: 'validate@cpu' (the default), 'lower@cpu~im2col'."""
+    return upstream_name(stage, variant_target(ctx.target.base, variant))
+
+
+def _sibling_result(ctx, variant: str) -> dict | None:
+    directory = ctx.inputs.get(_sibling(ctx, VALIDATE.name, variant))
+    try:
+        return json.loads((directory / "result.json").read_text()) if directory else None
+    except (OSError, ValueError):
+        return None
+
+
+def _flags(target, base: tuple[str, ...], variant_flags) -> list[str]:
+    return compile_flags(dataclasses.replace(target, flags=(*base, *(variant_flags or ()))))
 
 
 @dataclass
@@ -149,9 +216,9 @@ class Dispatch:
 class Session:
     """One tuning run: its scratch directory, deadline, and counts of what it did."""
 
-    def __init__(self, ctx, work: Path, deadline: float):
-        self.ctx, self.work, self.deadline = ctx, work, deadline
-        self.flags = compile_flags(ctx.target)
+    def __init__(self, ctx, work: Path, deadline: float, start: Start):
+        self.ctx, self.work, self.deadline, self.start = ctx, work, deadline, start
+        self.flags = start.flags
         self.driver = ctx.target.driver
         self.threads = timing.threads_for(self.driver)
         self.compiled = self.failed = self.benchmarks = 0
@@ -162,7 +229,7 @@ class Session:
     # --- 1. the dispatches ---------------------------------------------------------------
 
     def dump(self) -> list[Dispatch]:
-        lowered = self.ctx.inputs[LOWER.name] / "lowered.mlir"
+        lowered = self.start.lowered
         dirs = {kind: self.work / kind for kind in ("benchmarks", "configurations", "sources")}
         self._compile(lowered, self.work / "dumped.vmfb", [
             f"--compile-from={PHASE}", *self.flags,
@@ -226,12 +293,24 @@ class Session:
         return chosen
 
     def _baseline(self, d: Dispatch) -> tuple[Path | None, float | None]:
-        module = self.work / f"{d.name}.base.vmfb"
-        if not self._compile(d.bench, module, self.flags):
+        module = self._bench_module(d, d.configured, "base")
+        if module is None:
             d.notes.append("its benchmark did not compile")
             return None, None
         times = self._bench(module)
         return (module, statistics.median(times)) if times else (module, None)
+
+    def _bench_module(self, d: Dispatch, configured: str, label: str) -> Path | None:
+        """The dispatch's dumped benchmark compiled with configured (its configured
+        executable, edited or not) substituted: the dumped benchmark compiled as it is loses
+        a batch-1 convolution's configuration and fails ("large vector sizes"), as a spec
+        does (docs/DESIGN.md §9.4, §9.6); substituted, every dispatch compiles as in the
+        whole module. None where it does not compile."""
+        directory = self.work / f"{d.name}.{label}"
+        self._bytecode(configured + _resources(d.source), directory / f"{d.name}.mlirbc")
+        module = self.work / f"{d.name}.{label}.vmfb"
+        substitute = f"--iree-hal-substitute-executable-configurations-from={directory}"
+        return module if self._compile(d.bench, module, [*self.flags, substitute]) else None
 
     def _search(self, d: Dispatch) -> tune_cache.Outcome | None:
         """The dispatch's search to its end, or None where the budget ended first."""
@@ -242,20 +321,14 @@ class Session:
             base, outcome.default_ms = self._baseline(d)
             if base is None or outcome.default_ms is None:
                 return None
-        bench_text = d.bench.read_text()
         compiled = []
         for i, candidate in enumerate(tune_space.candidates(d.configured, candidate_limit())):
             if self._past_deadline():
                 return None
-            module = self.work / f"{d.name}.c{i}.vmfb"
-            source = self.work / f"{d.name}.c{i}.mlir"
-            try:
-                source.write_text(candidate.apply(bench_text))
-            except ValueError:
-                continue
             outcome.tried += 1
             self.compiled += 1
-            if not self._compile(source, module, self.flags):
+            module = self._bench_module(d, candidate.apply(d.configured), f"c{i}")
+            if module is None:
                 outcome.failed += 1
                 self.failed += 1
             elif module.read_bytes() != base.read_bytes():   # (else: the edit changed nothing)
@@ -308,7 +381,7 @@ class Session:
     def rebuild(self, dispatches: list[Dispatch], out: Path) -> bool | None:
         """Build the module with the winners substituted: True when it differs from the
         control build (the same, unedited), None when nothing won (the plain build)."""
-        lowered = self.ctx.inputs[LOWER.name] / "lowered.mlir"
+        lowered = self.start.lowered
         plain = [f"--compile-from={PHASE}", *self.flags]
         winners = [d for d in dispatches if d.outcome and d.outcome.edits]
         if not winners:
@@ -338,7 +411,7 @@ class Session:
         """The executable as bytecode without locations: parsed from a file, every op would
         carry that file's path into the module (docs/DESIGN.md §9.6)."""
         path.parent.mkdir(exist_ok=True)
-        source = path.with_suffix(".mlir")
+        source = path.parent / f"{path.stem}.text.mlir"
         source.write_text(text)
         done = process.run([tool("iree-opt"), "--strip-debuginfo", "--emit-bytecode", "-",
                             "-o", str(path)], COMPILE_TIMEOUT_S, tool="iree-opt", stdin=source)
@@ -396,7 +469,7 @@ class Session:
         rows = [_row(d, d.ms * d.calls / total) for d in sorted(timed, key=lambda d: -d.ms * d.calls)]
         before = sum(d.ms * d.calls for d in timed)
         after = sum(d.tuned_ms * d.calls for d in timed)
-        return {"start": self.ctx.target.tune, "flags": self.flags, "threads": self.threads,
+        return {"start": self.start.variant, "start_why": self.start.why, "flags": self.flags, "threads": self.threads,
                 "budget_s": budget(self.ctx.target), "seconds": round(seconds, 1),
                 "search_seconds": round(self.search_seconds, 1), "out_of_budget": self.out_of_time,
                 "dispatches": rows, "dispatch_count": len(dispatches),

@@ -9,7 +9,13 @@ import json
 import pytest
 from conftest import Project, copy_project, needs_torch
 
+from pipeline.plan.graph import build_graph
+from pipeline.stage import ConfigError, ModelSpec, Node, Target
+from stages import pipeline as all_stages
 from stages import tune_cache, tune_space
+from stages.targets import resolve
+
+CPU = Target("cpu", "llvm-cpu", "znver4", "local-task", (), 1e-4, 1e-4, "targets.yaml:2")
 
 ROOT = ("#iree_cpu.lowering_config<distribution = [64, 64, 0], vector_common_parallel = "
         "[8, 16, 0], vector_reduction = [0, 0, 16]>")
@@ -59,6 +65,39 @@ def test_the_dispatch_key_ignores_where_the_dispatch_sits():
     assert key == tune_cache.dispatch_key(moved, "main$async_dispatch_12", "iree 3.13", "znver4", 2, [])
     assert key != tune_cache.dispatch_key(source, "main$async_dispatch_3", "iree 3.13", "znver4", 1, [])
     assert key != tune_cache.dispatch_key(source, "main$async_dispatch_3", "iree 3.14", "znver4", 2, [])
+
+
+# --- the tuned variant in the plan --------------------------------------------------------
+
+def test_tune_on_adds_a_tuned_variant_that_reads_the_other_variants():
+    """tune=on starts from the fastest variant that validated: the tuned variant's tune node
+    reads every other variant's verdict and flow, and its validate and pick read its module."""
+    target = resolve(CPU, tune=True, tune_budget=30)
+    assert target.tune == "best" and target.tune_budget == 30
+    assert target.variants[-1] == ("tuned", ())   # its own lower: the default's (a cache hit)
+    model = ModelSpec("m", "mlir", {})
+    graph = build_graph(all_stages(), [model], [target], ("default", "im2col", "tuned"))
+    tune = Node("tune", "m", "cpu~tuned")
+    assert set(graph.predecessors(tune)) == {
+        Node("lower", "m", "cpu~tuned"), Node("lower", "m", "cpu"), Node("lower", "m", "cpu~im2col"),
+        Node("validate", "m", "cpu"), Node("validate", "m", "cpu~im2col")}
+    assert tune in set(graph.predecessors(Node("validate", "m", "cpu~tuned")))
+    assert Node("codegen", "m", "cpu~tuned") not in set(graph.predecessors(Node("pick", "m", "cpu")))
+    assert Node("tune", "m", "cpu") not in graph   # only the tuned variant is tuned
+
+
+def test_tune_from_a_named_variant_or_off_and_where_it_cannot():
+    target = resolve(CPU, tune="im2col")
+    assert target.tune == "im2col" and dict(target.variants)["tuned"] == \
+        dict(target.variants)["im2col"]
+    assert resolve(Target(**{**CPU.__dict__, "tune": "best"}), tune=False).tune is None
+    assert "tuned" not in dict(resolve(CPU).variants)
+    with pytest.raises(ConfigError, match="valid: default, channels-last"):
+        resolve(CPU, tune="nope")
+    vulkan = Target("gpu", "vulkan-spirv", None, None, (), 1e-4, 1e-4, "targets.yaml:9")
+    assert resolve(vulkan, tune=True).tune is None   # tune=on: the llvm-cpu targets
+    with pytest.raises(ConfigError, match="cannot be tuned"):
+        resolve(Target(**{**vulkan.__dict__, "tune": "best"}))
 
 
 # --- tuning the mlp for real ---------------------------------------------------------------

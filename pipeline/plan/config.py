@@ -81,9 +81,9 @@ TARGET_FIELDS = {
     "params": ((str,), False, None, "'inline' (weights inside this target's module) or 'external'"),
     "variants": ((dict,), False, {}, "a mapping of variant name to a list of extra iree-compile "
                  "flags (or null to drop a built-in variant)"),
-    "tune": ((bool, str), False, False, ("true (add a 'tuned' variant: the default variant's "
-             "module with each dispatch's tiles searched), a variant's name (tune that one's "
-             "flags instead) or false")),
+    "tune": ((bool, str), False, False, ("true (add a 'tuned' variant: the fastest validated "
+             "variant's module with each dispatch's tiles searched), a variant's name (tune "
+             "that one's flags) or false")),
     "tune_budget": (_NUMBER, False, None, "seconds of tile search per model (a number > 0)"),
 }
 MATRIX_FIELDS = {
@@ -286,10 +286,10 @@ def _targets(path: Path, section: yaml.Node, reserved) -> dict[str, Target]:
 
 
 def _tune(value: bool | str) -> str | None:
-    """targets.<name>.tune: true -> tune the default variant's flags; a name -> that variant's
-    (checked against the target's variants by stages.targets); false -> None."""
+    """targets.<name>.tune: true -> "best" (start from the fastest validated variant); a name
+    -> that variant's flags (checked by stages.targets); false -> None."""
     if isinstance(value, bool):
-        return "default" if value else None
+        return "best" if value else None
     return value
 
 

@@ -44,7 +44,7 @@ class Options:
     strict: bool = False
     against: str | None = None                 # bisect's reference target (None: its choice)
     # tune=on|off|<variant>: per-dispatch tuning of llvm-cpu targets (None: targets.yaml's;
-    # "on": from each target's default variant), tune_budget= its seconds per model
+    # True: from each target's fastest validated variant), tune_budget= its seconds per model
     tune: str | bool | None = None
     tune_budget: float | None = None
 
