@@ -41,11 +41,13 @@ from pipeline import process
 from pipeline.names import upstream_name, variant_target
 from pipeline.stage import Role, Stage, StageError
 from stages import timing, tune_cache, tune_space
+from stages.capture import STAGE as CAPTURE
+from stages.emit import STAGE as EMIT
 from stages.iree_tools import COMPILE_CODE, failure, tool
 from stages.lower import PHASE
 from stages.lower import STAGE as LOWER
 from stages.pick import NOISE_FLOOR, choose, keep_first
-from stages.runtime import device_for
+from stages.runtime import device_for, module_args, run_module
 from stages.targets import BEST, TUNED, compile_flags
 from stages.validate import STAGE as VALIDATE
 
@@ -69,7 +71,9 @@ class Tune(Stage):
     doc = "search each dispatch's tiles for llvm-cpu targets with tune on (the ~tuned variant)"
     per_target = True
     role = Role.MODULE
-    inputs = (LOWER.name,)
+    # the flow it compiles; the model's inputs and weights, to run the tuned module against
+    # the untuned one (the same outputs, faster as a whole) before it is handed on
+    inputs = (LOWER.name, CAPTURE.name, EMIT.name)
     partial_inputs = True   # (from the best variant: the other variants that failed are absent)
     code = (*COMPILE_CODE, HERE / "tune_space.py", HERE / "tune_cache.py", HERE / "timing.py",
             HERE / "pick.py")
@@ -88,7 +92,8 @@ class Tune(Stage):
         return (VALIDATE.name, LOWER.name) if target.tune == BEST else ()
 
     def reads(self, upstream, outputs, model, target):
-        return ("result.json",) if upstream == VALIDATE.name else outputs
+        return {VALIDATE.name: ("result.json",), CAPTURE.name: ("inputs.npz",),
+                EMIT.name: ("model.json", "model.irpa")}.get(upstream, outputs)
 
     def unavailable(self, model, target):
         return None if device_for(target.driver) else f"skipped: no {target.driver} device to tune on"
@@ -115,7 +120,7 @@ class Tune(Stage):
                 f"searched ({summary['candidates_compiled']} candidates), "
                 f"{summary['seconds']:.1f} s")
         return {k: v for k, v in summary.items() if k != "dispatches"} | {
-            "top": summary["dispatches"][:5]}
+            "top": summary["dispatches"][:5], "report_line": report_line(summary)}
 
 
 def budget(target) -> float:
@@ -225,6 +230,7 @@ class Session:
         self.compiler = self._compiler_version()
         self.out_of_time = False
         self.search_seconds = 0.0
+        self.whole: dict | None = None   # the tuned module against the untuned, as a whole
 
     # --- 1. the dispatches ---------------------------------------------------------------
 
@@ -405,6 +411,9 @@ class Session:
         if not took:
             raise StageError("the substituted configurations did not change the module (the "
                              "compiler ignored them): docs/DESIGN.md §9.4")
+        self.whole = self._whole_module(out, self.work / "control.vmfb")
+        if not self.whole["kept"]:   # the compiler's configurations, as the start variant's
+            self._compile(lowered, out, plain, required=True)
         return took
 
     def _bytecode(self, text: str, path: Path) -> None:
@@ -418,6 +427,58 @@ class Session:
         source.unlink()
         if done.returncode != 0:
             raise StageError(f"iree-opt {failure(done.returncode, done.stderr)}")
+
+    def _whole_module(self, tuned: Path, control: Path) -> dict:
+        """The tuned module against the control (the same build, configurations unedited)
+        on the model's inputs: its outputs must match within the target's tolerances, and
+        it must be faster in every interleaved round and by the noise floor in their
+        median; else the winners are not kept (dispatches measured alone do not add up to
+        the module: docs/DESIGN.md §9.3)."""
+        emitted = self.ctx.inputs.get(EMIT.name)
+        captured = self.ctx.inputs.get(CAPTURE.name)
+        if emitted is None or captured is None:
+            return {"kept": True, "checked": "no model inputs to check the module with"}
+        import numpy as np
+
+        from stages import frameworks
+        info = json.loads((emitted / "model.json").read_text())
+        archive = emitted / "model.irpa"
+        parameters = archive if archive.is_file() and archive.stat().st_size else None
+        inputs = frameworks.load_arrays(captured / "inputs.npz")
+        for name in ("tuned", "control"):
+            (self.work / name).mkdir(exist_ok=True)
+        args = {name: module_args(self.work / name, module, parameters, self.driver,
+                                  info["entry"], inputs)
+                for name, module in (("tuned", tuned), ("control", control))}
+        got = {name: run_module(self.work / name, a, None, self.ctx, [])[0]
+               for name, a in args.items()}
+        atol, rtol = self.ctx.target.atol, self.ctx.target.rtol
+        same = len(got["tuned"]) == len(got["control"]) and all(
+            np.allclose(t, c, atol=atol, rtol=rtol, equal_nan=True)
+            for t, c in zip(got["tuned"], got["control"]))
+        ratios = []
+        for _ in range(ROUNDS if same else 0):
+            control_ms = self._median_of(args["control"])
+            tuned_ms = self._median_of(args["tuned"])
+            if control_ms and tuned_ms:
+                ratios.append(tuned_ms / control_ms)
+        faster = len(ratios) == ROUNDS and max(ratios) < 1 and \
+            statistics.median(ratios) <= 1 - NOISE_FLOOR
+        return {"kept": same and faster, "outputs_match": same,
+                "ratios": [round(r, 3) for r in ratios],
+                "checked": ("outputs match the untuned module's within the target's atol/rtol"
+                            if same else "outputs differ from the untuned module's: not kept")}
+
+    def _median_of(self, args: list[str]) -> float | None:
+        argv = [tool("iree-benchmark-module"), *args,
+                *timing.iree_benchmark_flags(REPETITIONS, self.driver, self.threads)]
+        self.benchmarks += 1
+        done = process.run(argv, BENCH_TIMEOUT_S * 5, tool="iree-benchmark-module")
+        try:
+            return statistics.median(timing.iree_times(json.loads(done.stdout))) \
+                if done.returncode == 0 else None
+        except (ValueError, KeyError):
+            return None
 
     # --- tools ---------------------------------------------------------------------------
 
@@ -478,12 +539,36 @@ class Session:
                 "searched": sum(d.searched_now for d in dispatches),
                 "candidates_compiled": self.compiled, "candidates_failed": self.failed,
                 "benchmarks_run": self.benchmarks,
-                "applied": sum(bool(d.outcome and d.outcome.edits) for d in dispatches),
+                "applied": sum(bool(d.outcome and d.outcome.edits) for d in dispatches)
+                if not self.whole or self.whole["kept"] else 0,
+                "whole_module": self.whole,
                 "substitution_took": took,
                 "dispatch_sum_ms": {"before": round(before, 4), "after": round(after, 4)},
                 "how": f"iree-benchmark-module per dispatch, {self.threads} threads, median of "
                        f"{REPETITIONS} repetitions; {ROUNDS} interleaved rounds per candidate; "
                        f"{how}"}
+
+
+def report_line(summary: dict) -> str:
+    """What the console and report.md say under the case (pipeline.report.table's line)."""
+    top = summary["dispatches"][:1]
+    biggest = ""
+    if top and top[0]["default_ms"]:
+        t = top[0]
+        biggest = (f"; largest {t['op'].split('_', 3)[-1]} ({t['share']:.0%} of the time) "
+                   f"{t['default_ms']:.3g} -> {t['tuned_ms']:.3g} ms"
+                   + (f" with {t['chosen']}" if t["chosen"] else ""))
+    whole = summary.get("whole_module") or {}
+    verdict = ""
+    if whole.get("ratios"):
+        verdict = (f"; as a whole {statistics.median(whole['ratios']):.2f}x the untuned module "
+                   + ("(kept)" if whole["kept"] else "(not clearly faster: not kept)"))
+    elif whole and not whole.get("outputs_match", True):
+        verdict = "; outputs differ from the untuned module's: not kept"
+    return (f"from {summary['start']}: {summary['applied']} of {summary['dispatch_count']} "
+            f"dispatches re-tiled{biggest}{verdict}; {summary['from_cache']} answered from the cache, "
+            f"{summary['searched']} searched ({summary['candidates_compiled']} candidates), "
+            f"{summary['seconds']:.0f} s")
 
 
 def _row(d: Dispatch, share: float) -> dict:
