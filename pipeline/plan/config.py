@@ -84,7 +84,7 @@ TARGET_FIELDS = {
     "tune": ((bool, str), False, False, ("true (add a 'tuned' variant: the fastest validated "
              "variant's module with each dispatch's tiles searched), a variant's name (tune "
              "that one's flags) or false")),
-    "tune_budget": (_NUMBER, False, None, "seconds of tile search per model (a number > 0)"),
+    "tune_budget": (_NUMBER, False, None, "seconds a model's tuning may take (a number > 0)"),
 }
 MATRIX_FIELDS = {
     "models": ((list,), False, [], "a list of model names"),
@@ -295,8 +295,8 @@ def _tune(value: bool | str) -> str | None:
 
 def _budget(path: Path, node, name: str, value) -> float | None:
     if value is not None and not (value > 0 and math.isfinite(value)):
-        raise ConfigError(f"{_where(path, node)}: targets.{name}.tune_budget: expected seconds "
-                          f"of tile search per model (a number > 0), got {value!r}")
+        raise ConfigError(f"{_where(path, node)}: targets.{name}.tune_budget: expected the "
+                          f"seconds a model's tuning may take (a number > 0), got {value!r}")
     return None if value is None else float(value)
 
 

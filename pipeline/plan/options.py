@@ -137,7 +137,7 @@ def parse_budget(text: str | None) -> float | None:
     except ValueError:
         budget = -1.0
     if budget is not None and not 0 < budget < float("inf"):
-        raise _bad(f"tune_budget={text}: expected seconds of tile search per model (> 0)")
+        raise _bad(f"tune_budget={text}: expected the seconds a model's tuning may take (> 0)")
     return budget
 
 

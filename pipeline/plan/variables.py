@@ -31,7 +31,7 @@ VARIABLES = {
     "tune": "tune=on: add each llvm-cpu target's 'tuned' variant (its dispatches' tiles "
             "searched, from its fastest validated variant; tune=<variant> from that one's "
             "flags); tune=off: none (default: targets.yaml's tune:)",
-    "tune_budget": "seconds of tile search per model when tuning (default 480)",
+    "tune_budget": "seconds a model's tuning may take, its builds included (default 600)",
     "baseline": "an earlier run's run.json or build directory: the run's reports (and doit "
                 "diff) say which model x target changed outcome, error or speed since it",
     "factor": "with baseline=: how many times an error against its tolerance must grow (or "
