@@ -123,9 +123,9 @@ def tuned_twice(tmp_path_factory):
     remote = {"KILN_REMOTE": server.url, "KILN_REMOTE_TOKEN": server.token}
     try:
         first = Project(copy_project(base / "first"))
-        first.doit(*TUNE, "tune_budget=60", env_extra={
+        console = first.doit(*TUNE, "tune_budget=60", env_extra={
             **QUICK, **remote, "KILN_REMOTE_MODE": "write", "KILN_CACHE": str(base / "cache-a")})
-        runs = {"first": tuned(first)}
+        runs = {"first": tuned(first), "console": console.stdout}
         second = Project(copy_project(base / "second"))
         second.doit(*TUNE, "tune_budget=61", env_extra={
             **QUICK, **remote, "KILN_CACHE": str(base / "cache-b")})
@@ -147,6 +147,10 @@ def test_the_first_tune_searches_the_dispatches_that_carry_the_time(tuned_twice)
     assert [r["share"] for r in rows] == sorted((r["share"] for r in rows), reverse=True)
     assert all(r["config"].startswith("#iree_cpu.lowering_config<distribution") for r in rows)
     assert "matmul" in rows[0]["op"] and first["seconds"] > 0
+    # the console says it under the case, from the stage's result (pipeline.report.table)
+    said = next(line for line in tuned_twice["console"].splitlines() if " tune (tuned): " in line)
+    assert said.startswith("mlp@cpu tune (tuned): from default: ")
+    assert f"{first['searched']} searched ({first['candidates_compiled']} candidates)" in said
     # the tuned module is checked as a whole against the untuned one (where anything won)
     whole = first["whole_module"]
     assert whole is None or whole["outputs_match"]
