@@ -54,10 +54,12 @@ def place(root: Path, name: str, case: str) -> str:
     folder.mkdir(exist_ok=True)
     model = next(p for p in source.iterdir() if p.stem == "model")
     for companion in source.iterdir():
-        if companion != model and not companion.name.startswith("."):
-            (folder / companion.name).symlink_to(companion)
+        beside = folder / companion.name
+        if companion != model and not companion.name.startswith(".") and not beside.is_symlink():
+            beside.symlink_to(companion)
     linked = folder / f"{name}{model.suffix}"
-    linked.symlink_to(model)
+    if not linked.is_symlink():
+        linked.symlink_to(model)
     return str(linked)
 
 
@@ -72,7 +74,7 @@ def doit(root: Path, *args: str) -> float:
 
 def record(root: Path, task: str) -> dict:
     tasks = json.loads((root / "build" / "run.json").read_text())["tasks"]
-    return next((t.get("result") or {}) for t in tasks if t["task"] == task)
+    return next(((t.get("result") or {}) for t in tasks if t["task"] == task), {})
 
 
 def tune_json(root: Path, model: str) -> dict:
@@ -114,9 +116,9 @@ def one_model(root: Path, name: str, budget: float, rounds: int, variants: str |
     common = [f"model={path}", "target=cpu", "tune=on"]
     first = doit(root, "validate", *common, *selection, f"tune_budget={budget:g}")
     tuned = tune_json(root, model)
+    pick = record(root, f"pick:{model}@cpu")
     again = doit(root, "tune", *common, *selection, f"tune_budget={budget + 0.5:g}")
     second = tune_json(root, model)
-    pick = record(root, f"pick:{model}@cpu")
     passed = {v["variant"]: v["latency"]["median_ms"] for v in pick.get("variants", [])
               if v["outcome"] == "passed" and v.get("latency")}
     others = {v: ms for v, ms in passed.items() if v != "tuned"}
@@ -168,12 +170,16 @@ def main() -> None:
     parser.add_argument("--variants", default=None,
                         help="the variants to try besides tuned (default: every one)")
     parser.add_argument("--json", default=None, help="also write the rows to this file")
+    parser.add_argument("--project", default=None,
+                        help="a project copy to build in and keep (its cache makes a rerun "
+                             "cheap; default: a temporary one)")
     args = parser.parse_args()
     print(f"CPU: {cpu()}, {os.cpu_count()} logical CPUs; load average "
           f"{os.getloadavg()[0]:.1f} at the start")
     rows = []
     with tempfile.TemporaryDirectory(prefix="kiln-bench-tune-") as tmp:
-        root = copy_project(Path(tmp) / "proj")
+        kept = Path(args.project) if args.project else None
+        root = kept if kept and kept.is_dir() else copy_project(kept or Path(tmp) / "proj")
         for name in args.models.split(","):
             rows.append(one_model(root, name, args.budget, args.rounds, args.variants))
             show(rows[-1])
