@@ -167,3 +167,24 @@ def test_a_second_tune_hits_the_cache_for_every_dispatch_through_the_remote_too(
         assert again["candidates_compiled"] == again["benchmarks_run"] == again["searched"] == 0
         assert [r["chosen"] for r in again["dispatches"]] == \
             [r["chosen"] for r in runs["first"]["dispatches"]]
+
+
+def test_bad_tune_settings_name_the_field_and_what_is_valid(tmp_path):
+    from pipeline.plan.config import load_config
+    from pipeline.plan.options import Options
+    config = tmp_path / "targets.yaml"
+    text = "targets:\n  cpu:\n    backend: llvm-cpu\n{extra}matrices:\n  default:\n" \
+           "    models: []\n    targets: [cpu]\n"
+    config.write_text(text.format(extra="    tune: true\n    tune_budget: 90\n"))
+    cpu = load_config(config).targets["cpu"]
+    assert (cpu.tune, cpu.tune_budget) == ("best", 90.0)
+    config.write_text(text.format(extra="    tune_budget: -5\n"))
+    with pytest.raises(ConfigError, match=r"targets.yaml:\d+: targets.cpu.tune_budget: expected"):
+        load_config(config)
+    config.write_text(text.format(extra="    tune: 3\n"))
+    with pytest.raises(ConfigError, match="targets.cpu.tune: expected true"):
+        load_config(config)
+    with pytest.raises(ConfigError, match="tune_budget=soon: expected the seconds"):
+        Options.parse({"tune_budget": "soon"})
+    assert Options.parse({"tune": "off"}).tune is False
+    assert Options.parse({"tune": "im2col"}).tune == "im2col"
