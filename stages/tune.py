@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import statistics
 import tempfile
 import time
@@ -66,6 +67,8 @@ REPETITIONS = 3            # iree-benchmark-module repetitions per measurement
 SHARE_COVERED = 0.95       # search the dispatches that make up this much of the time
 MIN_SHARE = 0.01           # and none below this share
 COMPILE_TIMEOUT_S = 120
+RESOURCE_USE = re.compile(r'dense_resource<"([^"]+)">')
+RESOURCE_BLOB = re.compile(r'^\s*"([^"]+)": "(0x[0-9A-Fa-f]*)",?$', re.MULTILINE)
 BENCH_TIMEOUT_S = 120
 
 
@@ -234,6 +237,7 @@ class Session:
         self.out_of_time = False
         self.search_seconds = 0.0
         self.whole: dict | None = None   # the tuned module against the untuned, as a whole
+        self.blobs: dict[str, str] | None = None   # the flow's inlined constants, by name
 
     # --- 1. the dispatches ---------------------------------------------------------------
 
@@ -319,7 +323,7 @@ class Session:
         does (docs/DESIGN.md §9.4, §9.6); substituted, every dispatch compiles as in the
         whole module. None where it does not compile."""
         directory = self.work / f"{d.name}.{label}"
-        self._bytecode(configured + _resources(d.source), directory / f"{d.name}.mlirbc")
+        self._bytecode(configured + self._resources(d.configured), directory / f"{d.name}.mlirbc")
         module = self.work / f"{d.name}.{label}.vmfb"
         substitute = f"--iree-hal-substitute-executable-configurations-from={directory}"
         return module if self._compile(d.bench, module, [*self.flags, substitute]) else None
@@ -409,8 +413,8 @@ class Session:
             except ValueError as err:   # a cached answer for another configuration
                 d.notes.append(f"cached configuration not applied: {err}")
                 edited = d.configured
-            self._bytecode(edited + _resources(d.source), tuned / f"{d.name}.mlirbc")
-            self._bytecode(d.configured + _resources(d.source), control / f"{d.name}.mlirbc")
+            self._bytecode(edited + self._resources(d.configured), tuned / f"{d.name}.mlirbc")
+            self._bytecode(d.configured + self._resources(d.configured), control / f"{d.name}.mlirbc")
         substitute = "--iree-hal-substitute-executable-configurations-from="
         self._compile(lowered, out, [*plain, substitute + str(tuned)], required=True)
         self._compile(lowered, self.work / "control.vmfb", [*plain, substitute + str(control)],
@@ -424,6 +428,20 @@ class Session:
         if not self.whole["kept"]:   # the compiler's configurations, as the start variant's
             self._compile(lowered, out, plain, required=True)
         return took
+
+    def _resources(self, configured: str) -> str:
+        """The dialect_resources block of the constants the executable inlines
+        (`dense_resource<"2.bias">`): no dump carries their values, only the flow module
+        does, and a substituted executable without them fails ("resource does not exist":
+        docs/DESIGN.md §9.4, §9.6)."""
+        names = set(RESOURCE_USE.findall(configured))
+        if not names:
+            return ""
+        if self.blobs is None:
+            self.blobs = dict(RESOURCE_BLOB.findall(self.start.lowered.read_text()))
+        entries = ",\n".join(f'      "{n}": "{self.blobs[n]}"' for n in sorted(names)
+                              if n in self.blobs)
+        return f"\n{{-#\n  dialect_resources: {{\n    builtin: {{\n{entries}\n    }}\n  }}\n#-}}\n"
 
     def _bytecode(self, text: str, path: Path) -> None:
         """The executable as bytecode without locations: parsed from a file, every op would
@@ -537,6 +555,7 @@ class Session:
         timed = [d for d in dispatches if d.ms]
         total = sum(d.ms * d.calls for d in timed) or 1.0
         rows = [_row(d, d.ms * d.calls / total) for d in sorted(timed, key=lambda d: -d.ms * d.calls)]
+        rows += [_row(d, None) for d in dispatches if not d.ms]   # (their notes say why)
         before = sum(d.ms * d.calls for d in timed)
         after = sum(d.tuned_ms * d.calls for d in timed)
         return {"start": self.start.variant, "start_why": self.start.why, "flags": self.flags, "threads": self.threads,
@@ -580,9 +599,10 @@ def report_line(summary: dict) -> str:
             f"{summary['seconds']:.0f} s")
 
 
-def _row(d: Dispatch, share: float) -> dict:
+def _row(d: Dispatch, share: float | None) -> dict:
     o = d.outcome
-    return {"dispatch": d.name, "op": d.export, "calls": d.calls, "share": round(share, 4),
+    return {"dispatch": d.name, "op": d.export, "calls": d.calls,
+            "share": None if share is None else round(share, 4),
             "default_ms": d.ms, "tuned_ms": d.tuned_ms,
             "config": o and o.default, "chosen": o and o.winner, "tried": o and o.tried,
             "failed": o and o.failed, "searched": bool(o and o.searched),
@@ -599,13 +619,6 @@ def _export(text: str, name: str) -> str:
     marker = f"@{name}_"
     start = text.find(marker)
     return text[start + 1:text.find(" ", start)] if start >= 0 else name
-
-
-def _resources(source: str) -> str:
-    """The source's dialect_resources block (inlined constants), which the configured dump
-    lacks and a substituted executable needs (docs/DESIGN.md §9.4)."""
-    start = source.find("{-#")
-    return "\n" + source[start:] if start >= 0 else ""
 
 
 STAGE = Tune()
