@@ -56,8 +56,8 @@ HERE = Path(__file__).parent
 
 # seconds the whole tuning of a model may take, unless the target or tune_budget= says
 # otherwise: the search stops early enough to leave the two whole-module builds and the check
-# their time (RESERVE_BUILDS x the dump compile's); 10 minutes is meant to keep a ResNet-50's tuning
-# under the 15 the issue allows on 2 cores, with room for a slow compile (README)
+# their time (RESERVE_BUILDS x the dump compile's). 10 minutes is meant to keep a ResNet-50's
+# tuning under the 15 the issue allows on 2 cores (not measured: README)
 DEFAULT_BUDGET_S = 600.0
 RESERVE_BUILDS = 4.0
 # at most this many candidates per dispatch (KILN_TUNE_CANDIDATES: fewer, for a quick run)
