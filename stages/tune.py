@@ -16,13 +16,14 @@ faster than every other variant beyond the noise (stages/pick.py). Steps (docs/D
 3. for the dispatches carrying the time, largest first, while the budget lasts: tile
    candidates around the compiler's choice (stages/tune_space.py), each compiled as the
    dispatch's benchmark alone (a failing one is dropped), measured in rounds interleaved
-   with the compiler's configuration (re-measured each round, before and after, for drift);
-   a candidate wins only when it is faster in every round and by more than the noise floor
-   in the median of the rounds' ratios;
+   with the compiler's configuration (re-measured each round, before and after, for drift),
+   each measurement the fastest of its repetitions; a candidate wins only when it is faster
+   in every round and by more than the noise floor in the median of the rounds' ratios;
 4. the winners' configured executables, as location-free bytecode named after the
    executable, substituted into the whole module (`--iree-hal-substitute-executable-
    configurations-from`); a control build substitutes the unedited ones, and the two
-   modules must differ (else the substitution did not take).
+   modules must differ (else nothing changed); on the model's inputs the tuned module must
+   give the control's outputs and be faster as a whole, as a candidate must.
 
 tune.json says per dispatch its share, the configuration chosen, the candidates tried and
 where its answer came from; the stage's result says what the tuning cost."""
@@ -314,7 +315,7 @@ class Session:
             d.notes.append("its benchmark did not compile")
             return None, None
         times = self._bench(module)
-        return (module, statistics.median(times)) if times else (module, None)
+        return (module, min(times)) if times else (module, None)
 
     def _bench_module(self, d: Dispatch, configured: str, label: str) -> Path | None:
         """The dispatch's dumped benchmark compiled with configured (its configured
@@ -367,9 +368,9 @@ class Session:
                 break
             if self._past_deadline():
                 return None
-            before = self._median(base)
-            measured = [(c, self._median(m)) for c, m in alive]
-            after = self._median(base)
+            before = self._fastest(base)
+            measured = [(c, self._fastest(m)) for c, m in alive]
+            after = self._fastest(base)
             if None in (before, after):
                 return None
             reference = (before + after) / 2
@@ -485,8 +486,8 @@ class Session:
             for t, c in zip(got["tuned"], got["control"]))
         ratios = []
         for _ in range(ROUNDS if same else 0):
-            control_ms = self._median_of(args["control"])
-            tuned_ms = self._median_of(args["tuned"])
+            control_ms = self._fastest_of(args["control"])
+            tuned_ms = self._fastest_of(args["tuned"])
             if control_ms and tuned_ms:
                 ratios.append(tuned_ms / control_ms)
         faster = len(ratios) == ROUNDS and max(ratios) < 1 and \
@@ -496,13 +497,13 @@ class Session:
                 "checked": ("outputs match the untuned module's within the target's atol/rtol"
                             if same else "outputs differ from the untuned module's: not kept")}
 
-    def _median_of(self, args: list[str]) -> float | None:
+    def _fastest_of(self, args: list[str]) -> float | None:
         argv = [tool("iree-benchmark-module"), *args,
                 *timing.iree_benchmark_flags(REPETITIONS, self.driver, self.threads)]
         self.benchmarks += 1
         done = process.run(argv, BENCH_TIMEOUT_S * 5, tool="iree-benchmark-module")
         try:
-            return statistics.median(timing.iree_times(json.loads(done.stdout))) \
+            return min(timing.iree_times(json.loads(done.stdout))) \
                 if done.returncode == 0 else None
         except (ValueError, KeyError):
             return None
@@ -536,9 +537,12 @@ class Session:
             self.ctx.log(f"$ {done.command}\n{failure(done.returncode or 0, done.stderr)}")
         return []
 
-    def _median(self, module: Path) -> float | None:
+    def _fastest(self, module: Path) -> float | None:
+        """The fastest of a run's repetitions: on a shared machine other work only ever adds
+        time, and the fastest repetition's ratios repeat where medians' do not
+        (docs/DESIGN.md §9.6)."""
         times = self._bench(module)
-        return statistics.median(times) if times else None
+        return min(times) if times else None
 
     def _past_deadline(self) -> bool:
         self.out_of_time = self.out_of_time or time.monotonic() > self.deadline
@@ -572,7 +576,7 @@ class Session:
                 "whole_module": self.whole,
                 "substitution_took": took,
                 "dispatch_sum_ms": {"before": round(before, 4), "after": round(after, 4)},
-                "how": f"iree-benchmark-module per dispatch, {self.threads} threads, median of "
+                "how": f"iree-benchmark-module per dispatch, {self.threads} threads, fastest of "
                        f"{REPETITIONS} repetitions; {ROUNDS} interleaved rounds per candidate; "
                        f"{how}"}
 

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pipeline.cache.digest import canonical, digest_bytes
 
 # a change to the candidates or to the rule that decides a winner: every dispatch again
-SEARCH_VERSION = 2
+SEARCH_VERSION = 3
 NAMESPACE = "kiln-tune-dispatch"
 
 
