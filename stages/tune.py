@@ -462,17 +462,17 @@ class Session:
         it must be faster in every interleaved round and by the noise floor in their
         median; else the winners are not kept (dispatches measured alone do not add up to
         the module: docs/DESIGN.md §9.3)."""
-        emitted = self.ctx.inputs.get(EMIT.name)
-        captured = self.ctx.inputs.get(CAPTURE.name)
-        if emitted is None or captured is None:
-            return {"kept": True, "checked": "no model inputs to check the module with"}
         import numpy as np
 
         from stages import frameworks
+        emitted = self.ctx.inputs[EMIT.name]
+        captured = self.ctx.inputs.get(CAPTURE.name)
         info = json.loads((emitted / "model.json").read_text())
         archive = emitted / "model.irpa"
         parameters = archive if archive.is_file() and archive.stat().st_size else None
-        inputs = frameworks.load_arrays(captured / "inputs.npz")
+        # the captured inputs; a model file without a framework (MLIR) gets validate's own
+        inputs = frameworks.load_arrays(captured / "inputs.npz") if captured else \
+            frameworks.model_inputs(self.ctx.model, info["inputs"])
         for name in ("tuned", "control"):
             (self.work / name).mkdir(exist_ok=True)
         args = {name: module_args(self.work / name, module, parameters, self.driver,
