@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline import process
+from pipeline.cache.digest import digest_file
 from pipeline.names import upstream_name, variant_target
 from pipeline.stage import Role, Stage, StageError
 from stages import timing, tune_cache, tune_space
@@ -427,8 +428,15 @@ class Session:
         if not took:   # the edits made the same code (a tile past its loop's end): no change
             self.whole = {"kept": False, "checked": "the substituted configurations built the "
                           "same module as the unedited ones: nothing to keep"}
-        else:
-            self.whole = self._whole_module(out, self.work / "control.vmfb")
+        else:   # (a verdict on these very answers, kept: a second tuning measures nothing)
+            key = tune_cache.whole_key(digest_file(lowered), [(d.key, d.outcome.edits)
+                                                              for d in winners],
+                                       self.compiler, self.threads, self.flags)
+            found = tune_cache.recalled(self.ctx.store, key, "whole")
+            self.whole = {**found[0], "from_cache": found[1]} if found else \
+                self._whole_module(out, self.work / "control.vmfb")
+            if not found:
+                tune_cache.remember(self.ctx.store, key, "whole", self.whole)
         if not self.whole["kept"]:   # the compiler's configurations, as the start variant's
             self._compile(lowered, out, plain, required=True)
         return took

@@ -59,17 +59,38 @@ def dispatch_key(source: str, executable: str, compiler: str, cpu: str, threads:
 def recall(store, key: str) -> tuple[Outcome, str] | None:
     """(the search kept under key, "local" or "remote"), or None (a miss, no store, or an
     entry not of this shape)."""
-    found = store.find(key, ()) if store is not None else None
-    if found is None or found.failed or found.entry["outputs"]:
-        return None
-    meta = store.restore(key, found.entry, store.root)   # no outputs: its verified metadata
+    found = recalled(store, key, "tune")
     try:
-        return Outcome(**meta["tune"]), found.where
-    except (TypeError, KeyError):
+        return (Outcome(**found[0]), found[1]) if found else None
+    except TypeError:
         return None
 
 
 def keep(store, key: str, outcome: Outcome) -> None:
     """Store the finished search under key (locally, and remotely in write mode)."""
+    remember(store, key, "tune", outcome.as_dict())
+
+
+def whole_key(flow_digest: str, answers: list[tuple[str, list]], compiler: str, threads: int,
+              flags: list[str]) -> str:
+    """The key of a whole-module check: the module's flow, the dispatches' answers applied
+    (their keys and edits), and what the measurement depends on."""
+    fields = {"namespace": NAMESPACE + "-whole", "search": SEARCH_VERSION, "flow": flow_digest,
+              "answers": sorted(answers), "compiler": compiler, "threads": threads,
+              "flags": flags}
+    return digest_bytes(canonical(fields).encode())
+
+
+def recalled(store, key: str, kind: str) -> tuple[dict, str] | None:
+    """(the value kept under key as kind, where it was found), or None."""
+    found = store.find(key, ()) if store is not None else None
+    if found is None or found.failed or found.entry["outputs"]:
+        return None
+    meta = store.restore(key, found.entry, store.root)   # no outputs: its verified metadata
+    value = (meta or {}).get(kind)
+    return (value, found.where) if isinstance(value, dict) else None
+
+
+def remember(store, key: str, kind: str, value: dict) -> None:
     if store is not None:
-        store.save(key, store.root, {}, {"tune": outcome.as_dict()})
+        store.save(key, store.root, {}, {kind: value})

@@ -178,6 +178,9 @@ def test_a_second_tune_hits_the_cache_for_every_dispatch_through_the_remote_too(
         assert again["from_cache"] == count == runs["first"]["dispatch_count"], where
         assert again["from_remote"] == (count if where == "remote" else 0)
         assert again["candidates_compiled"] == again["benchmarks_run"] == again["searched"] == 0
+        # where anything won, the whole-module check's verdict on these answers is kept too
+        whole = again["whole_module"]
+        assert whole is None or "from_cache" in whole or "same module" in whole["checked"], where
         assert [r["chosen"] for r in again["dispatches"]] == \
             [r["chosen"] for r in runs["first"]["dispatches"]]
 
