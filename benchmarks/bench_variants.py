@@ -68,36 +68,64 @@ def build(root: Path, model: str, target: str) -> float:
     return time.perf_counter() - started
 
 
-def again(root: Path, model: str, target: str, variants: list[dict], rounds: int) -> dict:
-    """Every variant's module and the framework, timed alternately in one loop: medians."""
+def loaded(root: Path, model: str) -> tuple[Path, dict, list, int]:
+    """What timing a built model's modules needs: its emit directory, model.json, the
+    captured inputs and the threads both sides get (the project's own stages imported)."""
     os.chdir(root)
     sys.path.insert(0, str(root))
     from stages import frameworks, timing
+    emit = root / "build" / model / "emit"
+    inputs = frameworks.load_arrays(root / "build" / model / "capture" / "inputs.npz")
+    return emit, json.loads((emit / "model.json").read_text()), inputs, \
+        timing.threads_for("local-task")
+
+
+def module_median(tmp: Path, module: Path, emit: Path, info: dict, inputs: list,
+                  threads: int) -> float:
+    """One iree-benchmark-module run of a module on the model's inputs: its median (ms)."""
+    from stages import timing
     from stages.iree_tools import tool
     from stages.runtime import module_args
-    emit = root / "build" / model / "emit"
-    info = json.loads((emit / "model.json").read_text())
-    inputs = frameworks.load_arrays(root / "build" / model / "capture" / "inputs.npz")
-    threads = timing.threads_for("local-task")
+    archive = emit / "model.irpa"
+    args = module_args(tmp, module, archive if archive.stat().st_size else None, "local-task",
+                       info["entry"], inputs)
+    bench = [tool("iree-benchmark-module"), *args,
+             *timing.iree_benchmark_flags(5, "local-task", threads)]
+    report = json.loads(subprocess.run(bench, capture_output=True, text=True, check=True).stdout)
+    return statistics.median(timing.iree_times(report))
+
+
+def alternately(root: Path, model: str, modules: dict[str, Path], framework: str,
+                time_framework, rounds: int) -> dict[str, list[float]]:
+    """Each module and the framework (time_framework(tmp, threads) -> ms or None), timed
+    alternately in one loop: every round's median, by name."""
+    emit, info, inputs, threads = loaded(root, model)
     times: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(rounds):
-            for v in variants:
-                where = target if v["variant"] == "default" else f"{target}~{v['variant']}"
-                module = root / "build" / model / where / "codegen" / "module.vmfb"
-                args = module_args(Path(tmp), module, emit / "model.irpa", "local-task",
-                                    info["entry"], inputs)
-                bench = [tool("iree-benchmark-module"), *args,
-                         *timing.iree_benchmark_flags(5, "local-task", threads)]
-                report = json.loads(subprocess.run(bench, capture_output=True, text=True,
-                                                   check=True).stdout)
-                times.setdefault(v["variant"], []).append(
-                    timing.iree_latency(report, "local-task", threads, "")["median_ms"])
-            figure, why = timing.framework_latency(
-                "torch", root / "build" / model / "capture", threads, "", lambda line: None)
-            if figure is None:
-                sys.exit(f"torch eager could not be timed: {why}")
-            times.setdefault("torch eager", []).append(figure["median_ms"])
+            for name, module in modules.items():
+                times.setdefault(name, []).append(
+                    module_median(Path(tmp), module, emit, info, inputs, threads))
+            ms = time_framework(Path(tmp), threads)
+            if ms is not None:
+                times.setdefault(framework, []).append(ms)
+    return times
+
+
+def again(root: Path, model: str, target: str, variants: list[dict], rounds: int) -> dict:
+    """Every variant's module and the framework, timed alternately in one loop: medians."""
+    def torch_eager(tmp, threads):
+        from stages import timing
+        figure, why = timing.framework_latency(
+            "torch", root / "build" / model / "capture", threads, "", lambda line: None)
+        if figure is None:
+            sys.exit(f"torch eager could not be timed: {why}")
+        return figure["median_ms"]
+
+    modules = {v["variant"]: root / "build" / model / (
+        target if v["variant"] == "default" else f"{target}~{v['variant']}") / "codegen" /
+        "module.vmfb" for v in variants}
+    times = alternately(root, model, modules, "torch eager", torch_eager, rounds)
     return {name: statistics.median(values) for name, values in times.items()}
 
 

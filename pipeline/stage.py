@@ -44,6 +44,11 @@ class Target:
     # (against= on the command line names the one to use)
     compare_with: tuple["Target", ...] = field(default=(), compare=False, repr=False)
     compare_with_chosen: bool = field(default=False, compare=False, repr=False)
+    # per-dispatch tuning (targets.yaml `tune:`, tune= on the command line): None (off), or
+    # the variant whose flags the tuned variant starts from; tune_budget: its seconds per
+    # model (None: the tuning stage's default)
+    tune: str | None = None
+    tune_budget: float | None = None
 
 
 # a constant with at least this many elements is a weight: it goes to the parameter archive
@@ -112,6 +117,9 @@ class StageContext:
     log_lines: list[str] = field(default_factory=list)
     machine: object = None       # pipeline.run.machine.MachineLock held shared while the stage runs
     makers: dict[str, Stage] = field(default_factory=dict)   # input name -> the stage that made it
+    # the cache the run stores into (pipeline.cache.store.Store, with its remote): for a stage
+    # that keeps results of its own finer than a stage (tuning: one per dispatch); None: none
+    store: object = None
 
     def log(self, line: str) -> None:
         self.log_lines.append(line)
@@ -179,6 +187,13 @@ class Stage:
     def peers(self, model: ModelSpec, target: Target | None, targets: list[Target]) -> tuple[str, ...]:
         """Other targets whose node of this same stage this one reads (e.g. a reference run
         on CPU for a model that has no framework answer). Handed in as '<stage>@<target>'."""
+        return ()
+
+    def siblings(self, model: ModelSpec, target: Target | None) -> tuple[str, ...]:
+        """For a stage of one variant: the stages whose nodes for the target's *other*
+        variants it reads too (handed in as 'validate@cpu~im2col'), e.g. a tuning stage that
+        starts from the fastest variant that validated. Its partial_inputs lets it run
+        without those that failed."""
         return ()
 
     def resources(self, target: Target | None) -> dict[str, int]:

@@ -20,20 +20,21 @@ from stages.lower import STAGE as LOWER
 from stages.pick import STAGE as PICK
 from stages.serialize import STAGE as SERIALIZE
 from stages.targets import resolve
+from stages.tune import STAGE as TUNE
 from stages.validate import STAGE as VALIDATE
 
-ORDER = (CAPTURE, SERIALIZE, IMPORT, LEGALIZE, EMIT, LOWER, CODEGEN, VALIDATE, PICK, BISECT)
+ORDER = (CAPTURE, SERIALIZE, IMPORT, LEGALIZE, EMIT, LOWER, CODEGEN, TUNE, VALIDATE, PICK, BISECT)
 
 
 def pipeline() -> list:
     return list(ORDER)
 
 
-def resolve_target(target):
+def resolve_target(target, **tuning):
     """stages.targets.resolve; and the runtime's devices, which validate's key names, asked
     meanwhile in the background (the plan asks for them only after building its graph)."""
     ask_devices_ahead()
-    return resolve(target)
+    return resolve(target, **tuning)
 
 
 __all__ = ["pipeline", "detect", "companions", "resolve_target"]

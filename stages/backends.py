@@ -38,6 +38,8 @@ class Backend:
     # (stages/iree_tools.py) and the plan memo compares (pipeline/plan/memo.py)
     device_env: tuple[str, ...] = ()
     device_places: tuple[str, ...] = ()
+    # its dispatches' tile configurations can be searched (stages/tune.py): a `tune:` target
+    tunable: bool = False
 
 
 # Measured for ResNet-18 with IREE 3.13 (docs/DESIGN.md §7): channels-last is ~4x faster than
@@ -63,7 +65,7 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
     Backend("llvm-cpu", ("--iree-hal-target-device=local",
                          "--iree-hal-local-target-device-backends=llvm-cpu"), "local-task",
             arch_flag="--iree-llvmcpu-target-cpu", default_arch="host", host_arch=True,
-            variants=CPU_VARIANTS, reference=True, answers_imported_mlir=True),
+            variants=CPU_VARIANTS, reference=True, answers_imported_mlir=True, tunable=True),
     Backend("vmvx", ("--iree-hal-target-device=local",
                      "--iree-hal-local-target-device-backends=vmvx"), "local-task",
             reference=True),

@@ -54,8 +54,15 @@ def _refuse_input_phase_flags(target: Target) -> None:
                 "--iree-global-opt-demote-contraction-inputs-type=f16|bf16)")
 
 
-def resolve(target: Target) -> Target:
-    """Fill in the arch and driver defaults and resolve 'host'; reject what cannot work."""
+# the variant a tuned target adds: its start variant's flags, each dispatch's tiles searched
+TUNED = "tuned"
+
+
+def resolve(target: Target, tune: str | bool | None = None,
+            tune_budget: float | None = None) -> Target:
+    """Fill in the arch and driver defaults and resolve 'host'; reject what cannot work.
+    tune, tune_budget: the command line's tune= (on, off or a variant) and tune_budget=,
+    which override the target's own `tune:` where its backend can be tuned."""
     _refuse_input_phase_flags(target)
     if target.backend not in BACKENDS:
         raise ConfigError(f"{target.where}: targets.{target.name}.backend: unknown backend "
@@ -71,8 +78,43 @@ def resolve(target: Target) -> Target:
     if known is not None and arch not in known:
         raise ConfigError(f"{target.where}: targets.{target.name}.arch: unknown {target.backend} "
                           f"target '{arch}' (valid: {', '.join(sorted(known))})")
-    return dataclasses.replace(target, arch=arch, driver=target.driver or backend.driver,
-                               variants=variants(target))
+    resolved = dataclasses.replace(target, arch=arch, driver=target.driver or backend.driver,
+                                   variants=variants(target))
+    return with_tuning(resolved, tune, tune_budget)
+
+
+def with_tuning(target: Target, tune: str | bool | None, budget: float | None) -> Target:
+    """The target with its 'tuned' variant (the start variant's flags), where tuning is on:
+    targets.yaml's `tune:` unless the command line says otherwise (tune=on tunes every
+    llvm-cpu target from its fastest validated variant; tune=off none)."""
+    backend = BACKENDS[target.backend]
+    if target.tune and not backend.tunable:
+        raise ConfigError(f"{target.where}: targets.{target.name}.tune: backend {target.backend} "
+                          "cannot be tuned (tuning searches llvm-cpu dispatches' tiles)")
+    start = target.tune
+    if tune is False or not backend.tunable:
+        start = None
+    elif tune is True:
+        start = start or BEST
+    elif isinstance(tune, str):
+        start = tune
+    declared = dict(target.variants)
+    if start not in (None, BEST) and start not in declared:
+        raise ConfigError(f"{target.where}: targets.{target.name}: tune starts from variant "
+                          f"'{start}', which the target does not have (valid: "
+                          f"{', '.join(n for n in declared if n != TUNED)})")
+    kept = tuple(v for v in target.variants if v[0] != TUNED)
+    if start is None:
+        return dataclasses.replace(target, tune=None, variants=kept)
+    # from the best variant: its own lower and codegen are the first variant's (cache hits)
+    flags = kept[0][1] if start == BEST else declared[start]
+    return dataclasses.replace(target, tune=start, tune_budget=budget or target.tune_budget,
+                               variants=(*kept, (TUNED, flags)))
+
+
+# tune=on, `tune: true`: start from the fastest variant that validated (stages/tune.py reads
+# the other variants' verdicts and flow, as pick would choose)
+BEST = "best"
 
 
 def compile_flags(target: Target) -> list[str]:

@@ -139,12 +139,8 @@ def iree_benchmark_flags(repetitions: int, driver: str, threads: int) -> list[st
 def iree_latency(report: dict, driver: str, threads: int, serialized: str) -> dict:
     """The figure from iree-benchmark-module's JSON: one time per repetition (each the mean
     of that repetition's calls; the tool chooses how many calls reach REPETITION_S)."""
-    unit = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1000.0}
-    runs = [b for b in report.get("benchmarks", [])
-            if b.get("run_type", "iteration") == "iteration"]   # not the aggregates
-    if not runs:
-        raise ValueError("iree-benchmark-module reported no runs")
-    times = [b["real_time"] * unit[b.get("time_unit", "ns")] for b in runs]
+    times = iree_times(report)
+    runs = [b for b in report["benchmarks"] if b.get("run_type", "iteration") == "iteration"]
     calls = sorted({b.get("iterations", 1) for b in runs})
     per = f"{calls[0]} call{'s' if calls[0] > 1 else ''}" if len(calls) == 1 else \
         f"{calls[0]}-{calls[-1]} calls"
@@ -153,6 +149,17 @@ def iree_latency(report: dict, driver: str, threads: int, serialized: str) -> di
     how = (f"iree-benchmark-module: median of {len(times)} repetitions of {per} after a "
            f"{WARMUP_S:g} s warm-up, module load excluded; {threading}; {serialized}")
     return {**spread(times), "how": how}
+
+
+def iree_times(report: dict) -> list[float]:
+    """The per-call times (ms) of iree-benchmark-module's JSON, one per repetition (not the
+    aggregates); a ValueError when it reported none."""
+    unit = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1000.0}
+    runs = [b for b in report.get("benchmarks", [])
+            if b.get("run_type", "iteration") == "iteration"]   # not the aggregates
+    if not runs:
+        raise ValueError("iree-benchmark-module reported no runs")
+    return [b["real_time"] * unit[b.get("time_unit", "ns")] for b in runs]
 
 
 def iree_single_call(wall_ms: float) -> dict:

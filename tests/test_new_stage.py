@@ -50,14 +50,14 @@ STAGE = PassThru()
 
 
 def add_passthru(root) -> None:
-    """The stage's module, and its place in ORDER between codegen and validate."""
+    """The stage's module, and its place in ORDER before validate (after tune)."""
     (root / "stages" / "passthru.py").write_text(PASSTHRU)
     init = root / "stages" / "__init__.py"
     text = init.read_text()
     placed = text.replace("from stages.codegen import STAGE as CODEGEN\n",
                           "from stages.codegen import STAGE as CODEGEN\n"
                           "from stages.passthru import STAGE as PASSTHRU\n") \
-        .replace("CODEGEN, VALIDATE", "CODEGEN, PASSTHRU, VALIDATE")
+        .replace("TUNE, VALIDATE", "TUNE, PASSTHRU, VALIDATE")
     assert placed.count("PASSTHRU") == 2, "stages/__init__.py's ORDER is not where it was"
     init.write_text(placed)
 

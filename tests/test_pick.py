@@ -4,6 +4,7 @@ reads the result.json files its variants' validates left (the search itself, end
 in tests/test_variants.py)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -95,3 +96,24 @@ def test_with_timing_off_and_the_default_failed_the_first_that_passed_is_kept(tm
     result = pick.STAGE.run(ctx)
     assert result["variant"] == "mmt4d" and "timing off: kept mmt4d" in result["why"]
     assert "(default did not)" in result["why"]
+
+
+def test_a_tuned_module_not_faster_beyond_the_noise_is_refused(tmp_path):
+    """The tuned variant (stages/tune.py) comes last in the target's order: it displaces the
+    variants before it only when faster than each by more than the noise."""
+    target = Target("cpu", "llvm-cpu", "generic", "local-task", (), 1e-4, 1e-4,
+                    variants=(("default", ()), ("im2col", ("--im2col",)), ("tuned", ("--im2col",))))
+    noisy = {"median_ms": 19.4, "min_ms": 18.0, "max_ms": 21.0}   # +-8%: wider than the floor
+    ctx = context(tmp_path / "a", {"default": {"passed": True, "latency": latency(40.0)},
+                                   "im2col": {"passed": True, "latency": latency(20.0)},
+                                   "tuned": {"passed": True, "latency": noisy}})
+    ctx = dataclasses.replace(ctx, target=target)
+    result = pick.STAGE.run(ctx)
+    assert result["variant"] == "im2col" and "within" in result["why"]
+    assert (ctx.out / "module.vmfb").read_bytes() == b"im2col"
+    # faster beyond its spread: kept
+    ctx = context(tmp_path / "b", {"default": {"passed": True, "latency": latency(40.0)},
+                                   "im2col": {"passed": True, "latency": latency(20.0)},
+                                   "tuned": {"passed": True, "latency": latency(17.0)}})
+    result = pick.STAGE.run(dataclasses.replace(ctx, target=target))
+    assert result["variant"] == "tuned" and (ctx.out / "module.vmfb").read_bytes() == b"tuned"

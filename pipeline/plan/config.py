@@ -81,6 +81,10 @@ TARGET_FIELDS = {
     "params": ((str,), False, None, "'inline' (weights inside this target's module) or 'external'"),
     "variants": ((dict,), False, {}, "a mapping of variant name to a list of extra iree-compile "
                  "flags (or null to drop a built-in variant)"),
+    "tune": ((bool, str), False, False, ("true (add a 'tuned' variant: the fastest validated "
+             "variant's module with each dispatch's tiles searched), a variant's name (tune "
+             "that one's flags) or false")),
+    "tune_budget": (_NUMBER, False, None, "seconds a model's tuning may take (a number > 0)"),
 }
 MATRIX_FIELDS = {
     "models": ((list,), False, [], "a list of model names"),
@@ -200,7 +204,7 @@ def _check_fields(path, node, what, schema) -> dict:
         types, _, _, valid = schema[key]
         _check_nested_mappings(path, value_node, f"{what}.{key}")
         value = yaml.safe_load(yaml.serialize(value_node))
-        if isinstance(value, bool) is not (bool in types) or not isinstance(value, types):
+        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
             raise ConfigError(f"{_where(path, value_node)}: {what}.{key}: expected {valid}, "
                               f"got {value!r}")
         if isinstance(value, list) and not all(isinstance(v, str) for v in value):
@@ -275,8 +279,25 @@ def _targets(path: Path, section: yaml.Node, reserved) -> dict[str, Target]:
         targets[name] = Target(name, v["backend"], v["arch"], v["driver"], tuple(v["flags"]),
                                float(v["atol"]), float(v["rtol"]), _where(path, node), v["params"],
                                _variants(path, node, f"targets.{name}.variants", v["variants"],
-                                         reserved))
+                                         reserved),
+                               tune=_tune(v["tune"]), tune_budget=_budget(path, node, name,
+                                                                          v["tune_budget"]))
     return targets
+
+
+def _tune(value: bool | str) -> str | None:
+    """targets.<name>.tune: true -> "best" (start from the fastest validated variant); a name
+    -> that variant's flags (checked by stages.targets); false -> None."""
+    if isinstance(value, bool):
+        return "best" if value else None
+    return value
+
+
+def _budget(path: Path, node, name: str, value) -> float | None:
+    if value is not None and not (value > 0 and math.isfinite(value)):
+        raise ConfigError(f"{_where(path, node)}: targets.{name}.tune_budget: expected the "
+                          f"seconds a model's tuning may take (a number > 0), got {value!r}")
+    return None if value is None else float(value)
 
 
 def _models(path: Path, section: yaml.Node, reserved) -> dict[str, ModelDecl]:

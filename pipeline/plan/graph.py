@@ -75,6 +75,8 @@ def build_graph(stages: list[Stage], models: list[ModelSpec], targets: list[Targ
                                followed=stage.name in followed)
                 for peer in stage.peers(model, target, tried):
                     graph.add_edge(Node(stage.name, model.name, peer), node)
+                for up in _siblings(stage, model, target, expanded, present):
+                    graph.add_edge(up, node)
                 for upstream in _upstream(makers[position], model, reads, present):
                     graph.add_edge(upstream, node)
     try:   # (the order is kept: the task specs are made in it, and working it out twice
@@ -92,6 +94,16 @@ def topological_order(graph: nx.DiGraph) -> list[Node]:
     kept = graph.graph.get(ORDER)
     return kept if kept is not None and len(kept) == len(graph) else \
         list(nx.topological_sort(graph))
+
+
+def _siblings(stage: Stage, model: ModelSpec, target: Target | None, expanded: dict,
+              present: set[Node]) -> list[Node]:
+    """The nodes of the target's other variants a variant's node reads (Stage.siblings)."""
+    if target is None or target.variant is None:
+        return []
+    wanted = stage.siblings(model, target)
+    return [n for other in expanded[target.base] if other.name != target.name
+            for n in (Node(s, model.name, other.name) for s in wanted) if n in present]
 
 
 def _nodes(stage: Stage, targets: list[Target], expanded: dict, tried: list[Target]):

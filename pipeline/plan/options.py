@@ -43,6 +43,10 @@ class Options:
     xfail: str | None = None                   # None: the matrix's
     strict: bool = False
     against: str | None = None                 # bisect's reference target (None: its choice)
+    # tune=on|off|<variant>: per-dispatch tuning of llvm-cpu targets (None: targets.yaml's;
+    # True: from each target's fastest validated variant), tune_budget= its seconds per model
+    tune: str | bool | None = None
+    tune_budget: float | None = None
 
     @classmethod
     def parse(cls, variables: dict[str, str]) -> Options:
@@ -53,7 +57,8 @@ class Options:
                    parse_shard(get("shard")) if get("shard") else None,
                    parse_executor(get("executor")), parse_days(get("days")),
                    parse_retry(get("retry")), parse_switch("timing", get("timing")),
-                   get("xfail"), bool(parse_switch("strict", get("strict"))), get("against"))
+                   get("xfail"), bool(parse_switch("strict", get("strict"))), get("against"),
+                   parse_tune(get("tune")), parse_budget(get("tune_budget")))
 
     def for_worker(self) -> dict[str, str]:
         """The options a Dask worker's kiln process is given: the same plan, run here."""
@@ -115,6 +120,25 @@ def parse_switch(name: str, text: str | None) -> bool | None:
     if text.strip().lower() not in SWITCH:
         raise _bad(f"{name}={text}: expected on or off (or 1/0, true/false, yes/no)")
     return SWITCH[text.strip().lower()]
+
+
+def parse_tune(text: str | None) -> str | bool | None:
+    """tune=on / off (a switch), or tune=<variant>: tune starting from that variant's flags."""
+    if text is None or text.strip().lower() in SWITCH:
+        return parse_switch("tune", text)
+    if not text.strip():
+        raise _bad("tune=: expected on, off or a variant's name (e.g. tune=im2col-mmt4d)")
+    return text.strip()
+
+
+def parse_budget(text: str | None) -> float | None:
+    try:
+        budget = None if text is None else float(text)
+    except ValueError:
+        budget = -1.0
+    if budget is not None and not 0 < budget < float("inf"):
+        raise _bad(f"tune_budget={text}: expected the seconds a model's tuning may take (> 0)")
+    return budget
 
 
 def parse_days(text: str | None) -> float:

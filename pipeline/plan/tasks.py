@@ -149,7 +149,10 @@ def make_plan(options: Options, stages: list[Stage], detect: model_registry.Dete
     finally:
         facts.save()   # (what was learnt holds even when a selection is refused)
     model_registry.check_frameworks(models, stages, config)
-    targets = [resolve_target(t) for t in
+    # tune=, tune_budget= reach the hook only when given (a hook of one argument still serves)
+    tuning = {} if options.tune is None and options.tune_budget is None else \
+        {"tune": options.tune, "tune_budget": options.tune_budget}
+    targets = [resolve_target(t, **tuning) for t in
                _pick(options.targets, config.targets, matrix.targets, "target", config)]
     targets = _compared_with(targets, options, config, resolve_target)
     _refuse_an_empty_selection(options, matrix, config, models, targets)

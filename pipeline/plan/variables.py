@@ -28,6 +28,10 @@ VARIABLES = {
               "(default: the matrix's timing:, else on)",
     "xfail": "a YAML file of expected failures, {target: {model: reason}} ('*': any target)",
     "strict": "strict=1: a listed expected failure that passes fails the run too",
+    "tune": "tune=on: add each llvm-cpu target's 'tuned' variant (its dispatches' tiles "
+            "searched, from its fastest validated variant; tune=<variant> from that one's "
+            "flags); tune=off: none (default: targets.yaml's tune:)",
+    "tune_budget": "seconds a model's tuning may take, its builds included (default 600)",
     "baseline": "an earlier run's run.json or build directory: the run's reports (and doit "
                 "diff) say which model x target changed outcome, error or speed since it",
     "factor": "with baseline=: how many times an error against its tolerance must grow (or "

@@ -52,7 +52,8 @@ def lines(record: dict, found: Verdict, limit: int, report_file: str) -> tuple[l
     else:
         shown = (f"{len(table_rows)} cases, more than {CASES_ENV}={limit}: the table of every "
                  f"case is in {report_file} (and report.html)")
-    return (["", shown, *failure_lines(tasks, table_rows, found), *verdict.lines(found)],
+    said = [f"{r['model']}@{r['target']} {line}" for r in table_rows for line in r["said"]]
+    return (["", shown, *said, *failure_lines(tasks, table_rows, found), *verdict.lines(found)],
             summary_line(tasks, table_rows, found))
 
 

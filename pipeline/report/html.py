@@ -305,7 +305,7 @@ def _latency(cells: list[dict], charts: _Charts) -> dict | None:
 def _variants(cells: list[dict]) -> list[dict]:
     """Per target that tried several flag variants: why the pick won, and each variant's
     outcome, median time, ratio and flags."""
-    return [{"label": c["label"], "why": c["result"].get("why", ""),
+    return [{"label": c["label"], "why": c["result"].get("why", ""), "said": c["said"],
              "rows": [_variant_row(v, picked=v["variant"] == c["variant"])
                       for v in c["variants"]]}
             for c in cells if len(c["variants"]) > 1]

@@ -39,7 +39,12 @@ class CaseRow(TypedDict):
     variant: str | None          # the variant a choice picked
     variants: list[dict]
     diagnosis: dict | None       # what a Role.DIAGNOSIS stage said of it
+    said: list[str]              # the lines its stages asked the reports to show (REPORT_LINE)
     stages: str                  # how many of its stages ended how: "3 ran 1 cached"
+
+
+# a stage result's line for the reports, shown under its case (a tuning's cost and gain)
+REPORT_LINE = "report_line"
 
 
 def _fmt(value, spec=".1e"):
@@ -134,6 +139,8 @@ def _row(model: str, target: str, per_model: list[dict],
             "framework_ms": (result.get("framework_latency") or {}).get("median_ms"),
             "ratio": result.get("speed_ratio"), "variant": result.get("variant"),
             "variants": variants, "diagnosis": diagnosis(diagnoses, target),
+            "said": [f"{e['stage']} ({variant_of(e['target'])}): {e['result'][REPORT_LINE]}"
+                     for e in stage_entries if (e.get("result") or {}).get(REPORT_LINE)],
             "stages": " ".join(f"{n} {s}" for s, n in sorted(counts.items()))}
 
 
@@ -366,4 +373,5 @@ def _variants_md(table: list[dict]) -> list[str]:
             lines.append(f"  - {v['variant']}: {v['outcome']}" + (f", {duration(ms)}" if ms else "")
                          + (f" ({times(v['speed_ratio'])} the framework)"
                             if v.get("speed_ratio") else ""))
+        lines += [f"  - {line}" for line in r["said"]]
     return lines + [""]

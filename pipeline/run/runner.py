@@ -219,7 +219,8 @@ def _run(job: Job, layout: Layout, key: str, log_lines: list[str],
                 ctx = StageContext(job.model, job.target,
                                    {n: d for n, (_, d) in job.upstream.items()}, Path(tmp),
                                    log_lines, held,
-                                   makers={n: up for n, (up, _) in job.upstream.items()})
+                                   makers={n: up for n, (up, _) in job.upstream.items()},
+                                   store=store)
                 result = stage.run(ctx)
             missing = [rel for rel in declared if not (ctx.out / rel).is_file()]
             if missing:

@@ -1,0 +1,639 @@
+"""Stage 7b, tune: per llvm-cpu target that asks for it (targets.yaml `tune:`, tune=on), the
+module of its 'tuned' variant: the start variant's flags, with the tile configuration of
+each dispatch that carries the time searched on this machine and the winners substituted.
+
+It builds the module (role MODULE) of the variant `<target>~tuned` only, so validate judges
+it against the framework and times it like any variant, and pick keeps it only where it is
+faster than every other variant beyond the noise (stages/pick.py). Steps (docs/DESIGN.md
+§9.3-§9.6):
+
+1. compile the variant's flow with `--iree-hal-dump-executable-benchmarks-to`,
+   `-configurations-to` and `-sources-to`: one runnable benchmark module, the configured
+   executable and the configuration-free source per dispatch;
+2. per dispatch, its cached search (stages/tune_cache.py: keyed by its source, so a shape
+   seen before in any model is not searched again), or its time alone
+   (iree-benchmark-module at the target's thread count) times its calls: its share;
+3. for the dispatches carrying the time, largest first, while the budget lasts: tile
+   candidates around the compiler's choice (stages/tune_space.py), each compiled as the
+   dispatch's benchmark alone (a failing one is dropped), measured in rounds interleaved
+   with the compiler's configuration (re-measured each round, before and after, for drift),
+   each measurement the fastest of its repetitions; a candidate wins only when it is faster
+   in every round and by more than the noise floor in the median of the rounds' ratios;
+4. the winners' configured executables, as location-free bytecode named after the
+   executable, substituted into the whole module (`--iree-hal-substitute-executable-
+   configurations-from`); a control build substitutes the unedited ones, and the two
+   modules must differ (else nothing changed); on the model's inputs the tuned module must
+   give the control's outputs and be faster as a whole (in all but one of five rounds).
+
+tune.json says per dispatch its share, the configuration chosen, the candidates tried and
+where its answer came from; the stage's result says what the tuning cost."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline import process
+from pipeline.cache.digest import digest_file
+from pipeline.names import upstream_name, variant_target
+from pipeline.stage import Role, Stage, StageError
+from stages import timing, tune_cache, tune_space
+from stages.capture import STAGE as CAPTURE
+from stages.emit import STAGE as EMIT
+from stages.iree_tools import COMPILE_CODE, failure, tool
+from stages.lower import PHASE
+from stages.lower import STAGE as LOWER
+from stages.pick import NOISE_FLOOR, choose, keep_first
+from stages.runtime import device_for, module_args, run_module
+from stages.targets import BEST, TUNED, compile_flags
+from stages.validate import STAGE as VALIDATE
+
+HERE = Path(__file__).parent
+
+# seconds the whole tuning of a model may take, unless the target or tune_budget= says
+# otherwise: the search stops early enough to leave the two whole-module builds and the check
+# their time (RESERVE_BUILDS x the dump compile's). 10 minutes is meant to keep a ResNet-50's
+# tuning under the 15 the issue allows on 2 cores (not measured: README)
+DEFAULT_BUDGET_S = 600.0
+RESERVE_BUILDS = 4.0
+# at most this many candidates per dispatch (KILN_TUNE_CANDIDATES: fewer, for a quick run)
+CANDIDATES_ENV = "KILN_TUNE_CANDIDATES"
+ROUNDS = 3                 # interleaved rounds a candidate must win in
+# the whole module against the control: rounds, of which it may lose one (a round's first
+# run of a model on a busy machine read 2.2x once), each the fastest of more repetitions
+WHOLE_ROUNDS, WHOLE_REPETITIONS = 5, 5
+REPETITIONS = 3            # iree-benchmark-module repetitions per measurement
+SHARE_COVERED = 0.95       # search the dispatches that make up this much of the time
+MIN_SHARE = 0.01           # and none below this share
+COMPILE_TIMEOUT_S = 120
+RESOURCE_USE = re.compile(r'dense_resource<"([^"]+)">')
+RESOURCE_BLOB = re.compile(r'^\s*"([^"]+)": "(0x[0-9A-Fa-f]*)",?$', re.MULTILINE)
+BENCH_TIMEOUT_S = 120
+
+
+class Tune(Stage):
+    name = "tune"
+    doc = "search each dispatch's tiles for llvm-cpu targets with tune on (the ~tuned variant)"
+    per_target = True
+    role = Role.MODULE
+    # the flow it compiles; the model's inputs and weights, to run the tuned module against
+    # the untuned one (the same outputs, faster as a whole) before it is handed on
+    inputs = (LOWER.name, CAPTURE.name, EMIT.name)
+    partial_inputs = True   # (from the best variant: the other variants that failed are absent)
+    code = (*COMPILE_CODE, HERE / "tune_space.py", HERE / "tune_cache.py", HERE / "timing.py",
+            HERE / "pick.py")
+
+    def outputs(self, model):
+        return ("module.vmfb", "tune.json")
+
+    def tools(self, model):
+        return ("iree-compile", "iree-base-runtime")
+
+    def applies_to(self, model, target):
+        return target is None or target.variant == TUNED
+
+    def siblings(self, model, target):
+        # from the best variant: every other variant's verdict (its time) and its flow
+        return (VALIDATE.name, LOWER.name) if target.tune == BEST else ()
+
+    def reads(self, upstream, outputs, model, target):
+        return {VALIDATE.name: ("result.json",), CAPTURE.name: ("inputs.npz",),
+                EMIT.name: ("model.json", "model.irpa")}.get(upstream, outputs)
+
+    def unavailable(self, model, target):
+        return None if device_for(target.driver) else f"skipped: no {target.driver} device to tune on"
+
+    def key_params(self, model, target):
+        return {"flags": compile_flags(target), "from": PHASE, "start": target.tune,
+                "budget_s": budget(target), "candidates": candidate_limit(),
+                "threads": timing.threads_for(target.driver),
+                "search": tune_cache.SEARCH_VERSION, "noise_floor": NOISE_FLOOR}
+
+    def run(self, ctx):
+        started = time.monotonic()
+        start = Start.of(ctx)
+        ctx.log(f"tuning from the {start.variant} variant: {start.why}")
+        with tempfile.TemporaryDirectory() as tmp, timing.one_at_a_time(ctx) as how:
+            session = Session(ctx, Path(tmp), started + budget(ctx.target), start)
+            dispatches = session.dump()
+            session.answer(dispatches)
+            took = session.rebuild(dispatches, ctx.out / "module.vmfb")
+        summary = session.summary(dispatches, took, time.monotonic() - started, how)
+        (ctx.out / "tune.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
+        ctx.log(f"tuned: {summary['applied']} of {len(dispatches)} dispatches changed; "
+                f"{summary['from_cache']} answered from the cache, {summary['searched']} "
+                f"searched ({summary['candidates_compiled']} candidates), "
+                f"{summary['seconds']:.1f} s")
+        return {k: v for k, v in summary.items() if k != "dispatches"} | {
+            "top": summary["dispatches"][:5], "report_line": report_line(summary)}
+
+
+def budget(target) -> float:
+    return target.tune_budget or DEFAULT_BUDGET_S
+
+
+def candidate_limit() -> int:
+    text = os.environ.get(CANDIDATES_ENV, "").strip()
+    if not text:
+        return tune_space.MAX_CANDIDATES
+    if not text.isdigit() or not 1 <= int(text) <= 100:
+        raise StageError(f"{CANDIDATES_ENV}={text!r}: expected a whole number of candidates "
+                         "per dispatch from 1 to 100")
+    return int(text)
+
+
+@dataclass
+class Start:
+    """What tuning starts from: a variant's flow (lower's output) and its flags."""
+    variant: str
+    lowered: Path
+    flags: list[str]
+    why: str
+
+    @classmethod
+    def of(cls, ctx) -> Start:
+        """The variant the target says (tune: <variant>), or with tune on, the fastest of the
+        other variants that validated, chosen as pick chooses (the noise keeps the earlier)."""
+        target, variants = ctx.target, dict(ctx.target.variants)
+        own = [name for name, flags in target.variants if name != TUNED]
+        # the target's flags without the tuned variant's own (the first variant's, or the start's)
+        base = target.flags[:len(target.flags) - len(variants[TUNED])]
+        if target.tune != BEST:
+            return cls(target.tune, ctx.inputs[LOWER.name] / "lowered.mlir",
+                       _flags(target, base, variants[target.tune]), "the target names it")
+        passed = {}
+        for variant in own:
+            result = _sibling_result(ctx, variant)
+            if result and result.get("passed") and (result.get("latency") or
+                                                    result.get("timing") == "off"):
+                passed[variant] = result
+        lowered = {v: ctx.inputs.get(_sibling(ctx, LOWER.name, v)) for v in own}
+        passed = {v: r for v, r in passed.items() if lowered[v] is not None}
+        if not passed:
+            return cls(own[0], ctx.inputs[LOWER.name] / "lowered.mlir",
+                       _flags(target, base, variants[own[0]]),
+                       "no other variant validated with a time: the first variant's flags")
+        untimed = any(r.get("timing") == "off" for r in passed.values())
+        winner, why = keep_first(passed, own) if untimed else choose(passed, own)
+        return cls(winner, lowered[winner] / "lowered.mlir",
+                   _flags(target, base, variants[winner]), why)
+
+
+def _sibling(ctx, stage: str, variant: str) -> str:
+    """The input name of another variant's node: 'validate@cpu' (the default), 'lower@cpu~im2col'."""
+    return upstream_name(stage, variant_target(ctx.target.base, variant))
+
+
+def _sibling_result(ctx, variant: str) -> dict | None:
+    directory = ctx.inputs.get(_sibling(ctx, VALIDATE.name, variant))
+    try:
+        return json.loads((directory / "result.json").read_text()) if directory else None
+    except (OSError, ValueError):
+        return None
+
+
+def _flags(target, base: tuple[str, ...], variant_flags) -> list[str]:
+    return compile_flags(dataclasses.replace(target, flags=(*base, *(variant_flags or ()))))
+
+
+@dataclass
+class Dispatch:
+    """One executable of the module: its files from the dumps and what tuning found."""
+    name: str                       # the executable's symbol, main$async_dispatch_12
+    export: str                     # its function, e.g. ..._matmul_128x768x3072_f32
+    bench: Path
+    configured: str                 # the configured executable's text
+    source: str                     # the configuration-free source (the cache key's)
+    calls: int
+    key: str = ""
+    outcome: tune_cache.Outcome | None = None
+    from_cache: str | None = None   # "local" or "remote" where the answer was kept
+    base_ms: float | None = None    # its time alone, compiler's configuration (this run)
+    base_module: Path | None = None
+    searched_now: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ms(self) -> float | None:
+        """Its time alone with the compiler's configuration (the search's, where searched)."""
+        return self.outcome.default_ms if self.outcome else self.base_ms
+
+    @property
+    def tuned_ms(self) -> float | None:
+        return (self.outcome.winner_ms if self.outcome else None) or self.ms
+
+
+class Session:
+    """One tuning run: its scratch directory, deadline, and counts of what it did."""
+
+    def __init__(self, ctx, work: Path, deadline: float, start: Start):
+        self.ctx, self.work, self.deadline, self.start = ctx, work, deadline, start
+        self.flags = start.flags
+        self.driver = ctx.target.driver
+        self.threads = timing.threads_for(self.driver)
+        self.compiled = self.failed = self.benchmarks = 0
+        self.compiler = self._compiler_version()
+        self.out_of_time = False
+        self.search_seconds = 0.0
+        self.whole: dict | None = None   # the tuned module against the untuned, as a whole
+        self.blobs: dict[str, str] | None = None   # the flow's inlined constants, by name
+
+    # --- 1. the dispatches ---------------------------------------------------------------
+
+    def dump(self) -> list[Dispatch]:
+        lowered = self.start.lowered
+        dirs = {kind: self.work / kind for kind in ("benchmarks", "configurations", "sources")}
+        began = time.monotonic()
+        self._compile(lowered, self.work / "dumped.vmfb", [
+            f"--compile-from={PHASE}", *self.flags,
+            f"--iree-hal-dump-executable-benchmarks-to={dirs['benchmarks']}",
+            f"--iree-hal-dump-executable-configurations-to={dirs['configurations']}",
+            f"--iree-hal-dump-executable-sources-to={dirs['sources']}"], required=True)
+        # the tuned and control builds and the whole-module check come after the search
+        self.deadline -= RESERVE_BUILDS * (time.monotonic() - began)
+        flow = lowered.read_text()
+        found = []
+        for configured in sorted(dirs["configurations"].glob("configured_module_*.mlir")):
+            name = configured.stem.removeprefix("configured_module_")
+            benches = sorted(dirs["benchmarks"].glob(f"module_{name}_*_benchmark.mlir"))
+            source = dirs["sources"] / f"module_{name}.mlir"
+            if len(benches) != 1 or not source.is_file():
+                continue   # (an executable with several variants: not tuned)
+            text = configured.read_text()
+            found.append(Dispatch(name, _export(text, name), benches[0], text,
+                                  source.read_text(), max(1, flow.count(f"@{name}::"))))
+        if not found:
+            raise StageError("iree-compile dumped no dispatch benchmarks to tune")
+        return found
+
+    # --- 2./3. cached answers, shares, searches --------------------------------------------
+
+    def answer(self, dispatches: list[Dispatch]) -> None:
+        store = self.ctx.store
+        cpu = f"{self.ctx.target.arch}"
+        for d in dispatches:
+            d.key = tune_cache.dispatch_key(d.source, d.name, self.compiler, cpu, self.threads,
+                                            self.flags)
+            found = tune_cache.recall(store, d.key)
+            if found is not None:
+                d.outcome, d.from_cache = found
+        for d in dispatches:   # a dispatch never seen: its time alone, for its share
+            if d.outcome is None and not self._past_deadline():
+                d.base_module, d.base_ms = self._baseline(d)
+                if d.base_ms is not None:
+                    d.outcome = tune_cache.Outcome(_root_text(d), default_ms=d.base_ms)
+                    tune_cache.keep(store, d.key, d.outcome)   # its time, searched or not
+        for d in self._carrying_the_time(dispatches):
+            if d.outcome.searched or self._past_deadline():
+                continue
+            outcome = self._search(d)
+            if outcome is None and not self.out_of_time:
+                d.notes.append("search abandoned: a benchmark failed (see the log)")
+            if outcome is not None:
+                d.outcome, d.searched_now = outcome, True
+                tune_cache.keep(store, d.key, outcome)
+
+    def _carrying_the_time(self, dispatches: list[Dispatch]) -> list[Dispatch]:
+        """The dispatches worth a search, largest share first: until SHARE_COVERED of the
+        time, none below MIN_SHARE."""
+        timed = [d for d in dispatches if d.outcome is not None and d.outcome.default_ms]
+        total = sum(d.outcome.default_ms * d.calls for d in timed) or 1.0
+        chosen, covered = [], 0.0
+        for d in sorted(timed, key=lambda d: -d.outcome.default_ms * d.calls):
+            share = d.outcome.default_ms * d.calls / total
+            if covered >= SHARE_COVERED or share < MIN_SHARE:
+                break
+            chosen.append(d)
+            covered += share
+        return chosen
+
+    def _baseline(self, d: Dispatch) -> tuple[Path | None, float | None]:
+        module = self._bench_module(d, d.configured, "base")
+        if module is None:
+            d.notes.append("its benchmark did not compile")
+            return None, None
+        times = self._bench(module)
+        return (module, min(times)) if times else (module, None)
+
+    def _bench_module(self, d: Dispatch, configured: str, label: str) -> Path | None:
+        """The dispatch's dumped benchmark compiled with configured (its configured
+        executable, edited or not) substituted: the dumped benchmark compiled as it is loses
+        a batch-1 convolution's configuration and fails ("large vector sizes"), as a spec
+        does (docs/DESIGN.md §9.4, §9.6); substituted, every dispatch compiles as in the
+        whole module. None where it does not compile."""
+        directory = self.work / f"{d.name}.{label}"
+        self._bytecode(configured + self._resources(d.configured), directory / f"{d.name}.mlirbc")
+        module = self.work / f"{d.name}.{label}.vmfb"
+        substitute = f"--iree-hal-substitute-executable-configurations-from={directory}"
+        return module if self._compile(d.bench, module, [*self.flags, substitute]) else None
+
+    def _search(self, d: Dispatch) -> tune_cache.Outcome | None:
+        """The dispatch's search to its end, or None where the budget ended first."""
+        began = time.monotonic()
+        outcome = tune_cache.Outcome(_root_text(d), default_ms=d.base_ms, searched=True)
+        base = d.base_module
+        if base is None:
+            base, outcome.default_ms = self._baseline(d)
+            if base is None or outcome.default_ms is None:
+                return None
+        compiled = []
+        for i, candidate in enumerate(tune_space.candidates(d.configured, candidate_limit())):
+            if self._past_deadline():
+                return None
+            outcome.tried += 1
+            self.compiled += 1
+            module = self._bench_module(d, candidate.apply(d.configured), f"c{i}")
+            if module is None:
+                outcome.failed += 1
+                self.failed += 1
+            elif module.read_bytes() != base.read_bytes():   # (else: the edit changed nothing)
+                compiled.append((candidate, module))
+        result = self._rounds(base, compiled, outcome)
+        if result is None:
+            return None
+        outcome.seconds = round(time.monotonic() - began, 2)
+        self.search_seconds += outcome.seconds
+        return result
+
+    def _rounds(self, base: Path, compiled: list, outcome: tune_cache.Outcome):
+        """Interleaved rounds: the default before and after each round's candidates, each
+        candidate's ratio to the mean of the two. A candidate not faster in a round is out."""
+        ratios: dict[str, list[float]] = {c.label: [] for c, _ in compiled}
+        times: dict[str, list[float]] = {c.label: [] for c, _ in compiled}
+        alive, base_times = list(compiled), []
+        for _ in range(ROUNDS):
+            if not alive:
+                break
+            if self._past_deadline():
+                return None
+            before = self._fastest(base)
+            measured = [(c, self._fastest(m)) for c, m in alive]
+            after = self._fastest(base)
+            if None in (before, after):
+                return None
+            reference = (before + after) / 2
+            base_times += [before, after]
+            for c, ms in measured:
+                if ms is not None:
+                    ratios[c.label].append(ms / reference)
+                    times[c.label].append(ms)
+            alive = [(c, m) for c, m in alive if ratios[c.label] and ratios[c.label][-1] < 1.0]
+        outcome.default_ms = statistics.median(base_times) if base_times else outcome.default_ms
+        outcome.measured = [{"candidate": c.label, "median_ms": round(statistics.median(times[c.label]), 4),
+                             "ratios": [round(r, 3) for r in ratios[c.label]]}
+                            for c, _ in compiled if times[c.label]]
+        winners = [(statistics.median(ratios[c.label]), c) for c, _ in alive
+                   if len(ratios[c.label]) == ROUNDS
+                   and statistics.median(ratios[c.label]) <= 1 - NOISE_FLOOR]
+        if winners:
+            ratio, best = min(winners, key=lambda w: w[0])
+            outcome.winner, outcome.edits = best.label, [list(e) for e in best.edits]
+            outcome.winner_ms = statistics.median(times[best.label])
+        return outcome
+
+    # --- 4. the whole module -------------------------------------------------------------
+
+    def rebuild(self, dispatches: list[Dispatch], out: Path) -> bool | None:
+        """Build the module with the winners substituted: True when it differs from the
+        control build (the same, unedited: docs/DESIGN.md §9.4), None when nothing won (the
+        plain build). Where it does not differ, or the whole-module check refuses it, the
+        plain build is the module."""
+        lowered = self.start.lowered
+        plain = [f"--compile-from={PHASE}", *self.flags]
+        winners = [d for d in dispatches if d.outcome and d.outcome.edits]
+        if not winners:
+            self._compile(lowered, out, plain, required=True)
+            return None
+        tuned, control = self.work / "tuned", self.work / "control"
+        for d in winners:
+            try:
+                edited = tune_space.Candidate(d.outcome.winner, tuple(map(tuple, d.outcome.edits))
+                                              ).apply(d.configured)
+            except ValueError as err:   # a cached answer for another configuration
+                d.notes.append(f"cached configuration not applied: {err}")
+                edited = d.configured
+            self._bytecode(edited + self._resources(d.configured), tuned / f"{d.name}.mlirbc")
+            self._bytecode(d.configured + self._resources(d.configured), control / f"{d.name}.mlirbc")
+        substitute = "--iree-hal-substitute-executable-configurations-from="
+        self._compile(lowered, out, [*plain, substitute + str(tuned)], required=True)
+        self._compile(lowered, self.work / "control.vmfb", [*plain, substitute + str(control)],
+                      required=True)
+        took = out.read_bytes() != (self.work / "control.vmfb").read_bytes()
+        if not took:   # the edits made the same code (a tile past its loop's end): no change
+            self.whole = {"kept": False, "checked": "the substituted configurations built the "
+                          "same module as the unedited ones: nothing to keep"}
+        else:   # (a verdict on these very answers, kept: a second tuning measures nothing)
+            key = tune_cache.whole_key(digest_file(lowered), [(d.key, d.outcome.edits)
+                                                              for d in winners],
+                                       self.compiler, self.threads, self.flags)
+            found = tune_cache.recalled(self.ctx.store, key, "whole")
+            self.whole = {**found[0], "from_cache": found[1]} if found else \
+                self._whole_module(out, self.work / "control.vmfb")
+            if not found:
+                tune_cache.remember(self.ctx.store, key, "whole", self.whole)
+        if not self.whole["kept"]:   # the compiler's configurations, as the start variant's
+            self._compile(lowered, out, plain, required=True)
+        return took
+
+    def _resources(self, configured: str) -> str:
+        """The dialect_resources block of the constants the executable inlines
+        (`dense_resource<"2.bias">`): no dump carries their values, only the flow module
+        does, and a substituted executable without them fails ("resource does not exist":
+        docs/DESIGN.md §9.4, §9.6)."""
+        names = set(RESOURCE_USE.findall(configured))
+        if not names:
+            return ""
+        if self.blobs is None:
+            self.blobs = dict(RESOURCE_BLOB.findall(self.start.lowered.read_text()))
+        entries = ",\n".join(f'      "{n}": "{self.blobs[n]}"' for n in sorted(names)
+                              if n in self.blobs)
+        return f"\n{{-#\n  dialect_resources: {{\n    builtin: {{\n{entries}\n    }}\n  }}\n#-}}\n"
+
+    def _bytecode(self, text: str, path: Path) -> None:
+        """The executable as bytecode without locations: parsed from a file, every op would
+        carry that file's path into the module (docs/DESIGN.md §9.6)."""
+        path.parent.mkdir(exist_ok=True)
+        source = path.parent / f"{path.stem}.text.mlir"
+        source.write_text(text)
+        done = process.run([tool("iree-opt"), "--strip-debuginfo", "--emit-bytecode", "-",
+                            "-o", str(path)], COMPILE_TIMEOUT_S, tool="iree-opt", stdin=source)
+        source.unlink()
+        if done.returncode != 0:
+            raise StageError(f"iree-opt {failure(done.returncode, done.stderr)}")
+
+    def _whole_module(self, tuned: Path, control: Path) -> dict:
+        """The tuned module against the control (the same build, configurations unedited)
+        on the model's inputs: its outputs must match within the target's tolerances, and
+        it must be faster in all but one of WHOLE_ROUNDS interleaved rounds and by the noise
+        floor in their median; else the winners are not kept (dispatches measured alone do not add up to
+        the module: docs/DESIGN.md §9.3)."""
+        import numpy as np
+
+        from stages import frameworks
+        emitted = self.ctx.inputs[EMIT.name]
+        captured = self.ctx.inputs.get(CAPTURE.name)
+        info = json.loads((emitted / "model.json").read_text())
+        archive = emitted / "model.irpa"
+        parameters = archive if archive.is_file() and archive.stat().st_size else None
+        # the captured inputs; a model file without a framework (MLIR) gets validate's own
+        inputs = frameworks.load_arrays(captured / "inputs.npz") if captured else \
+            frameworks.model_inputs(self.ctx.model, info["inputs"])
+        for name in ("tuned", "control"):
+            (self.work / name).mkdir(exist_ok=True)
+        args = {name: module_args(self.work / name, module, parameters, self.driver,
+                                  info["entry"], inputs)
+                for name, module in (("tuned", tuned), ("control", control))}
+        got = {name: run_module(self.work / name, a, None, self.ctx, [])[0]
+               for name, a in args.items()}
+        atol, rtol = self.ctx.target.atol, self.ctx.target.rtol
+        same = len(got["tuned"]) == len(got["control"]) and all(
+            np.allclose(t, c, atol=atol, rtol=rtol, equal_nan=True)
+            for t, c in zip(got["tuned"], got["control"]))
+        ratios = []
+        for i in range(WHOLE_ROUNDS if same else 0):   # (which goes first alternates)
+            order = ("control", "tuned") if i % 2 == 0 else ("tuned", "control")
+            measured = {name: self._fastest_of(args[name]) for name in order}
+            if measured["control"] and measured["tuned"]:
+                ratios.append(measured["tuned"] / measured["control"])
+        faster = len(ratios) == WHOLE_ROUNDS and sum(r < 1 for r in ratios) >= WHOLE_ROUNDS - 1 \
+            and statistics.median(ratios) <= 1 - NOISE_FLOOR
+        return {"kept": same and faster, "outputs_match": same,
+                "ratios": [round(r, 3) for r in ratios],
+                "checked": ("outputs match the untuned module's within the target's atol/rtol"
+                            if same else "outputs differ from the untuned module's: not kept")}
+
+    def _fastest_of(self, args: list[str]) -> float | None:
+        argv = [tool("iree-benchmark-module"), *args,
+                *timing.iree_benchmark_flags(WHOLE_REPETITIONS, self.driver, self.threads)]
+        self.benchmarks += 1
+        done = process.run(argv, BENCH_TIMEOUT_S * 5, tool="iree-benchmark-module")
+        try:
+            return min(timing.iree_times(json.loads(done.stdout))) \
+                if done.returncode == 0 else None
+        except (ValueError, KeyError):
+            return None
+
+    # --- tools ---------------------------------------------------------------------------
+
+    def _compile(self, src: Path, out: Path, flags: list[str], required: bool = False) -> bool:
+        argv = [tool("iree-compile"), "-", *flags, "-o", str(out)]
+        done = process.run(argv, COMPILE_TIMEOUT_S if not required else 1800,
+                           tool="iree-compile", stdin=src)
+        if done.returncode == 0:
+            return True
+        if required:
+            self.ctx.log(f"$ {' '.join(argv)} < {src}")
+            raise StageError(f"iree-compile {failure(done.returncode, done.stderr)}",
+                             exit_code=done.returncode)
+        return False
+
+    def _bench(self, module: Path) -> list[float]:
+        """Per-call times (ms) of the module's one dispatch, REPETITIONS of them."""
+        argv = [tool("iree-benchmark-module"), f"--module={module}", f"--device={self.driver}",
+                *timing.iree_benchmark_flags(REPETITIONS, self.driver, self.threads)]
+        for _ in range(2):   # a run that fails is tried once more before its times are lost
+            self.benchmarks += 1
+            done = process.run(argv, BENCH_TIMEOUT_S, tool="iree-benchmark-module")
+            try:
+                if done.returncode == 0:
+                    return timing.iree_times(json.loads(done.stdout))
+            except (ValueError, KeyError):
+                pass
+            self.ctx.log(f"$ {done.command}\n{failure(done.returncode or 0, done.stderr)}")
+        return []
+
+    def _fastest(self, module: Path) -> float | None:
+        """The fastest of a run's repetitions: on a shared machine other work only ever adds
+        time, and the fastest repetition's ratios repeat where medians' do not
+        (docs/DESIGN.md §9.6)."""
+        times = self._bench(module)
+        return min(times) if times else None
+
+    def _past_deadline(self) -> bool:
+        self.out_of_time = self.out_of_time or time.monotonic() > self.deadline
+        return self.out_of_time
+
+    def _compiler_version(self) -> str:
+        done = process.run([tool("iree-compile"), "--version"], 60, tool="iree-compile")
+        return done.stdout.strip()
+
+    # --- what tune.json says -------------------------------------------------------------
+
+    def summary(self, dispatches: list[Dispatch], took: bool | None, seconds: float,
+                how: str) -> dict:
+        timed = [d for d in dispatches if d.ms]
+        total = sum(d.ms * d.calls for d in timed) or 1.0
+        rows = [_row(d, d.ms * d.calls / total) for d in sorted(timed, key=lambda d: -d.ms * d.calls)]
+        rows += [_row(d, None) for d in dispatches if not d.ms]   # (their notes say why)
+        before = sum(d.ms * d.calls for d in timed)
+        after = sum(d.tuned_ms * d.calls for d in timed)
+        return {"start": self.start.variant, "start_why": self.start.why, "flags": self.flags, "threads": self.threads,
+                "budget_s": budget(self.ctx.target), "seconds": round(seconds, 1),
+                "search_seconds": round(self.search_seconds, 1), "out_of_budget": self.out_of_time,
+                "dispatches": rows, "dispatch_count": len(dispatches),
+                "from_cache": sum(d.from_cache is not None for d in dispatches),
+                "from_remote": sum(d.from_cache == "remote" for d in dispatches),
+                "searched": sum(d.searched_now for d in dispatches),
+                "candidates_compiled": self.compiled, "candidates_failed": self.failed,
+                "benchmarks_run": self.benchmarks,
+                "applied": sum(bool(d.outcome and d.outcome.edits) for d in dispatches)
+                if not self.whole or self.whole["kept"] else 0,
+                "whole_module": self.whole,
+                "substitution_took": took,
+                "dispatch_sum_ms": {"before": round(before, 4), "after": round(after, 4)},
+                "how": f"iree-benchmark-module per dispatch, {self.threads} threads, fastest of "
+                       f"{REPETITIONS} repetitions; {ROUNDS} interleaved rounds per candidate; "
+                       f"{how}"}
+
+
+def report_line(summary: dict) -> str:
+    """What the console and report.md say under the case (pipeline.report.table's line)."""
+    top = summary["dispatches"][:1]
+    biggest = ""
+    if top and top[0]["default_ms"]:
+        t = top[0]
+        biggest = (f"; largest {t['op'].split('_', 3)[-1]} ({t['share']:.0%} of the time) "
+                   f"{t['default_ms']:.3g} -> {t['tuned_ms']:.3g} ms"
+                   + (f" with {t['chosen']}" if t["chosen"] else ""))
+    whole = summary.get("whole_module") or {}
+    verdict = ""
+    if whole.get("ratios"):
+        verdict = (f"; as a whole {statistics.median(whole['ratios']):.2f}x the untuned module "
+                   + ("(kept)" if whole["kept"] else "(not clearly faster: not kept)"))
+    elif whole and not whole.get("outputs_match", True):
+        verdict = "; outputs differ from the untuned module's: not kept"
+    return (f"from {summary['start']}: {summary['applied']} of {summary['dispatch_count']} "
+            f"dispatches re-tiled{biggest}{verdict}; {summary['from_cache']} answered from the cache, "
+            f"{summary['searched']} searched ({summary['candidates_compiled']} candidates), "
+            f"{summary['seconds']:.0f} s")
+
+
+def _row(d: Dispatch, share: float | None) -> dict:
+    o = d.outcome
+    return {"dispatch": d.name, "op": d.export, "calls": d.calls,
+            "share": None if share is None else round(share, 4),
+            "default_ms": d.ms, "tuned_ms": d.tuned_ms,
+            "config": o and o.default, "chosen": o and o.winner, "tried": o and o.tried,
+            "failed": o and o.failed, "searched": bool(o and o.searched),
+            "from_cache": d.from_cache, "notes": d.notes}
+
+
+def _root_text(d: Dispatch) -> str:
+    root = tune_space.root_config(d.configured)
+    return root.text if root else ""
+
+
+def _export(text: str, name: str) -> str:
+    """The dispatch's function name, which says its root op and shapes."""
+    marker = f"@{name}_"
+    start = text.find(marker)
+    return text[start + 1:text.find(" ", start)] if start >= 0 else name
+
+
+STAGE = Tune()
