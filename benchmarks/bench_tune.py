@@ -4,7 +4,7 @@ in one run on a throw-away project copy:
     .venv/bin/python benchmarks/bench_tune.py [--models mobilenetv2,vit] [--budget 480]
         [--rounds 3] [--variants default,im2col,...]
 
-Per model (a zoo model of /work/main/build/zoo, or KILN_ZOO's):
+Per model (a zoo model built by benchmarks/zoo/build.py into build/zoo, or KILN_ZOO's):
 1. `doit validate model=M target=cpu tune=on tune_budget=B`: every variant compiled,
    validated and timed, the tuned variant tuned from the fastest of them, validated, timed,
    and the pick made; the wall time and tune.json's cost and candidate count;
@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 from bench_variants import alternately, cpu  # noqa: E402
 from conftest import copy_project  # noqa: E402
 
-ZOO = Path(os.environ.get("KILN_ZOO", "/work/main/build/zoo"))
+ZOO = Path(os.environ.get("KILN_ZOO", REPO / "build" / "zoo"))
 # the models the issue names, and the zoo's with an onnxruntime twin: name -> zoo case
 MODELS = {"resnet50": "hf_resnet50_onnx", "bert-base": "hf_bert_base_onnx",
           "mobilenetv2": "keras_mobilenetv2_tflite", "vit": "hf_vit_onnx",
