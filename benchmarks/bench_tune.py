@@ -146,7 +146,7 @@ def show(row: dict) -> None:
     def fig(values):
         if not values:
             return "      n/a        "
-        return f"{statistics.median(values):8.2f} ({min(values):.1f}-{max(values):.1f})"
+        return f"{statistics.median(values):8.2f} ({min(values):.3g}-{max(values):.3g})"
     t = row["times"]
     best, framework = row["best"], row["framework"]
     med = {k: statistics.median(v) for k, v in t.items() if v}
