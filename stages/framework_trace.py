@@ -36,7 +36,7 @@ if TYPE_CHECKING:   # (numpy is imported where used: planning imports none)
 
 from stages import frameworks
 from stages.capture import STAGE as CAPTURE
-from stages.dispatch_trace import PRINTED_RTOL, Dispatch, Tensor
+from stages.dispatch_trace import PRINTED_RTOL, Dispatch, Tensor, same_layout
 from stages.framework_stage import FRAMEWORK_LOCK
 from stages.frameworks import Intermediate, NoIntermediates
 from stages.frameworks.base import QUANT_STEPS  # (steps of a scale that are rounding)
@@ -55,28 +55,6 @@ class Compared:
     max_abs_error: float | None      # in the framework's units (real values where quantized);
     # None where NaN/Inf on one side only make it meaningless
     steps: int | None = None         # quantized: the largest difference in codes
-
-
-def same_layout(framework: tuple[int, ...], iree: tuple[int, ...]) -> bool:
-    """Whether the two shapes hold the same elements in the same order: equal once unit
-    dimensions are left out, or one made of the other by merging adjacent dimensions."""
-    a, b = [d for d in framework if d != 1], [d for d in iree if d != 1]
-    return a == b or _merges(a, b) or _merges(b, a)
-
-
-def _merges(fine: list[int], coarse: list[int]) -> bool:
-    """Whether each of coarse's dimensions is the product of a run of fine's."""
-    dims = iter(fine)
-    for want in coarse:
-        product = 1
-        while product < want:
-            dim = next(dims, None)
-            if dim is None:
-                return False
-            product *= dim
-        if product != want:
-            return False
-    return next(dims, None) is None
 
 
 def compare(want: Intermediate, got: Tensor, atol: float, rtol: float) -> tuple:

@@ -41,6 +41,7 @@ from pathlib import Path
 
 from pipeline import process
 from pipeline.cache.digest import digest_file
+from pipeline.cache.probes import tool_version
 from pipeline.names import upstream_name, variant_target
 from pipeline.stage import Role, Stage, StageError
 from stages import timing, tune_cache, tune_space
@@ -238,7 +239,8 @@ class Session:
         self.driver = ctx.target.driver
         self.threads = timing.threads_for(self.driver)
         self.compiled = self.failed = self.benchmarks = 0
-        self.compiler = self._compiler_version()
+        # (the probed --version the stage keys name: no process start where remembered)
+        self.compiler = tool_version("iree-compile")
         self.out_of_time = False
         self.search_seconds = 0.0
         self.whole: dict | None = None   # the tuned module against the untuned, as a whole
@@ -276,7 +278,7 @@ class Session:
 
     def answer(self, dispatches: list[Dispatch]) -> None:
         store = self.ctx.store
-        cpu = f"{self.ctx.target.arch}"
+        cpu = self.ctx.target.arch
         for d in dispatches:
             d.key = tune_cache.dispatch_key(d.source, d.name, self.compiler, cpu, self.threads,
                                             self.flags)
@@ -318,7 +320,7 @@ class Session:
         if module is None:
             d.notes.append("its benchmark did not compile")
             return None, None
-        times = self._bench(module)
+        times = self._bench(self._dispatch_args(module))
         return (module, min(times)) if times else (module, None)
 
     def _bench_module(self, d: Dispatch, configured: str, label: str) -> Path | None:
@@ -509,15 +511,9 @@ class Session:
                             if same else "outputs differ from the untuned module's: not kept")}
 
     def _fastest_of(self, args: list[str]) -> float | None:
-        argv = [tool("iree-benchmark-module"), *args,
-                *timing.iree_benchmark_flags(WHOLE_REPETITIONS, self.driver, self.threads)]
-        self.benchmarks += 1
-        done = process.run(argv, BENCH_TIMEOUT_S * 5, tool="iree-benchmark-module")
-        try:
-            return min(timing.iree_times(json.loads(done.stdout))) \
-                if done.returncode == 0 else None
-        except (ValueError, KeyError):
-            return None
+        """The whole module's fastest of WHOLE_REPETITIONS runs (args: module_args')."""
+        times = self._bench(args, WHOLE_REPETITIONS, BENCH_TIMEOUT_S * 5)
+        return min(times) if times else None
 
     # --- tools ---------------------------------------------------------------------------
 
@@ -533,13 +529,15 @@ class Session:
                              exit_code=done.returncode)
         return False
 
-    def _bench(self, module: Path) -> list[float]:
-        """Per-call times (ms) of the module's one dispatch, REPETITIONS of them."""
-        argv = [tool("iree-benchmark-module"), f"--module={module}", f"--device={self.driver}",
-                *timing.iree_benchmark_flags(REPETITIONS, self.driver, self.threads)]
+    def _bench(self, args: list[str], repetitions: int = REPETITIONS,
+               timeout_s: float = BENCH_TIMEOUT_S) -> list[float]:
+        """Per-call times (ms) of what args run (a dispatch's benchmark module, or the whole
+        module on the model's inputs), repetitions of them."""
+        argv = [tool("iree-benchmark-module"), *args,
+                *timing.iree_benchmark_flags(repetitions, self.driver, self.threads)]
         for _ in range(2):   # a run that fails is tried once more before its times are lost
             self.benchmarks += 1
-            done = process.run(argv, BENCH_TIMEOUT_S, tool="iree-benchmark-module")
+            done = process.run(argv, timeout_s, tool="iree-benchmark-module")
             try:
                 if done.returncode == 0:
                     return timing.iree_times(json.loads(done.stdout))
@@ -552,16 +550,15 @@ class Session:
         """The fastest of a run's repetitions: on a shared machine other work only ever adds
         time, and the fastest repetition's ratios repeat where medians' do not
         (docs/DESIGN.md §9.6)."""
-        times = self._bench(module)
+        times = self._bench(self._dispatch_args(module))
         return min(times) if times else None
+
+    def _dispatch_args(self, module: Path) -> list[str]:
+        return [f"--module={module}", f"--device={self.driver}"]
 
     def _past_deadline(self) -> bool:
         self.out_of_time = self.out_of_time or time.monotonic() > self.deadline
         return self.out_of_time
-
-    def _compiler_version(self) -> str:
-        done = process.run([tool("iree-compile"), "--version"], 60, tool="iree-compile")
-        return done.stdout.strip()
 
     # --- what tune.json says -------------------------------------------------------------
 
