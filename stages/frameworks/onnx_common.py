@@ -51,6 +51,14 @@ def opset(proto) -> int:
     return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), OPSET)
 
 
+def expose(graph, values) -> None:
+    """Make values (ValueInfoProtos) outputs of graph, where they are not already:
+    onnxruntime returns only a graph's outputs, so an intermediate value is read by making
+    it one (the float64 twin's checks, bisect against the framework)."""
+    declared = {value.name for value in graph.output}
+    graph.output.extend(value for value in values if value.name not in declared)
+
+
 def session(data: bytes | str, threads: int = 1, optimize: bool = True):
     import onnxruntime as ort
     options = ort.SessionOptions()

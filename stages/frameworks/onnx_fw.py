@@ -162,8 +162,7 @@ class Onnx(Framework):
                     if name in typed and typed[name].type.HasField("tensor_type")]
         if not produced:
             raise NoIntermediates("shape inference typed none of the graph's node outputs")
-        declared = {v.name for v in graph.output}
-        graph.output.extend(typed[name] for _, name in produced if name not in declared)
+        common.expose(graph, [typed[name] for _, name in produced])
         names = [name for name, _, _ in common.signature(proto)]
         session = common.session(proto.SerializeToString(), optimize=False)
         wanted = [name for _, name in produced]

@@ -306,10 +306,8 @@ def _float32_intermediates(typed, feeds32: dict) -> dict:
     import onnx
     exposed = onnx.ModelProto()
     exposed.CopyFrom(typed)
-    declared = {value.name for value in exposed.graph.output}
-    for value in typed.graph.value_info:
-        if value.name not in declared and value.type.HasField("tensor_type"):
-            exposed.graph.output.append(value)
+    common.expose(exposed.graph, (value for value in typed.graph.value_info
+                                  if value.type.HasField("tensor_type")))
     session = common.session(exposed.SerializeToString())
     names = [output.name for output in session.get_outputs()]
     results = {t.name: onnx.numpy_helper.to_array(t) for t in typed.graph.initializer}
@@ -323,9 +321,7 @@ def _onnxruntime_intermediates(twin, feeds64: dict) -> dict:
     import numpy as np
     import onnx
     exposed = onnx.shape_inference.infer_shapes(twin)
-    declared = {value.name for value in exposed.graph.output}
-    exposed.graph.output.extend(value for value in exposed.graph.value_info
-                                if value.name not in declared)
+    common.expose(exposed.graph, list(exposed.graph.value_info))
     session = common.session(exposed.SerializeToString())
     names = [output.name for output in session.get_outputs()]
     return dict(zip(names, (np.asarray(a) for a in session.run(None, feeds64))))
