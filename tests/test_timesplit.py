@@ -51,6 +51,14 @@ def test_a_run_that_did_nothing_has_no_split():
     assert timesplit.console_lines(None) == [] and timesplit.markdown(None) == []
 
 
+def test_a_skipped_task_that_took_a_millisecond_lists_no_stage():
+    """A bisect of a case that passed is skipped; deciding so now and then takes a measurable
+    millisecond (seen in a clean-clone CI run): that is no stage run."""
+    tasks = [_task("validate", "a", seconds=1.0),
+             _task("bisect", "a", status="skipped", seconds=0.001)]
+    assert [s["stage"] for s in timesplit.split(tasks)["stages"]] == ["validate"]
+
+
 def test_tools_running_side_by_side_never_make_kilns_share_negative():
     """A stage that runs two tools at once (parallel ones add up) may count more tool time
     than wall time: kiln's own is then 0, not below."""

@@ -57,8 +57,10 @@ def of_record(record: dict) -> dict | None:
 
 
 def _did_something(task: dict) -> bool:
-    """The task took time in this run, or ran or was restored in it (in no measurable time)."""
-    if task.get("status") == Status.UP_TO_DATE:
+    """The task took time in this run, or ran or was restored in it (in no measurable time).
+    A skipped task did no stage work: what it took (a millisecond, now and then) was deciding
+    not to run, and would list a stage that never ran (a bisect of a case that passed)."""
+    if task.get("status") in (Status.UP_TO_DATE, Status.SKIPPED):
         return False
     return _seconds(task.get("seconds")) > 0 or task.get("status") in (Status.RAN, Status.CACHED)
 
