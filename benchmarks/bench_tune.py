@@ -135,6 +135,7 @@ def one_model(root: Path, name: str, budget: float, rounds: int, variants: str |
             "second_benchmarks": second["benchmarks_run"], "second_doit_s": again,
             "best": best, "pick": pick.get("variant"), "framework": framework,
             "kept": (tuned.get("whole_module") or {}).get("kept"),
+            "knobs": tuned.get("knobs"), "second_knobs": (second.get("knobs") or {}).get("from_cache"),
             "kiln_figures": passed, "times": times}
 
 
@@ -159,9 +160,16 @@ def show(row: dict) -> None:
     print(f"  {framework:12s} {fig(t.get(framework))} ms" +
           (f"   tuned/{framework} {med['tuned'] / med[framework]:.2f}x"
            if framework in med and "tuned" in med else ""))
+    knobs = row.get("knobs") or {}
+    if knobs.get("tried"):
+        raced = ", ".join(f"{k['knob']} {k['ratio']:.2f}x" if k.get("ratio") else
+                          f"{k['knob']} (outputs differ)" for k in knobs["tried"])
+        print(f"  whole-model knobs ({knobs['seconds']:.0f} s): {raced}; chosen: "
+              f"{knobs['chosen'] or 'none'}")
     print(f"  tuning: {row['tune_s']:.0f} s, {row['candidates']} candidates compiled, "
           f"{row['applied']} of {row['dispatches']} dispatches changed; second tuning "
-          f"{row['second_tune_s']:.1f} s ({row['second_from_cache']} from the cache, "
+          f"{row['second_tune_s']:.1f} s ({row['second_from_cache']} from the cache, knobs "
+          f"{row['second_knobs'] or 'not'} cached, "
           f"{row['second_benchmarks']} benchmarks); first build {row['first_build_s']:.0f} s")
 
 

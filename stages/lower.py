@@ -41,12 +41,19 @@ class Lower(Stage):
 
     def run(self, ctx):
         emitted = ctx.inputs[EMIT.name]
-        flags = ["--compile-from=input", f"--compile-to={PHASE}", *compile_flags(ctx.target)]
-        if inline_weights(ctx.model, ctx.target) and (emitted / "model.irpa").stat().st_size:
-            # IREE imports the archive's values back into the module: no size limit
-            flags += [f"--iree-parameter-import={SCOPE}={emitted / 'model.irpa'}",
-                      f"--iree-parameter-import-maximum-size={1 << 62}"]
-        iree_compile(emitted / "model.mlirbc", ctx.out / "lowered.mlir", flags, ctx)
+        iree_compile(emitted / "model.mlirbc", ctx.out / "lowered.mlir",
+                     flow_flags(emitted, ctx.model, ctx.target, compile_flags(ctx.target)), ctx)
+
+
+def flow_flags(emitted: Path, model, target, flags: list[str]) -> list[str]:
+    """iree-compile's flags from the input phase (emit's model.mlirbc) to flow with these
+    target flags (the target's own, or the tune stage's candidates: stages/tune.py)."""
+    phase = ["--compile-from=input", f"--compile-to={PHASE}", *flags]
+    if inline_weights(model, target) and (emitted / "model.irpa").stat().st_size:
+        # IREE imports the archive's values back into the module: no size limit
+        phase += [f"--iree-parameter-import={SCOPE}={emitted / 'model.irpa'}",
+                  f"--iree-parameter-import-maximum-size={1 << 62}"]
+    return phase
 
 
 def inline_weights(model, target) -> bool:

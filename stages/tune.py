@@ -44,11 +44,11 @@ from pipeline.cache.digest import digest_file
 from pipeline.cache.probes import tool_version
 from pipeline.names import upstream_name, variant_target
 from pipeline.stage import Role, Stage, StageError
-from stages import timing, tune_cache, tune_space
+from stages import timing, tune_cache, tune_knobs, tune_space
 from stages.capture import STAGE as CAPTURE
 from stages.emit import STAGE as EMIT
 from stages.iree_tools import COMPILE_CODE, failure, tool
-from stages.lower import PHASE
+from stages.lower import PHASE, flow_flags
 from stages.lower import STAGE as LOWER
 from stages.pick import NOISE_FLOOR, choose, keep_first
 from stages.runtime import device_for, module_args, run_module
@@ -65,6 +65,10 @@ DEFAULT_BUDGET_S = 600.0
 RESERVE_BUILDS = 4.0
 # at most this many candidates per dispatch (KILN_TUNE_CANDIDATES: fewer, for a quick run)
 CANDIDATES_ENV = "KILN_TUNE_CANDIDATES"
+# at most this many whole-model knobs (KILN_TUNE_KNOBS: fewer, for a quick run; 0: none)
+KNOBS_ENV = "KILN_TUNE_KNOBS"
+# the whole-model knobs may take this share of the budget; the dispatches' search the rest
+KNOBS_SHARE = 0.5
 ROUNDS = 3                 # interleaved rounds a candidate must win in
 # the whole module against the control: rounds, of which it may lose one (a round's first
 # run of a model on a busy machine read 2.2x once), each the fastest of more repetitions
@@ -87,8 +91,8 @@ class Tune(Stage):
     # the untuned one (the same outputs, faster as a whole) before it is handed on
     inputs = (LOWER.name, CAPTURE.name, EMIT.name)
     partial_inputs = True   # (from the best variant: the other variants that failed are absent)
-    code = (*COMPILE_CODE, HERE / "tune_space.py", HERE / "tune_cache.py", HERE / "timing.py",
-            HERE / "pick.py")
+    code = (*COMPILE_CODE, HERE / "tune_space.py", HERE / "tune_knobs.py", HERE / "tune_cache.py",
+            HERE / "timing.py", HERE / "pick.py", HERE / "lower.py")
 
     def outputs(self, model):
         return ("module.vmfb", "tune.json")
@@ -105,7 +109,7 @@ class Tune(Stage):
 
     def reads(self, upstream, outputs, model, target):
         return {VALIDATE.name: ("result.json",), CAPTURE.name: ("inputs.npz",),
-                EMIT.name: ("model.json", "model.irpa")}.get(upstream, outputs)
+                EMIT.name: ("model.mlirbc", "model.json", "model.irpa")}.get(upstream, outputs)
 
     def unavailable(self, model, target):
         return None if device_for(target.driver) else f"skipped: no {target.driver} device to tune on"
@@ -113,6 +117,7 @@ class Tune(Stage):
     def key_params(self, model, target):
         return {"flags": compile_flags(target), "from": PHASE, "start": target.tune,
                 "budget_s": budget(target), "candidates": candidate_limit(),
+                "knobs": knob_limit(), "knobs_version": tune_knobs.KNOBS_VERSION,
                 "threads": timing.threads_for(target.driver),
                 "search": tune_cache.SEARCH_VERSION, "noise_floor": NOISE_FLOOR}
 
@@ -122,6 +127,7 @@ class Tune(Stage):
         ctx.log(f"tuning from the {start.variant} variant: {start.why}")
         with tempfile.TemporaryDirectory() as tmp, timing.one_at_a_time(ctx) as how:
             session = Session(ctx, Path(tmp), started + budget(ctx.target), start)
+            session.choose_knobs(started + KNOBS_SHARE * budget(ctx.target))
             dispatches = session.dump()
             session.answer(dispatches)
             took = session.rebuild(dispatches, ctx.out / "module.vmfb")
@@ -140,12 +146,20 @@ def budget(target) -> float:
 
 
 def candidate_limit() -> int:
-    text = os.environ.get(CANDIDATES_ENV, "").strip()
+    return _count(CANDIDATES_ENV, tune_space.MAX_CANDIDATES, 1, "candidates per dispatch")
+
+
+def knob_limit() -> int:
+    return _count(KNOBS_ENV, len(tune_knobs.KNOBS), 0, "whole-model knobs")
+
+
+def _count(variable: str, default: int, least: int, what: str) -> int:
+    text = os.environ.get(variable, "").strip()
     if not text:
-        return tune_space.MAX_CANDIDATES
-    if not text.isdigit() or not 1 <= int(text) <= 100:
-        raise StageError(f"{CANDIDATES_ENV}={text!r}: expected a whole number of candidates "
-                         "per dispatch from 1 to 100")
+        return default
+    if not text.isdigit() or not least <= int(text) <= 100:
+        raise StageError(f"{variable}={text!r}: expected a whole number of {what} from "
+                         f"{least} to 100")
     return int(text)
 
 
@@ -244,7 +258,104 @@ class Session:
         self.out_of_time = False
         self.search_seconds = 0.0
         self.whole: dict | None = None   # the tuned module against the untuned, as a whole
+        self.knobs: dict | None = None   # the whole-model knobs tried and the one chosen
         self.blobs: dict[str, str] | None = None   # the flow's inlined constants, by name
+        self.knob_flows: dict[str, Path] = {}   # each knob's flow built this run, by label
+        self.inputs: list | None = None          # the model's inputs, for whole-module runs
+
+    # --- 0. the whole-model knobs --------------------------------------------------------
+
+    def choose_knobs(self, deadline: float) -> None:
+        """The start's flags with each whole-model knob (stages/tune_knobs.py), each a whole
+        module raced against the start's own on the model's inputs: the fastest that wins
+        its rounds with the start's outputs becomes the start of the dispatches' search. Its
+        verdict is kept by the model's content (a second tuning compiles and runs none)."""
+        limit = knob_limit()
+        if not limit or not tune_knobs.candidates(self.flags, limit):
+            return
+        model = self.ctx.inputs[EMIT.name] / "model.mlirbc"
+        key = tune_cache.knobs_key(digest_file(model), self.compiler, self.ctx.target.arch,
+                                   self.threads, self.flags, limit)
+        found = tune_cache.recalled(self.ctx.store, key, "knobs")
+        if found:
+            self.knobs = {**found[0], "from_cache": found[1]}
+        else:
+            self.knobs = self._race_knobs(deadline, limit)
+            if not self.knobs["cut_short"]:   # (an unfinished race is no answer)
+                tune_cache.remember(self.ctx.store, key, "knobs", self.knobs)
+        chosen = self.knobs.get("chosen")
+        self.ctx.log("whole-model knobs against the start: " + ", ".join(
+            f"{k['knob']} {k['ratios']}" for k in self.knobs["tried"]) + f"; chosen: {chosen}"
+            + (f" (from the {self.knobs['from_cache']} cache)" if "from_cache" in self.knobs else ""))
+        if chosen:
+            flags = self.knobs["flags"]
+            lowered = self.knob_flows.get(chosen) or self._flow(flags, "chosen")
+            self.start = Start(f"{self.start.variant} + {chosen}", lowered, flags,
+                               f"{self.start.why}; then {chosen} "
+                               f"({self.knobs['ratio']:.2f}x as a whole)")
+            self.flags = flags
+
+    def _race_knobs(self, deadline: float, limit: int) -> dict:
+        """Build the start's module and each knob's, race them; where two win, race the
+        two best together too. Past the deadline no further knob is built (cut_short)."""
+        began = time.monotonic()
+        start = self._module(self.start.lowered, self.flags, "start", required=True)
+        built, failed, cut_short = {}, [], False
+        knobs = tune_knobs.candidates(self.flags, limit)
+        for knob, flags in knobs:
+            if time.monotonic() > deadline:
+                cut_short = True
+                break
+            module = self._knob_module(knob, flags, len(built) + len(failed))
+            if module is None:
+                failed.append(knob.label)
+            else:
+                built[knob.label] = (flags, module)
+        verdicts = self._race(start, {label: m for label, (_, m) in built.items()})
+        kept = sorted((v["ratio"], label) for label, v in verdicts.items() if v["kept"])
+        if len(kept) >= 2 and time.monotonic() <= deadline:
+            both = tune_knobs.combined(*(next(k for k, _ in knobs if k.label == label)
+                                         for _, label in kept[:2]))
+            flags = both and tune_knobs.with_knob(self.flags, both)
+            module = both and self._knob_module(both, flags, len(built) + len(failed))
+            if module is not None and both is not None:
+                built[both.label] = (flags, module)
+                verdicts |= self._race(start, {both.label: module})
+                if verdicts[both.label]["kept"] and verdicts[both.label]["ratio"] < kept[0][0]:
+                    kept.insert(0, (verdicts[both.label]["ratio"], both.label))
+        chosen = kept[0][1] if kept else None
+        return {"tried": [{"knob": label, "flags": flags, **verdicts.get(label, {})}
+                          for label, (flags, _) in built.items()],
+                "failed": failed, "chosen": chosen,
+                "flags": built[chosen][0] if chosen else None,
+                "ratio": kept[0][0] if kept else None, "cut_short": cut_short,
+                "seconds": round(time.monotonic() - began, 1)}
+
+    def _knob_module(self, knob: tune_knobs.Knob, flags: list[str], index: int) -> Path | None:
+        """The whole module with the knob's flags, built from the input phase as lower and
+        codegen build a variant's (its flow kept for the dispatches' search), or None where
+        it does not compile."""
+        label = f"knob{index}"
+        lowered = self._flow(flags, label, required=False)
+        module = lowered and self._module(lowered, flags, label)
+        if module is None:
+            return None
+        self.knob_flows[knob.label] = lowered
+        return module
+
+    def _flow(self, flags: list[str], label: str, required: bool = True) -> Path | None:
+        emitted = self.ctx.inputs[EMIT.name]
+        lowered = self.work / f"{label}.lowered.mlir"
+        done = self._compile(emitted / "model.mlirbc", lowered,
+                             flow_flags(emitted, self.ctx.model, self.ctx.target, flags),
+                             required=required)
+        return lowered if done else None
+
+    def _module(self, lowered: Path, flags: list[str], label: str,
+                required: bool = False) -> Path | None:
+        module = self.work / f"{label}.vmfb"
+        done = self._compile(lowered, module, [f"--compile-from={PHASE}", *flags], required)
+        return module if done else None
 
     # --- 1. the dispatches ---------------------------------------------------------------
 
@@ -470,45 +581,70 @@ class Session:
             raise StageError(f"iree-opt {failure(done.returncode, done.stderr)}")
 
     def _whole_module(self, tuned: Path, control: Path) -> dict:
-        """The tuned module against the control (the same build, configurations unedited)
-        on the model's inputs: its outputs must match within the target's tolerances, and
-        it must be faster in all but one of WHOLE_ROUNDS interleaved rounds and by the noise
-        floor in their median; else the winners are not kept (dispatches measured alone do not add up to
-        the module: docs/DESIGN.md §9.3)."""
-        import numpy as np
+        """The tuned module against the control (the same build, configurations unedited):
+        kept only where it wins the race (dispatches measured alone do not add up to the
+        module: docs/DESIGN.md §9.3)."""
+        verdict = self._race(control, {"tuned": tuned})["tuned"]
+        return {k: v for k, v in verdict.items() if k != "ratio"}
 
+    def _race(self, reference: Path, others: dict[str, Path]) -> dict[str, dict]:
+        """Each module against the reference on the model's inputs: its outputs must match
+        the reference's within the target's atol/rtol, and it must be faster in all but one
+        of WHOLE_ROUNDS interleaved rounds (the reference timed first and last in each, the
+        others' order alternating; each time the fastest of WHOLE_REPETITIONS runs) and by
+        the noise floor in the median of its ratios to the reference's mean."""
+        import numpy as np
+        if not others:
+            return {}
+        args = {label: self._run_args(label, module)
+                for label, module in [("reference", reference), *others.items()]}
+        got = {label: run_module(self.work / f"run.{label}", a, None, self.ctx, [])[0]
+               for label, a in args.items()}
+        atol, rtol = self.ctx.target.atol, self.ctx.target.rtol
+        same = {label: len(got[label]) == len(got["reference"]) and all(
+            np.allclose(o, r, atol=atol, rtol=rtol, equal_nan=True)
+            for o, r in zip(got[label], got["reference"])) for label in others}
+        racing = [label for label in others if same[label]]
+        ratios: dict[str, list[float]] = {label: [] for label in others}
+        for i in range(WHOLE_ROUNDS if racing else 0):
+            before = self._fastest_of(args["reference"])
+            measured = {label: self._fastest_of(args[label])
+                        for label in (racing if i % 2 == 0 else racing[::-1])}
+            after = self._fastest_of(args["reference"])
+            if before and after:
+                for label, ms in measured.items():
+                    if ms:
+                        ratios[label].append(ms / ((before + after) / 2))
+        verdicts = {}
+        for label in others:
+            r = ratios[label]
+            faster = len(r) == WHOLE_ROUNDS and sum(x < 1 for x in r) >= WHOLE_ROUNDS - 1 \
+                and statistics.median(r) <= 1 - NOISE_FLOOR
+            verdicts[label] = {
+                "kept": same[label] and faster, "outputs_match": same[label],
+                "ratios": [round(x, 3) for x in r],
+                "ratio": round(statistics.median(r), 3) if r else None,
+                "checked": ("outputs match the untuned module's within the target's atol/rtol"
+                            if same[label] else "outputs differ from the untuned module's: "
+                            "not kept")}
+        return verdicts
+
+    def _run_args(self, label: str, module: Path) -> list[str]:
+        """iree-run-module's and iree-benchmark-module's arguments for the module on the
+        model's inputs (the captured ones; a model file without a framework gets
+        validate's own)."""
         from stages import frameworks
         emitted = self.ctx.inputs[EMIT.name]
         captured = self.ctx.inputs.get(CAPTURE.name)
         info = json.loads((emitted / "model.json").read_text())
         archive = emitted / "model.irpa"
         parameters = archive if archive.is_file() and archive.stat().st_size else None
-        # the captured inputs; a model file without a framework (MLIR) gets validate's own
-        inputs = frameworks.load_arrays(captured / "inputs.npz") if captured else \
-            frameworks.model_inputs(self.ctx.model, info["inputs"])
-        for name in ("tuned", "control"):
-            (self.work / name).mkdir(exist_ok=True)
-        args = {name: module_args(self.work / name, module, parameters, self.driver,
-                                  info["entry"], inputs)
-                for name, module in (("tuned", tuned), ("control", control))}
-        got = {name: run_module(self.work / name, a, None, self.ctx, [])[0]
-               for name, a in args.items()}
-        atol, rtol = self.ctx.target.atol, self.ctx.target.rtol
-        same = len(got["tuned"]) == len(got["control"]) and all(
-            np.allclose(t, c, atol=atol, rtol=rtol, equal_nan=True)
-            for t, c in zip(got["tuned"], got["control"]))
-        ratios = []
-        for i in range(WHOLE_ROUNDS if same else 0):   # (which goes first alternates)
-            order = ("control", "tuned") if i % 2 == 0 else ("tuned", "control")
-            measured = {name: self._fastest_of(args[name]) for name in order}
-            if measured["control"] and measured["tuned"]:
-                ratios.append(measured["tuned"] / measured["control"])
-        faster = len(ratios) == WHOLE_ROUNDS and sum(r < 1 for r in ratios) >= WHOLE_ROUNDS - 1 \
-            and statistics.median(ratios) <= 1 - NOISE_FLOOR
-        return {"kept": same and faster, "outputs_match": same,
-                "ratios": [round(r, 3) for r in ratios],
-                "checked": ("outputs match the untuned module's within the target's atol/rtol"
-                            if same else "outputs differ from the untuned module's: not kept")}
+        if self.inputs is None:
+            self.inputs = frameworks.load_arrays(captured / "inputs.npz") if captured else \
+                frameworks.model_inputs(self.ctx.model, info["inputs"])
+        where = self.work / f"run.{label}"
+        where.mkdir(exist_ok=True)
+        return module_args(where, module, parameters, self.driver, info["entry"], self.inputs)
 
     def _fastest_of(self, args: list[str]) -> float | None:
         """The whole module's fastest of WHOLE_REPETITIONS runs (args: module_args')."""
@@ -581,7 +717,7 @@ class Session:
                 "benchmarks_run": self.benchmarks,
                 "applied": sum(bool(d.outcome and d.outcome.edits) for d in dispatches)
                 if not self.whole or self.whole["kept"] else 0,
-                "whole_module": self.whole,
+                "whole_module": self.whole, "knobs": self.knobs,
                 "substitution_took": took,
                 "dispatch_sum_ms": {"before": round(before, 4), "after": round(after, 4)},
                 "how": f"iree-benchmark-module per dispatch, {self.threads} threads, fastest of "
@@ -605,6 +741,11 @@ def report_line(summary: dict) -> str:
                    + ("(kept)" if whole["kept"] else "(not clearly faster: not kept)"))
     elif whole and not whole.get("outputs_match", True):
         verdict = "; outputs differ from the untuned module's: not kept"
+    knobs = summary.get("knobs") or {}
+    if knobs.get("chosen"):
+        verdict += f"; {knobs['chosen']} {knobs['ratio']:.2f}x as a whole"
+    elif knobs.get("tried"):
+        verdict += f"; no whole-model knob faster ({len(knobs['tried'])} tried)"
     return (f"from {summary['start']}: {summary['applied']} of {summary['dispatch_count']} "
             f"dispatches re-tiled{biggest}{verdict}; {summary['from_cache']} answered from the cache, "
             f"{summary['searched']} searched ({summary['candidates_compiled']} candidates), "

@@ -17,6 +17,7 @@ import re
 from dataclasses import asdict, dataclass, field
 
 from pipeline.cache.digest import canonical, digest_bytes
+from stages import tune_knobs
 
 # a change to the candidates or to the rule that decides a winner: every dispatch again
 SEARCH_VERSION = 3
@@ -78,6 +79,18 @@ def whole_key(flow_digest: str, answers: list[tuple[str, list]], compiler: str, 
     fields = {"namespace": NAMESPACE + "-whole", "search": SEARCH_VERSION, "flow": flow_digest,
               "answers": sorted(answers), "compiler": compiler, "threads": threads,
               "flags": flags}
+    return digest_bytes(canonical(fields).encode())
+
+
+def knobs_key(model_digest: str, compiler: str, cpu: str, threads: int, flags: list[str],
+              limit: int) -> str:
+    """The key of a model's race of whole-model knobs (stages/tune_knobs.py): the model
+    before any target's flags, the start's flags, the knobs tried, and what the
+    measurement depends on."""
+    fields = {"namespace": NAMESPACE + "-knobs", "version": tune_knobs.KNOBS_VERSION,
+              "model": model_digest, "compiler": compiler, "cpu": cpu, "threads": threads,
+              "flags": flags, "knobs": [list(k.flags) for k, _ in
+                                        tune_knobs.candidates(flags, limit)]}
     return digest_bytes(canonical(fields).encode())
 
 

@@ -12,7 +12,7 @@ from conftest import Project, copy_project, needs_torch
 from pipeline.plan.graph import build_graph
 from pipeline.stage import ConfigError, ModelSpec, Node, Target
 from stages import pipeline as all_stages
-from stages import tune_cache, tune_space
+from stages import tune_cache, tune_knobs, tune_space
 from stages.targets import resolve
 
 CPU = Target("cpu", "llvm-cpu", "znver4", "local-task", (), 1e-4, 1e-4, "targets.yaml:2")
@@ -67,6 +67,24 @@ def test_the_dispatch_key_ignores_where_the_dispatch_sits():
     assert key != tune_cache.dispatch_key(source, "main$async_dispatch_3", "iree 3.14", "znver4", 2, [])
 
 
+def test_a_knob_replaces_the_start_flags_of_its_name_and_no_op_knobs_are_not_tried():
+    mmt4d = ["--iree-global-opt-use-im2col-for-convs", "--iree-opt-data-tiling=true",
+             "--iree-llvmcpu-enable-ukernels=mmt4d"]
+    found = dict((k.label, flags) for k, flags in tune_knobs.candidates(mmt4d))
+    assert found["data tiling + ukernels"] == ["--iree-global-opt-use-im2col-for-convs",
+                                               "--iree-opt-data-tiling=true",
+                                               "--iree-llvmcpu-enable-ukernels=all"]
+    assert found["distribution 16"] == [*mmt4d, "--iree-llvmcpu-distribution-size=16"]
+    # a start that already has a knob's flags is not raced against itself
+    labels = [k.label for k, _ in tune_knobs.candidates(found["distribution 16"])]
+    assert "distribution 16" not in labels and "distribution 64" in labels
+    assert len(tune_knobs.candidates(mmt4d, limit=1)) == 1
+    knobs = {k.label: k for k in tune_knobs.KNOBS}
+    assert tune_knobs.combined(knobs["distribution 16"], knobs["distribution 64"]) is None
+    both = tune_knobs.combined(knobs["data tiling + ukernels"], knobs["distribution 16"])
+    assert both.label == "data tiling + ukernels + distribution 16" and len(both.flags) == 3
+
+
 # --- the tuned variant in the plan --------------------------------------------------------
 
 def test_tune_on_adds_a_tuned_variant_that_reads_the_other_variants():
@@ -105,7 +123,8 @@ def test_tune_from_a_named_variant_or_off_and_where_it_cannot():
 # --- tuning the mlp for real ---------------------------------------------------------------
 
 TUNE = ("tune", "model=mlp", "target=cpu", "variants=default,tuned", "tune=on")
-QUICK = {"KILN_TUNE_CANDIDATES": "2"}   # two candidates per dispatch: seconds, not minutes
+# two candidates per dispatch, one whole-model knob: seconds, not minutes
+QUICK = {"KILN_TUNE_CANDIDATES": "2", "KILN_TUNE_KNOBS": "1"}
 
 
 MLP_B = ('FRAMEWORK = "torch"\n\n\ndef build():\n    import torch\n\n    model = torch.nn.Sequential('
@@ -141,7 +160,8 @@ def tuned_twice(tmp_path_factory):
         # inlined in the module (below the weights threshold): a constant no dump carries
         (second.root / "models" / "mlp_b.py").write_text(MLP_B)
         second.doit(*(a.replace("model=mlp", "model=mlp_b") for a in TUNE), "tune_budget=60",
-                    env_extra={"KILN_TUNE_CANDIDATES": "1", "KILN_CACHE": str(base / "cache-b")})
+                    env_extra={"KILN_TUNE_CANDIDATES": "1", "KILN_TUNE_KNOBS": "0",
+                               "KILN_CACHE": str(base / "cache-b")})
         runs["other model"] = tuned(second, "mlp_b")
     finally:
         server.stop()
@@ -162,7 +182,19 @@ def test_the_first_tune_searches_the_dispatches_that_carry_the_time(tuned_twice)
     assert "matmul" in rows[0]["op"] and first["seconds"] > 0, said
     # the console says it under the case, from the stage's result (pipeline.report.table)
     line = next(line for line in tuned_twice["console"].splitlines() if " tune (tuned): " in line)
-    assert line.startswith("mlp@cpu tune (tuned): from default: "), line
+    assert line.startswith("mlp@cpu tune (tuned): from default"), line
+    # the whole-model knob raced as a whole module against the start's, on the model's inputs
+    knobs = first["knobs"]
+    assert [k["knob"] for k in knobs["tried"]] == ["data tiling + ukernels"], said
+    raced = knobs["tried"][0]
+    assert "--iree-opt-data-tiling=true" in raced["flags"], said
+    assert not raced["outputs_match"] or len(raced["ratios"]) == 5, said
+    assert (knobs["chosen"] is None) == (not raced["kept"]), said
+    if raced["kept"]:   # the dispatches were then searched from the knob's flags
+        assert first["flags"] == raced["flags"], said
+        assert first["start"] == "default + data tiling + ukernels", said
+    else:
+        assert "--iree-opt-data-tiling=true" not in first["flags"], said
     assert f"{first['searched']} searched ({first['candidates_compiled']} candidates)" in line
     # the tuned module is checked as a whole against the untuned one (where anything won)
     whole = first["whole_module"]
@@ -178,6 +210,8 @@ def test_a_second_tune_hits_the_cache_for_every_dispatch_through_the_remote_too(
         assert again["from_cache"] == count == runs["first"]["dispatch_count"], where
         assert again["from_remote"] == (count if where == "remote" else 0)
         assert again["candidates_compiled"] == again["benchmarks_run"] == again["searched"] == 0
+        assert again["knobs"]["from_cache"] == ("remote" if where == "remote" else "local")
+        assert again["knobs"]["chosen"] == runs["first"]["knobs"]["chosen"]
         # where anything won, the whole-module check's verdict on these answers is kept too
         whole = again["whole_module"]
         assert whole is None or "from_cache" in whole or "same module" in whole["checked"], where
@@ -214,3 +248,4 @@ def test_a_dispatch_seen_in_another_model_is_not_searched_again(tuned_twice):
     fresh = rows["matmul_2x4x32_f32"]
     assert fresh["from_cache"] is None and fresh["searched"] and fresh["default_ms"]
     assert fresh["failed"] == 0 and other["candidates_compiled"] == 1   # its bias went along
+    assert other["knobs"] is None   # KILN_TUNE_KNOBS=0: no whole-model knob raced
