@@ -5,8 +5,12 @@ each dispatch that carries the time searched on this machine and the winners sub
 It builds the module (role MODULE) of the variant `<target>~tuned` only, so validate judges
 it against the framework and times it like any variant, and pick keeps it only where it is
 faster than every other variant beyond the noise (stages/pick.py). Steps (docs/DESIGN.md
-§9.3-§9.6):
+§9.3-§9.8):
 
+0. whole-model knobs (stages/tune_knobs.py) on top of the start variant's flags, each a
+   whole module raced against the start's on the model's inputs (at most KNOBS_SHARE of
+   the budget); the fastest winner's flags and flow are the start of what follows, the
+   verdict kept by the model's content;
 1. compile the variant's flow with `--iree-hal-dump-executable-benchmarks-to`,
    `-configurations-to` and `-sources-to`: one runnable benchmark module, the configured
    executable and the configuration-free source per dispatch;

@@ -77,10 +77,11 @@ def test_a_knob_replaces_the_start_flags_of_its_name_and_no_op_knobs_are_not_tri
     assert found["distribution 16"] == [*mmt4d, "--iree-llvmcpu-distribution-size=16"]
     # a start that already has a knob's flags is not raced against itself
     labels = [k.label for k, _ in tune_knobs.candidates(found["distribution 16"])]
-    assert "distribution 16" not in labels and "distribution 64" in labels
+    assert "distribution 16" not in labels and "aggressive fusion" in labels
     assert len(tune_knobs.candidates(mmt4d, limit=1)) == 1
     knobs = {k.label: k for k in tune_knobs.KNOBS}
-    assert tune_knobs.combined(knobs["distribution 16"], knobs["distribution 64"]) is None
+    assert tune_knobs.combined(knobs["distribution 16"], tune_knobs.Knob(
+        "distribution 64", ("--iree-llvmcpu-distribution-size=64",))) is None
     both = tune_knobs.combined(knobs["data tiling + ukernels"], knobs["distribution 16"])
     assert both.label == "data tiling + ukernels + distribution 16" and len(both.flags) == 3
 
