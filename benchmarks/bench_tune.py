@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -136,7 +137,44 @@ def one_model(root: Path, name: str, budget: float, rounds: int, variants: str |
             "best": best, "pick": pick.get("variant"), "framework": framework,
             "kept": (tuned.get("whole_module") or {}).get("kept"),
             "knobs": tuned.get("knobs"), "second_knobs": (second.get("knobs") or {}).get("from_cache"),
-            "kiln_figures": passed, "times": times}
+            "kiln_figures": passed, "times": times, "holding_back": holding_back(tuned)}
+
+
+# a matmul-like dispatch's shape in its name: ..._matmul_256x196x2304_f32 (M x N x K),
+# ..._batch_matmul_12x128x64x128_f32 (B x M x N x K)
+MATMUL = re.compile(r"_(batch_)?matmul(?:_transpose_b)?_((?:\d+x)+\d+)_")
+
+
+def peak_gflops() -> float:
+    """The CPU's f32 peak at kiln's thread count: threads x clock x 2 FMA units x the vector
+    lanes x 2 (an FMA is two FLOPs). An assumption, from /proc/cpuinfo's clock (no turbo);
+    a dispatch above it means the machine has more."""
+    from stages import timing
+    mhz = next((float(line.split(":")[1]) for line in Path("/proc/cpuinfo").read_text()
+                .splitlines() if line.startswith("cpu MHz")), 0.0)
+    lanes = 16 if "avx512f" in Path("/proc/cpuinfo").read_text() else 8
+    return timing.threads_for("local-task") * mhz / 1000 * 2 * lanes * 2
+
+
+def holding_back(tune: dict, top: int = 5) -> list[str]:
+    """The dispatches that carry the tuned module's time, each with its GFLOP/s where its
+    name gives a matmul's shape, against the CPU's peak."""
+    peak, lines = peak_gflops(), []
+    for row in tune["dispatches"][:top]:
+        # (a dispatch's winner counts only where the whole module kept the winners)
+        ms = (tune["applied"] and row.get("tuned_ms")) or row.get("default_ms")
+        if not ms:
+            continue
+        op = re.sub(r"^.*dispatch_\d+_", "", row["op"])
+        shape = MATMUL.search(row["op"])
+        rate = ""
+        if shape:
+            dims = [int(d) for d in shape.group(2).split("x")]
+            flops = 2 * dims[0] * dims[1] * dims[2] * (dims[3] if len(dims) > 3 else 1)
+            gflops = flops / (ms / 1000) / 1e9
+            rate = f", {gflops:.0f} GFLOP/s = {gflops / peak:.0%} of {peak:.0f}"
+        lines.append(f"    {op}: {row['share']:.0%} of the time, {ms:.3g} ms x {row['calls']}{rate}")
+    return lines
 
 
 def pick_framework(path: str) -> str:
@@ -152,7 +190,7 @@ def show(row: dict) -> None:
     best, framework = row["best"], row["framework"]
     med = {k: statistics.median(v) for k, v in t.items() if v}
     print(f"\n{row['model']} ({row['kind']}): pick took {row['pick']}; tuned from {row['start']}"
-          + ("" if row["applied"] else " (no winner kept: the tuned module is the start's code)"))
+          + ("" if row["applied"] else " (no dispatch re-tiled: the tuned module is the start's flags, knob included, as compiled)"))
     print(f"  default      {fig(t.get('default'))} ms")
     print(f"  best {best:12s}{fig(t.get(best))} ms")
     print(f"  tuned        {fig(t.get('tuned'))} ms   tuned/best "
@@ -166,6 +204,8 @@ def show(row: dict) -> None:
                           f"{k['knob']} (outputs differ)" for k in knobs["tried"])
         print(f"  whole-model knobs ({knobs['seconds']:.0f} s): {raced}; chosen: "
               f"{knobs['chosen'] or 'none'}")
+    print("  largest dispatches (alone, iree-benchmark-module), against the CPU's peak:")
+    print("\n".join(row["holding_back"]))
     print(f"  tuning: {row['tune_s']:.0f} s, {row['candidates']} candidates compiled, "
           f"{row['applied']} of {row['dispatches']} dispatches changed; second tuning "
           f"{row['second_tune_s']:.1f} s ({row['second_from_cache']} from the cache, knobs "

@@ -73,6 +73,9 @@ CANDIDATES_ENV = "KILN_TUNE_CANDIDATES"
 KNOBS_ENV = "KILN_TUNE_KNOBS"
 # the whole-model knobs may take this share of the budget; the dispatches' search the rest
 KNOBS_SHARE = 0.5
+# the other validated variants raced against the start: those within this factor of its
+# time in validate's timing (pick's choice kept ViT's default over im2col 10% faster: README)
+RIVAL_RATIO = 1.3
 ROUNDS = 3                 # interleaved rounds a candidate must win in
 # the whole module against the control: rounds, of which it may lose one (a round's first
 # run of a model on a busy machine read 2.2x once), each the fastest of more repetitions
@@ -169,11 +172,14 @@ def _count(variable: str, default: int, least: int, what: str) -> int:
 
 @dataclass
 class Start:
-    """What tuning starts from: a variant's flow (lower's output) and its flags."""
+    """What tuning starts from: a variant's flow (lower's output) and its flags; with tune
+    on, the other validated variants near it in validate's timing, raced against it as
+    whole modules before any knob (a single timing each cannot part variants 10% apart)."""
     variant: str
     lowered: Path
     flags: list[str]
     why: str
+    rivals: dict[str, tuple[Path, list[str]]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, ctx) -> Start:
@@ -200,8 +206,14 @@ class Start:
                        "no other variant validated with a time: the first variant's flags")
         untimed = any(r.get("timing") == "off" for r in passed.values())
         winner, why = keep_first(passed, own) if untimed else choose(passed, own)
+
+        def near(v):   # (untimed: every one that passed)
+            return untimed or passed[v]["latency"]["median_ms"] <= \
+                RIVAL_RATIO * passed[winner]["latency"]["median_ms"]
+        rivals = {v: (lowered[v] / "lowered.mlir", _flags(target, base, variants[v]))
+                  for v in passed if v != winner and near(v)}
         return cls(winner, lowered[winner] / "lowered.mlir",
-                   _flags(target, base, variants[winner]), why)
+                   _flags(target, base, variants[winner]), why, rivals)
 
 
 def _sibling(ctx, stage: str, variant: str) -> str:
@@ -275,21 +287,26 @@ class Session:
         its rounds with the start's outputs becomes the start of the dispatches' search. Its
         verdict is kept by the model's content (a second tuning compiles and runs none)."""
         limit = knob_limit()
-        if not limit or not tune_knobs.candidates(self.flags, limit):
+        rivals = self.start.rivals
+        if not limit or not (rivals or tune_knobs.candidates(self.flags, limit)):
             return
         model = self.ctx.inputs[EMIT.name] / "model.mlirbc"
         key = tune_cache.knobs_key(digest_file(model), self.compiler, self.ctx.target.arch,
-                                   self.threads, self.flags, limit)
+                                   self.threads, self.flags, limit,
+                                   sorted(flags for _, flags in rivals.values()))
         found = tune_cache.recalled(self.ctx.store, key, "knobs")
         if found:
             self.knobs = {**found[0], "from_cache": found[1]}
+            self._take_variant(self.knobs.get("variant"))
         else:
             self.knobs = self._race_knobs(deadline, limit)
             if not self.knobs["cut_short"]:   # (an unfinished race is no answer)
                 tune_cache.remember(self.ctx.store, key, "knobs", self.knobs)
         chosen = self.knobs.get("chosen")
-        self.ctx.log("whole-model knobs against the start: " + ", ".join(
-            f"{k['knob']} {k['ratios']}" for k in self.knobs["tried"]) + f"; chosen: {chosen}"
+        self.ctx.log("whole-model race against the start: " + ", ".join(
+            f"{k.get('variant') or k['knob']} {k.get('ratios') or k.get('checked')}"
+            for k in self.knobs["variants"] + self.knobs["tried"]) +
+            f"; variant {self.knobs.get('variant') or self.start.variant}, knob {chosen}"
             + (f" (from the {self.knobs['from_cache']} cache)" if "from_cache" in self.knobs else ""))
         if chosen:
             flags = self.knobs["flags"]
@@ -304,6 +321,10 @@ class Session:
         two best together too. Past the deadline no further knob is built (cut_short)."""
         began = time.monotonic()
         start = self._module(self.start.lowered, self.flags, "start", required=True)
+        raced_variants, variant, module = self._race_variants(start)
+        if variant:
+            self._take_variant(variant)
+            start = module
         built, failed, cut_short = {}, [], False
         knobs = tune_knobs.candidates(self.flags, limit)
         for knob, flags in knobs:
@@ -328,12 +349,40 @@ class Session:
                 if verdicts[both.label]["kept"] and verdicts[both.label]["ratio"] < kept[0][0]:
                     kept.insert(0, (verdicts[both.label]["ratio"], both.label))
         chosen = kept[0][1] if kept else None
-        return {"tried": [{"knob": label, "flags": flags, **verdicts.get(label, {})}
+        return {"variants": raced_variants, "variant": variant,
+                "tried": [{"knob": label, "flags": flags, **verdicts.get(label, {})}
                           for label, (flags, _) in built.items()],
                 "failed": failed, "chosen": chosen,
                 "flags": built[chosen][0] if chosen else None,
                 "ratio": kept[0][0] if kept else None, "cut_short": cut_short,
                 "seconds": round(time.monotonic() - began, 1)}
+
+    def _race_variants(self, start: Path) -> tuple[list[dict], str | None, Path | None]:
+        """The start's rivals (Start.rivals) as whole modules against it: (what each did,
+        the fastest that won and its module, if any). A rival whose module is the start's byte for byte
+        (im2col on a model without convolutions) is not raced."""
+        modules, rows = {}, []
+        for variant, (lowered, flags) in self.start.rivals.items():
+            module = self._module(lowered, flags, f"variant.{variant}")
+            if module is None:
+                rows.append({"variant": variant, "checked": "does not compile here"})
+            elif module.read_bytes() == start.read_bytes():
+                rows.append({"variant": variant, "checked": "the start's code: not raced"})
+            else:
+                modules[variant] = module
+        verdicts = self._race(start, modules)
+        rows += [{"variant": v, **verdicts[v]} for v in modules]
+        kept = sorted((verdicts[v]["ratio"], v) for v in modules if verdicts[v]["kept"])
+        return (rows, kept[0][1], modules[kept[0][1]]) if kept else (rows, None, None)
+
+    def _take_variant(self, variant: str | None) -> None:
+        """Start from this rival of the start instead (it won the race as a whole)."""
+        if variant not in self.start.rivals:   # (none won; or a cached verdict's rival
+            return                               # under another name: its flags keyed it)
+        lowered, flags = self.start.rivals[variant]
+        self.start = Start(variant, lowered, flags, f"{variant}: faster as a whole than "
+                           f"{self.start.variant}, the pick's choice ({self.start.why})")
+        self.flags = flags
 
     def _knob_module(self, knob: tune_knobs.Knob, flags: list[str], index: int) -> Path | None:
         """The whole module with the knob's flags, built from the input phase as lower and

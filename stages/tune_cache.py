@@ -83,13 +83,13 @@ def whole_key(flow_digest: str, answers: list[tuple[str, list]], compiler: str, 
 
 
 def knobs_key(model_digest: str, compiler: str, cpu: str, threads: int, flags: list[str],
-              limit: int) -> str:
-    """The key of a model's race of whole-model knobs (stages/tune_knobs.py): the model
-    before any target's flags, the start's flags, the knobs tried, and what the
-    measurement depends on."""
+              limit: int, rivals: list[list[str]]) -> str:
+    """The key of a model's whole-model race (the start's rival variants, then the knobs of
+    stages/tune_knobs.py): the model before any target's flags, the start's flags and its
+    rivals', the knobs tried, and what the measurement depends on."""
     fields = {"namespace": NAMESPACE + "-knobs", "version": tune_knobs.KNOBS_VERSION,
               "model": model_digest, "compiler": compiler, "cpu": cpu, "threads": threads,
-              "flags": flags, "knobs": [list(k.flags) for k, _ in
+              "flags": flags, "rivals": rivals, "knobs": [list(k.flags) for k, _ in
                                         tune_knobs.candidates(flags, limit)]}
     return digest_bytes(canonical(fields).encode())
 

@@ -123,7 +123,7 @@ def test_tune_from_a_named_variant_or_off_and_where_it_cannot():
 
 # --- tuning the mlp for real ---------------------------------------------------------------
 
-TUNE = ("tune", "model=mlp", "target=cpu", "variants=default,tuned", "tune=on")
+TUNE = ("tune", "model=mlp", "target=cpu", "variants=default,im2col,tuned", "tune=on")
 # two candidates per dispatch, one whole-model knob: seconds, not minutes
 QUICK = {"KILN_TUNE_CANDIDATES": "2", "KILN_TUNE_KNOBS": "1"}
 
@@ -184,8 +184,12 @@ def test_the_first_tune_searches_the_dispatches_that_carry_the_time(tuned_twice)
     # the console says it under the case, from the stage's result (pipeline.report.table)
     line = next(line for line in tuned_twice["console"].splitlines() if " tune (tuned): " in line)
     assert line.startswith("mlp@cpu tune (tuned): from default"), line
-    # the whole-model knob raced as a whole module against the start's, on the model's inputs
+    # the other variant that validated is a rival of the start, raced as a whole module:
+    # im2col builds the mlp's (convolution-free) module byte for byte, so it is not raced
     knobs = first["knobs"]
+    assert knobs["variants"] == [{"variant": "im2col", "checked": "the start's code: not raced"}]
+    assert knobs["variant"] is None, said
+    # the whole-model knob raced as a whole module against the start's, on the model's inputs
     assert [k["knob"] for k in knobs["tried"]] == ["data tiling + ukernels"], said
     raced = knobs["tried"][0]
     assert "--iree-opt-data-tiling=true" in raced["flags"], said
