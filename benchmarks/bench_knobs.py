@@ -35,7 +35,6 @@ from conftest import copy_project  # noqa: E402
 from stages import timing, tune_knobs  # noqa: E402
 from stages.backends import CPU_VARIANTS  # noqa: E402
 from stages.iree_tools import tool  # noqa: E402
-from stages.lower import PHASE  # noqa: E402
 from stages.targets import host_cpu  # noqa: E402
 from stages.weights import SCOPE  # noqa: E402
 
@@ -101,7 +100,7 @@ def one_model(root: Path, name: str, start: str, which: str, rounds: int) -> Non
     for i in range(rounds):   # (the order alternates; the start's time is in every round)
         for label in (list(modules) if i % 2 == 0 else list(modules)[::-1]):
             times[label].append(fastest(modules[label], args, threads) or float("nan"))
-    print(f"\n{name} from {start} ({PHASE} and on with each knob), load average "
+    print(f"\n{name} from {start} (each set compiled from the input phase), load average "
           f"{os.getloadavg()[0]:.1f}:")
     for label, values in times.items():
         ratios = [t / s for t, s in zip(values, times[start])]
