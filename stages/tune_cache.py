@@ -32,6 +32,7 @@ class Outcome:
     winner: str | None = None                     # its label, e.g. "distribution [64, 16, 0]"
     edits: list[list[str]] = field(default_factory=list)   # [[old, new], ...]
     default_ms: float | None = None               # the dispatch's median time, compiler's config
+    alone_ms: float | None = None                 # its first time alone: its share (kept as is)
     winner_ms: float | None = None
     searched: bool = False                        # False: only its time was taken (its share)
     tried: int = 0                                # candidates compiled

@@ -86,6 +86,25 @@ def test_a_knob_replaces_the_start_flags_of_its_name_and_no_op_knobs_are_not_tri
     assert both.label == "data tiling + ukernels + distribution 16" and len(both.flags) == 3
 
 
+def test_which_dispatches_are_searched_does_not_move_when_a_search_re_measures_one():
+    """Shares come from each dispatch's first time alone: a search's re-measured default
+    (here 1.0 -> 0.8 ms) must not bring another dispatch over the line on a second tuning."""
+    from pathlib import Path
+
+    from stages.tune import Dispatch, carrying_the_time
+
+    def dispatch(name, ms, searched=False):
+        d = Dispatch(name, name, Path(name), "", "", calls=1)
+        d.outcome = tune_cache.Outcome("", default_ms=ms, alone_ms=ms, searched=searched)
+        return d
+    big, middle, small = dispatch("big", 1.0), dispatch("middle", 0.04), dispatch("small", 0.01)
+    assert carrying_the_time([small, middle, big]) == [big]   # 95% of the time in one
+    big.outcome = tune_cache.Outcome("", default_ms=0.8, alone_ms=1.0, searched=True)
+    assert carrying_the_time([small, middle, big]) == [big]
+    big.outcome.alone_ms = None   # (an answer kept before alone_ms: its default time)
+    assert carrying_the_time([small, middle, big]) == [big, middle]
+
+
 # --- the tuned variant in the plan --------------------------------------------------------
 
 def test_tune_on_adds_a_tuned_variant_that_reads_the_other_variants():
