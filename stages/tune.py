@@ -625,10 +625,11 @@ class Session:
         """The tuned module against the control (the same build, configurations unedited):
         kept only where it wins the race (dispatches measured alone do not add up to the
         module: docs/DESIGN.md §9.3)."""
-        verdict = self._race(control, {"tuned": tuned})["tuned"]
+        verdict = self._race(control, {"tuned": tuned}, "the untuned module")["tuned"]
         return {k: v for k, v in verdict.items() if k != "ratio"}
 
-    def _race(self, reference: Path, others: dict[str, Path]) -> dict[str, dict]:
+    def _race(self, reference: Path, others: dict[str, Path],
+              against: str = "the start") -> dict[str, dict]:
         """Each module against the reference on the model's inputs: its outputs must match
         the reference's within the target's atol/rtol, and it must be faster in all but one
         of WHOLE_ROUNDS interleaved rounds (the reference timed first and last in each, the
@@ -639,10 +640,19 @@ class Session:
             return {}
         args = {label: self._run_args(label, module)
                 for label, module in [("reference", reference), *others.items()]}
-        got = {label: run_module(self.work / f"run.{label}", a, None, self.ctx, [])[0]
-               for label, a in args.items()}
+        got = {"reference": run_module(self.work / "run.reference", args["reference"], None,
+                                       self.ctx, [])[0]}
+        failed = {}
+        for label in others:   # (one that compiles and fails to run is out, not the stage)
+            try:
+                got[label] = run_module(self.work / f"run.{label}", args[label], None,
+                                        self.ctx, [])[0]
+            except StageError as err:
+                if err.transient:   # (a hang: the machine's, not the module's)
+                    raise
+                failed[label] = str(err).splitlines()[0][:300]
         atol, rtol = self.ctx.target.atol, self.ctx.target.rtol
-        same = {label: len(got[label]) == len(got["reference"]) and all(
+        same = {label: label in got and len(got[label]) == len(got["reference"]) and all(
             np.allclose(o, r, atol=atol, rtol=rtol, equal_nan=True)
             for o, r in zip(got[label], got["reference"])) for label in others}
         racing = [label for label in others if same[label]]
@@ -665,8 +675,9 @@ class Session:
                 "kept": same[label] and faster, "outputs_match": same[label],
                 "ratios": [round(x, 3) for x in r],
                 "ratio": round(statistics.median(r), 3) if r else None,
-                "checked": ("outputs match the untuned module's within the target's atol/rtol"
-                            if same[label] else "outputs differ from the untuned module's: "
+                "checked": (f"outputs match {against}'s within the target's atol/rtol"
+                            if same[label] else f"does not run: {failed[label]}"
+                            if label in failed else f"outputs differ from {against}'s: "
                             "not kept")}
         return verdicts
 
