@@ -6,22 +6,20 @@ interleaved run: the evidence for the knobs stages/tune_knobs.py races (docs/DES
 
 Per model (a zoo model of bench_tune's list, built into build/zoo): kiln emits it in a
 project copy; each flag set (the start variant's flags, then with each knob) is compiled from
-the input phase to a module; all are timed alternately in one loop with iree-benchmark-module
-on the model's captured inputs at the target's thread count, each time the fastest of three
-repetitions. Prints per flag set the median of its ratios to the start in the same round, and
-their range; a ratio below 1 is faster. Outputs are not compared here (tune does, on every
-knob it keeps).
+the input phase to a module; all are timed alternately in one loop (bench_variants.py's:
+iree-benchmark-module on the model's captured inputs at the target's thread count, the
+median of a run's repetitions). Prints per flag set the median of its ratios to the start in
+the same round, and their range; a ratio below 1 is faster. Outputs are not compared here
+(tune does, on every knob it keeps).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,14 +27,13 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
 from bench_tune import MODELS, doit, place  # noqa: E402
-from bench_variants import cpu  # noqa: E402
+from bench_variants import alternately, cpu  # noqa: E402
 from conftest import copy_project  # noqa: E402
 
-from stages import timing, tune_knobs  # noqa: E402
-from stages.backends import CPU_VARIANTS  # noqa: E402
+from stages import tune_knobs  # noqa: E402
+from stages.backends import BACKENDS, CPU_VARIANTS  # noqa: E402
 from stages.iree_tools import tool  # noqa: E402
 from stages.targets import host_cpu  # noqa: E402
-from stages.weights import SCOPE  # noqa: E402
 
 # knobs measured for §9.8 beside the ones tune races (which keeps those that ever won)
 MORE = (tune_knobs.Knob("distribution 8", ("--iree-llvmcpu-distribution-size=8",)),
@@ -45,7 +42,6 @@ MORE = (tune_knobs.Knob("distribution 8", ("--iree-llvmcpu-distribution-size=8",
         tune_knobs.Knob("horizontal fusion",
                         ("--iree-dispatch-creation-enable-fuse-horizontal-contractions=true",)),
         tune_knobs.Knob("64 KiB matmul tiles", ("--iree-llvmcpu-matmul-tile-bytes=65536",)))
-BASE = ["--iree-hal-target-device=local", "--iree-hal-local-target-device-backends=llvm-cpu"]
 
 
 def flag_sets(start: str, which: str) -> dict[str, list[str]]:
@@ -54,52 +50,33 @@ def flag_sets(start: str, which: str) -> dict[str, list[str]]:
     return {start: flags, **{knob.label: tune_knobs.with_knob(flags, knob) for knob in knobs}}
 
 
-def build(emitted: Path, flags: list[str], out: Path) -> float | None:
-    """Compile the model from the input phase with flags; the seconds it took, or None."""
+def build(emitted: Path, flags: list[str], out: Path) -> bool:
+    """Compile the model from the input phase for this CPU with flags; False where it does
+    not compile (said)."""
+    cpu_backend = BACKENDS["llvm-cpu"]
     argv = [tool("iree-compile"), str(emitted / "model.mlirbc"), "--compile-from=input",
-            *BASE, f"--iree-llvmcpu-target-cpu={host_cpu()}", *flags, "-o", str(out)]
-    began = time.perf_counter()
+            *cpu_backend.flags, f"{cpu_backend.arch_flag}={host_cpu()}", *flags, "-o", str(out)]
     done = subprocess.run(argv, capture_output=True, text=True)
     if done.returncode:
         print(f"  {out.stem}: does not compile: {done.stderr.strip().splitlines()[-1][:200]}")
-        return None
-    return time.perf_counter() - began
-
-
-def fastest(module: Path, args: list[str], threads: int) -> float | None:
-    argv = [tool("iree-benchmark-module"), f"--module={module}", *args,
-            *timing.iree_benchmark_flags(3, "local-task", threads)]
-    done = subprocess.run(argv, capture_output=True, text=True)
-    if done.returncode:
-        return None
-    return min(timing.iree_times(json.loads(done.stdout)))
+    return done.returncode == 0
 
 
 def one_model(root: Path, name: str, start: str, which: str, rounds: int) -> None:
-    import numpy as np
     path = place(root, name, MODELS[name])
     model = Path(path).name
     doit(root, "emit", f"model={path}")
-    emitted, captured = (root / "build" / model / stage for stage in ("emit", "capture"))
-    info = json.loads((emitted / "model.json").read_text())
+    emitted = root / "build" / model / "emit"
     work = root / "knobs" / model
     work.mkdir(parents=True, exist_ok=True)
-    args = ["--device=local-task", f"--function={info['entry']}",
-            f"--parameters={SCOPE}={emitted / 'model.irpa'}"]
-    with np.load(captured / "inputs.npz") as inputs:
-        for i, key in enumerate(inputs.files):
-            np.save(work / f"in{i}.npy", inputs[key])
-            args.append(f"--input=@{work / f'in{i}.npy'}")
     modules = {}
     for label, flags in flag_sets(start, which).items():
         module = work / f"{len(modules)}.vmfb"
-        if build(emitted, flags, module) is not None:
+        if build(emitted, flags, module):
             modules[label] = module
-    threads = timing.threads_for("local-task")
-    times: dict[str, list[float]] = {label: [] for label in modules}
-    for i in range(rounds):   # (the order alternates; the start's time is in every round)
-        for label in (list(modules) if i % 2 == 0 else list(modules)[::-1]):
-            times[label].append(fastest(modules[label], args, threads) or float("nan"))
+    # (bench_variants' loop: each module's median of a run's repetitions, every round;
+    # no framework timed)
+    times = alternately(root, model, modules, "", lambda tmp, threads: None, rounds)
     print(f"\n{name} from {start} (each set compiled from the input phase), load average "
           f"{os.getloadavg()[0]:.1f}:")
     for label, values in times.items():

@@ -153,9 +153,10 @@ def peak_gflops() -> float:
     lanes x 2 (an FMA is two FLOPs). An assumption, from /proc/cpuinfo's clock (no turbo);
     a dispatch above it means the machine has more."""
     from stages import timing
-    mhz = next((float(line.split(":")[1]) for line in Path("/proc/cpuinfo").read_text()
-                .splitlines() if line.startswith("cpu MHz")), 0.0)
-    lanes = 16 if "avx512f" in Path("/proc/cpuinfo").read_text() else 8
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    mhz = next((float(line.split(":")[1]) for line in cpuinfo.splitlines()
+                if line.startswith("cpu MHz")), 0.0)
+    lanes = 16 if "avx512f" in cpuinfo else 8
     return timing.threads_for("local-task") * mhz / 1000 * 2 * lanes * 2
 
 

@@ -277,7 +277,7 @@ class Session:
         self.knobs: dict | None = None   # the whole-model knobs tried and the one chosen
         self.blobs: dict[str, str] | None = None   # the flow's inlined constants, by name
         self.knob_flows: dict[str, Path] = {}   # each knob's flow built this run, by label
-        self.inputs: list | None = None          # the model's inputs, for whole-module runs
+        self.run_args: list[str] | None = None   # a whole module's run on the model's inputs
 
     # --- 0. the whole-model knobs --------------------------------------------------------
 
@@ -338,12 +338,13 @@ class Session:
                 built[knob.label] = (flags, module)
         verdicts = self._race(start, {label: m for label, (_, m) in built.items()})
         kept = sorted((v["ratio"], label) for label, v in verdicts.items() if v["kept"])
-        if len(kept) >= 2 and time.monotonic() <= deadline:
-            both = tune_knobs.combined(*(next(k for k, _ in knobs if k.label == label)
-                                         for _, label in kept[:2]))
-            flags = both and tune_knobs.with_knob(self.flags, both)
-            module = both and self._knob_module(both, flags, len(built) + len(failed))
-            if module is not None and both is not None:
+        by_label = {knob.label: knob for knob, _ in knobs}
+        both = len(kept) >= 2 and time.monotonic() <= deadline and \
+            tune_knobs.combined(by_label[kept[0][1]], by_label[kept[1][1]])
+        if both:   # the two best together
+            flags = tune_knobs.with_knob(self.flags, both)
+            module = self._knob_module(both, flags, len(built) + len(failed))
+            if module is not None:
                 built[both.label] = (flags, module)
                 verdicts |= self._race(start, {both.label: module})
                 if verdicts[both.label]["kept"] and verdicts[both.label]["ratio"] < kept[0][0]:
@@ -684,19 +685,23 @@ class Session:
     def _run_args(self, label: str, module: Path) -> list[str]:
         """iree-run-module's and iree-benchmark-module's arguments for the module on the
         model's inputs (the captured ones; a model file without a framework gets
-        validate's own)."""
-        from stages import frameworks
-        emitted = self.ctx.inputs[EMIT.name]
-        captured = self.ctx.inputs.get(CAPTURE.name)
-        info = json.loads((emitted / "model.json").read_text())
-        archive = emitted / "model.irpa"
-        parameters = archive if archive.is_file() and archive.stat().st_size else None
-        if self.inputs is None:
-            self.inputs = frameworks.load_arrays(captured / "inputs.npz") if captured else \
+        validate's own), its outputs' directory made. The inputs are read and written out
+        once a tuning: every module of a race runs on the same files."""
+        (self.work / f"run.{label}").mkdir(exist_ok=True)
+        if self.run_args is None:
+            from stages import frameworks
+            emitted = self.ctx.inputs[EMIT.name]
+            captured = self.ctx.inputs.get(CAPTURE.name)
+            info = json.loads((emitted / "model.json").read_text())
+            archive = emitted / "model.irpa"
+            parameters = archive if archive.is_file() and archive.stat().st_size else None
+            inputs = frameworks.load_arrays(captured / "inputs.npz") if captured else \
                 frameworks.model_inputs(self.ctx.model, info["inputs"])
-        where = self.work / f"run.{label}"
-        where.mkdir(exist_ok=True)
-        return module_args(where, module, parameters, self.driver, info["entry"], self.inputs)
+            (self.work / "inputs").mkdir(exist_ok=True)
+            self.run_args = module_args(self.work / "inputs", module, parameters, self.driver,
+                                        info["entry"], inputs)
+        return [f"--module={module}" if a.startswith("--module=") else a
+                for a in self.run_args]
 
     def _fastest_of(self, args: list[str]) -> float | None:
         """The whole module's fastest of WHOLE_REPETITIONS runs (args: module_args')."""
