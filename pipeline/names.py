@@ -7,11 +7,11 @@
     lower                     what a stage reads: its own target's (or the model's) node
 
 Target, model and variant names are checked (pipeline.plan.config) to hold none of ':', '@'
-and '~', so every name parses back to what built it.
+and '~' (nor '+'), so every name parses back to what built it.
 """
 from __future__ import annotations
 
-STAGE_SEP, TARGET_SEP, VARIANT_SEP = ":", "@", "~"
+STAGE_SEP, TARGET_SEP, VARIANT_SEP, RELEASE_SEP = ":", "@", "~", "+"
 DEFAULT_VARIANT = "default"
 # build/'s temp space: stages' fresh output directories, a worker's private build, and every
 # temporary file of a run and its tools (a killed run's leftovers: `doit prune` removes them)
@@ -40,6 +40,22 @@ def base_target(target: str) -> str:
 def variant_of(target: str) -> str:
     """'cpu~im2col' -> 'im2col'; 'cpu' -> 'default'."""
     return target.split(VARIANT_SEP, 1)[1] if VARIANT_SEP in target else DEFAULT_VARIANT
+
+
+def release_target(base: str, release: str) -> str:
+    """'cpu', '3.12.0' -> 'cpu+3.12.0': a target built with that release of its tools."""
+    return f"{base}{RELEASE_SEP}{release}"
+
+
+def release_of(target: str) -> str | None:
+    """'cpu+3.12.0~im2col' -> '3.12.0'; 'cpu' -> None (no release axis)."""
+    return base_target(target).partition(RELEASE_SEP)[2] or None
+
+
+def without_release(target: str) -> str:
+    """'cpu+3.12.0~im2col' -> 'cpu~im2col': the target whatever the release."""
+    base, _, rest = target.partition(RELEASE_SEP)
+    return base + (rest[rest.index(VARIANT_SEP):] if VARIANT_SEP in rest else "")
 
 
 def upstream_name(stage: str, target: str | None = None) -> str:

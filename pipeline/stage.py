@@ -49,6 +49,10 @@ class Target:
     # model (None: the tuning stage's default)
     tune: str | None = None
     tune_budget: float | None = None
+    # another release of the target's tools (targets.yaml `iree:`, iree= on the command line):
+    # None, the release kiln is installed with; else a release provisioned apart (pipeline.
+    # cache.toolchain) whose tools the stages start and whose versions enter the keys
+    toolchain: str | None = None
 
 
 # a constant with at least this many elements is a weight: it goes to the parameter archive
@@ -162,6 +166,10 @@ class Stage:
     # a role (ByRole: MODULE, the module built for the target, whichever stage built it)
     inputs: tuple[str | ByRole, ...] = ()
     code: tuple[Path, ...] = ()          # source files that fingerprint this stage
+    # per-model stages a per-target stage does the work of, for the targets it applies to
+    # (relegalize: legalize and emit, with the target's own release): in those targets' rows
+    # their entries count for nothing (the report folds a model's stages into every row)
+    stands_for: tuple[str, ...] = ()
 
     def outputs(self, model: ModelSpec) -> tuple[str, ...]:
         raise NotImplementedError

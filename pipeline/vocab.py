@@ -33,6 +33,7 @@ class Role(enum.StrEnum):
     VERDICT = "verdict"        # it says whether a model x target passed: validate
     CHOICE = "choice"          # it picks among a target's variants, whose verdict it is: pick
     DIAGNOSIS = "diagnosis"    # it explains another stage's failure (never a row's outcome)
+    EMITTED = "emitted"        # it publishes the MLIR every target's lowering starts from: emit
 
 
 class Kind(enum.StrEnum):
@@ -65,3 +66,4 @@ class TaskInfo(TypedDict, total=False):
     soft: bool                    # a variant's own stage: its failure fails no case
     followed: bool                # another stage diagnoses its failure (bisect follows validate)
     xfail: str                    # the reason its case is expected to fail
+    stands_for: list[str]         # per-model stages it stands for in its row (Stage.stands_for)

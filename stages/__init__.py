@@ -18,12 +18,15 @@ from stages.iree_tools import ask_devices_ahead
 from stages.legalize import STAGE as LEGALIZE
 from stages.lower import STAGE as LOWER
 from stages.pick import STAGE as PICK
+from stages.relegalize import STAGE as RELEGALIZE
 from stages.serialize import STAGE as SERIALIZE
 from stages.targets import resolve
+from stages.toolchains import with_release
 from stages.tune import STAGE as TUNE
 from stages.validate import STAGE as VALIDATE
 
-ORDER = (CAPTURE, SERIALIZE, IMPORT, LEGALIZE, EMIT, LOWER, CODEGEN, TUNE, VALIDATE, PICK, BISECT)
+ORDER = (CAPTURE, SERIALIZE, IMPORT, LEGALIZE, EMIT, RELEGALIZE, LOWER, CODEGEN, TUNE, VALIDATE,
+         PICK, BISECT)
 
 
 def pipeline() -> list:
@@ -31,10 +34,11 @@ def pipeline() -> list:
 
 
 def resolve_target(target, **tuning):
-    """stages.targets.resolve; and the runtime's devices, which validate's key names, asked
-    meanwhile in the background (the plan asks for them only after building its graph)."""
+    """stages.targets.resolve, with the target's release of IREE provisioned (stages.
+    toolchains); and the runtime's devices, which validate's key names, asked meanwhile in
+    the background (the plan asks for them only after building its graph)."""
     ask_devices_ahead()
-    return resolve(target, **tuning)
+    return with_release(resolve(target, **tuning))
 
 
 __all__ = ["pipeline", "detect", "companions", "resolve_target"]

@@ -49,7 +49,7 @@ from pipeline.vocab import Status
 from stages import dispatch_trace, framework_trace
 from stages.backends import BACKENDS
 from stages.capture import STAGE as CAPTURE
-from stages.emit import STAGE as EMIT
+from stages.emit import EMITTED, EMITTERS, emitted
 from stages.iree_tools import iree_compile, tool
 from stages.lower import inline_weights
 from stages.runtime import RUN_TIMEOUT_S, module_args, runtime_error
@@ -80,7 +80,7 @@ class Bisect(Stage):
     follows = VALIDATE.name
     role = Role.DIAGNOSIS
     # the module validate ran: its maker says how to build it again, traced
-    inputs = (CAPTURE.name, EMIT.name, VALIDATE.name, MODULE)
+    inputs = (CAPTURE.name, EMITTED, VALIDATE.name, MODULE)
     # the earlier variants' bisects, where they ran (peers): a variant that did not fail has
     # none
     partial_inputs = True
@@ -111,7 +111,7 @@ class Bisect(Stage):
         if upstream == CAPTURE.name:
             return ("inputs.npz", "reference.npz", "reference64.npz", "expected.npz",
                     "alternative.npz", "capture.json", *framework_trace.captured_files(model))
-        if upstream == EMIT.name:
+        if upstream in EMITTERS:
             return ("model.mlirbc", "model.json", "model.irpa")
         if upstream == self.name:   # an earlier variant's diagnosis
             return (RESULT,)
@@ -142,7 +142,7 @@ class Bisect(Stage):
 
     def run(self, ctx):
         started = time.perf_counter()
-        info = json.loads((ctx.inputs[EMIT.name] / "model.json").read_text())
+        info = json.loads((emitted(ctx) / "model.json").read_text())
         answer = answer_for(ctx, info)
         atol, rtol = VALIDATE.tolerances(ctx.model, ctx.target)
         # (the pool exits first: a compile still running ends before its directory goes)
@@ -282,22 +282,22 @@ class Builds:
 
     def __init__(self, tmp: Path, ctx, info: dict, answer):
         self.tmp, self.ctx, self.info, self.answer = tmp, ctx, info, answer
-        archive = ctx.inputs[EMIT.name] / "model.irpa"
+        archive = emitted(ctx) / "model.irpa"
         self.parameters = archive if not inline_weights(ctx.model, ctx.target) \
             and archive.stat().st_size else None
 
     def compile(self, name: str, target_flags: list[str]) -> Path | str:
         """The traced module built with a target's flags (its executables' sources in
         sources/<name>), or why it could not be built."""
-        emitted = self.ctx.inputs[EMIT.name]
+        emitted_dir = emitted(self.ctx)
         flags = ["--compile-from=input", *target_flags, *TRACE_FLAGS,
                  f"--iree-hal-dump-executable-sources-to={self.tmp / 'sources' / name}"]
-        if self.parameters is None and (emitted / "model.irpa").stat().st_size:
-            flags += [f"--iree-parameter-import={SCOPE}={emitted / 'model.irpa'}",
+        if self.parameters is None and (emitted_dir / "model.irpa").stat().st_size:
+            flags += [f"--iree-parameter-import={SCOPE}={emitted_dir / 'model.irpa'}",
                       f"--iree-parameter-import-maximum-size={1 << 62}"]
         module = self.tmp / f"{name}.vmfb"
         try:
-            iree_compile(emitted / "model.mlirbc", module, flags, self.ctx)
+            iree_compile(emitted_dir / "model.mlirbc", module, flags, self.ctx)
         except StageError as err:
             if err.transient:   # (a timeout, a stopped run: no verdict, never a "cannot")
                 raise
@@ -364,7 +364,8 @@ class Builds:
         count = (self.answer.outputs or len(self.answer.reference)) \
             if outputs and self.answer.reference is not None else 0
         files = [self.tmp / f"out{i}.npy" for i in range(count)]
-        with _streamed([tool("iree-run-module"), *args, *(f"--output=@{f}" for f in files)],
+        with _streamed([tool("iree-run-module", self.ctx.target.toolchain), *args,
+                       *(f"--output=@{f}" for f in files)],
                        self.ctx) as lines:
             for dispatch in dispatch_trace.parse(lines):
                 if each is not None:

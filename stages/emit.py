@@ -11,7 +11,8 @@ import json
 from pathlib import Path
 
 from pipeline.cache.digest import digest_file
-from pipeline.stage import Stage
+from pipeline.stage import ByRole, Stage
+from pipeline.vocab import Role
 from stages.frameworks.refusals import refusals_of
 from stages.legalize import STAGE as LEGALIZE
 
@@ -19,9 +20,21 @@ HERE = Path(__file__).parent
 IREE_BINDINGS = ("iree.compiler",)
 
 
+# what a target's stages read: emit's, or (a target built with another release of IREE) the
+# stage that legalizes and emits again with that release (stages/relegalize.py)
+EMITTED = ByRole(Role.EMITTED)
+EMITTERS = {"emit"}   # the names of the stages of that role (relegalize adds its own)
+
+
+def emitted(ctx) -> Path:
+    """The directory of the emitted model a target's stage reads (EMITTED)."""
+    return next(iter(ctx.built(EMITTED).values()))
+
+
 class Emit(Stage):
     name = "emit"
     doc = "publish the MLIR every target starts from, its weights (.irpa) and model.json"
+    role = Role.EMITTED
     inputs = (LEGALIZE.name,)
     code = (HERE / "weights.py", HERE / "mlir.py", HERE / "frameworks" / "refusals.py")
 

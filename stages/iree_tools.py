@@ -77,14 +77,18 @@ for _name in RUNTIME_TOOLS:
 
 
 @functools.lru_cache(maxsize=None)
-def tool(name: str) -> str:
-    """The executable to start for an IREE tool: the real binary its package ships."""
+def tool(name: str, release: str | None = None) -> str:
+    """The executable to start for an IREE tool: the real binary its package ships; given a
+    release (a target's toolchain), that release's (stages.toolchains)."""
+    if release is not None:
+        from stages import toolchains
+        return toolchains.executable(release, name)
     return find_executable(name) or name
 
 
 def iree_compile(src: Path, out: Path, flags: list[str], ctx,
                  timeout: float = COMPILE_TIMEOUT_S) -> None:
-    argv = [tool("iree-compile"), "-", *flags, "-o", str(out)]
+    argv = [tool("iree-compile", ctx.target and ctx.target.toolchain), "-", *flags, "-o", str(out)]
     command = f"{shlex.join(argv)} < {shlex.quote(str(src))}"
     ctx.log(f"$ {command}")
     try:
@@ -101,10 +105,11 @@ def iree_compile(src: Path, out: Path, flags: list[str], ctx,
                          command=command, exit_code=done.returncode)
 
 
-def compile_failure(src: Path, flags: list[str], timeout: float = 600) -> str | None:
+def compile_failure(src: Path, flags: list[str], timeout: float = 600,
+                    release: str | None = None) -> str | None:
     """How iree-compile fails on src, worded as iree_compile would, or None when it compiles
     (the output discarded): for probing which part of a module it cannot take."""
-    argv = [tool("iree-compile"), "-", *flags, "-o", "/dev/null"]
+    argv = [tool("iree-compile", release), "-", *flags, "-o", "/dev/null"]
     done = process.run(argv, timeout, tool="iree-compile", stdin=src)
     return failure(done.returncode, done.stderr) if done.returncode else None
 

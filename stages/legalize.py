@@ -139,7 +139,8 @@ def _failing_alone(source: Path, flags: list[str], ctx) -> list[str]:
                     continue
                 with open(path, "wb") as f:
                     alone.operation.write_bytecode(f)
-                failure = compile_failure(path, flags)
+                failure = compile_failure(path, flags,
+                                          release=ctx.target and ctx.target.toolchain)
                 ctx.log(f"compiled alone, {kind} ({len(ops)} in the model): "
                         f"{failure or 'compiles'}")
                 if failure:

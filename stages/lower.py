@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.stage import Stage
-from stages.emit import STAGE as EMIT
+from stages.emit import EMITTED, emitted
 from stages.iree_tools import COMPILE_CODE, iree_compile
 from stages.targets import compile_flags
 from stages.weights import SCOPE
@@ -22,7 +22,7 @@ class Lower(Stage):
     name = "lower"
     doc = "iree-compile to flow with each target's (and each variant's) flags"
     per_target = True
-    inputs = (EMIT.name,)
+    inputs = (EMITTED,)
     code = (*COMPILE_CODE, HERE / "weights.py")
 
     def outputs(self, model):
@@ -40,9 +40,9 @@ class Lower(Stage):
                 "weights": "inline" if inline_weights(model, target) else "external"}
 
     def run(self, ctx):
-        emitted = ctx.inputs[EMIT.name]
-        iree_compile(emitted / "model.mlirbc", ctx.out / "lowered.mlir",
-                     flow_flags(emitted, ctx.model, ctx.target, compile_flags(ctx.target)), ctx)
+        source = emitted(ctx)
+        iree_compile(source / "model.mlirbc", ctx.out / "lowered.mlir",
+                     flow_flags(source, ctx.model, ctx.target, compile_flags(ctx.target)), ctx)
 
 
 def flow_flags(emitted: Path, model, target, flags: list[str]) -> list[str]:

@@ -40,10 +40,11 @@ def run_module(tmp: Path, args: list[str], n_outputs: int | None, ctx, lost: lis
     import numpy as np
     counting_s = 0.0
     if n_outputs is None:  # count them from a first run's printout
-        printed, counting_s = run_tool([tool("iree-run-module"), *args], ctx, lost)
+        printed, counting_s = run_tool([tool("iree-run-module", ctx.target.toolchain), *args], ctx, lost)
         n_outputs = sum(line.startswith("result[") for line in printed.splitlines())
     outs = [tmp / f"out{i}.npy" for i in range(n_outputs)]
-    _, run_s = run_tool([tool("iree-run-module"), *args, *(f"--output=@{o}" for o in outs)],
+    _, run_s = run_tool([tool("iree-run-module", ctx.target.toolchain), *args,
+                         *(f"--output=@{o}" for o in outs)],
                         ctx, lost)
     return [np.load(o) for o in outs], (counting_s + run_s) * 1000
 

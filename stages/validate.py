@@ -30,7 +30,7 @@ from stages import frameworks, timing
 from stages.backends import BACKENDS, is_host_driver
 from stages.capture import STAGE as CAPTURE
 from stages.compare import compare, describe_noise, noise_rule
-from stages.emit import STAGE as EMIT
+from stages.emit import EMITTED, EMITTERS, emitted
 from stages.iree_tools import devices, tool
 from stages.lower import inline_weights
 from stages.runtime import device_for, module_args, run_module, run_tool
@@ -45,7 +45,7 @@ class Validate(Stage):
     default = True   # `doit` alone validates the default matrix
     role = Role.VERDICT
     # the module built for the target: codegen's, or a later stage's that remakes it
-    inputs = (CAPTURE.name, EMIT.name, MODULE)
+    inputs = (CAPTURE.name, EMITTED, MODULE)
     code = (HERE / "iree_tools.py", HERE / "compare.py", HERE / "timing.py", HERE / "backends.py")
 
     def outputs(self, model):
@@ -65,7 +65,7 @@ class Validate(Stage):
             return ("inputs.npz", "reference.npz", "reference64.npz", "expected.npz",
                     "alternative.npz", "capture.json",
                     *frameworks.get(model.framework).captured)
-        if upstream == EMIT.name:      # the weights, where the module loads them at run time
+        if upstream in EMITTERS:      # the weights, where the module loads them at run time
             return ("model.json", *(() if inline_weights(model, target) else ("model.irpa",)))
         return outputs
 
@@ -110,17 +110,17 @@ class Validate(Stage):
         # a bad setting fails before anything runs; None: timing off
         import numpy as np
         at_most = timing_repetitions() if ctx.target.timing else None
-        emitted = ctx.inputs[EMIT.name]
-        info = json.loads((emitted / "model.json").read_text())
+        emitted_dir = emitted(ctx)
+        info = json.loads((emitted_dir / "model.json").read_text())
         answer = answer_for(ctx, info)
-        archive = emitted / "model.irpa"
+        archive = emitted_dir / "model.irpa"
         parameters = archive if not inline_weights(ctx.model, ctx.target) \
             and archive.stat().st_size else None
         outputs, speed, lost = _run_and_time(ctx, info, parameters, answer, at_most)
         atol, rtol = self.tolerances(ctx.model, ctx.target)
         result = {**judge(outputs, answer, ctx.model, atol, rtol), **speed,
                   "device": device_for(ctx.target.driver),
-                  "parameters": str(archive.relative_to(emitted.parent.parent)) if parameters else None}
+                  "parameters": str(archive.relative_to(emitted_dir.parent.parent)) if parameters else None}
         if answer.notes or lost:
             result["notes"] = [*answer.notes, *lost]
         np.savez(ctx.out / "outputs.npz", **{f"out{i}": o for i, o in enumerate(outputs)})
@@ -416,7 +416,7 @@ def _speed(args: list[str], wall_ms: float, at_most: int, ctx, lost: list[str]) 
         if repetitions is None:
             latency = timing.iree_single_call(wall_ms)
         else:
-            bench = [tool("iree-benchmark-module"), *args,
+            bench = [tool("iree-benchmark-module", ctx.target.toolchain), *args,
                      *timing.iree_benchmark_flags(repetitions, driver, threads)]
             report, _ = run_tool(bench, ctx, lost)
             try:

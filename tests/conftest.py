@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,9 @@ PROJECT_FILES = ["dodo.py", "targets.yaml", "pipeline", "stages", "models"]
 # what every test runs with: 3 timing repetitions rather than 10 (validate records and keys
 # by it; tests/test_timing.py checks figures of at least 3 repetitions), and report.html
 # without its matplotlib charts (a second or two per run; the page's own tests draw them)
+# a second IREE release (tests/test_toolchains.py), provisioned once for every test and every
+# run of the suite, outside the tree (a clean clone provisions it once): KILN_TOOLCHAINS names it
+SHARED_TOOLCHAINS = Path(tempfile.gettempdir()) / "kiln-test-toolchains"
 TEST_SETTINGS = {"KILN_TIMING_REPETITIONS": "3", "KILN_REPORT_CHARTS": "off"}
 
 
@@ -108,7 +112,8 @@ class Project:
 
     def doit(self, *args: str, check: bool = True, timeout: int = 900,
              env_extra: dict | None = None) -> subprocess.CompletedProcess:
-        builds = "diff" not in args   # (doit diff compares two records: it takes neither)
+        # (doit diff and doit upgrade read records: they take neither)
+        builds = not {"diff", "upgrade"} & set(args)
         if builds and self.variants and not any(a.startswith("variants=") for a in args):
             args = (*args, f"variants={self.variants}")
         if builds and self.timing and not any(a.startswith("timing=") for a in args):

@@ -57,6 +57,7 @@ def processes_naming(text: str) -> list[str]:
 class Ctx:
     def __init__(self):
         self.lines = []
+        self.target = None   # (a stage's context names its target: None, kiln's own release)
 
     def log(self, line):
         self.lines.append(line)

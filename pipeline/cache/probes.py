@@ -29,6 +29,17 @@ def register_executable(name: str, finder: Callable[[], str | None]) -> None:
     _finders[name] = finder
 
 
+# how the stages find a tool's version within a toolchain (Target.toolchain: another release
+# of their tools, provisioned apart: pipeline.cache.toolchain): (toolchain, tool) -> its
+# version, or None where the toolchain does not hold that tool (numpy: the installed one's)
+_toolchain_versions: Callable[[str, str], str | None] | None = None
+
+
+def register_toolchain_versions(versions: Callable[[str, str], str | None]) -> None:
+    global _toolchain_versions
+    _toolchain_versions = versions
+
+
 def find_executable(name: str) -> str | None:
     """The executable a registered finder names; else this interpreter's own bin/ (doit may
     run without the venv on PATH), then PATH."""
@@ -45,10 +56,15 @@ VERSION_TIMEOUT_S = 60
 
 
 @functools.lru_cache(maxsize=None)
-def tool_version(tool: str) -> str:
+def tool_version(tool: str, toolchain: str | None = None) -> str:
     """A tool's version: a Python distribution's from its metadata; otherwise an executable's
     full --version text (iree-compile's names its exact build). Distributions are looked up
-    first, so a package that also installs a command of its name never depends on PATH."""
+    first, so a package that also installs a command of its name never depends on PATH.
+    Given a toolchain, the version of the tool that toolchain holds, where it holds one."""
+    if toolchain is not None and _toolchain_versions is not None:
+        found = _toolchain_versions(toolchain, tool)
+        if found is not None:
+            return found
     version = package_version(tool)
     if version != "not installed":
         return version

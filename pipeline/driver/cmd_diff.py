@@ -60,7 +60,7 @@ class Diff(Command):
         try:
             refuse_unknown(given_variables(), ("baseline", "factor"), f"doit diff takes {USAGE}")
             baseline = diff.load(given, get_var("factor"), root)
-            current = _last_run(run_file)
+            current = last_run(run_file)
         except ConfigError as err:
             raise InvalidCommand(f"kiln: {err}") from None
         record = {k: v for k, v in current.items() if k != "diff"}
@@ -70,7 +70,7 @@ class Diff(Command):
         return 0
 
 
-def _last_run(run_file: Path) -> dict:
+def last_run(run_file: Path) -> dict:
     if not run_file.is_file():
         raise ConfigError(f"no run record {run_file}: doit diff compares the last run here "
                           "with the baseline; run doit validate (or doit compile) first")

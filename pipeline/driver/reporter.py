@@ -23,7 +23,7 @@ from doit.exceptions import DependencyError, TaskFailed, UnmetDependency
 from doit.reporter import ConsoleReporter
 
 from .. import process
-from ..names import base_target
+from ..names import base_target, release_of
 from ..report.console import case_limit
 from ..report.record import RunLog, Summary, entry_of, publish, reuse
 from ..run.entry import FAILURES
@@ -250,6 +250,11 @@ class KilnReporter(ConsoleReporter):
         record = {"tasks": self._record_tasks(added), **settings}
         if self.baseline is not None:
             record["diff"] = self.baseline.compare(record)
+        if any(release_of(t["target"] or "") for t in record["tasks"]):
+            from ..report import upgrade  # (iree=A,B: what changed from one to the other)
+            found = upgrade.compare(record)
+            if found is not None:
+                record["upgrade"] = found
         return publish(self.run_file, record, stamp, self.limit)
 
     def _listed(self, added: list[tuple]) -> str | None:

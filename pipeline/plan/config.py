@@ -53,6 +53,7 @@ class Matrix:
     xfail: Path | None = None                 # its expected failures (pipeline.plan.xfail)
     suite: str | None = None   # a folder of models, relative to the config's directory
     suite_at: str = field(default="", compare=False)   # "targets.yaml:12", for errors
+    releases: tuple[str, ...] | None = None   # `iree:`: each target built with each release
 
 
 @dataclass
@@ -85,6 +86,9 @@ TARGET_FIELDS = {
              "variant's module with each dispatch's tiles searched), a variant's name (tune "
              "that one's flags) or false")),
     "tune_budget": (_NUMBER, False, None, "seconds a model's tuning may take (a number > 0)"),
+    "iree": ((str,), False, None, ("an IREE release to build this target with, quoted where "
+             "YAML would read a number, e.g. '3.12.0' or '3.12' (default: the release kiln is "
+             "installed with)")),
 }
 MATRIX_FIELDS = {
     "models": ((list,), False, [], "a list of model names"),
@@ -97,6 +101,8 @@ MATRIX_FIELDS = {
                                       "times neither the module nor the framework)")),
     "xfail": ((str,), False, None, ("a YAML file of expected failures, {target: {model: "
                                     "reason}}, relative to the config file")),
+    "iree": ((list,), False, None, ("a list of IREE releases, e.g. ['3.12.0', '3.13.0']: "
+                                    "each target built with each (an upgrade's answer)")),
 }
 MODEL_FIELDS = {
     "framework": ((str,), False, None, "a framework name (torch, jax, tf, tflite, onnx, mlir)"),
@@ -130,6 +136,25 @@ TOP_FIELDS = {"targets", "matrices", "models", "remote"}
 # to the per-stage directories and logs/: they must not escape it nor collide with those (the
 # stage names come from stages/, through the plan)
 _NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
+
+
+# an IREE release as pip names it: 3.12.0, 3.13.0rc20260917 (it becomes part of a target's name)
+_RELEASE = re.compile(r"[0-9][0-9A-Za-z.]*")
+
+
+def check_release(release: str, what: str) -> str:
+    if not _RELEASE.fullmatch(release):
+        raise ConfigError(f"{what}: '{release}' is not a release: expected one such as 3.12.0 "
+                          "(a version pip can install; in YAML, quote it: '3.12')")
+    return release
+
+
+def check_releases(releases: list[str], what: str) -> tuple[str, ...]:
+    if not releases:
+        raise ConfigError(f"{what}: an empty list: name at least one release, e.g. 3.12.0")
+    if len(set(releases)) != len(releases):
+        raise ConfigError(f"{what}: {', '.join(releases)}: a release named twice")
+    return tuple(check_release(r, what) for r in releases)
 
 
 def reserved_names(stage_names: Iterable[str]) -> frozenset[str]:
@@ -281,7 +306,9 @@ def _targets(path: Path, section: yaml.Node, reserved) -> dict[str, Target]:
                                _variants(path, node, f"targets.{name}.variants", v["variants"],
                                          reserved),
                                tune=_tune(v["tune"]), tune_budget=_budget(path, node, name,
-                                                                          v["tune_budget"]))
+                                                                          v["tune_budget"]),
+                               toolchain=v["iree"] and check_release(
+                                   v["iree"], f"{_where(path, node)}: targets.{name}.iree"))
     return targets
 
 
@@ -330,11 +357,13 @@ def _matrices(path: Path, section: yaml.Node, targets: dict, reserved) -> dict[s
             raise ConfigError(f"{_where(path, node)}: {what}: missing field 'models' (a list "
                               "of model names) or 'suite' (a folder of models); or give both")
         suite_node = given.get("suite", node)
+        releases = None if v["iree"] is None else check_releases(
+            [str(r) for r in v["iree"]], f"{_where(path, node)}: {what}.iree")
         matrices[name] = Matrix(name, tuple(v["models"]), tuple(v["targets"]),
                                 None if v["variants"] is None else tuple(v["variants"]),
                                 v["timing"],
                                 None if v["xfail"] is None else path.resolve().parent / v["xfail"],
-                                v["suite"], _where(path, suite_node))
+                                v["suite"], _where(path, suite_node), releases)
     if "default" not in matrices:
         raise ConfigError(f"{path}: matrices: missing the 'default' matrix")
     return matrices

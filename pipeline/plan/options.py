@@ -47,6 +47,7 @@ class Options:
     # True: from each target's fastest validated variant), tune_budget= its seconds per model
     tune: str | bool | None = None
     tune_budget: float | None = None
+    releases: tuple[str, ...] | None = None    # iree=: each target built with each release
 
     @classmethod
     def parse(cls, variables: dict[str, str]) -> Options:
@@ -58,7 +59,8 @@ class Options:
                    parse_executor(get("executor")), parse_days(get("days")),
                    parse_retry(get("retry")), parse_switch("timing", get("timing")),
                    get("xfail"), bool(parse_switch("strict", get("strict"))), get("against"),
-                   parse_tune(get("tune")), parse_budget(get("tune_budget")))
+                   parse_tune(get("tune")), parse_budget(get("tune_budget")),
+                   parse_releases(get("iree")))
 
     def for_worker(self) -> dict[str, str]:
         """The options a Dask worker's kiln process is given: the same plan, run here."""
@@ -139,6 +141,14 @@ def parse_budget(text: str | None) -> float | None:
     if budget is not None and not 0 < budget < float("inf"):
         raise _bad(f"tune_budget={text}: expected the seconds a model's tuning may take (> 0)")
     return budget
+
+
+def parse_releases(text: str | None) -> tuple[str, ...] | None:
+    """iree=3.12.0,3.13.0 -> ('3.12.0', '3.13.0')."""
+    if text is None:
+        return None
+    from .config import check_releases
+    return check_releases(list(_names(text)), f"iree={text}")
 
 
 def parse_days(text: str | None) -> float:

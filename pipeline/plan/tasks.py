@@ -18,10 +18,10 @@ from typing import Callable
 
 import networkx as nx
 
-from ..cache import remote
+from ..cache import remote, toolchain
 from ..cache.digest import canonical, digest_bytes, digest_file, source_files
 from ..cache.probes import tool_version, use_probe_cache
-from ..names import base_target, file_stem, task_name, task_subname, upstream_name
+from ..names import base_target, file_stem, release_target, task_name, task_subname, upstream_name
 from ..stage import ConfigError, ModelSpec, Node, Stage, Target, read_files
 from ..vocab import TaskInfo
 from . import models as model_registry
@@ -133,6 +133,7 @@ def make_plan(options: Options, stages: list[Stage], detect: model_registry.Dete
     layout = Layout(root, root / "build", Path(os.environ.get("KILN_CACHE") or root / "cache").resolve(),
                     remote.settings(config.remote, os.environ))
     use_probe_cache(layout.build / ".kiln" / "tool-probes.json")
+    toolchain.use_root(layout.cache / "toolchains")
     if options.matrix not in config.matrices:
         raise ConfigError(f"matrix={options.matrix}: unknown matrix (valid: "
                           f"{', '.join(config.matrices)}; see {config.path})")
@@ -152,8 +153,9 @@ def make_plan(options: Options, stages: list[Stage], detect: model_registry.Dete
     # tune=, tune_budget= reach the hook only when given (a hook of one argument still serves)
     tuning = {} if options.tune is None and options.tune_budget is None else \
         {"tune": options.tune, "tune_budget": options.tune_budget}
-    targets = [resolve_target(t, **tuning) for t in
-               _pick(options.targets, config.targets, matrix.targets, "target", config)]
+    targets = [resolve_target(t, **tuning) for t in _with_releases(
+        _pick(options.targets, config.targets, matrix.targets, "target", config),
+        options.releases or matrix.releases)]
     targets = _compared_with(targets, options, config, resolve_target)
     _refuse_an_empty_selection(options, matrix, config, models, targets)
     if not (matrix.timing if options.timing is None else options.timing):
@@ -174,6 +176,15 @@ def make_plan(options: Options, stages: list[Stage], detect: model_registry.Dete
                 expected_file, listed)
 
 
+def _with_releases(targets: list[Target], releases: tuple[str, ...] | None) -> list[Target]:
+    """Each target once per release of its tools (iree=, a matrix's `iree:`), named for it
+    ('cpu+3.12.0'); the stages' hook provisions each (stages.toolchains)."""
+    if not releases:
+        return targets
+    return [dataclasses.replace(t, name=release_target(t.name, release), toolchain=release)
+            for t in targets for release in releases]
+
+
 def _compared_with(targets: list[Target], options: Options, config: Config,
                    resolve_target: Callable) -> list[Target]:
     """Each target with the targets its build is compared with where its numbers are off
@@ -187,6 +198,8 @@ def _compared_with(targets: list[Target], options: Options, config: Config,
                 for t in targets]
     declared = []
     for target in config.targets.values():
+        if target.toolchain is not None:   # (a reference is built with kiln's own release)
+            continue
         try:
             declared.append(resolve_target(target))
         except ConfigError:   # an unselected target this machine cannot resolve: not one
@@ -403,7 +416,7 @@ def watched_digest(stage: Stage, model: ModelSpec, target, code: dict[str, str],
 
     seen remembers the digests of one plan by what they were made of (_exact)."""
     params = stage.key_params(model, target)
-    tools = {t: tool_version(t) for t in stage.tools(model)}
+    tools = {t: tool_version(t, target and target.toolchain) for t in stage.tools(model)}
     key = _exact(params, tools, code) if seen is not None else None
     found = seen.get(key) if key is not None else None
     if found is None or found[0] is not code:
@@ -495,6 +508,8 @@ def _stage_specs(plan: Plan):
                                                      _code_digests(plan, stage, model, code),
                                                      watched),
                               **({"role": str(stage.role)} if stage.role else {}),   # (plain: marshal)
+                              **({"stands_for": list(stage.stands_for)}
+                                 if stage.stands_for and target else {}),
                               **({"soft_deps": soft} if soft else {}),
                               **({"soft": True} if data["soft"] else {}),
                               **({"followed": True} if data["followed"] else {}),

@@ -32,6 +32,10 @@ VARIABLES = {
             "searched, from its fastest validated variant; tune=<variant> from that one's "
             "flags); tune=off: none (default: targets.yaml's tune:)",
     "tune_budget": "seconds a model's tuning may take, its builds included (default 600)",
+    "iree": "IREE releases to build each target with, comma-separated, e.g. iree=3.12.0,3.13.0 "
+            "(each provisioned once into the cache; default: the matrix's iree:, else the "
+            "release kiln is installed with); the run then says what changed from the first "
+            "to the last (doit upgrade)",
     "baseline": "an earlier run's run.json or build directory: the run's reports (and doit "
                 "diff) say which model x target changed outcome, error or speed since it",
     "factor": "with baseline=: how many times an error against its tolerance must grow (or "

@@ -115,6 +115,9 @@ def summary_line(tasks: list[dict], table_rows: list[dict], found: Verdict) -> s
     cached += sum(1 for t in tasks if t["task"] in found.failed and _remembered(t))
     again = "" if not cached else (f"; {cached} of the failures cached (retry=failed runs "
                                    f"{'them' if cached > 1 else 'it'} again)")
+    if found.known:   # (iree=A,B: pipeline.report.upgrade)
+        said += (f" ({len(found.known)} more failed, none of them newly: only a case the "
+                 "newer release fails and the older passed fails the run)")
     stopped = f"interrupted ({found.interrupted}): " if found.interrupted else ""
     rest = "; run the same command again to finish them" if found.unfinished else ""
     return f"kiln: {stopped}{what}: {said}{again}{rest}"

@@ -124,6 +124,9 @@ def _task_problem(task) -> str | None:
     for name in ROW_TEXT_OR_NULL:
         if task.get(name) is not None and not isinstance(task[name], str):
             return f'"{name}" must be text or null, got {_quoted(task[name])}'
+    stands_for = task.get("stands_for", [])
+    if not (isinstance(stands_for, list) and all(isinstance(s, str) for s in stands_for)):
+        return f'"stands_for" must be a list of stage names, got {_quoted(stands_for)}'
     if task.get("result") is not None and not isinstance(task["result"], dict):
         return f'"result" must be an object or null, got {_quoted(task["result"])}'
     return None
@@ -151,11 +154,12 @@ def parse_factor(text: str | None) -> float:
 # --- the comparison -------------------------------------------------------------------------
 
 def compare(baseline: dict, current: dict, factor: float = ERROR_FACTOR,
-            name: str = "baseline") -> dict:
+            name: str = "baseline", current_name: str | None = None) -> dict:
     """What changed from baseline to current, per model x target in both: {"baseline": name,
     "factor", "compared": how many cases both hold, "changes": one dict per case that changed
     (worse first), "only_in_baseline" / "only_here": the cases one of them lacks, and
-    "baseline_error" where the baseline run stopped before building anything}."""
+    "baseline_error" where the baseline run stopped before building anything; "current":
+    current_name, where the two are builds of one run (pipeline.report.upgrade)}."""
     before = {(r["model"], r["target"]): r for r in table.rows(baseline.get("tasks", []))}
     after = {(r["model"], r["target"]): r for r in table.rows(current.get("tasks", []))}
     both = sorted(before.keys() & after.keys())
@@ -166,6 +170,8 @@ def compare(baseline: dict, current: dict, factor: float = ERROR_FACTOR,
              "only_here": [_name(k) for k in sorted(after.keys() - before.keys())]}
     if baseline.get("error"):
         found["baseline_error"] = baseline["error"]
+    if current_name:
+        found["current"] = current_name
     return found
 
 
@@ -296,13 +302,21 @@ def _spread(latency: dict) -> str:
 ASPECTS = ("outcome", "error", "latency")
 
 
+def title(found: dict) -> str:
+    """The section's title in report.md and report.html."""
+    return f"Changes from {found['baseline']} to {found['current']}" if found.get("current") \
+        else "Changes since the baseline"
+
+
 def headline(found: dict) -> str:
     """One line: what was compared with what, and how many cases changed how."""
     changes = found["changes"]
     counts = ", ".join(f"{n} {v}" for v in VERDICTS
                        if (n := sum(c["verdict"] == v for c in changes)))
-    return (f"since the baseline {found['baseline']}: {len(changes)} of {found['compared']} "
-            f"cases changed" + (f" ({counts})" if counts else ""))
+    since = f"from {found['baseline']} to {found['current']}" if found.get("current") \
+        else f"since the baseline {found['baseline']}"
+    return (f"{since}: {len(changes)} of {found['compared']} cases changed"
+            + (f" ({counts})" if counts else ""))
 
 
 def notes(found: dict) -> list[str]:
@@ -311,10 +325,14 @@ def notes(found: dict) -> list[str]:
     if found.get("baseline_error"):
         said.append(f"the baseline run stopped before building anything: "
                     f"{_short(found['baseline_error'])}")
+    if found.get("current"):   # (two builds of one run: a case only one of them holds)
+        before, after = f"only with {found['baseline']}", f"only with {found['current']}"
+    else:
+        before, after = "only in the baseline (not in this run)", "new since the baseline"
     if found["only_in_baseline"]:
-        said.append(f"only in the baseline (not in this run): {_listed(found['only_in_baseline'])}")
+        said.append(f"{before}: {_listed(found['only_in_baseline'])}")
     if found["only_here"]:
-        said.append(f"new since the baseline: {_listed(found['only_here'])}")
+        said.append(f"{after}: {_listed(found['only_here'])}")
     return said
 
 
@@ -327,7 +345,7 @@ def rule(found: dict) -> str:
     """What counts as a change, in a sentence (the reports' footnote)."""
     return (f"A change: the outcome; the error against the tolerance (max abs error / atol) "
             f"grown or shrunk more than {found['factor']:g}× (factor=) and at least "
-            f"{ERROR_FLOOR:.0%} of the tolerance; the time per call when the two runs' min–max "
+            f"{ERROR_FLOOR:.0%} of the tolerance; the time per call when the two builds' min–max "
             f"ranges do not overlap and the median moved more than {LATENCY_NOISE:.0%}.")
 
 
@@ -342,7 +360,7 @@ def lines(found: dict) -> list[str]:
 
 def markdown(found: dict) -> list[str]:
     """report.md's section: a table of the changed cases."""
-    out = ["## Changes since the baseline", "", headline(found) + ".", ""]
+    out = [f"## {title(found)}", "", headline(found) + ".", ""]
     if found["changes"]:
         out += ["| case | change | outcome | error against tolerance | time per call |",
                 "|---|---|---|---|---|"]

@@ -36,7 +36,7 @@ from urllib.parse import quote
 
 from ..run.entry import FAILURES
 from ..vocab import Kind, Status
-from . import diff, table, timesplit
+from . import diff, table, timesplit, upgrade
 from .table import UNFINISHED_KINDS
 from .units import duration
 
@@ -71,7 +71,8 @@ def page(record: dict, memo: Path | None = None, page_dir: str = "build",
     charts = _Charts(memo, draw_charts)
     view = {"summary": _summary(cells, entries), "warnings": _warnings(record, entries),
             "interrupted": _interrupted(record, cells),
-            "changes": _changes(record.get("diff")),
+            "changes": [c for c in (_changes(record.get("diff")),
+                                    _changes(record.get("upgrade"))) if c],
             "matrix": _matrix(cells, page_dir), "diagnoses": _diagnoses(cells, page_dir, charts),
             "times": _times(cells, charts),
             "stage_times": timesplit.html_rows(timesplit.of_record(record)),
@@ -185,8 +186,10 @@ def _changes(found: dict | None) -> dict | None:
              **{f"{aspect}_verdict": (c[aspect] or {}).get("verdict", "")
                 for aspect in diff.ASPECTS}}
             for c in found["changes"]]
-    return {"headline": diff.headline(found), "rows": rows, "notes": diff.notes(found),
-            "rule": diff.rule(found)}
+    return {"title": diff.title(found), "headline": diff.headline(found), "rows": rows,
+            "notes": diff.notes(found), "rule": diff.rule(found),
+            "id": "upgrade" if found.get("current") else "changes",
+            "summary": upgrade.summary_line(found) if found.get("counts") else None}
 
 
 def _matrix(cells: list[dict], page_dir: str) -> dict:

@@ -52,6 +52,8 @@ def entry_of(task, fresh: dict[str, StageEntry], previous: dict[str, dict]) -> d
     row = entry.to_record()
     if info.get("xfail"):   # the plan's too: why this model x target is expected to fail
         row["xfail"] = info["xfail"]
+    if info.get("stands_for"):   # the model's stages it stands for in its row
+        row["stands_for"] = info["stands_for"]
     return row
 
 
@@ -74,6 +76,9 @@ def _summary(record: dict, limit: int, report_file: str) -> tuple[str, str, int]
     if record.get("diff"):   # baseline=: what changed since that run (pipeline.report.diff)
         from . import diff
         lines += diff.lines(record["diff"])
+    if record.get("upgrade"):   # iree=A,B: what changed from one release to the other
+        from . import upgrade
+        lines += upgrade.lines(record["upgrade"])
     for warning, names in _warnings(tasks).items():
         more = f" (and {len(names) - 1} more tasks)" if len(names) > 1 else ""
         lines.append(f"warning: {names[0]}{more}: {warning}")
@@ -169,10 +174,11 @@ def _remote_line(tasks: list[dict]) -> str:
 def _write_record(run_file: Path, record: dict) -> tuple[str, list[Path]]:
     """Write run.json, report.md, report.html and junit.xml: (the line to print about it,
     the files written)."""
-    from . import diff, html, junit, table  # (tabulate; matplotlib where a chart is drawn)
+    from . import diff, html, junit, table, upgrade  # (tabulate; matplotlib where a chart is drawn)
     written = [run_file, run_file.with_name("report.md"), run_file.with_name("report.html"),
                run_file.with_name("junit.xml")]
-    changes = diff.markdown(record["diff"]) if record.get("diff") else []
+    changes = [*(diff.markdown(record["diff"]) if record.get("diff") else []),
+               *(upgrade.markdown(record["upgrade"]) if record.get("upgrade") else [])]
     try:
         atomic_write(run_file, json.dumps(record, indent=1).encode())
         atomic_write(written[1], table.markdown(record, after_table=changes).encode())

@@ -73,8 +73,15 @@ def rows(entries: list[dict]) -> list[CaseRow]:
     for e in entries:
         if e["target"] is not None:
             table.setdefault((e["model"], base_target(e["target"])), []).append(e)
-    return [_row(model, target, [e for e in per_model if e["model"] == model], stage_entries)
+    return [_row(model, target, _folded(model, per_model, stage_entries), stage_entries)
             for (model, target), stage_entries in sorted(table.items())]
+
+
+def _folded(model: str, per_model: list[dict], stage_entries: list[dict]) -> list[dict]:
+    """The model's own entries a row holds: all but those of stages that one of the row's
+    stands for (Stage.stands_for: relegalize, for a target built with another release)."""
+    replaced = {s for e in stage_entries for s in e.get("stands_for", ())}
+    return [e for e in per_model if e["model"] == model and e["stage"] not in replaced]
 
 
 def _ending(target: str, per_model: list[dict], stage_entries: list[dict]):

@@ -2,8 +2,9 @@
 (pipeline.plan.xfail), and the exit code that follows from it.
 
 A pure function of the run record, so the console, the exit code and the tests agree: doit
-exits non-zero exactly when some case failed unexpectedly, or, with strict=1 (the record's
-"strict"), passed unexpectedly, or when the run was stopped (the record's "interrupted",
+exits non-zero exactly when some case failed unexpectedly (in a run comparing two releases,
+iree=A,B: a case the newer release fails that the older passed: pipeline.report.upgrade),
+or, with strict=1 (the record's "strict"), passed unexpectedly, or when the run was stopped (the record's "interrupted",
 whose unfinished cases are named). A listed case that failed is `xfail`, one that passed
 `xpass` (pipeline.report.table.rows decides each row's kind).
 """
@@ -25,6 +26,8 @@ class Verdict:
     strict: bool = False              # an unexpected pass fails the run too
     unfinished: tuple[str, ...] = ()  # cases a stopped run left unfinished
     interrupted: str | None = None    # the signal that stopped the run (SIGINT, SIGTERM)
+    # a run comparing two releases: the failed cases that are no new failure of the newer
+    known: tuple[str, ...] = ()
 
     @property
     def exit_code(self) -> int:
@@ -48,8 +51,13 @@ def verdict(record: dict) -> Verdict:
     xpass = tuple((f"{r['model']}@{r['target']}", r["expected"]) for r in rows
                   if r["kind"] == Kind.XPASS)
     unfinished = tuple(f"{r['model']}@{r['target']}" for r in rows if r["kind"] in UNFINISHED_KINDS)
-    return Verdict(named[Kind.FAILED] + stray + stopped, named[Kind.XFAIL], xpass,
-                   bool(record.get("strict")), unfinished, record.get("interrupted"))
+    failed, known = named[Kind.FAILED], ()
+    if record.get("upgrade"):   # two releases compared: only what the newer one broke
+        from .upgrade import newly_failing
+        failed = tuple(newly_failing(record["upgrade"], named=True))
+        known = tuple(case for case in named[Kind.FAILED] if case not in failed)
+    return Verdict(failed + stray + stopped, named[Kind.XFAIL], xpass,
+                   bool(record.get("strict")), unfinished, record.get("interrupted"), known)
 
 
 def lines(found: Verdict) -> list[str]:

@@ -214,7 +214,7 @@ def key_parts(stage: Stage, model: ModelSpec, target: Target | None,
         "code": code_fingerprint(stage.code_files(model)),
         "params": stage.key_params(model, target),
         "inputs": inputs,
-        "tools": {t: tool_version(t) for t in stage.tools(model)},
+        "tools": {t: tool_version(t, target and target.toolchain) for t in stage.tools(model)},
     }
 
 
