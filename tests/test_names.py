@@ -24,3 +24,12 @@ def test_upstream_names_parse_back():
 def test_file_stems_do_not_clash():
     stems = {names.file_stem(t) for t in ("lower:mlp@cpu", "lower:mlp.cpu", "capture:a/b")}
     assert stems == {"lower.mlp@cpu", "lower.mlp.cpu", "capture.a_b"}
+
+
+def test_a_release_is_part_of_the_target_and_parses_back():
+    target = names.variant_target(names.release_target("cpu", "3.12.0"), "im2col")
+    assert target == "cpu+3.12.0~im2col"
+    assert names.base_target(target) == "cpu+3.12.0"      # a row per target and release
+    assert names.release_of(target) == "3.12.0" and names.release_of("cpu~im2col") is None
+    assert names.without_release(target) == "cpu~im2col"
+    assert names.without_release("cpu+3.13.0") == "cpu" == names.without_release("cpu")

@@ -233,3 +233,20 @@ def test_a_release_is_checked_where_it_is_given(tmp_path):
     with pytest.raises(ConfigError, match=r"matrices\.default\.iree: an empty list"):
         load_config(config)
 
+
+
+def test_a_failure_of_kilns_legalize_is_no_failure_of_a_release_that_did_its_own():
+    from pipeline.report import table
+    legalize = {"task": "legalize:a", "stage": "legalize", "model": "a", "target": None,
+                "role": None, "status": "failed", "error": "ops IREE cannot legalize: x"}
+    relegalize = {"task": "relegalize:a@cpu+3.12.0", "stage": "relegalize", "model": "a",
+                  "target": "cpu+3.12.0", "role": "emitted", "status": "ran",
+                  "stands_for": ["legalize", "emit"]}
+    newer = [{**t, "status": "skipped", "reason": "an upstream stage failed"}
+             for t in _rows("a", "cpu+3.13.0")]
+    record = {"tasks": [legalize, relegalize, *_rows("a", "cpu+3.12.0"), *newer]}
+    rows = {r["target"]: r for r in table.rows(record["tasks"])}
+    assert rows["cpu+3.12.0"]["kind"] == "passed"
+    assert rows["cpu+3.13.0"]["kind"] == "failed"
+    assert rows["cpu+3.13.0"]["failed"]["stage"] == "legalize"
+    assert upgrade.newly_failing(upgrade.compare(record)) == ["a@cpu"]
