@@ -20,8 +20,10 @@ from pipeline.stage import ConfigError
 OLD = "3.12.0"   # the release before kiln's (3.13.0): the smallest step a team upgrades by
 # the node cases (onnx 1.20): IREE 3.12.0 gets the first one's numbers wrong (torch-mlir's
 # ONNX AveragePool with ceil_mode and dilations, in iree-compile's input phase), 3.13.0
-# right; the second fails to compile with both; the third passes with both
+# right; 3.13.0's input phase no longer legalizes the second (DequantizeLinear on uint16),
+# 3.12.0's did; the third fails to compile with both; the fourth passes with both
 FIXED = "test_averagepool_3d_dilations_large_count_include_pad_is_0_ceil_mode_is_True"
+BROKEN = "test_dequantizelinear_uint16"
 BROKEN_IN_BOTH = "test_averagepool_2d_ceil_last_window_starts_on_pad"
 FINE = "test_relu"
 SHARED = SHARED_TOOLCHAINS
@@ -29,11 +31,11 @@ SHARED = SHARED_TOOLCHAINS
 
 @pytest.fixture(scope="module")
 def upgraded(tmp_path_factory) -> dict:
-    """The three cases validated on cpu with 3.12.0 and 3.13.0, then again (a no-op)."""
+    """The four cases validated on cpu with 3.12.0 and 3.13.0, then again (a no-op)."""
     from onnx_node_cases import write_cases
     root = tmp_path_factory.mktemp("upgrade")
     cases = root / "cases"
-    write_cases(cases, [FIXED, BROKEN_IN_BOTH, FINE])
+    write_cases(cases, [FIXED, BROKEN, BROKEN_IN_BOTH, FINE])
     project = Project(copy_project(root / "proj"))
     shutil.copy2(REPO / "pyproject.toml", project.root / "pyproject.toml")   # doit upgrade's plugin
     env = {toolchain.ROOT_ENV: str(SHARED)}
@@ -57,15 +59,19 @@ def test_each_target_is_built_with_each_release_and_the_answer_says_what_changed
     assert rows[(FIXED, f"cpu+{OLD}")] == "failed" and rows[(FIXED, "cpu+3.13.0")] == "ran"
     assert rows[(FINE, f"cpu+{OLD}")] == "ran" and rows[(FINE, "cpu+3.13.0")] == "ran"
     found = record["upgrade"]
-    assert (found["from"], found["to"], found["compared"]) == (OLD, "3.13.0", 3)
-    assert found["counts"]["newly passing"] == 1 and found["counts"]["newly failing"] == 0
-    [change] = [c for c in found["changes"] if c["outcome"]]
-    assert change["case"] == f"{FIXED}@cpu" and change["verdict"] == "better"
-    assert change["outcome"]["text"] == "failed at validate → passed"
-    # the old release's failures are no new failure: the run passes, and says why
-    assert first.returncode == 0, first.stdout[-3000:]
+    assert (found["from"], found["to"], found["compared"]) == (OLD, "3.13.0", 4)
+    assert found["counts"]["newly passing"] == 1 and found["counts"]["newly failing"] == 1
+    better, worse = ({c["case"]: c for c in found["changes"] if c["outcome"]
+                      and c["verdict"] == v} for v in ("better", "worse"))
+    assert list(better) == [f"{FIXED}@cpu"] and list(worse) == [f"{BROKEN}@cpu"]
+    assert better[f"{FIXED}@cpu"]["outcome"]["text"] == "failed at validate → passed"
+    assert worse[f"{BROKEN}@cpu"]["outcome"]["text"] == (
+        "passed → failed at legalize (ops IREE cannot legalize: onnx.DequantizeLinear)")
+    # the new failure fails the run; the old release's failures, and one with both, do not
+    assert first.returncode != 0, first.stdout[-3000:]
     assert upgrade.summary_line(found) in first.stdout
-    assert "3 more failed, none of them newly" in first.stdout
+    assert "kiln: 8 cases: 4 passed, 1 failed (3 more failed, none of them newly" \
+        in first.stdout
 
 
 def test_the_release_runs_its_own_tools_from_the_input_phase_on(upgraded):
@@ -99,7 +105,7 @@ def test_doit_upgrade_says_it_again_and_the_page_shows_it(upgraded, browser):
     from selenium.webdriver.common.by import By
     project = upgraded["project"]
     again = project.doit("upgrade", env_extra=upgraded["env"], check=False)
-    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.returncode == 1, again.stdout + again.stderr   # the new failure
     found = json.loads((project.root / "build" / "run.json").read_text())["upgrade"]
     assert again.stdout.startswith(upgrade.summary_line(found))
     assert "## Changes from release 3.12.0 to release 3.13.0" in \
@@ -111,7 +117,7 @@ def test_doit_upgrade_says_it_again_and_the_page_shows_it(upgraded, browser):
     assert summary == upgrade.summary_line(found)
     rows = browser.find_elements(By.CSS_SELECTOR, "tr.change")
     assert [(r.get_attribute("data-model"), r.get_attribute("data-verdict")) for r in rows] \
-        == [(FIXED, "better")]
+        == [(BROKEN, "worse"), (FIXED, "better")]
 
 
 # --- provisioning ---------------------------------------------------------------------------
