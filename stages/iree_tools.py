@@ -105,6 +105,19 @@ def iree_compile(src: Path, out: Path, flags: list[str], ctx,
                          command=command, exit_code=done.returncode)
 
 
+def iree_opt(src: Path, out: Path, flags: list[str], ctx, release: str | None = None,
+             timeout: float = COMPILE_TIMEOUT_S) -> None:
+    """iree-opt (a release's, given one) from src to out: here, to hand a module between
+    releases (docs/DESIGN.md §11.1)."""
+    argv = [tool("iree-opt", release), "-", *flags, "-o", str(out)]
+    ctx.log(f"$ {shlex.join(argv)} < {shlex.quote(str(src))}")
+    done = process.run(argv, timeout, tool="iree-opt", stdin=src)
+    if done.returncode != 0:
+        out.unlink(missing_ok=True)
+        raise StageError(f"iree-opt {failure(done.returncode, done.stderr)}",
+                         command=shlex.join(argv), exit_code=done.returncode)
+
+
 def compile_failure(src: Path, flags: list[str], timeout: float = 600,
                     release: str | None = None) -> str | None:
     """How iree-compile fails on src, worded as iree_compile would, or None when it compiles

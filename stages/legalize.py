@@ -18,7 +18,7 @@ from pathlib import Path
 from pipeline.stage import Stage, StageError
 from stages import frameworks
 from stages.importer import STAGE as IMPORT
-from stages.iree_tools import compile_failure, iree_compile
+from stages.iree_tools import compile_failure, iree_compile, iree_opt
 from stages.mlir import entry_inputs, op_names, parse, public_functions
 
 HERE = Path(__file__).parent
@@ -77,6 +77,14 @@ def _legalized(source: Path, out: Path, flags: list[str], ctx):
     the ops IREE cannot take."""
     try:
         iree_compile(source, out, flags, ctx)
+        if ctx.target is not None and ctx.target.toolchain is not None:
+            # another release's bytecode, which kiln's bindings may not read (3.11.0's often
+            # not): printed as text by that release's iree-opt, its resources with it
+            # (iree-compile's own text leaves them out), for the parse below and emit
+            # (relegalize, docs/DESIGN.md §11.1)
+            text = out.with_suffix(".mlir")
+            iree_opt(out, text, [], ctx, ctx.target.toolchain)
+            text.replace(out)
     except StageError as err:
         illegal = sorted({b or a for a, b in ILLEGAL.findall("\n".join(ctx.log_lines))})
         if illegal:
