@@ -1,7 +1,7 @@
 """ONNX's own node test cases through kiln, each failure checked against IREE's own tools.
 
     .venv/bin/python benchmarks/onnx_node_suite.py [--sample 50] [--cases a,b] [--keep DIR]
-        [--jobs N] [--rate-only]
+        [--jobs N] [--rate-only] [--iree 3.12.0,3.13.0]
 
 Writes every node test case the installed onnx generates (onnx.backend.test.case.node) in
 ONNX's test layout (<case>/model.onnx, test_data_set_0/input_N.pb, output_N.pb) into one
@@ -18,7 +18,9 @@ onnxruntime's answer, onnxruntime's); a case that passes there is kiln's own fai
 prints the three counts, then every case that did not pass through kiln, with its stage and
 error and the direct commands. Cases whose data are sequences or optionals (which the test
 layout's TensorProto files cannot hold) are counted apart, not run. --rate-only stops after
-kiln's run (its rate in cases per minute, and how many passed). benchmarks/bench_suite.py
+kiln's run (its rate in cases per minute, and how many passed). --iree builds every case with
+each release named (`iree=` on kiln's command line) and prints the upgrade's answer instead
+(pipeline/report/upgrade.py: newly failing and newly passing cases, by name) and the run's cost. benchmarks/bench_suite.py
 times a cold suite so, against direct_suite: the same cases through IREE's tools, as many at
 a time as kiln's jobs.
 """
@@ -61,12 +63,14 @@ def choose(cases: list, sample: int | None, names: list[str] | None, seed: int) 
         if sample and sample < len(cases) else cases
 
 
-def run_kiln(project: Path, folder: Path, jobs: int) -> tuple[dict, float]:
+def run_kiln(project: Path, folder: Path, jobs: int, releases: str | None = None
+             ) -> tuple[dict, float]:
     """kiln's verdict per case (its validate and pick entries), and the run's seconds."""
     from pipeline.plan.variables import VARIABLES
     args = [sys.executable, "-m", "doit", *(["-n", str(jobs), "-P", "thread"] if jobs > 1 else []),
             "validate", f"model={folder}", "target=cpu", "variants=default",
-            *(["timing=off"] if "timing" in VARIABLES else [])]
+            *(["timing=off"] if "timing" in VARIABLES else []),
+            *([f"iree={releases}"] if releases else [])]
     print("$", shlex.join(args), flush=True)
     started = time.perf_counter()
     proc = subprocess.run(args, cwd=project, env=ENV, capture_output=True, text=True, check=False)
@@ -157,7 +161,7 @@ def onnxruntimes(result: dict | None) -> bool:
 
 
 def kiln_suite(sample: int | None, names: list[str] | None, seed: int, jobs: int,
-               root: Path) -> tuple[list, Path, dict, float]:
+               root: Path, releases: str | None = None) -> tuple[list, Path, dict, float]:
     """Write the chosen cases under root/cases and validate them in one run of a copy of
     this project at root/proj (its cache is empty unless root is kept from an earlier run):
     (the cases, their folder, kiln's verdicts, the run's seconds)."""
@@ -165,7 +169,7 @@ def kiln_suite(sample: int | None, names: list[str] | None, seed: int, jobs: int
     chosen = write_cases(sample, names, seed, folder)
     if not project.exists():
         copy_project(project)
-    found, seconds = run_kiln(project, folder, jobs)
+    found, seconds = run_kiln(project, folder, jobs, releases)
     return chosen, folder, found, seconds
 
 
@@ -188,6 +192,20 @@ def rate_line(cases: int, seconds: float, jobs: int) -> str:
             f"{os.cpu_count()} cores")
 
 
+def print_upgrade(run_file: Path, cases: int, seconds: float, jobs: int) -> None:
+    """The run's upgrade answer: its counts, then each newly failing and newly passing case."""
+    from pipeline.report import upgrade
+    found = json.loads(run_file.read_text()).get("upgrade")
+    print(f"\n{rate_line(cases, seconds, jobs)}")
+    if not found:
+        sys.exit("the run holds no upgrade answer (one release only?)")
+    print(upgrade.summary_line(found))
+    for name, aspect, verdict in upgrade.COUNTS:
+        changed = [c for c in found["changes"] if (c[aspect] or {}).get("verdict") == verdict]
+        for change in changed:
+            print(f"  {name}: {change['case']}: {change[aspect]['text']}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sample", type=int, help="a seeded random sample of this many cases")
@@ -197,11 +215,16 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="work here and keep it (default: a temp dir)")
     parser.add_argument("--rate-only", action="store_true",
                         help="stop after kiln's run: its rate and passes, no direct IREE check")
+    parser.add_argument("--iree", help="releases to build each case with, e.g. 3.12.0,3.13.0: "
+                        "print what changed from the first to the last")
     args = parser.parse_args()
 
     root = args.keep or Path(tempfile.mkdtemp(prefix="onnx-node-suite-"))
     chosen, folder, found, seconds = kiln_suite(args.sample, args.cases and args.cases.split(","),
-                                                args.seed, args.jobs, root)
+                                                args.seed, args.jobs, root, args.iree)
+    if args.iree:
+        print_upgrade(root / "proj" / "build" / "run.json", len(chosen), seconds, args.jobs)
+        return
     if args.rate_only:
         print(f"\n{rate_line(len(chosen), seconds, args.jobs)}\n  passed through kiln: "
               f"{sum(found.get(c.name, (False,))[0] for c in chosen)} of {len(chosen)}")
