@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import NamedTuple
 
+from ..names import without_release
 from ..stage import ConfigError
 
 ANY_TARGET = "*"
@@ -142,5 +143,8 @@ def _shown(node) -> str:
 
 def reason(expected: dict[str, dict[str, str]], model: str, target: str) -> str | None:
     """Why model on target is expected to fail, or None: it is expected to pass. The
-    target's own entry wins over '*'."""
-    return expected.get(target, {}).get(model) or expected.get(ANY_TARGET, {}).get(model)
+    target's own entry wins over '*'; a target built with another release (iree=: 'cpu+3.12.0')
+    is listed under its own name ('cpu')."""
+    return expected.get(target, {}).get(model) \
+        or expected.get(without_release(target), {}).get(model) \
+        or expected.get(ANY_TARGET, {}).get(model)
