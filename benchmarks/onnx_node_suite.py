@@ -216,7 +216,7 @@ def main() -> None:
     parser.add_argument("--rate-only", action="store_true",
                         help="stop after kiln's run: its rate and passes, no direct IREE check")
     parser.add_argument("--iree", help="releases to build each case with, e.g. 3.12.0,3.13.0: "
-                        "print what changed from the first to the last")
+                        "print what changed from the oldest to the newest")
     args = parser.parse_args()
 
     root = args.keep or Path(tempfile.mkdtemp(prefix="onnx-node-suite-"))

@@ -34,8 +34,8 @@ VARIABLES = {
     "tune_budget": "seconds a model's tuning may take, its builds included (default 600)",
     "iree": "IREE releases to build each target with, comma-separated, e.g. iree=3.12.0,3.13.0 "
             "(each provisioned once into the cache; default: the matrix's iree:, else the "
-            "release kiln is installed with); the run then says what changed from the first "
-            "to the last (doit upgrade)",
+            "release kiln is installed with); the run then says what changed from the oldest "
+            "to the newest (doit upgrade)",
     "baseline": "an earlier run's run.json or build directory: the run's reports (and doit "
                 "diff) say which model x target changed outcome, error or speed since it",
     "factor": "with baseline=: how many times an error against its tolerance must grow (or "
