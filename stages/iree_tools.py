@@ -88,11 +88,27 @@ def tool(name: str, release: str | None = None) -> str:
 
 def iree_compile(src: Path, out: Path, flags: list[str], ctx,
                  timeout: float = COMPILE_TIMEOUT_S) -> None:
-    argv = [tool("iree-compile", ctx.target and ctx.target.toolchain), "-", *flags, "-o", str(out)]
+    """iree-compile from src to out, the target's release's (kiln's own where it has none)."""
+    _from_stdin("iree-compile", src, out, flags, ctx, ctx.target and ctx.target.toolchain,
+                timeout)
+
+
+def iree_opt(src: Path, out: Path, flags: list[str], ctx, release: str | None = None,
+             timeout: float = COMPILE_TIMEOUT_S) -> None:
+    """iree-opt (a release's, given one) from src to out: here, to hand a module between
+    releases (docs/DESIGN.md §11.1)."""
+    _from_stdin("iree-opt", src, out, flags, ctx, release, timeout)
+
+
+def _from_stdin(name: str, src: Path, out: Path, flags: list[str], ctx, release: str | None,
+                timeout: float) -> None:
+    """An IREE tool from src (on stdin) to out, logged with the command as a user types it;
+    out is removed where it fails."""
+    argv = [tool(name, release), "-", *flags, "-o", str(out)]
     command = f"{shlex.join(argv)} < {shlex.quote(str(src))}"
     ctx.log(f"$ {command}")
     try:
-        done = process.run(argv, timeout, tool="iree-compile", stdin=src)
+        done = process.run(argv, timeout, tool=name, stdin=src)
     except StageError as err:   # (a timeout, a stop) with the command as a user types it
         out.unlink(missing_ok=True)
         err.command = command
@@ -101,21 +117,8 @@ def iree_compile(src: Path, out: Path, flags: list[str], ctx,
         ctx.log(done.stderr)
     if done.returncode != 0:
         out.unlink(missing_ok=True)
-        raise StageError(f"iree-compile {failure(done.returncode, done.stderr)}",
+        raise StageError(f"{name} {failure(done.returncode, done.stderr)}",
                          command=command, exit_code=done.returncode)
-
-
-def iree_opt(src: Path, out: Path, flags: list[str], ctx, release: str | None = None,
-             timeout: float = COMPILE_TIMEOUT_S) -> None:
-    """iree-opt (a release's, given one) from src to out: here, to hand a module between
-    releases (docs/DESIGN.md §11.1)."""
-    argv = [tool("iree-opt", release), "-", *flags, "-o", str(out)]
-    ctx.log(f"$ {shlex.join(argv)} < {shlex.quote(str(src))}")
-    done = process.run(argv, timeout, tool="iree-opt", stdin=src)
-    if done.returncode != 0:
-        out.unlink(missing_ok=True)
-        raise StageError(f"iree-opt {failure(done.returncode, done.stderr)}",
-                         command=shlex.join(argv), exit_code=done.returncode)
 
 
 def compile_failure(src: Path, flags: list[str], timeout: float = 600,

@@ -16,8 +16,9 @@ import os
 from pathlib import Path
 
 from pipeline.cache import toolchain
-from pipeline.cache.probes import package_version, probe, register_toolchain_versions
+from pipeline.cache.probes import package_version, register_toolchain_versions, version_text
 from pipeline.stage import ConfigError, Target
+from stages.targets import with_tuning
 
 # the packages a release is made of: only their executables are run (iree-compile,
 # iree-run-module, ...), never their Python, so none of their dependencies is installed
@@ -40,17 +41,12 @@ def with_release(target: Target) -> Target:
     if target.toolchain == installed():
         return dataclasses.replace(target, toolchain=None)
     site(target.toolchain)
-    from stages.targets import with_tuning
     return with_tuning(target, False, None)
 
 
+@functools.lru_cache(maxsize=None)
 def site(release: str) -> Path:
     """The provisioned release's site directory (provisioned now where it is not yet)."""
-    return _site(release)
-
-
-@functools.lru_cache(maxsize=None)
-def _site(release: str) -> Path:
     return toolchain.provisioned(f"IREE {release}", {p: release for p in PACKAGES},
                                  functools.partial(_check, release))
 
@@ -72,9 +68,8 @@ def _check(release: str, site_dir: Path) -> str | None:
 
 def executable(release: str, name: str) -> str:
     """The path of one of the release's executables (iree-compile, iree-run-module, ...)."""
-    folder = COMPILER_DIR if (site(release) / COMPILER_DIR / name).exists() else RUNTIME_DIR
-    path = site(release) / folder / name
-    if not path.exists():
+    path = _found(release, name)
+    if path is None:
         raise ConfigError(f"IREE {release} has no {name} (looked in {site(release)})")
     return str(path)
 
@@ -84,17 +79,14 @@ def version(release: str, tool: str) -> str | None:
     --version text), or None where the release does not hold it (numpy: kiln's own)."""
     if tool in PACKAGES:
         return _dist_version(site(release), tool)
-    for folder in (COMPILER_DIR, RUNTIME_DIR):
-        exe = site(release) / folder / tool
-        if exe.exists():
-            return probe(str(exe), ("--version",), functools.partial(_version_text, exe))
-    return None
+    exe = _found(release, tool)
+    return None if exe is None else version_text(str(exe))
 
 
-def _version_text(exe: Path) -> str | None:
-    from pipeline import process
-    done = process.run([str(exe), "--version"], 60, fixed=True)
-    return " ".join((done.stdout + done.stderr).split()) if done.returncode == 0 else None
+def _found(release: str, name: str) -> Path | None:
+    """Where the release's executable `name` lies: its compiler's or its runtime's folder."""
+    return next((p for folder in (COMPILER_DIR, RUNTIME_DIR)
+                 if (p := site(release) / folder / name).exists()), None)
 
 
 def _dist_version(site_dir: Path, package: str) -> str | None:

@@ -70,15 +70,21 @@ def tool_version(tool: str, toolchain: str | None = None) -> str:
         return version
     exe = find_executable(tool)
     if exe:
-        def ask() -> str | None:
-            from ..process import run   # (a no-op run asks no tool: it need not load this)
-            out = run([exe, "--version"], VERSION_TIMEOUT_S, fixed=True)
-            return " ".join((out.stdout + out.stderr).split()) if out.returncode == 0 else None
-        text = probe(exe, ("--version",), ask)
+        text = version_text(exe)
         if text is not None:
             return text
         raise ValueError(f"{tool} --version failed: declare its Python distribution instead")
     return version
+
+
+def version_text(exe: str) -> str | None:
+    """An executable's whole --version text, one line (None where it fails), remembered in
+    the probe cache."""
+    def ask() -> str | None:
+        from ..process import run   # (a no-op run asks no tool: it need not load this)
+        out = run([exe, "--version"], VERSION_TIMEOUT_S, fixed=True)
+        return " ".join((out.stdout + out.stderr).split()) if out.returncode == 0 else None
+    return probe(exe, ("--version",), ask)
 
 
 
